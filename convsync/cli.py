@@ -1,0 +1,212 @@
+"""The ``convsync`` command line: stack, migrations and the components."""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from convsync.errors import ConvsyncError
+from convsync.logs import setup_logging
+from convsync.settings import Settings
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Keep Messenger conversations in Postgres, exactly once, via Kafka.",
+)
+console = Console(stderr=True)
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="Folder for the local stack (default .convsync/)."),
+]
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment, falling back to the local stack's file."""
+    from deploy.stack import load_info
+
+    env_state = os.environ.get("CONVSYNC_STATE_DIR")
+    info = load_info(Path(env_state or ".convsync"))
+    defaults: dict[str, object] = {}
+    if info is not None:
+        defaults = {
+            "kafka_bootstrap": info.kafka_bootstrap,
+            "database_url": info.database_url,
+            "topic_prefix": info.topic_prefix,
+            "partitions": info.partitions,
+        }
+    # Environment wins over the stack file; pydantic-settings gives init kwargs priority,
+    # so only pass the stack's values for settings that the environment leaves unset.
+    overrides = {k: v for k, v in defaults.items() if f"CONVSYNC_{k.upper()}" not in os.environ}
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _state_dir(value: Path | None) -> Path:
+    return value or Path(os.environ.get("CONVSYNC_STATE_DIR", ".convsync"))
+
+
+def _secrets(settings: Settings) -> list[str]:
+    values = [
+        settings.app_secret,
+        settings.verify_token,
+        settings.admin_token,
+        *settings.page_tokens.values(),
+    ]
+    return [v.get_secret_value() for v in values]
+
+
+@app.callback()
+def _root(
+    log_level: Annotated[
+        str, typer.Option(help="Log level.", envvar="CONVSYNC_LOG_LEVEL")
+    ] = "INFO",
+) -> None:
+    secrets: list[str] = []
+    try:
+        secrets = _secrets(Settings())
+    except Exception as e:  # noqa: BLE001 - reported below; logging must still start
+        console.print(f"[yellow]settings: {e}[/]")
+    setup_logging(log_level, secrets=secrets)
+
+
+@app.command()
+def up(
+    brokers: Annotated[int, typer.Option(help="Kafka nodes: 1, or 3 for fault tests.")] = 1,
+    state_dir: StateDir = None,
+    kafka_port: Annotated[int, typer.Option(help="First broker port.")] = 9092,
+    pg_port: Annotated[int, typer.Option(help="Postgres port.")] = 55432,
+    topic_prefix: Annotated[str, typer.Option(envvar="CONVSYNC_TOPIC_PREFIX")] = "convsync",
+    partitions: Annotated[int, typer.Option(envvar="CONVSYNC_PARTITIONS")] = 12,
+) -> None:
+    """Start local Kafka (KRaft) and Postgres, create topics, apply migrations."""
+    import time
+
+    from deploy.stack import up as stack_up
+
+    started = time.monotonic()
+    try:
+        info = stack_up(
+            state_dir=_state_dir(state_dir),
+            brokers=brokers,
+            kafka_port=kafka_port,
+            pg_port=pg_port,
+            topic_prefix=topic_prefix,
+            partitions=partitions,
+        )
+    except ConvsyncError as e:
+        console.print(f"[red]up failed:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(
+        f"[green]stack up[/] in {time.monotonic() - started:.1f}s: Kafka {info.kafka_bootstrap} "
+        f"({info.brokers} node(s), rf {info.replication_factor}), Postgres {info.database_url}"
+    )
+    console.print(f'settings: eval "$(convsync env --state-dir {info.state_dir})"')
+
+
+@app.command()
+def down(state_dir: StateDir = None) -> None:
+    """Stop everything `up` started."""
+    from deploy.stack import down as stack_down
+
+    try:
+        stopped = stack_down(state_dir=_state_dir(state_dir))
+    except ConvsyncError as e:
+        console.print(f"[red]down failed:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def env(state_dir: StateDir = None) -> None:
+    """Print `export` lines for the settings of the local stack."""
+    import shlex
+
+    from deploy.stack import load_info
+
+    info = load_info(_state_dir(state_dir))
+    if info is None:
+        console.print("[red]no stack here;[/] run `convsync up` first")
+        raise typer.Exit(1)
+    for key, value in info.exports().items():
+        sys.stdout.write(f"export {key}={shlex.quote(value)}\n")
+
+
+@app.command()
+def migrate(
+    schema: Annotated[str | None, typer.Option(help="Target Postgres schema.")] = None,
+) -> None:
+    """Apply the SQL migrations (also run by `up`)."""
+    from convsync.db import connect
+    from schemas.migrate import apply_migrations
+
+    settings = load_settings()
+    try:
+        with connect(settings) as conn:
+            applied = apply_migrations(conn, schema=schema or settings.db_schema)
+    except ConvsyncError as e:
+        console.print(f"[red]migrate failed:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(f"applied: {', '.join(applied) if applied else 'nothing (up to date)'}")
+
+
+@app.command()
+def smoke(
+    pages: Annotated[int, typer.Option(min=1)] = 3,
+    per_page: Annotated[int, typer.Option(min=1)] = 20,
+) -> None:
+    """Round-trip envelopes through the running Kafka and check Postgres."""
+    from convsync.smoke import run_smoke
+
+    settings = load_settings()
+    try:
+        result = run_smoke(settings, pages=pages, per_page=per_page)
+    except ConvsyncError as e:
+        console.print(f"[red]smoke failed:[/] {e}")
+        raise typer.Exit(1) from e
+    table = Table(title="convsync smoke")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_row("envelopes produced (acks=all)", str(result.produced))
+    table.add_row("read back", str(result.read_back))
+    table.add_row("pages / partitions used", f"{result.pages} / {result.partitions_used}")
+    table.add_row("order kept per page", str(result.order_kept))
+    table.add_row("migrations applied", str(result.migrations))
+    table.add_row("seconds", f"{result.seconds:.2f}")
+    Console().print(table)
+
+
+@app.command()
+def status(state_dir: StateDir = None) -> None:
+    """Show whether Kafka and Postgres answer, and the topics."""
+    from convsync.db import connect
+    from convsync.kafka import admin_client
+
+    settings = load_settings()
+    out: dict[str, object] = {"kafka_bootstrap": settings.kafka_bootstrap}
+    try:
+        md = admin_client(settings).list_topics(timeout=5)
+        out["brokers"] = len(md.brokers)
+        out["topics"] = sorted(t for t in md.topics if t.startswith(settings.topic_prefix + "."))
+    except Exception as e:  # noqa: BLE001 - status reports every failure instead of raising
+        out["kafka_error"] = str(e)
+    try:
+        with connect(settings) as conn:
+            out["postgres"] = str(conn.execute("SELECT version()").fetchone())
+    except ConvsyncError as e:
+        out["postgres_error"] = str(e)
+    sys.stdout.write(json.dumps(out, indent=2) + "\n")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

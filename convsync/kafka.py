@@ -1,0 +1,154 @@
+"""Kafka client factories and topic management (confluent-kafka / librdkafka)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from convsync.errors import RetryableError, StackError
+from convsync.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOPIC_SUFFIXES: Final = ("events", "crawl", "conversations", "dlq")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How one convsync topic is created."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: Mapping[str, str]
+
+
+def topic_specs(settings: Settings, *, replication_factor: int = 1) -> list[TopicSpec]:
+    """Return the specs of the four convsync topics for ``settings``.
+
+    With three or more replicas, ``min.insync.replicas`` is 2 so an acks=all write
+    survives the loss of any one broker.
+    """
+    base: dict[str, str] = {}
+    if replication_factor >= 3:
+        base["min.insync.replicas"] = "2"
+    specs = []
+    for suffix in TOPIC_SUFFIXES:
+        config = dict(base)
+        if suffix == "conversations":
+            config["cleanup.policy"] = "compact"
+        specs.append(
+            TopicSpec(settings.topic(suffix), settings.partitions, replication_factor, config)
+        )
+    return specs
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    """Return an AdminClient for ``settings``."""
+    return AdminClient(settings.kafka_config())
+
+
+def ensure_topics(
+    admin: AdminClient, specs: Iterable[TopicSpec], *, timeout: float = 30.0
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    An existing topic is left as it is (idempotent). Raises :class:`StackError` for
+    any other failure.
+    """
+    specs = list(specs)
+    new = [
+        NewTopic(
+            s.name,
+            num_partitions=s.partitions,
+            replication_factor=s.replication_factor,
+            config=dict(s.config),
+        )
+        for s in specs
+    ]
+    if not new:
+        return []
+    created = []
+    futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as e:
+            err = e.args[0]
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise StackError(f"cannot create topic {name}: {err}") from e
+    _await_metadata(admin, [s.name for s in specs], timeout=timeout)
+    return created
+
+
+def _await_metadata(admin: AdminClient, names: list[str], *, timeout: float) -> None:
+    # CreateTopics returns once the controller accepted them; brokers learn of the new
+    # partitions a moment later. Callers expect to use the topics at once.
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=timeout)
+        missing = [
+            n
+            for n in names
+            if n not in md.topics
+            or md.topics[n].error is not None
+            or any(p.leader < 0 for p in md.topics[n].partitions.values())
+        ]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"topics without leaders after {timeout:.0f}s: {missing}")
+        time.sleep(0.1)
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Return the config of a durable producer: idempotent, acks=all."""
+    conf: dict[str, Any] = {
+        **settings.kafka_config(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+    conf.update(overrides)
+    return conf
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Producer:
+    """Return a durable (idempotent, acks=all) producer."""
+    return Producer(producer_config(settings, **overrides))
+
+
+def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
+    """Return a consumer in ``group`` with auto-commit off and auto offset reset earliest."""
+    conf: dict[str, Any] = {
+        **settings.kafka_config(),
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def check_reachable(settings: Settings, *, timeout: float = 5.0) -> int:
+    """Return the number of brokers in the cluster. Raises :class:`RetryableError`."""
+    # A probe of a server that may still be starting: connection-refused noise is
+    # expected here, so librdkafka logs only critical lines for this client.
+    admin = AdminClient({**settings.kafka_config(), "log_level": 2})
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except KafkaException as e:
+        raise RetryableError(f"Kafka at {settings.kafka_bootstrap} unreachable: {e}") from e
+    return len(md.brokers)

@@ -1,0 +1,261 @@
+"""A local Apache Kafka (KRaft) cluster of 1 or 3 nodes, run from Maven Central jars."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from convsync.errors import StackError
+from deploy.processes import read_pid, spawn, stop_pid
+
+log = logging.getLogger(__name__)
+
+KAFKA_DIR: Final = Path(__file__).resolve().parent / "kafka"
+KAFKA_VERSION: Final = "4.1.1"
+MAIN_CLASS: Final = "kafka.Kafka"
+
+
+def jar_cache_dir() -> Path:
+    """Return where the broker jars are cached (shared by every state folder)."""
+    override = os.environ.get("CONVSYNC_KAFKA_LIB_DIR")
+    if override:
+        return Path(override)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "convsync" / f"kafka-{KAFKA_VERSION}"
+
+
+def ensure_jars() -> Path:
+    """Fetch the broker jars with Maven on first use; return the folder that holds them.
+
+    Raises :class:`StackError` when Maven is missing or the download fails.
+    """
+    lib = jar_cache_dir() / "lib"
+    marker = lib / ".complete"
+    if marker.exists():
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError("Maven (mvn) is needed to fetch the Kafka jars; apt-get install maven")
+    lib.mkdir(parents=True, exist_ok=True)
+    log.info("fetching Kafka %s jars with Maven into %s", KAFKA_VERSION, lib)
+    proc = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(KAFKA_DIR / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise StackError(
+            f"mvn could not fetch the Kafka jars:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
+    if not any(lib.glob("kafka_2.13-*.jar")):
+        raise StackError(f"mvn ran but {lib} has no kafka_2.13 jar")
+    marker.write_text(KAFKA_VERSION + "\n")
+    return lib
+
+
+def java() -> str:
+    """Return the java binary (JAVA_HOME first). Raises StackError if none."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    found = shutil.which("java")
+    if not found:
+        raise StackError("Java 17+ is needed to run Kafka; apt-get install openjdk-17-jre-headless")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaNode:
+    """One combined broker+controller node."""
+
+    node_id: int
+    broker_port: int
+    controller_port: int
+    directory: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def properties(self) -> Path:
+        return self.directory / "server.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "kafka.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "kafka.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaCluster:
+    """A local KRaft cluster: 1 node (standalone quorum) or 3 (static quorum)."""
+
+    root: Path
+    brokers: int
+    base_port: int
+
+    @property
+    def nodes(self) -> list[KafkaNode]:
+        return [
+            KafkaNode(
+                i + 1,
+                self.base_port + 10 * i,
+                self.base_port + 10 * i + 1,
+                self.root / f"node-{i + 1}",
+            )
+            for i in range(self.brokers)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.address for n in self.nodes)
+
+    @property
+    def replication_factor(self) -> int:
+        return 3 if self.brokers >= 3 else 1
+
+    def node(self, node_id: int) -> KafkaNode:
+        return self.nodes[node_id - 1]
+
+    def _properties(self, node: KafkaNode) -> str:
+        rf = self.replication_factor
+        min_isr = 2 if rf >= 3 else 1
+        lines = [
+            "process.roles=broker,controller",
+            f"node.id={node.node_id}",
+            f"listeners=PLAINTEXT://127.0.0.1:{node.broker_port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.broker_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={node.data_dir}",
+            f"offsets.topic.replication.factor={rf}",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={min_isr}",
+            "num.partitions=12",
+            "auto.create.topics.enable=false",
+            "group.initial.rebalance.delay.ms=0",
+            "unclean.leader.election.enable=false",
+        ]
+        if self.brokers == 1:
+            lines.append(f"controller.quorum.bootstrap.servers=127.0.0.1:{node.controller_port}")
+        else:
+            voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+            lines.append(f"controller.quorum.voters={voters}")
+        return "\n".join(lines) + "\n"
+
+    def _format(self, lib: Path, node: KafkaNode, cluster_id: str) -> None:
+        args = [
+            java(),
+            "-cp",
+            f"{lib}/*",
+            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.yaml'}",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(node.properties),
+            "--ignore-formatted",
+        ]
+        if self.brokers == 1:
+            args.append("--standalone")
+        proc = subprocess.run(args, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise StackError(
+                f"kafka storage format failed for node {node.node_id}:\n"
+                f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
+
+    def running(self) -> list[int]:
+        """Return the node ids whose process is alive."""
+        return [n.node_id for n in self.nodes if self.pid(n) is not None]
+
+    def pid(self, node: KafkaNode) -> int | None:
+        """Return the pid of ``node`` if it runs."""
+        return read_pid(node.pid_file, str(node.properties))
+
+    def start(self) -> None:
+        """Format storage where needed and start every node that is not running.
+
+        Raises :class:`StackError` when the jars or Java are missing or formatting fails.
+        """
+        lib = ensure_jars()
+        self.root.mkdir(parents=True, exist_ok=True)
+        id_file = self.root / "cluster.id"
+        if not id_file.exists():
+            # A KRaft cluster id is a base64url UUID without padding.
+            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            id_file.write_text(raw + "\n")
+        cluster_id = id_file.read_text().strip()
+        for node in self.nodes:
+            node.directory.mkdir(parents=True, exist_ok=True)
+            node.properties.write_text(self._properties(node))
+            if not (node.data_dir / "meta.properties").exists():
+                self._format(lib, node, cluster_id)
+        for node in self.nodes:
+            self.start_node(node.node_id, lib=lib)
+
+    def start_node(self, node_id: int, *, lib: Path | None = None) -> int:
+        """Start one node if it is not running; return its pid."""
+        node = self.node(node_id)
+        pid = self.pid(node)
+        if pid is not None:
+            return pid
+        lib = lib or ensure_jars()
+        heap = os.environ.get("CONVSYNC_KAFKA_HEAP", "512m")
+        argv = [
+            java(),
+            f"-Xmx{heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.yaml'}",
+            "-cp",
+            f"{lib}/*",
+            MAIN_CLASS,
+            str(node.properties),
+        ]
+        log.info("starting Kafka node %s on %s", node.node_id, node.address)
+        return spawn(argv, log_file=node.log_file, pid_file=node.pid_file)
+
+    def stop_node(self, node_id: int, *, kill: bool = False) -> None:
+        """Stop one node: SIGTERM (clean) or SIGKILL (``kill=True``, for fault tests)."""
+        node = self.node(node_id)
+        pid = self.pid(node)
+        if pid is not None:
+            stop_pid(pid, sig=signal.SIGKILL if kill else signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Stop every node of the cluster."""
+        for node in reversed(self.nodes):
+            self.stop_node(node.node_id)

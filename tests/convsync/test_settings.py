@@ -1,0 +1,63 @@
+"""Settings parsing: page tokens, extra Kafka properties, secrets never printed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from convsync.errors import ConfigError
+from convsync.logs import RedactingFilter
+from convsync.settings import Settings
+
+
+def test_page_tokens_from_json_and_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CONVSYNC_PAGE_TOKENS", '{"123": "tok-a"}')
+    assert Settings().page_tokens["123"].get_secret_value() == "tok-a"
+    f = tmp_path / "tokens.json"
+    f.write_text(json.dumps({"9": "tok-b"}))
+    monkeypatch.setenv("CONVSYNC_PAGE_TOKENS", str(f))
+    assert Settings().page_tokens["9"].get_secret_value() == "tok-b"
+
+
+@pytest.mark.parametrize("value", ["[1,2]", "{not json", '{"1": 5}', "/no/such/file"])
+def test_bad_page_tokens_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CONVSYNC_PAGE_TOKENS", value)
+    with pytest.raises((ConfigError, ValueError), match="PAGE_TOKENS"):
+        Settings()
+
+
+def test_kafka_extra_passes_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSYNC_KAFKA_EXTRA", '{"security.protocol": "SASL_SSL"}')
+    monkeypatch.setenv("CONVSYNC_KAFKA_BOOTSTRAP", "b:9092")
+    conf = Settings().kafka_config()
+    assert conf == {"bootstrap.servers": "b:9092", "security.protocol": "SASL_SSL"}
+
+
+def test_secrets_are_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSYNC_APP_SECRET", "s3cr3t-app")
+    monkeypatch.setenv("CONVSYNC_PAGE_TOKENS", '{"1": "page-token-xyz"}')
+    text = repr(Settings()) + str(Settings().model_dump())
+    assert "s3cr3t-app" not in text
+    assert "page-token-xyz" not in text
+
+
+def test_redacting_filter() -> None:
+    f = RedactingFilter(["s3cr3t-app"])
+    rec = logging.LogRecord(
+        "x",
+        logging.INFO,
+        __file__,
+        1,
+        "secret %s sig sha256=%s url ?access_token=%s&x=1",
+        ("s3cr3t-app", "ab" * 32, "EAAB123"),
+        None,
+    )
+    f.filter(rec)
+    line = rec.getMessage()
+    assert "s3cr3t-app" not in line
+    assert "ab" * 32 not in line
+    assert "EAAB123" not in line
+    assert "x=1" in line
