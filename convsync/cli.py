@@ -203,6 +203,21 @@ def status(state_dir: StateDir = None) -> None:
     sys.stdout.write(json.dumps(out, indent=2) + "\n")
 
 
+def _register_components() -> None:
+    # Each component owns its commands; importing them here keeps `convsync --help`
+    # complete. Heavy imports inside the components stay inside their command bodies.
+    from consumers.commands import register as register_consumers
+    from producers.crawler.commands import register as register_crawler
+    from producers.webhook.commands import register as register_gateway
+    from streams.commands import register as register_streams
+
+    for register in (register_gateway, register_crawler, register_consumers, register_streams):
+        register(app)
+
+
+_register_components()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
