@@ -1,0 +1,170 @@
+"""The conversation fold (DESIGN.md decision 6): state as an order-free function of events.
+
+This is the reference definition of a conversation's state. The Postgres materializer
+implements it in SQL and the faust change stream in Python; both are tested against it.
+
+For a conversation ``(page_id, psid)`` and the *set* of its distinct events:
+
+* ``message_count``: number of distinct ``message`` events;
+* ``first_message_at`` / ``last_message_at``: min / max ``occurred_at`` of messages;
+* the *last message* is the message with the greatest ``(occurred_at, event_id)``;
+  ``last_message_text`` is its text as edited: the ``edit`` event with the greatest
+  ``(num_edit, event_id)`` targeting its ``mid`` wins, whenever that edit arrived;
+* ``last_inbound_at`` / ``last_outbound_at``: max ``occurred_at`` per direction;
+* ``needs_reply``: an inbound message later than every outbound one;
+* ``read_watermark`` / ``delivered_watermark``: max watermark of ``read`` / ``delivery``;
+* ``thread_id``: the greatest non-null thread id seen (there is only one in practice),
+  learned from *every* event, duplicates included: the webhook never carries it, so the
+  crawler's copy of an already-stored message is how it is learned.
+
+Every rule is a max, a min or a count of a set, so any order and any number of
+duplicates of the same events give the same state. ``apply`` assumes the event is new to
+the state (the caller dedupes by event id); ``project`` dedupes itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from schemas.envelope import Envelope
+
+ConversationKey = tuple[str, str]
+
+
+def _max(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _min(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def edit_number(event: Envelope) -> int:
+    """Return an edit event's ``num_edit`` (0 when Meta sent none)."""
+    value = event.attrs.get("num_edit", 0)
+    return value if isinstance(value, int) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationState:
+    """The folded state of one conversation. Times are ms since the epoch."""
+
+    page_id: str
+    psid: str
+    thread_id: str | None = None
+    first_message_at: int | None = None
+    last_message_at: int | None = None
+    message_count: int = 0
+    last_message_key: tuple[int, str] | None = None  # (occurred_at, event_id)
+    last_message_mid: str | None = None
+    last_message_original_text: str | None = None
+    last_inbound_at: int | None = None
+    last_outbound_at: int | None = None
+    read_watermark: int | None = None
+    delivered_watermark: int | None = None
+    # mid -> (num_edit, event_id, text) of the winning edit of that message.
+    edits: tuple[tuple[str, tuple[int, str, str | None]], ...] = field(default=())
+
+    @property
+    def key(self) -> ConversationKey:
+        return (self.page_id, self.psid)
+
+    @property
+    def needs_reply(self) -> bool:
+        """True when the user wrote after the page's last answer."""
+        if self.last_inbound_at is None:
+            return False
+        return self.last_outbound_at is None or self.last_inbound_at > self.last_outbound_at
+
+    @property
+    def last_message_text(self) -> str | None:
+        """The last message's text, as edited."""
+        if self.last_message_mid is not None:
+            for mid, (_, _, text) in self.edits:
+                if mid == self.last_message_mid:
+                    return text
+        return self.last_message_original_text
+
+    def public(self) -> dict[str, Any]:
+        """Return the columns of the ``conversations`` read contract (times in ms)."""
+        return {
+            "page_id": self.page_id,
+            "psid": self.psid,
+            "thread_id": self.thread_id,
+            "first_message_at": self.first_message_at,
+            "last_message_at": self.last_message_at,
+            "message_count": self.message_count,
+            "last_message_text": self.last_message_text,
+            "last_inbound_at": self.last_inbound_at,
+            "last_outbound_at": self.last_outbound_at,
+            "needs_reply": self.needs_reply,
+            "read_watermark": self.read_watermark,
+            "delivered_watermark": self.delivered_watermark,
+        }
+
+
+def learn_thread(state: ConversationState, event: Envelope) -> ConversationState:
+    """Return ``state`` with the event's thread id learned (also for a duplicate event)."""
+    if event.thread_id and _max(state.thread_id, event.thread_id) != state.thread_id:
+        return replace(state, thread_id=event.thread_id)
+    return state
+
+
+def apply(state: ConversationState, event: Envelope) -> ConversationState:
+    """Return ``state`` with one new event folded in (the caller dedupes by event id)."""
+    if (event.page_id, event.psid) != state.key:
+        raise ValueError("event belongs to another conversation")
+    changes: dict[str, Any] = {}
+    if event.thread_id:
+        changes["thread_id"] = _max(state.thread_id, event.thread_id)
+    if event.kind == "message":
+        t = event.occurred_at
+        changes["message_count"] = state.message_count + 1
+        changes["first_message_at"] = _min(state.first_message_at, t)
+        changes["last_message_at"] = _max(state.last_message_at, t)
+        key = (t, event.event_id)
+        if state.last_message_key is None or key > state.last_message_key:
+            changes["last_message_key"] = key
+            changes["last_message_mid"] = event.mid
+            changes["last_message_original_text"] = event.text
+        if event.direction == "inbound":
+            changes["last_inbound_at"] = _max(state.last_inbound_at, t)
+        elif event.direction == "outbound":
+            changes["last_outbound_at"] = _max(state.last_outbound_at, t)
+    elif event.kind == "edit" and event.mid:
+        edits = dict(state.edits)
+        candidate = (edit_number(event), event.event_id, event.text)
+        current = edits.get(event.mid)
+        if current is None or candidate[:2] > current[:2]:
+            edits[event.mid] = candidate
+            changes["edits"] = tuple(sorted(edits.items()))
+    elif event.kind == "read":
+        changes["read_watermark"] = _max(state.read_watermark, event.watermark)
+    elif event.kind == "delivery":
+        changes["delivered_watermark"] = _max(state.delivered_watermark, event.watermark)
+    return replace(state, **changes) if changes else state
+
+
+def project(events: Iterable[Envelope]) -> dict[ConversationKey, ConversationState]:
+    """Return the state of every conversation in ``events`` (duplicates ignored)."""
+    seen: set[str] = set()
+    out: dict[ConversationKey, ConversationState] = {}
+    for event in events:
+        key = (event.page_id, event.psid)
+        state = out.get(key) or ConversationState(page_id=event.page_id, psid=event.psid)
+        if event.event_id in seen:
+            out[key] = learn_thread(state, event)
+            continue
+        seen.add(event.event_id)
+        out[key] = apply(state, event)
+    return out

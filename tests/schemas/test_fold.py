@@ -1,0 +1,152 @@
+"""Property tests: the conversation fold is the same for any order and any duplicates."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.envelope import Envelope
+from schemas.fold import ConversationState, apply, project
+
+PAGE = "p1"
+
+
+@st.composite
+def events(draw: st.DrawFn) -> Envelope:
+    kind = draw(
+        st.sampled_from(
+            ["message", "message", "message", "edit", "read", "delivery", "reaction", "optin"]
+        )
+    )
+    n_mid = draw(st.integers(0, 6))
+    mid = f"m{n_mid}"
+    # One mid is one fact: Meta reports the same user, time, text and direction for it
+    # whatever the source. Only the source and what that source knows (thread id) vary.
+    psid = "u1" if n_mid % 2 else "u2"
+    t = 1_000 + (n_mid * 7) % 11
+    if kind == "message":
+        return Envelope.build(
+            kind="message",
+            page_id=PAGE,
+            psid=psid,
+            mid=mid,
+            occurred_at=t,
+            source=draw(st.sampled_from(["webhook", "crawler"])),
+            direction="inbound" if n_mid % 3 else "outbound",
+            text=[None, "hi", "yo"][n_mid % 3],
+            thread_id=draw(st.sampled_from([None, f"t_{psid}"])),
+            raw={},
+        )
+    psid = draw(st.sampled_from(["u1", "u2"]))
+    t = draw(st.integers(1_000, 1_050))
+    if kind == "edit":
+        n = draw(st.integers(1, 3))
+        return Envelope.build(
+            kind="edit",
+            page_id=PAGE,
+            psid=psid,
+            mid=mid,
+            occurred_at=t,
+            source="webhook",
+            text=f"edit{n}",
+            attrs={"num_edit": n},
+            detail=str(n),
+            raw={},
+        )
+    if kind in ("read", "delivery"):
+        return Envelope.build(
+            kind=kind,
+            page_id=PAGE,
+            psid=psid,
+            occurred_at=t,
+            watermark=draw(st.integers(900, 1_100)),
+            source="webhook",
+            raw={},
+        )
+    if kind == "reaction":
+        return Envelope.build(
+            kind="reaction",
+            page_id=PAGE,
+            psid=psid,
+            mid=mid,
+            occurred_at=t,
+            source="webhook",
+            detail="react:x",
+            raw={},
+        )
+    return Envelope.build(
+        kind="optin", page_id=PAGE, psid=psid, occurred_at=t, source="webhook", detail="d", raw={}
+    )
+
+
+def _public(states: dict[tuple[str, str], ConversationState]) -> dict[tuple[str, str], object]:
+    return {k: v.public() for k, v in states.items()}
+
+
+@settings(max_examples=300)
+@given(
+    evs=st.lists(events(), max_size=40),
+    seed=st.integers(0, 2**32),
+    dup=st.lists(st.integers(0, 39), max_size=10),
+)
+def test_any_order_any_duplicates_same_state(
+    evs: list[Envelope], seed: int, dup: list[int]
+) -> None:
+    shuffled = list(evs) + [evs[i] for i in dup if i < len(evs)]
+    random.Random(seed).shuffle(shuffled)
+    assert _public(project(shuffled)) == _public(project(evs))
+
+
+def test_rules_by_example() -> None:
+    def msg(mid: str, t: int, direction: str, text: str) -> Envelope:
+        return Envelope.build(
+            kind="message",
+            page_id=PAGE,
+            psid="u",
+            mid=mid,
+            occurred_at=t,
+            source="webhook",
+            direction=direction,
+            text=text,  # type: ignore[arg-type]
+            raw={},
+        )
+
+    edit = Envelope.build(
+        kind="edit",
+        page_id=PAGE,
+        psid="u",
+        mid="m2",
+        occurred_at=30,
+        source="webhook",
+        text="fixed",
+        attrs={"num_edit": 1},
+        detail="1",
+        raw={},
+    )
+    read = Envelope.build(
+        kind="read", page_id=PAGE, psid="u", occurred_at=40, watermark=25, source="webhook", raw={}
+    )
+    # The edit arrives before the message it targets.
+    state = project(
+        [msg("m1", 10, "inbound", "hello"), edit, msg("m2", 20, "outbound", "tpyo"), read]
+    )[(PAGE, "u")]
+    assert state.public() == {
+        "page_id": PAGE,
+        "psid": "u",
+        "thread_id": None,
+        "first_message_at": 10,
+        "last_message_at": 20,
+        "message_count": 2,
+        "last_message_text": "fixed",
+        "last_inbound_at": 10,
+        "last_outbound_at": 20,
+        "needs_reply": False,
+        "read_watermark": 25,
+        "delivered_watermark": None,
+    }
+    later = apply(state, msg("m3", 50, "inbound", "are you there?"))
+    assert later.needs_reply
+    assert later.last_message_text == "are you there?"
+    assert later.message_count == 3
