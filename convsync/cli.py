@@ -79,8 +79,10 @@ def _root(
 def up(
     brokers: Annotated[int, typer.Option(help="Kafka nodes: 1, or 3 for fault tests.")] = 1,
     state_dir: StateDir = None,
-    kafka_port: Annotated[int, typer.Option(help="First broker port.")] = 9092,
-    pg_port: Annotated[int, typer.Option(help="Postgres port.")] = 55432,
+    kafka_port: Annotated[
+        int, typer.Option(help="First broker port.", envvar="CONVSYNC_KAFKA_PORT")
+    ] = 9092,
+    pg_port: Annotated[int, typer.Option(help="Postgres port.", envvar="CONVSYNC_PG_PORT")] = 55432,
     topic_prefix: Annotated[str, typer.Option(envvar="CONVSYNC_TOPIC_PREFIX")] = "convsync",
     partitions: Annotated[int, typer.Option(envvar="CONVSYNC_PARTITIONS")] = 12,
 ) -> None:
