@@ -158,6 +158,24 @@ def migrate(
 
 
 @app.command()
+def topics(
+    replication_factor: Annotated[int, typer.Option(min=1, help="Replicas per partition.")] = 1,
+) -> None:
+    """Create the convsync topics on the configured cluster (existing ones are kept)."""
+    from convsync.kafka import admin_client, ensure_topics, topic_specs
+
+    settings = load_settings()
+    try:
+        created = ensure_topics(
+            admin_client(settings), topic_specs(settings, replication_factor=replication_factor)
+        )
+    except ConvsyncError as e:
+        console.print(f"[red]topics failed:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(f"created: {', '.join(created) if created else 'nothing (all exist)'}")
+
+
+@app.command()
 def smoke(
     pages: Annotated[int, typer.Option(min=1)] = 3,
     per_page: Annotated[int, typer.Option(min=1)] = 20,
