@@ -66,13 +66,18 @@ def _root(
     log_level: Annotated[
         str, typer.Option(help="Log level.", envvar="CONVSYNC_LOG_LEVEL")
     ] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(help="text or json (one object per line).", envvar="CONVSYNC_LOG_FORMAT")
+    ] = "text",
 ) -> None:
     secrets: list[str] = []
     try:
         secrets = _secrets(Settings())
     except Exception as e:  # noqa: BLE001 - reported below; logging must still start
         console.print(f"[yellow]settings: {e}[/]")
-    setup_logging(log_level, secrets=secrets)
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("--log-format must be text or json")
+    setup_logging(log_level, secrets=secrets, json_format=log_format == "json")
 
 
 @app.command()

@@ -61,3 +61,17 @@ def test_redacting_filter() -> None:
     assert "ab" * 32 not in line
     assert "EAAB123" not in line
     assert "x=1" in line
+
+
+def test_json_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    from convsync.logs import setup_logging
+
+    setup_logging("INFO", secrets=["s3cr3t-app"], json_format=True)
+    try:
+        logging.getLogger("convsync.test").info("secret is %s", "s3cr3t-app")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        logging.getLogger().handlers.clear()
+    record = json.loads(line)
+    assert record["logger"] == "convsync.test"
+    assert record["message"] == "secret is ***"
