@@ -1,3 +1,7 @@
 """The backfill crawler: Graph API pages -> envelopes in Kafka, resumable crawl steps."""
 
-__all__: list[str] = []
+from producers.crawler.config import CrawlerSettings
+from producers.crawler.request import new_request, submit
+from producers.crawler.worker import CrawlWorker, run_worker
+
+__all__ = ["CrawlWorker", "CrawlerSettings", "new_request", "run_worker", "submit"]

@@ -2,8 +2,110 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from convsync.settings import Settings
 
 
 def register(app: typer.Typer) -> None:
     """Add this component's commands to ``app``."""
+    app.command()(crawl)
+    app.command()(crawler)
+
+
+def crawl(
+    page_id: Annotated[str, typer.Argument(help="The Facebook Page id.")],
+    full: Annotated[bool, typer.Option("--full", help="Re-read everything.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until done.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Give up waiting after s.")] = None,
+) -> None:
+    """Request a backfill crawl of PAGE_ID (run `convsync crawler` to do it)."""
+    from rich.console import Console
+
+    from convsync.cli import load_settings
+    from convsync.errors import ConvsyncError
+    from producers.crawler.request import new_request, submit
+
+    console = Console(stderr=True)
+    settings = load_settings()
+    record = new_request(page_id, full=full)
+    try:
+        submit(settings, record)
+    except ConvsyncError as e:
+        console.print(f"[red]crawl request failed:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(f"crawl {record.crawl_id} of page {page_id} requested (full={full})")
+    if wait:
+        _wait(settings, record.crawl_id, timeout, console)
+
+
+def _wait(settings: Settings, crawl_id: str, timeout: float | None, console: Console) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from convsync.errors import ConvsyncError
+    from producers.crawler.request import CrawlView, follow
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[extra]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        convs = bar.add_task("conversations", total=None, extra="")
+        msgs = bar.add_task("messages", total=None, extra="")
+        said_join = False
+
+        def update(view: CrawlView, joined_from: str | None) -> None:
+            nonlocal said_join
+            if joined_from and not said_join:
+                console.print(f"request {joined_from} joined the running crawl {view.crawl_id}")
+                said_join = True
+            bar.update(
+                convs,
+                completed=view.conversations_done,
+                total=max(view.conversations_listed, view.conversations_done) or None,
+                extra=f"calls {view.api_calls}, throttle pauses {view.throttle_waits}",
+            )
+            bar.update(
+                msgs,
+                completed=view.messages,
+                total=max(view.messages_expected, view.messages) or None,
+                extra=f"skipped {view.skipped} [{view.status}]",
+            )
+
+        try:
+            final = follow(settings, crawl_id, on_update=update, timeout=timeout)
+        except ConvsyncError as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(1) from e
+    if final.status == "failed":
+        console.print(f"[red]crawl {final.crawl_id} failed:[/] {final.last_error}")
+        raise typer.Exit(1)
+    console.print(
+        f"[green]crawl {final.crawl_id} done:[/] {final.conversations_done} conversations, "
+        f"{final.messages} messages, {final.api_calls} calls, {final.skipped} skipped"
+    )
+
+
+def crawler() -> None:
+    """Run crawler workers (a consumer group on <prefix>.crawl) until interrupted."""
+    from convsync.cli import load_settings
+    from producers.crawler.config import CrawlerSettings
+    from producers.crawler.worker import run_worker
+
+    run_worker(load_settings(), CrawlerSettings())

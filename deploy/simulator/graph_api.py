@@ -1,0 +1,464 @@
+"""A fake Meta Graph API (aiohttp) serving seeded pages, conversations and messages.
+
+Deterministic from a seed. It serves ``/{page}/conversations`` and
+``/{thread}/messages`` with cursors, absolute ``paging.next`` URLs, ``limit`` caps and
+usage headers, and can inject faults: 5xx, broken JSON, throttling with a regain time,
+a per-page call-rate limit, permanent errors, conversations without a user participant,
+messages without text, old messages without details and malformed records.
+``GET /_expected/{page}`` (and :meth:`GraphWorld.expected`) is the truth to compare with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+API_VERSION: Final = "v21.0"
+BASE_MS: Final = 1_700_000_000_000
+THROTTLE_CODES: Final = (4, 17, 32, 613, 80006)
+
+
+def token_for(page_id: str) -> str:
+    """Return the fake's access token of ``page_id``."""
+    return f"tok-{page_id}"
+
+
+def graph_time(ms: int) -> str:
+    """Return ``ms`` in the Graph API's ``created_time`` format (second precision)."""
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
+
+
+@dataclass(frozen=True, slots=True)
+class FakeMessage:
+    """One message of a thread as the fake stores it."""
+
+    mid: str
+    created_ms: int
+    from_page: bool
+    text: str | None
+    malformed: bool = False
+
+
+@dataclass(slots=True)
+class FakeConversation:
+    """One thread; ``messages`` are newest first, like the Graph API returns them."""
+
+    thread_id: str
+    page_id: str
+    psid: str | None
+    messages: list[FakeMessage]
+
+    @property
+    def updated_ms(self) -> int:
+        """Return the time of the newest message."""
+        return self.messages[0].created_ms if self.messages else BASE_MS
+
+
+@dataclass(slots=True)
+class Faults:
+    """Switchable faults; counters are per page so runs are reproducible."""
+
+    error_5xx_every: int = 0
+    broken_json_every: int = 0
+    throttle_every: int = 0
+    regain_minutes: float = 0.01
+    rate_per_page: float | None = None
+    permanent_code: int | None = None
+    details_limit: int | None = None
+
+
+@dataclass(slots=True)
+class _PageCalls:
+    calls: int = 0
+    blocked_until: float = 0.0
+    tokens: float = 0.0
+    last_refill: float = 0.0
+    throttled: int = 0
+    served: int = 0
+
+
+@dataclass
+class GraphWorld:
+    """The fake's data: pages -> conversations (newest updated first), all seeded."""
+
+    conversations: dict[str, list[FakeConversation]]
+    faults: Faults = field(default_factory=Faults)
+    calls: dict[str, _PageCalls] = field(default_factory=dict)
+
+    @classmethod
+    def generate(
+        cls,
+        *,
+        seed: int,
+        pages: int = 1,
+        conversations: int = 20,
+        max_messages: int = 8,
+        long_threads: int = 0,
+        long_thread_messages: int = 45,
+        no_user: int = 0,
+        malformed: int = 0,
+        textless_ratio: float = 0.1,
+        faults: Faults | None = None,
+    ) -> GraphWorld:
+        """Return a world of ``pages`` pages with ``conversations`` threads each.
+
+        ``long_threads`` threads get ``long_thread_messages`` messages (to cross the
+        details limit and several message pages); ``no_user`` threads have only the page
+        as participant; ``malformed`` messages carry an unparseable ``created_time``.
+        """
+        rng = random.Random(seed)  # noqa: S311 - seeded test data, not secrets
+        world: dict[str, list[FakeConversation]] = {}
+        for p in range(pages):
+            page_id = f"{100000 + seed % 1000 * 100 + p}"
+            convs = []
+            t = BASE_MS
+            for c in range(conversations):
+                n = long_thread_messages if c < long_threads else rng.randint(1, max_messages)
+                msgs = []
+                for m in range(n):
+                    t += rng.randint(1, 5) * 1000
+                    text = None if rng.random() < textless_ratio else f"hello {p}.{c}.{m}"
+                    msgs.append(FakeMessage(f"m_{page_id}_{c}_{m}", t, rng.random() < 0.3, text))
+                msgs.reverse()
+                psid = None if c >= conversations - no_user else f"{9000000 + p * 100000 + c}"
+                convs.append(FakeConversation(f"t_{page_id}_{c}", page_id, psid, msgs))
+            for i in range(malformed):
+                conv = convs[(i * 7) % len(convs)]
+                if conv.psid is not None:
+                    old = conv.messages[0]
+                    conv.messages[0] = FakeMessage(
+                        old.mid, old.created_ms, old.from_page, old.text, malformed=True
+                    )
+            rng.shuffle(convs)
+            convs.sort(key=lambda cv: cv.updated_ms, reverse=True)
+            world[page_id] = convs
+        return cls(world, faults or Faults())
+
+    @property
+    def page_ids(self) -> list[str]:
+        """Return the page ids."""
+        return list(self.conversations)
+
+    def thread(self, thread_id: str) -> FakeConversation | None:
+        """Return the conversation ``thread_id``."""
+        page_id = thread_id.split("_")[1] if thread_id.startswith("t_") else ""
+        for conv in self.conversations.get(page_id, []):
+            if conv.thread_id == thread_id:
+                return conv
+        return None
+
+    def add_message(self, thread_id: str, *, text: str, from_page: bool = False) -> FakeMessage:
+        """Append a new newest message to a thread (for incremental crawls); return it."""
+        conv = self.thread(thread_id)
+        if conv is None:
+            raise KeyError(thread_id)
+        newest = max(cv.updated_ms for cv in self.conversations[conv.page_id])
+        msg = FakeMessage(f"m_{thread_id}_n{len(conv.messages)}", newest + 1000, from_page, text)
+        conv.messages.insert(0, msg)
+        self.conversations[conv.page_id].sort(key=lambda cv: cv.updated_ms, reverse=True)
+        return msg
+
+    def detailed(self, index: int) -> bool:
+        """Return whether the ``index``-th newest message of a thread has details."""
+        limit = self.faults.details_limit
+        return limit is None or index < limit
+
+    def expected(self, page_id: str) -> dict[str, Any]:
+        """Return the truth for a full crawl of ``page_id``.
+
+        ``messages`` is a list of ``[page, psid, mid, text, direction]`` (text and
+        direction ``None`` when the message has no details); ``skipped`` counts reasons.
+        """
+        rows: list[list[str | None]] = []
+        skipped: dict[str, int] = {}
+        for conv in self.conversations[page_id]:
+            if conv.psid is None:
+                skipped["no_user_participant"] = skipped.get("no_user_participant", 0) + 1
+                continue
+            for i, m in enumerate(conv.messages):
+                if m.malformed:
+                    skipped["invalid_message"] = skipped.get("invalid_message", 0) + 1
+                    continue
+                if self.detailed(i):
+                    direction = "outbound" if m.from_page else "inbound"
+                    rows.append([page_id, conv.psid, m.mid, m.text, direction])
+                else:
+                    rows.append([page_id, conv.psid, m.mid, None, None])
+        return {
+            "messages": rows,
+            "conversations": sum(1 for c in self.conversations[page_id] if c.psid),
+            "skipped": skipped,
+        }
+
+    # -- JSON bodies -----------------------------------------------------------------
+
+    def conversation_json(self, conv: FakeConversation) -> dict[str, Any]:
+        """Return a conversation as the Graph API lists it."""
+        people = [{"id": conv.page_id, "name": f"Page {conv.page_id}"}]
+        if conv.psid is not None:
+            people.insert(0, {"id": conv.psid, "name": f"User {conv.psid}"})
+        return {
+            "id": conv.thread_id,
+            "updated_time": graph_time(conv.updated_ms),
+            "message_count": len(conv.messages),
+            "participants": {"data": people},
+        }
+
+    def message_json(self, conv: FakeConversation, index: int) -> dict[str, Any]:
+        """Return the ``index``-th newest message of ``conv`` as the Graph API lists it."""
+        m = conv.messages[index]
+        created = "not-a-time" if m.malformed else graph_time(m.created_ms)
+        if not self.detailed(index):
+            return {"id": m.mid, "created_time": created}
+        user = {"id": conv.psid or "0", "name": f"User {conv.psid}"}
+        page = {"id": conv.page_id, "name": f"Page {conv.page_id}"}
+        sender, receiver = (page, user) if m.from_page else (user, page)
+        body: dict[str, Any] = {
+            "id": m.mid,
+            "created_time": created,
+            "from": sender,
+            "to": {"data": [receiver]},
+        }
+        if m.text is not None:
+            body["message"] = m.text
+        else:
+            body["message"] = ""
+            body["attachments"] = {
+                "data": [{"id": f"a_{m.mid}", "mime_type": "image/jpeg", "name": "photo.jpg"}]
+            }
+        return body
+
+
+def _cursor(index: int) -> str:
+    return base64.urlsafe_b64encode(f"i:{index}".encode()).decode()
+
+
+def _uncursor(value: str | None) -> int:
+    if not value:
+        return 0
+    try:
+        return int(base64.urlsafe_b64decode(value.encode()).decode().split(":", 1)[1])
+    except (ValueError, IndexError) as e:
+        raise web.HTTPBadRequest(text='{"error":{"code":100,"message":"bad cursor"}}') from e
+
+
+def _error(status: int, code: int, message: str, **headers: str) -> web.Response:
+    body = {"error": {"message": message, "type": "OAuthException", "code": code}}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+class GraphApiServer:
+    """The aiohttp application around a :class:`GraphWorld`; ``start()`` binds a port."""
+
+    def __init__(
+        self,
+        world: GraphWorld,
+        *,
+        conversations_cap: int = 25,
+        messages_cap: int = 25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.world = world
+        self.conversations_cap = conversations_cap
+        self.messages_cap = messages_cap
+        self.clock = clock
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_get("/_expected/{page}", self._expected)
+        app.router.add_post("/_faults", self._set_faults)
+        app.router.add_get("/_calls", self._calls)
+        app.router.add_get("/{version}/{node}/{edge}", self._edge)
+        self.app = app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0 = any free port); return the versioned base URL."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.base_url = f"http://{host}:{bound}/{API_VERSION}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- handlers --------------------------------------------------------------------
+
+    async def _expected(self, request: web.Request) -> web.Response:
+        page = request.match_info["page"]
+        if page not in self.world.conversations:
+            raise web.HTTPNotFound
+        return web.json_response(
+            self.world.expected(page), dumps=lambda v: orjson.dumps(v).decode()
+        )
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        values = await request.json()
+        for key, value in values.items():
+            if not hasattr(self.world.faults, key):
+                raise web.HTTPBadRequest(text=f"unknown fault {key}")
+            setattr(self.world.faults, key, value)
+        return web.json_response({"ok": True})
+
+    async def _calls(self, request: web.Request) -> web.Response:
+        out = {
+            p: {"calls": c.calls, "throttled": c.throttled, "served": c.served}
+            for p, c in self.world.calls.items()
+        }
+        return web.json_response(out)
+
+    def _usage_headers(self, page_id: str, pct: int, regain_minutes: float) -> dict[str, str]:
+        app = {"call_count": pct, "total_cputime": pct // 2, "total_time": pct // 2}
+        buc = {
+            page_id: [
+                {
+                    "type": "messenger",
+                    "call_count": pct,
+                    "total_cputime": pct // 2,
+                    "total_time": pct // 2,
+                    "estimated_time_to_regain_access": regain_minutes,
+                }
+            ]
+        }
+        return {
+            "X-App-Usage": orjson.dumps(app).decode(),
+            "X-Business-Use-Case-Usage": orjson.dumps(buc).decode(),
+        }
+
+    def _admit(self, page_id: str) -> web.Response | dict[str, str]:
+        """Apply faults and rate limits to one call; return an error or usage headers."""
+        faults = self.world.faults
+        st = self.world.calls.setdefault(page_id, _PageCalls())
+        st.calls += 1
+        now = self.clock()
+        if faults.permanent_code is not None:
+            return _error(400, faults.permanent_code, f"(#{faults.permanent_code}) permanent fault")
+        if now < st.blocked_until:
+            st.throttled += 1
+            regain = (st.blocked_until - now) / 60
+            return _error(
+                400,
+                613,
+                "Calls to this api have exceeded the rate limit.",
+                **self._usage_headers(page_id, 100, regain),
+            )
+        if faults.throttle_every and st.calls % faults.throttle_every == 0:
+            st.throttled += 1
+            st.blocked_until = now + faults.regain_minutes * 60
+            code = THROTTLE_CODES[(st.calls // faults.throttle_every) % len(THROTTLE_CODES)]
+            return _error(
+                400,
+                code,
+                "Application request limit reached",
+                **self._usage_headers(page_id, 100, faults.regain_minutes),
+            )
+        pct = 10
+        if faults.rate_per_page:
+            rate = faults.rate_per_page
+            if st.last_refill == 0.0:
+                st.tokens, st.last_refill = rate, now
+            st.tokens = min(rate, st.tokens + (now - st.last_refill) * rate)
+            st.last_refill = now
+            if st.tokens < 1.0:
+                st.throttled += 1
+                regain = (1.0 - st.tokens) / rate / 60
+                return _error(
+                    400,
+                    80006,
+                    "There have been too many messenger api calls to this page.",
+                    **self._usage_headers(page_id, 100, regain),
+                )
+            st.tokens -= 1.0
+            pct = int(100 * (1 - st.tokens / rate))
+        if faults.error_5xx_every and st.calls % faults.error_5xx_every == 0:
+            if (st.calls // faults.error_5xx_every) % 2:
+                return _error(500, 2, "Service temporarily unavailable")
+            return web.Response(status=503, text="upstream unavailable")
+        st.served += 1
+        return self._usage_headers(page_id, pct, 0)
+
+    async def _edge(self, request: web.Request) -> web.Response:
+        node, edge = request.match_info["node"], request.match_info["edge"]
+        if edge == "conversations":
+            page_id = node
+            if page_id not in self.world.conversations:
+                return _error(400, 100, f"Unsupported get request. Object {node} does not exist")
+            if request.query.get("platform") != "messenger":
+                return _error(400, 100, "platform=messenger is required")
+        elif edge == "messages":
+            conv = self.world.thread(node)
+            if conv is None:
+                return _error(400, 100, f"Unsupported get request. Object {node} does not exist")
+            page_id = conv.page_id
+        else:
+            return _error(400, 100, f"Unknown path components: /{edge}")
+        if request.headers.get("Authorization") != f"Bearer {token_for(page_id)}":
+            return _error(400, 190, "Invalid OAuth access token - Cannot parse access token")
+        admitted = self._admit(page_id)
+        if isinstance(admitted, web.Response):
+            return admitted
+        try:
+            limit = int(request.query.get("limit", "25"))
+        except ValueError:
+            return _error(400, 100, "(#100) limit must be an integer")
+        start = _uncursor(request.query.get("after"))
+        if edge == "conversations":
+            items = self.world.conversations[page_id]
+            cap = self.conversations_cap
+            limit = max(1, min(limit, cap))
+            data = [self.world.conversation_json(c) for c in items[start : start + limit]]
+        else:
+            assert conv is not None
+            cap = self.messages_cap
+            limit = max(1, min(limit, cap))
+            end = min(start + limit, len(conv.messages))
+            data = [self.world.message_json(conv, i) for i in range(start, end)]
+            items = conv.messages  # type: ignore[assignment]
+        body: dict[str, Any] = {"data": data}
+        if data:
+            paging: dict[str, Any] = {
+                "cursors": {"before": _cursor(start), "after": _cursor(start + len(data))}
+            }
+            if start + len(data) < len(items):
+                query = dict(request.query)
+                query["after"] = _cursor(start + len(data))
+                paging["next"] = str(request.url.with_query(query))
+            body["paging"] = paging
+        st = self.world.calls[page_id]
+        if (
+            self.world.faults.broken_json_every
+            and st.served % self.world.faults.broken_json_every == 0
+        ):
+            return web.Response(
+                body=orjson.dumps(body)[:40], content_type="application/json", headers=admitted
+            )
+        return web.Response(
+            body=orjson.dumps(body), content_type="application/json", headers=admitted
+        )
+
+
+async def serve_forever(world: GraphWorld, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Run a fake Graph API until cancelled (for the demo and subprocess tests)."""
+    server = GraphApiServer(world)
+    url = await server.start(host, port)
+    print(url, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()

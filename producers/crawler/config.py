@@ -1,0 +1,29 @@
+"""The crawler's own settings (env prefix ``CONVSYNC_CRAWL_``), durations in seconds."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CrawlerSettings(BaseSettings):
+    """How fast and how persistently the crawler talks to the Graph API."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVSYNC_CRAWL_", frozen=True, extra="ignore")
+
+    # Meta publishes about 2 calls/s per page for the Messenger conversations API.
+    calls_per_second: float = Field(default=2.0, gt=0)
+    # Usage (percent of the quota, from the usage headers) above which a page slows down.
+    slow_down_at: float = Field(default=75.0, gt=0, lt=100)
+    conversations_limit: int = Field(default=25, ge=1, le=100)
+    messages_limit: int = Field(default=100, ge=1, le=100)
+    max_attempts: int = Field(default=6, ge=1, description="Tries of a transient failure.")
+    backoff_base: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=30.0, gt=0)
+    max_throttle_waits: int = Field(default=1000, ge=1, description="Per step, then fail.")
+    request_timeout: float = Field(default=30.0, gt=0)
+    # Incremental crawls re-read conversations updated this long before the last
+    # completed crawl, so clock skew and late updates are not missed.
+    incremental_margin: float = Field(default=3600.0, ge=0)
+    group: str = Field(default="convsync-crawler", min_length=1)
+    max_pages_in_flight: int = Field(default=64, ge=1)

@@ -1,0 +1,18 @@
+"""Errors of the crawler; throttling and transient failures use convsync.errors."""
+
+from __future__ import annotations
+
+from convsync.errors import ConvsyncError
+
+
+class GraphPermanentError(ConvsyncError):
+    """The Graph API refused for a reason retrying cannot fix (token, permission, params)."""
+
+    def __init__(self, message: str, *, code: int | None, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class CrawlFailedError(ConvsyncError):
+    """A crawl cannot go on; the message is the reason stored in ``crawl_state``."""

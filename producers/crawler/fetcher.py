@@ -1,0 +1,73 @@
+"""Fetch one Graph page for one page id: pacing, throttle pauses and bounded retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from convsync.errors import RetryableError, ThrottledError
+from producers.crawler.config import CrawlerSettings
+from producers.crawler.exceptions import CrawlFailedError, GraphPermanentError
+from producers.crawler.graph import GraphClient, PagePacer, backoff
+from producers.crawler.step import FetchStats
+
+log = logging.getLogger(__name__)
+
+
+class PageFetcher:
+    """Fetches Graph URLs for one page, within that page's pace; other pages never wait."""
+
+    def __init__(
+        self, client: GraphClient, *, page_id: str, token: str, settings: CrawlerSettings
+    ) -> None:
+        self.client = client
+        self.page_id = page_id
+        self.token = token
+        self.settings = settings
+        self.pacer = PagePacer(settings.calls_per_second, slow_down_at=settings.slow_down_at)
+
+    async def __call__(self, url: str) -> tuple[dict[str, Any], FetchStats]:
+        """Return the JSON of ``url`` and what it cost.
+
+        Throttling pauses this page (for the regain time, else a backoff) and tries
+        again; transient errors are retried ``max_attempts`` times with jittered
+        backoff. Raises :class:`CrawlFailedError` for a permanent error or when the
+        retries run out.
+        """
+        s = self.settings
+        stats = FetchStats()
+        attempts = 0
+        while True:
+            await self.pacer.wait()
+            stats.api_calls += 1
+            try:
+                body, usage = await self.client.get(url, self.token)
+            except ThrottledError as e:
+                stats.throttle_waits += 1
+                if stats.throttle_waits > s.max_throttle_waits:
+                    raise CrawlFailedError(
+                        f"still throttled after {stats.throttle_waits - 1} waits: {e}"
+                    ) from e
+                wait = e.retry_after or backoff(
+                    stats.throttle_waits + 2, base=s.backoff_base, cap=s.backoff_max
+                )
+                stats.throttle_seconds += wait
+                log.info("page %s throttled, pausing it %.2fs: %s", self.page_id, wait, e)
+                self.pacer.pause(wait)
+                continue
+            except GraphPermanentError as e:
+                raise CrawlFailedError(str(e)) from e
+            except RetryableError as e:
+                attempts += 1
+                stats.retries += 1
+                if attempts >= s.max_attempts:
+                    raise CrawlFailedError(
+                        f"gave up after {attempts} transient errors, last: {e}"
+                    ) from e
+                delay = backoff(attempts, base=s.backoff_base, cap=s.backoff_max)
+                log.warning("page %s: %s; retry %d in %.2fs", self.page_id, e, attempts, delay)
+                await asyncio.sleep(delay)
+                continue
+            self.pacer.observe(usage)
+            return body, stats

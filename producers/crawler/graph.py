@@ -1,0 +1,171 @@
+"""The Graph API client: one GET, its usage headers, and errors sorted into three families."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from convsync.errors import RetryableError, ThrottledError
+from producers.crawler.exceptions import GraphPermanentError
+
+log = logging.getLogger(__name__)
+
+THROTTLE_CODES: Final = frozenset({4, 17, 32, 613, *range(80001, 80010)})
+TRANSIENT_CODES: Final = frozenset({1, 2})
+USAGE_HEADERS: Final = ("X-App-Usage", "X-Page-Usage", "X-Business-Use-Case-Usage")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the usage headers of one response said: the highest percent and regain time."""
+
+    percent: float = 0.0
+    regain_seconds: float = 0.0
+
+
+def parse_usage(headers: Mapping[str, str]) -> Usage:
+    """Return the worst usage found in the usage headers; malformed headers count as 0."""
+    percent = 0.0
+    regain = 0.0
+    for name in USAGE_HEADERS:
+        text = headers.get(name)
+        if not text:
+            continue
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            log.warning("ignoring malformed %s header", name)
+            continue
+        entries: list[Any] = []
+        if isinstance(value, dict) and name == "X-Business-Use-Case-Usage":
+            for per_id in value.values():
+                entries.extend(per_id if isinstance(per_id, list) else [per_id])
+        else:
+            entries.append(value)
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            for key in ("call_count", "total_cputime", "total_time"):
+                v = entry.get(key)
+                if isinstance(v, int | float):
+                    percent = max(percent, float(v))
+            minutes = entry.get("estimated_time_to_regain_access")
+            if isinstance(minutes, int | float):
+                regain = max(regain, float(minutes) * 60)
+    return Usage(percent, regain)
+
+
+def strip_token(url: str) -> str:
+    """Return ``url`` without an ``access_token`` query parameter (cursors are stored)."""
+    u = URL(url)
+    if "access_token" not in u.query:
+        return url
+    return str(u.with_query([(k, v) for k, v in u.query.items() if k != "access_token"]))
+
+
+def classify(status: int, body: bytes, usage: Usage) -> Exception:
+    """Return the error to raise for a failed response (never raises itself)."""
+    code: int | None = None
+    message = body[:200].decode("utf-8", "replace")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        err = parsed["error"]
+        raw_code = err.get("code")
+        code = raw_code if isinstance(raw_code, int) else None
+        message = str(err.get("message", ""))[:300]
+    if code in THROTTLE_CODES:
+        return ThrottledError(
+            f"Graph API throttled (code {code}): {message}", retry_after=(usage.regain_seconds)
+        )
+    if status >= 500 or code in TRANSIENT_CODES or code is None:
+        return RetryableError(f"Graph API HTTP {status} (code {code}): {message}")
+    return GraphPermanentError(
+        f"Graph API refused (HTTP {status}, code {code}): {message}", code=code, status=status
+    )
+
+
+class PagePacer:
+    """Spaces one page's calls at ``rate`` per second, slower as its usage nears 100%."""
+
+    def __init__(self, rate: float, *, slow_down_at: float) -> None:
+        self.interval = 1.0 / rate
+        self.slow_down_at = slow_down_at
+        self.factor = 1.0
+        self.next_at = 0.0
+
+    async def wait(self) -> None:
+        """Sleep until this page may make its next call, and book that call."""
+        now = time.monotonic()
+        if self.next_at > now:
+            await asyncio.sleep(self.next_at - now)
+            now = time.monotonic()
+        self.next_at = max(now, self.next_at) + self.interval * self.factor
+
+    def observe(self, usage: Usage) -> None:
+        """Adapt to the usage headers of the last response."""
+        if usage.percent <= self.slow_down_at:
+            self.factor = 1.0
+        else:
+            over = (usage.percent - self.slow_down_at) / (100.0 - self.slow_down_at)
+            self.factor = 1.0 + 4.0 * min(over, 1.0)
+        if usage.percent >= 100 and usage.regain_seconds > 0:
+            self.pause(usage.regain_seconds)
+
+    def pause(self, seconds: float) -> None:
+        """Hold this page's calls for ``seconds`` from now."""
+        self.next_at = max(self.next_at, time.monotonic() + seconds)
+
+
+def backoff(attempt: int, *, base: float, cap: float) -> float:
+    """Return the sleep before retry ``attempt`` (1-based): capped exponential, full jitter."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))  # noqa: S311 - jitter
+
+
+class GraphClient:
+    """GETs of Graph API URLs with a page token; one instance per worker process."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+
+    def url(self, path: str, params: Mapping[str, str | int]) -> str:
+        """Return the absolute URL of ``path`` under the base URL with ``params``."""
+        return str(URL(f"{self.base_url}/{path.lstrip('/')}").with_query(dict(params)))
+
+    async def get(self, url: str, token: str) -> tuple[dict[str, Any], Usage]:
+        """GET ``url``; return the JSON object and the usage.
+
+        Raises :class:`ThrottledError`, :class:`RetryableError` (5xx, codes 1/2,
+        timeouts, connection errors, broken JSON) or :class:`GraphPermanentError`.
+        """
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            async with self.session.get(url, headers=headers) as resp:
+                body = await resp.read()
+                usage = parse_usage(resp.headers)
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise RetryableError(f"Graph API unreachable: {type(e).__name__}: {e}") from e
+        if status != 200:
+            raise classify(status, body, usage)
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise RetryableError(f"Graph API sent broken JSON ({len(body)} bytes)") from e
+        if not isinstance(parsed, dict):
+            raise RetryableError("Graph API sent JSON that is not an object")
+        if isinstance(parsed.get("error"), dict):
+            raise classify(status, body, usage)
+        return parsed, usage

@@ -1,0 +1,133 @@
+"""Ask for a crawl (a record on ``<prefix>.crawl``) and follow its progress in Postgres."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaException
+from psycopg import sql
+
+from convsync.db import connect
+from convsync.errors import ConvsyncError, RetryableError
+from convsync.kafka import make_producer
+from convsync.settings import Settings
+from producers.crawler.state import record_queued
+from schemas.crawl import CrawlRequest
+
+
+def new_request(page_id: str, *, full: bool) -> CrawlRequest:
+    """Return a fresh crawl request for ``page_id``."""
+    return CrawlRequest(
+        crawl_id=uuid.uuid4().hex[:12],
+        page_id=page_id,
+        full=full,
+        requested_at=int(time.time() * 1000),
+    )
+
+
+def submit(settings: Settings, record: CrawlRequest, *, timeout: float = 30.0) -> None:
+    """Record the request as queued and produce it, confirmed by Kafka.
+
+    Raises :class:`RetryableError` when Kafka or Postgres cannot take it.
+    """
+    with connect(settings) as conn:
+        try:
+            record_queued(conn, settings.db_schema, record)
+        except psycopg.Error as e:
+            raise RetryableError(f"cannot record the crawl request: {e}") from e
+    producer = make_producer(settings)
+    errors: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    try:
+        producer.produce(
+            settings.topic("crawl"),
+            key=record.page_id.encode(),
+            value=record.to_bytes(),
+            on_delivery=on_delivery,
+        )
+    except KafkaException as e:
+        raise RetryableError(f"cannot produce the crawl request: {e}") from e
+    left = producer.flush(timeout)
+    if left or errors:
+        raise RetryableError(f"crawl request not confirmed by Kafka: {errors or 'timeout'}")
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlView:
+    """A crawl's row in ``crawl_history``."""
+
+    crawl_id: str
+    status: str
+    joined_crawl_id: str | None
+    conversations_done: int
+    conversations_listed: int
+    messages: int
+    messages_expected: int
+    api_calls: int
+    throttle_waits: int
+    skipped: int
+    last_error: str | None
+
+    @property
+    def finished(self) -> bool:
+        """Return True when the crawl will not change any more."""
+        return self.status in ("done", "failed")
+
+
+_VIEW = """
+SELECT h.crawl_id, h.status, h.joined_crawl_id, h.conversations_done,
+       COALESCE(s.conversations_listed, 0), h.messages_fetched,
+       COALESCE(s.messages_expected, 0), h.api_calls, h.throttle_waits, h.skipped,
+       h.last_error
+FROM {schema}.crawl_history h
+LEFT JOIN {schema}.crawl_state s ON s.page_id = h.page_id AND s.crawl_id = h.crawl_id
+WHERE h.crawl_id = %s
+"""
+
+
+def read_view(conn: psycopg.Connection[Any], schema: str, crawl_id: str) -> CrawlView | None:
+    """Return the history row of ``crawl_id``, or None."""
+    row = conn.execute(sql.SQL(_VIEW).format(schema=sql.Identifier(schema)), (crawl_id,)).fetchone()
+    if row is None:
+        return None
+    return CrawlView(*row)
+
+
+def follow(
+    settings: Settings,
+    crawl_id: str,
+    *,
+    on_update: Callable[[CrawlView, str | None], None],
+    timeout: float | None = None,
+    interval: float = 0.25,
+) -> CrawlView:
+    """Poll until the crawl (or the crawl it joined) is done or failed; return its row.
+
+    ``on_update(view, joined_from)`` is called on every poll. Raises
+    :class:`ConvsyncError` on timeout.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    target = crawl_id
+    joined_from: str | None = None
+    with connect(settings) as conn:
+        while True:
+            view = read_view(conn, settings.db_schema, target)
+            if view is not None and view.status == "joined" and view.joined_crawl_id:
+                joined_from, target = target, view.joined_crawl_id
+                continue
+            if view is not None:
+                on_update(view, joined_from)
+                if view.finished:
+                    return view
+            if deadline is not None and time.monotonic() > deadline:
+                raise ConvsyncError(f"crawl {crawl_id} not finished after {timeout:.0f}s")
+            time.sleep(interval)

@@ -1,0 +1,186 @@
+"""The crawl progress projection in Postgres: ``crawl_state`` and ``crawl_history``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from convsync.errors import RetryableError
+from schemas.crawl import CrawlRequest, CrawlStep
+
+log = logging.getLogger(__name__)
+
+Status = Literal["queued", "running", "done", "failed", "joined"]
+
+_STATE = """
+INSERT INTO {schema}.crawl_state AS s (
+    page_id, status, crawl_id, full_crawl, conversations_cursor, since_watermark,
+    last_completed_at, conversations_fetched, messages_fetched, api_calls, throttle_waits,
+    skipped, last_error, started_at, finished_at, updated_at, step_seq, conversations_listed,
+    messages_expected, messages_no_details, retries, throttle_seconds, skipped_reasons)
+VALUES (%(page_id)s, %(status)s, %(crawl_id)s, %(full)s, %(cursor)s, %(since)s,
+    %(completed)s, %(conversations)s, %(messages)s, %(api_calls)s, %(throttle_waits)s,
+    %(skipped)s, %(error)s, %(started)s, %(finished)s, now(), %(seq)s, %(listed)s,
+    %(expected)s, %(no_details)s, %(retries)s, %(throttle_seconds)s, %(reasons)s)
+ON CONFLICT (page_id) DO UPDATE SET
+    status = EXCLUDED.status, crawl_id = EXCLUDED.crawl_id, full_crawl = EXCLUDED.full_crawl,
+    conversations_cursor = EXCLUDED.conversations_cursor,
+    since_watermark = EXCLUDED.since_watermark,
+    last_completed_at = COALESCE(EXCLUDED.last_completed_at, s.last_completed_at),
+    conversations_fetched = EXCLUDED.conversations_fetched,
+    messages_fetched = EXCLUDED.messages_fetched, api_calls = EXCLUDED.api_calls,
+    throttle_waits = EXCLUDED.throttle_waits, skipped = EXCLUDED.skipped,
+    last_error = EXCLUDED.last_error, started_at = EXCLUDED.started_at,
+    finished_at = EXCLUDED.finished_at, updated_at = now(), step_seq = EXCLUDED.step_seq,
+    conversations_listed = EXCLUDED.conversations_listed,
+    messages_expected = EXCLUDED.messages_expected,
+    messages_no_details = EXCLUDED.messages_no_details, retries = EXCLUDED.retries,
+    throttle_seconds = EXCLUDED.throttle_seconds, skipped_reasons = EXCLUDED.skipped_reasons,
+    joined_requests = CASE WHEN s.crawl_id IS DISTINCT FROM EXCLUDED.crawl_id
+                           THEN 0 ELSE s.joined_requests END
+WHERE s.crawl_id IS DISTINCT FROM EXCLUDED.crawl_id OR s.step_seq <= EXCLUDED.step_seq
+"""
+
+_HISTORY = """
+INSERT INTO {schema}.crawl_history AS h (
+    crawl_id, page_id, full_crawl, status, joined_crawl_id, requested_at, started_at,
+    finished_at, step_seq, conversations_done, messages_fetched, messages_no_details,
+    api_calls, retries, throttle_waits, throttle_seconds, skipped, skipped_reasons,
+    last_error, updated_at)
+VALUES (%(crawl_id)s, %(page_id)s, %(full)s, %(status)s, %(joined)s, %(requested)s,
+    %(started)s, %(finished)s, %(seq)s, %(conversations)s, %(messages)s, %(no_details)s,
+    %(api_calls)s, %(retries)s, %(throttle_waits)s, %(throttle_seconds)s, %(skipped)s,
+    %(reasons)s, %(error)s, now())
+ON CONFLICT (crawl_id) DO UPDATE SET
+    status = EXCLUDED.status, joined_crawl_id = EXCLUDED.joined_crawl_id,
+    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+    step_seq = EXCLUDED.step_seq, conversations_done = EXCLUDED.conversations_done,
+    messages_fetched = EXCLUDED.messages_fetched,
+    messages_no_details = EXCLUDED.messages_no_details, api_calls = EXCLUDED.api_calls,
+    retries = EXCLUDED.retries, throttle_waits = EXCLUDED.throttle_waits,
+    throttle_seconds = EXCLUDED.throttle_seconds, skipped = EXCLUDED.skipped,
+    skipped_reasons = EXCLUDED.skipped_reasons, last_error = EXCLUDED.last_error,
+    updated_at = now()
+WHERE h.status IN ('queued', 'running') AND (h.status = 'queued' OR h.step_seq <= EXCLUDED.step_seq)
+"""
+
+_QUEUED = """
+INSERT INTO {schema}.crawl_history (crawl_id, page_id, full_crawl, status, requested_at)
+VALUES (%s, %s, %s, 'queued', %s) ON CONFLICT (crawl_id) DO NOTHING
+"""
+
+_JOINED_STATE = """
+UPDATE {schema}.crawl_state SET joined_requests = joined_requests + 1, updated_at = now()
+WHERE page_id = %s AND crawl_id = %s
+"""
+
+
+def _ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def to_ms(value: datetime) -> int:
+    """Return ``value`` as ms since the epoch."""
+    return int(value.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A crawl's position to project: the record it came from, its status and step."""
+
+    record: CrawlRequest
+    status: Status
+    step: CrawlStep | None
+    seq: int
+    error: str | None = None
+    finished_ms: int | None = None
+    joined: str | None = None
+
+
+def _params(p: Progress) -> dict[str, Any]:
+    c = p.step.counters if p.step is not None else None
+    skipped = dict(c.skipped) if c is not None else {}
+    started = p.step.started_at if p.step is not None else None
+    return {
+        "page_id": p.record.page_id,
+        "crawl_id": p.record.crawl_id,
+        "status": p.status,
+        "full": p.record.full,
+        "cursor": p.step.conversations_url if p.step is not None else None,
+        "since": _ts(p.record.since),
+        "completed": _ts(started) if p.status == "done" else None,
+        "conversations": c.conversations_done if c else 0,
+        "listed": c.conversations_listed if c else 0,
+        "expected": c.messages_expected if c else 0,
+        "messages": c.messages if c else 0,
+        "no_details": c.messages_without_details if c else 0,
+        "api_calls": c.api_calls if c else 0,
+        "retries": c.retries if c else 0,
+        "throttle_waits": c.throttle_waits if c else 0,
+        "throttle_seconds": c.throttle_seconds if c else 0.0,
+        "skipped": sum(skipped.values()),
+        "reasons": orjson.dumps(skipped).decode(),
+        "error": p.error,
+        "started": _ts(started),
+        "finished": _ts(p.finished_ms),
+        "seq": p.seq,
+        "requested": _ts(p.record.requested_at),
+        "joined": p.joined,
+    }
+
+
+class CrawlStateStore:
+    """Writes crawl progress; every write is the full, cumulative state (idempotent)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+        self.conn = conn
+        self.schema = sql.Identifier(schema)
+
+    def _q(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(schema=self.schema)
+
+    async def project(self, p: Progress) -> None:
+        """Upsert ``crawl_history`` (and ``crawl_state`` unless it is a join).
+
+        Raises :class:`RetryableError` when Postgres fails.
+        """
+        params = _params(p)
+        try:
+            async with self.conn.transaction():
+                if p.status == "joined":
+                    await self.conn.execute(self._q(_JOINED_STATE), (p.record.page_id, p.joined))
+                else:
+                    await self.conn.execute(self._q(_STATE), params)
+                await self.conn.execute(self._q(_HISTORY), params)
+        except psycopg.Error as e:
+            raise RetryableError(f"crawl state write failed: {e}") from e
+
+    async def last_completed_ms(self, page_id: str) -> int | None:
+        """Return when the last completed crawl of ``page_id`` started (ms), if any."""
+        try:
+            cur = await self.conn.execute(
+                self._q("SELECT last_completed_at FROM {schema}.crawl_state WHERE page_id = %s"),
+                (page_id,),
+            )
+            row = await cur.fetchone()
+        except psycopg.Error as e:
+            raise RetryableError(f"crawl state read failed: {e}") from e
+        if row is None or row[0] is None:
+            return None
+        value = row[0]
+        assert isinstance(value, datetime)
+        return to_ms(value)
+
+
+def record_queued(conn: psycopg.Connection[Any], schema: str, record: CrawlRequest) -> None:
+    """Insert the ``queued`` history row of a new request (no-op if already known)."""
+    conn.execute(
+        sql.SQL(_QUEUED).format(schema=sql.Identifier(schema)),
+        (record.crawl_id, record.page_id, record.full, _ts(record.requested_at)),
+    )

@@ -1,0 +1,392 @@
+"""The crawler worker: a consumer group on ``<prefix>.crawl`` running one step per record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import psycopg
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from pydantic import SecretStr
+
+from convsync.errors import PoisonError, RetryableError
+from convsync.kafka import make_consumer, make_producer
+from convsync.settings import Settings
+from producers.crawler._offsets import Mark, PartitionBook, decide
+from producers.crawler._producer import AsyncProducer
+from producers.crawler.config import CrawlerSettings
+from producers.crawler.exceptions import CrawlFailedError
+from producers.crawler.fetcher import PageFetcher
+from producers.crawler.graph import GraphClient, backoff
+from producers.crawler.state import CrawlStateStore, Progress, Status
+from producers.crawler.step import StepOutcome, run_step
+from schemas.crawl import CrawlRequest
+from schemas.records import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _PageRunner:
+    partition: int
+    queue: asyncio.Queue[tuple[int, int, bytes | None]] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counts since start, for logs and tests."""
+
+    steps: int = 0
+    duplicates: int = 0
+    joined: int = 0
+    failed: int = 0
+    done: int = 0
+
+
+class CrawlWorker:
+    """Consumes crawl records and runs their steps; pages run concurrently, steps of one
+    page strictly one after another (the partition's owner is the page's only crawler)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        crawler: CrawlerSettings,
+        *,
+        graph_url: str | None = None,
+        page_tokens: dict[str, SecretStr] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.crawler = crawler
+        self.graph_url = graph_url or settings.graph_url
+        self.tokens = page_tokens if page_tokens is not None else settings.page_tokens
+        self.crawl_topic = settings.topic("crawl")
+        self.events_topic = settings.topic("events")
+        self.stats = WorkerStats()
+        self._books: dict[int, PartitionBook] = {}
+        self._runners: dict[str, _PageRunner] = {}
+        self._fetchers: dict[str, PageFetcher] = {}
+        self._fatal: BaseException | None = None
+        self._slots = asyncio.Semaphore(crawler.max_pages_in_flight)
+        self._consumer: Consumer | None = None
+        self._producer: AsyncProducer | None = None
+        self._store: CrawlStateStore | None = None
+        self._client: GraphClient | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume and crawl until ``stop`` is set; raise if a page task failed fatally."""
+        conn = await psycopg.AsyncConnection.connect(
+            self.settings.database_url.get_secret_value(), autocommit=True
+        )
+        timeout = aiohttp.ClientTimeout(total=self.crawler.request_timeout)
+        session = aiohttp.ClientSession(timeout=timeout)
+        self._producer = AsyncProducer(make_producer(self.settings))
+        self._producer.start()
+        self._store = CrawlStateStore(conn, self.settings.db_schema)
+        self._client = GraphClient(session, self.graph_url)
+        consumer = make_consumer(self.settings, self.crawler.group)
+        self._consumer = consumer
+        consumer.subscribe(
+            [self.crawl_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("crawler consuming %s as group %s", self.crawl_topic, self.crawler.group)
+        try:
+            while not stop.is_set() and self._fatal is None:
+                msgs = consumer.consume(500, 0)
+                for msg in msgs:
+                    self._dispatch(msg)
+                if not msgs:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.01)
+        finally:
+            for runner in list(self._runners.values()):
+                if runner.task is not None:
+                    runner.task.cancel()
+            await asyncio.gather(
+                *(r.task for r in self._runners.values() if r.task is not None),
+                return_exceptions=True,
+            )
+            for partition in list(self._books):
+                self._commit(partition)
+            consumer.close()
+            await self._producer.close()
+            await session.close()
+            await conn.close()
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- rebalancing -----------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The marks committed with each offset say which steps are already handled.
+        committed = consumer.committed(partitions, timeout=30)
+        for tp in committed:
+            self._books[tp.partition] = PartitionBook(marks=PartitionBook.parse_marks(tp.metadata))
+        log.info("assigned crawl partitions %s", sorted(tp.partition for tp in partitions))
+
+    def _drop(self, partitions: list[TopicPartition], *, commit: bool) -> None:
+        for tp in partitions:
+            if commit:
+                self._commit(tp.partition)
+            self._books.pop(tp.partition, None)
+            for page, runner in list(self._runners.items()):
+                if runner.partition == tp.partition:
+                    if runner.task is not None:
+                        runner.task.cancel()
+                    del self._runners[page]
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drop(partitions, commit=True)
+        log.info("revoked crawl partitions %s", sorted(tp.partition for tp in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drop(partitions, commit=False)
+        log.warning("lost crawl partitions %s", sorted(tp.partition for tp in partitions))
+
+    # -- dispatch and commit ---------------------------------------------------------
+
+    def _dispatch(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("crawl consumer error: %s", err)
+            return
+        partition, offset = msg.partition(), msg.offset()
+        assert partition is not None and offset is not None
+        book = self._books.setdefault(partition, PartitionBook())
+        book.begin(offset)
+        key = msg.key()
+        page = key.decode("utf-8", "replace") if key else ""
+        runner = self._runners.get(page)
+        if runner is None or runner.partition != partition:
+            runner = _PageRunner(partition)
+            runner.task = asyncio.get_running_loop().create_task(self._page_loop(page, runner))
+            self._runners[page] = runner
+        runner.queue.put_nowait((partition, offset, msg.value()))
+
+    def _commit(self, partition: int) -> None:
+        book = self._books.get(partition)
+        if book is None or not book.dirty or self._consumer is None:
+            return
+        offset = book.commit_offset()
+        if offset is None:
+            return
+        tp = TopicPartition(self.crawl_topic, partition, offset, book.metadata())
+        try:
+            self._consumer.commit(offsets=[tp], asynchronous=False)
+        except KafkaException as e:
+            log.warning("commit of crawl partition %d failed (will retry): %s", partition, e)
+            return
+        book.dirty = False
+
+    async def _page_loop(self, page: str, runner: _PageRunner) -> None:
+        while True:
+            partition, offset, value = await runner.queue.get()
+            try:
+                async with self._slots:
+                    await self._handle(page, partition, offset, value)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:
+                log.exception("crawler page task for %s failed; stopping the worker", page)
+                self._fatal = e
+                raise
+            book = self._books.get(partition)
+            if book is not None:
+                book.finish(offset)
+                self._commit(partition)
+
+    # -- one record ------------------------------------------------------------------
+
+    async def _handle(self, page: str, partition: int, offset: int, value: bytes | None) -> None:
+        try:
+            record = CrawlRequest.from_bytes(value)
+        except PoisonError as e:
+            await self._dead_letter(page, partition, offset, value, e)
+            return
+        book = self._books.get(partition)
+        if book is None:
+            return
+        decision = decide(book.marks.get(record.page_id), crawl_id=record.crawl_id, seq=record.seq)
+        if decision in ("duplicate", "stale"):
+            self.stats.duplicates += 1
+            log.info(
+                "dropping %s crawl record %s seq %d of page %s",
+                decision,
+                record.crawl_id,
+                record.seq,
+                record.page_id,
+            )
+            return
+        if decision == "join":
+            current = book.marks[record.page_id].crawl_id
+            self.stats.joined += 1
+            log.info("crawl request %s joins running crawl %s", record.crawl_id, current)
+            await self._project(Progress(record, "joined", None, 0, joined=current))
+            return
+        if decision == "start":
+            record = await self._prepare(record)
+        await self._step(record, book)
+
+    async def _prepare(self, record: CrawlRequest) -> CrawlRequest:
+        """Fix the incremental cutoff of a new crawl from the last completed one."""
+        if record.full:
+            return record
+        assert self._store is not None
+        last = await self._store.last_completed_ms(record.page_id)
+        if last is None:
+            return record
+        since = max(0, last - int(self.crawler.incremental_margin * 1000))
+        return record.model_copy(update={"since": since})
+
+    def _fetcher(self, page_id: str) -> PageFetcher:
+        fetcher = self._fetchers.get(page_id)
+        if fetcher is None:
+            token = self.tokens.get(page_id)
+            if token is None:
+                raise CrawlFailedError(f"no page token configured for page {page_id}")
+            assert self._client is not None
+            fetcher = PageFetcher(
+                self._client,
+                page_id=page_id,
+                token=token.get_secret_value(),
+                settings=self.crawler,
+            )
+            self._fetchers[page_id] = fetcher
+        return fetcher
+
+    async def _step(self, record: CrawlRequest, book: PartitionBook) -> None:
+        assert self._producer is not None and self._client is not None
+        try:
+            outcome = await self._run_step(record)
+        except CrawlFailedError as e:
+            self.stats.failed += 1
+            log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
+                "crawl %s of page %s failed: %s", record.crawl_id, record.page_id, e
+            )
+            book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
+            await self._project(
+                Progress(
+                    record,
+                    "failed",
+                    record.step,
+                    record.seq + 1,
+                    error=str(e),
+                    finished_ms=_now_ms(),
+                )
+            )
+            return
+        key = record.page_id.encode()
+        # 1. the step's events, confirmed by Kafka (acks=all)
+        await self._producer.send_batch(
+            self.events_topic, ((key, env.to_bytes()) for env in outcome.envelopes)
+        )
+        # 2. the continuation, confirmed, so a crash after this resumes from it
+        if not outcome.done:
+            nxt = record.model_copy(update={"seq": record.seq + 1, "step": outcome.step})
+            await self._producer.send_batch(self.crawl_topic, [(key, nxt.to_bytes())])
+        # 3. the mark, so a re-delivered copy of this record is a duplicate; the offset
+        #    and the mark are committed together by the caller once this returns
+        book.marks[record.page_id] = Mark(record.crawl_id, record.seq, outcome.done)
+        self.stats.steps += 1
+        status: Status = "done" if outcome.done else "running"
+        if outcome.done:
+            self.stats.done += 1
+            log.info(
+                "crawl %s of page %s done: %d messages, %d calls",
+                record.crawl_id,
+                record.page_id,
+                outcome.step.counters.messages,
+                outcome.step.counters.api_calls,
+            )
+        await self._project(
+            Progress(
+                record,
+                status,
+                outcome.step,
+                record.seq + 1,
+                finished_ms=_now_ms() if outcome.done else None,
+            )
+        )
+
+    async def _run_step(self, record: CrawlRequest) -> StepOutcome:
+        assert self._client is not None
+        fetch = self._fetcher(record.page_id)
+        attempts = 0
+        while True:
+            try:
+                return await run_step(
+                    record,
+                    fetch=fetch,
+                    url_for=self._client.url,
+                    conversations_limit=self.crawler.conversations_limit,
+                    messages_limit=self.crawler.messages_limit,
+                )
+            except RetryableError as e:
+                attempts += 1
+                if attempts >= self.crawler.max_attempts:
+                    raise CrawlFailedError(f"gave up after {attempts} bad responses: {e}") from e
+                await asyncio.sleep(
+                    backoff(attempts, base=self.crawler.backoff_base, cap=self.crawler.backoff_max)
+                )
+
+    async def _project(self, progress: Progress) -> None:
+        assert self._store is not None
+        for attempt in range(1, 6):
+            try:
+                await self._store.project(progress)
+            except RetryableError as e:
+                if attempt == 5:
+                    raise
+                log.warning("crawl state write failed (%s); retry %d", e, attempt)
+                await asyncio.sleep(backoff(attempt, base=0.2, cap=5.0))
+            else:
+                return
+
+    async def _dead_letter(
+        self, page: str, partition: int, offset: int, value: bytes | None, error: PoisonError
+    ) -> None:
+        assert self._producer is not None
+        log.error("poison crawl record on partition %d: %s", partition, error)
+        letter = DeadLetter(
+            reason=str(error),
+            error_type=type(error).__name__,
+            component="crawler",
+            topic=self.crawl_topic,
+            partition=partition,
+            offset=offset,
+            key_b64=DeadLetter.encode_bytes(page.encode()),
+            value_b64=DeadLetter.encode_bytes(value),
+            failed_at=_now_ms(),
+        )
+        await self._producer.send_batch(
+            self.settings.topic("dlq"), [(page.encode(), letter.to_bytes())]
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def run_worker(settings: Settings, crawler: CrawlerSettings, **kwargs: Any) -> None:
+    """Run a worker until SIGINT/SIGTERM (the ``convsync crawler`` command)."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await CrawlWorker(settings, crawler, **kwargs).run(stop)
+
+    asyncio.run(main())

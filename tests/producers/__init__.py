@@ -1,0 +1,1 @@
+"""Tests of the producers: webhook gateway and crawler."""

@@ -1,0 +1,155 @@
+"""The crawler worker through real Kafka and Postgres against the fake Graph API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from convsync.settings import Settings
+from deploy.simulator.graph_api import Faults, GraphWorld
+from producers.crawler.request import new_request, read_view, submit
+from tests.fixtures.kafka import MakeTopics
+from tests.fixtures.postgres import MakeSchema
+from tests.producers.crawler.conftest import (
+    as_rows,
+    expected_rows,
+    fast_crawler,
+    read_events,
+    start_worker,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(make_topics: MakeTopics, make_schema: MakeSchema) -> Settings:
+    return make_schema(base=make_topics(partitions=3))
+
+
+def wait_status(
+    settings: Settings, crawl_id: str, statuses: set[str], timeout: float = 60.0
+) -> Any:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            view = read_view(conn, settings.db_schema, crawl_id)  # type: ignore[arg-type]
+            if view is not None and view.status in statuses:
+                return view
+            time.sleep(0.1)
+    raise AssertionError(f"crawl {crawl_id} never reached {statuses}")
+
+
+def crawl_state(settings: Settings, page_id: str) -> dict[str, Any]:
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        cur = conn.execute(
+            sql.SQL("SELECT * FROM {}.crawl_state WHERE page_id = %s").format(
+                sql.Identifier(settings.db_schema)
+            ),
+            (page_id,),
+        )
+        row = cur.fetchone()
+        assert row is not None and cur.description is not None
+        return dict(zip([d.name for d in cur.description], row, strict=True))
+
+
+def test_backfill_equals_the_fake(settings: Settings, fake_graph: Any) -> None:
+    world = GraphWorld.generate(
+        seed=7,
+        conversations=30,
+        long_threads=2,
+        no_user=2,
+        malformed=2,
+        faults=Faults(details_limit=20, error_5xx_every=9, broken_json_every=13),
+    )
+    graph = fake_graph(world, conversations_cap=10, messages_cap=15)
+    page = world.page_ids[0]
+    running = start_worker(settings, graph)
+    try:
+        record = new_request(page, full=True)
+        submit(settings, record)
+        view = wait_status(settings, record.crawl_id, {"done", "failed"})
+        assert view.status == "done", view.last_error
+        want = expected_rows(world, page)
+        events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
+    finally:
+        running.stop()
+    assert as_rows(events) == want
+    assert {e.source for e in events} == {"crawler"}
+    assert all(e.thread_id and e.thread_id.startswith("t_") for e in events)
+    state = crawl_state(settings, page)
+    truth = world.expected(page)
+    assert state["status"] == "done"
+    assert state["messages_fetched"] == len(want)
+    assert state["skipped_reasons"] == truth["skipped"]
+    assert state["conversations_fetched"] == truth["conversations"]
+    assert state["retries"] > 0
+    assert state["messages_no_details"] == sum(1 for r in want if r[4] is None)
+
+
+def test_permanent_error_fails_the_crawl_with_its_reason(
+    settings: Settings, fake_graph: Any
+) -> None:
+    world = GraphWorld.generate(seed=3, conversations=5, faults=Faults(permanent_code=190))
+    graph = fake_graph(world)
+    running = start_worker(settings, graph)
+    try:
+        record = new_request(world.page_ids[0], full=True)
+        submit(settings, record)
+        view = wait_status(settings, record.crawl_id, {"done", "failed"})
+    finally:
+        running.stop()
+    assert view.status == "failed"
+    assert "code 190" in (view.last_error or "")
+    # no retry storm: the permanent error was met once
+    assert world.calls[world.page_ids[0]].calls == 1
+    state = crawl_state(settings, world.page_ids[0])
+    assert state["status"] == "failed" and "190" in state["last_error"]
+
+
+def test_two_requests_for_one_page_make_one_crawl(settings: Settings, fake_graph: Any) -> None:
+    world = GraphWorld.generate(seed=5, conversations=12)
+    graph = fake_graph(world, conversations_cap=5)
+    page = world.page_ids[0]
+    # 5 calls/s: the first crawl is still running when the second request arrives
+    running = start_worker(settings, graph, fast_crawler(calls_per_second=5.0))
+    try:
+        first, second = new_request(page, full=True), new_request(page, full=True)
+        submit(settings, first)
+        submit(settings, second)
+        joined = wait_status(settings, second.crawl_id, {"joined", "done", "failed"})
+        done = wait_status(settings, first.crawl_id, {"done", "failed"})
+    finally:
+        running.stop()
+    assert joined.status == "joined" and joined.joined_crawl_id == first.crawl_id
+    assert done.status == "done"
+    assert running.worker.stats.joined == 1
+    conversations_calls = 3  # 12 conversations, 5 per page
+    assert world.calls[page].calls == conversations_calls + 12
+    assert crawl_state(settings, page)["joined_requests"] == 1
+
+
+def test_throttling_pauses_the_page_and_resumes(settings: Settings, fake_graph: Any) -> None:
+    world = GraphWorld.generate(
+        seed=11,
+        pages=2,
+        conversations=6,
+        faults=Faults(throttle_every=4, regain_minutes=0.5 / 60),
+    )
+    graph = fake_graph(world)
+    running = start_worker(settings, graph)
+    try:
+        records = [new_request(p, full=True) for p in world.page_ids]
+        for r in records:
+            submit(settings, r)
+        views = [wait_status(settings, r.crawl_id, {"done", "failed"}) for r in records]
+        want = set().union(*(expected_rows(world, p) for p in world.page_ids))
+        events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
+    finally:
+        running.stop()
+    assert [v.status for v in views] == ["done", "done"]
+    assert all(v.throttle_waits >= 1 for v in views)
+    assert as_rows(events) == want
