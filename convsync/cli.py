@@ -207,25 +207,48 @@ def smoke(
 
 
 @app.command()
-def status(state_dir: StateDir = None) -> None:
-    """Show whether Kafka and Postgres answer, and the topics."""
-    from convsync.db import connect
-    from convsync.kafka import admin_client
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Lag per consumer group and partition, crawls, DLQ count, rows in Postgres."""
+    from convsync.status import collect
 
     settings = load_settings()
-    out: dict[str, object] = {"kafka_bootstrap": settings.kafka_bootstrap}
-    try:
-        md = admin_client(settings).list_topics(timeout=5)
-        out["brokers"] = len(md.brokers)
-        out["topics"] = sorted(t for t in md.topics if t.startswith(settings.topic_prefix + "."))
-    except Exception as e:  # noqa: BLE001 - status reports every failure instead of raising
-        out["kafka_error"] = str(e)
-    try:
-        with connect(settings) as conn:
-            out["postgres"] = str(conn.execute("SELECT version()").fetchone())
-    except ConvsyncError as e:
-        out["postgres_error"] = str(e)
-    sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    snap = collect(settings)
+    if as_json:
+        sys.stdout.write(json.dumps(snap.as_json(), indent=2, default=str) + "\n")
+    else:
+        out = Console()
+        groups = Table(title="consumer groups (offsets stored in Postgres)")
+        for col in ("group", "partitions", "lag"):
+            groups.add_column(col)
+        parts: dict[str, int] = {}
+        for lag in snap.lags:
+            parts[lag.group] = parts.get(lag.group, 0) + 1
+        for group, total in snap.lag_by_group().items():
+            groups.add_row(group, str(parts[group]), str(total))
+        out.print(groups)
+        crawls = Table(title="crawls")
+        for col in ("page", "status", "conversations", "messages", "api calls", "last error"):
+            crawls.add_column(col)
+        for c in snap.crawls:
+            crawls.add_row(
+                str(c.get("page_id")),
+                str(c.get("status")),
+                str(c.get("conversations_fetched")),
+                str(c.get("messages_fetched")),
+                str(c.get("api_calls")),
+                str(c.get("last_error") or ""),
+            )
+        out.print(crawls)
+        out.print(
+            f"events rows: {snap.events_rows}  conversations: {snap.conversations_rows}  "
+            f"DLQ records: {snap.dlq_records}"
+        )
+        for err in snap.errors:
+            out.print(f"[red]{err}[/]")
+    if snap.errors:
+        raise typer.Exit(1)
 
 
 def _register_components() -> None:
