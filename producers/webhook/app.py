@@ -1,0 +1,220 @@
+"""The aiohttp application: Meta's webhook handshake and POSTs, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from convsync.errors import ConfigError, RetryableError
+from convsync.settings import Settings
+from producers.webhook.mapping import map_body
+from producers.webhook.metrics import Metrics
+from producers.webhook.payload import BadBodyError, parse_body
+from producers.webhook.publisher import Publisher, Record
+from producers.webhook.settings import GatewaySettings
+from producers.webhook.signature import HEADER, LEGACY_HEADER, verify
+
+log = logging.getLogger(__name__)
+
+EVENT_RECEIVED: Final = "EVENT_RECEIVED"
+_ROUTES: Final = frozenset({"/webhook", "/healthz", "/readyz", "/metrics"})
+_CHUNK: Final = 64 * 1024
+
+
+class SafeAccessLogger(AbstractAccessLogger):
+    """Access log lines without query strings (the handshake carries the verify token).
+
+    Lines are at DEBUG: at INFO a busy gateway would log every webhook.
+    """
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.debug(
+            "%s %s %d %.1fms", request.method, request.path, response.status, time * 1000
+        )
+
+
+def _reject(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+class Gateway:
+    """The request handlers, holding the secret, the publisher and the metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        gateway: GatewaySettings,
+        publisher: Publisher,
+        metrics: Metrics,
+    ) -> None:
+        secret = settings.app_secret.get_secret_value()
+        if not secret:
+            raise ConfigError("CONVSYNC_APP_SECRET is empty: webhooks cannot be verified")
+        self._secret = secret.encode()
+        self._verify_token = settings.verify_token.get_secret_value().encode()
+        self.gateway = gateway
+        self.publisher = publisher
+        self.metrics = metrics
+
+    async def handshake(self, request: web.Request) -> web.Response:
+        """GET /webhook: echo ``hub.challenge`` when mode and verify token match, else 403."""
+        query = request.query
+        token = query.get("hub.verify_token", "").encode("utf-8", "surrogateescape")
+        challenge = query.get("hub.challenge")
+        ok = (
+            bool(self._verify_token)
+            and query.get("hub.mode") == "subscribe"
+            and challenge is not None
+            and hmac.compare_digest(token, self._verify_token)
+        )
+        if not ok or challenge is None:
+            log.info("webhook handshake refused")
+            return web.Response(status=403, text="forbidden")
+        log.info("webhook handshake accepted")
+        return web.Response(text=challenge)
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """Return the body, or None as soon as it exceeds the limit (read no further)."""
+        limit = self.gateway.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def receive(self, request: web.Request) -> web.Response:
+        """POST /webhook: verify, map, publish; 200 only once Kafka confirmed every event."""
+        # 1. Size before anything else: an oversized body is not read to its end.
+        body = await self._read_body(request)
+        if body is None:
+            return _reject(413, "body too large")
+        self.metrics.body_bytes.observe(len(body))
+        # 2. Signature over the exact bytes; nothing unauthenticated is parsed.
+        verdict = verify(
+            self._secret,
+            body,
+            request.headers.get(HEADER),
+            legacy=request.headers.get(LEGACY_HEADER),
+        )
+        if verdict != "ok":
+            self.metrics.signature_failures.labels(verdict).inc()
+            log.info("webhook refused: signature %s (%d bytes)", verdict, len(body))
+            return _reject(403, f"signature {verdict}")
+        # 3. Parse and map every item; any refusal happens before anything is produced.
+        try:
+            page_body = parse_body(body)
+        except BadBodyError as e:
+            log.info("webhook refused: %s", e.reason)
+            return _reject(400, e.reason)
+        envelopes = map_body(page_body)
+        records: list[Record] = []
+        for env in envelopes:
+            value = env.to_bytes()
+            if len(value) > self.gateway.max_record_bytes:
+                log.info("webhook refused: %s event of %d bytes", env.kind, len(value))
+                return _reject(413, "event too large")
+            records.append((env.page_id.encode(), value))
+        for entry in page_body.entry:
+            for field in entry.model_extra or {}:
+                self.metrics.ignored.labels(field).inc()
+        # 4. Publish and wait for Kafka's confirmation of every record.
+        try:
+            took = await self.publisher.publish(records)
+        except RetryableError as e:
+            log.warning("webhook not acknowledged (%d events): %s", len(records), e)
+            return _reject(503, "events not durable yet, retry")
+        self.metrics.produce_seconds.observe(took)
+        for env in envelopes:
+            self.metrics.events.labels(env.kind).inc()
+        return web.Response(text=EVENT_RECEIVED)
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        """GET /healthz: 200 while the process can work (503 once the producer failed)."""
+        if self.publisher.fatal is not None:
+            return _reject(503, "producer failed; restart the process")
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        """GET /readyz: 200 when Kafka is reachable and the topic has leaders."""
+        ok, why = await self.publisher.ready()
+        if not ok:
+            return _reject(503, why)
+        return web.json_response({"status": "ready"})
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        """GET /metrics: Prometheus exposition."""
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _count_requests(metrics: Metrics) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.path if request.path in _ROUTES else "other"
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            metrics.requests.labels(route, str(e.status)).inc()
+            raise
+        metrics.requests.labels(route, str(response.status)).inc()
+        return response
+
+    return middleware
+
+
+def make_app(
+    settings: Settings,
+    gateway: GatewaySettings,
+    *,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """Return the gateway application; its producer starts and flushes with the app.
+
+    Raises :class:`ConfigError` when the app secret is empty.
+    """
+    metrics = metrics or Metrics()
+    publisher = Publisher(
+        settings,
+        settings.topic("events"),
+        confirm_timeout=gateway.produce_timeout,
+        linger_ms=gateway.linger_ms,
+    )
+    handlers = Gateway(settings, gateway, publisher, metrics)
+    # aiohttp's own limit sits above ours, so ours (413, read no further) answers first.
+    app = web.Application(
+        client_max_size=gateway.max_body_bytes + 1, middlewares=[_count_requests(metrics)]
+    )
+    app.router.add_get("/webhook", handlers.handshake)
+    app.router.add_post("/webhook", handlers.receive)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics_page)
+
+    async def producer_lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        publisher.start()
+        yield
+        await asyncio.to_thread(publisher.close)
+
+    app.cleanup_ctx.append(producer_lifecycle)
+    return app

@@ -1,0 +1,188 @@
+"""A durable confluent-kafka producer bridged to asyncio: await until Kafka confirms."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from convsync.errors import RetryableError
+from convsync.kafka import producer_config
+from convsync.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes, bytes]
+"""A Kafka record to publish: ``(key, value)``."""
+
+
+class _Batch:
+    """The records of one request; resolves its future when all are confirmed or one fails.
+
+    Delivery callbacks run on the poll thread; the future is settled on the loop thread.
+    """
+
+    __slots__ = ("future", "loop", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = count
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.loop.call_soon_threadsafe(self._settle, err)
+            return
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.loop.call_soon_threadsafe(self._settle, None)
+
+    def _settle(self, err: KafkaError | None) -> None:
+        if self.future.done():
+            return
+        if err is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(RetryableError(f"Kafka refused a record: {err.str()}"))
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class Publisher:
+    """Publishes records to one topic with an idempotent, acks=all producer.
+
+    :meth:`publish` returns only once Kafka confirmed every record of the call. A
+    background thread serves the producer's callbacks.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        *,
+        confirm_timeout: float = 5.0,
+        linger_ms: float = 2.0,
+        probe_timeout: float = 2.0,
+    ) -> None:
+        self.topic = topic
+        self.confirm_timeout = confirm_timeout
+        self.probe_timeout = probe_timeout
+        self._conf: dict[str, Any] = producer_config(
+            settings,
+            **{
+                "linger.ms": linger_ms,
+                "error_cb": self._on_error,
+                # Bounds memory while Kafka is down: callers get 503, Meta retries.
+                "queue.buffering.max.kbytes": 64 * 1024,
+                "log_level": 4,
+            },
+        )
+        self._producer: Producer | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._fatal: KafkaError | None = None
+
+    @property
+    def fatal(self) -> KafkaError | None:
+        """The fatal producer error, if one happened (the process must be restarted)."""
+        return self._fatal
+
+    def start(self) -> None:
+        """Create the producer and its poll thread."""
+        self._producer = Producer(self._conf)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while not self._stop.is_set():
+            producer.poll(0.05)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+            log.error("Kafka producer fatal error: %s", err.str())
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            log.warning("Kafka: all brokers down (%s)", err.str())
+        else:
+            log.warning("Kafka producer error: %s", err.str())
+
+    async def publish(self, records: Sequence[Record]) -> float:
+        """Produce ``records`` and wait until Kafka confirmed all of them.
+
+        Returns the seconds it took. Raises :class:`RetryableError` when the producer
+        is not started or failed fatally, its queue is full, a record is refused, or
+        confirmation takes longer than ``confirm_timeout`` seconds. Records produced before a
+        failure may still be written later: that is safe, event ids are deterministic.
+        """
+        producer = self._producer
+        if producer is None:
+            raise RetryableError("publisher is not started")
+        if self._fatal is not None:
+            raise RetryableError(f"Kafka producer failed: {self._fatal.str()}")
+        if not records:
+            return 0.0
+        started = time.perf_counter()
+        batch = _Batch(asyncio.get_running_loop(), len(records))
+        try:
+            for key, value in records:
+                producer.produce(self.topic, value=value, key=key, on_delivery=batch.on_delivery)
+        except BufferError as e:
+            raise RetryableError("Kafka producer queue is full") from e
+        except KafkaException as e:
+            raise RetryableError(f"Kafka produce failed: {e}") from e
+        try:
+            await asyncio.wait_for(asyncio.shield(batch.future), self.confirm_timeout)
+        except TimeoutError as e:
+            # A late failure is still retrieved, so asyncio does not report it as lost.
+            batch.future.add_done_callback(_retrieve)
+            raise RetryableError(f"Kafka did not confirm within {self.confirm_timeout:g}s") from e
+        return time.perf_counter() - started
+
+    async def ready(self) -> tuple[bool, str]:
+        """Return whether the producer is healthy and sees the topic with leaders, and why."""
+        producer = self._producer
+        if producer is None:
+            return False, "not started"
+        if self._fatal is not None:
+            return False, "producer failed"
+        loop = asyncio.get_running_loop()
+        try:
+            md = await loop.run_in_executor(
+                None, lambda: producer.list_topics(self.topic, timeout=self.probe_timeout)
+            )
+        except KafkaException as e:
+            return False, f"Kafka unreachable: {e.args[0].str() if e.args else e}"
+        topic = md.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            return False, f"topic {self.topic} unavailable"
+        if any(p.leader < 0 for p in topic.partitions.values()):
+            return False, f"topic {self.topic} has partitions without a leader"
+        return True, "ok"
+
+    def close(self, *, timeout: float = 10.0) -> int:
+        """Flush what is queued (up to ``timeout`` s), stop the poll thread.
+
+        Returns the number of records still undelivered.
+        """
+        producer = self._producer
+        if producer is None:
+            return 0
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        left = int(producer.flush(timeout))
+        self._producer = None
+        if left:
+            log.warning("%d records left unconfirmed at shutdown", left)
+        return left

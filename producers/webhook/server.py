@@ -1,0 +1,92 @@
+"""Running the gateway: one process, or N worker processes sharing a port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import tempfile
+from types import FrameType
+
+from aiohttp import web
+
+from convsync.logs import setup_logging
+from convsync.settings import Settings
+from producers.webhook.app import SafeAccessLogger, make_app
+from producers.webhook.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Return the secret values that log lines must never show."""
+    values = [settings.app_secret, settings.verify_token, settings.admin_token]
+    return [v.get_secret_value() for v in (*values, *settings.page_tokens.values())]
+
+
+def serve(settings: Settings, gateway: GatewaySettings, *, reuse_port: bool = False) -> None:
+    """Serve the gateway in this process until SIGINT/SIGTERM (then flush the producer)."""
+    app = make_app(settings, gateway)
+    log.info(
+        "gateway pid %d on %s:%d -> %s",
+        os.getpid(),
+        gateway.host,
+        gateway.port,
+        settings.topic("events"),
+    )
+    web.run_app(
+        app,
+        host=gateway.host,
+        port=gateway.port,
+        reuse_port=reuse_port,
+        access_log_class=SafeAccessLogger,
+        print=None,
+        handle_signals=True,
+    )
+
+
+def _worker(settings: Settings, gateway: GatewaySettings, log_level: str) -> None:
+    setup_logging(log_level, secrets=secrets_of(settings))
+    serve(settings, gateway, reuse_port=True)
+
+
+def serve_workers(settings: Settings, gateway: GatewaySettings, *, log_level: str = "INFO") -> int:
+    """Run ``gateway.workers`` processes on one port with SO_REUSEPORT; return an exit code.
+
+    SIGINT/SIGTERM to this parent are passed to every worker. A worker that dies makes
+    the parent stop the others and return non-zero (a supervisor restarts the whole set).
+    """
+    if gateway.workers == 1:
+        serve(settings, gateway)
+        return 0
+    metrics_dir = tempfile.mkdtemp(prefix="convsync-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_worker, args=(settings, gateway, log_level), name=f"gateway-{i}")
+        for i in range(gateway.workers)
+    ]
+    for w in workers:
+        w.start()
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for w in workers:
+            if w.pid is not None and w.is_alive():
+                os.kill(w.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    sentinels = {w.sentinel: w for w in workers}
+    failed = False
+    while sentinels:
+        ready = multiprocessing.connection.wait(list(sentinels))
+        for s in ready:
+            assert isinstance(s, int)
+            w = sentinels.pop(s)
+            if w.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT) and not failed:
+                failed = True
+                log.error("worker %s exited with %s; stopping the others", w.name, w.exitcode)
+                forward(signal.SIGTERM, None)
+    return 1 if failed else 0

@@ -1,0 +1,29 @@
+"""The gateway's own settings: listen address, body limit and produce timeout."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class GatewaySettings(BaseSettings):
+    """How the webhook gateway listens and how long it waits for Kafka.
+
+    Read from ``CONVSYNC_GATEWAY_*``; the app secret and the verify token are in
+    :class:`convsync.settings.Settings` (``CONVSYNC_APP_SECRET``, ``CONVSYNC_VERIFY_TOKEN``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CONVSYNC_GATEWAY_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    produce_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for Kafka to confirm a request's events."
+    )
+    max_body_bytes: int = Field(default=MIB, ge=1024)
+    # librdkafka's default message.max.bytes; a larger envelope cannot be produced.
+    max_record_bytes: int = Field(default=1_000_000, ge=1024)
+    linger_ms: float = Field(default=2.0, ge=0, description="Producer linger (batching) in ms.")

@@ -1,0 +1,38 @@
+"""Fixtures of the gateway tests: an in-process gateway on fresh topics of the real Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from convsync.settings import Settings
+from deploy.simulator.webhooks import WebhookSender
+from producers.webhook.app import SafeAccessLogger, make_app
+from producers.webhook.settings import GatewaySettings
+from tests.producers.webhook.helpers import SECRET, with_secrets
+
+
+@pytest.fixture
+def gw_settings(kafka_settings: Settings) -> Settings:
+    """Fresh topics on the shared Kafka, with the test secrets."""
+    return with_secrets(kafka_settings)
+
+
+@pytest_asyncio.fixture
+async def client(gw_settings: Settings) -> AsyncIterator[TestClient[object, object]]:
+    """A test client of the gateway app, its producer on ``gw_settings``' topics."""
+    app = make_app(gw_settings, GatewaySettings(produce_timeout=5.0))
+    server = TestServer(app)
+    # The production access logger (TestServer drops runner options given to __init__).
+    await server.start_server(access_log_class=SafeAccessLogger)
+    async with TestClient(server) as c:
+        yield c
+
+
+@pytest.fixture
+def sender() -> WebhookSender:
+    """Meta's webhook sender, signing with the test secret."""
+    return WebhookSender(SECRET, seed=7)

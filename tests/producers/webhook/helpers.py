@@ -1,0 +1,140 @@
+"""Helpers of the gateway tests: read a topic back, run the gateway as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from pydantic import SecretStr
+
+from convsync.kafka import make_consumer
+from convsync.settings import Settings
+from schemas.envelope import Envelope
+
+SECRET = "test-app-secret-0123456789"
+VERIFY_TOKEN = "test-verify-token-abcdef"
+REPO = Path(__file__).resolve().parents[3]
+
+
+def with_secrets(settings: Settings) -> Settings:
+    """Return ``settings`` with the test app secret and verify token."""
+    return settings.model_copy(
+        update={"app_secret": SecretStr(SECRET), "verify_token": SecretStr(VERIFY_TOKEN)}
+    )
+
+
+def read_events(settings: Settings, *, timeout: float = 30.0) -> list[tuple[bytes, Envelope]]:
+    """Return every record of ``<prefix>.events`` as ``(key, envelope)``, partition order."""
+    topic = settings.topic("events")
+    consumer = make_consumer(settings, f"read-{uuid.uuid4().hex[:8]}")
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(md.topics[topic].partitions)
+        high = {p: _high_watermark(consumer, topic, p) for p in partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        position = dict.fromkeys(partitions, 0)
+        out: list[tuple[bytes, Envelope]] = []
+        deadline = time.monotonic() + timeout
+        while any(position[p] < high[p] for p in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"read {len(out)} records; positions {position} of {high}")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                raise RuntimeError(str(msg.error()))
+            out.append((msg.key() or b"", Envelope.from_bytes(msg.value())))
+            position[msg.partition()] = msg.offset() + 1
+        return out
+    finally:
+        consumer.close()
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
+    # A fresh topic's leader may not be known to this new client for a moment.
+    for attempt in range(50):
+        try:
+            return int(
+                consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+            )
+        except KafkaException:
+            if attempt == 49:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def free_port() -> int:
+    """Return a TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    """``convsync gateway`` in a subprocess of the test, its output in ``log_file``."""
+
+    settings: Settings
+    log_file: Path
+    workers: int = 1
+    produce_timeout: float = 5.0
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        env = {
+            **os.environ,
+            "CONVSYNC_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            "CONVSYNC_TOPIC_PREFIX": self.settings.topic_prefix,
+            "CONVSYNC_APP_SECRET": SECRET,
+            "CONVSYNC_VERIFY_TOKEN": VERIFY_TOKEN,
+            "CONVSYNC_GATEWAY_PRODUCE_TIMEOUT": str(self.produce_timeout),
+            "CONVSYNC_LOG_LEVEL": "DEBUG",
+        }
+        argv = [str(Path(sys.executable).parent / "convsync"), "gateway", "--port", str(self.port)]
+        argv += ["--workers", str(self.workers)]
+        with self.log_file.open("ab") as out:
+            self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=out)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.log_file.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:  # noqa: S310
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise TimeoutError(f"gateway not ready: {self.log_file.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise
+        return int(self.proc.returncode)

@@ -1,0 +1,296 @@
+"""Every endpoint rule of the gateway, against fresh topics on the real local Kafka."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from convsync.settings import Settings
+from deploy.simulator.webhooks import KINDS, WebhookSender, encode, page_body, signature
+from producers.webhook.mapping import map_body
+from producers.webhook.payload import parse_body
+from tests.producers.webhook.helpers import SECRET, VERIFY_TOKEN, read_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+Client = TestClient[Any, Any]
+
+
+def signed(raw: bytes) -> dict[str, str]:
+    return {"X-Hub-Signature-256": signature(SECRET, raw), "Content-Type": "application/json"}
+
+
+def expected_ids(raw: bytes) -> list[str]:
+    return [e.event_id for e in map_body(parse_body(raw))]
+
+
+# GET /webhook ------------------------------------------------------------------------
+
+
+async def test_handshake_echoes_the_challenge(client: Client) -> None:
+    params = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "15ab"}
+    resp = await client.get("/webhook", params=params)
+    assert resp.status == 200
+    assert await resp.text() == "15ab"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"},
+        {"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"},
+        {"hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"},
+        {"hub.mode": "subscribe", "hub.challenge": "1"},
+        {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN},
+        {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN + "é", "hub.challenge": "1"},
+        {},
+    ],
+)
+async def test_handshake_refusals(client: Client, params: dict[str, str]) -> None:
+    resp = await client.get("/webhook", params=params)
+    assert resp.status == 403
+
+
+# POST /webhook: refusals produce nothing ---------------------------------------------
+
+
+async def test_refused_posts_produce_nothing(
+    client: Client, gw_settings: Settings, sender: WebhookSender
+) -> None:
+    good = sender.batch(["1"], items_per_page=2)
+    sha1 = "sha1=" + "0" * 40
+    cases: list[tuple[bytes, dict[str, str], int]] = [
+        (good.raw, {}, 403),
+        (good.raw, {"X-Hub-Signature": sha1}, 403),
+        (good.raw, {"X-Hub-Signature-256": "sha256=nothex"}, 403),
+        (good.raw, {"X-Hub-Signature-256": signature("other", good.raw)}, 403),
+        (good.raw + b" ", good.headers, 403),
+        (b"not json", signed(b"not json"), 400),
+        (b"[1,2]", signed(b"[1,2]"), 400),
+        (b'{"object":"user","entry":[]}', signed(b'{"object":"user","entry":[]}'), 400),
+        (b'{"object":"page"}', signed(b'{"object":"page"}'), 400),
+        (b'{"object":"page","entry":{}}', signed(b'{"object":"page","entry":{}}'), 400),
+        (
+            b'{"object":"page","entry":[{"time":1}]}',
+            signed(b'{"object":"page","entry":[{"time":1}]}'),
+            400,
+        ),
+        (
+            b'{"object":"page","entry":[{"id":"1","messaging":[1]}]}',
+            signed(b'{"object":"page","entry":[{"id":"1","messaging":[1]}]}'),
+            400,
+        ),
+    ]
+    for raw, headers, status in cases:
+        resp = await client.post("/webhook", data=raw, headers=headers)
+        assert resp.status == status, (raw[:60], headers)
+        if status == 400:
+            reason = (await resp.json())["error"]
+            assert 0 < len(reason) < 100
+    assert read_events(gw_settings) == []
+
+
+async def test_oversized_body_is_413_and_not_read(client: Client, gw_settings: Settings) -> None:
+    item = {
+        "sender": {"id": "2"},
+        "recipient": {"id": "1"},
+        "message": {"mid": "m", "text": "x" * (1024 * 1024)},
+    }
+    raw = encode(page_body([("1", [item], [])], time=1))
+    resp = await client.post("/webhook", data=io.BytesIO(raw), headers=signed(raw))
+    assert resp.status == 413
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(raw), 65536):
+            yield raw[i : i + 65536]
+
+    # Chunked (no Content-Length): refused as soon as the limit is crossed.
+    resp = await client.post("/webhook", data=chunks(), headers=signed(raw))
+    assert resp.status == 413
+    assert read_events(gw_settings) == []
+
+
+async def test_exactly_one_mib_is_accepted(client: Client, gw_settings: Settings) -> None:
+    # A real body at the limit: many small items padding it to exactly 1 MiB.
+    items = [
+        {
+            "sender": {"id": "2"},
+            "recipient": {"id": "1"},
+            "timestamp": i,
+            "message": {"mid": f"m{i}", "text": "y" * 900},
+        }
+        for i in range(1000)
+    ]
+    body = page_body([("1", items, [])], time=1)
+    raw = encode(body)
+    pad = 1024 * 1024 - len(raw)
+    assert 0 < pad < 200_000
+    body["entry"][0]["pad"] = "z" * (pad - len(',"pad":""'))
+    raw = encode(body)
+    assert len(raw) == 1024 * 1024
+    resp = await client.post("/webhook", data=io.BytesIO(raw), headers=signed(raw))
+    assert resp.status == 200
+    assert len(read_events(gw_settings)) == 1000
+
+
+# POST /webhook: accepted -----------------------------------------------------------
+
+
+async def test_every_kind_is_published_keyed_by_page(
+    client: Client, gw_settings: Settings, sender: WebhookSender
+) -> None:
+    items = [sender.item(kind, "111", sender.psid()) for kind in KINDS]
+    standby = [sender.message("111", sender.psid(), text="to the other app")]
+    raw = encode(page_body([("111", items, standby)], time=1))
+    resp = await client.post("/webhook", data=raw, headers=signed(raw))
+    assert resp.status == 200
+    assert await resp.text() == "EVENT_RECEIVED"
+    got = read_events(gw_settings)
+    assert sorted(e.event_id for _, e in got) == sorted(expected_ids(raw))
+    assert {k for k, _ in got} == {b"111"}
+    by_raw = {orjson.dumps(e.raw, option=orjson.OPT_SORT_KEYS): e for _, e in got}
+    for item in [*items, *standby]:
+        env = by_raw[orjson.dumps(item, option=orjson.OPT_SORT_KEYS)]
+        assert env.source == "webhook"
+    kinds = sorted(e.kind for _, e in got)
+    assert kinds == sorted(
+        [
+            "message",
+            "message",
+            "message",
+            "delivery",
+            "read",
+            "reaction",
+            "edit",
+            "postback",
+            "referral",
+            "handover",
+            "optin",
+            "unknown",
+        ]
+    )
+    echo = next(e for _, e in got if e.attrs.get("is_echo"))
+    assert (echo.direction, echo.psid) == ("outbound", items[1]["recipient"]["id"])
+
+
+async def test_two_pages_in_one_post(
+    client: Client, gw_settings: Settings, sender: WebhookSender
+) -> None:
+    body = sender.batch(["201", "202"], items_per_page=4, standby_share=0.3)
+    resp = await client.post("/webhook", data=body.raw, headers=body.headers)
+    assert resp.status == 200
+    got = read_events(gw_settings)
+    assert len(got) == 8
+    for key, env in got:
+        assert key == env.page_id.encode()
+    assert sorted(e.page_id for _, e in got) == ["201"] * 4 + ["202"] * 4
+
+
+async def test_same_body_twice_gives_the_same_ids(
+    client: Client, gw_settings: Settings, sender: WebhookSender
+) -> None:
+    body = sender.batch(["301"], items_per_page=5)
+    for _ in range(2):
+        resp = await client.post("/webhook", data=body.raw, headers=body.headers)
+        assert resp.status == 200
+    ids = [e.event_id for _, e in read_events(gw_settings)]
+    assert len(ids) == 10
+    assert len(set(ids)) == 5
+
+
+async def test_same_message_in_two_differently_batched_bodies(
+    client: Client, gw_settings: Settings, sender: WebhookSender
+) -> None:
+    m1 = sender.message("401", "9", text="first")
+    m2 = sender.message("402", "8", text="second")
+    m3 = sender.message("401", "9", text="third")
+    together = encode(page_body([("401", [m1, m3], []), ("402", [m2], [])], time=1), style="utf8")
+    apart = [
+        encode(page_body([("402", [m2], []), ("401", [m1], [])], time=2)),
+        encode(page_body([("401", [m3], [])], time=3)),
+    ]
+    for raw in [together, *apart]:
+        resp = await client.post("/webhook", data=raw, headers=signed(raw))
+        assert resp.status == 200
+    ids = [e.event_id for _, e in read_events(gw_settings)]
+    assert len(ids) == 6
+    assert len(set(ids)) == 3
+
+
+async def test_escaped_and_raw_unicode_bodies_verify(
+    client: Client, gw_settings: Settings, sender: WebhookSender
+) -> None:
+    item = sender.message("501", "5", text='Здравствуйте 👋🏽 价格 \\ / " ça')
+    body = page_body([("501", [item], [])], time=1)
+    for style in ("meta", "utf8"):
+        raw = encode(body, style=style)  # type: ignore[arg-type]
+        resp = await client.post("/webhook", data=raw, headers=signed(raw))
+        assert resp.status == 200
+    got = read_events(gw_settings)
+    assert [e.text for _, e in got] == [item["message"]["text"]] * 2
+
+
+async def test_empty_entry_list_is_acknowledged(client: Client, gw_settings: Settings) -> None:
+    raw = b'{"object":"page","entry":[]}'
+    resp = await client.post("/webhook", data=raw, headers=signed(raw))
+    assert resp.status == 200
+    assert read_events(gw_settings) == []
+
+
+# health, readiness, metrics, logs ---------------------------------------------------
+
+
+async def test_health_ready_and_metrics(client: Client, sender: WebhookSender) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    body = sender.batch(["601"], items_per_page=1, kinds=["read"])
+    assert (await client.post("/webhook", data=body.raw, headers=body.headers)).status == 200
+    assert (await client.post("/webhook", data=body.raw)).status == 403
+    text = await (await client.get("/metrics")).text()
+    assert 'convsync_gateway_requests_total{route="/webhook",status="200"} 1.0' in text
+    assert 'convsync_gateway_requests_total{route="/webhook",status="403"} 1.0' in text
+    assert 'convsync_gateway_events_total{kind="read"} 1.0' in text
+    assert 'convsync_gateway_signature_failures_total{reason="missing"} 1.0' in text
+    assert "convsync_gateway_produce_seconds_count 1.0" in text
+    assert "convsync_gateway_body_bytes_count 2.0" in text
+
+
+async def test_readyz_is_503_when_the_topic_is_missing(kafka_settings: Settings) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from producers.webhook.app import make_app
+    from producers.webhook.settings import GatewaySettings
+    from tests.producers.webhook.helpers import with_secrets
+
+    settings = with_secrets(kafka_settings).model_copy(update={"topic_prefix": "no-such-prefix-x"})
+    async with TestClient(TestServer(make_app(settings, GatewaySettings()))) as c:
+        resp = await c.get("/readyz")
+        assert resp.status == 503
+        assert "unavailable" in (await resp.json())["error"]
+
+
+async def test_logs_never_hold_secrets_or_signatures(
+    client: Client, sender: WebhookSender, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = sender.batch(["701"], items_per_page=3)
+    bad_sig = signature("wrong", body.raw)
+    await client.post("/webhook", data=body.raw, headers=body.headers)
+    await client.post("/webhook", data=body.raw, headers={"X-Hub-Signature-256": bad_sig})
+    await client.get(
+        "/webhook",
+        params={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "c"},
+    )
+    await client.get(
+        "/webhook",
+        params={"hub.mode": "subscribe", "hub.verify_token": "guess", "hub.challenge": "c"},
+    )
+    text = caplog.text
+    assert "handshake refused" in text and "signature mismatch" in text
+    for secret in (SECRET, VERIFY_TOKEN, body.headers["X-Hub-Signature-256"][7:], bad_sig[7:]):
+        assert secret not in text
