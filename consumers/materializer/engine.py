@@ -1,0 +1,476 @@
+"""The materializer loop: Kafka records in, one Postgres transaction per batch out."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from consumers.materializer import metrics as m
+from consumers.materializer.config import BatchConfig
+from consumers.materializer.dlq import DeadLetterSink, Poison
+from consumers.materializer.rows import Position, StageRow, decode
+from consumers.materializer.store import BatchResult, Store
+from convsync.errors import ConvsyncError, PoisonError, RetryableError
+from convsync.kafka import make_consumer
+from convsync.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_GROUP = "convsync-materializer"
+
+
+class AbandonedError(ConvsyncError):
+    """A batch was given up because the materializer is stopping (nothing was applied)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    position: Position
+    message: Any
+    row: StageRow | None
+    poison: Poison | None
+
+
+@dataclass(slots=True)
+class Totals:
+    """Running counters of one materializer (also exported as Prometheus metrics)."""
+
+    records: int = 0
+    inserted: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+
+
+class Materializer:
+    """Projects ``<prefix>.events`` into the Postgres schema, exactly once.
+
+    Use :meth:`run` for a consumer-group member (``convsync materialize``) and
+    :meth:`run_to_end` to read every partition from the beginning to its current end
+    (``convsync replay``). :meth:`stop` may be called from any thread or a signal handler.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group: str = DEFAULT_GROUP,
+        schema: str | None = None,
+        config: BatchConfig | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
+        report_lag: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.group = group
+        self.topic = settings.topic("events")
+        self.config = config or BatchConfig()
+        self.store = Store(settings, schema=schema)
+        self.totals = Totals()
+        self._dlq = DeadLetterSink(settings)
+        self._overrides = consumer_overrides or {}
+        self._report_lag = report_lag
+        self._stop = threading.Event()
+        self._consumer: Consumer | None = None
+        self._batch: list[Any] = []
+        self._batch_started = 0.0
+        self._dead_sent: set[tuple[int, int]] = set()
+        self._flushing = False
+        self._owned: set[int] = set()
+        self._last_lag = 0.0
+        self._read_to: dict[int, int] = {}
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit it and close."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def _new_consumer(self) -> Consumer:
+        conf: dict[str, Any] = {
+            "on_commit": self._on_commit,
+            "error_cb": self._on_error,
+            **self._overrides,
+        }
+        return make_consumer(self.settings, self.group, **conf)
+
+    # -- consumer-group member ----------------------------------------------------------
+
+    def run(self, *, stop: threading.Event | None = None) -> Totals:
+        """Consume as a member of the group until stopped; return the totals.
+
+        Raises ConfigError when the schema is not migrated; Postgres and Kafka outages
+        are retried with backoff, never raised.
+        """
+        consumer = self._consumer = self._new_consumer()
+        consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+                self._poll_once(consumer)
+            if stop is not None and stop.is_set():
+                self._stop.set()
+            self._flush_or_abandon()
+        finally:
+            self._close(consumer)
+        return self.totals
+
+    def run_to_end(self) -> Totals:
+        """Read every partition from its first record to the end it has now, then stop.
+
+        Uses manual assignment (no group membership); offsets are still written to
+        ``consumer_offsets`` under this materializer's group. Returns the totals.
+        """
+        consumer = self._consumer = self._new_consumer()
+        try:
+            md = self._retry(lambda: _list_topic(consumer, self.topic))
+            ends: dict[int, int] = {}
+            for p in sorted(md):
+                low, high = self._retry(functools.partial(_watermarks, consumer, self.topic, p))
+                if high > low:
+                    ends[p] = high
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
+            self._owned = set(ends)
+            while not self._stop.is_set():
+                if all(self._read_to.get(p, -1) >= end for p, end in ends.items()):
+                    break
+                self._poll_once(consumer)
+            self._flush_or_abandon()
+        finally:
+            self._close(consumer)
+        return self.totals
+
+    def _close(self, consumer: Consumer) -> None:
+        try:
+            consumer.close()
+        except (KafkaException, RuntimeError) as e:
+            log.warning("consumer close: %s", e)
+        self._dlq.close()
+        self.store.close()
+        self._consumer = None
+
+    def _poll_once(self, consumer: Consumer) -> None:
+        cfg = self.config
+        if self._batch:
+            timeout = max(0.0, self._batch_started + cfg.max_wait - time.monotonic())
+        else:
+            timeout = cfg.idle_poll
+        want = cfg.max_records - len(self._batch)
+        msgs = consumer.consume(num_messages=max(1, want), timeout=timeout)
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                self._on_record_error(err)
+                continue
+            self._take(msg)
+        if self._batch and (
+            len(self._batch) >= cfg.max_records
+            or time.monotonic() - self._batch_started >= cfg.max_wait
+        ):
+            self._flush_or_abandon()
+        if self._report_lag and time.monotonic() - self._last_lag >= cfg.lag_interval:
+            self._last_lag = time.monotonic()
+            self._refresh_lag(consumer)
+
+    def _take(self, msg: Any) -> None:
+        if not self._batch:
+            self._batch_started = time.monotonic()
+        self._batch.append(msg)
+        p = msg.partition()
+        self._read_to[p] = max(self._read_to.get(p, 0), msg.offset() + 1)
+
+    def _on_record_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise RetryableError(f"consumer failed fatally: {err}")
+        # Broker down, topic not created yet...: librdkafka reconnects by itself.
+        log.warning("consumer: %s", err)
+
+    # -- rebalance callbacks -------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = [tp.partition for tp in partitions if tp.topic == self.topic]
+        # 1. Read the resume cursor of the new partitions from Postgres (retry until it
+        #    answers); 2. seek there (no stored offset: the beginning); 3. assign them
+        #    ourselves: librdkafka would otherwise start from Kafka's committed offsets.
+        try:
+            stored = self._retry(
+                lambda: self.store.load_offsets(self.group, self.topic, parts), pollable=False
+            )
+        except AbandonedError:
+            # Stopping while Postgres is down: take nothing, consume nothing.
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+            return
+        tps = [
+            TopicPartition(tp.topic, tp.partition, stored.get(tp.partition, OFFSET_BEGINNING))
+            for tp in partitions
+        ]
+        consumer.incremental_assign(tps)
+        self._owned.update(parts)
+        log.info(
+            "assigned %s partitions of %s: %s",
+            len(tps),
+            self.topic,
+            {tp.partition: stored.get(tp.partition, "beginning") for tp in tps},
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = {tp.partition for tp in partitions}
+        # Finish the in-flight batch while we still own its partitions; if Postgres does
+        # not take it now, forget the revoked partitions' records instead: their stored
+        # offsets did not move, so the next owner reads them again.
+        if any(msg.partition() in parts for msg in self._batch) and not self._flushing:
+            try:
+                self._flush(max_attempts=1)
+            except (RetryableError, AbandonedError) as e:
+                log.warning("revoke: batch not committed (%s); dropping revoked records", e)
+        self._drop_partitions(parts)
+        consumer.incremental_unassign(partitions)
+        log.info("revoked partitions %s of %s", sorted(parts), self.topic)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = {tp.partition for tp in partitions}
+        self._drop_partitions(parts)
+        consumer.incremental_unassign(partitions)
+        log.warning("lost partitions %s of %s", sorted(parts), self.topic)
+
+    def _drop_partitions(self, parts: set[int]) -> None:
+        self._batch = [msg for msg in self._batch if msg.partition() not in parts]
+        self._owned -= parts
+        for p in parts:
+            # A gauge that was never set for this partition has nothing to remove.
+            with contextlib.suppress(KeyError):
+                m.LAG.remove(self.group, self.topic, str(p))
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        # Kafka commits only feed lag monitoring; Postgres holds the real cursor.
+        if err is not None:
+            log.info("kafka offset commit (monitoring only) failed: %s", err)
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("kafka: %s", err)
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def _flush_or_abandon(self) -> None:
+        if not self._batch:
+            return
+        try:
+            self._flush()
+        except AbandonedError as e:
+            log.warning("stopping: %s", e)
+            self._batch = []
+
+    def _flush(self, *, max_attempts: int | None = None) -> None:
+        """Commit the in-flight batch, retrying with backoff (bounded by max_attempts)."""
+        self._flushing = True
+        try:
+            started = time.monotonic()
+            size = len(self._batch)
+            result = self._retry(self._attempt, max_attempts=max_attempts)
+        finally:
+            self._flushing = False
+        m.BATCH_SIZE.labels(self.group).observe(size)
+        m.BATCH_SECONDS.labels(self.group).observe(time.monotonic() - started)
+        self._kafka_commit(self._batch)
+        self._batch = []
+        self._dead_sent.clear()
+        self.totals.batches += 1
+        log.debug("batch of %s: %s", size, result)
+
+    def _attempt(self) -> BatchResult:
+        # The batch may have shrunk since the last attempt (a revoke during backoff),
+        # so every attempt starts from the current batch.
+        entries = self._prepare(self._batch)
+        # 1. Poison first: dead letters are confirmed by Kafka before any offset moves
+        #    past them.
+        unsent = [e.poison for e in entries if e.poison and _key(e) not in self._dead_sent]
+        self._dlq.send([p for p in unsent if p is not None])
+        self._dead_sent.update(_key(e) for e in entries if e.poison is not None)
+        # 2. Rows and the offsets of every partition in the batch, in one transaction.
+        result = self._write(entries)
+        # 3. Counters only after the commit, so retries do not count twice.
+        good = sum(1 for e in entries if e.row is not None)
+        dead = len(entries) - good
+        self.totals.records += len(entries)
+        self.totals.inserted += result.inserted
+        self.totals.dead_letters += dead
+        m.EVENTS_IN.labels(self.group).inc(len(entries))
+        m.EVENTS_INSERTED.labels(self.group).inc(result.inserted)
+        m.DUPLICATES.labels(self.group).inc(max(0, result.staged - result.inserted))
+        m.DEAD_LETTERS.labels(self.group).inc(dead)
+        return result
+
+    def _prepare(self, messages: Sequence[Any]) -> list[_Entry]:
+        entries = []
+        for seq, msg in enumerate(messages):
+            pos = Position(msg.topic(), msg.partition(), msg.offset())
+            try:
+                entries.append(_Entry(pos, msg, decode(msg.value(), pos, seq), None))
+            except PoisonError as e:
+                poison = Poison(pos, msg.key(), msg.value(), str(e), type(e).__name__)
+                entries.append(_Entry(pos, msg, None, poison))
+        return entries
+
+    def _write(self, entries: list[_Entry]) -> BatchResult:
+        rows = [e.row for e in entries if e.row is not None]
+        try:
+            return self.store.write_batch(
+                group=self.group, topic=self.topic, rows=rows, next_offsets=_next_offsets(entries)
+            )
+        except PoisonError as e:
+            # Some row slipped past validation and Postgres refused it: find it by
+            # halving (each half commits its own rows and offsets), dead-letter it alone.
+            if len(entries) == 1:
+                only = entries[0]
+                poison = Poison(
+                    only.position,
+                    only.message.key(),
+                    only.message.value(),
+                    str(e),
+                    type(e).__name__,
+                )
+                self._dlq.send([poison])
+                self.totals.dead_letters += 1
+                m.DEAD_LETTERS.labels(self.group).inc()
+                return self.store.write_batch(
+                    group=self.group,
+                    topic=self.topic,
+                    rows=[],
+                    next_offsets=_next_offsets(entries),
+                )
+            half = len(entries) // 2
+            a = self._write(entries[:half])
+            b = self._write(entries[half:])
+            return BatchResult(
+                a.staged + b.staged,
+                a.inserted + b.inserted,
+                a.conversations_changed + b.conversations_changed,
+            )
+
+    def _retry(
+        self,
+        action: Callable[[], T],
+        *,
+        max_attempts: int | None = None,
+        pollable: bool = True,
+    ) -> T:
+        """Run ``action`` until it stops raising RetryableError, backing off in between.
+
+        Raises :class:`AbandonedError` when stopping (or out of attempts) before it succeeded.
+        """
+        delay = self.config.backoff_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return action()
+            except RetryableError as e:
+                m.RETRIES.labels(self.group).inc()
+                if self._stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
+                    raise AbandonedError(f"gave up after {attempt} attempt(s): {e}") from e
+                log.warning("retrying in %.1fs: %s", delay, e)
+                self._backoff(delay, pollable=pollable)
+                delay = min(delay * 2, self.config.backoff_max)
+
+    def _backoff(self, delay: float, *, pollable: bool) -> None:
+        consumer = self._consumer
+        if not pollable or consumer is None or self._flushing is False:
+            self._stop.wait(delay)
+            return
+        # Keep serving the group (rebalances, liveness) while Postgres is away: pause
+        # fetching and poll. A record that was already fetched is kept for later.
+        assignment = consumer.assignment()
+        consumer.pause(assignment)
+        try:
+            deadline = time.monotonic() + delay
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                msg = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+                if msg is not None and msg.error() is None and msg.partition() in self._owned:
+                    self._take(msg)
+        finally:
+            consumer.resume(consumer.assignment())
+
+    def _kafka_commit(self, messages: Sequence[Any]) -> None:
+        consumer = self._consumer
+        if consumer is None or not messages:
+            return
+        offsets = _next_offsets_of(messages)
+        tps = [TopicPartition(self.topic, p, n) for p, n in offsets.items() if p in self._owned]
+        if not tps:
+            return
+        try:
+            consumer.commit(offsets=tps, asynchronous=True)
+        except KafkaException as e:
+            log.info("kafka offset commit (monitoring only) failed: %s", e)
+
+    def _refresh_lag(self, consumer: Consumer) -> None:
+        for p in sorted(self._owned):
+            tp = TopicPartition(self.topic, p)
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                (pos,) = consumer.position([tp])
+            except KafkaException as e:
+                log.info("lag of %s[%s] unknown: %s", self.topic, p, e)
+                continue
+            if pos.offset >= 0:
+                m.LAG.labels(self.group, self.topic, str(p)).set(max(0, high - pos.offset))
+
+
+def _key(entry: _Entry) -> tuple[int, int]:
+    return (entry.position.partition, entry.position.offset)
+
+
+def _next_offsets(entries: Sequence[_Entry]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for e in entries:
+        p = e.position.partition
+        out[p] = max(out.get(p, 0), e.position.offset + 1)
+    return out
+
+
+def _next_offsets_of(messages: Sequence[Any]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for msg in messages:
+        out[msg.partition()] = max(out.get(msg.partition(), 0), msg.offset() + 1)
+    return out
+
+
+def _list_topic(consumer: Consumer, topic: str) -> list[int]:
+    try:
+        md = consumer.list_topics(topic, timeout=5)
+    except KafkaException as e:
+        raise RetryableError(f"cannot list topic {topic}: {e}") from e
+    info = md.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise RetryableError(f"topic {topic} not available: {info.error if info else 'absent'}")
+    return sorted(info.partitions)
+
+
+def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    try:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=5, cached=False
+        )
+    except KafkaException as e:
+        raise RetryableError(f"cannot read end offsets of {topic}[{partition}]: {e}") from e
+    return int(low), int(high)

@@ -1,0 +1,186 @@
+"""The named SQL statements of one materializer batch (run with search_path = schema)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from psycopg import sql
+
+# Session-level scratch tables; ON COMMIT DELETE ROWS empties them at every commit.
+CREATE_SCRATCH: Final = sql.SQL(
+    """
+    CREATE TEMP TABLE IF NOT EXISTS stage (
+        seq integer NOT NULL, event_id text NOT NULL, page_id text NOT NULL,
+        psid text NOT NULL, kind text NOT NULL, mid text, occurred_ms bigint NOT NULL,
+        direction text, text text, watermark_ms bigint, thread_id text,
+        source text NOT NULL, attrs jsonb NOT NULL, payload jsonb NOT NULL,
+        topic text NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL,
+        num_edit numeric
+    ) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS fresh (
+        event_id text NOT NULL, page_id text NOT NULL, psid text NOT NULL,
+        kind text NOT NULL, mid text, occurred_at timestamptz NOT NULL, direction text,
+        watermark timestamptz
+    ) ON COMMIT DELETE ROWS
+    """
+)
+
+# Writers of one (schema, topic, partition) queue behind each other: a consumer that lost
+# its partitions without noticing (a zombie) cannot interleave with the new owner.
+# Locks are taken in partition order so two writers never deadlock.
+LOCK_PARTITIONS: Final = sql.SQL(
+    """
+    SELECT count(pg_advisory_xact_lock(hashtext(current_schema() || '/' || %s), p))
+    FROM (SELECT p FROM unnest(%s::integer[]) AS p ORDER BY p) AS ordered
+    """
+)
+
+COPY_STAGE: Final = sql.SQL(
+    "COPY stage (seq, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, "
+    'watermark_ms, thread_id, source, attrs, payload, topic, "partition", "offset", '
+    "num_edit) FROM STDIN"
+)
+
+# Store each event once (the first copy seen wins) and keep the new ones in ``fresh``.
+INSERT_EVENTS: Final = sql.SQL(
+    """
+    WITH ins AS (
+        INSERT INTO events (event_id, page_id, psid, kind, mid, occurred_at, direction, text,
+                            watermark, thread_id, source, attrs, payload, topic, "partition",
+                            "offset", num_edit)
+        SELECT DISTINCT ON (event_id)
+               event_id, page_id, psid, kind, mid,
+               to_timestamp(0) + occurred_ms * interval '1 millisecond', direction, text,
+               to_timestamp(0) + watermark_ms * interval '1 millisecond', thread_id, source,
+               attrs, payload, topic, "partition", "offset", num_edit
+        FROM stage
+        ORDER BY event_id, seq
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id, page_id, psid, kind, mid, occurred_at, direction, watermark
+    )
+    INSERT INTO fresh SELECT * FROM ins
+    """
+)
+
+# The fold of schemas/fold.py, set-based: aggregate the new events per conversation,
+# merge with the stored row by max/min/sum, learn thread ids from every staged copy
+# (duplicates included), recompute the last message's edited text only where the last
+# message or its edits may have changed, and write only rows that really change (so a
+# duplicate-only batch bumps no version). Text comparisons use "C" (code point) order,
+# which is Python's str order.
+FOLD_CONVERSATIONS: Final = sql.SQL(
+    """
+    WITH agg AS (
+        SELECT page_id, psid,
+               count(*) FILTER (WHERE kind = 'message') AS n_msg,
+               min(occurred_at) FILTER (WHERE kind = 'message') AS first_at,
+               max(occurred_at) FILTER (WHERE kind = 'message') AS last_at,
+               max(occurred_at) FILTER (WHERE kind = 'message' AND direction = 'inbound')
+                   AS in_at,
+               max(occurred_at) FILTER (WHERE kind = 'message' AND direction = 'outbound')
+                   AS out_at,
+               max(watermark) FILTER (WHERE kind = 'read') AS read_wm,
+               max(watermark) FILTER (WHERE kind = 'delivery') AS deliv_wm,
+               (array_agg(event_id ORDER BY occurred_at DESC, event_id COLLATE "C" DESC)
+                   FILTER (WHERE kind = 'message'))[1] AS last_event,
+               bool_or(kind = 'edit' AND mid <> '') AS edited
+        FROM fresh
+        GROUP BY page_id, psid
+    ),
+    seen AS (
+        SELECT page_id, psid, max(NULLIF(thread_id, '') COLLATE "C") AS thread_id
+        FROM stage
+        GROUP BY page_id, psid
+    ),
+    merged AS (
+        SELECT s.page_id, s.psid,
+               GREATEST(c.thread_id COLLATE "C", s.thread_id COLLATE "C") AS thread_id,
+               LEAST(c.first_message_at, a.first_at) AS first_message_at,
+               GREATEST(c.last_message_at, a.last_at) AS last_message_at,
+               COALESCE(c.message_count, 0) + COALESCE(a.n_msg, 0) AS message_count,
+               CASE WHEN a.last_event IS NOT NULL
+                         AND (c.last_message_event IS NULL
+                              OR a.last_at > c.last_message_at
+                              OR (a.last_at = c.last_message_at
+                                  AND a.last_event COLLATE "C"
+                                      > c.last_message_event COLLATE "C"))
+                    THEN a.last_event ELSE c.last_message_event END AS last_message_event,
+               c.last_message_event AS old_last_event,
+               c.last_message_text AS old_text,
+               COALESCE(a.edited, false) AS edited,
+               GREATEST(c.last_inbound_at, a.in_at) AS last_inbound_at,
+               GREATEST(c.last_outbound_at, a.out_at) AS last_outbound_at,
+               GREATEST(c.read_watermark, a.read_wm) AS read_watermark,
+               GREATEST(c.delivered_watermark, a.deliv_wm) AS delivered_watermark
+        FROM seen AS s
+        LEFT JOIN agg AS a USING (page_id, psid)
+        LEFT JOIN conversations AS c USING (page_id, psid)
+    ),
+    final AS (
+        SELECT m.*,
+               CASE WHEN m.last_message_event IS DISTINCT FROM m.old_last_event OR m.edited
+                    THEN (SELECT CASE WHEN ed.event_id IS NULL THEN msg.text ELSE ed.text END
+                          FROM events AS msg
+                          LEFT JOIN LATERAL (
+                              SELECT e.event_id, e.text
+                              FROM events AS e
+                              WHERE e.kind = 'edit' AND e.page_id = msg.page_id
+                                AND e.mid = msg.mid AND e.psid = m.psid AND msg.mid <> ''
+                              ORDER BY e.num_edit DESC, e.event_id COLLATE "C" DESC
+                              LIMIT 1
+                          ) AS ed ON true
+                          WHERE msg.event_id = m.last_message_event)
+                    ELSE m.old_text END AS last_message_text
+        FROM merged AS m
+    )
+    INSERT INTO conversations AS c (
+        page_id, psid, thread_id, first_message_at, last_message_at, message_count,
+        last_message_text, last_message_event, last_inbound_at, last_outbound_at,
+        needs_reply, read_watermark, delivered_watermark, version, updated_at)
+    SELECT page_id, psid, thread_id, first_message_at, last_message_at, message_count,
+           last_message_text, last_message_event, last_inbound_at, last_outbound_at,
+           COALESCE(last_inbound_at > last_outbound_at, last_inbound_at IS NOT NULL),
+           read_watermark, delivered_watermark, 1, now()
+    FROM final
+    ON CONFLICT (page_id, psid) DO UPDATE SET
+        thread_id = EXCLUDED.thread_id,
+        first_message_at = EXCLUDED.first_message_at,
+        last_message_at = EXCLUDED.last_message_at,
+        message_count = EXCLUDED.message_count,
+        last_message_text = EXCLUDED.last_message_text,
+        last_message_event = EXCLUDED.last_message_event,
+        last_inbound_at = EXCLUDED.last_inbound_at,
+        last_outbound_at = EXCLUDED.last_outbound_at,
+        needs_reply = EXCLUDED.needs_reply,
+        read_watermark = EXCLUDED.read_watermark,
+        delivered_watermark = EXCLUDED.delivered_watermark,
+        version = c.version + 1,
+        updated_at = now()
+    WHERE (c.thread_id, c.first_message_at, c.last_message_at, c.message_count,
+           c.last_message_text, c.last_message_event, c.last_inbound_at,
+           c.last_outbound_at, c.needs_reply, c.read_watermark, c.delivered_watermark)
+          IS DISTINCT FROM
+          (EXCLUDED.thread_id, EXCLUDED.first_message_at, EXCLUDED.last_message_at,
+           EXCLUDED.message_count, EXCLUDED.last_message_text, EXCLUDED.last_message_event,
+           EXCLUDED.last_inbound_at, EXCLUDED.last_outbound_at, EXCLUDED.needs_reply,
+           EXCLUDED.read_watermark, EXCLUDED.delivered_watermark)
+    """
+)
+
+# Offsets only move forward: a late zombie commit cannot rewind the resume cursor.
+UPSERT_OFFSETS: Final = sql.SQL(
+    """
+    INSERT INTO consumer_offsets AS o ("group", topic, "partition", next_offset)
+    SELECT %s, %s, p, n FROM unnest(%s::integer[], %s::bigint[]) AS t(p, n)
+    ON CONFLICT ("group", topic, "partition") DO UPDATE
+        SET next_offset = EXCLUDED.next_offset, updated_at = now()
+        WHERE o.next_offset < EXCLUDED.next_offset
+    """
+)
+
+LOAD_OFFSETS: Final = sql.SQL(
+    """
+    SELECT "partition", next_offset FROM consumer_offsets
+    WHERE "group" = %s AND topic = %s AND "partition" = ANY(%s::integer[])
+    """
+)

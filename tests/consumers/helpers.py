@@ -1,0 +1,199 @@
+"""Shared pieces of the materializer tests: event sets, producing, reading the tables."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from psycopg import sql
+
+from convsync.db import connect
+from convsync.kafka import make_producer
+from convsync.settings import Settings
+from schemas.envelope import Envelope
+from schemas.fold import project
+
+CONV_COLUMNS = (
+    "page_id",
+    "psid",
+    "thread_id",
+    "first_message_at",
+    "last_message_at",
+    "message_count",
+    "last_message_text",
+    "last_inbound_at",
+    "last_outbound_at",
+    "needs_reply",
+    "read_watermark",
+    "delivered_watermark",
+)
+MS_COLUMNS = {
+    "first_message_at",
+    "last_message_at",
+    "last_inbound_at",
+    "last_outbound_at",
+    "read_watermark",
+    "delivered_watermark",
+}
+
+
+def random_events(
+    rng: random.Random, *, pages: int, users: int, n: int, t0: int = 1_700_000_000_000
+) -> list[Envelope]:
+    """Return ``n`` distinct-looking facts over ``pages`` x ``users`` conversations.
+
+    Messages keep one identity per mid (same user, time, text, direction whatever the
+    source); edits and reactions may target mids whose message comes later or never.
+    """
+    out: list[Envelope] = []
+    mids: list[tuple[str, str, str]] = []
+    for i in range(n):
+        page = f"p{rng.randrange(pages)}"
+        psid = f"u{rng.randrange(users)}"
+        roll = rng.random()
+        t = t0 + rng.randrange(10_000_000)
+        if roll < 0.6 or not mids:
+            mid = f"m{i}"
+            mids.append((page, psid, mid))
+            out.append(
+                Envelope.build(
+                    kind="message",
+                    page_id=page,
+                    psid=psid,
+                    mid=mid,
+                    occurred_at=t,
+                    source=rng.choice(["webhook", "crawler"]),
+                    direction=rng.choice(["inbound", "outbound"]),
+                    text=rng.choice([None, f"text {i}", "ß ✓ \u00e9"]),
+                    thread_id=rng.choice([None, None, f"t_{page}_{psid}"]),
+                    raw={"i": i},
+                )
+            )
+        elif roll < 0.72:
+            page, psid, mid = rng.choice(mids)
+            num = rng.randrange(1, 4)
+            out.append(
+                Envelope.build(
+                    kind="edit",
+                    page_id=page,
+                    psid=psid,
+                    mid=mid,
+                    occurred_at=t,
+                    source="webhook",
+                    text=f"edit {num} of {mid}",
+                    attrs={"num_edit": num},
+                    detail=str(num),
+                    raw={"i": i},
+                )
+            )
+        elif roll < 0.8:
+            page, psid, mid = rng.choice(mids)
+            action = rng.choice(["react", "react", "unreact"])
+            out.append(
+                Envelope.build(
+                    kind="reaction",
+                    page_id=page,
+                    psid=psid,
+                    mid=mid,
+                    occurred_at=t,
+                    source="webhook",
+                    direction="inbound",
+                    attrs={"action": action, "emoji": "\u2764"},
+                    detail=f"{action}:\u2764",
+                    raw={"i": i},
+                )
+            )
+        elif roll < 0.95:
+            kind = rng.choice(["read", "delivery"])
+            out.append(
+                Envelope.build(
+                    kind=kind,  # type: ignore[arg-type]
+                    page_id=page,
+                    psid=psid,
+                    occurred_at=t,
+                    watermark=t - rng.randrange(1000),
+                    source="webhook",
+                    raw={"i": i},
+                )
+            )
+        else:
+            out.append(
+                Envelope.build(
+                    kind="optin",
+                    page_id=page,
+                    psid=psid,
+                    occurred_at=t,
+                    source="webhook",
+                    detail=str(i),
+                    raw={"i": i},
+                )
+            )
+    # Some crawler copies of stored messages carry the thread id the webhook lacked.
+    for ev in list(out):
+        if ev.kind == "message" and ev.thread_id is None and rng.random() < 0.2:
+            out.append(ev.model_copy(update={"thread_id": f"t_{ev.page_id}_{ev.psid}"}))
+    return out
+
+
+def with_duplicates(rng: random.Random, events: Sequence[Envelope], share: float) -> list[Envelope]:
+    """Return ``events`` plus re-deliveries of about ``share`` of them, shuffled."""
+    out = list(events) + [e for e in events if rng.random() < share]
+    rng.shuffle(out)
+    return out
+
+
+def produce(settings: Settings, events: Iterable[Envelope | bytes], *, key: bytes = b"") -> int:
+    """Produce envelopes (keyed by page id) or raw bytes to <prefix>.events; return count."""
+    producer = make_producer(settings, **{"linger.ms": 20, "batch.num.messages": 10000})
+    topic = settings.topic("events")
+    n = 0
+    for ev in events:
+        if isinstance(ev, bytes):
+            producer.produce(topic, ev, key=key or b"poison")
+        else:
+            producer.produce(topic, ev.to_bytes(), key=ev.page_id.encode())
+        n += 1
+        if n % 10000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return n
+
+
+def expected(events: Iterable[Envelope]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Return the reference fold's public rows, keyed by conversation."""
+    return {k: v.public() for k, v in project(events).items()}
+
+
+def conversations(settings: Settings, schema: str | None = None) -> dict[tuple[str, str], Any]:
+    """Return the conversations table as public rows (times in ms), keyed."""
+    cols = sql.SQL(", ").join(
+        sql.SQL("(extract(epoch FROM {c}) * 1000)::bigint").format(c=sql.Identifier(c))
+        if c in MS_COLUMNS
+        else sql.Identifier(c)
+        for c in CONV_COLUMNS
+    )
+    query = sql.SQL("SELECT {} FROM {}.conversations").format(
+        cols, sql.Identifier(schema or settings.db_schema)
+    )
+    with connect(settings) as conn:
+        rows = conn.execute(query).fetchall()
+    return {(str(r[0]), str(r[1])): dict(zip(CONV_COLUMNS, r, strict=True)) for r in rows}
+
+
+def scalar(settings: Settings, query: str, *args: Any, schema: str | None = None) -> Any:
+    """Return the first column of the first row of ``query`` (``{s}`` is the schema)."""
+    q = sql.SQL(query).format(s=sql.Identifier(schema or settings.db_schema))
+    with connect(settings) as conn:
+        row = conn.execute(q, args).fetchone()
+    return None if row is None else row[0]
+
+
+def wait_for(check: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Poll ``check`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)

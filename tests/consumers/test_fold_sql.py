@@ -1,0 +1,95 @@
+"""The SQL fold equals schemas/fold.py for any order, duplicates and batch boundaries."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from consumers.materializer.rows import Position, stage_row
+from consumers.materializer.store import Store
+from schemas.envelope import Envelope
+from tests.consumers.helpers import conversations, expected, random_events, scalar
+from tests.fixtures.postgres import MakeSchema
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "fold.events"
+
+
+def _apply(store: Store, events: list[Envelope], cuts: list[int]) -> None:
+    """Write ``events`` through the real batch SQL, split into batches at ``cuts``."""
+    bounds = sorted({0, len(events), *(c for c in cuts if 0 < c < len(events))})
+    offset = 0
+    for a, b in itertools.pairwise(bounds):
+        rows = []
+        for seq, ev in enumerate(events[a:b]):
+            rows.append(stage_row(ev, Position(TOPIC, 0, offset), seq))
+            offset += 1
+        store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets={0: offset})
+
+
+@hsettings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 60),
+    dup_share=st.floats(0, 0.6),
+    cuts=st.lists(st.integers(0, 100), max_size=6),
+)
+def test_sql_fold_equals_reference(
+    make_schema: MakeSchema, seed: int, n: int, dup_share: float, cuts: list[int]
+) -> None:
+    rng = random.Random(seed)
+    events = random_events(rng, pages=2, users=3, n=n)
+    delivered = list(events) + [e for e in events if rng.random() < dup_share]
+    rng.shuffle(delivered)
+    settings = make_schema()
+    store = Store(settings)
+    try:
+        _apply(store, delivered, cuts)
+    finally:
+        store.close()
+    assert conversations(settings) == expected(events)
+    stored = scalar(settings, "SELECT count(*) FROM {s}.events")
+    assert stored == len({e.event_id for e in events})
+
+
+def test_edit_before_message_and_redelivery_keeps_version(make_schema: MakeSchema) -> None:
+    settings = make_schema()
+    msg = Envelope.build(
+        kind="message", page_id="p", psid="u", mid="m1", occurred_at=1_000, source="webhook",
+        direction="inbound", text="hello", raw={},
+    )  # fmt: skip
+    edit = Envelope.build(
+        kind="edit", page_id="p", psid="u", mid="m1", occurred_at=2_000, source="webhook",
+        text="hello, edited", attrs={"num_edit": 1}, detail="1", raw={},
+    )  # fmt: skip
+    crawled = msg.model_copy(update={"source": "crawler", "thread_id": "t_1"})
+    store = Store(settings)
+    try:
+        _apply(store, [edit], [])
+        assert scalar(settings, "SELECT version FROM {s}.conversations") == 1
+        _apply(store, [msg], [])
+        row = conversations(settings)[("p", "u")]
+        assert row["last_message_text"] == "hello, edited"
+        assert row["needs_reply"] is True
+        assert scalar(settings, "SELECT version FROM {s}.conversations") == 2
+        # The same events again: nothing changes, no version bump.
+        _apply(store, [msg, edit, msg], [1])
+        assert scalar(settings, "SELECT version FROM {s}.conversations") == 2
+        # A duplicate that teaches the thread id is a change.
+        _apply(store, [crawled], [])
+        assert conversations(settings)[("p", "u")]["thread_id"] == "t_1"
+        assert scalar(settings, "SELECT version FROM {s}.conversations") == 3
+        text = scalar(settings, "SELECT text FROM {s}.messages WHERE mid = 'm1'")
+        assert text == "hello, edited"
+    finally:
+        store.close()
