@@ -26,4 +26,8 @@ class CrawlerSettings(BaseSettings):
     # completed crawl, so clock skew and late updates are not missed.
     incremental_margin: float = Field(default=3600.0, ge=0)
     group: str = Field(default="convsync-crawler", min_length=1)
+    # Static group membership: a restarted worker with the same id gets its partitions
+    # back at once instead of after the dead member's session times out.
+    instance_id: str | None = None
+    session_timeout: float = Field(default=10.0, ge=6.0)
     max_pages_in_flight: int = Field(default=64, ge=1)

@@ -91,7 +91,12 @@ class CrawlWorker:
         self._producer.start()
         self._store = CrawlStateStore(conn, self.settings.db_schema)
         self._client = GraphClient(session, self.graph_url)
-        consumer = make_consumer(self.settings, self.crawler.group)
+        overrides: dict[str, Any] = {
+            "session.timeout.ms": int(self.crawler.session_timeout * 1000),
+        }
+        if self.crawler.instance_id:
+            overrides["group.instance.id"] = self.crawler.instance_id
+        consumer = make_consumer(self.settings, self.crawler.group, **overrides)
         self._consumer = consumer
         consumer.subscribe(
             [self.crawl_topic],
