@@ -251,6 +251,110 @@ def status(
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(
+    pages: Annotated[int, typer.Option(min=1, help="Simulated pages.")] = 3,
+    conversations: Annotated[int, typer.Option(min=1, help="Conversations per page.")] = 2000,
+    webhooks: Annotated[int, typer.Option(min=0, help="Webhook bodies to send.")] = 600,
+    webhook_rate: Annotated[float, typer.Option(help="Webhook bodies per second.")] = 150.0,
+    crawler_workers: Annotated[int, typer.Option(min=1)] = 2,
+    seed: Annotated[int, typer.Option()] = 7,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+    state_dir: StateDir = None,
+) -> None:
+    """Run everything against a simulated Meta and compare Postgres with the truth."""
+    from convsync.demo import DemoOptions, run_demo
+    from deploy.stack import up as stack_up
+
+    folder = _state_dir(state_dir)
+    try:
+        info = stack_up(state_dir=folder)
+        base = Settings(
+            kafka_bootstrap=info.kafka_bootstrap,
+            database_url=info.database_url,
+            topic_prefix=info.topic_prefix,
+            partitions=info.partitions,
+        )
+        opts = DemoOptions(
+            pages=pages,
+            conversations=conversations,
+            webhook_bodies=webhooks,
+            webhook_rate=webhook_rate,
+            crawler_workers=crawler_workers,
+            seed=seed,
+            timeout=timeout,
+        )
+        result = run_demo(opts, base=base, state_dir=folder.resolve())
+    except KeyboardInterrupt:
+        console.print("stopped (Ctrl-C); every component was shut down")
+        raise typer.Exit(130) from None
+    except ConvsyncError as e:
+        console.print(f"[red]demo failed:[/] {e}")
+        raise typer.Exit(1) from e
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    gateway_port: Annotated[int, typer.Option(help="Webhook gateway port.")] = 8080,
+    gateway_host: Annotated[str, typer.Option(help="Webhook gateway address.")] = "127.0.0.1",
+    crawler_workers: Annotated[int, typer.Option(min=0)] = 1,
+    state_dir: StateDir = None,
+) -> None:
+    """Run gateway, crawler, materializer and streams against real Meta until Ctrl-C."""
+    import signal
+    import time
+
+    from convsync.supervisor import Supervisor
+
+    settings = load_settings()
+    missing = [
+        name
+        for name, value in (
+            ("CONVSYNC_APP_SECRET", settings.app_secret),
+            ("CONVSYNC_VERIFY_TOKEN", settings.verify_token),
+        )
+        if not value.get_secret_value()
+    ]
+    if missing:
+        console.print(f"[red]run needs {', '.join(missing)}[/] (see README, 'A real page')")
+        raise typer.Exit(2)
+    env = {
+        "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CONVSYNC_DATABASE_URL": settings.database_url.get_secret_value(),
+        "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    sup = Supervisor(env, _state_dir(state_dir) / "logs")
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        sup.start("gateway", "gateway", "--host", gateway_host, "--port", str(gateway_port))
+        for i in range(crawler_workers):
+            sup.start(f"crawler-{i + 1}", "crawler")
+        sup.start("materializer", "materialize")
+        sup.start("streams", "streams")
+        console.print(
+            f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; "
+            f"logs in {sup.log_dir}; Ctrl-C stops"
+        )
+        while not stopping:
+            dead = sup.dead()
+            if dead:
+                console.print(f"[red]exited:[/] {', '.join(c.name for c in dead)}")
+                raise typer.Exit(1)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sup.stop()
+
+
 def _register_components() -> None:
     # Each component owns its commands; importing them here keeps `convsync --help`
     # complete. Heavy imports inside the components stay inside their command bodies.
