@@ -74,6 +74,7 @@ class Faults:
     rate_per_page: float | None = None
     permanent_code: int | None = None
     details_limit: int | None = None
+    short_pages: bool = False
 
 
 @dataclass(slots=True)
@@ -162,7 +163,8 @@ class GraphWorld:
         if conv is None:
             raise KeyError(thread_id)
         newest = max(cv.updated_ms for cv in self.conversations[conv.page_id])
-        msg = FakeMessage(f"m_{thread_id}_n{len(conv.messages)}", newest + 1000, from_page, text)
+        at = max(int(time.time() * 1000), newest + 1000)
+        msg = FakeMessage(f"m_{thread_id}_n{len(conv.messages)}", at, from_page, text)
         conv.messages.insert(0, msg)
         self.conversations[conv.page_id].sort(key=lambda cv: cv.updated_ms, reverse=True)
         return msg
@@ -418,6 +420,9 @@ class GraphApiServer:
         except ValueError:
             return _error(400, 100, "(#100) limit must be an integer")
         start = _uncursor(request.query.get("after"))
+        if self.world.faults.short_pages:
+            # Pages shorter than asked for that still have a next link.
+            limit = 1 + start % max(1, limit)
         if edge == "conversations":
             items = self.world.conversations[page_id]
             cap = self.conversations_cap

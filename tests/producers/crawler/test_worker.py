@@ -153,3 +153,32 @@ def test_throttling_pauses_the_page_and_resumes(settings: Settings, fake_graph: 
     assert [v.status for v in views] == ["done", "done"]
     assert all(v.throttle_waits >= 1 for v in views)
     assert as_rows(events) == want
+
+
+def test_incremental_crawl_after_a_full_one(settings: Settings, fake_graph: Any) -> None:
+    world = GraphWorld.generate(seed=13, conversations=20)
+    graph = fake_graph(world, conversations_cap=10)
+    page = world.page_ids[0]
+    running = start_worker(settings, graph)
+    try:
+        full = new_request(page, full=True)
+        submit(settings, full)
+        assert wait_status(settings, full.crawl_id, {"done", "failed"}).status == "done"
+        convs = world.conversations[page]
+        new = [
+            world.add_message(convs[5].thread_id, text="later"),
+            world.add_message(convs[15].thread_id, text="later too", from_page=True),
+        ]
+        again = new_request(page, full=False)
+        submit(settings, again)
+        view = wait_status(settings, again.crawl_id, {"done", "failed"})
+        want = expected_rows(world, page)
+        events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
+    finally:
+        running.stop()
+    assert view.status == "done"
+    assert view.messages == 2 and view.api_calls == 3
+    assert as_rows(events) == want
+    assert {e.mid for e in events if e.text in ("later", "later too")} == {m.mid for m in new}
+    state = crawl_state(settings, page)
+    assert state["crawl_id"] == again.crawl_id and state["since_watermark"] is not None

@@ -1,0 +1,80 @@
+"""Graph client pieces: usage headers, error families, token stripping, pacing, backoff."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from convsync.errors import RetryableError, ThrottledError
+from producers.crawler.exceptions import GraphPermanentError
+from producers.crawler.graph import PagePacer, Usage, backoff, classify, parse_usage, strip_token
+
+
+def err(code: int) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": f"m{code}"}})
+
+
+def test_parse_usage_takes_the_worst_of_every_header() -> None:
+    headers = {
+        "X-App-Usage": '{"call_count": 12, "total_cputime": 40, "total_time": 3}',
+        "X-Page-Usage": '{"call_count": 55}',
+        "X-Business-Use-Case-Usage": orjson.dumps(
+            {"1": [{"type": "messenger", "call_count": 91, "estimated_time_to_regain_access": 2}]}
+        ).decode(),
+    }
+    assert parse_usage(headers) == Usage(91.0, 120.0)
+    assert parse_usage({"X-App-Usage": "not json"}) == Usage()
+    assert parse_usage({}) == Usage()
+
+
+@pytest.mark.parametrize("code", [4, 17, 32, 613, 80001, 80006, 80009])
+def test_throttling_codes(code: int) -> None:
+    e = classify(400, err(code), Usage(100, 60))
+    assert isinstance(e, ThrottledError) and e.retry_after == 60
+
+
+@pytest.mark.parametrize(
+    ("status", "body"), [(500, err(2)), (400, err(1)), (503, b"<html>"), (502, b"")]
+)
+def test_transient(status: int, body: bytes) -> None:
+    e = classify(status, body, Usage())
+    assert type(e) is RetryableError
+
+
+@pytest.mark.parametrize("code", [190, 10, 200, 230, 299, 100])
+def test_permanent(code: int) -> None:
+    e = classify(400, err(code), Usage())
+    assert isinstance(e, GraphPermanentError) and e.code == code and f"code {code}" in str(e)
+
+
+def test_strip_token_keeps_the_cursor() -> None:
+    url = "https://graph.facebook.com/v21.0/1/conversations?access_token=SECRET&after=abc&limit=25"
+    out = strip_token(url)
+    assert "SECRET" not in out and "after=abc" in out and "limit=25" in out
+    assert strip_token("http://x/y?after=1") == "http://x/y?after=1"
+
+
+@given(st.integers(min_value=1, max_value=40))
+def test_backoff_is_bounded(attempt: int) -> None:
+    assert 0 <= backoff(attempt, base=0.5, cap=30) <= min(30, 0.5 * 2 ** (attempt - 1))
+
+
+@pytest.mark.asyncio
+async def test_pacer_spaces_calls_and_slows_down_near_the_limit() -> None:
+    pacer = PagePacer(50.0, slow_down_at=75)
+    start = time.monotonic()
+    for _ in range(6):
+        await pacer.wait()
+    assert time.monotonic() - start >= 5 / 50 * 0.95
+    pacer.observe(Usage(100, 0))
+    assert pacer.factor == 5.0
+    pacer.observe(Usage(50, 0))
+    assert pacer.factor == 1.0
+    pacer.observe(Usage(100, 0.2))
+    start = time.monotonic()
+    await pacer.wait()
+    assert time.monotonic() - start >= 0.15
