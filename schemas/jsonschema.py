@@ -13,6 +13,7 @@ from typing import Final
 import orjson
 from pydantic import BaseModel
 
+from schemas.conversation import ConversationChange
 from schemas.crawl import CrawlRequest
 from schemas.envelope import Envelope
 from schemas.records import DeadLetter
@@ -23,6 +24,7 @@ JSON_DIR: Final = Path(__file__).resolve().parent / "json"
 RECORDS: Final[dict[str, type[BaseModel]]] = {
     "events": Envelope,
     "dlq": DeadLetter,
+    "conversations": ConversationChange,
     "crawl": CrawlRequest,
 }
 

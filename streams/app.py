@@ -1,0 +1,182 @@
+"""The faust app: fold ``<prefix>.events`` into ``<prefix>.conversations`` change records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+from prometheus_client import CollectorRegistry, generate_latest
+
+from convsync.errors import PoisonError
+from convsync.settings import Settings
+from schemas.conversation import conversation_key
+from schemas.envelope import Envelope
+from schemas.records import DeadLetter
+from streams.change import StreamState, decode_state, encode_state, step, to_record
+from streams.stats import PageStats, StatsCollector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """How one worker runs (the topics and broker come from :class:`Settings`)."""
+
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    data_dir: Path = Path(".convsync/streams")
+    replication_factor: int = 1
+    batch_size: int = 1000
+    batch_within: float = 0.05  # seconds to wait for a batch to fill
+    commit_interval: float = 1.0
+    processing_guarantee: str = "at_least_once"
+
+
+def app_id(settings: Settings) -> str:
+    """Return the faust app id: consumer group and table-topic prefix, from the topic prefix."""
+    return f"{settings.topic_prefix}.streams"
+
+
+def _bind(event: faust.EventT[bytes]) -> None:
+    # faust tables find the changelog partition (and windowed tables the event) through
+    # the "current event". A batch from take_events() leaves it at the batch's last
+    # event, which may be another partition: bind each event before its table writes so
+    # every key is written to the changelog partition of the page it came from.
+    _current_event.set(weakref.ref(event))
+
+
+class Folder:
+    """Folds batches of events: emits change records, then stores the states."""
+
+    def __init__(self, app: faust.App, settings: Settings, stats: PageStats) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.states = app.Table(
+            "conversations",
+            default=None,
+            partitions=settings.partitions,
+            key_type=str,
+            value_type=bytes,
+        )
+        # key -> (the table's value, decoded): decode a conversation once, not per batch.
+        self._decoded: dict[str, tuple[bytes, StreamState]] = {}
+        self.sink = app.topic(
+            settings.topic("conversations"), key_serializer="raw", value_serializer="raw"
+        )
+        self.dlq = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
+        self.emitted = 0
+
+    async def process(self, events: Sequence[faust.EventT[bytes]]) -> None:
+        """Fold one batch. Raises whatever the producer raises (the worker then crashes)."""
+        pending: dict[str, tuple[faust.EventT[bytes], StreamState]] = {}
+        sent: list[Any] = []
+        for event in events:
+            try:
+                envelope = Envelope.from_bytes(event.value)
+            except PoisonError as e:
+                sent.append(await self._dead_letter(event, e))
+                continue
+            key = conversation_key(envelope.page_id, envelope.psid)
+            before = pending[key][1] if key in pending else self._load(key)
+            result = step(before, envelope)
+            _bind(event)
+            self.stats.record(result, envelope)
+            if result.state is not before:
+                pending[key] = (event, result.state)
+            if result.emitted:
+                record = to_record(result, envelope)
+                sent.append(await self.sink.send(key=key.encode(), value=record.to_bytes()))
+        # 1. Kafka acknowledges every change record of the batch (acks=all) ...
+        await asyncio.gather(*sent)
+        self.emitted += len(sent)
+        # 2. ... before the states that produced them go to the changelog, so the
+        #    changelog is never ahead of the change records: a crash replays the batch
+        #    from the recovered state and re-emits the same records with the same seq.
+        for key, (event, state) in pending.items():
+            _bind(event)
+            value = encode_state(state)
+            self.states[key] = value
+            self._decoded[key] = (value, state)
+        # 3. faust acks the batch when we return and commits offsets only after it
+        #    flushed the producer, i.e. after the changelog writes of step 2.
+
+    def _load(self, key: str) -> StreamState | None:
+        value = self.states.get(key)
+        if value is None:
+            return None
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        state = decode_state(value)
+        self._decoded[key] = (value, state)
+        return state
+
+    async def _dead_letter(self, event: faust.EventT[bytes], error: PoisonError) -> Any:
+        msg = event.message
+        log.warning("poison event %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, error)
+        letter = DeadLetter(
+            reason=str(error),
+            error_type=type(error).__name__,
+            component="streams",
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key_b64=DeadLetter.encode_bytes(msg.key),
+            value_b64=DeadLetter.encode_bytes(msg.value),
+            failed_at=int(time.time() * 1000),
+        )
+        return await self.dlq.send(key=msg.key, value=letter.to_bytes())
+
+
+def make_app(settings: Settings, config: StreamConfig) -> faust.App:
+    """Return the faust app for ``settings`` (not started; run it with a faust Worker)."""
+    brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
+    app = faust.App(
+        app_id(settings),
+        broker=brokers,
+        store="memory://",
+        processing_guarantee=config.processing_guarantee,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=config.replication_factor,
+        table_standby_replicas=0,
+        datadir=str(config.data_dir),
+        web_enabled=True,
+        web_port=config.web_port,
+        web_bind=config.web_host,
+        web_host=config.web_host,
+        producer_acks=-1,
+        broker_commit_interval=config.commit_interval,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        consumer_auto_offset_reset="earliest",
+    )
+    stats = PageStats(app, partitions=settings.partitions)
+    folder = Folder(app, settings, stats)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats))
+    source = app.topic(settings.topic("events"), key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="fold")
+    async def fold(stream: faust.StreamT[bytes]) -> None:
+        # take_events() is on the concrete Stream, not on the StreamT interface.
+        assert isinstance(stream, faust.Stream)
+        async for batch in stream.take_events(config.batch_size, within=config.batch_within):
+            await folder.process(batch)
+
+    @app.page("/stats/")
+    async def stats_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json({"emitted": folder.emitted, **stats.snapshot()})
+
+    @app.page("/metrics")
+    async def metrics_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,200 @@
+"""Per-page statistics of the change stream: windowed faust tables and their read-outs.
+
+Windows are tumbling minutes of *event time* (``occurred_at``), so a crawled backlog
+lands in the minutes it happened in, not the minute it was read. Counts come from
+changes, never from raw events, so a duplicate event counts nothing. Like every table
+here they are changelog-backed; unlike the change records they are at-least-once: a
+crash can count the events after the last changelog flush twice (see docs/streams.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+import faust
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from schemas.envelope import Envelope
+from streams.change import Step
+
+WINDOW_SECONDS: Final = 60.0
+RETENTION: Final = timedelta(hours=1)
+MAX_SAMPLES: Final = 1000  # response-time samples kept per page and minute
+
+# The event time of the event being counted, read by the windowed tables.
+_EVENT_TIME: ContextVar[float] = ContextVar("convsync_streams_event_time")
+
+
+def _event_time(_event: Any = None) -> float:
+    return _EVENT_TIME.get()
+
+
+def _append_sample(samples: list[int] | None, value: int) -> list[int]:
+    out = list(samples or ())
+    if len(out) < MAX_SAMPLES:
+        out.append(value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One page's figures for one minute."""
+
+    start: float
+    messages_in: int
+    messages_out: int
+    median_response_ms: float | None
+    replies: int
+
+
+class PageStats:
+    """The statistics tables of one app and the functions that fill and read them."""
+
+    def __init__(self, app: faust.App, *, partitions: int) -> None:
+        def windowed(name: str, default: type) -> Any:
+            table = app.Table(name, default=default, partitions=partitions)
+            wrapper: Any = table.tumbling(WINDOW_SECONDS, expires=RETENTION)
+            # relative_to() is on the concrete WindowWrapper, not on WindowWrapperT.
+            return wrapper.relative_to(_event_time)
+
+        self.messages_in = windowed("stats-messages-in", int)
+        self.messages_out = windowed("stats-messages-out", int)
+        self.response_ms = windowed("stats-response-ms", list)
+        self.needs_reply = app.Table("stats-needs-reply", default=int, partitions=partitions)
+        self.events = 0
+        self.duplicates = 0
+        self.changes: dict[str, int] = {}
+
+    def record(self, result: Step, event: Envelope) -> None:
+        """Count one folded event. Must run with the event bound (see streams.app)."""
+        self.events += 1
+        self.duplicates += result.duplicate
+        if not result.emitted:
+            return
+        for change in result.changes:
+            self.changes[change] = self.changes.get(change, 0) + 1
+        token = _EVENT_TIME.set(event.occurred_at / 1000.0)
+        try:
+            page = event.page_id
+            if "message" in result.changes and event.kind == "message":
+                table = self.messages_in if event.direction == "inbound" else self.messages_out
+                table[page] += 1
+            if "replied" in result.changes and result.previous.last_inbound_at is not None:
+                waited = event.occurred_at - result.previous.last_inbound_at
+                self.response_ms[page].apply(_append_sample, waited)
+            if "needs_reply" in result.changes:
+                self.needs_reply[page] += 1
+            if "replied" in result.changes:
+                self.needs_reply[page] -= 1
+        finally:
+            _EVENT_TIME.reset(token)
+
+    def windows(self) -> dict[str, list[Window]]:
+        """Return every page's minutes held by this worker, oldest first."""
+        ins = _by_page(self.messages_in.table.items())
+        outs = _by_page(self.messages_out.table.items())
+        samples = _by_page(self.response_ms.table.items())
+        out: dict[str, list[Window]] = {}
+        for page in sorted(set(ins) | set(outs) | set(samples)):
+            starts = sorted(
+                set(ins.get(page, {})) | set(outs.get(page, {})) | set(samples.get(page, {}))
+            )
+            rows = []
+            for start in starts:
+                values: list[int] = samples.get(page, {}).get(start) or []
+                rows.append(
+                    Window(
+                        start=start,
+                        messages_in=int(ins.get(page, {}).get(start) or 0),
+                        messages_out=int(outs.get(page, {}).get(start) or 0),
+                        median_response_ms=float(statistics.median(values)) if values else None,
+                        replies=len(values),
+                    )
+                )
+            out[page] = rows
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the JSON document served at ``/stats/``."""
+        windows = self.windows()
+        pages: dict[str, Any] = {}
+        for page in sorted(set(windows) | {str(k) for k in self.needs_reply}):
+            pages[page] = {
+                "needs_reply": int(self.needs_reply.get(page) or 0),
+                "window_seconds": WINDOW_SECONDS,
+                "windows": [
+                    {
+                        "start": w.start,
+                        "messages_in": w.messages_in,
+                        "messages_out": w.messages_out,
+                        "median_response_ms": w.median_response_ms,
+                        "replies": w.replies,
+                    }
+                    for w in windows.get(page, [])
+                ],
+            }
+        return {
+            "events": self.events,
+            "duplicates": self.duplicates,
+            "changes": dict(sorted(self.changes.items())),
+            "pages": pages,
+        }
+
+
+def _by_page(items: Iterable[tuple[Any, Any]]) -> dict[str, dict[float, Any]]:
+    out: dict[str, dict[float, Any]] = {}
+    for (page, window_range), value in items:
+        out.setdefault(str(page), {})[float(window_range[0])] = value
+    return out
+
+
+class StatsCollector(Collector):
+    """Prometheus read-out of :class:`PageStats` (latest minute per page)."""
+
+    def __init__(self, stats: PageStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        events = CounterMetricFamily("convsync_streams_events", "Events folded by this worker.")
+        events.add_metric([], s.events)
+        dups = CounterMetricFamily(
+            "convsync_streams_duplicate_events", "Events that changed nothing (already seen)."
+        )
+        dups.add_metric([], s.duplicates)
+        changes = CounterMetricFamily(
+            "convsync_streams_changes", "Conversation changes by kind.", labels=["change"]
+        )
+        for kind, n in sorted(s.changes.items()):
+            changes.add_metric([kind], n)
+        msgs = GaugeMetricFamily(
+            "convsync_streams_page_messages_per_minute",
+            "Messages in the page's latest event-time minute.",
+            labels=["page", "direction"],
+        )
+        median = GaugeMetricFamily(
+            "convsync_streams_page_response_median_seconds",
+            "Median time the page took to answer a waiting user, latest minute with replies.",
+            labels=["page"],
+        )
+        waiting = GaugeMetricFamily(
+            "convsync_streams_page_conversations_needing_reply",
+            "Conversations whose user wrote after the page's last answer.",
+            labels=["page"],
+        )
+        for page, rows in s.windows().items():
+            if rows:
+                msgs.add_metric([page, "inbound"], rows[-1].messages_in)
+                msgs.add_metric([page, "outbound"], rows[-1].messages_out)
+            answered = [w for w in rows if w.median_response_ms is not None]
+            if answered and answered[-1].median_response_ms is not None:
+                median.add_metric([page], answered[-1].median_response_ms / 1000.0)
+        for page, n in sorted((str(k), int(v)) for k, v in s.needs_reply.items()):
+            waiting.add_metric([page], n)
+        yield from (events, dups, changes, msgs, median, waiting)

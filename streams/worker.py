@@ -1,0 +1,49 @@
+"""Run the change-stream app in a faust Worker, after making sure its topics exist."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import faust
+
+from convsync.kafka import admin_client, check_reachable, ensure_topics, topic_specs
+from convsync.settings import Settings
+from streams.app import StreamConfig, app_id, make_app
+
+log = logging.getLogger(__name__)
+
+
+def prepare(settings: Settings, config: StreamConfig) -> StreamConfig:
+    """Create the convsync topics if missing; return ``config`` with a replication factor.
+
+    The broker refuses to auto-create topics, so the sink and dead-letter topics are
+    created here; faust creates its own table changelog topics through its admin client.
+    A ``replication_factor`` of 0 means min(3, brokers). Raises :class:`RetryableError`
+    when Kafka is unreachable and :class:`StackError` when a topic cannot be created.
+    """
+    brokers = check_reachable(settings, timeout=10.0)
+    rf = config.replication_factor or min(3, brokers)
+    ensure_topics(admin_client(settings), topic_specs(settings, replication_factor=rf))
+    return replace(config, replication_factor=rf)
+
+
+def run_worker(settings: Settings, config: StreamConfig, *, log_level: str = "INFO") -> int:
+    """Run a worker until it is stopped (SIGINT/SIGTERM); return its exit code."""
+    config = prepare(settings, config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    app = make_app(settings, config)
+    log.info(
+        "streams worker %s: %s -> %s, web http://%s:%s/stats/",
+        app_id(settings),
+        settings.topic("events"),
+        settings.topic("conversations"),
+        config.web_host,
+        config.web_port,
+    )
+    worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
