@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -67,6 +68,7 @@ class Gateway:
         self.gateway = gateway
         self.publisher = publisher
         self.metrics = metrics
+        self.received = 0
 
     async def handshake(self, request: web.Request) -> web.Response:
         """GET /webhook: echo ``hub.challenge`` when mode and verify token match, else 403."""
@@ -101,6 +103,7 @@ class Gateway:
 
     async def receive(self, request: web.Request) -> web.Response:
         """POST /webhook: verify, map, publish; 200 only once Kafka confirmed every event."""
+        self.received += 1
         # 1. Size before anything else: an oversized body is not read to its end.
         body = await self._read_body(request)
         if body is None:
@@ -214,7 +217,13 @@ def make_app(
     async def producer_lifecycle(_app: web.Application) -> AsyncIterator[None]:
         publisher.start()
         yield
-        await asyncio.to_thread(publisher.close)
+        left = await asyncio.to_thread(publisher.close)
+        log.info(
+            "gateway pid %d stopped: %d webhook POSTs, %d records unconfirmed",
+            os.getpid(),
+            handlers.received,
+            left,
+        )
 
     app.cleanup_ctx.append(producer_lifecycle)
     return app

@@ -85,6 +85,7 @@ def serve_workers(settings: Settings, gateway: GatewaySettings, *, log_level: st
         for s in ready:
             assert isinstance(s, int)
             w = sentinels.pop(s)
+            w.join()
             if w.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT) and not failed:
                 failed = True
                 log.error("worker %s exited with %s; stopping the others", w.name, w.exitcode)

@@ -1,0 +1,158 @@
+"""Faults for real: Kafka stopped under the gateway, the gateway SIGKILLed under load."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from convsync.kafka import admin_client, ensure_topics, topic_specs
+from convsync.settings import Settings
+from deploy.kafka_local import KafkaCluster
+from deploy.simulator.webhooks import SignedBody, WebhookSender, post
+from producers.webhook.app import SafeAccessLogger, make_app
+from producers.webhook.mapping import map_body
+from producers.webhook.payload import parse_body
+from producers.webhook.settings import GatewaySettings
+from tests.producers.webhook.helpers import (
+    SECRET,
+    VERIFY_TOKEN,
+    GatewayProcess,
+    read_events,
+    with_secrets,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
+
+
+def ids_of(signed: SignedBody) -> set[str]:
+    return {e.event_id for e in map_body(parse_body(signed.raw))}
+
+
+@pytest.mark.asyncio
+async def test_kafka_stopped_gives_503_then_success_after_restart(
+    private_kafka: KafkaCluster,
+) -> None:
+    settings = with_secrets(Settings(kafka_bootstrap=private_kafka.bootstrap, partitions=3))
+    ensure_topics(admin_client(settings), topic_specs(settings))
+    sender = WebhookSender(SECRET, seed=21)
+    app = make_app(settings, GatewaySettings(produce_timeout=2.0))
+    server = TestServer(app)
+    await server.start_server(access_log_class=SafeAccessLogger)
+    async with TestClient(server) as client:
+        first = sender.batch(["1", "2"], items_per_page=3)
+        assert (await client.post("/webhook", data=first.raw, headers=first.headers)).status == 200
+        assert (await client.get("/readyz")).status == 200
+
+        private_kafka.stop_node(1, kill=True)
+        during = sender.batch(["1", "3"], items_per_page=3)
+        started = time.monotonic()
+        resp = await client.post("/webhook", data=during.raw, headers=during.headers)
+        assert resp.status == 503
+        assert time.monotonic() - started < 5
+        assert (await client.get("/readyz")).status == 503
+        assert (await client.get("/healthz")).status == 200
+
+        private_kafka.start_node(1)
+        # Meta retries the refused body until it is acknowledged.
+        deadline = time.monotonic() + 90
+        while True:
+            resp = await client.post("/webhook", data=during.raw, headers=during.headers)
+            if resp.status == 200:
+                break
+            assert resp.status == 503
+            assert time.monotonic() < deadline, "no 200 after the broker came back"
+        after = sender.batch(["2"], items_per_page=2)
+        assert (await client.post("/webhook", data=after.raw, headers=after.headers)).status == 200
+        assert (await client.get("/readyz")).status == 200
+
+    stored = [env.event_id for _, env in read_events(settings, timeout=60)]
+    assert set(stored) == ids_of(first) | ids_of(during) | ids_of(after)
+
+
+def test_sigkill_under_load_loses_no_acknowledged_request(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    gw = GatewayProcess(kafka_settings, tmp_path / "gateway.log")
+    gw.start()
+    sender = WebhookSender(SECRET, seed=33)
+    bodies = [sender.batch([str(100 + i % 7)], items_per_page=2) for i in range(3000)]
+    acked: list[SignedBody] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    cursor = iter(bodies)
+
+    def load() -> int:
+        sent = 0
+        while not stop.is_set():
+            with lock:
+                body = next(cursor, None)
+            if body is None:
+                return sent
+            try:
+                status = post(gw.url + "/webhook", body, timeout=10)
+            except OSError:
+                continue  # the gateway is gone: this request was not acknowledged
+            sent += 1
+            if status == 200:
+                with lock:
+                    acked.append(body)
+        return sent
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(load) for _ in range(8)]
+        deadline = time.monotonic() + 30
+        while len(acked) < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gw.kill()
+        time.sleep(0.5)
+        stop.set()
+        sent = sum(f.result() for f in futures)
+    assert len(acked) >= 150, f"only {len(acked)} acknowledged of {sent} sent before the kill"
+    stored = {env.event_id for _, env in read_events(kafka_settings, timeout=60)}
+    expected = set().union(*(ids_of(b) for b in acked))
+    missing = expected - stored
+    assert not missing, f"{len(missing)} events of acknowledged requests are not in Kafka"
+    log = (tmp_path / "gateway.log").read_text()
+    for secret in (SECRET, VERIFY_TOKEN, acked[0].headers["X-Hub-Signature-256"][7:]):
+        assert secret not in log
+
+
+def _log_lines(path: Path, marker: str) -> list[str]:
+    return [line for line in path.read_text().splitlines() if marker in line]
+
+
+def test_workers_share_the_port_and_stop_on_sigterm(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "gateway.log"
+    gw = GatewayProcess(kafka_settings, log_file, workers=2)
+    gw.start(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_log_lines(log_file, "gateway pid ")) < 2:
+            assert time.monotonic() < deadline, log_file.read_text()[-2000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # the second worker binds right after its start line
+        sender = WebhookSender(SECRET, seed=44)
+        bodies = [sender.batch(["9"], items_per_page=1) for _ in range(40)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda b: post(gw.url + "/webhook", b), bodies))
+        assert statuses == [200] * 40
+        with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:  # noqa: S310
+            metrics: Any = r.read().decode()
+        # Any worker's /metrics sums every worker's counts.
+        assert 'convsync_gateway_requests_total{route="/webhook",status="200"} 40.0' in metrics
+    finally:
+        code = gw.stop()
+    assert code == 0
+    # Each new connection is hashed to a worker: both served some of the 40.
+    served = [int(line.split(": ")[-1].split()[0]) for line in _log_lines(log_file, "stopped: ")]
+    assert len(served) == 2 and sum(served) == 40 and min(served) > 0, served
+    assert len({e.event_id for _, e in read_events(kafka_settings)}) == 40
