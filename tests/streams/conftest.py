@@ -112,7 +112,9 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
         worker.stop()
     for settings in {s.topic_prefix: s for s in prefixes}.values():
         admin = admin_client(settings)
-        internal = [t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id(settings))]
+        internal = [
+            t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id(settings))
+        ]
         if internal:
             for fut in admin.delete_topics(internal, operation_timeout=30).values():
                 fut.result(timeout=30)
@@ -144,7 +146,8 @@ def read_changes(
     try:
         while not until(records):
             if time.monotonic() > deadline:
-                pytest.fail(f"timed out with {len(records)} change records")
+                tail = worker.tail() if worker is not None else ""
+                pytest.fail(f"timed out with {len(records)} change records\n{tail}")
             if worker is not None and worker.proc.poll() is not None:
                 pytest.fail(f"worker exited {worker.proc.returncode}:\n{worker.tail()}")
             for msg in consumer.consume(1000, timeout=0.5):
