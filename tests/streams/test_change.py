@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from schemas.conversation import ConversationChange
 from schemas.envelope import Envelope
 from schemas.fold import project
-from streams.change import StreamState, Step, decode_state, encode_state, step, to_record
+from streams.change import Step, StreamState, decode_state, encode_state, step, to_record
 from tests.schemas.test_fold import events
 from tests.streams.events import conversation_events
 

@@ -40,4 +40,4 @@ def test_sigkill_mid_stream_then_restart(
     got = dedupe(records)
     assert got == {(r.key, r.seq): r for r in want}
     replayed = len(records) - len(got)
-    print(f"{len(got)} changes, {replayed} replayed after SIGKILL")  # noqa: T201
+    print(f"{len(got)} changes, {replayed} replayed after SIGKILL")
