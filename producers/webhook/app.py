@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import os
@@ -217,7 +216,7 @@ def make_app(
     async def producer_lifecycle(_app: web.Application) -> AsyncIterator[None]:
         publisher.start()
         yield
-        left = await asyncio.to_thread(publisher.close)
+        left = await publisher.close()
         log.info(
             "gateway pid %d stopped: %d webhook POSTs, %d records unconfirmed",
             os.getpid(),

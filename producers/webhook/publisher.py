@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,31 +24,24 @@ Record = tuple[bytes, bytes]
 class _Batch:
     """The records of one request; resolves its future when all are confirmed or one fails.
 
-    Delivery callbacks run on the poll thread; the future is settled on the loop thread.
+    Delivery callbacks run inside ``producer.poll`` on the event loop's thread.
     """
 
-    __slots__ = ("future", "loop", "remaining")
+    __slots__ = ("future", "remaining")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
-        self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = count
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if self.future.done():
+            return
         if err is not None:
-            self.loop.call_soon_threadsafe(self._settle, err)
+            self.future.set_exception(RetryableError(f"Kafka refused a record: {err.str()}"))
             return
         self.remaining -= 1
         if self.remaining == 0:
-            self.loop.call_soon_threadsafe(self._settle, None)
-
-    def _settle(self, err: KafkaError | None) -> None:
-        if self.future.done():
-            return
-        if err is None:
             self.future.set_result(None)
-        else:
-            self.future.set_exception(RetryableError(f"Kafka refused a record: {err.str()}"))
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -59,8 +52,11 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class Publisher:
     """Publishes records to one topic with an idempotent, acks=all producer.
 
-    :meth:`publish` returns only once Kafka confirmed every record of the call. A
-    background thread serves the producer's callbacks.
+    :meth:`publish` returns only once Kafka confirmed every record of the call. The
+    event loop itself serves the producer's callbacks: a pump task polls it every
+    ``tick`` seconds while records are in flight and sleeps while none are. Polling on
+    the loop's thread, rather than from a thread of its own, spares a GIL hand-off and a
+    loop wake-up per delivery.
     """
 
     def __init__(
@@ -71,10 +67,12 @@ class Publisher:
         confirm_timeout: float = 5.0,
         linger_ms: float = 2.0,
         probe_timeout: float = 2.0,
+        tick: float = 0.001,
     ) -> None:
         self.topic = topic
         self.confirm_timeout = confirm_timeout
         self.probe_timeout = probe_timeout
+        self.tick = tick
         self._conf: dict[str, Any] = producer_config(
             settings,
             **{
@@ -86,8 +84,8 @@ class Publisher:
             },
         )
         self._producer: Producer | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._busy = asyncio.Event()
         self._fatal: KafkaError | None = None
 
     @property
@@ -96,17 +94,21 @@ class Publisher:
         return self._fatal
 
     def start(self) -> None:
-        """Create the producer and its poll thread."""
+        """Create the producer and its pump task (call from the running event loop)."""
         self._producer = Producer(self._conf)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
-        self._thread.start()
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump(self._producer))
 
-    def _poll(self) -> None:
-        producer = self._producer
-        assert producer is not None
-        while not self._stop.is_set():
-            producer.poll(0.05)
+    async def _pump(self, producer: Producer) -> None:
+        while True:
+            producer.poll(0)
+            if len(producer):
+                await asyncio.sleep(self.tick)
+                continue
+            # Idle: wake on the next publish, or after a while for error callbacks.
+            self._busy.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await self._busy.wait()
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -141,6 +143,8 @@ class Publisher:
             raise RetryableError("Kafka producer queue is full") from e
         except KafkaException as e:
             raise RetryableError(f"Kafka produce failed: {e}") from e
+        finally:
+            self._busy.set()
         try:
             await asyncio.wait_for(asyncio.shield(batch.future), self.confirm_timeout)
         except TimeoutError as e:
@@ -170,18 +174,19 @@ class Publisher:
             return False, f"topic {self.topic} has partitions without a leader"
         return True, "ok"
 
-    def close(self, *, timeout: float = 10.0) -> int:
-        """Flush what is queued (up to ``timeout`` s), stop the poll thread.
+    async def close(self, *, flush_timeout: float = 10.0) -> int:
+        """Stop the pump and flush what is queued (up to ``flush_timeout`` s).
 
         Returns the number of records still undelivered.
         """
         producer = self._producer
         if producer is None:
             return 0
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        left = int(producer.flush(timeout))
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        left = int(await asyncio.to_thread(producer.flush, flush_timeout))
         self._producer = None
         if left:
             log.warning("%d records left unconfirmed at shutdown", left)

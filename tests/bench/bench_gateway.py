@@ -1,0 +1,351 @@
+"""Benchmark: the webhook gateway (real local Kafka, durable acks) vs a bare aiohttp 200.
+
+Run from the repository root with the local stack up (`convsync up`)::
+
+    .venv/bin/python tests/bench/bench_gateway.py [--duration 10] [--rate 1000]
+
+Both servers get the same signed bodies. Throughput comes from Debian's ``wrk`` (closed
+loop, ``--connections`` connections); latency at a fixed rate comes from an open-loop
+Python generator that measures from each request's *scheduled* time, so a stall is not
+hidden (no coordinated omission). RSS is the gateway process's resident set after the
+runs. Prints a table and the ratio gateway/bare measured in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from convsync.kafka import admin_client, ensure_topics, topic_specs  # noqa: E402
+from convsync.settings import Settings  # noqa: E402
+from deploy.simulator.webhooks import WebhookSender  # noqa: E402
+from deploy.stack import load_info  # noqa: E402
+
+SECRET = "bench-app-secret"
+BARE_SERVER = """
+import sys
+from aiohttp import web
+
+async def handler(request):
+    await request.read()
+    return web.Response(text="EVENT_RECEIVED")
+
+app = web.Application(client_max_size=1024 * 1024 + 1)
+app.router.add_post("/webhook", handler)
+app.router.add_get("/readyz", lambda r: handler(r))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+WRK_SCRIPT = """
+local reqs = {}
+local n = 0
+local i = 0
+init = function(args)
+  for line in io.lines(args[1]) do
+    local tab = string.find(line, "\\t", 1, true)
+    local sig = string.sub(line, 1, tab - 1)
+    local body = string.sub(line, tab + 1)
+    n = n + 1
+    reqs[n] = wrk.format("POST", "/webhook",
+      {["Content-Type"] = "application/json", ["X-Hub-Signature-256"] = sig}, body)
+  end
+end
+request = function()
+  i = i % n + 1
+  return reqs[i]
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - local http
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Return (current, peak) resident set of ``pid`` in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return rss / 1024, hwm / 1024
+
+
+def run_wrk(url: str, bodies_file: Path, script: Path, *, duration: int, connections: int) -> float:
+    """Return requests/s from wrk; fails on any non-2xx answer."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "-s",
+            str(script),
+            url + "/webhook",
+            "--",
+            str(bodies_file),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+@dataclass
+class Latency:
+    sent: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    achieved_rate: float
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the open-loop generator (tiny parser)."""
+
+    def __init__(self, done: Callable[[_Conn, int], None]) -> None:
+        self.done = done
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end].lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+        if len(self.buf) < end + 4 + length:
+            return
+        status = int(self.buf[9:12])
+        self.buf = self.buf[end + 4 + length :]
+        self.done(self, status)
+
+
+async def fixed_rate(
+    port: int, bodies: list[tuple[str, bytes]], *, rate: int, duration: int, connections: int = 64
+) -> Latency:
+    """Send ``rate`` requests/s open-loop for ``duration`` s; latencies from schedule.
+
+    A request waits for a free connection when all are busy; that wait counts in its
+    latency, as it would for Meta.
+    """
+    loop = asyncio.get_running_loop()
+    requests = [
+        b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"X-Hub-Signature-256: {sig}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+        for sig, body in bodies
+    ]
+    total = rate * duration
+    latencies: list[float] = []
+    errors = 0
+    idle: list[_Conn] = []
+    waiting: collections.deque[tuple[int, float]] = collections.deque()
+    inflight: dict[_Conn, float] = {}
+    finished = loop.create_future()
+
+    def send(conn: _Conn, i: int, scheduled: float) -> None:
+        inflight[conn] = scheduled
+        assert conn.transport is not None
+        conn.transport.write(requests[i % len(requests)])
+
+    def done(conn: _Conn, status: int) -> None:
+        nonlocal errors
+        latencies.append(loop.time() - inflight.pop(conn))
+        if status != 200:
+            errors += 1
+        if waiting:
+            send(conn, *waiting.popleft())
+        else:
+            idle.append(conn)
+        if len(latencies) == total and not finished.done():
+            finished.set_result(None)
+
+    conns = []
+    for _ in range(connections):
+        _, proto = await loop.create_connection(lambda: _Conn(done), "127.0.0.1", port)
+        conns.append(proto)
+    idle.extend(conns)
+    start = loop.time() + 0.05
+    i = 0
+    while i < total:
+        now = loop.time()
+        while i < total and start + i / rate <= now:
+            scheduled = start + i / rate
+            if idle:
+                send(idle.pop(), i, scheduled)
+            else:
+                waiting.append((i, scheduled))
+            i += 1
+        if i < total:
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+    await asyncio.wait_for(finished, 120)
+    elapsed = loop.time() - start
+    for c in conns:
+        assert c.transport is not None
+        c.transport.close()
+    ms = sorted(x * 1000 for x in latencies)
+    return Latency(
+        sent=total,
+        errors=errors,
+        p50_ms=ms[len(ms) // 2],
+        p99_ms=ms[int(len(ms) * 0.99)],
+        max_ms=ms[-1],
+        achieved_rate=total / elapsed,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--rate-duration", type=int, default=10)
+    parser.add_argument("--bodies", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+
+    info = load_info(Path(os.environ.get("CONVSYNC_STATE_DIR", REPO / ".convsync")))
+    base = Settings(kafka_bootstrap=info.kafka_bootstrap) if info else Settings()
+    settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}"})
+    admin = admin_client(settings)
+    specs = topic_specs(settings)
+    ensure_topics(admin, specs)
+
+    sender = WebhookSender(SECRET, seed=1)
+    signed = [
+        sender.batch([str(100 + i % 10)], items_per_page=1 + i % 3) for i in range(args.bodies)
+    ]
+    bodies = [(s.headers["X-Hub-Signature-256"], s.raw) for s in signed]
+    mean_size = sum(len(b) for _, b in bodies) / len(bodies)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    bodies_file = tmp / "bodies.tsv"
+    bodies_file.write_bytes(b"".join(sig.encode() + b"\t" + raw + b"\n" for sig, raw in bodies))
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT)
+
+    bare_port, gw_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
+        "CONVSYNC_APP_SECRET": SECRET,
+        "CONVSYNC_LOG_LEVEL": "WARNING",
+    }
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+    gateway = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "convsync"),
+            "gateway",
+            "--port",
+            str(gw_port),
+            "--workers",
+            str(args.workers),
+        ],
+        env=env,
+        cwd=REPO,
+    )
+    results: dict[str, dict[str, float]] = {}
+    try:
+        bare_url, gw_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{gw_port}"
+        wait_ready(bare_url + "/readyz", bare)
+        wait_ready(gw_url + "/readyz", gateway)
+        for name, url, port in (
+            ("bare aiohttp", bare_url, bare_port),
+            ("gateway+kafka", gw_url, gw_port),
+        ):
+            # A short warm-up, then the measured runs.
+            run_wrk(url, bodies_file, script, duration=2, connections=args.connections)
+            rps = run_wrk(
+                url, bodies_file, script, duration=args.duration, connections=args.connections
+            )
+            lat = asyncio.run(fixed_rate(port, bodies, rate=args.rate, duration=args.rate_duration))
+            results[name] = {
+                "rps": rps,
+                "p50": lat.p50_ms,
+                "p99": lat.p99_ms,
+                "max": lat.max_ms,
+                "errors": lat.errors,
+                "rate": lat.achieved_rate,
+            }
+        gw_rss, gw_peak = rss_mb(gateway.pid)
+        bare_rss, _ = rss_mb(bare.pid)
+    finally:
+        for proc in (bare, gateway):
+            proc.terminate()
+            proc.wait(timeout=30)
+        for fut in admin.delete_topics([s.name for s in specs], operation_timeout=30).values():
+            fut.result(timeout=30)
+        shutil.rmtree(tmp)
+
+    print(f"\nbodies: {len(bodies)} signed, mean {mean_size:.0f} B, 1-3 events each")
+    print(
+        f"wrk: 1 thread, {args.connections} connections, {args.duration}s; "
+        f"fixed rate {args.rate}/s for {args.rate_duration}s; gateway workers {args.workers}"
+    )
+    print(
+        f"{'server':<16}{'req/s':>10}{'fixed/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'non-200':>9}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<16}{r['rps']:>10.0f}{r['rate']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+            f"{r['max']:>9.1f}{r['errors']:>9.0f}"
+        )
+    ratio = results["gateway+kafka"]["rps"] / results["bare aiohttp"]["rps"]
+    print(f"throughput ratio gateway/bare: {ratio:.2f}  (target >= 0.6)")
+    print(f"gateway p99 at {args.rate}/s: {results['gateway+kafka']['p99']:.2f} ms  (target <= 25)")
+    print(
+        f"gateway RSS: {gw_rss:.0f} MB now, {gw_peak:.0f} MB peak  (target <= 150); "
+        f"bare RSS {bare_rss:.0f} MB"
+    )
+    print(
+        "note: 2 shared cores; wrk, the load generator, Kafka and other engineers' tests "
+        "compete for them, so absolute numbers are noisy."
+    )
+
+
+if __name__ == "__main__":
+    main()
