@@ -89,8 +89,11 @@ class Gateway:
     async def _read_body(self, request: web.Request) -> bytes | None:
         """Return the body, or None as soon as it exceeds the limit (read no further)."""
         limit = self.gateway.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return None
+        if request.content_length is not None:
+            if request.content_length > limit:
+                return None
+            # The length is announced and within the limit: aiohttp reads exactly that.
+            return await request.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_chunked(_CHUNK):
@@ -144,7 +147,7 @@ class Gateway:
             return _reject(503, "events not durable yet, retry")
         self.metrics.produce_seconds.observe(took)
         for env in envelopes:
-            self.metrics.events.labels(env.kind).inc()
+            self.metrics.count_event(env.kind)
         return web.Response(text=EVENT_RECEIVED)
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -177,9 +180,9 @@ def _count_requests(metrics: Metrics) -> Middleware:
         try:
             response = await handler(request)
         except web.HTTPException as e:
-            metrics.requests.labels(route, str(e.status)).inc()
+            metrics.count_request(route, e.status)
             raise
-        metrics.requests.labels(route, str(response.status)).inc()
+        metrics.count_request(route, response.status)
         return response
 
     return middleware

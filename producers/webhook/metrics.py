@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -54,6 +55,24 @@ class Metrics:
             ["field"],
             registry=r,
         )
+
+        # Label lookups take a lock each; the hot path reuses the children.
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._event_children: dict[str, Any] = {}
+
+    def count_request(self, route: str, status: int) -> None:
+        """Count one answered request."""
+        child = self._request_children.get((route, status))
+        if child is None:
+            child = self._request_children[route, status] = self.requests.labels(route, str(status))
+        child.inc()
+
+    def count_event(self, kind: str) -> None:
+        """Count one event confirmed by Kafka."""
+        child = self._event_children.get(kind)
+        if child is None:
+            child = self._event_children[kind] = self.events.labels(kind)
+        child.inc()
 
     def render(self) -> bytes:
         """Return the exposition text of these metrics (all workers' in multiprocess mode)."""

@@ -43,10 +43,9 @@ class _Batch:
         if self.remaining == 0:
             self.future.set_result(None)
 
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
+    def expire(self, after: float) -> None:
+        if not self.future.done():
+            self.future.set_exception(RetryableError(f"Kafka did not confirm within {after:g}s"))
 
 
 class Publisher:
@@ -145,12 +144,14 @@ class Publisher:
             raise RetryableError(f"Kafka produce failed: {e}") from e
         finally:
             self._busy.set()
+        # A timer instead of wait_for: no extra task per request on the hot path.
+        timer = asyncio.get_running_loop().call_later(
+            self.confirm_timeout, batch.expire, self.confirm_timeout
+        )
         try:
-            await asyncio.wait_for(asyncio.shield(batch.future), self.confirm_timeout)
-        except TimeoutError as e:
-            # A late failure is still retrieved, so asyncio does not report it as lost.
-            batch.future.add_done_callback(_retrieve)
-            raise RetryableError(f"Kafka did not confirm within {self.confirm_timeout:g}s") from e
+            await batch.future
+        finally:
+            timer.cancel()
         return time.perf_counter() - started
 
     async def ready(self) -> tuple[bool, str]:
