@@ -93,11 +93,22 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
     raise TimeoutError(url)
 
 
+def _tree(pid: int) -> list[int]:
+    """Return ``pid`` and all its descendants (the workers of ``--workers N``)."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out.extend(_tree(int(child)))
+    return out
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
-    """Return (current, peak) resident set of ``pid`` in MB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-    hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    """Return (current, peak) resident set in MB of ``pid`` and its descendants, summed."""
+    rss = hwm = 0
+    for p in _tree(pid):
+        status = Path(f"/proc/{p}/status").read_text()
+        rss += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        hwm += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
     return rss / 1024, hwm / 1024
 
 
@@ -338,7 +349,8 @@ def main() -> None:
     print(f"throughput ratio gateway/bare: {ratio:.2f}  (target >= 0.6)")
     print(f"gateway p99 at {args.rate}/s: {results['gateway+kafka']['p99']:.2f} ms  (target <= 25)")
     print(
-        f"gateway RSS: {gw_rss:.0f} MB now, {gw_peak:.0f} MB peak  (target <= 150); "
+        f"gateway RSS (all its processes): {gw_rss:.0f} MB now, {gw_peak:.0f} MB peak "
+        "(target <= 150); "
         f"bare RSS {bare_rss:.0f} MB"
     )
     print(
