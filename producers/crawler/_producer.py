@@ -64,7 +64,11 @@ class AsyncProducer:
         state["sent"] = True
         if state["left"] == 0 and not done.done():
             done.set_result(None)
-        await done
+        # Serve the callbacks right away instead of waiting for the idle poller's tick.
+        while not done.done():
+            self.producer.poll(0)
+            if not done.done():
+                await asyncio.sleep(0.0005)
         if errors:
             raise RetryableError(f"{len(errors)} records to {topic} not delivered: {errors[0]}")
         return count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,6 +142,8 @@ class CrawlStateStore:
     def __init__(self, conn: psycopg.AsyncConnection[Any], schema: str) -> None:
         self.conn = conn
         self.schema = sql.Identifier(schema)
+        # One connection serves every page task; a transaction must not interleave.
+        self._lock = asyncio.Lock()
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(schema=self.schema)
@@ -152,7 +155,7 @@ class CrawlStateStore:
         """
         params = _params(p)
         try:
-            async with self.conn.transaction():
+            async with self._lock, self.conn.transaction():
                 if p.status == "joined":
                     await self.conn.execute(self._q(_JOINED_STATE), (p.record.page_id, p.joined))
                 else:
@@ -164,11 +167,14 @@ class CrawlStateStore:
     async def last_completed_ms(self, page_id: str) -> int | None:
         """Return when the last completed crawl of ``page_id`` started (ms), if any."""
         try:
-            cur = await self.conn.execute(
-                self._q("SELECT last_completed_at FROM {schema}.crawl_state WHERE page_id = %s"),
-                (page_id,),
-            )
-            row = await cur.fetchone()
+            async with self._lock:
+                cur = await self.conn.execute(
+                    self._q(
+                        "SELECT last_completed_at FROM {schema}.crawl_state WHERE page_id = %s"
+                    ),
+                    (page_id,),
+                )
+                row = await cur.fetchone()
         except psycopg.Error as e:
             raise RetryableError(f"crawl state read failed: {e}") from e
         if row is None or row[0] is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,6 +36,7 @@ class _PageRunner:
     partition: int
     queue: asyncio.Queue[tuple[int, int, bytes | None]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    commit: asyncio.Future[None] | None = None
 
 
 @dataclass(slots=True)
@@ -71,6 +72,9 @@ class CrawlWorker:
         self._books: dict[int, PartitionBook] = {}
         self._runners: dict[str, _PageRunner] = {}
         self._fetchers: dict[str, PageFetcher] = {}
+        self._projected_at: dict[str, float] = {}
+        self._continued_at = 0.0
+        self._commit_locks: dict[int, asyncio.Lock] = {}
         self._fatal: BaseException | None = None
         self._slots = asyncio.Semaphore(crawler.max_pages_in_flight)
         self._consumer: Consumer | None = None
@@ -87,7 +91,8 @@ class CrawlWorker:
         )
         timeout = aiohttp.ClientTimeout(total=self.crawler.request_timeout)
         session = aiohttp.ClientSession(timeout=timeout)
-        self._producer = AsyncProducer(make_producer(self.settings))
+        # linger 1 ms: a step waits for its acks, so batching longer only adds latency.
+        self._producer = AsyncProducer(make_producer(self.settings, **{"linger.ms": 1}))
         self._producer.start()
         self._store = CrawlStateStore(conn, self.settings.db_schema)
         self._client = GraphClient(session, self.graph_url)
@@ -111,8 +116,10 @@ class CrawlWorker:
                 for msg in msgs:
                     self._dispatch(msg)
                 if not msgs:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.01)
+                    # A continuation just produced comes back in a few ms: poll eagerly
+                    # then, lazily when nothing is under way.
+                    busy = time.monotonic() - self._continued_at < 0.2
+                    await asyncio.sleep(0.0005 if busy else 0.01)
         finally:
             for runner in list(self._runners.values()):
                 if runner.task is not None:
@@ -194,9 +201,33 @@ class CrawlWorker:
             return
         book.dirty = False
 
+    async def _commit_soon(self, partition: int) -> None:
+        """Commit ``partition`` off the loop; commits of a partition run in order."""
+        lock = self._commit_locks.setdefault(partition, asyncio.Lock())
+        async with lock:
+            book = self._books.get(partition)
+            consumer = self._consumer
+            if book is None or not book.dirty or consumer is None:
+                return
+            offset = book.commit_offset()
+            if offset is None:
+                return
+            tp = TopicPartition(self.crawl_topic, partition, offset, book.metadata())
+            book.dirty = False
+            commit = functools.partial(consumer.commit, offsets=[tp], asynchronous=False)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, commit)
+            except KafkaException as e:
+                book.dirty = True
+                log.warning("commit of crawl partition %d failed (will retry): %s", partition, e)
+
     async def _page_loop(self, page: str, runner: _PageRunner) -> None:
         while True:
             partition, offset, value = await runner.queue.get()
+            # The previous step's commit must be durable before the next step fetches:
+            # a kill then costs at most the one step in flight.
+            if runner.commit is not None:
+                await runner.commit
             try:
                 async with self._slots:
                     await self._handle(page, partition, offset, value)
@@ -209,7 +240,7 @@ class CrawlWorker:
             book = self._books.get(partition)
             if book is not None:
                 book.finish(offset)
-                self._commit(partition)
+                runner.commit = asyncio.ensure_future(self._commit_soon(partition))
 
     # -- one record ------------------------------------------------------------------
 
@@ -300,6 +331,7 @@ class CrawlWorker:
         if not outcome.done:
             nxt = record.model_copy(update={"seq": record.seq + 1, "step": outcome.step})
             await self._producer.send_batch(self.crawl_topic, [(key, nxt.to_bytes())])
+            self._continued_at = time.monotonic()
         # 3. the mark, so a re-delivered copy of this record is a duplicate; the offset
         #    and the mark are committed together by the caller once this returns
         book.marks[record.page_id] = Mark(record.crawl_id, record.seq, outcome.done)
@@ -314,15 +346,25 @@ class CrawlWorker:
                 outcome.step.counters.messages,
                 outcome.step.counters.api_calls,
             )
-        await self._project(
-            Progress(
-                record,
-                status,
-                outcome.step,
-                record.seq + 1,
-                finished_ms=_now_ms() if outcome.done else None,
-            )
+        now = time.monotonic()
+        last = self._projected_at.get(record.page_id)
+        due = (
+            outcome.done
+            or record.seq == 0
+            or last is None
+            or now - last >= self.crawler.progress_interval
         )
+        if due:
+            self._projected_at[record.page_id] = now
+            await self._project(
+                Progress(
+                    record,
+                    status,
+                    outcome.step,
+                    record.seq + 1,
+                    finished_ms=_now_ms() if outcome.done else None,
+                )
+            )
 
     async def _run_step(self, record: CrawlRequest) -> StepOutcome:
         assert self._client is not None
