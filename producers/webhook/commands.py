@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         ] = "INFO",
     ) -> None:
         """Serve Meta's Messenger webhooks; 200 only once Kafka holds every event."""
+        from pydantic import ValidationError
+
         from convsync.cli import console, load_settings
         from convsync.errors import ConvsyncError
         from producers.webhook.server import serve_workers
@@ -31,6 +33,10 @@ def register(app: typer.Typer) -> None:
         try:
             settings = load_settings()
             gw = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        except ValidationError as e:
+            console.print(f"[red]gateway settings invalid:[/] {e}")
+            raise typer.Exit(2) from e
+        try:
             code = serve_workers(settings, gw, log_level=log_level)
         except ConvsyncError as e:
             console.print(f"[red]gateway failed:[/] {e}")

@@ -12,6 +12,7 @@ from types import FrameType
 
 from aiohttp import web
 
+from convsync.errors import ConfigError
 from convsync.logs import setup_logging
 from convsync.settings import Settings
 from producers.webhook.app import SafeAccessLogger, make_app
@@ -57,7 +58,10 @@ def serve_workers(settings: Settings, gateway: GatewaySettings, *, log_level: st
 
     SIGINT/SIGTERM to this parent are passed to every worker. A worker that dies makes
     the parent stop the others and return non-zero (a supervisor restarts the whole set).
+    Raises :class:`ConfigError` when the app secret is empty.
     """
+    if not settings.app_secret.get_secret_value():
+        raise ConfigError("CONVSYNC_APP_SECRET is empty: webhooks cannot be verified")
     if gateway.workers == 1:
         serve(settings, gateway)
         return 0
