@@ -18,12 +18,21 @@ def register(app: typer.Typer) -> None:
 
 def materialize(
     group: Annotated[str, typer.Option(help="Consumer group.")] = "convsync-materializer",
-    batch_size: Annotated[int, typer.Option(min=1, help="Records per transaction, at most.")] = 0,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Records per transaction, at most.")
+    ] = None,
     batch_ms: Annotated[
-        int, typer.Option(min=0, help="Flush a batch this many ms after its first record.")
-    ] = -1,
+        int | None, typer.Option(min=0, help="Flush a batch this many ms after its first record.")
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Static group membership id (group.instance.id): a restarted member with "
+            "the same id gets its partitions back at once, without a rebalance."
+        ),
     ] = None,
 ) -> None:
     """Project <prefix>.events into Postgres, exactly once, until SIGTERM/SIGINT."""
@@ -37,13 +46,20 @@ def materialize(
     defaults = BatchConfig()
     config = BatchConfig(
         max_records=batch_size or defaults.max_records,
-        max_wait=batch_ms / 1000 if batch_ms >= 0 else defaults.max_wait,
+        max_wait=defaults.max_wait if batch_ms is None else batch_ms / 1000,
     )
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="127.0.0.1")
-    mat = Materializer(settings, group=group, config=config, report_lag=metrics_port is not None)
+    overrides = {"group.instance.id": instance_id} if instance_id else {}
+    mat = Materializer(
+        settings,
+        group=group,
+        config=config,
+        report_lag=metrics_port is not None,
+        consumer_overrides=overrides,
+    )
 
     def on_signal(_signum: int, _frame: object) -> None:
         mat.stop()
@@ -65,7 +81,9 @@ def replay(
     into: Annotated[
         str | None, typer.Option("--into", help="Fresh schema to build (default: a new name).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Records per transaction, at most.")] = 0,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Records per transaction, at most.")
+    ] = None,
 ) -> None:
     """Rebuild the projection from offset 0 into a fresh schema, then print checksums."""
     from rich.console import Console

@@ -49,6 +49,7 @@ class Totals:
     inserted: int = 0
     dead_letters: int = 0
     batches: int = 0
+    retries: int = 0
 
 
 class Materializer:
@@ -386,6 +387,7 @@ class Materializer:
                 return action()
             except RetryableError as e:
                 m.RETRIES.labels(self.group).inc()
+                self.totals.retries += 1
                 if self._stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
                     raise AbandonedError(f"gave up after {attempt} attempt(s): {e}") from e
                 log.warning("retrying in %.1fs: %s", delay, e)

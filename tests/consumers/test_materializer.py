@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import base64
 import random
+import subprocess
+import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
+from psycopg import sql
 
 from consumers.materializer import BatchConfig, Materializer, checksum, replay
+from convsync.db import connect
 from convsync.settings import Settings
 from tests.consumers.helpers import (
     conversations,
@@ -23,6 +28,7 @@ from tests.consumers.helpers import (
     wait_for,
     with_duplicates,
 )
+from tests.consumers.procs import REPO, settings_env
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 
@@ -97,9 +103,10 @@ def test_exactly_once_poison_idempotence_and_replay(
     total = produce(settings, delivered[:700]) + produce(settings, poison)
     total += produce(settings, delivered[700:])
 
-    mat = Materializer(settings, group="g1", config=FAST)
+    group = f"g-{uuid.uuid4().hex[:12]}"
+    mat = Materializer(settings, group=group, config=FAST)
     with running(mat):
-        wait_for(lambda: stored_end(settings, "g1") == total, timeout=60, what="all offsets")
+        wait_for(lambda: stored_end(settings, group) == total, timeout=60, what="all offsets")
     assert conversations(settings) == expected(events)
     assert scalar(settings, "SELECT count(*) FROM {s}.events") == len({e.event_id for e in events})
     assert mat.totals.dead_letters == 2
@@ -112,10 +119,10 @@ def test_exactly_once_poison_idempotence_and_replay(
     # Re-delivery of everything: no row changes, no version moves.
     versions = scalar(settings, "SELECT sum(version) FROM {s}.conversations")
     produce(settings, delivered)
-    mat2 = Materializer(settings, group="g1", config=FAST)
+    mat2 = Materializer(settings, group=group, config=FAST)
     with running(mat2):
         wait_for(
-            lambda: stored_end(settings, "g1") == total + len(delivered),
+            lambda: stored_end(settings, group) == total + len(delivered),
             timeout=60,
             what="re-delivered offsets",
         )
@@ -127,5 +134,56 @@ def test_exactly_once_poison_idempotence_and_replay(
     fresh = make_schema(migrate=False)
     result = replay(settings, into=fresh.db_schema, config=FAST)
     assert result.totals.records == total + len(delivered)
-    assert checksum(settings, fresh.db_schema) == checksum(settings, settings.db_schema)
+    live = checksum(settings, settings.db_schema)
+    assert checksum(settings, fresh.db_schema) == live
     assert conversations(settings, fresh.db_schema) == expected(events)
+
+    # The command line does the same and prints both checksums.
+    cli = make_schema(migrate=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "convsync.cli", "replay", "--into", cli.db_schema],
+        env=settings_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert out == [cli.db_schema, checksum(settings, cli.db_schema), settings.db_schema, live]
+    assert out[1] == live
+
+
+def test_assignment_resumes_from_postgres_offsets_not_kafka(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    settings = make_schema(base=make_topics(partitions=2))
+    events = random_events(random.Random(3), pages=4, users=5, n=200)
+    produce(settings, events)
+    group = f"g-{uuid.uuid4().hex[:12]}"
+    # This group never committed to Kafka: without the Postgres cursor it would start at
+    # the beginning. Postgres says partition 0 is done and partition 1 half done.
+    consumer = Consumer({**settings.kafka_config(), "group.id": group})
+    ends = [
+        consumer.get_watermark_offsets(TopicPartition(settings.topic("events"), p), timeout=10)[1]
+        for p in (0, 1)
+    ]
+    consumer.close()
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL(
+                'INSERT INTO {}.consumer_offsets ("group", topic, "partition", next_offset)'
+                " VALUES (%s, %s, 0, %s), (%s, %s, 1, %s)"
+            ).format(sql.Identifier(settings.db_schema)),
+            (
+                group,
+                settings.topic("events"),
+                ends[0],
+                group,
+                settings.topic("events"),
+                ends[1] // 2,
+            ),
+        )
+    mat = Materializer(settings, group=group, config=FAST)
+    with running(mat):
+        wait_for(lambda: stored_end(settings, group) == sum(ends), timeout=60, what="partition 1")
+    assert mat.totals.records == ends[1] - ends[1] // 2
