@@ -242,6 +242,20 @@ async def test_empty_entry_list_is_acknowledged(client: Client, gw_settings: Set
     assert read_events(gw_settings) == []
 
 
+async def test_feed_changes_are_counted_not_events(client: Client, gw_settings: Settings) -> None:
+    body = {
+        "object": "page",
+        "entry": [{"id": "1", "time": 1, "changes": [{"field": "feed"}], "x-zz": 1}],
+    }
+    raw = encode(body)
+    assert (await client.post("/webhook", data=raw, headers=signed(raw))).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'convsync_gateway_ignored_entry_fields_total{field="changes"} 1.0' in text
+    assert 'convsync_gateway_ignored_entry_fields_total{field="other"} 1.0' in text
+    assert "x-zz" not in text
+    assert read_events(gw_settings) == []
+
+
 # health, readiness, metrics, logs ---------------------------------------------------
 
 
