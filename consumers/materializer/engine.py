@@ -171,11 +171,12 @@ class Materializer:
         cfg = self.config
         if self._batch:
             timeout = max(0.0, self._batch_started + cfg.max_wait - time.monotonic())
+            want = cfg.max_records - len(self._batch)
         else:
-            timeout = cfg.idle_poll
-        want = cfg.max_records - len(self._batch)
-        msgs = consumer.consume(num_messages=max(1, want), timeout=timeout)
-        for msg in msgs:
+            # consume() waits for all it was asked for: ask for one record so the batch
+            # clock starts when the first record arrives, not when the poll gives up.
+            timeout, want = cfg.idle_poll, 1
+        for msg in consumer.consume(num_messages=max(1, want), timeout=timeout):
             err = msg.error()
             if err is not None:
                 self._on_record_error(err)

@@ -1,0 +1,340 @@
+"""Benchmark: the materializer vs a raw COPY (the limit) vs one transaction per event.
+
+One run, same machine, same Postgres, the same 200,000 events over 20,000 conversations:
+
+(a) ``convsync materialize`` (a child process) from the real topic, timed from its first
+    committed batch to its last (group join and start-up excluded; the first batch's
+    records are excluded from the count too), peak RSS from /proc;
+(b) a raw COPY of the same event rows and the final conversation rows into a fresh
+    schema's tables, one transaction: the limit of any design;
+(c) one transaction per event (the design we replace): the same SQL fed one event at a
+    time, measured on a sample (--sample) and extrapolated;
+then p99 produce-to-visible latency at a fixed rate (--rate events/s for --seconds): a
+row is visible when its partition's offset in ``consumer_offsets`` (committed with the
+rows) passes it; the watcher polls every 10 ms.
+
+    .venv/bin/python -m tests.bench.bench_materializer
+    .venv/bin/python -m tests.bench.bench_materializer --batch-sizes 1000,2000,5000,10000
+
+Needs the stack (`convsync up`). Other tests sharing the CPU make the figures noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from consumers.materializer.rows import STAGE_COLUMNS, Position, stage_row
+from consumers.materializer.store import Store
+from convsync.db import connect
+from convsync.kafka import admin_client, ensure_topics, make_producer, topic_specs
+from convsync.settings import Settings
+from schemas.envelope import Envelope
+from schemas.fold import project
+from schemas.migrate import apply_migrations
+from tests.consumers.helpers import produce, random_events
+from tests.consumers.procs import REPO, settings_env
+from tests.fixtures.stack import _stack_settings
+
+EVENT_COLUMNS = (
+    "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
+    "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
+    "num_edit",
+)  # fmt: skip
+CONV_COLUMNS = (
+    "page_id", "psid", "thread_id", "first_message_at", "last_message_at", "message_count",
+    "last_message_text", "last_inbound_at", "last_outbound_at", "needs_reply",
+    "read_watermark", "delivered_watermark", "version",
+)  # fmt: skip
+
+
+def fresh_schema(settings: Settings, tag: str) -> Settings:
+    name = f"bench_{tag}_{uuid.uuid4().hex[:8]}"
+    with connect(settings) as conn:
+        apply_migrations(conn, schema=name)
+    return settings.model_copy(update={"db_schema": name})
+
+
+def drop_schema(settings: Settings) -> None:
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.db_schema))
+        )
+
+
+def offsets_sum(settings: Settings, group: str) -> int:
+    with connect(settings) as conn:
+        row = conn.execute(
+            sql.SQL(
+                'SELECT COALESCE(sum(next_offset), 0) FROM {}.consumer_offsets WHERE "group" = %s'
+            ).format(sql.Identifier(settings.db_schema)),
+            (group,),
+        ).fetchone()
+    return int(row[0]) if row else 0  # type: ignore[call-overload]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Child:
+    """`convsync materialize` as a child process."""
+
+    def __init__(self, settings: Settings, group: str, batch_size: int, log: Path) -> None:
+        self._out = log.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "convsync.cli", "materialize", "--group", group,
+                "--batch-size", str(batch_size),
+            ],
+            cwd=REPO,
+            env={**settings_env(settings), "CONVSYNC_LOG_LEVEL": "WARNING"},
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self._out.close()
+
+
+def run_materializer(
+    settings: Settings, total: int, batch_size: int, log: Path
+) -> tuple[float, float, Child, str]:
+    """(a): return events/s, peak RSS (MB), the still running child and its group."""
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    child = Child(settings, group, batch_size, log)
+    first_at = first_n = None
+    try:
+        while True:
+            n = offsets_sum(settings, group)
+            now = time.monotonic()
+            if n and first_at is None:
+                first_at, first_n = now, n
+            if n >= total:
+                break
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"materializer exited: {log.read_text()[-2000:]}")
+            time.sleep(0.02)
+    except BaseException:
+        child.stop()
+        raise
+    assert first_at is not None and first_n is not None
+    rate = (total - first_n) / max(now - first_at, 1e-9)
+    return rate, peak_rss_mb(child.proc.pid), child, group
+
+
+def raw_copy(settings: Settings, events: list[Envelope], topic: str) -> float:
+    """(b): COPY the distinct event rows and the final conversation rows; return rows/s."""
+    target = fresh_schema(settings, "copy")
+    rows = []
+    unique = list({ev.event_id: ev for ev in reversed(events)}.values())
+    for i, ev in enumerate(unique):
+        r = dict(zip(STAGE_COLUMNS, stage_row(ev, Position(topic, 0, i), i), strict=True))
+        rows.append(
+            (
+                r["event_id"], r["page_id"], r["psid"], r["kind"], r["mid"],
+                _ts(r["occurred_ms"]), r["direction"], r["text"], _ts(r["watermark_ms"]),
+                r["thread_id"], r["source"], r["attrs"], r["payload"], r["topic"],
+                r["partition"], r["offset"], r["num_edit"],
+            )
+        )  # fmt: skip
+    convs = []
+    for state in project(events).values():
+        p = state.public()
+        convs.append(
+            (
+                p["page_id"], p["psid"], p["thread_id"], _ts(p["first_message_at"]),
+                _ts(p["last_message_at"]), p["message_count"], p["last_message_text"],
+                _ts(p["last_inbound_at"]), _ts(p["last_outbound_at"]), p["needs_reply"],
+                _ts(p["read_watermark"]), _ts(p["delivered_watermark"]), 1,
+            )
+        )  # fmt: skip
+    ident = sql.Identifier(target.db_schema)
+    try:
+        with connect(target) as conn:
+            started = time.perf_counter()
+            with conn.transaction(), conn.cursor() as cur:
+                for table, cols, data in (
+                    ("events", EVENT_COLUMNS, rows),
+                    ("conversations", CONV_COLUMNS, convs),
+                ):
+                    stmt = sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+                        ident,
+                        sql.Identifier(table),
+                        sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+                    )
+                    with cur.copy(stmt) as copy:
+                        for row in data:
+                            copy.write_row(row)
+            elapsed = time.perf_counter() - started
+    finally:
+        drop_schema(target)
+    return len(unique) / elapsed
+
+
+def _ts(ms: int | None) -> Any:
+    if ms is None:
+        return None
+    from datetime import UTC, datetime, timedelta
+
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+
+
+def per_event(settings: Settings, events: list[Envelope], topic: str, sample: int) -> float:
+    """(c): one transaction per event for ``sample`` events; return events/s."""
+    target = fresh_schema(settings, "single")
+    store = Store(target)
+    try:
+        started = time.perf_counter()
+        for i, ev in enumerate(events[:sample]):
+            row = stage_row(ev, Position(topic, i % 12, i), 0)
+            store.write_batch(group="single", topic=topic, rows=[row], next_offsets={i % 12: i + 1})
+        elapsed = time.perf_counter() - started
+    finally:
+        store.close()
+        drop_schema(target)
+    return sample / elapsed
+
+
+def latency(
+    settings: Settings, group: str, rng: random.Random, rate: int, seconds: float
+) -> list[float]:
+    """Produce ``rate`` events/s for ``seconds``; return produce-to-visible seconds each."""
+    topic = settings.topic("events")
+    events = random_events(rng, pages=20, users=1000, n=int(rate * seconds), t0=1_800_000_000_000)
+    sent: dict[tuple[int, int], float] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+    producer = make_producer(settings, **{"linger.ms": 0})
+
+    def produce_all() -> None:
+        start = time.monotonic()
+        for i, ev in enumerate(events):
+            due = start + i / rate
+            while (delay := due - time.monotonic()) > 0:
+                producer.poll(min(delay, 0.005))
+            at = time.monotonic()
+
+            def on_delivery(err: Any, msg: Any, at: float = at) -> None:
+                assert err is None, err
+                with lock:
+                    sent[(msg.partition(), msg.offset())] = at
+
+            producer.produce(topic, ev.to_bytes(), key=ev.page_id.encode(), on_delivery=on_delivery)
+        producer.flush(30)
+        done.set()
+
+    thread = threading.Thread(target=produce_all, daemon=True)
+    thread.start()
+    seen: dict[tuple[int, int], float] = {}
+    query = sql.SQL(
+        'SELECT "partition", next_offset FROM {}.consumer_offsets WHERE "group" = %s'
+    ).format(sql.Identifier(settings.db_schema))
+    with connect(settings) as conn:
+        while True:
+            offsets = {int(p): int(n) for p, n in conn.execute(query, (group,)).fetchall()}  # type: ignore[call-overload]
+            now = time.monotonic()
+            with lock:
+                pending = [k for k in sent if k not in seen]
+            for part, off in pending:
+                if off < offsets.get(part, 0):
+                    seen[(part, off)] = now
+            if done.is_set() and len(seen) == len(events):
+                break
+            time.sleep(0.01)
+    return sorted(seen[k] - sent[k] for k in seen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--conversations", type=int, default=20_000)
+    parser.add_argument("--batch-sizes", default="5000")
+    parser.add_argument("--sample", type=int, default=3_000)
+    parser.add_argument("--rate", type=int, default=1_000)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+
+    base = _stack_settings()
+    rng = random.Random(2026)
+    pages = 20
+    events = random_events(rng, pages=pages, users=args.conversations // pages, n=args.events)[
+        : args.events
+    ]
+    print(
+        f"{len(events)} events over {len({(e.page_id, e.psid) for e in events})} conversations",
+        flush=True,
+    )
+    settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}"})
+    admin = admin_client(settings)
+    specs = topic_specs(settings)
+    ensure_topics(admin, specs)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-materializer-"))
+    child: Child | None = None
+    live: tuple[Settings, str] | None = None
+    try:
+        produce(settings, events)
+        topic = settings.topic("events")
+        results: dict[int, tuple[float, float]] = {}
+        for size in [int(s) for s in args.batch_sizes.split(",")]:
+            target = fresh_schema(settings, "mat")
+            rate, rss, proc, group = run_materializer(
+                target, len(events), size, tmp / f"m{size}.log"
+            )
+            results[size] = (rate, rss)
+            print(f"(a) materializer batch {size}: {rate:,.0f} events/s, peak RSS {rss:.0f} MB")
+            if child is not None and live is not None:
+                child.stop()
+                drop_schema(live[0])
+            child, live = proc, (target, group)
+        copy_rate = raw_copy(settings, events, topic)
+        print(f"(b) raw COPY: {copy_rate:,.0f} events/s")
+        single_rate = per_event(settings, events, topic, args.sample)
+        print(
+            f"(c) one transaction per event: {single_rate:,.0f} events/s "
+            f"(measured on {args.sample} events, extrapolated)"
+        )
+        assert child is not None and live is not None
+        lat = latency(live[0], live[1], rng, args.rate, args.seconds)
+        p50 = lat[len(lat) // 2]
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        best_size, (best, rss) = max(results.items(), key=lambda kv: kv[1][0])
+        print()
+        print(f"best batch size {best_size}: (a) {best:,.0f} events/s, peak RSS {rss:.0f} MB")
+        print(f"(a)/(b) = {best / copy_rate:.2f}   (target >= 0.6)")
+        print(f"(a)/(c) = {best / single_rate:.1f}   (target >= 25)")
+        print(
+            f"latency at {args.rate}/s over {len(lat)} events: p50 {p50 * 1000:.0f} ms, "
+            f"p99 {p99 * 1000:.0f} ms (target p99 <= 500 ms)"
+        )
+    finally:
+        if child is not None:
+            child.stop()
+        if live is not None:
+            drop_schema(live[0])
+        admin.delete_topics([s.name for s in specs], operation_timeout=30)
+
+
+if __name__ == "__main__":
+    main()
