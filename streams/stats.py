@@ -10,7 +10,8 @@ crash can count the events after the last changelog flush twice (see docs/stream
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,11 +36,17 @@ def _event_time(_event: Any = None) -> float:
     return _EVENT_TIME.get()
 
 
-def _append_sample(samples: list[int] | None, value: int) -> list[int]:
-    out = list(samples or ())
-    if len(out) < MAX_SAMPLES:
-        out.append(value)
-    return out
+def _extend_samples(samples: list[int] | None, values: list[int]) -> list[int]:
+    return [*(samples or ()), *values][:MAX_SAMPLES]
+
+
+@contextmanager
+def _at(minute: int) -> Iterator[None]:
+    token = _EVENT_TIME.set(float(minute))
+    try:
+        yield
+    finally:
+        _EVENT_TIME.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,30 +77,54 @@ class PageStats:
         self.events = 0
         self.duplicates = 0
         self.changes: dict[str, int] = {}
+        # The batch being counted: (page, minute) -> n / samples; page -> delta.
+        self._in: dict[tuple[str, int], int] = {}
+        self._out: dict[tuple[str, int], int] = {}
+        self._samples: dict[tuple[str, int], list[int]] = {}
+        self._waiting: dict[str, int] = {}
 
-    def record(self, result: Step, event: Envelope) -> None:
-        """Count one folded event. Must run with the event bound (see streams.app)."""
+    def count(self, result: Step, event: Envelope) -> None:
+        """Count one folded event in memory; :meth:`write` stores the batch's counts."""
         self.events += 1
         self.duplicates += result.duplicate
         if not result.emitted:
             return
         for change in result.changes:
             self.changes[change] = self.changes.get(change, 0) + 1
-        token = _EVENT_TIME.set(event.occurred_at / 1000.0)
-        try:
-            page = event.page_id
-            if "message" in result.changes and event.kind == "message":
-                table = self.messages_in if event.direction == "inbound" else self.messages_out
-                table[page] += 1
-            if "replied" in result.changes and result.previous.last_inbound_at is not None:
-                waited = event.occurred_at - result.previous.last_inbound_at
-                self.response_ms[page].apply(_append_sample, waited)
-            if "needs_reply" in result.changes:
-                self.needs_reply[page] += 1
-            if "replied" in result.changes:
-                self.needs_reply[page] -= 1
-        finally:
-            _EVENT_TIME.reset(token)
+        page = event.page_id
+        minute = event.occurred_at // 60_000 * 60
+        if "message" in result.changes and event.kind == "message":
+            inbound = event.direction == "inbound"
+            tally = self._in if inbound else self._out
+            tally[(page, minute)] = tally.get((page, minute), 0) + 1
+        if "replied" in result.changes and result.previous.last_inbound_at is not None:
+            waited = event.occurred_at - result.previous.last_inbound_at
+            self._samples.setdefault((page, minute), []).append(waited)
+        if "needs_reply" in result.changes:
+            self._waiting[page] = self._waiting.get(page, 0) + 1
+        if "replied" in result.changes:
+            self._waiting[page] = self._waiting.get(page, 0) - 1
+
+    def write(self, bind: Callable[[str], None]) -> None:
+        """Add the counted batch to the tables, one write per page and minute.
+
+        ``bind(page)`` must make an event of that page the current faust event, so the
+        write goes to the changelog partition of the page.
+        """
+        for tally, table in ((self._in, self.messages_in), (self._out, self.messages_out)):
+            for (page, minute), n in tally.items():
+                bind(page)
+                with _at(minute):
+                    table[page] += n
+        for (page, minute), samples in self._samples.items():
+            bind(page)
+            with _at(minute):
+                self.response_ms[page].apply(_extend_samples, samples)
+        for page, delta in self._waiting.items():
+            if delta:
+                bind(page)
+                self.needs_reply[page] += delta
+        self._in, self._out, self._samples, self._waiting = {}, {}, {}, {}
 
     def windows(self) -> dict[str, list[Window]]:
         """Return every page's minutes held by this worker, oldest first."""
