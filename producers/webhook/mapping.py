@@ -104,8 +104,11 @@ class _Item:
 
 
 def _attachments(message: dict[str, Any]) -> list[dict[str, Any]]:
+    attachments = message.get("attachments")
+    if not isinstance(attachments, list):
+        return []
     out = []
-    for att in message.get("attachments") or []:
+    for att in attachments:
         if not isinstance(att, dict):
             continue
         raw_payload = att.get("payload")

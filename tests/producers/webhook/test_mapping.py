@@ -217,6 +217,13 @@ def test_malformed_known_kinds_become_unknown_not_dropped() -> None:
         assert env.attrs["parse_error"]
 
 
+def test_odd_optional_fields_are_ignored_not_fatal() -> None:
+    for attachments in (5, "x", {"type": "image"}, [1, None, {"type": "file"}]):
+        env = one({**route(), "message": {"mid": "m_a", "attachments": attachments}})
+        assert env.kind == "message"
+        assert env.attrs.get("attachments", []) in ([], [{"type": "file"}])
+
+
 def test_standby_items_are_mapped_and_marked() -> None:
     env = one({**route(), "message": {"mid": "m_s", "text": "x"}}, channel="standby")
     assert (env.kind, env.attrs["channel"]) == ("message", "standby")
@@ -292,3 +299,76 @@ def test_any_item_maps_to_exactly_one_envelope(
     assert env.raw == item
     assert Envelope.from_bytes(env.to_bytes()).event_id == env.event_id
     assert map_item(PAGE, t, item, channel).event_id == env.event_id
+
+
+inner_keys = st.sampled_from(
+    [
+        "mid",
+        "text",
+        "is_echo",
+        "app_id",
+        "metadata",
+        "quick_reply",
+        "reply_to",
+        "attachments",
+        "watermark",
+        "mids",
+        "action",
+        "emoji",
+        "reaction",
+        "num_edit",
+        "title",
+        "payload",
+        "referral",
+        "ref",
+        "user_ref",
+        "type",
+        "url",
+        "sticker_id",
+    ]
+)
+inner = st.recursive(
+    json_leaf,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(inner_keys | st.text(max_size=4), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+kind_keys = st.sampled_from(
+    [
+        "message",
+        "delivery",
+        "read",
+        "reaction",
+        "message_edit",
+        "postback",
+        "referral",
+        "optin",
+        "pass_thread_control",
+        "take_thread_control",
+        "request_thread_control",
+    ]
+)
+party = st.one_of(
+    st.fixed_dictionaries({"id": st.one_of(st.text(max_size=70), json_leaf)}),
+    st.fixed_dictionaries({"user_ref": json_leaf}),
+    json_leaf,
+)
+
+
+@settings(max_examples=400)
+@given(
+    kind=kind_keys,
+    body=st.dictionaries(inner_keys, inner, max_size=8) | inner,
+    sender=party,
+    recipient=party,
+    ts=json_leaf,
+)
+def test_any_shaped_kind_body_maps_without_raising(
+    kind: str, body: Any, sender: Any, recipient: Any, ts: Any
+) -> None:
+    item = {"sender": sender, "recipient": recipient, "timestamp": ts, kind: body}
+    env = map_item(PAGE, None, item, "messaging")
+    assert env.raw == item
+    assert Envelope.from_bytes(env.to_bytes()).event_id == env.event_id
