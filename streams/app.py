@@ -94,7 +94,8 @@ class Folder:
                 pending[key] = (event, result.state)
             if result.emitted:
                 record = to_record(result, envelope)
-                sent.append(await self._send(key.encode(), record.to_bytes()))
+                partition = event.message.partition
+                sent.append(await self._send(key.encode(), record.to_bytes(), partition))
                 emitted += 1
         # 1. Kafka acknowledges every change record of the batch (acks=all) ...
         await asyncio.gather(*sent)
@@ -111,11 +112,15 @@ class Folder:
         # 3. faust acks the batch when we return and commits offsets only after it
         #    flushed the producer, i.e. after the changelog writes of step 2.
 
-    async def _send(self, key: bytes, value: bytes) -> Any:
+    async def _send(self, key: bytes, value: bytes, partition: int) -> Any:
         # Straight to the transport producer: the Topic/Channel layers of faust cost more
         # than the fold itself per record, and these records need no faust schema.
+        # The record goes to the partition its page has on <prefix>.events (both topics
+        # have settings.partitions partitions): a conversation's records stay in one
+        # partition, and with exactly_once they join the transaction of the source
+        # partition, the one that also holds its changelog writes and offsets.
         producer = await self.app.maybe_start_producer()
-        return await producer.send(self.sink_name, key, value, None, None, None)
+        return await producer.send(self.sink_name, key, value, partition, None, None)
 
     def _load(self, key: str) -> StreamState | None:
         value = self.states.get(key)

@@ -25,6 +25,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(min=1, help="Of faust's table topics (default: min(3, brokers))."),
         ] = None,
         batch_size: Annotated[int, typer.Option(min=1, help="Events folded per batch.")] = 1000,
+        guarantee: Annotated[
+            str,
+            typer.Option(help="faust processing_guarantee: at_least_once or exactly_once."),
+        ] = "at_least_once",
         log_level: Annotated[
             str, typer.Option(help="Log level of the worker.", envvar="CONVSYNC_LOG_LEVEL")
         ] = "INFO",
@@ -43,6 +47,7 @@ def register(app: typer.Typer) -> None:
                 data_dir=data_dir or settings.state_dir / "streams",
                 replication_factor=replication_factor or 0,
                 batch_size=batch_size,
+                processing_guarantee=guarantee,
             )
             code = run_worker(settings, config, log_level=log_level)
         except ConvsyncError as e:

@@ -76,7 +76,9 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     workers: list[Worker] = []
     prefixes: list[Settings] = []
 
-    def start(settings: Settings, *, batch_size: int = 1000) -> Worker:
+    def start(
+        settings: Settings, *, batch_size: int = 1000, guarantee: str = "at_least_once"
+    ) -> Worker:
         port = free_port()
         log = tmp_path / f"worker{len(workers)}.log"
         env = {
@@ -97,6 +99,8 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
                     str(tmp_path / "streams-data"),
                     "--batch-size",
                     str(batch_size),
+                    "--guarantee",
+                    guarantee,
                 ],
                 env=env,
                 stdout=out,

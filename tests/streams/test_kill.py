@@ -16,8 +16,9 @@ from tests.streams.test_change import fold_all
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_sigkill_mid_stream_then_restart(
-    make_topics: MakeTopics, start_worker: StartWorker
+    make_topics: MakeTopics, start_worker: StartWorker, guarantee: str
 ) -> None:
     settings = make_topics(partitions=4)
     evs = conversation_events(random.Random(11), pages=4, users=10, messages=6000)
@@ -26,13 +27,13 @@ def test_sigkill_mid_stream_then_restart(
     produce(producer, settings.topic("events"), evs[:4000])
 
     # Small batches so the kill lands between many batches and commits.
-    worker = start_worker(settings, batch_size=50)
+    worker = start_worker(settings, batch_size=50, guarantee=guarantee)
     before = read_changes(settings, until=lambda rs: len(rs) >= 600, timeout=90, worker=worker)
     worker.kill()
     assert len(before) < len(want), "the worker finished before it was killed"
 
     produce(producer, settings.topic("events"), evs[4000:])
-    again = start_worker(settings, batch_size=50)
+    again = start_worker(settings, batch_size=50, guarantee=guarantee)
     records = read_changes(settings, until=complete(want), timeout=120, worker=again)
 
     # No change lost, none with a new number: deduped by (key, seq) it is exactly the
@@ -40,4 +41,7 @@ def test_sigkill_mid_stream_then_restart(
     got = dedupe(records)
     assert got == {(r.key, r.seq): r for r in want}
     replayed = len(records) - len(got)
-    print(f"{len(got)} changes, {replayed} replayed after SIGKILL")
+    print(f"{guarantee}: {len(got)} changes, {replayed} replayed after SIGKILL")
+    # exactly_once does not make the replays disappear: faust commits a partition's
+    # transaction from a background task, mid-batch, so it can commit change records of
+    # events whose offsets it has not acked yet (docs/streams.md). Dedupe still holds.
