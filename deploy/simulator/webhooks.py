@@ -152,6 +152,23 @@ class WebhookSender:
             message["attachments"] = attachments
         return {**self._route(page_id, psid, ts or self.now()), "message": message}
 
+    def attachments(self) -> list[dict[str, Any]]:
+        """Return one attachment as Meta sends it: image, sticker or a fallback link."""
+        choice = self.rng.choice(("image", "sticker", "fallback"))
+        cdn = "https://scontent.xx.fbcdn.net/v/t1.15752-9/"
+        if choice == "image":
+            return [{"type": "image", "payload": {"url": cdn + self.psid() + ".jpg"}}]
+        if choice == "sticker":
+            return [
+                {"type": "image", "payload": {"url": cdn + "s.png", "sticker_id": 369239263222822}}
+            ]
+        return [
+            {
+                "type": "fallback",
+                "payload": {"url": "https://example.com/p/1", "title": "A shared link"},
+            }
+        ]
+
     def echo(
         self, page_id: str, psid: str, *, text: str = "Thanks!", mid: str | None = None
     ) -> Item:
@@ -244,6 +261,8 @@ class WebhookSender:
                 psid,
                 text=self.rng.choice(TEXTS),
                 quick_reply="YES" if self.rng.random() < 0.2 else None,
+                reply_to=self.mid() if self.rng.random() < 0.1 else None,
+                attachments=self.attachments() if self.rng.random() < 0.2 else None,
             ),
             "echo": lambda: self.echo(page_id, psid),
             "delivery": lambda: self.delivery(page_id, psid, mids=[self.mid()]),

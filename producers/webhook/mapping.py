@@ -296,10 +296,20 @@ def map_item(page_id: str, entry_time: int | None, item: dict[str, Any], channel
                 # ItemError, or the envelope's own validation (ValidationError is one).
                 log.info("page %s: %s item stored as unknown: %s", page_id, key, _short(e))
                 return _unknown(it, {"intended_kind": key, "parse_error": _short(e)})
+            except (TypeError, KeyError, AttributeError) as e:
+                # A shape this mapper did not foresee (a bug here, not Meta's): the item is
+                # still stored, as unknown, and the request still succeeds.
+                log.warning(
+                    "page %s: %s item unreadable, stored as unknown: %s",
+                    page_id,
+                    key,
+                    type(e).__name__,
+                )
+                return _unknown(it, {"intended_kind": key, "parse_error": _short(e)})
     return _unknown(it, {})
 
 
-def _short(e: ValueError) -> str:
+def _short(e: Exception) -> str:
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return text[:120]
 

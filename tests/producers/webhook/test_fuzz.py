@@ -7,6 +7,7 @@ events of the bodies that got a 200: a rejected body never produced a record.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import string
 from typing import Any
@@ -95,7 +96,69 @@ def page_shaped(draw: st.DrawFn) -> bytes:
     return json.dumps(body).encode()
 
 
+META_KEYS = st.sampled_from(
+    [
+        "mid",
+        "text",
+        "is_echo",
+        "quick_reply",
+        "reply_to",
+        "attachments",
+        "payload",
+        "url",
+        "watermark",
+        "mids",
+        "action",
+        "emoji",
+        "num_edit",
+        "title",
+        "referral",
+        "user_ref",
+        "id",
+        "timestamp",
+        "sender",
+        "recipient",
+        "messaging",
+        "standby",
+        "time",
+    ]
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.extend(_paths(v, (*prefix, k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.extend(_paths(v, (*prefix, i)))
+    return out
+
+
+@st.composite
+def restructured(draw: st.DrawFn) -> bytes:
+    """A real body with one nested value replaced by random JSON (or a key removed)."""
+    body = copy.deepcopy(draw(st.sampled_from(SEEDS)).body)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(body)[1:]))
+        parent = body
+        for step in path[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        target = parent[path[-1]]
+        if action == "add" and isinstance(target, dict):
+            target[draw(META_KEYS)] = draw(json_value)
+        elif action == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(json_value)
+    return json.dumps(body).encode()
+
+
 bodies = st.one_of(
+    restructured(),
+    restructured(),
     st.binary(max_size=300),
     st.sampled_from([s.raw for s in SEEDS]),
     mutated(),
@@ -154,7 +217,7 @@ def test_fuzzed_requests_get_only_2xx_4xx_and_rejected_ones_produce_nothing(
         return resp.status
 
     @settings(
-        max_examples=250,
+        max_examples=300,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         database=None,

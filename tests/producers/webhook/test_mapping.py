@@ -372,3 +372,35 @@ def test_any_shaped_kind_body_maps_without_raising(
     env = map_item(PAGE, None, item, "messaging")
     assert env.raw == item
     assert Envelope.from_bytes(env.to_bytes()).event_id == env.event_id
+
+
+SIM_KINDS = [
+    "message",
+    "echo",
+    "delivery",
+    "read",
+    "reaction",
+    "edit",
+    "postback",
+    "referral",
+    "handover",
+    "optin",
+    "unknown",
+]
+
+
+@settings(max_examples=500)
+@given(
+    kind=st.sampled_from(SIM_KINDS),
+    seed=st.integers(0, 50),
+    overrides=st.dictionaries(inner_keys, inner, min_size=1, max_size=4),
+)
+def test_valid_items_with_odd_optional_fields_map_without_raising(
+    kind: str, seed: int, overrides: dict[str, Any]
+) -> None:
+    item = WebhookSender("s", seed=seed).item(kind, PAGE, USER)
+    key = next(k for k in item if k not in ("sender", "recipient", "timestamp"))
+    item[key] = {**item[key], **overrides}
+    env = map_item(PAGE, None, item, "messaging")
+    assert env.raw == item
+    assert Envelope.from_bytes(env.to_bytes()).event_id == env.event_id
