@@ -88,6 +88,7 @@ class Materializer:
         self._owned: set[int] = set()
         self._last_lag = 0.0
         self._read_to: dict[int, int] = {}
+        self._external_stop: threading.Event | None = None
 
     # -- control -------------------------------------------------------------------------
 
@@ -97,13 +98,18 @@ class Materializer:
 
     @property
     def stopping(self) -> bool:
-        """True once :meth:`stop` was called."""
+        """True once :meth:`stop` was called (or the ``stop`` event given to run is set)."""
+        if self._external_stop is not None and self._external_stop.is_set():
+            self._stop.set()
         return self._stop.is_set()
 
     def _new_consumer(self) -> Consumer:
         conf: dict[str, Any] = {
             "on_commit": self._on_commit,
             "error_cb": self._on_error,
+            # librdkafka pre-fetches up to 64 MB by default; a few batches ahead is
+            # enough to keep Postgres busy and keeps the process's RSS small.
+            "queued.max.messages.kbytes": 16384,
             **self._overrides,
         }
         return make_consumer(self.settings, self.group, **conf)
@@ -116,6 +122,7 @@ class Materializer:
         Raises ConfigError when the schema is not migrated; Postgres and Kafka outages
         are retried with backoff, never raised.
         """
+        self._external_stop = stop
         consumer = self._consumer = self._new_consumer()
         consumer.subscribe(
             [self.topic],
@@ -124,10 +131,8 @@ class Materializer:
             on_lost=self._on_lost,
         )
         try:
-            while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+            while not self.stopping:
                 self._poll_once(consumer)
-            if stop is not None and stop.is_set():
-                self._stop.set()
             self._flush_or_abandon()
         finally:
             self._close(consumer)
@@ -149,7 +154,7 @@ class Materializer:
                     ends[p] = high
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
             self._owned = set(ends)
-            while not self._stop.is_set():
+            while not self.stopping:
                 if all(self._read_to.get(p, -1) >= end for p, end in ends.items()):
                     break
                 self._poll_once(consumer)
@@ -389,7 +394,7 @@ class Materializer:
             except RetryableError as e:
                 m.RETRIES.labels(self.group).inc()
                 self.totals.retries += 1
-                if self._stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
+                if self.stopping or (max_attempts is not None and attempt >= max_attempts):
                     raise AbandonedError(f"gave up after {attempt} attempt(s): {e}") from e
                 log.warning("retrying in %.1fs: %s", delay, e)
                 self._backoff(delay, pollable=pollable)
@@ -397,8 +402,10 @@ class Materializer:
 
     def _backoff(self, delay: float, *, pollable: bool) -> None:
         consumer = self._consumer
-        if not pollable or consumer is None or self._flushing is False:
-            self._stop.wait(delay)
+        if not pollable or consumer is None or not self._flushing:
+            deadline = time.monotonic() + delay
+            while not self.stopping and time.monotonic() < deadline:
+                self._stop.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             return
         # Keep serving the group (rebalances, liveness) while Postgres is away: pause
         # fetching and poll. A record that was already fetched is kept for later.
@@ -406,7 +413,7 @@ class Materializer:
         consumer.pause(assignment)
         try:
             deadline = time.monotonic() + delay
-            while not self._stop.is_set() and time.monotonic() < deadline:
+            while not self.stopping and time.monotonic() < deadline:
                 msg = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
                 if msg is not None and msg.error() is None and msg.partition() in self._owned:
                     self._take(msg)
