@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import REGISTRY
 from psycopg import sql
 
 from consumers.materializer import BatchConfig, Materializer, checksum, replay
@@ -110,6 +111,12 @@ def test_exactly_once_poison_idempotence_and_replay(
     assert conversations(settings) == expected(events)
     assert scalar(settings, "SELECT count(*) FROM {s}.events") == len({e.event_id for e in events})
     assert mat.totals.dead_letters == 2
+    labels = {"group": group}
+    assert REGISTRY.get_sample_value("convsync_materializer_events_in_total", labels) == total
+    assert REGISTRY.get_sample_value("convsync_materializer_dead_letters_total", labels) == 2
+    assert REGISTRY.get_sample_value("convsync_materializer_events_inserted_total", labels) == len(
+        {e.event_id for e in events}
+    )
 
     letters = read_dlq(settings, 2)
     assert sorted(base64.b64decode(str(d["value_b64"])) for d in letters) == sorted(poison)
