@@ -85,17 +85,24 @@ class Publisher:
         self._producer: Producer | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._busy = asyncio.Event()
-        self._fatal: KafkaError | None = None
+        self._fatal: str | None = None
 
     @property
-    def fatal(self) -> KafkaError | None:
-        """The fatal producer error, if one happened (the process must be restarted)."""
+    def fatal(self) -> str | None:
+        """Why the producer can no longer work, if so (the process must be restarted)."""
         return self._fatal
 
     def start(self) -> None:
         """Create the producer and its pump task (call from the running event loop)."""
         self._producer = Producer(self._conf)
         self._pump_task = asyncio.get_running_loop().create_task(self._pump(self._producer))
+        self._pump_task.add_done_callback(self._pump_ended)
+
+    def _pump_ended(self, task: asyncio.Task[None]) -> None:
+        # Without the pump no confirmation ever arrives: say so instead of timing out.
+        if not task.cancelled() and task.exception() is not None:
+            self._fatal = f"delivery pump failed: {task.exception()!r}"
+            log.error("Kafka %s", self._fatal)
 
     async def _pump(self, producer: Producer) -> None:
         while True:
@@ -111,7 +118,7 @@ class Publisher:
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
-            self._fatal = err
+            self._fatal = f"fatal producer error: {err.str()}"
             log.error("Kafka producer fatal error: %s", err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             log.warning("Kafka: all brokers down (%s)", err.str())
@@ -130,7 +137,7 @@ class Publisher:
         if producer is None:
             raise RetryableError("publisher is not started")
         if self._fatal is not None:
-            raise RetryableError(f"Kafka producer failed: {self._fatal.str()}")
+            raise RetryableError(f"Kafka producer failed: {self._fatal}")
         if not records:
             return 0.0
         started = time.perf_counter()
