@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -12,7 +14,7 @@ from convsync.settings import Settings
 from deploy.simulator.webhooks import WebhookSender
 from producers.webhook.app import SafeAccessLogger, make_app
 from producers.webhook.settings import GatewaySettings
-from tests.producers.webhook.helpers import SECRET, with_secrets
+from tests.producers.webhook.helpers import SECRET, GatewayProcess, with_secrets
 
 
 @pytest.fixture
@@ -30,6 +32,21 @@ async def client(gw_settings: Settings) -> AsyncIterator[TestClient[object, obje
     await server.start_server(access_log_class=SafeAccessLogger)
     async with TestClient(server) as c:
         yield c
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Return a factory of ``convsync gateway`` subprocesses, all killed at teardown."""
+    made: list[GatewayProcess] = []
+
+    def factory(settings: Settings, **kwargs: Any) -> GatewayProcess:
+        gp = GatewayProcess(settings, tmp_path / f"gateway-{len(made)}.log", **kwargs)
+        made.append(gp)
+        return gp
+
+    yield factory
+    for gp in made:
+        gp.cleanup()
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -108,7 +110,10 @@ class GatewayProcess:
         argv = [str(Path(sys.executable).parent / "convsync"), "gateway", "--port", str(self.port)]
         argv += ["--workers", str(self.workers)]
         with self.log_file.open("ab") as out:
-            self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=out)
+            # Its own session: cleanup() can kill the gateway and any workers it spawned.
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -138,3 +143,11 @@ class GatewayProcess:
                 self.proc.wait(timeout=10)
                 raise
         return int(self.proc.returncode)
+
+    def cleanup(self) -> None:
+        """SIGKILL whatever is left of the gateway's process group (test teardown)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)

@@ -6,6 +6,7 @@ import concurrent.futures
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,9 @@ async def test_kafka_stopped_gives_503_then_success_after_restart(
 
 
 def test_sigkill_under_load_loses_no_acknowledged_request(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings, gateway_process: Callable[..., GatewayProcess]
 ) -> None:
-    gw = GatewayProcess(kafka_settings, tmp_path / "gateway.log")
+    gw = gateway_process(kafka_settings)
     gw.start()
     sender = WebhookSender(SECRET, seed=33)
     bodies = [sender.batch([str(100 + i % 7)], items_per_page=2) for i in range(3000)]
@@ -119,7 +120,7 @@ def test_sigkill_under_load_loses_no_acknowledged_request(
     expected = set().union(*(ids_of(b) for b in acked))
     missing = expected - stored
     assert not missing, f"{len(missing)} events of acknowledged requests are not in Kafka"
-    log = (tmp_path / "gateway.log").read_text()
+    log = gw.log_file.read_text()
     for secret in (SECRET, VERIFY_TOKEN, acked[0].headers["X-Hub-Signature-256"][7:]):
         assert secret not in log
 
@@ -129,10 +130,10 @@ def _log_lines(path: Path, marker: str) -> list[str]:
 
 
 def test_workers_share_the_port_and_stop_on_sigterm(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings, gateway_process: Callable[..., GatewayProcess]
 ) -> None:
-    log_file = tmp_path / "gateway.log"
-    gw = GatewayProcess(kafka_settings, log_file, workers=2)
+    gw = gateway_process(kafka_settings, workers=2)
+    log_file = gw.log_file
     gw.start(timeout=60)
     try:
         deadline = time.monotonic() + 60
