@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,21 +13,25 @@ from convsync.errors import RetryableError
 
 
 class AsyncProducer:
-    """Wraps a durable producer; :meth:`send_batch` returns once Kafka confirmed all."""
+    """Wraps a durable producer; :meth:`send_batch` returns once Kafka confirmed all.
+
+    A thread of its own blocks in ``poll`` and hands each batch's outcome to the loop,
+    so waiting for acks costs no busy polling on the event loop.
+    """
 
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
-        self._pending = 0
-        self._task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start serving delivery callbacks on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._poll())
+        """Start serving delivery callbacks."""
+        self._thread = threading.Thread(target=self._poll, name="crawler-acks", daemon=True)
+        self._thread.start()
 
-    async def _poll(self) -> None:
-        while True:
-            self.producer.poll(0)
-            await asyncio.sleep(0.001 if self._pending else 0.01)
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
 
     async def send_batch(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
         """Produce ``(key, value)`` records; return how many once all are acknowledged.
@@ -37,46 +41,51 @@ class AsyncProducer:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         errors: list[KafkaError] = []
+        lock = threading.Lock()
         state = {"left": 0, "sent": False}
 
-        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            self._pending -= 1
-            if err is not None:
-                errors.append(err)
-            state["left"] -= 1
-            if state["sent"] and state["left"] == 0 and not done.done():
+        def resolve() -> None:
+            if not done.done():
                 done.set_result(None)
+
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            # Runs on the poll thread.
+            with lock:
+                if err is not None:
+                    errors.append(err)
+                state["left"] -= 1
+                finished = state["sent"] and state["left"] == 0
+            if finished:
+                loop.call_soon_threadsafe(resolve)
 
         count = 0
         for key, value in records:
             while True:
                 try:
+                    with lock:
+                        state["left"] += 1
                     self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
                     break
                 except BufferError:
-                    self.producer.poll(0)
+                    with lock:
+                        state["left"] -= 1
                     await asyncio.sleep(0.005)
                 except KafkaException as e:
                     raise RetryableError(f"produce to {topic} failed: {e}") from e
-            state["left"] += 1
-            self._pending += 1
             count += 1
-        state["sent"] = True
-        if state["left"] == 0 and not done.done():
-            done.set_result(None)
-        # Serve the callbacks right away instead of waiting for the idle poller's tick.
-        while not done.done():
-            self.producer.poll(0)
-            if not done.done():
-                await asyncio.sleep(0.0005)
+        with lock:
+            state["sent"] = True
+            finished = state["left"] == 0
+        if finished:
+            resolve()
+        await done
         if errors:
             raise RetryableError(f"{len(errors)} records to {topic} not delivered: {errors[0]}")
         return count
 
     async def close(self, flush_seconds: float = 10.0) -> None:
-        """Stop polling and flush what is left."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Flush what is left and stop the poll thread."""
         await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, flush_seconds)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)

@@ -30,17 +30,18 @@ def new_request(page_id: str, *, full: bool) -> CrawlRequest:
     )
 
 
-def submit(settings: Settings, record: CrawlRequest, *, timeout: float = 30.0) -> None:
-    """Record the request as queued and produce it, confirmed by Kafka.
+def submit(settings: Settings, *records: CrawlRequest, timeout: float = 30.0) -> None:
+    """Record the requests as queued and produce them, confirmed by Kafka.
 
-    Raises :class:`RetryableError` when Kafka or Postgres cannot take it.
+    Raises :class:`RetryableError` when Kafka or Postgres cannot take them.
     """
     with connect(settings) as conn:
         try:
-            record_queued(conn, settings.db_schema, record)
+            for record in records:
+                record_queued(conn, settings.db_schema, record)
         except psycopg.Error as e:
             raise RetryableError(f"cannot record the crawl request: {e}") from e
-    producer = make_producer(settings)
+    producer = make_producer(settings, **{"linger.ms": 0})
     errors: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -48,12 +49,13 @@ def submit(settings: Settings, record: CrawlRequest, *, timeout: float = 30.0) -
             errors.append(str(err))
 
     try:
-        producer.produce(
-            settings.topic("crawl"),
-            key=record.page_id.encode(),
-            value=record.to_bytes(),
-            on_delivery=on_delivery,
-        )
+        for record in records:
+            producer.produce(
+                settings.topic("crawl"),
+                key=record.page_id.encode(),
+                value=record.to_bytes(),
+                on_delivery=on_delivery,
+            )
     except KafkaException as e:
         raise RetryableError(f"cannot produce the crawl request: {e}") from e
     left = producer.flush(timeout)

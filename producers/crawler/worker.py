@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,14 +75,20 @@ class CrawlWorker:
         self._runners: dict[str, _PageRunner] = {}
         self._fetchers: dict[str, PageFetcher] = {}
         self._projected_at: dict[str, float] = {}
-        self._continued_at = 0.0
-        self._commit_locks: dict[int, asyncio.Lock] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._commit_waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
         self._fatal: BaseException | None = None
         self._slots = asyncio.Semaphore(crawler.max_pages_in_flight)
         self._consumer: Consumer | None = None
         self._producer: AsyncProducer | None = None
         self._store: CrawlStateStore | None = None
         self._client: GraphClient | None = None
+
+    @property
+    def assigned_partitions(self) -> int:
+        """Return how many crawl partitions this worker owns now."""
+        return len(self._books)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -98,6 +106,7 @@ class CrawlWorker:
         self._client = GraphClient(session, self.graph_url)
         overrides: dict[str, Any] = {
             "session.timeout.ms": int(self.crawler.session_timeout * 1000),
+            "on_commit": self._on_commit,
         }
         if self.crawler.instance_id:
             overrides["group.instance.id"] = self.crawler.instance_id
@@ -110,17 +119,18 @@ class CrawlWorker:
             on_lost=self._on_lost,
         )
         log.info("crawler consuming %s as group %s", self.crawl_topic, self.crawler.group)
+        loop = asyncio.get_running_loop()
+        self._loop, self._loop_thread = loop, threading.get_ident()
+        # consume() blocks in a thread of its own (no busy polling on the loop); the
+        # rebalance callbacks it runs are marshalled back onto the loop.
+        polling = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawler-poll")
         try:
             while not stop.is_set() and self._fatal is None:
-                msgs = consumer.consume(500, 0)
+                msgs = await loop.run_in_executor(polling, _take, consumer)
                 for msg in msgs:
                     self._dispatch(msg)
-                if not msgs:
-                    # A continuation just produced comes back in a few ms: poll eagerly
-                    # then, lazily when nothing is under way.
-                    busy = time.monotonic() - self._continued_at < 0.2
-                    await asyncio.sleep(0.0005 if busy else 0.01)
         finally:
+            polling.shutdown(wait=True)
             for runner in list(self._runners.values()):
                 if runner.task is not None:
                     runner.task.cancel()
@@ -139,30 +149,62 @@ class CrawlWorker:
 
     # -- rebalancing -----------------------------------------------------------------
 
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the event loop thread and wait for it (callbacks come from the
+        poll thread, or from the loop itself when ``close()`` revokes)."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            fn()
+            return
+
+        async def call() -> None:
+            fn()
+
+        asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The marks committed with each offset say which steps are already handled.
         committed = consumer.committed(partitions, timeout=30)
-        for tp in committed:
-            self._books[tp.partition] = PartitionBook(marks=PartitionBook.parse_marks(tp.metadata))
+
+        def assign() -> None:
+            for tp in committed:
+                self._books[tp.partition] = PartitionBook(
+                    marks=PartitionBook.parse_marks(tp.metadata)
+                )
+
+        self._on_loop(assign)
         log.info("assigned crawl partitions %s", sorted(tp.partition for tp in partitions))
 
-    def _drop(self, partitions: list[TopicPartition], *, commit: bool) -> None:
+    def _drop(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Forget ``partitions`` (cancel their pages); return what to commit for them."""
+        out = []
         for tp in partitions:
-            if commit:
-                self._commit(tp.partition)
-            self._books.pop(tp.partition, None)
+            book = self._books.pop(tp.partition, None)
+            offset = book.commit_offset() if book is not None else None
+            if book is not None and offset is not None and book.dirty:
+                out.append(TopicPartition(self.crawl_topic, tp.partition, offset, book.metadata()))
+            self._release_waiters(tp.partition, None)
             for page, runner in list(self._runners.items()):
                 if runner.partition == tp.partition:
                     if runner.task is not None:
                         runner.task.cancel()
                     del self._runners[page]
+        return out
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._drop(partitions, commit=True)
+        final: list[TopicPartition] = []
+        self._on_loop(lambda: final.extend(self._drop(partitions)))
+        if final:
+            try:
+                consumer.commit(offsets=final, asynchronous=False)
+            except KafkaException as e:
+                log.warning("final commit of revoked crawl partitions failed: %s", e)
         log.info("revoked crawl partitions %s", sorted(tp.partition for tp in partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._drop(partitions, commit=False)
+        def drop() -> None:
+            self._drop(partitions)
+
+        self._on_loop(drop)
         log.warning("lost crawl partitions %s", sorted(tp.partition for tp in partitions))
 
     # -- dispatch and commit ---------------------------------------------------------
@@ -201,25 +243,50 @@ class CrawlWorker:
             return
         book.dirty = False
 
-    async def _commit_soon(self, partition: int) -> None:
-        """Commit ``partition`` off the loop; commits of a partition run in order."""
-        lock = self._commit_locks.setdefault(partition, asyncio.Lock())
-        async with lock:
-            book = self._books.get(partition)
-            consumer = self._consumer
-            if book is None or not book.dirty or consumer is None:
-                return
-            offset = book.commit_offset()
-            if offset is None:
-                return
-            tp = TopicPartition(self.crawl_topic, partition, offset, book.metadata())
-            book.dirty = False
-            commit = functools.partial(consumer.commit, offsets=[tp], asynchronous=False)
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, commit)
-            except KafkaException as e:
-                book.dirty = True
-                log.warning("commit of crawl partition %d failed (will retry): %s", partition, e)
+    def _commit_soon(self, partition: int) -> asyncio.Future[None]:
+        """Commit ``partition`` asynchronously; the future resolves when Kafka answered."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        book = self._books.get(partition)
+        offset = book.commit_offset() if book is not None else None
+        if book is None or offset is None or self._consumer is None:
+            done.set_result(None)
+            return done
+        tp = TopicPartition(self.crawl_topic, partition, offset, book.metadata())
+        book.dirty = False
+        self._commit_waiters.setdefault(partition, []).append((offset, done))
+        try:
+            self._consumer.commit(offsets=[tp], asynchronous=True)
+        except KafkaException as e:
+            book.dirty = True
+            log.warning("commit of crawl partition %d failed (will retry): %s", partition, e)
+            self._release_waiters(partition, None)
+        return done
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        # Runs on the poll thread.
+        if self._loop is None:
+            return
+        for tp in partitions:
+            failed = err is not None or tp.error is not None
+            upto = None if failed else tp.offset
+            if failed:
+                log.warning(
+                    "commit of crawl partition %d failed: %s", tp.partition, err or tp.error
+                )
+            self._loop.call_soon_threadsafe(self._release_waiters, tp.partition, upto)
+
+    def _release_waiters(self, partition: int, upto: int | None) -> None:
+        """Resolve the commit futures of ``partition`` up to offset ``upto`` (None: all)."""
+        waiters = self._commit_waiters.get(partition, [])
+        keep = []
+        for offset, fut in waiters:
+            if upto is None or offset <= upto:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((offset, fut))
+        self._commit_waiters[partition] = keep
 
     async def _page_loop(self, page: str, runner: _PageRunner) -> None:
         while True:
@@ -227,7 +294,10 @@ class CrawlWorker:
             # The previous step's commit must be durable before the next step fetches:
             # a kill then costs at most the one step in flight.
             if runner.commit is not None:
-                await runner.commit
+                try:
+                    await asyncio.wait_for(asyncio.shield(runner.commit), 10)
+                except TimeoutError:
+                    log.warning("no answer to a commit of crawl partition %d in 10s", partition)
             try:
                 async with self._slots:
                     await self._handle(page, partition, offset, value)
@@ -240,7 +310,7 @@ class CrawlWorker:
             book = self._books.get(partition)
             if book is not None:
                 book.finish(offset)
-                runner.commit = asyncio.ensure_future(self._commit_soon(partition))
+                runner.commit = self._commit_soon(partition)
 
     # -- one record ------------------------------------------------------------------
 
@@ -331,7 +401,6 @@ class CrawlWorker:
         if not outcome.done:
             nxt = record.model_copy(update={"seq": record.seq + 1, "step": outcome.step})
             await self._producer.send_batch(self.crawl_topic, [(key, nxt.to_bytes())])
-            self._continued_at = time.monotonic()
         # 3. the mark, so a re-delivered copy of this record is a duplicate; the offset
         #    and the mark are committed together by the caller once this returns
         book.marks[record.page_id] = Mark(record.crawl_id, record.seq, outcome.done)
@@ -419,6 +488,16 @@ class CrawlWorker:
         await self._producer.send_batch(
             self.settings.topic("dlq"), [(page.encode(), letter.to_bytes())]
         )
+
+
+def _take(consumer: Consumer) -> list[Message]:
+    """Return what is ready, else block up to 50 ms for the first record."""
+    # consume(n, timeout) waits for n records or the whole timeout: poll waits for one.
+    msgs: list[Message] = consumer.consume(500, 0)
+    if msgs:
+        return msgs
+    msg = consumer.poll(0.05)
+    return [] if msg is None else [msg]
 
 
 def _now_ms() -> int:
