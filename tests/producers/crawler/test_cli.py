@@ -1,0 +1,63 @@
+"""`convsync crawl PAGE --wait` against a running worker, and `--wait` on a failing crawl."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from convsync.cli import app
+from convsync.settings import Settings
+from deploy.simulator.graph_api import Faults, GraphWorld
+from tests.fixtures.kafka import MakeTopics
+from tests.fixtures.postgres import MakeSchema
+from tests.producers.crawler.conftest import start_worker
+
+pytestmark = pytest.mark.integration
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    return {
+        "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CONVSYNC_DATABASE_URL": settings.database_url.get_secret_value(),
+        "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
+        "CONVSYNC_DB_SCHEMA": settings.db_schema,
+    }
+
+
+def test_crawl_wait_reports_progress_and_the_result(
+    make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any
+) -> None:
+    settings = make_schema(base=make_topics(partitions=3))
+    world = GraphWorld.generate(seed=17, conversations=8, no_user=1)
+    graph = fake_graph(world)
+    page = world.page_ids[0]
+    running = start_worker(settings, graph)
+    try:
+        result = CliRunner().invoke(
+            app, ["crawl", page, "--full", "--wait", "--timeout", "60"], env=env_of(settings)
+        )
+    finally:
+        running.stop()
+    assert result.exit_code == 0, result.output
+    n = len(world.expected(page)["messages"])
+    assert f"{n} messages" in result.output and "1 skipped" in result.output
+    assert "done" in result.output
+
+
+def test_crawl_wait_fails_with_the_reason(
+    make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any
+) -> None:
+    settings = make_schema(base=make_topics(partitions=3))
+    world = GraphWorld.generate(seed=18, conversations=3, faults=Faults(permanent_code=10))
+    graph = fake_graph(world)
+    running = start_worker(settings, graph)
+    try:
+        result = CliRunner().invoke(
+            app, ["crawl", world.page_ids[0], "--wait", "--timeout", "60"], env=env_of(settings)
+        )
+    finally:
+        running.stop()
+    assert result.exit_code == 1
+    assert "failed" in result.output and "code 10" in result.output
