@@ -322,7 +322,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         "CONVSYNC_PAGE_TOKENS": json.dumps(tokens),
         "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(opts.calls_per_second),
     }
-    sup = Supervisor(env, state_dir / "demo-logs")
+    sup = Supervisor(env, state_dir / "demo-logs", fresh_logs=True)
     try:
         sup.start("gateway", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port))
         for i in range(opts.crawler_workers):

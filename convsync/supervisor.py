@@ -38,13 +38,14 @@ class Supervisor:
 
     env: dict[str, str]
     log_dir: Path
+    fresh_logs: bool = False
     components: list[Component] = field(default_factory=list)
 
     def start(self, name: str, *args: str) -> Component:
         """Start ``convsync ARGS`` as component ``name``; its output goes to a log file."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         comp = Component(name, list(args), self.log_dir / f"{name}.log")
-        with comp.log_file.open("ab") as out:
+        with comp.log_file.open("wb" if self.fresh_logs else "ab") as out:
             comp.proc = subprocess.Popen(
                 [sys.executable, "-m", "convsync.cli", *args],
                 stdin=subprocess.DEVNULL,
