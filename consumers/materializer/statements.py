@@ -35,6 +35,12 @@ LOCK_PARTITIONS: Final = sql.SQL(
     """
 )
 
+# Temp tables have no statistics and are emptied at every commit: without fresh ones the
+# planner guesses and joins a small batch against all of `conversations` by a full scan.
+# Measured: 2x faster folds for 300-event batches, no loss for 5,000 (docs/materializer.md).
+ANALYZE_STAGE: Final = sql.SQL("ANALYZE stage")
+ANALYZE_FRESH: Final = sql.SQL("ANALYZE fresh")
+
 COPY_STAGE: Final = sql.SQL(
     "COPY stage (seq, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, "
     'watermark_ms, thread_id, source, attrs, payload, topic, "partition", "offset", '

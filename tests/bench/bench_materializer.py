@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,14 @@ def peak_rss_mb(pid: int) -> float:
 class Child:
     """`convsync materialize` as a child process."""
 
-    def __init__(self, settings: Settings, group: str, batch_size: int, log: Path) -> None:
+    def __init__(
+        self, settings: Settings, group: str, batch_size: int, log: Path, batch_ms: int
+    ) -> None:
         self._out = log.open("ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "convsync.cli", "materialize", "--group", group,
-                "--batch-size", str(batch_size),
+                "--batch-size", str(batch_size), "--batch-ms", str(batch_ms),
             ],
             cwd=REPO,
             env={**settings_env(settings), "CONVSYNC_LOG_LEVEL": "WARNING"},
@@ -119,11 +122,11 @@ class Child:
 
 
 def run_materializer(
-    settings: Settings, total: int, batch_size: int, log: Path
+    settings: Settings, total: int, batch_size: int, log: Path, batch_ms: int
 ) -> tuple[float, float, Child, str]:
     """(a): return events/s, peak RSS (MB), the still running child and its group."""
     group = f"bench-{uuid.uuid4().hex[:8]}"
-    child = Child(settings, group, batch_size, log)
+    child = Child(settings, group, batch_size, log, batch_ms)
     first_at = first_n = None
     try:
         while True:
@@ -223,8 +226,8 @@ def latency(
     """Produce ``rate`` events/s for ``seconds``; return produce-to-visible seconds each."""
     topic = settings.topic("events")
     events = random_events(rng, pages=20, users=1000, n=int(rate * seconds), t0=1_800_000_000_000)
-    sent: dict[tuple[int, int], float] = {}
-    lock = threading.Lock()
+    # Per partition, (offset, produce time) in delivery order (offsets grow).
+    sent: dict[int, deque[tuple[int, float]]] = defaultdict(deque)
     done = threading.Event()
     producer = make_producer(settings, **{"linger.ms": 0})
 
@@ -238,8 +241,7 @@ def latency(
 
             def on_delivery(err: Any, msg: Any, at: float = at) -> None:
                 assert err is None, err
-                with lock:
-                    sent[(msg.partition(), msg.offset())] = at
+                sent[msg.partition()].append((msg.offset(), at))
 
             producer.produce(topic, ev.to_bytes(), key=ev.page_id.encode(), on_delivery=on_delivery)
         producer.flush(30)
@@ -247,7 +249,7 @@ def latency(
 
     thread = threading.Thread(target=produce_all, daemon=True)
     thread.start()
-    seen: dict[tuple[int, int], float] = {}
+    out: list[float] = []
     query = sql.SQL(
         'SELECT "partition", next_offset FROM {}.consumer_offsets WHERE "group" = %s'
     ).format(sql.Identifier(settings.db_schema))
@@ -255,15 +257,13 @@ def latency(
         while True:
             offsets = {int(p): int(n) for p, n in conn.execute(query, (group,)).fetchall()}  # type: ignore[call-overload]
             now = time.monotonic()
-            with lock:
-                pending = [k for k in sent if k not in seen]
-            for part, off in pending:
-                if off < offsets.get(part, 0):
-                    seen[(part, off)] = now
-            if done.is_set() and len(seen) == len(events):
+            for part, queue in list(sent.items()):
+                while queue and queue[0][0] < offsets.get(part, 0):
+                    out.append(now - queue.popleft()[1])
+            if done.is_set() and len(out) == len(events):
                 break
             time.sleep(0.01)
-    return sorted(seen[k] - sent[k] for k in seen)
+    return sorted(out)
 
 
 def main() -> None:
@@ -271,6 +271,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--conversations", type=int, default=20_000)
     parser.add_argument("--batch-sizes", default="5000")
+    parser.add_argument("--batch-ms", type=int, default=100)
     parser.add_argument("--sample", type=int, default=3_000)
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -300,7 +301,7 @@ def main() -> None:
         for size in [int(s) for s in args.batch_sizes.split(",")]:
             target = fresh_schema(settings, "mat")
             rate, rss, proc, group = run_materializer(
-                target, len(events), size, tmp / f"m{size}.log"
+                target, len(events), size, tmp / f"m{size}.log", args.batch_ms
             )
             results[size] = (rate, rss)
             print(f"(a) materializer batch {size}: {rate:,.0f} events/s, peak RSS {rss:.0f} MB")
