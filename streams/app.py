@@ -78,6 +78,7 @@ class Folder:
         pending: dict[str, tuple[faust.EventT[bytes], StreamState]] = {}
         by_page: dict[str, faust.EventT[bytes]] = {}
         sent: list[Any] = []
+        outbox: dict[int, list[tuple[bytes, bytes]]] = {}
         emitted = 0
         for event in events:
             try:
@@ -94,10 +95,11 @@ class Folder:
                 pending[key] = (event, result.state)
             if result.emitted:
                 record = to_record(result, envelope)
-                partition = event.message.partition
-                sent.append(await self._send(key.encode(), record.to_bytes(), partition))
+                out = outbox.setdefault(event.message.partition, [])
+                out.append((key.encode(), record.to_bytes()))
                 emitted += 1
         # 1. Kafka acknowledges every change record of the batch (acks=all) ...
+        sent += await self._send(outbox)
         await asyncio.gather(*sent)
         self.emitted += emitted
         # 2. ... before the states that produced them go to the changelog, so the
@@ -112,15 +114,38 @@ class Folder:
         # 3. faust acks the batch when we return and commits offsets only after it
         #    flushed the producer, i.e. after the changelog writes of step 2.
 
-    async def _send(self, key: bytes, value: bytes, partition: int) -> Any:
-        # Straight to the transport producer: the Topic/Channel layers of faust cost more
-        # than the fold itself per record, and these records need no faust schema.
-        # The record goes to the partition its page has on <prefix>.events (both topics
-        # have settings.partitions partitions): a conversation's records stay in one
-        # partition, and with exactly_once they join the transaction of the source
-        # partition, the one that also holds its changelog writes and offsets.
-        producer = await self.app.maybe_start_producer()
-        return await producer.send(self.sink_name, key, value, partition, None, None)
+    async def _send(self, outbox: dict[int, list[tuple[bytes, bytes]]]) -> list[Any]:
+        """Send the batch's change records; return the futures of their delivery.
+
+        A record goes to the partition its page has on <prefix>.events (both topics have
+        settings.partitions partitions): a conversation's records stay in one partition,
+        and under exactly_once they join the transaction of the source partition, the one
+        that also holds its changelog writes and offsets.
+        """
+        if self.app.in_transaction:
+            manager = await self.app.maybe_start_producer()
+            return [
+                await manager.send(self.sink_name, key, value, partition, None, None)
+                for partition, records in outbox.items()
+                for key, value in records
+            ]
+        # At least once: one aiokafka batch per partition. faust's per-record send path
+        # (Topic, Channel, FutureMessage, then aiokafka's own send) costs several times
+        # the fold itself per record; a BatchBuilder append costs a few microseconds.
+        transport: Any = self.app.producer  # faust's aiokafka driver (kafka:// broker)
+        producer = transport._ensure_producer()
+        futures = []
+        for partition, records in outbox.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    futures.append(
+                        await producer.send_batch(batch, self.sink_name, partition=partition)
+                    )
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            futures.append(await producer.send_batch(batch, self.sink_name, partition=partition))
+        return futures
 
     def _load(self, key: str) -> StreamState | None:
         value = self.states.get(key)
