@@ -14,7 +14,7 @@ class BatchConfig:
     spot of tests/bench/bench_materializer.py (see docs/materializer.md).
     """
 
-    max_records: int = 5000
+    max_records: int = 10000
     max_wait: float = 0.1
     backoff_initial: float = 0.2
     backoff_max: float = 5.0

@@ -141,11 +141,14 @@ class Store:
                             with cur.copy(st.COPY_STAGE) as copy:
                                 for row in rows:
                                     copy.write_row(row)
-                            cur.execute(st.ANALYZE_STAGE)
+                            analyze = len(rows) >= st.ANALYZE_MIN_ROWS
+                            if analyze:
+                                cur.execute(st.ANALYZE_STAGE)
                             # 3. Insert the events not stored yet; the new ones go to fresh.
                             cur.execute(st.INSERT_EVENTS)
                             inserted = cur.rowcount
-                            cur.execute(st.ANALYZE_FRESH)
+                            if analyze:
+                                cur.execute(st.ANALYZE_FRESH)
                             # 4. Fold only the new events (and thread ids of all copies)
                             #    into conversations; unchanged rows are not touched.
                             cur.execute(st.FOLD_CONVERSATIONS)
