@@ -263,9 +263,15 @@ def demo(
     state_dir: StateDir = None,
 ) -> None:
     """Run everything against a simulated Meta and compare Postgres with the truth."""
+    import signal
+
     from convsync.demo import DemoOptions, run_demo
     from deploy.stack import up as stack_up
 
+    def _terminate(*_: object) -> None:
+        raise KeyboardInterrupt  # unwinds through the supervisor's cleanup
+
+    signal.signal(signal.SIGTERM, _terminate)
     folder = _state_dir(state_dir)
     try:
         info = stack_up(state_dir=folder)
