@@ -80,8 +80,12 @@ def baseline(settings: Settings, expected: int) -> float:
     return events / (time.perf_counter() - started)
 
 
-def through_faust(settings: Settings, expected: int, n_events: int) -> float:
-    """Run `convsync streams` over the topic; return its events/s (first to last record)."""
+def through_faust(settings: Settings, expected: int, n_events: int, *, guarantee: str) -> float:
+    """Run `convsync streams` over the topic; return its events/s (first to last record).
+
+    Each run starts over (fresh consumer group via a fresh faust data dir is not enough:
+    the group and tables derive from the prefix), so the caller uses a fresh prefix.
+    """
     env = {
         **os.environ,
         "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -95,6 +99,7 @@ def through_faust(settings: Settings, expected: int, n_events: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cli = Path(sys.executable).parent / "convsync"
         args = [str(cli), "streams", "--web-port", str(free_port()), "--data-dir", tmp]
+        args += ["--guarantee", guarantee]
         proc = subprocess.Popen(args, env=env)
         seen = 0
         first = last = 0.0
@@ -115,35 +120,103 @@ def through_faust(settings: Settings, expected: int, n_events: int) -> float:
     return n_events / (last - first)
 
 
+def intake_only(prefix: str, n_events: int) -> None:
+    """(Subprocess mode) faust with a no-op batch handler: print its events/s and exit."""
+    import faust
+
+    import streams.app as streams_app
+
+    settings = _stack_settings().model_copy(update={"topic_prefix": prefix})
+    seen = {"events": 0, "first": 0.0}
+
+    async def noop(_self: object, events: list[object]) -> None:
+        now = time.perf_counter()
+        seen["first"] = seen["first"] or now
+        seen["events"] += len(events)
+        if seen["events"] >= n_events:
+            print(f"RATE {n_events / (now - seen['first']):.0f}", flush=True)
+
+    streams_app.Folder.process = noop  # type: ignore[method-assign,assignment]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = streams_app.StreamConfig(web_port=free_port(), data_dir=Path(tmp))
+        app = streams_app.make_app(settings, config)
+        worker = faust.Worker(app, loglevel="WARNING", redirect_stdouts=False)
+        worker.spinner = None
+        worker.execute_from_commandline()
+
+
+def faust_intake(settings: Settings, n_events: int) -> float:
+    """Return the events/s faust delivers to a handler that does nothing."""
+    args = [sys.executable, "-m", "tests.bench.bench_streams", "--intake-only"]
+    args += [settings.topic_prefix, "--events", str(n_events)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("RATE "):
+                return float(line.split()[1])
+        raise RuntimeError("the intake run ended without a rate")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def fresh(base: Settings, extra: list[str]) -> tuple[Settings, list[TopicSpec]]:
+    settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}"})
+    specs = [*topic_specs(settings), *(TopicSpec(settings.topic(x), 12, 1, {}) for x in extra)]
+    ensure_topics(admin_client(settings), specs)
+    return settings, specs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--intake-only", metavar="PREFIX", help=argparse.SUPPRESS)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--users", type=int, default=50)
     args = parser.parse_args()
 
-    base = _stack_settings()
-    settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}"})
-    admin = admin_client(settings)
-    specs = [*topic_specs(settings), TopicSpec(settings.topic("baseline"), 12, 1, {})]
-    ensure_topics(admin, specs)
-    try:
-        rng = random.Random(42)
-        evs = conversation_events(rng, pages=args.pages, users=args.users, messages=args.events)
-        expected = len(fold_all(evs)[1])
-        produce(make_producer(settings), settings.topic("events"), evs)
-        print(f"{len(evs)} events -> {expected} change records, {settings.partitions} partitions")
+    if args.intake_only:
+        intake_only(args.intake_only, args.events)
+        return
 
-        faust_rate = through_faust(settings, expected, len(evs))
-        print(f"faust app (convsync streams): {faust_rate:,.0f} events/s")
-        plain_rate = baseline(settings, expected)
-        print(f"plain confluent-kafka loop:   {plain_rate:,.0f} events/s")
-        print(f"ratio faust / plain: {faust_rate / plain_rate:.2f} (target >= 0.5)")
+    base = _stack_settings()
+    rng = random.Random(42)
+    evs = conversation_events(rng, pages=args.pages, users=args.users, messages=args.events)
+    expected = len(fold_all(evs)[1])
+    runs: list[tuple[Settings, list[TopicSpec]]] = []
+    try:
+        rates: dict[str, float] = {}
+        for name in ("plain", "faust", "faust-eos", "intake"):
+            settings, specs = fresh(base, ["baseline"])
+            runs.append((settings, specs))
+            produce(make_producer(settings), settings.topic("events"), evs)
+            if name == "plain":
+                rates[name] = baseline(settings, expected)
+            elif name == "intake":
+                rates[name] = faust_intake(settings, len(evs))
+            else:
+                guarantee = "exactly_once" if name == "faust-eos" else "at_least_once"
+                rates[name] = through_faust(settings, expected, len(evs), guarantee=guarantee)
+            print(f"{name}: {rates[name]:,.0f} events/s", flush=True)
+        print(f"{len(evs)} events -> {expected} change records, {base.partitions} partitions")
+        plain = rates["plain"]
+        print(f"plain confluent-kafka loop (fold + produce + commit): {plain:,.0f} events/s")
+        for name, label in (
+            ("faust", "faust app, at_least_once (default)"),
+            ("faust-eos", "faust app, exactly_once"),
+            ("intake", "faust, no-op handler (intake ceiling)"),
+        ):
+            print(f"{label}: {rates[name]:,.0f} events/s = {rates[name] / plain:.2f} x plain")
+        print("target: faust app >= 0.5 x plain")
     finally:
-        names = [s.name for s in specs]
-        names += [t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id(settings))]
-        for fut in admin.delete_topics(names, operation_timeout=30).values():
-            fut.result(timeout=30)
+        for settings, specs in runs:
+            admin = admin_client(settings)
+            names = [s.name for s in specs]
+            topics = admin.list_topics(timeout=10).topics
+            names += [t for t in topics if t.startswith(app_id(settings))]
+            for fut in admin.delete_topics(names, operation_timeout=30).values():
+                fut.result(timeout=30)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -16,10 +17,15 @@ from tests.streams.test_change import fold_all
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+# The default guarantee; CONVSYNC_STREAMS_GUARANTEE=exactly_once repeats the experiment
+# of docs/streams.md with faust's transactions.
+GUARANTEE = os.environ.get("CONVSYNC_STREAMS_GUARANTEE", "at_least_once")
+
+
 def test_sigkill_mid_stream_then_restart(
-    make_topics: MakeTopics, start_worker: StartWorker, guarantee: str
+    make_topics: MakeTopics, start_worker: StartWorker
 ) -> None:
+    guarantee = GUARANTEE
     settings = make_topics(partitions=4)
     evs = conversation_events(random.Random(11), pages=4, users=10, messages=6000)
     _, want = fold_all(evs)
