@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.serializers import codecs
 from faust.streams import _current_event
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -105,11 +106,7 @@ class Folder:
         # 2. ... before the states that produced them go to the changelog, so the
         #    changelog is never ahead of the change records: a crash replays the batch
         #    from the recovered state and re-emits the same records with the same seq.
-        for key, (event, state) in pending.items():
-            _bind(event)
-            value = encode_state(state)
-            self.states[key] = value
-            self._decoded[key] = (value, state)
+        await self._store(pending)
         self.stats.write(lambda page: _bind(by_page[page]))
         # 3. faust acks the batch when we return and commits offsets only after it
         #    flushed the producer, i.e. after the changelog writes of step 2.
@@ -129,9 +126,14 @@ class Folder:
                 for partition, records in outbox.items()
                 for key, value in records
             ]
-        # At least once: one aiokafka batch per partition. faust's per-record send path
-        # (Topic, Channel, FutureMessage, then aiokafka's own send) costs several times
-        # the fold itself per record; a BatchBuilder append costs a few microseconds.
+        return await self._send_batches(self.sink_name, outbox)
+
+    async def _send_batches(
+        self, topic: str, outbox: dict[int, list[tuple[bytes, bytes]]]
+    ) -> list[Any]:
+        # One aiokafka batch per partition. faust's per-record send path (Topic, Channel,
+        # FutureMessage, then aiokafka's own send) costs several times the fold itself
+        # per record; a BatchBuilder append costs a few microseconds.
         transport: Any = self.app.producer  # faust's aiokafka driver (kafka:// broker)
         producer = transport._ensure_producer()
         futures = []
@@ -139,13 +141,34 @@ class Folder:
             batch = producer.create_batch()
             for key, value in records:
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(
-                        await producer.send_batch(batch, self.sink_name, partition=partition)
-                    )
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)
-            futures.append(await producer.send_batch(batch, self.sink_name, partition=partition))
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures
+
+    async def _store(self, pending: dict[str, tuple[faust.EventT[bytes], StreamState]]) -> None:
+        """Write the batch's new states to the table and its changelog."""
+        if self.app.in_transaction:
+            for key, (event, state) in pending.items():
+                _bind(event)
+                value = encode_state(state)
+                self.states[key] = value
+                self._decoded[key] = (value, state)
+            return
+        # At least once: the same as ``self.states[key] = value`` (which sets the store
+        # and sends one changelog record through faust's per-record path), with the
+        # changelog records sent as one aiokafka batch per partition. faust's commit
+        # flushes the producer, these batches included, before it commits offsets.
+        outbox: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, (event, state) in pending.items():
+            value = encode_state(state)
+            self.states.data[key] = value
+            self._decoded[key] = (value, state)
+            # "json": the serializer faust picks for key_type=str, used again on recovery.
+            raw_key = codecs.dumps("json", key)
+            outbox.setdefault(event.message.partition, []).append((raw_key, value))
+        await self._send_batches(self.states.changelog_topic.get_topic_name(), outbox)
 
     def _load(self, key: str) -> StreamState | None:
         value = self.states.get(key)
