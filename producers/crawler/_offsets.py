@@ -10,7 +10,7 @@ instead of forking the crawl. Committing the marks with the offset makes them at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import orjson
 
@@ -82,7 +82,7 @@ class PartitionBook:
         return out
 
 
-Decision = str
+Decision = Literal["start", "continue", "join", "duplicate", "stale"]
 
 
 def decide(mark: Mark | None, *, crawl_id: str, seq: int) -> Decision:

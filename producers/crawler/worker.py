@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -130,7 +131,9 @@ class CrawlWorker:
                 for msg in msgs:
                     self._dispatch(msg)
         finally:
-            polling.shutdown(wait=True)
+            # Waiting off the loop: a rebalance callback on the poll thread may be
+            # waiting for the loop right now.
+            await loop.run_in_executor(None, functools.partial(polling.shutdown, wait=True))
             for runner in list(self._runners.values()):
                 if runner.task is not None:
                     runner.task.cancel()

@@ -182,3 +182,36 @@ def test_incremental_crawl_after_a_full_one(settings: Settings, fake_graph: Any)
     assert {e.mid for e in events if e.text in ("later", "later too")} == {m.mid for m in new}
     state = crawl_state(settings, page)
     assert state["crawl_id"] == again.crawl_id and state["since_watermark"] is not None
+
+
+def test_a_second_worker_takes_over_when_one_leaves(settings: Settings, fake_graph: Any) -> None:
+    world = GraphWorld.generate(seed=19, pages=3, conversations=40)
+    graph = fake_graph(world, conversations_cap=10)
+    crawler = fast_crawler(calls_per_second=30.0)
+    workers = [start_worker(settings, graph, crawler), start_worker(settings, graph, crawler)]
+    leaving = None
+    try:
+        deadline = time.monotonic() + 60
+        while not all(w.worker.assigned_partitions for w in workers):
+            assert time.monotonic() < deadline, "the group never balanced"
+            time.sleep(0.05)
+        records = [new_request(p, full=True) for p in world.page_ids]
+        submit(settings, *records)
+        while sum(c.calls for c in world.calls.values()) < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # The busier worker leaves the group mid-crawl: its pages move to the other.
+        leaving = max(workers, key=lambda w: w.worker.stats.steps)
+        staying = next(w for w in workers if w is not leaving)
+        leaving.stop()
+        views = [wait_status(settings, r.crawl_id, {"done", "failed"}) for r in records]
+        want = set().union(*(expected_rows(world, p) for p in world.page_ids))
+        events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
+    finally:
+        for w in workers:
+            if w is not leaving:
+                w.stop()
+    assert [v.status for v in views] == ["done"] * 3
+    assert as_rows(events) == want
+    assert leaving.worker.stats.done < 3
+    assert staying.worker.stats.steps > 0 and staying.worker.stats.done >= 1
