@@ -1,0 +1,43 @@
+"""Fixtures of the end-to-end fault suite; renders docs/reliability.md at session end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from convsync.settings import Settings
+from tests.fault import report
+from tests.fault.harness import RESULTS
+from tests.fixtures.kafka import MakeTopics
+from tests.fixtures.postgres import MakeSchema
+
+_RAN: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def log_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder holding every component log of the session's scenarios."""
+    return tmp_path_factory.mktemp("fault-logs")
+
+
+@pytest.fixture
+def scenario_logs(log_root: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A log folder of the test's own, under :func:`log_root`."""
+    path = log_root / request.node.name
+    path.mkdir(parents=True, exist_ok=True)
+    _RAN.append(request.node.nodeid)
+    yield path
+
+
+@pytest.fixture
+def shared(make_topics: MakeTopics, make_schema: MakeSchema) -> Settings:
+    """Fresh 6-partition topics and a fresh migrated schema on the shared stack."""
+    return make_schema(base=make_topics(partitions=6))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Render docs/reliability.md from the results of the scenarios (when any ran)."""
+    if _RAN and RESULTS.is_dir():
+        report.render(RESULTS, report.DOC)
