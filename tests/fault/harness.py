@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from confluent_kafka import Message, TopicPartition
 from psycopg import sql
 from pydantic import SecretStr
 
 from convsync.db import connect
 from convsync.demo import Comparison, GraphThread, TruthRow, compare, free_port, wait_ready
 from convsync.errors import ConvsyncError
+from convsync.kafka import make_consumer
 from convsync.settings import Settings
 from convsync.status import watermarks
 from convsync.supervisor import Component, Supervisor
@@ -519,3 +522,28 @@ def truth_of(bodies: Iterable[Body]) -> Truth:
 
 def check(settings: Settings, truth: Truth) -> Comparison:
     return compare(settings, truth.messages, truth.reads)
+
+
+def read_topic(settings: Settings, suffix: str, *, timeout: float = 60.0) -> list[Message]:
+    """Return every record of ``<prefix>.<suffix>`` (up to the high watermarks now)."""
+    topic = settings.topic(suffix)
+    marks = watermarks(settings, [topic]).get(topic, {})
+    consumer = make_consumer(settings, f"fault-read-{uuid.uuid4().hex[:8]}")
+    out: list[Message] = []
+    try:
+        consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in marks.items()])
+        left = {p for p, (lo, hi) in marks.items() if hi > lo}
+        deadline = time.monotonic() + timeout
+        while left:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"read {len(out)} records of {topic}, partitions {left} left")
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            out.append(msg)
+            part, offset = msg.partition(), msg.offset()
+            if part is not None and offset is not None and offset + 1 >= marks[part][1]:
+                left.discard(part)
+    finally:
+        consumer.close()
+    return out
