@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from convsync.errors import ConfigError, RetryableError
 from convsync.settings import Settings
+from producers.admin import mount_admin
 from producers.webhook.mapping import map_body
 from producers.webhook.metrics import Metrics
 from producers.webhook.payload import BadBodyError, parse_body
@@ -231,4 +232,5 @@ def make_app(
         )
 
     app.cleanup_ctx.append(producer_lifecycle)
+    mount_admin(app, settings)
     return app

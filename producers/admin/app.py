@@ -1,0 +1,111 @@
+"""The admin sub-application: routes, auth, error answers, pool and sampler lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from convsync.errors import RetryableError
+from convsync.settings import Settings
+from producers.admin.api import AdminApi, BadRequestError, problem
+from producers.admin.auth import auth_middleware
+from producers.admin.dashboard import Dashboard
+from producers.admin.settings import AdminSettings
+from producers.admin.store import AdminStore
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "/admin"
+OPENAPI: Final = Path(__file__).resolve().parent / "openapi.yaml"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequestError as e:
+        return problem(400, str(e))
+    except RetryableError as e:
+        log.warning("admin %s %s unavailable: %s", request.method, request.path, e)
+        return problem(503, "backend unavailable, retry")
+
+
+async def _openapi(_request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(OPENAPI, headers={"Content-Type": "application/yaml"})
+
+
+def make_admin_app(settings: Settings, admin: AdminSettings | None = None) -> web.Application:
+    """Return the admin application (mount it with :func:`mount_admin`)."""
+    admin = admin or AdminSettings()
+    api = AdminApi(settings)
+    dash = Dashboard(settings, admin)
+    token = settings.admin_token.get_secret_value()
+    app = web.Application(
+        middlewares=[auth_middleware(token, unauthorized=dash.login_form), _errors]
+    )
+    r = app.router
+    r.add_post("/pages/{page_id}/sync", api.sync, name="sync")
+    r.add_get("/pages/{page_id}/conversations", api.conversations, name="conversations")
+    r.add_get("/conversations/{page_id}/{psid}", api.conversation, name="conversation")
+    r.add_patch("/conversations/{page_id}/{psid}", api.patch, name="patch")
+    r.add_get("/openapi.yaml", _openapi, name="openapi")
+    r.add_get("/dashboard", dash.page, name="page:dashboard")
+    r.add_get("/dashboard.js", dash.script, name="script")
+    r.add_get("/dashboard.css", dash.style, name="style")
+    r.add_get("/dashboard/data", dash.data, name="data")
+    r.add_post("/login", dash.login, name="login")
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        # min_size 0: a gateway whose database is down still takes webhooks.
+        pool = AsyncConnectionPool(
+            settings.database_url.get_secret_value(),
+            min_size=0,
+            max_size=4,
+            kwargs={"application_name": "convsync-admin", "autocommit": True},
+            open=False,
+        )
+        await pool.open()
+        store = AdminStore(pool, settings.db_schema)
+        api.store = dash.store = store
+        config = asyncio.create_task(_write_auto_clear(store, admin.auto_clear_tags))
+        yield
+        config.cancel()
+        await asyncio.gather(config, return_exceptions=True)
+        await dash.sampler.stop()
+        await pool.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _write_auto_clear(store: AdminStore, tags: tuple[str, ...]) -> None:
+    """Write the configured auto-clear tags, retrying until the database takes them."""
+    delay = 1.0
+    while True:
+        try:
+            await store.set_auto_clear(tags)
+        except RetryableError as e:
+            log.warning("auto-clear tags not written yet (retry in %.0fs): %s", delay, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        log.info("auto-clear tags: %s", ", ".join(tags) or "(none)")
+        return
+
+
+def mount_admin(app: web.Application, settings: Settings) -> None:
+    """Mount the admin API under ``/admin`` and send ``/dashboard`` to its page."""
+
+    async def dashboard(_request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"{PREFIX}/dashboard")
+
+    app.add_subapp(PREFIX, make_admin_app(settings))
+    app.router.add_get("/dashboard", dashboard)

@@ -1,0 +1,148 @@
+"""Fixtures of the admin tests: the gateway (with the admin app) served from a thread,
+a real materializer on the same topics and schema, and event helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+from aiohttp import web
+from pydantic import SecretStr
+
+from consumers.materializer import BatchConfig, Materializer
+from convsync.settings import Settings
+from producers.webhook.app import SafeAccessLogger, make_app
+from producers.webhook.settings import GatewaySettings
+from schemas.envelope import Envelope
+from tests.consumers.helpers import produce, wait_for
+from tests.fixtures.kafka import MakeTopics
+from tests.fixtures.postgres import MakeSchema
+from tests.producers.webhook.helpers import with_secrets
+
+TOKEN = "admin-token-for-tests-0123456789"
+FAST = BatchConfig(max_records=500, max_wait=0.05, idle_poll=0.2)
+
+
+class ServerThread:
+    """The gateway app served on 127.0.0.1 from an event loop in its own thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runner: web.AppRunner | None = None
+        self.url = self._call(self._start(settings))
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    async def _start(self, settings: Settings) -> str:
+        app = make_app(settings, GatewaySettings(produce_timeout=5.0))
+        self.runner = web.AppRunner(app, access_log_class=SafeAccessLogger)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self._call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+@dataclass
+class AdminEnv:
+    """A running gateway + admin app and materializer on fresh topics and a fresh schema."""
+
+    settings: Settings
+    server: ServerThread
+    materializer: Materializer
+    thread: threading.Thread
+    errors: list[BaseException] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return self.server.url + "/admin"
+
+    def get(self, path: str, token: str | None = TOKEN, **kwargs: Any) -> requests.Response:
+        return requests.get(self.base + path, headers=auth(token, kwargs), timeout=30, **kwargs)
+
+    def post(self, path: str, token: str | None = TOKEN, **kwargs: Any) -> requests.Response:
+        return requests.post(self.base + path, headers=auth(token, kwargs), timeout=60, **kwargs)
+
+    def patch(self, path: str, token: str | None = TOKEN, **kwargs: Any) -> requests.Response:
+        return requests.patch(self.base + path, headers=auth(token, kwargs), timeout=30, **kwargs)
+
+    def produce(self, events: list[Envelope]) -> None:
+        produce(self.settings, events)
+
+    def wait_rows(self, check: Callable[[], bool], what: str) -> None:
+        wait_for(check, timeout=60, what=what)
+
+
+def auth(token: str | None, kwargs: dict[str, Any]) -> dict[str, str]:
+    headers = dict(kwargs.pop("headers", {}))
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def message(
+    page: str, psid: str, mid: str, at_ms: int, *, direction: str = "inbound", text: str = "hi"
+) -> Envelope:
+    """Return a message event as the webhook would map it."""
+    return Envelope.build(
+        kind="message",
+        page_id=page,
+        psid=psid,
+        mid=mid,
+        occurred_at=at_ms,
+        source="webhook",
+        direction=direction,  # type: ignore[arg-type]
+        text=text,
+        raw={"mid": mid},
+    )
+
+
+@pytest.fixture
+def admin_env(make_topics: MakeTopics, make_schema: MakeSchema) -> Iterator[AdminEnv]:
+    """The gateway with the admin app, and a materializer, on their own topics and schema."""
+    base = with_secrets(make_topics()).model_copy(update={"admin_token": SecretStr(TOKEN)})
+    settings = make_schema(base=base)
+    mat = Materializer(settings, group=f"admin-{settings.db_schema}", config=FAST)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            mat.run()
+        except BaseException as e:
+            errors.append(e)
+            raise
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    server = ServerThread(settings)
+    env = AdminEnv(settings, server, mat, thread, errors)
+    try:
+        yield env
+    finally:
+        server.stop()
+        mat.stop()
+        thread.join(60)
+    assert not thread.is_alive()
+    assert not errors, errors
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,256 @@
+"""The admin API against the real gateway, Kafka, Postgres and materializer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import TopicPartition
+from psycopg import sql
+
+from convsync.db import connect
+from convsync.kafka import make_consumer
+from producers.admin.app import OPENAPI
+from tests.consumers.helpers import scalar
+from tests.producers.admin.conftest import TOKEN, AdminEnv, message, now_ms
+
+pytestmark = pytest.mark.integration
+
+
+_COUNT = "SELECT count(*) FROM {s}.conversations WHERE page_id = %s"
+_MESSAGES = "SELECT message_count FROM {s}.conversations"
+
+
+def _seed(env: AdminEnv, page: str, users: int, *, t0: int) -> None:
+    """Users u0..u{n-1}: one inbound message each, minutes apart; even users got a reply."""
+    events = []
+    for i in range(users):
+        events.append(message(page, f"u{i}", f"m-in-{i}", t0 + i * 60_000, text=f"q{i}"))
+        if i % 2 == 0:
+            events.append(
+                message(page, f"u{i}", f"m-out-{i}", t0 + i * 60_000 + 1000, direction="outbound")
+            )
+    env.produce(events)
+    env.wait_rows(
+        lambda: (
+            scalar(env.settings, "SELECT count(*) FROM {s}.conversations WHERE page_id = %s", page)
+            == users
+        ),
+        f"{users} conversations of {page}",
+    )
+
+
+def test_auth_is_required_and_checked(admin_env: AdminEnv) -> None:
+    path = "/pages/p1/conversations"
+    r = admin_env.get(path, token=None)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert admin_env.get(path, token="wrong-token").status_code == 403
+    r = admin_env.get(path, token=None, headers={"Authorization": f"Basic {TOKEN}"})
+    assert r.status_code == 401
+    assert admin_env.get(path).status_code == 200
+    # A credential in the query string is refused, even next to a right header.
+    assert admin_env.get(path, params={"access_token": TOKEN}).status_code == 400
+    assert admin_env.get(path, params={"token": "x"}).status_code == 400
+    assert admin_env.get(path, params={"limit": TOKEN}).status_code == 400
+    for method in (admin_env.post, admin_env.patch):
+        assert method("/pages/p1/sync", token=None).status_code in (401, 405)
+    assert admin_env.post("/pages/p1/sync", token="nope").status_code == 403
+    assert admin_env.patch("/conversations/p1/u1", token=None).status_code == 401
+    assert admin_env.get("/openapi.yaml", token=None).status_code == 401
+
+
+def test_dashboard_login_sets_an_httponly_cookie(admin_env: AdminEnv) -> None:
+    r = admin_env.get("/dashboard", token=None)
+    assert r.status_code == 401
+    assert 'name="token"' in r.text
+    r = admin_env.post("/login", token=None, data={"token": "wrong"}, allow_redirects=False)
+    assert r.status_code == 403
+    r = admin_env.post("/login", token=None, data={"token": TOKEN}, allow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["Location"] == "/admin/dashboard"
+    set_cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    assert TOKEN not in set_cookie
+    cookies = r.cookies
+    assert admin_env.get("/dashboard", token=None, cookies=cookies).status_code == 200
+    assert admin_env.get("/dashboard/data", token=None, cookies=cookies).status_code == 200
+    # The cookie never authorizes a change (no cross-site forms).
+    r = admin_env.patch(
+        "/conversations/p1/u1", token=None, cookies=cookies, headers={"If-Match": "0"}, json={}
+    )
+    assert r.status_code == 401
+    assert (
+        admin_env.get("/dashboard", token=None, cookies={"convsync_admin": "x"}).status_code == 403
+    )
+    # /dashboard on the gateway leads to the admin page.
+    r = admin_env.get("/../dashboard", token=None, allow_redirects=False)
+    assert r.status_code == 302
+
+
+def _crawl_records(env: AdminEnv) -> int:
+    consumer = make_consumer(env.settings, f"read-{uuid.uuid4().hex[:8]}")
+    try:
+        topic = env.settings.topic("crawl")
+        total = 0
+        for p in range(env.settings.partitions):
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += hi - lo
+        return total
+    finally:
+        consumer.close()
+
+
+def test_sync_is_accepted_and_joins_a_running_crawl(admin_env: AdminEnv) -> None:
+    r = admin_env.post("/pages/123/sync", json={"full": True})
+    assert r.status_code == 202, r.text
+    first = r.json()
+    assert first["joined"] is False and first["status"] == "queued"
+    assert first["page_id"] == "123"
+    # A second request while the first is queued joins it: no second crawl record.
+    r = admin_env.post("/pages/123/sync")
+    assert r.status_code == 202
+    assert r.json() == {**first, "joined": True}
+    assert _crawl_records(admin_env) == 1
+    assert (
+        scalar(
+            admin_env.settings,
+            "SELECT full_crawl FROM {s}.crawl_history WHERE crawl_id = %s",
+            first["crawl_id"],
+        )
+        is True
+    )
+    # A crawl the crawler is running (crawl_state) is joined too.
+    with connect(admin_env.settings) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.crawl_state (page_id, status, crawl_id)"
+                " VALUES ('456', 'running', 'abc123')"
+            ).format(sql.Identifier(admin_env.settings.db_schema))
+        )
+    r = admin_env.post("/pages/456/sync")
+    assert r.status_code == 202
+    assert r.json() == {"page_id": "456", "crawl_id": "abc123", "status": "running", "joined": True}
+    assert _crawl_records(admin_env) == 1
+    assert admin_env.post("/pages/123/sync", data=b"{nope").status_code == 400
+    assert admin_env.post("/pages/bad%20id/sync").status_code == 400
+
+
+def test_list_filters_and_keyset_pages(admin_env: AdminEnv) -> None:
+    t0 = now_ms() - 3_600_000
+    _seed(admin_env, "p1", 7, t0=t0)
+    _seed(admin_env, "p2", 2, t0=t0)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": "3", **({"cursor": cursor} if cursor else {})}
+        r = admin_env.get("/pages/p1/conversations", params=params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["items"]) <= 3
+        seen += [c["psid"] for c in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == [f"u{i}" for i in range(6, -1, -1)]  # newest first, each once
+    r = admin_env.get("/pages/p1/conversations", params={"needs_reply": "true"})
+    assert sorted(c["psid"] for c in r.json()["items"]) == ["u1", "u3", "u5"]
+    assert all(c["needs_reply"] for c in r.json()["items"])
+    r = admin_env.get("/pages/p1/conversations", params={"needs_reply": "false", "limit": "2"})
+    assert [c["psid"] for c in r.json()["items"]] == ["u6", "u4"]
+    since = datetime.fromtimestamp((t0 + 4 * 60_000) / 1000, tz=UTC).isoformat()
+    r = admin_env.get("/pages/p1/conversations", params={"since": since})
+    assert [c["psid"] for c in r.json()["items"]] == ["u6", "u5", "u4"]
+    for bad in (
+        {"limit": "0"},
+        {"limit": "x"},
+        {"cursor": "garbage!"},
+        {"needs_reply": "maybe"},
+        {"since": "yesterday"},
+        {"other": "1"},
+    ):
+        assert admin_env.get("/pages/p1/conversations", params=bad).status_code == 400, bad
+    assert admin_env.get("/pages/nobody/conversations").json() == {"items": [], "next_cursor": None}
+
+
+def test_conversation_detail_and_tags_with_versions(admin_env: AdminEnv) -> None:
+    _seed(admin_env, "p1", 1, t0=now_ms() - 60_000)
+    r = admin_env.get("/conversations/p1/u0")
+    assert r.status_code == 200
+    body = r.json()
+    assert r.headers["ETag"] == '"0"'
+    assert body["tags"] == [] and body["tags_version"] == 0
+    assert {e["kind"] for e in body["events"]} == {"message"}
+    assert sorted(m["direction"] for m in body["messages"]) == ["inbound", "outbound"]
+    assert body["message_count"] == 2
+    path = "/conversations/p1/u0"
+    assert admin_env.patch(path, json={"tags": ["vip"]}).status_code == 428
+    r = admin_env.patch(path, json={"tags": ["vip", "billing", "vip"]}, headers={"If-Match": "0"})
+    assert r.status_code == 200, r.text
+    assert r.json()["tags"] == ["billing", "vip"] and r.headers["ETag"] == '"1"'
+    stale = admin_env.patch(path, json={"tags": []}, headers={"If-Match": '"0"'})
+    assert stale.status_code == 412
+    r = admin_env.patch(path, json={"tags": ["vip"]}, headers={"If-Match": '"1"'})
+    assert r.status_code == 200 and r.json()["tags_version"] == 2
+    r = admin_env.get(path)
+    assert r.headers["ETag"] == '"2"' and r.json()["tags"] == ["vip"]
+    assert (
+        admin_env.patch(path, json={"tags": ["Bad Tag"]}, headers={"If-Match": "2"}).status_code
+        == 400
+    )
+    assert admin_env.patch(path, json={"nope": 1}, headers={"If-Match": "2"}).status_code == 400
+    assert admin_env.patch(path, json={"tags": []}, headers={"If-Match": "v2"}).status_code == 400
+    assert admin_env.get("/conversations/p1/ghost").status_code == 404
+    r = admin_env.patch("/conversations/p1/ghost", json={"tags": []}, headers={"If-Match": "0"})
+    assert r.status_code == 404
+
+
+def test_page_reply_clears_configured_tags(admin_env: AdminEnv) -> None:
+    t = now_ms()
+    admin_env.produce([message("p1", "u1", "m1", t - 600_000, text="help?")])
+    admin_env.wait_rows(
+        lambda: scalar(admin_env.settings, "SELECT count(*) FROM {s}.conversations") == 1, "row"
+    )
+    path = "/conversations/p1/u1"
+    r = admin_env.patch(path, json={"tags": ["needs_attention", "vip"]}, headers={"If-Match": "0"})
+    assert r.status_code == 200
+    # A reply older than the tagging (a late backfill) leaves the tags alone.
+    admin_env.produce([message("p1", "u1", "m2", t - 300_000, direction="outbound")])
+    admin_env.wait_rows(
+        lambda: scalar(admin_env.settings, _MESSAGES) == 2,
+        "old",
+    )
+    assert admin_env.get(path).json()["tags"] == ["needs_attention", "vip"]
+    # A reply after the tagging clears the configured tag, through the real materializer.
+    admin_env.produce([message("p1", "u1", "m3", now_ms() + 1000, direction="outbound")])
+    admin_env.wait_rows(
+        lambda: scalar(admin_env.settings, _MESSAGES) == 3,
+        "new",
+    )
+    r = admin_env.get(path)
+    assert r.json()["tags"] == ["vip"]
+    assert r.headers["ETag"] == '"2"'
+    assert r.json()["needs_reply"] is False
+
+
+def test_openapi_document_is_served(admin_env: AdminEnv) -> None:
+    r = admin_env.get("/openapi.yaml")
+    assert r.status_code == 200
+    assert r.content == Path(OPENAPI).read_bytes()
+
+
+def test_dashboard_data_has_live_figures(admin_env: AdminEnv) -> None:
+    _seed(admin_env, "p9", 3, t0=now_ms() - 60_000)
+    r = admin_env.get("/dashboard/data")
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["needs_reply"] == [{"page_id": "p9", "needs_reply": 1}]
+    assert d["events_rows"] == 5
+    assert d["rates"] and d["rates"][-1]["produced"] == 5
+    assert {lag["group"] for lag in d["lags"]} == {admin_env.materializer.group}
+    assert d["dlq_recent"] == [] and d["errors"] == []
