@@ -108,6 +108,12 @@ def test_a_reaction_first_creates_the_conversation() -> None:
 def test_same_state_as_the_reference_fold_in_any_order(
     evs: list[Envelope], rnd: random.Random
 ) -> None:
+    # The shared strategy may give one edit id (kind, page, mid, num_edit) to two users;
+    # in Meta's data a mid has one conversation, and so does an event id.
+    owner = {}
+    for ev in evs:
+        owner.setdefault(ev.event_id, (ev.page_id, ev.psid))
+    evs = [ev for ev in evs if owner[ev.event_id] == (ev.page_id, ev.psid)]
     shuffled = evs + [rnd.choice(evs) for _ in range(len(evs) // 2)]
     rnd.shuffle(shuffled)
     states, records = fold_all(shuffled)
