@@ -85,9 +85,13 @@ def up(
     brokers: Annotated[int, typer.Option(help="Kafka nodes: 1, or 3 for fault tests.")] = 1,
     state_dir: StateDir = None,
     kafka_port: Annotated[
-        int, typer.Option(help="First broker port.", envvar="CONVSYNC_KAFKA_PORT")
-    ] = 9092,
-    pg_port: Annotated[int, typer.Option(help="Postgres port.", envvar="CONVSYNC_PG_PORT")] = 55432,
+        int | None,
+        typer.Option(help="First broker port [default: 9092].", envvar="CONVSYNC_KAFKA_PORT"),
+    ] = None,
+    pg_port: Annotated[
+        int | None,
+        typer.Option(help="Postgres port [default: 55432].", envvar="CONVSYNC_PG_PORT"),
+    ] = None,
     topic_prefix: Annotated[str, typer.Option(envvar="CONVSYNC_TOPIC_PREFIX")] = "convsync",
     partitions: Annotated[int, typer.Option(envvar="CONVSYNC_PARTITIONS")] = 12,
 ) -> None:

@@ -82,15 +82,16 @@ def up(
     *,
     state_dir: Path,
     brokers: int = 1,
-    kafka_port: int = DEFAULT_KAFKA_PORT,
-    pg_port: int = DEFAULT_PG_PORT,
+    kafka_port: int | None = None,
+    pg_port: int | None = None,
     topic_prefix: str = "convsync",
     partitions: int = 12,
     timeout: float = 120.0,
 ) -> StackInfo:
     """Start (or find running) Kafka and Postgres, create topics, apply migrations.
 
-    Idempotent: a second call with the same arguments starts nothing new. Raises
+    Ports left as None are those recorded in ``state_dir`` by an earlier ``up``, else the
+    defaults (9092, 55432). Idempotent: a second call starts nothing new. Raises
     :class:`StackError` when a server cannot be started or does not answer in time, or
     when a different stack already runs in ``state_dir``.
     """
@@ -99,6 +100,10 @@ def up(
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     existing = load_info(state_dir)
+    if kafka_port is None:
+        kafka_port = existing.kafka_port if existing else DEFAULT_KAFKA_PORT
+    if pg_port is None:
+        pg_port = existing.pg_port if existing else DEFAULT_PG_PORT
     if existing and existing.brokers != brokers:
         other = KafkaCluster(state_dir / "kafka", existing.brokers, existing.kafka_port)
         if other.running():
