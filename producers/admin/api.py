@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import re
 from datetime import UTC, datetime
@@ -47,7 +45,7 @@ def problem(status: int, reason: str) -> web.Response:
 class SyncBody(BaseModel):
     """Body of ``POST /pages/{page_id}/sync`` (optional)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     full: bool = False
 
@@ -55,7 +53,7 @@ class SyncBody(BaseModel):
 class TagsBody(BaseModel):
     """Body of ``PATCH /conversations/{page_id}/{psid}``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     tags: list[str] = Field(max_length=32)
 
@@ -72,26 +70,22 @@ def _ids(request: web.Request, *names: str) -> list[str]:
     return values
 
 
-def encode_cursor(cursor: tuple[str, str]) -> str:
-    """Return the opaque text of a keyset cursor."""
-    return base64.urlsafe_b64encode(orjson.dumps(list(cursor))).decode().rstrip("=")
+CURSOR_PATTERN: Final = r"^(?:n|-?[0-9]{1,17})~[A-Za-z0-9_.:-]{1,128}$"
+_CURSOR: Final = re.compile(CURSOR_PATTERN)
 
 
-def decode_cursor(text: str) -> tuple[str, str]:
-    """Return the keyset of an opaque cursor. Raises BadRequestError."""
-    try:
-        raw = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, orjson.JSONDecodeError, ValueError) as e:
-        raise BadRequestError("cursor is not one this API returned") from e
-    if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw)):
-        raise BadRequestError("cursor is not one this API returned")
-    at = raw[0]
-    if at != "-infinity":
-        try:
-            datetime.fromisoformat(at)
-        except ValueError as e:
-            raise BadRequestError("cursor is not one this API returned") from e
-    return at, raw[1]
+def encode_cursor(cursor: tuple[int | None, str]) -> str:
+    """Return the text of a keyset cursor: ``<µs since the epoch or n>~<psid>``."""
+    at, psid = cursor
+    return f"{'n' if at is None else at}~{psid}"
+
+
+def decode_cursor(text: str) -> tuple[int | None, str]:
+    """Return the keyset of a cursor. Raises BadRequestError."""
+    if not _CURSOR.match(text):
+        raise BadRequestError(f"cursor must match {CURSOR_PATTERN}")
+    at, _, psid = text.partition("~")
+    return (None if at == "n" else int(at)), psid
 
 
 def _bool(value: str) -> bool:
@@ -138,7 +132,7 @@ class AdminApi:
         body = SyncBody()
         if request.can_read_body:
             raw = await request.read()
-            if raw.strip():
+            if raw:
                 try:
                     body = SyncBody.model_validate_json(raw)
                 except ValidationError as e:

@@ -26,15 +26,17 @@ _LIST = (
     "SELECT"
     + _CONVERSATION_COLUMNS
     + """,
-    COALESCE(c.last_message_at, '-infinity'::timestamptz)::text AS sort_at
+    (EXTRACT(EPOCH FROM c.last_message_at) * 1000000)::bigint AS sort_us
 FROM {s}.conversations AS c
 LEFT JOIN {s}.conversation_tags AS t USING (page_id, psid)
 WHERE c.page_id = %(page)s
   AND (%(needs_reply)s::boolean IS NULL OR c.needs_reply = %(needs_reply)s::boolean)
   AND (%(since)s::timestamptz IS NULL OR c.last_message_at >= %(since)s::timestamptz)
-  AND (%(cur_at)s::timestamptz IS NULL
+  AND (NOT %(has_cursor)s::boolean
        OR (COALESCE(c.last_message_at, '-infinity'::timestamptz), c.psid)
-          < (%(cur_at)s::timestamptz, %(cur_psid)s::text))
+          < (COALESCE('epoch'::timestamptz + %(cur_us)s::bigint * interval '1 microsecond',
+                      '-infinity'::timestamptz),
+             %(cur_psid)s::text))
 ORDER BY COALESCE(c.last_message_at, '-infinity'::timestamptz) DESC, c.psid DESC
 LIMIT %(limit)s
 """
@@ -113,10 +115,13 @@ _SYNC_LOCK = "SELECT pg_advisory_xact_lock(hashtext('convsync-admin-sync:' || %s
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page of conversations and the cursor of the next one (None at the end)."""
+    """A page of conversations and the cursor of the next one (None at the end).
+
+    A cursor is the last row's ``(last_message_at in µs since the epoch or None, psid)``.
+    """
 
     items: list[Row]
-    next_cursor: tuple[str, str] | None
+    next_cursor: tuple[int | None, str] | None
 
 
 TagsOutcome = Literal["missing", "stale"] | int
@@ -148,7 +153,7 @@ class AdminStore:
         needs_reply: bool | None,
         since: datetime | None,
         limit: int,
-        cursor: tuple[str, str] | None,
+        cursor: tuple[int | None, str] | None,
     ) -> Page:
         """Return up to ``limit`` conversations, newest ``last_message_at`` first."""
         rows = await self._all(
@@ -157,7 +162,8 @@ class AdminStore:
                 "page": page_id,
                 "needs_reply": needs_reply,
                 "since": since,
-                "cur_at": cursor[0] if cursor else None,
+                "has_cursor": cursor is not None,
+                "cur_us": cursor[0] if cursor else None,
                 "cur_psid": cursor[1] if cursor else None,
                 "limit": limit + 1,
             },
@@ -165,8 +171,7 @@ class AdminStore:
         more = len(rows) > limit
         rows = rows[:limit]
         for r in rows:
-            sort_at = r.pop("sort_at")
-            r["_cursor"] = (sort_at, r["psid"])
+            r["_cursor"] = (r.pop("sort_us"), r["psid"])
         next_cursor = rows[-1]["_cursor"] if more and rows else None
         for r in rows:
             del r["_cursor"]
