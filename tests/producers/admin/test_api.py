@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,10 +11,12 @@ import pytest
 from confluent_kafka import TopicPartition
 from psycopg import sql
 
+from consumers.materializer import checksum, replay
 from convsync.db import connect
 from convsync.kafka import make_consumer
 from producers.admin.app import OPENAPI
 from tests.consumers.helpers import scalar
+from tests.fixtures.postgres import MakeSchema
 from tests.producers.admin.conftest import TOKEN, AdminEnv, message, now_ms
 
 pytestmark = pytest.mark.integration
@@ -42,7 +45,10 @@ def _seed(env: AdminEnv, page: str, users: int, *, t0: int) -> None:
     )
 
 
-def test_auth_is_required_and_checked(admin_env: AdminEnv) -> None:
+def test_auth_is_required_and_checked(
+    admin_env: AdminEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     path = "/pages/p1/conversations"
     r = admin_env.get(path, token=None)
     assert r.status_code == 401
@@ -60,6 +66,9 @@ def test_auth_is_required_and_checked(admin_env: AdminEnv) -> None:
     assert admin_env.post("/pages/p1/sync", token="nope").status_code == 403
     assert admin_env.patch("/conversations/p1/u1", token=None).status_code == 401
     assert admin_env.get("/openapi.yaml", token=None).status_code == 401
+    # The server side (the test's own HTTP client, urllib3, logs its URLs).
+    server = [r for r in caplog.records if not r.name.startswith("urllib3")]
+    assert server and all(TOKEN not in r.getMessage() for r in server)
 
 
 def test_dashboard_login_sets_an_httponly_cookie(admin_env: AdminEnv) -> None:
@@ -210,7 +219,7 @@ def test_conversation_detail_and_tags_with_versions(admin_env: AdminEnv) -> None
     assert r.status_code == 404
 
 
-def test_page_reply_clears_configured_tags(admin_env: AdminEnv) -> None:
+def test_page_reply_clears_configured_tags(admin_env: AdminEnv, make_schema: MakeSchema) -> None:
     t = now_ms()
     admin_env.produce([message("p1", "u1", "m1", t - 600_000, text="help?")])
     admin_env.wait_rows(
@@ -236,6 +245,15 @@ def test_page_reply_clears_configured_tags(admin_env: AdminEnv) -> None:
     assert r.json()["tags"] == ["vip"]
     assert r.headers["ETag"] == '"2"'
     assert r.json()["needs_reply"] is False
+    # Tags live outside the projection: a replay of the log reproduces it exactly.
+    into = make_schema(migrate=False).db_schema
+    replay(admin_env.settings, into=into)
+    assert checksum(admin_env.settings, into) == checksum(
+        admin_env.settings, admin_env.settings.db_schema
+    )
+    assert (
+        scalar(admin_env.settings, "SELECT count(*) FROM {s}.conversation_tags", schema=into) == 0
+    )
 
 
 def test_openapi_document_is_served(admin_env: AdminEnv) -> None:
