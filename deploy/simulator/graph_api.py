@@ -16,7 +16,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -34,7 +33,8 @@ def token_for(page_id: str) -> str:
 
 def graph_time(ms: int) -> str:
     """Return ``ms`` in the Graph API's ``created_time`` format (second precision)."""
-    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
+    # time.gmtime gives the text datetime.fromtimestamp(..., UTC).strftime gives, cheaper.
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(ms // 1000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,8 @@ async def run_step(
         reached_old = False
         for item in data:
             # Messages come newest first: an incremental crawl stops at the first old one.
-            created = message_time(item)
+            # (Reading the time validates the item once more: only an incremental crawl needs it.)
+            created = message_time(item) if since is not None else None
             if since is not None and created is not None and created < since:
                 reached_old = True
                 break
