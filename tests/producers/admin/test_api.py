@@ -15,7 +15,7 @@ from consumers.materializer import checksum, replay
 from convsync.db import connect
 from convsync.kafka import make_consumer
 from producers.admin.app import OPENAPI
-from tests.consumers.helpers import scalar
+from tests.consumers.helpers import produce, scalar
 from tests.fixtures.postgres import MakeSchema
 from tests.producers.admin.conftest import TOKEN, AdminEnv, message, now_ms
 
@@ -272,3 +272,20 @@ def test_dashboard_data_has_live_figures(admin_env: AdminEnv) -> None:
     assert d["rates"] and d["rates"][-1]["produced"] == 5
     assert {lag["group"] for lag in d["lags"]} == {admin_env.materializer.group}
     assert d["dlq_recent"] == [] and d["errors"] == []
+    # A poison record: the materializer dead-letters it and the dashboard lists it.
+    produce(admin_env.settings, [b"not an envelope"], key=b"p9")
+
+    def dead_lettered() -> bool:
+        d = admin_env.get("/dashboard/data").json()
+        return d["dlq_records"] == 1 and len(d["dlq_recent"]) == 1
+
+    admin_env.wait_rows(dead_lettered, "a DLQ entry on the dashboard")
+    d = admin_env.get("/dashboard/data").json()
+    entry = d["dlq_recent"][0]
+    assert entry["component"] == "materializer"
+    assert entry["topic"] == admin_env.settings.topic("events")
+    assert entry["reason"]
+    # Samples every 2 s: the rate line has points with events/s computed.
+    assert len(d["rates"]) >= 2
+    assert any(p["events_per_s"] is not None for p in d["rates"])
+    assert d["rates"][-1]["produced"] == 6
