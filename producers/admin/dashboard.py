@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+import psycopg
 from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -111,10 +112,16 @@ class Sampler:
         self.samples = deque(maxlen=self.admin.samples)
 
     async def ensure_running(self) -> None:
-        """Start sampling (first call) and wait for the first sample."""
-        if self._task is None:
+        """Start sampling (first call, or after the task died) and wait for a first sample.
+
+        Raises :class:`RetryableError` when no sample could be taken in 30 s.
+        """
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="admin-sampler")
-        await asyncio.wait_for(self._first.wait(), timeout=30)
+        try:
+            await asyncio.wait_for(self._first.wait(), timeout=30)
+        except TimeoutError as e:
+            raise RetryableError("no dashboard sample taken yet") from e
 
     async def stop(self) -> None:
         """Stop sampling."""
@@ -124,7 +131,12 @@ class Sampler:
 
     async def _loop(self) -> None:
         while True:
-            await self.sample()
+            try:
+                await self.sample()
+            except (RetryableError, psycopg.Error) as e:
+                # Reported on the page (errors) and in the log; the next sample retries.
+                self.errors = [f"sample failed: {e}"]
+                log.warning("dashboard sample failed: %s", e)
             self._first.set()
             await asyncio.sleep(self.admin.sample_seconds)
 

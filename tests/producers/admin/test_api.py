@@ -8,16 +8,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import requests
 from confluent_kafka import TopicPartition
 from psycopg import sql
+from pydantic import SecretStr
 
 from consumers.materializer import checksum, replay
 from convsync.db import connect
 from convsync.kafka import make_consumer
 from producers.admin.app import OPENAPI
 from tests.consumers.helpers import produce, scalar
+from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
-from tests.producers.admin.conftest import TOKEN, AdminEnv, message, now_ms
+from tests.producers.admin.conftest import TOKEN, AdminEnv, ServerThread, message, now_ms
+from tests.producers.webhook.helpers import with_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -289,3 +293,20 @@ def test_dashboard_data_has_live_figures(admin_env: AdminEnv) -> None:
     assert len(d["rates"]) >= 2
     assert any(p["events_per_s"] is not None for p in d["rates"])
     assert d["rates"][-1]["produced"] == 6
+
+
+def test_database_trouble_is_503_not_a_hang(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    # A schema without the tables: every database read fails, the answers are 503.
+    base = with_secrets(make_topics()).model_copy(update={"admin_token": SecretStr(TOKEN)})
+    settings = make_schema(migrate=False, base=base)
+    server = ServerThread(settings)
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        for path in ("/dashboard/data", "/pages/p1/conversations", "/conversations/p1/u1"):
+            r = requests.get(server.url + "/admin" + path, headers=headers, timeout=60)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json() == {"error": "backend unavailable, retry"}
+    finally:
+        server.stop()
