@@ -47,7 +47,10 @@ def test_schemathesis_finds_no_contract_violation(admin_env: AdminEnv, tmp_path:
         "--report-dir",
         str(tmp_path),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    # cwd: schemathesis keeps its example database under ./.schemathesis.
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=180, check=False, cwd=tmp_path
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     assert "4 selected" in output or "4 total" in output, output[-3000:]
