@@ -10,6 +10,7 @@ import signal
 import tempfile
 from types import FrameType
 
+import uvloop
 from aiohttp import web
 
 from convsync.errors import ConfigError
@@ -45,6 +46,8 @@ def serve(settings: Settings, gateway: GatewaySettings, *, reuse_port: bool = Fa
         access_log_class=SafeAccessLogger,
         print=None,
         handle_signals=True,
+        # uvloop: aiohttp's own request path is half the gateway's CPU on asyncio's loop.
+        loop=uvloop.new_event_loop(),
     )
 
 

@@ -52,7 +52,11 @@ async def handler(request):
 app = web.Application(client_max_size=1024 * 1024 + 1)
 app.router.add_post("/webhook", handler)
 app.router.add_get("/readyz", lambda r: handler(r))
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+loop = None
+if len(sys.argv) > 2:
+    import uvloop
+    loop = uvloop.new_event_loop()
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=loop)
 """
 WRK_SCRIPT = """
 local reqs = {}
@@ -111,6 +115,15 @@ def rss_mb(pid: int) -> tuple[float, float]:
         rss += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
         hwm += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
     return rss / 1024, hwm / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the user+system CPU seconds of ``pid`` and its descendants so far."""
+    ticks = 0
+    for p in _tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(url: str, bodies_file: Path, script: Path, *, duration: int, connections: int) -> float:
@@ -256,6 +269,9 @@ def main() -> None:
     parser.add_argument("--bodies", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians")
+    parser.add_argument(
+        "--bare-uvloop", action="store_true", help="also run the bare handler on uvloop"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -288,6 +304,12 @@ def main() -> None:
         "CONVSYNC_LOG_LEVEL": "WARNING",
     }
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+    procs = {"bare aiohttp": bare}
+    if args.bare_uvloop:
+        uv_port = free_port()
+        procs["bare+uvloop"] = subprocess.Popen(
+            [sys.executable, "-c", BARE_SERVER, str(uv_port), "uvloop"]
+        )
     gateway = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "convsync"),
@@ -300,22 +322,31 @@ def main() -> None:
         env=env,
         cwd=REPO,
     )
+    procs["gateway+kafka"] = gateway
     results: dict[str, dict[str, float]] = {}
     try:
         bare_url, gw_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{gw_port}"
         wait_ready(bare_url + "/readyz", bare)
         wait_ready(gw_url + "/readyz", gateway)
-        servers = (("bare aiohttp", bare_url, bare_port), ("gateway+kafka", gw_url, gw_port))
+        servers = [("bare aiohttp", bare_url, bare_port), ("gateway+kafka", gw_url, gw_port)]
+        if args.bare_uvloop:
+            wait_ready(f"http://127.0.0.1:{uv_port}/readyz", procs["bare+uvloop"])
+            servers.insert(1, ("bare+uvloop", f"http://127.0.0.1:{uv_port}", uv_port))
         for _, url, _ in servers:
             run_wrk(url, bodies_file, script, duration=2, connections=args.connections)  # warm-up
         runs: dict[str, list[tuple[float, Latency]]] = {name: [] for name, _, _ in servers}
+        cpu_us: dict[str, list[float]] = {name: [] for name, _, _ in servers}
         # Interleaved rounds: a burst of load from elsewhere on the shared machine hits
         # both servers, and the medians are compared.
         for _ in range(args.repeat):
             for name, url, port in servers:
+                cpu0 = cpu_seconds(procs[name].pid)
                 rps = run_wrk(
                     url, bodies_file, script, duration=args.duration, connections=args.connections
                 )
+                # CPU per request depends less on the machine's load than req/s does.
+                cpu = cpu_seconds(procs[name].pid) - cpu0
+                cpu_us[name].append(cpu / (rps * args.duration) * 1e6)
                 lat = asyncio.run(
                     fixed_rate(port, bodies, rate=args.rate, duration=args.rate_duration)
                 )
@@ -328,15 +359,17 @@ def main() -> None:
                 "max": max(lat.max_ms for _, lat in rounds),
                 "errors": sum(lat.errors for _, lat in rounds),
                 "rate": statistics.median(lat.achieved_rate for _, lat in rounds),
+                "cpu_us": statistics.median(cpu_us[name]),
             }
             print(
                 f"{name}: req/s per round {[round(r) for r, _ in rounds]}, "
-                f"p99 ms per round {[round(lat.p99_ms, 1) for _, lat in rounds]}"
+                f"p99 ms per round {[round(lat.p99_ms, 1) for _, lat in rounds]}, "
+                f"CPU us/request per round {[round(c) for c in cpu_us[name]]}"
             )
         gw_rss, gw_peak = rss_mb(gateway.pid)
         bare_rss, _ = rss_mb(bare.pid)
     finally:
-        for proc in (bare, gateway):
+        for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=30)
         for fut in admin.delete_topics([s.name for s in specs], operation_timeout=30).values():
@@ -351,12 +384,12 @@ def main() -> None:
     )
     print(
         f"{'server':<16}{'req/s':>10}{'fixed/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'non-200':>9}"
+        f"{'non-200':>9}{'CPU us/req':>11}"
     )
     for name, r in results.items():
         print(
             f"{name:<16}{r['rps']:>10.0f}{r['rate']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
-            f"{r['max']:>9.1f}{r['errors']:>9.0f}"
+            f"{r['max']:>9.1f}{r['errors']:>9.0f}{r['cpu_us']:>11.0f}"
         )
     ratio = results["gateway+kafka"]["rps"] / results["bare aiohttp"]["rps"]
     print(f"throughput ratio gateway/bare: {ratio:.2f}  (target >= 0.6)")
