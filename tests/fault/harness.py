@@ -286,7 +286,6 @@ class Pipeline:
             "CONVSYNC_PAGE_TOKENS": json.dumps(self.page_tokens()),
             "CONVSYNC_CRAWL_CALLS_PER_SECOND": "200",
             "CONVSYNC_CRAWL_GROUP": f"{self.settings.topic_prefix}-crawler",
-            "CONVSYNC_CRAWL_INSTANCE_ID": f"{self.settings.topic_prefix}-{name}",
             "CONVSYNC_STATE_DIR": str(self.log_dir / "state"),
             "CONVSYNC_LOG_LEVEL": "INFO",
             **self.extra_env,
@@ -343,6 +342,7 @@ class Pipeline:
             sup.stop(timeout=20)
         if self.graph is not None:
             self.graph.stop()
+            self.graph.loop.close()  # GraphThread.stop() leaves its loop open
             self.graph = None
 
     def logs(self) -> list[Path]:
@@ -393,10 +393,10 @@ class Progress(threading.Thread):
         super().__init__(daemon=True)
         self.settings, self.group, self.every = settings, group, every
         self.samples: list[tuple[float, int | None, int | None]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.every):
+        while not self._halt.wait(self.every):
             hw: int | None
             done: int | None
             try:
@@ -410,7 +410,7 @@ class Progress(threading.Thread):
             self.samples.append((time.monotonic(), hw, done))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
     def recovery(self, fault_end: float) -> float | None:
