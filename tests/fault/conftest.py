@@ -41,3 +41,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Render docs/reliability.md from the results of the scenarios (when any ran)."""
     if _RAN and RESULTS.is_dir():
         report.render(RESULTS, report.DOC)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the access scenario last: it scans the logs of the whole run for secrets."""
+    items.sort(key=lambda item: "test_access" in item.nodeid)

@@ -37,6 +37,10 @@ VERIFY_TOKEN = "fault-verify-token-3a9f"
 ADMIN_TOKEN = "fault-admin-token-e5d27c10"
 
 
+# Every secret any scenario of this session handed to a component: no log may hold one.
+SECRETS_SEEN: set[str] = {SECRET, VERIFY_TOKEN, ADMIN_TOKEN}
+
+
 # --- truth ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Body:
@@ -253,6 +257,7 @@ class Pipeline:
         self.restarts: Counter[str] = Counter()
         self.database_url = settings.database_url.get_secret_value()
         self.kafka_bootstrap = settings.kafka_bootstrap
+        SECRETS_SEEN.update(self.secrets())
 
     @property
     def gateway_url(self) -> str:
