@@ -140,6 +140,11 @@ class Load:
         self.thread = threading.Thread(target=self._main, daemon=True)
         self.thread.start()
 
+    def run_blocking(self, timeout: float) -> None:
+        """Start and join."""
+        self.start()
+        self.join(timeout)
+
     def join(self, timeout: float) -> None:
         assert self.thread is not None
         self.thread.join(timeout)
