@@ -248,6 +248,7 @@ class Pipeline:
         world: GraphWorld | None = None,
         group: str | None = None,
         extra_env: dict[str, str] | None = None,
+        env_for: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.settings = settings
         self.log_dir = log_dir
@@ -257,6 +258,7 @@ class Pipeline:
         self.gateway_port = free_port()
         self.streams_port = free_port()
         self.extra_env = extra_env or {}
+        self.env_for = env_for or {}
         self.sups: dict[str, Supervisor] = {}
         self.comps: dict[str, Component] = {}
         self.restarts: Counter[str] = Counter()
@@ -299,6 +301,7 @@ class Pipeline:
             "CONVSYNC_STATE_DIR": str(self.log_dir / "state"),
             "CONVSYNC_LOG_LEVEL": "INFO",
             **self.extra_env,
+            **self.env_for.get(name, {}),
         }
         if self.graph is not None:
             env["CONVSYNC_GRAPH_URL"] = self.graph.url
