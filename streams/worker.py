@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import faust
 
-from convsync.kafka import admin_client, check_reachable, ensure_topics, topic_specs
+from convsync.kafka import TopicSpec, admin_client, check_reachable, ensure_topics, topic_specs
 from convsync.settings import Settings
 from streams.app import StreamConfig, app_id, make_app
 
@@ -28,11 +28,45 @@ def prepare(settings: Settings, config: StreamConfig) -> StreamConfig:
     return replace(config, replication_factor=rf)
 
 
+def changelog_specs(app: faust.App, settings: Settings, config: StreamConfig) -> list[TopicSpec]:
+    """Return the specs of the app's table changelog topics, as faust would create them."""
+    specs = []
+    for table in app.tables.values():
+        topic = table.changelog_topic
+        policies = [
+            p for p, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on
+        ]
+        conf = {"cleanup.policy": ",".join(policies) or "compact"}
+        if topic.retention:
+            conf["retention.ms"] = str(int(topic.retention * 1000))
+        specs.append(
+            TopicSpec(
+                topic.get_topic_name(),
+                topic.partitions or settings.partitions,
+                config.replication_factor or 1,
+                conf,
+            )
+        )
+    return specs
+
+
+def ensure_changelogs(app: faust.App, settings: Settings, config: StreamConfig) -> None:
+    """Create the changelog topics before the worker starts.
+
+    faust creates them itself, but asynchronously: under load the first events can
+    arrive before the brokers know the new topics, and faust then fails the table write
+    with PartitionsMismatch ("changelog topic has 0 partitions"). Created here, they
+    exist with leaders before any event is read. Raises :class:`StackError`.
+    """
+    ensure_topics(admin_client(settings), changelog_specs(app, settings, config))
+
+
 def run_worker(settings: Settings, config: StreamConfig, *, log_level: str = "INFO") -> int:
     """Run a worker until it is stopped (SIGINT/SIGTERM); return its exit code."""
     config = prepare(settings, config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     app = make_app(settings, config)
+    ensure_changelogs(app, settings, config)
     log.info(
         "streams worker %s: %s -> %s, web http://%s:%s/stats/",
         app_id(settings),
