@@ -213,12 +213,15 @@ def smoke(
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    stall_after: Annotated[
+        float, typer.Option(help="Seconds without progress that make a consumer or crawl stalled.")
+    ] = 300.0,
 ) -> None:
-    """Lag per consumer group and partition, crawls, DLQ count, rows in Postgres."""
+    """Lag per group and partition, crawls, sync statistics, throughput, DLQ, stalls."""
     from convsync.status import collect
 
     settings = load_settings()
-    snap = collect(settings)
+    snap = collect(settings, stall_after=stall_after)
     if as_json:
         sys.stdout.write(json.dumps(snap.as_json(), indent=2, default=str) + "\n")
     else:
@@ -245,6 +248,25 @@ def status(
                 str(c.get("last_error") or ""),
             )
         out.print(crawls)
+        if snap.sync_statistics:
+            stats = Table(title="sync statistics")
+            for col in ("page", "crawls", "ok", "failed", "joined", "messages", "avg s"):
+                stats.add_column(col)
+            for st in snap.sync_statistics:
+                avg = st.get("avg_duration_seconds")
+                stats.add_row(
+                    str(st.get("page_id")),
+                    str(st.get("crawls")),
+                    str(st.get("succeeded")),
+                    str(st.get("failed")),
+                    str(st.get("joined")),
+                    str(st.get("messages_fetched")),
+                    "-" if avg is None else f"{float(avg):.1f}",
+                )
+            out.print(stats)
+        out.print(f"throughput: {snap.events_per_second:.1f} events/s stored (last minute)")
+        for stalled in snap.stalled:
+            out.print(f"[yellow]stalled:[/] {stalled}")
         out.print(
             f"events rows: {snap.events_rows}  conversations: {snap.conversations_rows}  "
             f"DLQ records: {snap.dlq_records}"
@@ -264,6 +286,13 @@ def demo(
     crawler_workers: Annotated[int, typer.Option(min=1)] = 2,
     seed: Annotated[int, typer.Option()] = 7,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+    stay: Annotated[
+        bool | None,
+        typer.Option(
+            "--stay/--exit",
+            help="Keep running after the summary until Ctrl-C [default: stay on a terminal].",
+        ),
+    ] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Run everything against a simulated Meta and compare Postgres with the truth."""
@@ -294,7 +323,8 @@ def demo(
             seed=seed,
             timeout=timeout,
         )
-        result = run_demo(opts, base=base, state_dir=folder.resolve())
+        keep = sys.stdout.isatty() if stay is None else stay
+        result = run_demo(opts, base=base, state_dir=folder.resolve(), stay=keep)
     except KeyboardInterrupt:
         console.print("stopped (Ctrl-C); every component was shut down")
         raise typer.Exit(130) from None

@@ -428,8 +428,13 @@ def _table(
     return Group(pt, ct, ft)
 
 
-def run_demo(opts: DemoOptions, *, base: Settings, state_dir: Path) -> Comparison:
+def run_demo(
+    opts: DemoOptions, *, base: Settings, state_dir: Path, stay: bool = False
+) -> Comparison:
     """Run the demo end to end; return the comparison with the truth.
+
+    With ``stay``, everything keeps running after the summary (the dashboard stays
+    live) until Ctrl-C.
 
     Raises :class:`ConvsyncError` when a component dies or the run times out.
     """
@@ -485,6 +490,10 @@ def run_demo(opts: DemoOptions, *, base: Settings, state_dir: Path) -> Compariso
         truth |= tally.truth
         result = compare(settings, truth, tally.read_watermarks)
         _summary(console, snap, result, tally, time.monotonic() - started, ctx)
+        if stay:
+            console.print("still running for the dashboard; Ctrl-C stops everything")
+            while not sup.dead():
+                time.sleep(1)
     return result
 
 
@@ -521,4 +530,5 @@ def _summary(
     t.add_row("Postgres vs the fake's truth", "[green]MATCH[/]" if result.ok else "[red]DIFFERS[/]")
     console.print(t)
     console.print(f"gateway: {ctx['gateway']}  (metrics at {ctx['gateway']}/metrics)")
+    console.print(f"dashboard: {ctx['gateway']}/dashboard  (admin token: {ADMIN_TOKEN})")
     console.print(f"Postgres: schema {DEMO_SCHEMA}; component logs in {ctx['supervisor'].log_dir}")
