@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,11 @@ from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 
 _RAN: list[str] = []
+_STARTED: list[float] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _STARTED.append(time.monotonic())
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +47,20 @@ def shared(make_topics: MakeTopics, make_schema: MakeSchema) -> Settings:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Render docs/reliability.md from the results of the scenarios (when any ran)."""
     if _RAN and RESULTS.is_dir():
+        if len(_RAN) >= len(report.SCENARIOS):
+            # A run of the whole suite: its wall time goes into the report too.
+            (RESULTS / "session.json").write_text(
+                json.dumps(
+                    {
+                        "seconds": round(time.monotonic() - _STARTED[0], 1),
+                        "tests": sorted(_RAN),
+                        "exit status": int(exitstatus),
+                        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
         report.render(RESULTS, report.DOC)
 
 

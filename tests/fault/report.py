@@ -28,6 +28,21 @@ scenario; timings are noisy for the same reason.
 """
 
 
+SCENARIOS = range(1, 9)
+
+FINDINGS = """## Findings of the suite (not figures)
+
+- **Crawler, two workers, rebalance under kills** (found while building scenario 2): with
+  two `convsync crawler` workers in one group, SIGKILL/restart of one worker left the
+  other stalled: after `commit of crawl partition 4 failed: REBALANCE_IN_PROGRESS` it
+  logged no further revoke/assign, the restarted worker's JoinGroup never completed (it
+  was still blocked 38 s later at shutdown), the survivor ignored SIGTERM for 20 s, and
+  the crawls of its partitions never finished (4 minutes). The same happened with static
+  membership (`CONVSYNC_CRAWL_INSTANCE_ID`). Scenario 2 therefore kills a single crawler
+  worker; the two-worker case is reported to the crawler's owner.
+"""
+
+
 def _value(v: Any) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k}: {_value(x)}" for k, x in v.items()) or "-"
@@ -40,8 +55,11 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def render_text(results: list[dict[str, Any]]) -> str:
+def render_text(
+    results: list[dict[str, Any]], results_dir_session: dict[str, Any] | None = None
+) -> str:
     """Return the markdown of the report for ``results`` (sorted by scenario number)."""
+    results_dir_session = results_dir_session or {}
     out = [HEADER]
     out.append("## Summary\n")
     out.append("| # | scenario | lost | duplicates | Postgres equals truth | seconds |")
@@ -54,6 +72,14 @@ def render_text(results: list[dict[str, Any]]) -> str:
             f"| {r['seconds']} |"
         )
     out.append("")
+    session = results_dir_session.get("seconds")
+    if session is not None:
+        out.append(
+            f"Last run of the whole suite: {session} s wall time "
+            f"({len(results_dir_session.get('tests', []))} tests, finished "
+            f"{results_dir_session.get('finished_at')}, exit status "
+            f"{results_dir_session.get('exit status')}).\n"
+        )
     for r in results:
         out.append(f"## {r['number']}. {r['title']}\n")
         out.append(f"{r['done']}\n")
@@ -64,6 +90,7 @@ def render_text(results: list[dict[str, Any]]) -> str:
         for k, v in r["figures"].items():
             out.append(f"| {k} | {_value(v)} |")
         out.append("")
+    out.append(FINDINGS)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -76,7 +103,9 @@ def load(results_dir: Path) -> list[dict[str, Any]]:
 def render(results_dir: Path, doc: Path) -> None:
     """Write ``doc`` from the results in ``results_dir``."""
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render_text(load(results_dir)))
+    session_file = results_dir / "session.json"
+    session = json.loads(session_file.read_text()) if session_file.exists() else None
+    doc.write_text(render_text(load(results_dir), session))
 
 
 if __name__ == "__main__":
