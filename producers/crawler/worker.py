@@ -79,6 +79,8 @@ class CrawlWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._commit_waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._commit_outbox: list[TopicPartition] = []
+        self._outbox_lock = threading.Lock()
         self._fatal: BaseException | None = None
         self._slots = asyncio.Semaphore(crawler.max_pages_in_flight)
         self._consumer: Consumer | None = None
@@ -127,7 +129,7 @@ class CrawlWorker:
         polling = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawler-poll")
         try:
             while not stop.is_set() and self._fatal is None:
-                msgs = await loop.run_in_executor(polling, _take, consumer)
+                msgs = await loop.run_in_executor(polling, self._take, consumer)
                 for msg in msgs:
                     self._dispatch(msg)
         finally:
@@ -258,13 +260,31 @@ class CrawlWorker:
         tp = TopicPartition(self.crawl_topic, partition, offset, book.metadata())
         book.dirty = False
         self._commit_waiters.setdefault(partition, []).append((offset, done))
-        try:
-            self._consumer.commit(offsets=[tp], asynchronous=True)
-        except KafkaException as e:
-            book.dirty = True
-            log.warning("commit of crawl partition %d failed (will retry): %s", partition, e)
-            self._release_waiters(partition, None)
+        # The commit itself is issued by the poll thread (see _take): a consumer call
+        # from this loop thread can block inside librdkafka while a rebalance callback
+        # on the poll thread waits for this loop, a deadlock seen under load.
+        with self._outbox_lock:
+            self._commit_outbox.append(tp)
         return done
+
+    def _commit_failed(self, partition: int) -> None:
+        book = self._books.get(partition)
+        if book is not None:
+            book.dirty = True
+        self._release_waiters(partition, None)
+
+    def _take(self, consumer: Consumer) -> list[Message]:
+        """Issue queued commits, then return what is ready (poll thread only)."""
+        with self._outbox_lock:
+            outbox, self._commit_outbox = self._commit_outbox, []
+        for tp in outbox:
+            try:
+                consumer.commit(offsets=[tp], asynchronous=True)
+            except KafkaException as e:
+                log.warning("commit of crawl partition %d failed (will retry): %s", tp.partition, e)
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._commit_failed, tp.partition)
+        return _take(consumer)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the poll thread.
