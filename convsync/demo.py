@@ -328,7 +328,14 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         for i in range(opts.crawler_workers):
             sup.start(f"crawler-{i + 1}", "crawler")
         sup.start("materializer", "materialize")
-        sup.start("streams", "streams")
+        sup.start(
+            "streams",
+            "streams",
+            "--web-port",
+            str(free_port()),
+            "--data-dir",
+            str(state_dir / "demo-streams"),
+        )
         yield {
             "world": world,
             "supervisor": sup,
