@@ -61,7 +61,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 )
                 + "\n"
             )
-        report.render(RESULTS, report.DOC)
+        # Results elsewhere (CONVSYNC_FAULT_RESULTS): the report goes next to them.
+        doc = report.DOC if RESULTS == report.RESULTS else RESULTS / "reliability.md"
+        report.render(RESULTS, doc)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
