@@ -57,7 +57,7 @@ def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
     assert info is not None
     settings = Settings(
         kafka_bootstrap=info.kafka_bootstrap,
-        database_url=info.database_url,  # type: ignore[arg-type]
+        database_url=info.database_url,
         topic_prefix=info.topic_prefix,
         partitions=6,
     )
@@ -110,7 +110,7 @@ def test_sigkill_one_broker_loses_nothing(three_brokers: tuple[Path, Settings]) 
     def delivered(err: KafkaError | None, msg: Message) -> None:
         with lock:
             if err is None:
-                acked.add(msg.value().decode())
+                acked.add((msg.value() or b"").decode())
             else:
                 failed.append(err)
 
@@ -141,7 +141,7 @@ def test_sigkill_one_broker_loses_nothing(three_brokers: tuple[Path, Settings]) 
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            seen.add(msg.value().decode())
+            seen.add((msg.value() or b"").decode())
     finally:
         consumer.close()
     assert acked - seen == set(), f"{len(acked - seen)} acknowledged records lost"
