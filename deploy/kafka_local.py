@@ -180,8 +180,9 @@ class KafkaCluster:
             f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.yaml'}",
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            # "=" form: a base64url id may start with "-", which argparse would take
+            # for an option.
+            f"--cluster-id={cluster_id}",
             "-c",
             str(node.properties),
             "--ignore-formatted",

@@ -40,7 +40,7 @@ def test_sigkill_mid_stream_then_restart(
 
     produce(producer, settings.topic("events"), evs[4000:])
     again = start_worker(settings, batch_size=50, guarantee=guarantee)
-    records = read_changes(settings, until=complete(want), timeout=120, worker=again)
+    records = read_changes(settings, until=complete(want), timeout=240, worker=again)
 
     # No change lost, none with a new number: deduped by (key, seq) it is exactly the
     # offline fold; replays after the kill are byte-for-byte copies (dedupe checks).
