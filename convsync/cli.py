@@ -29,22 +29,9 @@ StateDir = Annotated[
 
 def load_settings() -> Settings:
     """Build settings from the environment, falling back to the local stack's file."""
-    from deploy.stack import load_info
+    from deploy.stack import stack_settings
 
-    env_state = os.environ.get("CONVSYNC_STATE_DIR")
-    info = load_info(Path(env_state or ".convsync"))
-    defaults: dict[str, object] = {}
-    if info is not None:
-        defaults = {
-            "kafka_bootstrap": info.kafka_bootstrap,
-            "database_url": info.database_url,
-            "topic_prefix": info.topic_prefix,
-            "partitions": info.partitions,
-        }
-    # Environment wins over the stack file; pydantic-settings gives init kwargs priority,
-    # so only pass the stack's values for settings that the environment leaves unset.
-    overrides = {k: v for k, v in defaults.items() if f"CONVSYNC_{k.upper()}" not in os.environ}
-    return Settings(**overrides)  # type: ignore[arg-type]
+    return stack_settings(Path(os.environ.get("CONVSYNC_STATE_DIR") or ".convsync"))
 
 
 def _state_dir(value: Path | None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -61,6 +62,25 @@ def load_info(state_dir: Path) -> StackInfo | None:
         return StackInfo(**json.loads(path.read_text()))
     except (ValueError, TypeError) as e:
         raise StackError(f"{path} is corrupt: {e}") from e
+
+
+def stack_settings(state_dir: Path) -> Settings:
+    """Return settings from the environment, falling back to the stack in ``state_dir``.
+
+    The environment wins: pydantic-settings gives init kwargs priority, so the stack's
+    values are passed only for settings that the environment leaves unset.
+    """
+    info = load_info(state_dir)
+    defaults: dict[str, object] = {}
+    if info is not None:
+        defaults = {
+            "kafka_bootstrap": info.kafka_bootstrap,
+            "database_url": info.database_url,
+            "topic_prefix": info.topic_prefix,
+            "partitions": info.partitions,
+        }
+    overrides = {k: v for k, v in defaults.items() if f"CONVSYNC_{k.upper()}" not in os.environ}
+    return Settings(**overrides)  # type: ignore[arg-type]
 
 
 def wait_until(check: str, fn: Callable[[], None], *, timeout: float) -> None:
