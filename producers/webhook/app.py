@@ -16,20 +16,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from convsync.errors import ConfigError, RetryableError
 from convsync.settings import Settings
 from producers.admin import mount_admin
-from producers.webhook.mapping import map_body
+from producers.webhook.admit import Refused, admit
 from producers.webhook.metrics import Metrics
-from producers.webhook.payload import BadBodyError, parse_body
-from producers.webhook.publisher import Publisher, Record
+from producers.webhook.publisher import Publisher
 from producers.webhook.settings import GatewaySettings
-from producers.webhook.signature import HEADER, LEGACY_HEADER, verify
+from producers.webhook.signature import HEADER, LEGACY_HEADER
 
 log = logging.getLogger(__name__)
 
 EVENT_RECEIVED: Final = "EVENT_RECEIVED"
 _ROUTES: Final = frozenset({"/webhook", "/healthz", "/readyz", "/metrics"})
 _CHUNK: Final = 64 * 1024
-# entry[] fields Meta sends besides messaging/standby (page feed changes, handover hops).
-_ENTRY_FIELDS: Final = frozenset({"changes", "hop_context"})
 
 
 class SafeAccessLogger(AbstractAccessLogger):
@@ -114,36 +111,28 @@ class Gateway:
         if body is None:
             return _reject(413, "body too large")
         self.metrics.body_bytes.observe(len(body))
-        # 2. Signature over the exact bytes; nothing unauthenticated is parsed.
-        verdict = verify(
+        # 2. Signature, parse, map, serialize: any refusal before anything is produced.
+        decision = admit(
             self._secret,
             body,
             request.headers.get(HEADER),
             legacy=request.headers.get(LEGACY_HEADER),
+            max_record_bytes=self.gateway.max_record_bytes,
         )
-        if verdict != "ok":
-            self.metrics.signature_failures.labels(verdict).inc()
-            log.info("webhook refused: signature %s (%d bytes)", verdict, len(body))
-            return _reject(403, f"signature {verdict}")
-        # 3. Parse and map every item; any refusal happens before anything is produced.
-        try:
-            page_body = parse_body(body)
-        except BadBodyError as e:
-            log.info("webhook refused: %s", e.reason)
-            return _reject(400, e.reason)
-        envelopes = map_body(page_body)
-        records: list[Record] = []
-        for env in envelopes:
-            value = env.to_bytes()
-            if len(value) > self.gateway.max_record_bytes:
-                log.info("webhook refused: %s event of %d bytes", env.kind, len(value))
-                return _reject(413, "event too large")
-            records.append((env.page_id.encode(), value))
-        for entry in page_body.entry:
-            for field in entry.model_extra or {}:
-                # Body keys are not trusted as label values: unbounded series otherwise.
-                self.metrics.ignored.labels(field if field in _ENTRY_FIELDS else "other").inc()
-        # 4. Publish and wait for Kafka's confirmation of every record.
+        if isinstance(decision, Refused):
+            if decision.verdict is not None:
+                self.metrics.signature_failures.labels(decision.verdict).inc()
+            log.info(
+                "webhook refused: %s%s (%d bytes)",
+                decision.reason,
+                f": {decision.detail}" if decision.detail else "",
+                len(body),
+            )
+            return _reject(decision.status, decision.reason)
+        envelopes, records = decision.envelopes, decision.records
+        for field in decision.ignored:
+            self.metrics.ignored.labels(field).inc()
+        # 3. Publish and wait for Kafka's confirmation of every record.
         try:
             took = await self.publisher.publish(records)
         except RetryableError as e:
