@@ -40,6 +40,8 @@ class _PageRunner:
     queue: asyncio.Queue[tuple[int, int, bytes | None]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     commit: asyncio.Future[None] | None = None
+    # True while a step runs (the poll thread then polls briefly, to issue its commit soon).
+    busy: bool = False
 
 
 @dataclass(slots=True)
@@ -47,6 +49,8 @@ class WorkerStats:
     """Counts since start, for logs and tests."""
 
     steps: int = 0
+    # steps run from this worker's own continuation, without reading it back from Kafka
+    followed: int = 0
     duplicates: int = 0
     joined: int = 0
     failed: int = 0
@@ -78,7 +82,8 @@ class CrawlWorker:
         self._projected_at: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._commit_waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._commit_waiters: dict[int, list[tuple[int, str, asyncio.Future[None]]]] = {}
+        self._stopping = False
         self._commit_outbox: list[TopicPartition] = []
         self._outbox_lock = threading.Lock()
         self._fatal: BaseException | None = None
@@ -257,9 +262,12 @@ class CrawlWorker:
         if book is None or offset is None or self._consumer is None:
             done.set_result(None)
             return done
-        tp = TopicPartition(self.crawl_topic, partition, offset, book.metadata())
+        metadata = book.metadata()
+        tp = TopicPartition(self.crawl_topic, partition, offset, metadata)
         book.dirty = False
-        self._commit_waiters.setdefault(partition, []).append((offset, done))
+        # A step that ran from this worker's own continuation moves the marks, not the
+        # offset: a commit is told apart by its offset AND its metadata.
+        self._commit_waiters.setdefault(partition, []).append((offset, metadata, done))
         # The commit itself is issued by the poll thread (see _take): a consumer call
         # from this loop thread can block inside librdkafka while a rebalance callback
         # on the poll thread waits for this loop, a deadlock seen under load.
@@ -284,7 +292,10 @@ class CrawlWorker:
                 log.warning("commit of crawl partition %d failed (will retry): %s", tp.partition, e)
                 if self._loop is not None:
                     self._loop.call_soon_threadsafe(self._commit_failed, tp.partition)
-        return _take(consumer)
+        # While a step runs, its commit is coming: poll briefly so that it is issued at
+        # once (a consumer cannot be woken from poll); idle, poll long.
+        busy = any(r.busy for r in list(self._runners.values()))
+        return _take(consumer, 0.002 if busy else 0.05)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the poll thread.
@@ -292,80 +303,135 @@ class CrawlWorker:
             return
         for tp in partitions:
             failed = err is not None or tp.error is not None
-            upto = None if failed else tp.offset
+            upto = None if failed else (tp.offset, tp.metadata or "")
             if failed:
                 log.warning(
                     "commit of crawl partition %d failed: %s", tp.partition, err or tp.error
                 )
             self._loop.call_soon_threadsafe(self._release_waiters, tp.partition, upto)
 
-    def _release_waiters(self, partition: int, upto: int | None) -> None:
-        """Resolve the commit futures of ``partition`` up to offset ``upto`` (None: all)."""
+    def _release_waiters(self, partition: int, upto: tuple[int, str] | None) -> None:
+        """Resolve the commit futures of ``partition`` up to the commit ``upto`` (its
+        offset and metadata; None: all).
+
+        Commits of a partition are answered in the order they were issued, so the
+        answer to one resolves it and every commit issued before it.
+        """
         waiters = self._commit_waiters.get(partition, [])
-        keep = []
-        for offset, fut in waiters:
-            if upto is None or offset <= upto:
-                if not fut.done():
-                    fut.set_result(None)
+        last = len(waiters) - 1 if upto is None else -1
+        if upto is not None:
+            for i, (offset, metadata, _) in enumerate(waiters):
+                if (offset, metadata) == upto:
+                    last = i
+                    break
             else:
-                keep.append((offset, fut))
-        self._commit_waiters[partition] = keep
+                # Not ours (a final commit of a revoke): it covers what it passed.
+                last = max((i for i, w in enumerate(waiters) if w[0] < upto[0]), default=-1)
+        for _, _, fut in waiters[: last + 1]:
+            if not fut.done():
+                fut.set_result(None)
+        self._commit_waiters[partition] = waiters[last + 1 :]
 
     async def _page_loop(self, page: str, runner: _PageRunner) -> None:
+        # The continuation this page's last step produced. While this worker still owns
+        # the partition it runs it at once instead of waiting to read it back from Kafka;
+        # the copy read back later is then a duplicate by the marks. Records already read
+        # for the page go first, in partition order (a second request must find the
+        # crawl running and join it).
+        follow: CrawlRequest | None = None
         while True:
-            partition, offset, value = await runner.queue.get()
-            # The previous step's commit must be durable before the next step fetches:
-            # a kill then costs at most the one step in flight.
-            if runner.commit is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(runner.commit), 10)
-                except TimeoutError:
-                    log.warning("no answer to a commit of crawl partition %d in 10s", partition)
+            offset: int | None
+            value: bytes | CrawlRequest | None
+            if follow is not None and runner.queue.empty() and self._may_follow(page, runner):
+                partition, offset, value = runner.partition, None, follow
+            else:
+                partition, offset, value = await runner.queue.get()
+            runner.busy = True
             try:
                 async with self._slots:
-                    await self._handle(page, partition, offset, value)
+                    nxt = await self._handle(page, runner, partition, offset, value)
             except asyncio.CancelledError:
                 raise
             except BaseException as e:
                 log.exception("crawler page task for %s failed; stopping the worker", page)
                 self._fatal = e
+                runner.busy = False
                 raise
+            if nxt is not None or value is follow:
+                follow = nxt
             book = self._books.get(partition)
             if book is not None:
-                book.finish(offset)
+                if offset is None:
+                    book.dirty = True
+                else:
+                    book.finish(offset)
                 runner.commit = self._commit_soon(partition)
+            runner.busy = False
+
+    def _may_follow(self, page: str, runner: _PageRunner) -> bool:
+        """Return True if ``runner`` may run its page's continuation without reading it."""
+        return (
+            not self._stopping
+            and self._runners.get(page) is runner
+            and runner.partition in self._books
+        )
 
     # -- one record ------------------------------------------------------------------
 
-    async def _handle(self, page: str, partition: int, offset: int, value: bytes | None) -> None:
-        try:
-            record = CrawlRequest.from_bytes(value)
-        except PoisonError as e:
-            await self._dead_letter(page, partition, offset, value, e)
-            return
+    async def _handle(
+        self,
+        page: str,
+        runner: _PageRunner,
+        partition: int,
+        offset: int | None,
+        value: bytes | CrawlRequest | None,
+    ) -> CrawlRequest | None:
+        """Handle one record (read from Kafka, or followed when ``offset`` is None);
+        return the continuation it produced, if any."""
+        if isinstance(value, CrawlRequest):
+            record = value
+        else:
+            try:
+                record = CrawlRequest.from_bytes(value)
+            except PoisonError as e:
+                assert offset is not None
+                await self._dead_letter(page, partition, offset, value, e)
+                return None
         book = self._books.get(partition)
         if book is None:
-            return
+            return None
         decision = decide(book.marks.get(record.page_id), crawl_id=record.crawl_id, seq=record.seq)
+        if offset is None and decision != "continue":
+            # a followed continuation whose copy was read (and run) first
+            return None
         if decision in ("duplicate", "stale"):
             self.stats.duplicates += 1
-            log.info(
+            log.debug(
                 "dropping %s crawl record %s seq %d of page %s",
                 decision,
                 record.crawl_id,
                 record.seq,
                 record.page_id,
             )
-            return
+            return None
         if decision == "join":
             current = book.marks[record.page_id].crawl_id
             self.stats.joined += 1
             log.info("crawl request %s joins running crawl %s", record.crawl_id, current)
             await self._project(Progress(record, "joined", None, 0, joined=current))
-            return
+            return None
         if decision == "start":
             record = await self._prepare(record)
-        await self._step(record, book)
+        # The previous step's commit (offset and marks) must be durable before this
+        # step fetches: a kill then costs at most the one step in flight.
+        if runner.commit is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(runner.commit), 10)
+            except TimeoutError:
+                log.warning("no answer to a commit of crawl partition %d in 10s", partition)
+        if offset is None:
+            self.stats.followed += 1
+        return await self._step(record, book)
 
     async def _prepare(self, record: CrawlRequest) -> CrawlRequest:
         """Fix the incremental cutoff of a new crawl from the last completed one."""
@@ -394,7 +460,8 @@ class CrawlWorker:
             self._fetchers[page_id] = fetcher
         return fetcher
 
-    async def _step(self, record: CrawlRequest, book: PartitionBook) -> None:
+    async def _step(self, record: CrawlRequest, book: PartitionBook) -> CrawlRequest | None:
+        """Run one step; return the continuation it produced (None: the crawl ended)."""
         assert self._producer is not None and self._client is not None
         try:
             outcome = await self._run_step(record)
@@ -414,13 +481,14 @@ class CrawlWorker:
                     finished_ms=_now_ms(),
                 )
             )
-            return
+            return None
         key = record.page_id.encode()
         # 1. the step's events, confirmed by Kafka (acks=all)
         await self._producer.send_batch(
             self.events_topic, ((key, env.to_bytes()) for env in outcome.envelopes)
         )
         # 2. the continuation, confirmed, so a crash after this resumes from it
+        nxt = None
         if not outcome.done:
             nxt = record.model_copy(update={"seq": record.seq + 1, "step": outcome.step})
             await self._producer.send_batch(self.crawl_topic, [(key, nxt.to_bytes())])
@@ -457,6 +525,7 @@ class CrawlWorker:
                     finished_ms=_now_ms() if outcome.done else None,
                 )
             )
+        return nxt
 
     async def _run_step(self, record: CrawlRequest) -> StepOutcome:
         assert self._client is not None
@@ -513,13 +582,13 @@ class CrawlWorker:
         )
 
 
-def _take(consumer: Consumer) -> list[Message]:
-    """Return what is ready, else block up to 50 ms for the first record."""
+def _take(consumer: Consumer, timeout: float) -> list[Message]:
+    """Return what is ready, else block up to ``timeout`` seconds for the first record."""
     # consume(n, timeout) waits for n records or the whole timeout: poll waits for one.
     msgs: list[Message] = consumer.consume(500, 0)
     if msgs:
         return msgs
-    msg = consumer.poll(0.05)
+    msg = consumer.poll(timeout)
     return [] if msg is None else [msg]
 
 
