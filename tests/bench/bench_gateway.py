@@ -58,6 +58,23 @@ if len(sys.argv) > 2:
     loop = uvloop.new_event_loop()
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=loop)
 """
+# The gateway with Publisher.publish replaced by a no-op: every other step of a POST
+# (read, HMAC, parse, map, serialize, metrics, response) runs as in `convsync gateway`.
+# Only for --decompose: it splits the gateway's cost into "Python per request" and "Kafka".
+NO_KAFKA_GATEWAY = """
+import sys
+from producers.webhook.publisher import Publisher
+
+async def publish(self, records):
+    return 0.0
+
+Publisher.publish = publish
+from convsync.settings import Settings
+from producers.webhook.server import serve
+from producers.webhook.settings import GatewaySettings
+
+serve(Settings(), GatewaySettings(port=int(sys.argv[1])))
+"""
 WRK_SCRIPT = """
 local reqs = {}
 local n = 0
@@ -272,6 +289,11 @@ def main() -> None:
     parser.add_argument(
         "--bare-uvloop", action="store_true", help="also run the bare handler on uvloop"
     )
+    parser.add_argument(
+        "--decompose",
+        action="store_true",
+        help="also run the gateway with publishing replaced by a no-op (cost without Kafka)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -323,6 +345,11 @@ def main() -> None:
         cwd=REPO,
     )
     procs["gateway+kafka"] = gateway
+    if args.decompose:
+        nk_port = free_port()
+        procs["gateway no kafka"] = subprocess.Popen(
+            [sys.executable, "-c", NO_KAFKA_GATEWAY, str(nk_port)], env=env, cwd=REPO
+        )
     results: dict[str, dict[str, float]] = {}
     try:
         bare_url, gw_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{gw_port}"
@@ -332,6 +359,10 @@ def main() -> None:
         if args.bare_uvloop:
             wait_ready(f"http://127.0.0.1:{uv_port}/readyz", procs["bare+uvloop"])
             servers.insert(1, ("bare+uvloop", f"http://127.0.0.1:{uv_port}", uv_port))
+        if args.decompose:
+            nk_url = f"http://127.0.0.1:{nk_port}"
+            wait_ready(nk_url + "/readyz", procs["gateway no kafka"])
+            servers.append(("gateway no kafka", nk_url, nk_port))
         for _, url, _ in servers:
             run_wrk(url, bodies_file, script, duration=2, connections=args.connections)  # warm-up
         runs: dict[str, list[tuple[float, Latency]]] = {name: [] for name, _, _ in servers}
@@ -393,6 +424,9 @@ def main() -> None:
         )
     ratio = results["gateway+kafka"]["rps"] / results["bare aiohttp"]["rps"]
     print(f"throughput ratio gateway/bare: {ratio:.2f}  (target >= 0.6)")
+    if args.decompose:
+        nk = results["gateway no kafka"]["rps"] / results["bare aiohttp"]["rps"]
+        print(f"throughput ratio gateway-without-kafka/bare: {nk:.2f}")
     print(f"gateway p99 at {args.rate}/s: {results['gateway+kafka']['p99']:.2f} ms  (target <= 25)")
     print(
         f"gateway RSS (all its processes): {gw_rss:.0f} MB now, {gw_peak:.0f} MB peak "
