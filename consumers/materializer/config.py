@@ -20,11 +20,14 @@ class BatchConfig:
     backoff_max: float = 5.0
     # How long one poll waits when nothing is buffered (bounds the reaction to stop()).
     idle_poll: float = 0.5
+    # How long one poll waits while the writer thread is busy (how soon a finished
+    # write is noticed and the next batch handed over).
+    busy_poll: float = 0.005
     # Seconds between lag gauge refreshes (only with metrics on).
     lag_interval: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_records < 1:
             raise ValueError("max_records must be >= 1")
-        if self.max_wait < 0 or self.backoff_initial <= 0 or self.backoff_max <= 0:
+        if self.max_wait < 0 or min(self.busy_poll, self.backoff_initial, self.backoff_max) <= 0:
             raise ValueError("durations must be positive")

@@ -18,6 +18,7 @@ from consumers.materializer.config import BatchConfig
 from consumers.materializer.dlq import DeadLetterSink, Poison
 from consumers.materializer.rows import Position, StageRow, decode
 from consumers.materializer.store import BatchResult, Store
+from consumers.materializer.writer import BackgroundWriter, InFlight
 from convsync.errors import ConvsyncError, PoisonError, RetryableError
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
@@ -89,6 +90,7 @@ class Materializer:
         self._last_lag = 0.0
         self._read_to: dict[int, int] = {}
         self._external_stop: threading.Event | None = None
+        self._writer: BackgroundWriter[_Entry, BatchResult] = BackgroundWriter()
 
     # -- control -------------------------------------------------------------------------
 
@@ -164,6 +166,9 @@ class Materializer:
         return self.totals
 
     def _close(self, consumer: Consumer) -> None:
+        # A write still in flight here belongs to a failed loop: let it finish, keep
+        # nothing of it (its offsets moved only if it committed).
+        self._writer.close()
         try:
             consumer.close()
         except (KafkaException, RuntimeError) as e:
@@ -174,6 +179,7 @@ class Materializer:
 
     def _poll_once(self, consumer: Consumer) -> None:
         cfg = self.config
+        busy = self._writer.busy
         if self._batch:
             timeout = max(0.0, self._batch_started + cfg.max_wait - time.monotonic())
             want = cfg.max_records - len(self._batch)
@@ -181,17 +187,24 @@ class Materializer:
             # consume() waits for all it was asked for: ask for one record so the batch
             # clock starts when the first record arrives, not when the poll gives up.
             timeout, want = cfg.idle_poll, 1
+        if busy:
+            # Look at the writer often: the next batch goes out as soon as it is free.
+            timeout = min(timeout, cfg.busy_poll) if timeout > 0 else cfg.busy_poll
         for msg in consumer.consume(num_messages=max(1, want), timeout=timeout):
             err = msg.error()
             if err is not None:
                 self._on_record_error(err)
                 continue
             self._take(msg)
+        # While Postgres writes the previous batch the next one keeps growing (up to
+        # max_records): a free writer takes it after max_wait, a busy one when it is done.
         if self._batch and (
             len(self._batch) >= cfg.max_records
-            or time.monotonic() - self._batch_started >= cfg.max_wait
+            or (not self._writer.busy and time.monotonic() - self._batch_started >= cfg.max_wait)
         ):
-            self._flush_or_abandon()
+            self._flush_or_abandon(pipelined=True)
+        elif self._writer.done:
+            self._settle_or_requeue()
         if self._report_lag and time.monotonic() - self._last_lag >= cfg.lag_interval:
             self._last_lag = time.monotonic()
             self._refresh_lag(consumer)
@@ -215,6 +228,8 @@ class Materializer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = [tp.partition for tp in partitions if tp.topic == self.topic]
+        # The store's connection is the writer's while a write is in flight.
+        self._settle_or_requeue()
         # 1. Read the resume cursor of the new partitions from Postgres (retry until it
         #    answers); 2. seek there (no stored offset: the beginning); 3. assign them
         #    ourselves: librdkafka would otherwise start from Kafka's committed offsets.
@@ -242,9 +257,11 @@ class Materializer:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = {tp.partition for tp in partitions}
-        # Finish the in-flight batch while we still own its partitions; if Postgres does
-        # not take it now, forget the revoked partitions' records instead: their stored
-        # offsets did not move, so the next owner reads them again.
+        # Finish the in-flight batches while we still own their partitions (the one the
+        # writer has, then the one being gathered); if Postgres does not take them now,
+        # forget the revoked partitions' records instead: their stored offsets did not
+        # move, so the next owner reads them again.
+        self._settle_or_requeue()
         if any(msg.partition() in parts for msg in self._batch) and not self._flushing:
             try:
                 self._flush(max_attempts=1)
@@ -256,6 +273,7 @@ class Materializer:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = {tp.partition for tp in partitions}
+        self._settle_or_requeue()
         self._drop_partitions(parts)
         consumer.incremental_unassign(partitions)
         log.warning("lost partitions %s of %s", sorted(parts), self.topic)
@@ -278,14 +296,81 @@ class Materializer:
 
     # -- batches ---------------------------------------------------------------------------
 
-    def _flush_or_abandon(self) -> None:
-        if not self._batch:
-            return
+    def _flush_or_abandon(self, *, pipelined: bool = False) -> None:
         try:
-            self._flush()
+            if pipelined and self._submit():
+                return
+            # Not pipelined (stopping, or the previous write failed and its records are
+            # back in the batch): settle everything in the foreground, with retries.
+            self._settle_or_requeue()
+            if self._batch:
+                self._flush()
         except AbandonedError as e:
             log.warning("stopping: %s", e)
             self._batch = []
+
+    def _submit(self) -> bool:
+        """Hand the batch to the writer thread; False when the foreground must take it."""
+        # 1. Decode this batch while the writer may still be busy with the previous one.
+        messages = self._batch
+        entries = self._prepare(messages)
+        # 2. The previous batch commits first: offsets only move in order. If it failed,
+        #    its records are put back in front of this batch for the foreground retry.
+        if not self._settle_or_requeue():
+            return False
+        # 3. Poison is dead-lettered (and confirmed) before its offset can move.
+        self._send_poison(entries)
+        # 4. Rows and the offsets of every partition in the batch, in one transaction,
+        #    on the writer thread.
+        rows = [e.row for e in entries if e.row is not None]
+        offsets = _next_offsets(entries)
+        self._writer.submit(
+            messages,
+            entries,
+            functools.partial(
+                self.store.write_batch,
+                group=self.group,
+                topic=self.topic,
+                rows=rows,
+                next_offsets=offsets,
+            ),
+        )
+        self._batch = []
+        return True
+
+    def _settle_or_requeue(self) -> bool:
+        """Wait for the write in flight and account for it; return False if it failed.
+
+        A failed write's records go back in front of the batch being gathered (the
+        consumer has moved past them), to be retried in the foreground. ConfigError and
+        anything unexpected is raised.
+        """
+        inflight = self._writer.take()
+        if inflight is None:
+            return True
+        try:
+            result = inflight.future.result()
+        except (RetryableError, PoisonError) as e:
+            log.warning("batch of %s not committed (%s): retrying it", len(inflight.messages), e)
+            if isinstance(e, RetryableError):
+                m.RETRIES.labels(self.group).inc()
+                self.totals.retries += 1
+            if not self._batch:
+                self._batch_started = time.monotonic()
+            self._batch = [*inflight.messages, *self._batch]
+            return False
+        self._account(inflight, result)
+        return True
+
+    def _account(self, inflight: InFlight[_Entry, BatchResult], result: BatchResult) -> None:
+        entries = inflight.entries
+        m.BATCH_SIZE.labels(self.group).observe(len(entries))
+        m.BATCH_SECONDS.labels(self.group).observe(time.monotonic() - inflight.submitted)
+        self._count(entries, result)
+        self._kafka_commit(inflight.messages)
+        self._dead_sent.difference_update(_key(e) for e in entries)
+        self.totals.batches += 1
+        log.debug("batch of %s: %s", len(entries), result)
 
     def _flush(self, *, max_attempts: int | None = None) -> None:
         """Commit the in-flight batch, retrying with backoff (bounded by max_attempts)."""
@@ -310,12 +395,19 @@ class Materializer:
         entries = self._prepare(self._batch)
         # 1. Poison first: dead letters are confirmed by Kafka before any offset moves
         #    past them.
-        unsent = [e.poison for e in entries if e.poison and _key(e) not in self._dead_sent]
-        self._dlq.send([p for p in unsent if p is not None])
-        self._dead_sent.update(_key(e) for e in entries if e.poison is not None)
+        self._send_poison(entries)
         # 2. Rows and the offsets of every partition in the batch, in one transaction.
         result = self._write(entries)
         # 3. Counters only after the commit, so retries do not count twice.
+        self._count(entries, result)
+        return result
+
+    def _send_poison(self, entries: Sequence[_Entry]) -> None:
+        unsent = [e.poison for e in entries if e.poison and _key(e) not in self._dead_sent]
+        self._dlq.send([p for p in unsent if p is not None])
+        self._dead_sent.update(_key(e) for e in entries if e.poison is not None)
+
+    def _count(self, entries: Sequence[_Entry], result: BatchResult) -> None:
         good = sum(1 for e in entries if e.row is not None)
         dead = len(entries) - good
         self.totals.records += len(entries)
@@ -325,7 +417,6 @@ class Materializer:
         m.EVENTS_INSERTED.labels(self.group).inc(result.inserted)
         m.DUPLICATES.labels(self.group).inc(max(0, result.staged - result.inserted))
         m.DEAD_LETTERS.labels(self.group).inc(dead)
-        return result
 
     def _prepare(self, messages: Sequence[Any]) -> list[_Entry]:
         entries = []
