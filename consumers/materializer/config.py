@@ -15,7 +15,7 @@ class BatchConfig:
     """
 
     max_records: int = 10000
-    max_wait: float = 0.05
+    max_wait: float = 0.02
     backoff_initial: float = 0.2
     backoff_max: float = 5.0
     # How long one poll waits when nothing is buffered (bounds the reaction to stop()).

@@ -112,6 +112,9 @@ class Materializer:
             # librdkafka pre-fetches up to 64 MB by default; a few batches ahead is
             # enough to keep Postgres busy and keeps the process's RSS small.
             "queued.max.messages.kbytes": 16384,
+            # Once that prefetch is full librdkafka pauses fetching for this long
+            # (default 1 s): a drained queue would then sit idle up to a second.
+            "fetch.queue.backoff.ms": 20,
             **self._overrides,
         }
         return make_consumer(self.settings, self.group, **conf)

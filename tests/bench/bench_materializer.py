@@ -96,13 +96,14 @@ class Child:
     """`convsync materialize` as a child process."""
 
     def __init__(
-        self, settings: Settings, group: str, batch_size: int, log: Path, batch_ms: int
+        self, settings: Settings, group: str, batch_size: int, log: Path, batch_ms: int | None
     ) -> None:
         self._out = log.open("ab")
+        flush = [] if batch_ms is None else ["--batch-ms", str(batch_ms)]
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "convsync.cli", "materialize", "--group", group,
-                "--batch-size", str(batch_size), "--batch-ms", str(batch_ms),
+                "--batch-size", str(batch_size), *flush,
             ],
             cwd=REPO,
             env={**settings_env(settings), "CONVSYNC_LOG_LEVEL": "WARNING"},
@@ -122,7 +123,7 @@ class Child:
 
 
 def run_materializer(
-    settings: Settings, total: int, batch_size: int, log: Path, batch_ms: int
+    settings: Settings, total: int, batch_size: int, log: Path, batch_ms: int | None
 ) -> tuple[float, float, Child, str]:
     """(a): return events/s, peak RSS (MB), the still running child and its group."""
     group = f"bench-{uuid.uuid4().hex[:8]}"
@@ -270,8 +271,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--conversations", type=int, default=20_000)
-    parser.add_argument("--batch-sizes", default="5000")
-    parser.add_argument("--batch-ms", type=int, default=100)
+    parser.add_argument("--batch-sizes", default="10000")
+    parser.add_argument(
+        "--batch-ms", type=int, default=None, help="flush interval (default: the materializer's)"
+    )
     parser.add_argument("--sample", type=int, default=3_000)
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=15.0)
