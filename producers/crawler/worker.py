@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -84,6 +85,7 @@ class CrawlWorker:
         self._loop_thread = 0
         self._commit_waiters: dict[int, list[tuple[int, str, asyncio.Future[None]]]] = {}
         self._stopping = False
+        self.closed_cleanly = True
         self._commit_outbox: list[TopicPartition] = []
         self._outbox_lock = threading.Lock()
         self._fatal: BaseException | None = None
@@ -132,30 +134,80 @@ class CrawlWorker:
         # consume() blocks in a thread of its own (no busy polling on the loop); the
         # rebalance callbacks it runs are marshalled back onto the loop.
         polling = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawler-poll")
+        grace_until: float | None = None
         try:
-            while not stop.is_set() and self._fatal is None:
+            while self._fatal is None:
+                if stop.is_set():
+                    if grace_until is None:
+                        # No new step starts; the steps in flight get a grace period to
+                        # finish (the poll thread keeps issuing their commits).
+                        self._stopping = True
+                        grace_until = time.monotonic() + self.crawler.stop_grace
+                        log.info("stopping: finishing the steps in flight")
+                    busy = any(r.busy for r in self._runners.values())
+                    if not busy or time.monotonic() >= grace_until:
+                        break
                 msgs = await loop.run_in_executor(polling, self._take, consumer)
-                for msg in msgs:
-                    self._dispatch(msg)
+                if not self._stopping:
+                    for msg in msgs:
+                        self._dispatch(msg)
         finally:
-            # Waiting off the loop: a rebalance callback on the poll thread may be
-            # waiting for the loop right now.
-            await loop.run_in_executor(None, functools.partial(polling.shutdown, wait=True))
-            for runner in list(self._runners.values()):
-                if runner.task is not None:
-                    runner.task.cancel()
-            await asyncio.gather(
-                *(r.task for r in self._runners.values() if r.task is not None),
-                return_exceptions=True,
-            )
-            for partition in list(self._books):
-                self._commit(partition)
-            consumer.close()
-            await self._producer.close()
+            await self._shut_down(loop, polling, consumer)
             await session.close()
             await conn.close()
         if self._fatal is not None:
             raise self._fatal
+
+    async def _shut_down(
+        self, loop: asyncio.AbstractEventLoop, polling: ThreadPoolExecutor, consumer: Consumer
+    ) -> None:
+        """Abandon the steps still in flight, commit, close; every wait is bounded.
+
+        An abandoned step is safe: its record is not committed, so the next owner runs
+        it again (that Graph page is fetched twice, its events are produced again with
+        the same ids). A consumer's close() waits for a rebalance in progress to end,
+        which the broker may hold for a dead member's whole session: that wait is
+        abandoned after ``close_timeout`` (the group then expires this member).
+        """
+        bound = self.crawler.close_timeout
+        started = time.monotonic()
+        # 1. the poll thread (waited off the loop: a rebalance callback on it may be
+        #    waiting for the loop right now)
+        if not await _in_thread(functools.partial(polling.shutdown, wait=True), bound):
+            log.warning("the consumer is stuck in a poll; not closing it")
+            self.closed_cleanly = False
+        # 2. the page tasks: whatever is still running is abandoned
+        for runner in list(self._runners.values()):
+            if runner.task is not None:
+                runner.task.cancel()
+        await asyncio.gather(
+            *(r.task for r in self._runners.values() if r.task is not None),
+            return_exceptions=True,
+        )
+        # 3. the offsets and marks of what finished, then leave the group, in a thread
+        #    of its own so that a blocked close cannot hold the process
+        if self.closed_cleanly:
+            final = self._final_offsets()
+
+            def close() -> None:
+                if final:
+                    try:
+                        consumer.commit(offsets=final, asynchronous=False)
+                    except KafkaException as e:
+                        log.warning("final commit of crawl partitions failed: %s", e)
+                consumer.close()
+
+            if not await _in_thread(close, bound):
+                log.warning("consumer close still waiting after %.1fs; abandoned", bound)
+                self.closed_cleanly = False
+        # 4. records produced by abandoned steps: delivered or not, they are not needed
+        assert self._producer is not None
+        await self._producer.close(flush_seconds=bound)
+        log.info(
+            "crawler stopped in %.2fs (%s)",
+            time.monotonic() - started,
+            "clean" if self.closed_cleanly else "consumer abandoned",
+        )
 
     # -- rebalancing -----------------------------------------------------------------
 
@@ -238,20 +290,14 @@ class CrawlWorker:
             self._runners[page] = runner
         runner.queue.put_nowait((partition, offset, msg.value()))
 
-    def _commit(self, partition: int) -> None:
-        book = self._books.get(partition)
-        if book is None or not book.dirty or self._consumer is None:
-            return
-        offset = book.commit_offset()
-        if offset is None:
-            return
-        tp = TopicPartition(self.crawl_topic, partition, offset, book.metadata())
-        try:
-            self._consumer.commit(offsets=[tp], asynchronous=False)
-        except KafkaException as e:
-            log.warning("commit of crawl partition %d failed (will retry): %s", partition, e)
-            return
-        book.dirty = False
+    def _final_offsets(self) -> list[TopicPartition]:
+        """Return the offset and marks to commit for every owned partition."""
+        out = []
+        for partition, book in self._books.items():
+            offset = book.commit_offset()
+            if offset is not None:
+                out.append(TopicPartition(self.crawl_topic, partition, offset, book.metadata()))
+        return out
 
     def _commit_soon(self, partition: int) -> asyncio.Future[None]:
         """Commit ``partition`` asynchronously; the future resolves when Kafka answered."""
@@ -340,6 +386,9 @@ class CrawlWorker:
         # crawl running and join it).
         follow: CrawlRequest | None = None
         while True:
+            if self._stopping:
+                # no new step once stopping; this task is cancelled at shutdown
+                await asyncio.Event().wait()
             offset: int | None
             value: bytes | CrawlRequest | None
             if follow is not None and runner.queue.empty() and self._may_follow(page, runner):
@@ -592,6 +641,34 @@ def _take(consumer: Consumer, timeout: float) -> list[Message]:
     return [] if msg is None else [msg]
 
 
+async def _in_thread(fn: Callable[[], None], within: float) -> bool:
+    """Run ``fn`` in a daemon thread; return True if it ended within ``within`` seconds.
+
+    A daemon thread (not an executor's) so that a call blocked for good inside
+    librdkafka can be left behind without holding the interpreter's exit.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(resolve)
+
+    threading.Thread(target=run, name="crawler-shutdown", daemon=True).start()
+    try:
+        await asyncio.wait_for(done, within)
+    except TimeoutError:
+        return False
+    return True
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -600,11 +677,17 @@ def run_worker(settings: Settings, crawler: CrawlerSettings, **kwargs: Any) -> N
     """Run a worker until SIGINT/SIGTERM (the ``convsync crawler`` command)."""
     import signal
 
-    async def main() -> None:
+    async def main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await CrawlWorker(settings, crawler, **kwargs).run(stop)
+        worker = CrawlWorker(settings, crawler, **kwargs)
+        await worker.run(stop)
+        return worker.closed_cleanly
 
-    asyncio.run(main())
+    if not asyncio.run(main()):
+        # A consumer whose close() was abandoned would block the interpreter's exit in
+        # librdkafka's destructor; everything durable is already durable.
+        logging.shutdown()
+        os._exit(0)

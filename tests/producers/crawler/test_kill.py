@@ -33,7 +33,16 @@ def calls_needed(world: GraphWorld, page: str, *, conv_cap: int, msg_cap: int) -
     return pages + sum(-(-len(c.messages) // msg_cap) for c in convs if c.psid is not None)
 
 
-def spawn_worker(settings: Settings, graph: Any, group: str, log: Path) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    settings: Settings,
+    graph: Any,
+    group: str,
+    log: Path,
+    *,
+    instance: str | None = "worker-1",
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``convsync crawler`` as a subprocess (static member ``instance`` if given)."""
     env = {
         **os.environ,
         "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -43,13 +52,15 @@ def spawn_worker(settings: Settings, graph: Any, group: str, log: Path) -> subpr
         "CONVSYNC_GRAPH_URL": graph.url,
         "CONVSYNC_PAGE_TOKENS": graph.tokens_json(),
         "CONVSYNC_CRAWL_GROUP": group,
-        "CONVSYNC_CRAWL_INSTANCE_ID": "worker-1",
         "CONVSYNC_CRAWL_CALLS_PER_SECOND": "40",
         "CONVSYNC_CRAWL_BACKOFF_BASE": "0.01",
         "CONVSYNC_CRAWL_BACKOFF_MAX": "0.1",
         "CONVSYNC_CRAWL_MESSAGES_LIMIT": "10",
         "CONVSYNC_CRAWL_CONVERSATIONS_LIMIT": "10",
     }
+    if instance is not None:
+        env["CONVSYNC_CRAWL_INSTANCE_ID"] = instance
+    env.update(extra_env or {})
     out = log.open("ab")
     try:
         return subprocess.Popen(
