@@ -16,9 +16,9 @@ from schemas.envelope import Envelope
 
 
 async def crawl_all(
-    world: GraphWorld, record: CrawlRequest, **server_kwargs: int
+    world: GraphWorld, record: CrawlRequest, *, conversations_cap: int = 25, messages_cap: int = 25
 ) -> tuple[list[Envelope], CrawlRequest, int]:
-    server = GraphApiServer(world, **server_kwargs)
+    server = GraphApiServer(world, conversations_cap=conversations_cap, messages_cap=messages_cap)
     await server.start()
     envelopes: list[Envelope] = []
     steps = 0

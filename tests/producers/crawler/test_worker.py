@@ -36,7 +36,7 @@ def wait_status(
     deadline = time.monotonic() + timeout
     with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
         while time.monotonic() < deadline:
-            view = read_view(conn, settings.db_schema, crawl_id)  # type: ignore[arg-type]
+            view = read_view(conn, settings.db_schema, crawl_id)
             if view is not None and view.status in statuses:
                 return view
             time.sleep(0.1)
