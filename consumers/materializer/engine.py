@@ -42,6 +42,20 @@ class _Entry:
     poison: Poison | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    """What accounting a committed batch needs, without its decoded rows."""
+
+    records: int
+    good: int
+    poison: frozenset[tuple[int, int]]
+
+    @classmethod
+    def of(cls, entries: Sequence[_Entry]) -> _Summary:
+        poison = frozenset(_key(e) for e in entries if e.poison is not None)
+        return cls(len(entries), len(entries) - len(poison), poison)
+
+
 @dataclass(slots=True)
 class Totals:
     """Running counters of one materializer (also exported as Prometheus metrics)."""
@@ -90,7 +104,7 @@ class Materializer:
         self._last_lag = 0.0
         self._read_to: dict[int, int] = {}
         self._external_stop: threading.Event | None = None
-        self._writer: BackgroundWriter[_Entry, BatchResult] = BackgroundWriter()
+        self._writer: BackgroundWriter[_Summary, BatchResult] = BackgroundWriter()
 
     # -- control -------------------------------------------------------------------------
 
@@ -111,7 +125,7 @@ class Materializer:
             "error_cb": self._on_error,
             # librdkafka pre-fetches up to 64 MB by default; a few batches ahead is
             # enough to keep Postgres busy and keeps the process's RSS small.
-            "queued.max.messages.kbytes": 16384,
+            "queued.max.messages.kbytes": 8192,
             # Once that prefetch is full librdkafka pauses fetching for this long
             # (default 1 s): a drained queue would then sit idle up to a second.
             "fetch.queue.backoff.ms": 20,
@@ -329,7 +343,7 @@ class Materializer:
         offsets = _next_offsets(entries)
         self._writer.submit(
             messages,
-            entries,
+            _Summary.of(entries),
             functools.partial(
                 self.store.write_batch,
                 group=self.group,
@@ -365,15 +379,15 @@ class Materializer:
         self._account(inflight, result)
         return True
 
-    def _account(self, inflight: InFlight[_Entry, BatchResult], result: BatchResult) -> None:
-        entries = inflight.entries
-        m.BATCH_SIZE.labels(self.group).observe(len(entries))
+    def _account(self, inflight: InFlight[_Summary, BatchResult], result: BatchResult) -> None:
+        summary = inflight.summary
+        m.BATCH_SIZE.labels(self.group).observe(summary.records)
         m.BATCH_SECONDS.labels(self.group).observe(time.monotonic() - inflight.submitted)
-        self._count(entries, result)
+        self._count(summary, result)
         self._kafka_commit(inflight.messages)
-        self._dead_sent.difference_update(_key(e) for e in entries)
+        self._dead_sent.difference_update(summary.poison)
         self.totals.batches += 1
-        log.debug("batch of %s: %s", len(entries), result)
+        log.debug("batch of %s: %s", summary.records, result)
 
     def _flush(self, *, max_attempts: int | None = None) -> None:
         """Commit the in-flight batch, retrying with backoff (bounded by max_attempts)."""
@@ -402,7 +416,7 @@ class Materializer:
         # 2. Rows and the offsets of every partition in the batch, in one transaction.
         result = self._write(entries)
         # 3. Counters only after the commit, so retries do not count twice.
-        self._count(entries, result)
+        self._count(_Summary.of(entries), result)
         return result
 
     def _send_poison(self, entries: Sequence[_Entry]) -> None:
@@ -410,13 +424,12 @@ class Materializer:
         self._dlq.send([p for p in unsent if p is not None])
         self._dead_sent.update(_key(e) for e in entries if e.poison is not None)
 
-    def _count(self, entries: Sequence[_Entry], result: BatchResult) -> None:
-        good = sum(1 for e in entries if e.row is not None)
-        dead = len(entries) - good
-        self.totals.records += len(entries)
+    def _count(self, summary: _Summary, result: BatchResult) -> None:
+        dead = summary.records - summary.good
+        self.totals.records += summary.records
         self.totals.inserted += result.inserted
         self.totals.dead_letters += dead
-        m.EVENTS_IN.labels(self.group).inc(len(entries))
+        m.EVENTS_IN.labels(self.group).inc(summary.records)
         m.EVENTS_INSERTED.labels(self.group).inc(result.inserted)
         m.DUPLICATES.labels(self.group).inc(max(0, result.staged - result.inserted))
         m.DEAD_LETTERS.labels(self.group).inc(dead)

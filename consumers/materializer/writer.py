@@ -14,10 +14,11 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class InFlight(Generic[E, R]):
-    """A submitted batch: its Kafka records, their decoded entries and the write."""
+    """A submitted batch: its Kafka records, what the caller needs to account for it
+    (kept small: the decoded rows belong to the write alone) and the write."""
 
     messages: Sequence[Any]
-    entries: Sequence[E]
+    summary: E
     future: Future[R]
     submitted: float = field(default_factory=time.monotonic)
 
@@ -44,11 +45,11 @@ class BackgroundWriter(Generic[E, R]):
         """True when a finished write waits to be taken."""
         return self.inflight is not None and self.inflight.future.done()
 
-    def submit(self, messages: Sequence[Any], entries: Sequence[E], write: Callable[[], R]) -> None:
+    def submit(self, messages: Sequence[Any], summary: E, write: Callable[[], R]) -> None:
         """Start ``write`` on the worker thread. Raises RuntimeError if one is in flight."""
         if self.inflight is not None:
             raise RuntimeError("a write is already in flight: take() it first")
-        self.inflight = InFlight(messages, entries, self._pool.submit(write))
+        self.inflight = InFlight(messages, summary, self._pool.submit(write))
 
     def take(self) -> InFlight[E, R] | None:
         """Wait for the write in flight (if any) to finish and hand it over.

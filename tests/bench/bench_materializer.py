@@ -226,7 +226,10 @@ def latency(
 ) -> list[float]:
     """Produce ``rate`` events/s for ``seconds``; return produce-to-visible seconds each."""
     topic = settings.topic("events")
-    events = random_events(rng, pages=20, users=1000, n=int(rate * seconds), t0=1_800_000_000_000)
+    # New facts (not the pre-loaded events again): every one is a real insert.
+    events = random_events(
+        rng, pages=20, users=1000, n=int(rate * seconds), t0=1_800_000_000_000, mid_prefix="lat"
+    )
     # Per partition, (offset, produce time) in delivery order (offsets grow).
     sent: dict[int, deque[tuple[int, float]]] = defaultdict(deque)
     done = threading.Event()

@@ -40,9 +40,18 @@ MS_COLUMNS = {
 
 
 def random_events(
-    rng: random.Random, *, pages: int, users: int, n: int, t0: int = 1_700_000_000_000
+    rng: random.Random,
+    *,
+    pages: int,
+    users: int,
+    n: int,
+    t0: int = 1_700_000_000_000,
+    mid_prefix: str = "m",
 ) -> list[Envelope]:
     """Return ``n`` distinct-looking facts over ``pages`` x ``users`` conversations.
+
+    Message ids are ``<mid_prefix><i>``: give a second set another prefix, or its
+    messages are the first set's facts again (the same event ids).
 
     Messages keep one identity per mid (same user, time, text, direction whatever the
     source); edits and reactions may target mids whose message comes later or never.
@@ -55,7 +64,7 @@ def random_events(
         roll = rng.random()
         t = t0 + rng.randrange(10_000_000)
         if roll < 0.6 or not mids:
-            mid = f"m{i}"
+            mid = f"{mid_prefix}{i}"
             mids.append((page, psid, mid))
             out.append(
                 Envelope.build(
