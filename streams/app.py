@@ -198,10 +198,88 @@ class Folder:
         return await self.dlq.send(key=msg.key, value=letter.to_bytes())
 
 
+def seek_before_resume(consumer: Any) -> None:
+    """Patch three gaps in how faust's consumer hands stream partitions over.
+
+    faust-streaming drops records it fetched for a partition that is paused by the time
+    it iterates them (a rebalance, the end of table recovery) and relies on seeking every
+    partition back to its committed offset when the rebalance completes. Seen after a
+    SIGKILL and restart (issue 6), three ways this goes wrong, each fixed here:
+
+    1. ``Recovery.on_recovery_completed`` resumes the stream partitions *before* it
+       seeks them. Events fetched in between reach the stream, then the seek rewinds the
+       fetch position and resets faust's read and committed offsets under them: events
+       delivered and acked twice, an offset gap that faust counts as acked while those
+       events were still in the agent's buffer (a commit ahead of processing), and
+       partitions whose commits never advanced again. Here a stream partition that
+       faust resumes is held paused until the next seek has completed.
+    2. A partition without a committed offset is not moved by that seek (aiokafka's
+       ``seek_to_committed`` skips it), so records faust fetched and dropped there are
+       lost: a restarted worker whose predecessor died before its first commit sat at
+       the end of the topic and folded nothing. Here such partitions are rewound to
+       the start (``consumer_auto_offset_reset`` is "earliest"); the fold treats what
+       it sees again as duplicates.
+    3. faust passes its live set of active partitions to the fetching thread, and
+       aiokafka reads an empty set as "every partition": when the last active
+       partition is paused mid-call it drains all of them, and faust drops the lot.
+       Here the fetch gets a copy and is skipped when that copy is empty.
+    """
+    resume = consumer.resume_partitions
+    seek = consumer.perform_seek
+    getmany = consumer._getmany
+    held: set[Any] = set()
+
+    def streams_of(tps: Any) -> set[Any]:
+        return {tp for tp in tps if not consumer._is_changelog_tp(tp)}
+
+    def resume_partitions(tps: Any) -> None:
+        tps = set(tps)
+        streams = streams_of(tps)
+        held.update(streams)
+        resume(tps - streams)
+
+    async def perform_seek() -> None:
+        try:
+            await seek()
+            fresh = {
+                tp: 0
+                for tp in streams_of(consumer.assignment())
+                if consumer._committed_offset.get(tp) is None
+            }
+            if fresh:
+                await consumer.seek_wait(fresh)
+        finally:
+            ready = held & set(consumer.assignment())
+            held.clear()
+            resume(ready)
+
+    async def _getmany(active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109
+        if active_partitions is None:
+            return await getmany(active_partitions=None, timeout=timeout)
+        snapshot = set(active_partitions)
+        if not snapshot:
+            await asyncio.sleep(min(timeout, 0.1))
+            return {}
+        return await getmany(active_partitions=snapshot, timeout=timeout)
+
+    consumer.resume_partitions = resume_partitions
+    consumer.perform_seek = perform_seek
+    consumer._getmany = _getmany
+
+
+class _App(faust.App):
+    """faust's App with the consumer fix of :func:`seek_before_resume`."""
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        seek_before_resume(consumer)
+        return consumer
+
+
 def make_app(settings: Settings, config: StreamConfig) -> faust.App:
     """Return the faust app for ``settings`` (not started; run it with a faust Worker)."""
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
-    app = faust.App(
+    app = _App(
         app_id(settings),
         broker=brokers,
         store="memory://",

@@ -86,7 +86,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
             "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
             "CONVSYNC_PARTITIONS": str(settings.partitions),
-            "CONVSYNC_LOG_LEVEL": "WARNING",
+            "CONVSYNC_LOG_LEVEL": os.environ.get("CONVSYNC_TEST_WORKER_LOG_LEVEL", "WARNING"),
         }
         with log.open("wb") as out:
             proc = subprocess.Popen(
