@@ -35,6 +35,10 @@ class PartitionBook:
     in_flight: set[int] = field(default_factory=set)
     high: int | None = None
     dirty: bool = False
+    # While not None: records below this offset were in the log at assignment; they are
+    # held until all are read, so that resume_marks sees the newest continuation first.
+    replay_end: int | None = None
+    held: list[tuple[int, str, bytes | None]] = field(default_factory=list)
 
     def begin(self, offset: int) -> None:
         """Note that the record at ``offset`` is being handled."""
@@ -80,6 +84,48 @@ class PartitionBook:
             if isinstance(value, list) and len(value) == 3:
                 out[str(page)] = Mark(str(value[0]), int(value[1]), bool(value[2]))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A crawl record read above the committed offset, before any is handled."""
+
+    offset: int
+    page_id: str
+    crawl_id: str
+    seq: int
+
+
+def resume_marks(marks: dict[str, Mark], seen: list[Seen]) -> dict[str, Mark]:
+    """Return ``marks`` (committed) raised to what the records above the offset prove.
+
+    A continuation (seq >= 1) is produced only once its step's events are confirmed,
+    so a page's newest continuation, crawl C at seq M, proves C's steps below M handled;
+    and a crawl is started only when the page's previous one is finished. The log, not
+    the commit, is then the cursor: a new owner re-runs only the one step that was in
+    flight, however far the commits lagged. The committed mark stays when it is newer
+    (a crawl with a record after C's last continuation).
+    """
+    out = dict(marks)
+    last: dict[str, Seen] = {}
+    for rec in seen:
+        if rec.seq >= 1:
+            cur = last.get(rec.page_id)
+            if cur is None or rec.offset > cur.offset:
+                last[rec.page_id] = rec
+    for page, rec in last.items():
+        mark = out.get(page)
+        if mark is not None and mark.crawl_id == rec.crawl_id:
+            if mark.seq < rec.seq - 1:
+                out[page] = Mark(rec.crawl_id, rec.seq - 1, mark.finished)
+            continue
+        if mark is not None and any(
+            x.page_id == page and x.crawl_id == mark.crawl_id and x.offset > rec.offset
+            for x in seen
+        ):
+            continue
+        out[page] = Mark(rec.crawl_id, rec.seq - 1, False)
+    return out
 
 
 Decision = Literal["start", "continue", "join", "duplicate", "stale"]

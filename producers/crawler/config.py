@@ -38,4 +38,4 @@ class CrawlerSettings(BaseSettings):
     # run again by the next owner); each shutdown wait (poll thread, consumer close,
     # producer flush) is bounded by close_timeout.
     stop_grace: float = Field(default=2.0, ge=0)
-    close_timeout: float = Field(default=2.0, gt=0)
+    close_timeout: float = Field(default=3.0, gt=0)

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from convsync.errors import PoisonError, RetryableError
 from convsync.kafka import make_consumer, make_producer
 from convsync.settings import Settings
-from producers.crawler._offsets import Mark, PartitionBook, decide
+from producers.crawler._offsets import Mark, PartitionBook, Seen, decide, resume_marks
 from producers.crawler._producer import AsyncProducer
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.exceptions import CrawlFailedError
@@ -34,6 +34,10 @@ from schemas.records import DeadLetter
 
 log = logging.getLogger(__name__)
 
+# While a step runs the poll thread polls this briefly, so that the step's commit is
+# issued at once (a consumer cannot be woken from a poll).
+POLL_BUSY = 0.002
+
 
 @dataclass(slots=True)
 class _PageRunner:
@@ -41,8 +45,10 @@ class _PageRunner:
     queue: asyncio.Queue[tuple[int, int, bytes | None]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     commit: asyncio.Future[None] | None = None
-    # True while a step runs (the poll thread then polls briefly, to issue its commit soon).
+    # True while a step runs (a stop waits for it, a little).
     busy: bool = False
+    # The last step ended its crawl: only its commit proves it handled.
+    unproven: bool = False
 
 
 @dataclass(slots=True)
@@ -85,6 +91,7 @@ class CrawlWorker:
         self._loop_thread = 0
         self._commit_waiters: dict[int, list[tuple[int, str, asyncio.Future[None]]]] = {}
         self._stopping = False
+        self._loop_lock = threading.Lock()
         self.closed_cleanly = True
         self._commit_outbox: list[TopicPartition] = []
         self._outbox_lock = threading.Lock()
@@ -203,6 +210,8 @@ class CrawlWorker:
         # 4. records produced by abandoned steps: delivered or not, they are not needed
         assert self._producer is not None
         await self._producer.close(flush_seconds=bound)
+        with self._loop_lock:
+            self._loop = None
         log.info(
             "crawler stopped in %.2fs (%s)",
             time.monotonic() - started,
@@ -214,23 +223,35 @@ class CrawlWorker:
     def _on_loop(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the event loop thread and wait for it (callbacks come from the
         poll thread, or from the loop itself when ``close()`` revokes)."""
-        if self._loop is None or threading.get_ident() == self._loop_thread:
-            fn()
-            return
+        with self._loop_lock:
+            loop = self._loop
+            if loop is None or threading.get_ident() == self._loop_thread:
+                # no loop (any more: a close() abandoned at shutdown finishing late)
+                fn()
+                return
 
-        async def call() -> None:
-            fn()
+            async def call() -> None:
+                fn()
 
-        asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+            done = asyncio.run_coroutine_threadsafe(call(), loop)
+        done.result()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The marks committed with each offset say which steps are already handled.
+        # The marks committed with each offset say which steps are already handled; the
+        # records between the offset and the end of the log may prove more (see _release).
         committed = consumer.committed(partitions, timeout=30)
+        ends = {}
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=10, cached=False
+            )
+            start = tp.offset if tp.offset >= 0 else low
+            ends[tp.partition] = high if high > start else None
 
         def assign() -> None:
             for tp in committed:
                 self._books[tp.partition] = PartitionBook(
-                    marks=PartitionBook.parse_marks(tp.metadata)
+                    marks=PartitionBook.parse_marks(tp.metadata), replay_end=ends[tp.partition]
                 )
 
         self._on_loop(assign)
@@ -283,12 +304,35 @@ class CrawlWorker:
         book.begin(offset)
         key = msg.key()
         page = key.decode("utf-8", "replace") if key else ""
+        if book.replay_end is not None:
+            book.held.append((offset, page, msg.value()))
+            if offset + 1 >= book.replay_end:
+                self._release(partition, book)
+            return
+        self._run_record(partition, offset, page, msg.value())
+
+    def _release(self, partition: int, book: PartitionBook) -> None:
+        """Raise the marks with what the held records prove, then run them in order."""
+        seen = []
+        for offset, _, value in book.held:
+            try:
+                record = CrawlRequest.from_bytes(value)
+            except PoisonError:
+                continue  # dead-lettered when it is run
+            seen.append(Seen(offset, record.page_id, record.crawl_id, record.seq))
+        book.marks = resume_marks(book.marks, seen)
+        held, book.held, book.replay_end = book.held, [], None
+        log.info("crawl partition %d: %d records read back to resume", partition, len(held))
+        for offset, page, value in held:
+            self._run_record(partition, offset, page, value)
+
+    def _run_record(self, partition: int, offset: int, page: str, value: bytes | None) -> None:
         runner = self._runners.get(page)
         if runner is None or runner.partition != partition:
             runner = _PageRunner(partition)
             runner.task = asyncio.get_running_loop().create_task(self._page_loop(page, runner))
             self._runners[page] = runner
-        runner.queue.put_nowait((partition, offset, msg.value()))
+        runner.queue.put_nowait((partition, offset, value))
 
     def _final_offsets(self) -> list[TopicPartition]:
         """Return the offset and marks to commit for every owned partition."""
@@ -338,10 +382,8 @@ class CrawlWorker:
                 log.warning("commit of crawl partition %d failed (will retry): %s", tp.partition, e)
                 if self._loop is not None:
                     self._loop.call_soon_threadsafe(self._commit_failed, tp.partition)
-        # While a step runs, its commit is coming: poll briefly so that it is issued at
-        # once (a consumer cannot be woken from poll); idle, poll long.
         busy = any(r.busy for r in list(self._runners.values()))
-        return _take(consumer, 0.002 if busy else 0.05)
+        return _take(consumer, POLL_BUSY if busy else 0.05)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the poll thread.
@@ -471,16 +513,20 @@ class CrawlWorker:
             return None
         if decision == "start":
             record = await self._prepare(record)
-        # The previous step's commit (offset and marks) must be durable before this
-        # step fetches: a kill then costs at most the one step in flight.
-        if runner.commit is not None:
+        # A kill must cost at most the one step in flight. A step that produced a
+        # continuation is proven handled by it (see _release); one that ended its crawl
+        # is proven only by its commit, so that commit must be durable before this
+        # step fetches.
+        if runner.unproven and runner.commit is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(runner.commit), 10)
             except TimeoutError:
                 log.warning("no answer to a commit of crawl partition %d in 10s", partition)
         if offset is None:
             self.stats.followed += 1
-        return await self._step(record, book)
+        nxt = await self._step(record, book)
+        runner.unproven = nxt is None
+        return nxt
 
     async def _prepare(self, record: CrawlRequest) -> CrawlRequest:
         """Fix the incremental cutoff of a new crawl from the last completed one."""
@@ -658,8 +704,10 @@ async def _in_thread(fn: Callable[[], None], within: float) -> bool:
         try:
             fn()
         finally:
-            if not loop.is_closed():
+            try:
                 loop.call_soon_threadsafe(resolve)
+            except RuntimeError:
+                log.debug("shutdown call ended after its loop closed")
 
     threading.Thread(target=run, name="crawler-shutdown", daemon=True).start()
     try:

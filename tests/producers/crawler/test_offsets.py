@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.crawler._offsets import MAX_METADATA, Mark, PartitionBook, decide
+from producers.crawler._offsets import (
+    MAX_METADATA,
+    Mark,
+    PartitionBook,
+    Seen,
+    decide,
+    resume_marks,
+)
 
 
 def test_commit_offset_is_the_lowest_in_flight() -> None:
@@ -71,3 +78,80 @@ def test_a_chain_with_any_redeliveries_runs_each_step_once(seqs: list[int]) -> N
             handled.append(seq)
             mark = Mark("x" * 12, seq, False)
     assert handled == sorted(set(seqs))
+
+
+def _step(mark: Mark | None, rec: tuple[str, int], lengths: dict[str, int]) -> Mark:
+    """Return the page's mark after a step of ``rec`` (the caller decided to run it)."""
+    crawl, seq = rec
+    return Mark(crawl, seq, seq + 1 >= lengths[crawl])
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=4),
+    st.lists(st.integers(min_value=0, max_value=15), max_size=4),
+    st.integers(min_value=0, max_value=30),
+    st.integers(min_value=0, max_value=30),
+)
+def test_resuming_from_the_log_refetches_at_most_one_step(
+    lengths_list: list[int], arrivals: list[int], kill_at: int, commit_pick: int
+) -> None:
+    """Whatever commit landed last, a new owner that raises the marks with the records
+    above it (resume_marks) runs every needed step once and at most one step again."""
+    crawls = [f"{i:012x}" for i in range(len(lengths_list))]
+    lengths = dict(zip(crawls, lengths_list, strict=True))
+    # crawl 0 is asked for first; the others (as many as have an arrival) later
+    pending = sorted([(0, crawls[0]), *zip(arrivals, crawls[1:], strict=False)])
+    log: list[tuple[str, int]] = []
+    mark: Mark | None = None
+    marks_before: list[Mark | None] = []  # the mark after records [0, i) were handled
+    fetched: list[tuple[str, int]] = []
+    last_final = -1  # index of the last step that ended its crawl
+    must_commit = 0  # the worker awaited that step's commit before its next fetch
+    i = 0
+    while True:
+        while pending and pending[0][0] <= i:
+            log.append((pending.pop(0)[1], 0))
+        if i >= len(log) or i == kill_at:
+            break
+        marks_before.append(mark)
+        d = decide(mark, crawl_id=log[i][0], seq=log[i][1])
+        if d in ("start", "continue"):
+            must_commit = last_final + 1
+            fetched.append(log[i])
+            mark = _step(mark, log[i], lengths)
+            if mark.finished:
+                last_final = i
+            else:
+                log.append((log[i][0], log[i][1] + 1))
+        i += 1
+    killed = i < len(log)
+    if killed and decide(mark, crawl_id=log[i][0], seq=log[i][1]) in ("start", "continue"):
+        must_commit = last_final + 1
+        fetched_in_flight = [log[i]]
+    else:
+        fetched_in_flight = []
+    marks_before.append(mark)
+    # the last commit that landed: at least the one the worker waited for
+    c = must_commit + commit_pick % (i - must_commit + 1)
+    committed = marks_before[c]
+    seen = [Seen(o, "p", crawl, seq) for o, (crawl, seq) in enumerate(log) if o >= c]
+    resumed = resume_marks({} if committed is None else {"p": committed}, seen).get("p")
+    # the new owner replays from c; requests still to come arrive at the end
+    log.extend((crawl, 0) for _, crawl in pending)
+    after: list[tuple[str, int]] = []
+    j = c
+    while j < len(log):
+        d = decide(resumed, crawl_id=log[j][0], seq=log[j][1])
+        if d in ("start", "continue"):
+            after.append(log[j])
+            resumed = _step(resumed, log[j], lengths)
+            if not resumed.finished:
+                log.append((log[j][0], log[j][1] + 1))
+        j += 1
+    assert len(after) == len(set(after)), "a step ran twice after the resume: a fork"
+    again = set(after) & set(fetched + fetched_in_flight)
+    assert len(again) <= 1, (again, log, c)
+    ran = set(fetched) | set(after)
+    started = {crawl for crawl, seq in ran if seq == 0}
+    assert ran == {(crawl, s) for crawl in started for s in range(lengths[crawl])}
+    assert crawls[0] in started

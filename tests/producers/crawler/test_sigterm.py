@@ -23,9 +23,14 @@ from tests.producers.crawler.test_worker import wait_status
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 # A dead member stays in the group for its 30 s session. Before the shutdown was bounded,
-# worker a took 5.4 s here (twice): consumer.close() waiting on the rebalance.
-STOP_WITHIN = 4.0
-SESSION = {"CONVSYNC_CRAWL_SESSION_TIMEOUT": "30"}
+# worker a took 5.4 s here (twice): consumer.close() waiting on the rebalance. Now a stop
+# takes at most about stop_grace + close_timeout (1 s each here).
+STOP_WITHIN = 3.5
+SESSION = {
+    "CONVSYNC_CRAWL_SESSION_TIMEOUT": "30",
+    "CONVSYNC_CRAWL_STOP_GRACE": "1",
+    "CONVSYNC_CRAWL_CLOSE_TIMEOUT": "1",
+}
 
 
 def wait_for(check: Any, what: str, timeout: float = 60.0) -> None:
