@@ -160,9 +160,16 @@ def produce(settings: Settings, events: Iterable[Envelope | bytes], *, key: byte
     n = 0
     for ev in events:
         if isinstance(ev, bytes):
-            producer.produce(topic, ev, key=key or b"poison")
+            value, k = ev, key or b"poison"
         else:
-            producer.produce(topic, ev.to_bytes(), key=ev.page_id.encode())
+            value, k = ev.to_bytes(), ev.page_id.encode()
+        while True:
+            try:
+                producer.produce(topic, value, key=k)
+                break
+            except BufferError:
+                # The local queue is full (a slow broker on a busy machine): let it drain.
+                producer.poll(0.1)
         n += 1
         if n % 10000 == 0:
             producer.poll(0)
