@@ -53,10 +53,12 @@ def _text(value: str | None, field: str) -> str | None:
         return None
     if "\x00" in value:
         raise PoisonError(f"{field} contains a NUL character, which Postgres cannot store")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise PoisonError(f"{field} is not valid UTF-8 text: {e.reason}") from e
+    if not value.isascii():
+        # Only non-ASCII text can hold a lone surrogate; most ids and texts skip this.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise PoisonError(f"{field} is not valid UTF-8 text: {e.reason}") from e
     return value
 
 

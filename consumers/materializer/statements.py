@@ -15,7 +15,7 @@ CREATE_SCRATCH: Final = sql.SQL(
         direction text, text text, watermark_ms bigint, thread_id text,
         source text NOT NULL, attrs jsonb NOT NULL, payload jsonb NOT NULL,
         topic text NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL,
-        num_edit numeric
+        num_edit numeric, first_copy boolean NOT NULL
     ) ON COMMIT DELETE ROWS;
     CREATE TEMP TABLE IF NOT EXISTS fresh (
         event_id text NOT NULL, page_id text NOT NULL, psid text NOT NULL,
@@ -53,23 +53,24 @@ ANALYZE_FRESH: Final = sql.SQL("ANALYZE fresh (page_id, psid)")
 COPY_STAGE: Final = sql.SQL(
     "COPY stage (seq, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, "
     'watermark_ms, thread_id, source, attrs, payload, topic, "partition", "offset", '
-    "num_edit) FROM STDIN"
+    "num_edit, first_copy) FROM STDIN"
 )
 
-# Store each event once (the first copy seen wins) and keep the new ones in ``fresh``.
+# Store each event once (the first copy seen wins: ``first_copy`` is set by the writer,
+# in batch order, so no sort of the wide rows is needed) and keep the new ones in
+# ``fresh``.
 INSERT_EVENTS: Final = sql.SQL(
     """
     WITH ins AS (
         INSERT INTO events (event_id, page_id, psid, kind, mid, occurred_at, direction, text,
                             watermark, thread_id, source, attrs, payload, topic, "partition",
                             "offset", num_edit)
-        SELECT DISTINCT ON (event_id)
-               event_id, page_id, psid, kind, mid,
+        SELECT event_id, page_id, psid, kind, mid,
                to_timestamp(0) + occurred_ms * interval '1 millisecond', direction, text,
                to_timestamp(0) + watermark_ms * interval '1 millisecond', thread_id, source,
                attrs, payload, topic, "partition", "offset", num_edit
         FROM stage
-        ORDER BY event_id, seq
+        WHERE first_copy
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id, page_id, psid, kind, mid, occurred_at, direction, watermark
     )

@@ -12,7 +12,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from consumers.materializer import statements as st
-from consumers.materializer.rows import StageRow
+from consumers.materializer.rows import STAGE_COLUMNS, StageRow
 from convsync.errors import ConfigError, PoisonError, RetryableError
 from convsync.settings import Settings
 from schemas.migrate import validate_schema_name
@@ -20,6 +20,8 @@ from schemas.migrate import validate_schema_name
 log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[object, ...]]
+
+STAGE_EVENT_ID = STAGE_COLUMNS.index("event_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +141,13 @@ class Store:
                 if rows:
                     # 1. COPY the batch into the session's staging table (a temp table:
                     #    no lock needed yet).
+                    seen: set[object] = set()
                     with conn.cursor() as cur, cur.copy(st.COPY_STAGE) as copy:
                         for row in rows:
-                            copy.write_row(row)
+                            # first_copy: the first row of an event id in the batch.
+                            event_id = row[STAGE_EVENT_ID]
+                            copy.write_row((*row, event_id not in seen))
+                            seen.add(event_id)
                 analyze = len(rows) >= st.ANALYZE_MIN_ROWS
                 with conn.cursor() as insert, conn.cursor() as fold:
                     with conn.pipeline():
