@@ -1,25 +1,69 @@
-"""The change-stream fold: a conversation's state, its seen events and its change records.
+"""The change-stream fold: a conversation's state, its folded messages and its change records.
 
 :func:`step` wraps the reference fold (:mod:`schemas.fold`) with what a change stream
-needs on top of a projection: the set of event ids already folded in (so a duplicate
+needs on top of a projection: which message events are already folded in (so a duplicate
 changes nothing and emits nothing), a per-conversation sequence number, and the list
 of what changed. It is a pure function of the previous state and the event, so the
 faust app and the plain confluent-kafka loop of the benchmark share it, and replaying
 the same events after a crash yields the same records with the same numbers.
+
+Only ``message`` events need remembering: every other kind folds as a maximum (watermarks,
+the winning edit of a mid, the thread id) or not at all (reactions, unknown kinds), so
+folding it again changes nothing. A message adds one to ``message_count``, so its id is
+kept, as an 8-byte digest (the first 64 bits of the id's sha256 hex) in one sorted
+``bytes`` per conversation: 8 bytes per distinct message instead of a Python string in a
+set (~100 bytes), and nothing for reads, deliveries, edits, reactions or duplicates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+import base64
+from bisect import bisect_left
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 import orjson
 
-from schemas.conversation import ChangeKind, ConversationChange, conversation_key
+from schemas.conversation import (
+    CONVERSATION_SCHEMA_VERSION,
+    ChangeKind,
+    ConversationChange,
+    conversation_key,
+)
 from schemas.envelope import Envelope
 from schemas.fold import ConversationState, apply, learn_thread
 
-_ID_PREFIX_LEN = len("ev1_")
+_ID_PREFIX_LEN: Final = len("ev1_")
+_DIGEST: Final = 8  # bytes of an event id kept per folded message
+
+
+def digest(event_id: str) -> bytes:
+    """Return the 8-byte digest of an event id (its first 16 hex digits after "ev1_")."""
+    return bytes.fromhex(event_id[_ID_PREFIX_LEN : _ID_PREFIX_LEN + 2 * _DIGEST])
+
+
+class _Digests:
+    """A read-only sequence view of a sorted digest blob, for :func:`bisect_left`."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __len__(self) -> int:
+        return len(self.blob) // _DIGEST
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.blob[i * _DIGEST : (i + 1) * _DIGEST]
+
+
+def _insert(blob: bytes, key: bytes) -> bytes | None:
+    """Return ``blob`` with ``key`` inserted in order, or ``None`` if it is already there."""
+    i = bisect_left(_Digests(blob), key)
+    at = i * _DIGEST
+    if blob[at : at + _DIGEST] == key:
+        return None
+    return blob[:at] + key + blob[at:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +72,7 @@ class StreamState:
 
     conversation: ConversationState
     seq: int = 0
-    seen: frozenset[str] = field(default=frozenset())  # event ids without "ev1_"
+    seen: bytes = b""  # sorted digests of the folded message events (see the module doc)
 
     @property
     def key(self) -> str:
@@ -42,7 +86,7 @@ class Step:
     state: StreamState
     previous: ConversationState
     changes: tuple[ChangeKind, ...] = ()
-    duplicate: bool = False  # the event id had been folded in before
+    duplicate: bool = False  # the event was already folded in: it changed nothing
 
     @property
     def emitted(self) -> bool:
@@ -81,29 +125,43 @@ def _diff(
 def step(state: StreamState | None, event: Envelope) -> Step:
     """Return the result of folding ``event`` into ``state`` (``None``: never seen).
 
-    A duplicate event (its id already folded in) changes nothing and emits nothing,
-    except that it may teach the thread id (the crawler's copy of a webhook message),
-    which is a ``thread`` change. A new event that changes no public field (a reaction,
-    a lower read watermark) is remembered as seen and emits nothing, unless it is the
-    first event of the conversation (``created``).
+    A duplicate event (already folded in) changes nothing and emits nothing, except that
+    it may teach the thread id (the crawler's copy of a webhook message), which is a
+    ``thread`` change. A new event that changes no public field (a reaction, a lower read
+    watermark) emits nothing, unless it is the first event of the conversation
+    (``created``). An event that leaves the state as it was is reported as a duplicate:
+    for a message that means its id was folded in before; for the other kinds, which
+    fold as maxima, that folding it (again) added nothing.
     """
     created = state is None
     if state is None:
         state = StreamState(ConversationState(page_id=event.page_id, psid=event.psid))
     old = state.conversation
-    short = event.event_id[_ID_PREFIX_LEN:]
-    duplicate = short in state.seen
-    if duplicate:
-        new = learn_thread(old, event)
-        seen = state.seen
+    seen = state.seen
+    if event.kind == "message":
+        last = old.last_message_key
+        key = digest(event.event_id)
+        if last is not None and (event.occurred_at, event.event_id) <= last:
+            # Not after the latest folded message: it may have been folded in already.
+            grown = _insert(seen, key)
+        else:
+            # After every folded message, so new; only the digest can be there already
+            # (a 64-bit collision within one conversation), and then it stays new.
+            grown = _insert(seen, key) or seen
+        if grown is None:
+            new = learn_thread(old, event)
+        else:
+            new = apply(old, event)
+            seen = grown
     else:
         new = apply(old, event)
-        seen = state.seen | {short}
+        if new == old:
+            new = old
     changes = _diff(old, new, created=created)
+    if new is old and seen is state.seen and not created:
+        return Step(state, old, duplicate=True)
     seq = state.seq + 1 if changes else state.seq
-    if new is old and seen is state.seen:
-        return Step(state, old, duplicate=duplicate)
-    return Step(StreamState(new, seq, seen), old, changes, duplicate=duplicate)
+    return Step(StreamState(new, seq, seen), old, changes)
 
 
 def to_record(result: Step, event: Envelope) -> ConversationChange:
@@ -119,6 +177,32 @@ def to_record(result: Step, event: Envelope) -> ConversationChange:
         event_kind=event.kind,
         occurred_at=event.occurred_at,
         **s.conversation.public(),
+    )
+
+
+def encode_change(result: Step, event: Envelope) -> bytes:
+    """Return ``to_record(result, event).to_bytes()``, without building the pydantic model.
+
+    The record's fields are all plain JSON values (ints, strings, None, a bool, a list of
+    change kinds), so the dict below in the model's field order dumps to the same bytes
+    (property test ``test_encode_change_equals_the_model``). Raises ``ValueError`` if the
+    step changed nothing.
+    """
+    if not result.changes:
+        raise ValueError("this step changed nothing")
+    state = result.state
+    c = state.conversation
+    return orjson.dumps(
+        {
+            "schema_version": CONVERSATION_SCHEMA_VERSION,
+            "key": f"{c.page_id}:{c.psid}",
+            "seq": state.seq,
+            "changes": result.changes,
+            "event_id": event.event_id,
+            "event_kind": event.kind,
+            "occurred_at": event.occurred_at,
+            **c.public(),
+        }
     )
 
 
@@ -141,9 +225,12 @@ def encode_state(state: StreamState) -> bytes:
         "delivered_watermark": c.delivered_watermark,
         "edits": c.edits,
         "seq": state.seq,
-        "seen": sorted(state.seen),
+        "seen": base64.b64encode(state.seen).decode(),
     }
-    return orjson.dumps(doc)
+    # A copy: orjson returns bytes with its whole write buffer allocated (4 KB for a
+    # 500-byte state), and the table keeps one value per conversation: that slack was
+    # most of the worker's memory growth (docs/streams.md, "Memory").
+    return memoryview(orjson.dumps(doc)).tobytes()
 
 
 def decode_state(data: bytes) -> StreamState:
@@ -161,4 +248,11 @@ def decode_state(data: bytes) -> StreamState:
         )
     except (KeyError, TypeError, IndexError) as e:
         raise ValueError(f"not a stream state: {e}") from e
-    return replace(StreamState(conversation), seq=int(seq), seen=frozenset(seen))
+    if isinstance(seen, list):
+        # The first format: every folded event id without "ev1_". Their digests are a
+        # superset of the message digests, which the rules allow (ids never repeat
+        # across kinds).
+        blob = b"".join(sorted({digest("ev1_" + short) for short in seen}))
+    else:
+        blob = base64.b64decode(seen)
+    return replace(StreamState(conversation), seq=int(seq), seen=blob)

@@ -196,7 +196,7 @@ class StatsCollector(Collector):
         events = CounterMetricFamily("convsync_streams_events", "Events folded by this worker.")
         events.add_metric([], s.events)
         dups = CounterMetricFamily(
-            "convsync_streams_duplicate_events", "Events that changed nothing (already seen)."
+            "convsync_streams_duplicate_events", "Events already folded in: they changed nothing."
         )
         dups.add_metric([], s.duplicates)
         changes = CounterMetricFamily(

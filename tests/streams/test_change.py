@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import random
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.conversation import ConversationChange
 from schemas.envelope import Envelope
 from schemas.fold import project
-from streams.change import Step, StreamState, decode_state, encode_state, step, to_record
+from streams.change import (
+    Step,
+    StreamState,
+    decode_state,
+    digest,
+    encode_change,
+    encode_state,
+    step,
+    to_record,
+)
 from tests.schemas.test_fold import events
 from tests.streams.events import conversation_events
 
@@ -82,7 +92,8 @@ def test_an_event_that_changes_nothing_visible_emits_nothing() -> None:
     )
     s1 = step(None, first)
     s2 = step(s1.state, reaction)
-    assert not s2.emitted and not s2.duplicate and s2.state.seq == 1
+    # A reaction is not part of the state: folding it adds nothing, so nothing is kept.
+    assert not s2.emitted and s2.duplicate and s2.state is s1.state and s2.state.seq == 1
     s3 = step(s2.state, reaction)
     assert s3.duplicate and s3.state is s2.state
 
@@ -153,3 +164,43 @@ def test_replay_from_a_recovered_state_repeats_the_same_records() -> None:
         if result.emitted:
             replayed.append(to_record(result, ev))
     assert replayed == records[len(records) - len(replayed) :]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(events(), min_size=1, max_size=30), st.randoms(use_true_random=False))
+def test_only_distinct_messages_are_remembered(evs: list[Envelope], rnd: random.Random) -> None:
+    shuffled = evs + [rnd.choice(evs) for _ in range(len(evs))]
+    rnd.shuffle(shuffled)
+    states, _ = fold_all(shuffled)
+    for key, state in states.items():
+        messages = {
+            digest(ev.event_id)
+            for ev in evs
+            if ev.kind == "message" and f"{ev.page_id}:{ev.psid}" == key
+        }
+        # 8 bytes per distinct message, sorted; nothing for duplicates or other kinds.
+        assert state.seen == b"".join(sorted(messages))
+
+
+def test_a_state_in_the_first_format_still_dedupes() -> None:
+    a, b = msg("a", 10, "inbound"), msg("b", 20, "outbound")
+    state = step(step(None, a).state, b).state
+    doc = orjson.loads(encode_state(state))
+    doc["seen"] = [a.event_id[4:], b.event_id[4:]]  # the former list of ids
+    old = decode_state(orjson.dumps(doc))
+    assert old == state
+    assert step(old, a).duplicate and step(old, b).duplicate
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(events(), min_size=1, max_size=30), st.randoms(use_true_random=False))
+def test_encode_change_equals_the_model(evs: list[Envelope], rnd: random.Random) -> None:
+    shuffled = evs + [rnd.choice(evs) for _ in range(len(evs) // 2)]
+    rnd.shuffle(shuffled)
+    states: dict[str, StreamState] = {}
+    for ev in shuffled:
+        key = f"{ev.page_id}:{ev.psid}"
+        result = step(states.get(key), ev)
+        states[key] = result.state
+        if result.emitted:
+            assert encode_change(result, ev) == to_record(result, ev).to_bytes()
