@@ -1,5 +1,7 @@
 """Crawler benchmark: (a) messages/s into Kafka vs the bare Graph fetch loop;
-(b) wall time under a fake enforcing 2 calls/s per page, 3 pages at once.
+(b) wall time under a fake enforcing 2 calls/s per page, 3 pages at once;
+(c) steps/s of ONE page of short threads (a serial chain of small steps, as in the
+10,000-conversation test) vs the bare loop.
 
 Run: ``.venv/bin/python -m tests.bench.bench_crawler`` (needs ``convsync up``).
 Numbers are noisy on a shared machine; the ratios are measured in the same run.
@@ -175,6 +177,33 @@ def bench_b() -> dict[str, Any]:
     }
 
 
+def bench_c() -> dict[str, Any]:
+    crawler = CrawlerSettings(
+        calls_per_second=10_000,
+        conversations_limit=100,
+        messages_limit=25,
+        group=f"bench-{uuid.uuid4().hex[:6]}",
+    )
+    spec: dict[str, Any] = {"seed": 47, "pages": 1, "conversations": 600, "max_messages": 3}
+    base_s, base_n = asyncio.run(fetch_loop(GraphWorld.generate(**spec), crawler))
+    world = GraphWorld.generate(**spec)
+    settings = fresh_settings()
+    graph = FakeGraph(world, conversations_cap=100, messages_cap=25)
+    try:
+        kafka_s = crawl_pages(settings, graph, crawler)
+    finally:
+        graph.stop()
+        drop(settings)
+    steps = sum(c.served for c in world.calls.values())
+    return {
+        "steps": steps,
+        "messages": base_n,
+        "kafka_steps_per_s": steps / kafka_s,
+        "baseline_steps_per_s": steps / base_s,
+        "kafka_ms_per_step": 1000 * kafka_s / steps,
+    }
+
+
 def main() -> None:
     a = bench_a()
     print(
@@ -187,6 +216,12 @@ def main() -> None:
         f"(b) 2 calls/s per page enforced, 3 pages: wall {b['wall_s']:.2f}s vs "
         f"calls/rate {b['calls_over_rate_s']:.2f}s -> ratio {b['ratio']:.3f}; "
         f"calls {b['calls_per_page']}, throttling errors {b['throttled_per_page']}"
+    )
+    c = bench_c()
+    print(
+        f"(c) one page, {c['steps']} small steps ({c['messages']} messages): "
+        f"{c['kafka_steps_per_s']:,.0f} steps/s into Kafka ({c['kafka_ms_per_step']:.1f} ms "
+        f"per step) vs {c['baseline_steps_per_s']:,.0f} steps/s bare fetch loop"
     )
 
 
