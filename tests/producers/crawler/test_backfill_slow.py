@@ -3,7 +3,7 @@ the same conversations arriving during the crawl.
 
 The issue asks for 10,000 conversations: one page, so ~10,100 serial steps of ~13 ms
 here (a Graph call and two acknowledged produces on a shared 2-core machine); the crawl
-took 128 s at 10,000 (274.8 s before the steps stopped waiting for commits), so the
+took 110 s at 10,000 (274.8 s before the steps stopped waiting for commits), so the
 default is 2,500 (about 35 s). ``CONVSYNC_TEST_BIG_PAGE=10000`` runs the full size.
 """
 
