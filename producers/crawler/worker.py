@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from convsync.errors import PoisonError, RetryableError
 from convsync.kafka import make_consumer, make_producer
 from convsync.settings import Settings
+from producers.crawler._commits import CommitQueue, in_thread, take
 from producers.crawler._offsets import Mark, PartitionBook, Seen, decide, resume_marks
 from producers.crawler._producer import AsyncProducer
 from producers.crawler.config import CrawlerSettings
@@ -89,12 +90,10 @@ class CrawlWorker:
         self._projected_at: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._commit_waiters: dict[int, list[tuple[int, str, asyncio.Future[None]]]] = {}
+        self._commits = CommitQueue()
         self._stopping = False
         self._loop_lock = threading.Lock()
         self.closed_cleanly = True
-        self._commit_outbox: list[TopicPartition] = []
-        self._outbox_lock = threading.Lock()
         self._fatal: BaseException | None = None
         self._slots = asyncio.Semaphore(crawler.max_pages_in_flight)
         self._consumer: Consumer | None = None
@@ -180,7 +179,7 @@ class CrawlWorker:
         started = time.monotonic()
         # 1. the poll thread (waited off the loop: a rebalance callback on it may be
         #    waiting for the loop right now)
-        if not await _in_thread(functools.partial(polling.shutdown, wait=True), bound):
+        if not await in_thread(functools.partial(polling.shutdown, wait=True), bound):
             log.warning("the consumer is stuck in a poll; not closing it")
             self.closed_cleanly = False
         # 2. the page tasks: whatever is still running is abandoned
@@ -204,7 +203,7 @@ class CrawlWorker:
                         log.warning("final commit of crawl partitions failed: %s", e)
                 consumer.close()
 
-            if not await _in_thread(close, bound):
+            if not await in_thread(close, bound):
                 log.warning("consumer close still waiting after %.1fs; abandoned", bound)
                 self.closed_cleanly = False
         # 4. records produced by abandoned steps: delivered or not, they are not needed
@@ -240,11 +239,18 @@ class CrawlWorker:
         # The marks committed with each offset say which steps are already handled; the
         # records between the offset and the end of the log may prove more (see _release).
         committed = consumer.committed(partitions, timeout=30)
-        ends = {}
+        ends: dict[int, int | None] = {}
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=10, cached=False
-            )
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=10, cached=False
+                )
+            except KafkaException as e:
+                # Without the end offset the committed marks alone decide: nothing is
+                # lost or doubled, but a kill may then cost more than one page fetched.
+                log.warning("no end offset of crawl partition %d: %s", tp.partition, e)
+                ends[tp.partition] = None
+                continue
             start = tp.offset if tp.offset >= 0 else low
             ends[tp.partition] = high if high > start else None
 
@@ -265,7 +271,7 @@ class CrawlWorker:
             offset = book.commit_offset() if book is not None else None
             if book is not None and offset is not None and book.dirty:
                 out.append(TopicPartition(self.crawl_topic, tp.partition, offset, book.metadata()))
-            self._release_waiters(tp.partition, None)
+            self._commits.release(tp.partition, None)
             for page, runner in list(self._runners.items()):
                 if runner.partition == tp.partition:
                     if runner.task is not None:
@@ -345,45 +351,30 @@ class CrawlWorker:
 
     def _commit_soon(self, partition: int) -> asyncio.Future[None]:
         """Commit ``partition`` asynchronously; the future resolves when Kafka answered."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
         book = self._books.get(partition)
         offset = book.commit_offset() if book is not None else None
         if book is None or offset is None or self._consumer is None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
-        metadata = book.metadata()
-        tp = TopicPartition(self.crawl_topic, partition, offset, metadata)
         book.dirty = False
-        # A step that ran from this worker's own continuation moves the marks, not the
-        # offset: a commit is told apart by its offset AND its metadata.
-        self._commit_waiters.setdefault(partition, []).append((offset, metadata, done))
-        # The commit itself is issued by the poll thread (see _take): a consumer call
-        # from this loop thread can block inside librdkafka while a rebalance callback
-        # on the poll thread waits for this loop, a deadlock seen under load.
-        with self._outbox_lock:
-            self._commit_outbox.append(tp)
-        return done
+        return self._commits.put(
+            TopicPartition(self.crawl_topic, partition, offset, book.metadata())
+        )
 
     def _commit_failed(self, partition: int) -> None:
         book = self._books.get(partition)
         if book is not None:
             book.dirty = True
-        self._release_waiters(partition, None)
+        self._commits.release(partition, None)
 
     def _take(self, consumer: Consumer) -> list[Message]:
         """Issue queued commits, then return what is ready (poll thread only)."""
-        with self._outbox_lock:
-            outbox, self._commit_outbox = self._commit_outbox, []
-        for tp in outbox:
-            try:
-                consumer.commit(offsets=[tp], asynchronous=True)
-            except KafkaException as e:
-                log.warning("commit of crawl partition %d failed (will retry): %s", tp.partition, e)
-                if self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._commit_failed, tp.partition)
+        for partition in self._commits.issue(consumer):
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._commit_failed, partition)
         busy = any(r.busy for r in list(self._runners.values()))
-        return _take(consumer, POLL_BUSY if busy else 0.05)
+        return take(consumer, POLL_BUSY if busy else 0.05)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the poll thread.
@@ -396,29 +387,7 @@ class CrawlWorker:
                 log.warning(
                     "commit of crawl partition %d failed: %s", tp.partition, err or tp.error
                 )
-            self._loop.call_soon_threadsafe(self._release_waiters, tp.partition, upto)
-
-    def _release_waiters(self, partition: int, upto: tuple[int, str] | None) -> None:
-        """Resolve the commit futures of ``partition`` up to the commit ``upto`` (its
-        offset and metadata; None: all).
-
-        Commits of a partition are answered in the order they were issued, so the
-        answer to one resolves it and every commit issued before it.
-        """
-        waiters = self._commit_waiters.get(partition, [])
-        last = len(waiters) - 1 if upto is None else -1
-        if upto is not None:
-            for i, (offset, metadata, _) in enumerate(waiters):
-                if (offset, metadata) == upto:
-                    last = i
-                    break
-            else:
-                # Not ours (a final commit of a revoke): it covers what it passed.
-                last = max((i for i, w in enumerate(waiters) if w[0] < upto[0]), default=-1)
-        for _, _, fut in waiters[: last + 1]:
-            if not fut.done():
-                fut.set_result(None)
-        self._commit_waiters[partition] = waiters[last + 1 :]
+            self._loop.call_soon_threadsafe(self._commits.release, tp.partition, upto)
 
     async def _page_loop(self, page: str, runner: _PageRunner) -> None:
         # The continuation this page's last step produced. While this worker still owns
@@ -675,46 +644,6 @@ class CrawlWorker:
         await self._producer.send_batch(
             self.settings.topic("dlq"), [(page.encode(), letter.to_bytes())]
         )
-
-
-def _take(consumer: Consumer, timeout: float) -> list[Message]:
-    """Return what is ready, else block up to ``timeout`` seconds for the first record."""
-    # consume(n, timeout) waits for n records or the whole timeout: poll waits for one.
-    msgs: list[Message] = consumer.consume(500, 0)
-    if msgs:
-        return msgs
-    msg = consumer.poll(timeout)
-    return [] if msg is None else [msg]
-
-
-async def _in_thread(fn: Callable[[], None], within: float) -> bool:
-    """Run ``fn`` in a daemon thread; return True if it ended within ``within`` seconds.
-
-    A daemon thread (not an executor's) so that a call blocked for good inside
-    librdkafka can be left behind without holding the interpreter's exit.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def resolve() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def run() -> None:
-        try:
-            fn()
-        finally:
-            try:
-                loop.call_soon_threadsafe(resolve)
-            except RuntimeError:
-                log.debug("shutdown call ended after its loop closed")
-
-    threading.Thread(target=run, name="crawler-shutdown", daemon=True).start()
-    try:
-        await asyncio.wait_for(done, within)
-    except TimeoutError:
-        return False
-    return True
 
 
 def _now_ms() -> int:
