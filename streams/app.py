@@ -21,7 +21,7 @@ from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
 from schemas.records import DeadLetter
-from streams.change import StreamState, decode_state, encode_state, step, to_record
+from streams.change import StreamState, decode_state, encode_change, encode_state, step
 from streams.stats import PageStats, StatsCollector
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,17 @@ def _bind(event: faust.EventT[bytes]) -> None:
     # event, which may be another partition: bind each event before its table writes so
     # every key is written to the changelog partition of the page it came from.
     _current_event.set(weakref.ref(event))
+
+
+def _encode(table: Any, queued: list[tuple[int, Any, Any]]) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Return queued changelog records of ``table`` serialized as faust would, by partition."""
+    topic = table.changelog_topic
+    outbox: dict[int, list[tuple[bytes, bytes]]] = {}
+    for partition, key, value in queued:
+        raw_key, _ = topic.prepare_key(key, table.key_serializer)
+        raw_value, _ = topic.prepare_value(value, table.value_serializer)
+        outbox.setdefault(partition, []).append((raw_key, raw_value))
+    return outbox
 
 
 class Folder:
@@ -95,9 +106,8 @@ class Folder:
             if result.state is not before:
                 pending[key] = (event, result.state)
             if result.emitted:
-                record = to_record(result, envelope)
                 out = outbox.setdefault(event.message.partition, [])
-                out.append((key.encode(), record.to_bytes()))
+                out.append((key.encode(), encode_change(result, envelope)))
                 emitted += 1
         # 1. Kafka acknowledges every change record of the batch (acks=all) ...
         sent += await self._send(outbox)
@@ -106,8 +116,8 @@ class Folder:
         # 2. ... before the states that produced them go to the changelog, so the
         #    changelog is never ahead of the change records: a crash replays the batch
         #    from the recovered state and re-emits the same records with the same seq.
-        await self._store(pending)
         self.stats.write(lambda page: _bind(by_page[page]))
+        await self._store(pending)
         # 3. faust acks the batch when we return and commits offsets only after it
         #    flushed the producer, i.e. after the changelog writes of step 2.
 
@@ -169,6 +179,11 @@ class Folder:
             raw_key = codecs.dumps("json", key)
             outbox.setdefault(event.message.partition, []).append((raw_key, value))
         await self._send_batches(self.states.changelog_topic.get_topic_name(), outbox)
+        for table, queued in self.stats.changelog.items():
+            if queued:
+                topic = table.changelog_topic.get_topic_name()
+                await self._send_batches(topic, _encode(table, queued))
+                queued.clear()
 
     def _load(self, key: str) -> StreamState | None:
         value = self.states.get(key)

@@ -37,15 +37,23 @@ from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
 from streams.app import app_id
-from streams.change import StreamState, step, to_record
+from streams.change import StreamState, encode_change, step
 from tests.fixtures.stack import _stack_settings
 from tests.streams.conftest import free_port
 from tests.streams.events import conversation_events, produce
 from tests.streams.test_change import fold_all
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-def baseline(settings: Settings, expected: int) -> float:
-    """Run the plain consume-fold-produce loop; return its events/s."""
+
+def cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU time process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def baseline(settings: Settings, expected: int) -> tuple[float, float]:
+    """Run the plain consume-fold-produce loop; return its events/s and CPU s/event."""
     out_topic = settings.topic("baseline")
     consumer = make_consumer(settings, f"{settings.topic_prefix}.baseline")
     consumer.subscribe([settings.topic("events")])
@@ -53,12 +61,14 @@ def baseline(settings: Settings, expected: int) -> float:
     states: dict[str, StreamState] = {}
     events = emitted = 0
     started: float | None = None
+    cpu_start = 0.0
     try:
         while emitted < expected:
             batch = consumer.consume(1000, timeout=1.0)
             if not batch:
                 continue
-            started = started or time.perf_counter()
+            if started is None:
+                started, cpu_start = time.perf_counter(), time.process_time()
             for msg in batch:
                 event = Envelope.from_bytes(msg.value())
                 key = conversation_key(event.page_id, event.psid)
@@ -66,8 +76,8 @@ def baseline(settings: Settings, expected: int) -> float:
                 states[key] = result.state
                 events += 1
                 if result.emitted:
-                    record = to_record(result, event)
-                    producer.produce(out_topic, key=key.encode(), value=record.to_bytes())
+                    value = encode_change(result, event)
+                    producer.produce(out_topic, key=key.encode(), value=value)
                     emitted += 1
                 producer.poll(0)
                 consumer.store_offsets(message=msg)
@@ -77,11 +87,15 @@ def baseline(settings: Settings, expected: int) -> float:
     finally:
         consumer.close()
     assert started is not None
-    return events / (time.perf_counter() - started)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_start
+    return events / elapsed, cpu / events
 
 
-def through_faust(settings: Settings, expected: int, n_events: int, *, guarantee: str) -> float:
-    """Run `convsync streams` over the topic; return its events/s (first to last record).
+def through_faust(
+    settings: Settings, expected: int, n_events: int, *, guarantee: str
+) -> tuple[float, float]:
+    """Run `convsync streams` over the topic; return its events/s (first to last record)
+    and the worker's CPU seconds per event over the same span.
 
     Each run starts over (fresh consumer group via a fresh faust data dir is not enough:
     the group and tables derive from the prefix), so the caller uses a fresh prefix.
@@ -103,6 +117,7 @@ def through_faust(settings: Settings, expected: int, n_events: int, *, guarantee
         proc = subprocess.Popen(args, env=env)
         seen = 0
         first = last = 0.0
+        cpu_first = cpu_last = 0.0
         try:
             deadline = time.monotonic() + 600
             while seen < expected:
@@ -110,14 +125,15 @@ def through_faust(settings: Settings, expected: int, n_events: int, *, guarantee
                     raise RuntimeError(f"faust run failed with {seen}/{expected} records")
                 msgs = reader.consume(1000, timeout=0.5)
                 if msgs:
-                    first = first or time.perf_counter()
-                    last = time.perf_counter()
+                    if not first:
+                        first, cpu_first = time.perf_counter(), cpu_seconds(proc.pid)
+                    last, cpu_last = time.perf_counter(), cpu_seconds(proc.pid)
                     seen += len(msgs)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
             reader.close()
-    return n_events / (last - first)
+    return n_events / (last - first), (cpu_last - cpu_first) / n_events
 
 
 def intake_only(prefix: str, n_events: int) -> None:
@@ -187,27 +203,41 @@ def main() -> None:
     runs: list[tuple[Settings, list[TopicSpec]]] = []
     try:
         rates: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         for name in ("plain", "faust", "faust-eos", "intake"):
             settings, specs = fresh(base, ["baseline"])
             runs.append((settings, specs))
             produce(make_producer(settings), settings.topic("events"), evs)
             if name == "plain":
-                rates[name] = baseline(settings, expected)
+                rates[name], cpu[name] = baseline(settings, expected)
             elif name == "intake":
                 rates[name] = faust_intake(settings, len(evs))
             else:
                 guarantee = "exactly_once" if name == "faust-eos" else "at_least_once"
-                rates[name] = through_faust(settings, expected, len(evs), guarantee=guarantee)
+                rates[name], cpu[name] = through_faust(
+                    settings, expected, len(evs), guarantee=guarantee
+                )
             print(f"{name}: {rates[name]:,.0f} events/s", flush=True)
         print(f"{len(evs)} events -> {expected} change records, {base.partitions} partitions")
         plain = rates["plain"]
-        print(f"plain confluent-kafka loop (fold + produce + commit): {plain:,.0f} events/s")
+        print(
+            f"plain confluent-kafka loop (fold + produce + commit): {plain:,.0f} events/s, "
+            f"{cpu['plain'] * 1e6:.0f} us CPU/event"
+        )
         for name, label in (
             ("faust", "faust app, at_least_once (default)"),
             ("faust-eos", "faust app, exactly_once"),
             ("intake", "faust, no-op handler (intake ceiling)"),
         ):
-            print(f"{label}: {rates[name]:,.0f} events/s = {rates[name] / plain:.2f} x plain")
+            line = f"{label}: {rates[name]:,.0f} events/s = {rates[name] / plain:.2f} x plain"
+            if name in cpu:
+                # CPU per event is what a shared machine distorts least: the inverse
+                # ratio is the throughput each side would have on a core of its own.
+                line += (
+                    f"; {cpu[name] * 1e6:.0f} us CPU/event = "
+                    f"{cpu['plain'] / cpu[name]:.2f} x plain's CPU efficiency"
+                )
+            print(line)
         print("target: faust app >= 0.5 x plain")
     finally:
         for settings, specs in runs:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -15,7 +17,7 @@ from schemas.envelope import Envelope
 from schemas.fold import project
 from streams.change import step
 from tests.fixtures.kafka import MakeTopics
-from tests.streams.conftest import StartWorker, read_changes
+from tests.streams.conftest import StartWorker, Worker, read_changes
 from tests.streams.events import conversation_events, produce
 from tests.streams.test_change import fold_all
 
@@ -56,24 +58,10 @@ def expected_stats(evs: list[Envelope]) -> dict[str, dict[float, dict[str, objec
     return out
 
 
-def test_change_stream_stats_and_restart(
-    make_topics: MakeTopics, start_worker: StartWorker
-) -> None:
-    settings = make_topics(partitions=4)
-    evs = conversation_events(random.Random(3), pages=3, users=6, messages=300)
-    first, second = evs[:200], evs[200:]
-    producer = make_producer(settings)
-    produce(producer, settings.topic("events"), first)
-    worker = start_worker(settings)
-
-    # Every change of the first part, exactly as the reference computes it offline.
-    _, want = fold_all(first)
-    got = dedupe(read_changes(settings, until=complete(want), timeout=90, worker=worker))
-    assert got == {(r.key, r.seq): r for r in want}
-
-    stats = orjson.loads(worker.get("/stats/"))
-    want_stats = expected_stats(first)
-    final = project(first)
+def assert_stats(stats: dict[str, Any], evs: list[Envelope]) -> None:
+    """Assert that a worker's /stats/ document has exactly the figures of ``evs``."""
+    want_stats = expected_stats(evs)
+    final = project(evs)
     assert set(stats["pages"]) == set(want_stats)
     for page, minutes in want_stats.items():
         windows = {w["start"]: w for w in stats["pages"][page]["windows"]}
@@ -90,6 +78,40 @@ def test_change_stream_stats_and_restart(
         waiting = sum(1 for (p, _), s in final.items() if p == page and s.needs_reply)
         assert stats["pages"][page]["needs_reply"] == waiting
 
+
+def stats_match(worker: Worker, evs: list[Envelope], *, timeout: float = 10.0) -> None:
+    """Assert that /stats/ reaches the figures of ``evs`` (its last batch lands just after
+    its change records, which the caller has read)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert_stats(orjson.loads(worker.get("/stats/")), evs)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_change_stream_stats_and_restart(
+    make_topics: MakeTopics, start_worker: StartWorker
+) -> None:
+    settings = make_topics(partitions=4)
+    evs = conversation_events(random.Random(3), pages=3, users=6, messages=300)
+    first, second = evs[:200], evs[200:]
+    producer = make_producer(settings)
+    produce(producer, settings.topic("events"), first)
+    worker = start_worker(settings)
+
+    # Every change of the first part, exactly as the reference computes it offline.
+    _, want = fold_all(first)
+    got = dedupe(read_changes(settings, until=complete(want), timeout=90, worker=worker))
+    assert got == {(r.key, r.seq): r for r in want}
+
+    stats_match(worker, first)
+
+    want_stats = expected_stats(first)
+    final = project(first)
     metrics = worker.get("/metrics").decode()
     page = sorted(want_stats)[0]
     waiting = sum(1 for (p, _), s in final.items() if p == page and s.needs_reply)
@@ -108,3 +130,6 @@ def test_change_stream_stats_and_restart(
     records = read_changes(settings, until=complete(want_all), timeout=90, worker=again)
     assert len(records) == len(want_all), "a clean restart re-emitted changes"
     assert dedupe(records) == {(r.key, r.seq): r for r in want_all}
+    # The statistics of the first part came back from their changelogs (the second part
+    # adds to the same minutes), so the figures are those of all events.
+    stats_match(again, evs)
