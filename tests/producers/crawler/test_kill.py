@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
+from consumers.materializer import Materializer
+from convsync.db import connect
 from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphWorld
 from producers.crawler.request import new_request, submit
@@ -131,3 +134,84 @@ def test_sigkilled_worker_resumes_and_completes(
     assert dupes <= kills * 10
     assert kills == 5
     assert calls_at_last_kill < needed, "the crawl had finished before the last kill"
+
+
+BIG = int(os.environ.get("CONVSYNC_TEST_BIG_PAGE", "10000"))
+
+
+def test_sigkilled_five_times_during_a_big_backfill(
+    make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any, tmp_path: Path
+) -> None:
+    """The issue's 10,000-conversation page (faults on), the worker SIGKILLed 5 times
+    spread over the crawl: Kafka and Postgres end equal to the fake's dataset."""
+    settings = make_schema(base=make_topics(partitions=3))
+    world = GraphWorld.generate(
+        seed=41,
+        conversations=BIG,
+        max_messages=3,
+        long_threads=20,
+        long_thread_messages=30,
+        no_user=15,
+        malformed=10,
+        textless_ratio=0.1,
+        faults=Faults(
+            details_limit=20,
+            error_5xx_every=499,
+            broken_json_every=701,
+            throttle_every=797,
+            regain_minutes=0.1 / 60,
+        ),
+    )
+    graph = fake_graph(world, conversations_cap=100, messages_cap=25)
+    page = world.page_ids[0]
+    needed = calls_needed(world, page, conv_cap=100, msg_cap=25)
+    group = f"crawler-bigkill-{time.monotonic_ns()}"
+    log = tmp_path / "worker.log"
+    env = {
+        "CONVSYNC_CRAWL_CALLS_PER_SECOND": "1000",
+        "CONVSYNC_CRAWL_CONVERSATIONS_LIMIT": "100",
+        "CONVSYNC_CRAWL_MESSAGES_LIMIT": "25",
+    }
+    record = new_request(page, full=True)
+    submit(settings, record)
+    kill_calls: list[int] = []
+    proc = spawn_worker(settings, graph, group, log, extra_env=env)
+    try:
+        # Each kill lands once the crawl has made this share of the calls it needs.
+        for share in (0.1, 0.3, 0.5, 0.7, 0.85):
+            deadline = time.monotonic() + 300
+            while (world.calls[page].calls if page in world.calls else 0) < needed * share:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"crawl stalled before {share:.0%}"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            kill_calls.append(world.calls[page].calls)
+            proc = spawn_worker(settings, graph, group, log, extra_env=env)
+        view = wait_status(settings, record.crawl_id, {"done", "failed"}, timeout=600)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    assert view.status == "done", view.last_error
+    assert len(kill_calls) == 5 and kill_calls[-1] < needed, "the kills were not during the crawl"
+    want = expected_rows(world, page)
+    events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want), timeout=180)
+    assert as_rows(events) == want
+    # A kill re-runs at most the step in flight: one Graph page of records per kill.
+    dupes = sum(n - 1 for n in Counter(e.event_id for e in events).values())
+    assert dupes <= 5 * 100
+    # Postgres, through the materializer: one row per message, equal to the truth.
+    Materializer(settings, group=f"mat-{time.monotonic_ns()}").run_to_end()
+    with connect(settings) as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT page_id, psid, mid, text, direction FROM {}.events WHERE kind = 'message'"
+            ).format(sql.Identifier(settings.db_schema))
+        ).fetchall()
+    assert len(rows) == len({r[2] for r in rows}) == len(want)
+    assert {tuple(r) for r in rows} == want
+    print(f"\n{BIG} conversations, {len(want)} messages, kills at calls {kill_calls} of {needed}")
