@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from convsync.settings import Settings
-from deploy.simulator.graph_api import GraphApiServer, GraphWorld, token_for
+from deploy.simulator.graph_api import Faults, GraphApiServer, GraphWorld, token_for
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.worker import CrawlWorker
 from schemas.envelope import Envelope
@@ -160,3 +161,30 @@ def as_rows(envelopes: list[Envelope]) -> set[tuple[str, str, str | None, str | 
 def expected_rows(world: GraphWorld, page_id: str) -> set[tuple[Any, ...]]:
     """Return the fake's truth for ``page_id`` in the same shape."""
     return {tuple(r) for r in world.expected(page_id)["messages"]}
+
+
+BIG_PAGE = int(os.environ.get("CONVSYNC_TEST_BIG_PAGE", "10000"))
+"""Conversations of the issue's big page (``CONVSYNC_TEST_BIG_PAGE`` sets another size; keep
+it above ~800 so the crawl reaches the throttling fault the backfill test expects)."""
+
+
+def big_world(seed: int, conversations: int = BIG_PAGE) -> GraphWorld:
+    """The issue's big page: long threads, no-user conversations, malformed and
+    text-less messages, and every Graph fault (5xx, broken JSON, throttling, details limit)."""
+    return GraphWorld.generate(
+        seed=seed,
+        conversations=conversations,
+        max_messages=3,
+        long_threads=20,
+        long_thread_messages=30,
+        no_user=15,
+        malformed=10,
+        textless_ratio=0.1,
+        faults=Faults(
+            details_limit=20,
+            error_5xx_every=499,
+            broken_json_every=701,
+            throttle_every=797,
+            regain_minutes=0.1 / 60,
+        ),
+    )

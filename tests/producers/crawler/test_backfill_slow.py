@@ -8,7 +8,6 @@ acknowledged produces); the crawl takes about 110 s on the 2-core machine.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
@@ -20,13 +19,15 @@ from consumers.materializer import Materializer
 from convsync.db import connect
 from convsync.kafka import make_producer
 from convsync.settings import Settings
-from deploy.simulator.graph_api import Faults, GraphWorld
+from deploy.simulator.graph_api import GraphWorld
 from producers.crawler.request import new_request, submit
 from producers.webhook.mapping import map_item
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 from tests.producers.crawler.conftest import (
+    BIG_PAGE,
     as_rows,
+    big_world,
     expected_rows,
     fast_crawler,
     read_events,
@@ -35,8 +36,6 @@ from tests.producers.crawler.conftest import (
 from tests.producers.crawler.test_worker import crawl_state, wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-CONVERSATIONS = int(os.environ.get("CONVSYNC_TEST_BIG_PAGE", "10000"))
 
 
 def webhook_echoes(world: GraphWorld, page: str, every: int) -> list[Any]:
@@ -66,23 +65,7 @@ def test_big_page_backfill_with_webhook_traffic(
     make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any
 ) -> None:
     settings: Settings = make_schema(base=make_topics(partitions=3))
-    world = GraphWorld.generate(
-        seed=31,
-        conversations=CONVERSATIONS,
-        max_messages=3,
-        long_threads=20,
-        long_thread_messages=30,
-        no_user=15,
-        malformed=10,
-        textless_ratio=0.1,
-        faults=Faults(
-            details_limit=20,
-            error_5xx_every=499,
-            broken_json_every=701,
-            throttle_every=797,
-            regain_minutes=0.1 / 60,
-        ),
-    )
+    world = big_world(31)
     graph = fake_graph(world, conversations_cap=100, messages_cap=25)
     page = world.page_ids[0]
     webhook = webhook_echoes(world, page, every=50)
@@ -137,4 +120,4 @@ def test_big_page_backfill_with_webhook_traffic(
         (w[0], w[1], w[2], w[4]) for w in want if w[2] not in webhook_mids
     }
     assert {(r[0], r[1], r[2], r[4]) for r in rows} == {(w[0], w[1], w[2], w[4]) for w in want}
-    print(f"\n{CONVERSATIONS} conversations, {len(want)} messages: crawl {crawl_seconds:.1f}s")
+    print(f"\n{BIG_PAGE} conversations, {len(want)} messages: crawl {crawl_seconds:.1f}s")

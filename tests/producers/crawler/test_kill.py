@@ -21,7 +21,13 @@ from deploy.simulator.graph_api import Faults, GraphWorld
 from producers.crawler.request import new_request, submit
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
-from tests.producers.crawler.conftest import as_rows, expected_rows, read_events
+from tests.producers.crawler.conftest import (
+    BIG_PAGE,
+    as_rows,
+    big_world,
+    expected_rows,
+    read_events,
+)
 from tests.producers.crawler.test_worker import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
@@ -77,6 +83,18 @@ def spawn_worker(
         out.close()
 
 
+def terminate(proc: subprocess.Popen[bytes]) -> float:
+    """SIGTERM ``proc``; return the seconds until it exited (30 s at most)."""
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    return time.monotonic() - sent
+
+
 def test_sigkilled_worker_resumes_and_completes(
     make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any, tmp_path: Path
 ) -> None:
@@ -116,12 +134,7 @@ def test_sigkilled_worker_resumes_and_completes(
             proc = spawn_worker(settings, graph, group, log)
         view = wait_status(settings, record.crawl_id, {"done", "failed"}, timeout=120)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
     assert view.status == "done", view.last_error
     want = expected_rows(world, page)
     events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
@@ -136,32 +149,13 @@ def test_sigkilled_worker_resumes_and_completes(
     assert calls_at_last_kill < needed, "the crawl had finished before the last kill"
 
 
-BIG = int(os.environ.get("CONVSYNC_TEST_BIG_PAGE", "10000"))
-
-
 def test_sigkilled_five_times_during_a_big_backfill(
     make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any, tmp_path: Path
 ) -> None:
     """The issue's 10,000-conversation page (faults on), the worker SIGKILLed 5 times
     spread over the crawl: Kafka and Postgres end equal to the fake's dataset."""
     settings = make_schema(base=make_topics(partitions=3))
-    world = GraphWorld.generate(
-        seed=41,
-        conversations=BIG,
-        max_messages=3,
-        long_threads=20,
-        long_thread_messages=30,
-        no_user=15,
-        malformed=10,
-        textless_ratio=0.1,
-        faults=Faults(
-            details_limit=20,
-            error_5xx_every=499,
-            broken_json_every=701,
-            throttle_every=797,
-            regain_minutes=0.1 / 60,
-        ),
-    )
+    world = big_world(41)
     graph = fake_graph(world, conversations_cap=100, messages_cap=25)
     page = world.page_ids[0]
     needed = calls_needed(world, page, conv_cap=100, msg_cap=25)
@@ -190,12 +184,7 @@ def test_sigkilled_five_times_during_a_big_backfill(
             proc = spawn_worker(settings, graph, group, log, extra_env=env)
         view = wait_status(settings, record.crawl_id, {"done", "failed"}, timeout=600)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
     assert view.status == "done", view.last_error
     assert len(kill_calls) == 5 and kill_calls[-1] < needed, "the kills were not during the crawl"
     want = expected_rows(world, page)
@@ -214,4 +203,4 @@ def test_sigkilled_five_times_during_a_big_backfill(
         ).fetchall()
     assert len(rows) == len({r[2] for r in rows}) == len(want)
     assert {tuple(r) for r in rows} == want
-    print(f"\n{BIG} conversations, {len(want)} messages, kills at calls {kill_calls} of {needed}")
+    print(f"\n{BIG_PAGE} conversations, {len(want)} messages, kills at calls {kill_calls}/{needed}")

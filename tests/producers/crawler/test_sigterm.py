@@ -4,7 +4,6 @@ it stops within seconds, and a restarted worker completes the crawl exactly."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ from producers.crawler.request import new_request, submit
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 from tests.producers.crawler.conftest import as_rows, expected_rows, read_events
-from tests.producers.crawler.test_kill import calls_needed, spawn_worker
+from tests.producers.crawler.test_kill import calls_needed, spawn_worker, terminate
 from tests.producers.crawler.test_worker import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
@@ -38,18 +37,6 @@ def wait_for(check: Any, what: str, timeout: float = 60.0) -> None:
     while not check():
         assert time.monotonic() < deadline, what
         time.sleep(0.01)
-
-
-def terminate(proc: subprocess.Popen[bytes]) -> float:
-    """SIGTERM ``proc``; return the seconds until it exited (30 s at most)."""
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    return time.monotonic() - sent
 
 
 def test_sigterm_stops_fast_and_a_restart_completes_exactly(
