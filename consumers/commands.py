@@ -24,6 +24,13 @@ def materialize(
     batch_ms: Annotated[
         int | None, typer.Option(min=0, help="Flush a batch this many ms after its first record.")
     ] = None,
+    writers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Postgres connections writing each batch in parallel, split by partition.",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,
@@ -47,6 +54,7 @@ def materialize(
     config = BatchConfig(
         max_records=batch_size or defaults.max_records,
         max_wait=defaults.max_wait if batch_ms is None else batch_ms / 1000,
+        writers=writers or defaults.writers,
     )
     if metrics_port is not None:
         from prometheus_client import start_http_server

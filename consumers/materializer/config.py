@@ -16,6 +16,9 @@ class BatchConfig:
 
     max_records: int = 10000
     max_wait: float = 0.02
+    # Postgres connections that write one batch in parallel, each a share of its
+    # partitions in its own transaction (store.Store).
+    writers: int = 2
     backoff_initial: float = 0.2
     backoff_max: float = 5.0
     # How long one poll waits when nothing is buffered (bounds the reaction to stop()).
@@ -29,5 +32,7 @@ class BatchConfig:
     def __post_init__(self) -> None:
         if self.max_records < 1:
             raise ValueError("max_records must be >= 1")
+        if self.writers < 1:
+            raise ValueError("writers must be >= 1")
         if self.max_wait < 0 or min(self.busy_poll, self.backoff_initial, self.backoff_max) <= 0:
             raise ValueError("durations must be positive")

@@ -89,7 +89,7 @@ class Materializer:
         self.group = group
         self.topic = settings.topic("events")
         self.config = config or BatchConfig()
-        self.store = Store(settings, schema=schema)
+        self.store = Store(settings, schema=schema, writers=self.config.writers)
         self.totals = Totals()
         self._dlq = DeadLetterSink(settings)
         self._overrides = consumer_overrides or {}

@@ -6,21 +6,17 @@ from typing import Final
 
 from psycopg import sql
 
-# Session-level scratch tables; ON COMMIT DELETE ROWS empties them at every commit.
+# Session-level scratch table; ON COMMIT DELETE ROWS empties it at every commit. One row
+# per conversation of the batch: what its new events add (aggregated in Python by
+# store.fold_batch, times in ms since the epoch) and the greatest thread id any copy
+# carried, duplicates included.
 CREATE_SCRATCH: Final = sql.SQL(
     """
-    CREATE TEMP TABLE IF NOT EXISTS stage (
-        seq integer NOT NULL, event_id text NOT NULL, page_id text NOT NULL,
-        psid text NOT NULL, kind text NOT NULL, mid text, occurred_ms bigint NOT NULL,
-        direction text, text text, watermark_ms bigint, thread_id text,
-        source text NOT NULL, attrs jsonb NOT NULL, payload jsonb NOT NULL,
-        topic text NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL,
-        num_edit numeric, first_copy boolean NOT NULL
-    ) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS fresh (
-        event_id text NOT NULL, page_id text NOT NULL, psid text NOT NULL,
-        kind text NOT NULL, mid text, occurred_at timestamptz NOT NULL, direction text,
-        watermark timestamptz
+    CREATE TEMP TABLE IF NOT EXISTS touched (
+        page_id text NOT NULL, psid text NOT NULL, thread_id text,
+        n_msg integer NOT NULL, first_ms bigint, last_ms bigint, in_ms bigint,
+        out_ms bigint, read_ms bigint, deliv_ms bigint, last_event text,
+        edited boolean NOT NULL
     ) ON COMMIT DELETE ROWS
     """
 )
@@ -45,75 +41,49 @@ LOCK_PARTITIONS: Final = sql.SQL(
 # Measured: 2x faster folds for 300-event batches, no loss for 5,000 (docs/materializer.md).
 # Below ANALYZE_MIN_ROWS the ANALYZE costs more than a poor plan does.
 ANALYZE_MIN_ROWS: Final = 100
-# Only the columns the plans depend on (grouping, joins, the DISTINCT): sampling the
-# wide JSON columns too made ANALYZE stage 13 % of a 10,000-event batch.
-ANALYZE_STAGE: Final = sql.SQL("ANALYZE stage (event_id, page_id, psid)")
-ANALYZE_FRESH: Final = sql.SQL("ANALYZE fresh (page_id, psid)")
+# Only the columns the plans depend on (grouping and joins).
+ANALYZE_TOUCHED: Final = sql.SQL("ANALYZE touched (page_id, psid)")
 
-COPY_STAGE: Final = sql.SQL(
-    "COPY stage (seq, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, "
-    'watermark_ms, thread_id, source, attrs, payload, topic, "partition", "offset", '
-    "num_edit, first_copy) FROM STDIN"
+# Which of the batch's event ids are stored already. Run after the partition locks, so
+# no other writer of these partitions can add one before the COPY below.
+EXISTING_EVENTS: Final = sql.SQL("SELECT event_id FROM events WHERE event_id = ANY(%s::text[])")
+
+# The batch's new events straight into ``events`` (no staging copy of the wide rows).
+COPY_EVENTS: Final = sql.SQL(
+    "COPY events (event_id, page_id, psid, kind, mid, occurred_at, direction, text, "
+    'watermark, thread_id, source, attrs, payload, topic, "partition", "offset", num_edit) '
+    "FROM STDIN"
 )
 
-# Store each event once (the first copy seen wins: ``first_copy`` is set by the writer,
-# in batch order, so no sort of the wide rows is needed) and keep the new ones in
-# ``fresh``.
-INSERT_EVENTS: Final = sql.SQL(
-    """
-    WITH ins AS (
-        INSERT INTO events (event_id, page_id, psid, kind, mid, occurred_at, direction, text,
-                            watermark, thread_id, source, attrs, payload, topic, "partition",
-                            "offset", num_edit)
-        SELECT event_id, page_id, psid, kind, mid,
-               to_timestamp(0) + occurred_ms * interval '1 millisecond', direction, text,
-               to_timestamp(0) + watermark_ms * interval '1 millisecond', thread_id, source,
-               attrs, payload, topic, "partition", "offset", num_edit
-        FROM stage
-        WHERE first_copy
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id, page_id, psid, kind, mid, occurred_at, direction, watermark
-    )
-    INSERT INTO fresh SELECT * FROM ins
-    """
+COPY_TOUCHED: Final = sql.SQL(
+    "COPY touched (page_id, psid, thread_id, n_msg, first_ms, last_ms, in_ms, out_ms, "
+    "read_ms, deliv_ms, last_event, edited) FROM STDIN"
 )
 
-# The fold of schemas/fold.py, set-based: aggregate the new events per conversation,
-# merge with the stored row by max/min/sum, learn thread ids from every staged copy
-# (duplicates included), recompute the last message's edited text only where the last
-# message or its edits may have changed, and write only rows that really change (so a
-# duplicate-only batch bumps no version). Text comparisons use "C" (code point) order,
-# which is Python's str order.
+# The fold of schemas/fold.py, set-based: merge what the batch's new events add to each
+# conversation (``touched``) with the stored row by max/min/sum, learn thread ids from
+# every copy in the batch (duplicates included), recompute the last message's edited text
+# only where the last message or its edits may have changed, and write only rows that
+# really change (so a duplicate-only batch bumps no version). Text comparisons use "C"
+# (code point) order, which is Python's str order.
 FOLD_CONVERSATIONS: Final = sql.SQL(
     """
-    WITH agg AS (
-        SELECT page_id, psid,
-               count(*) FILTER (WHERE kind = 'message') AS n_msg,
-               min(occurred_at) FILTER (WHERE kind = 'message') AS first_at,
-               max(occurred_at) FILTER (WHERE kind = 'message') AS last_at,
-               max(occurred_at) FILTER (WHERE kind = 'message' AND direction = 'inbound')
-                   AS in_at,
-               max(occurred_at) FILTER (WHERE kind = 'message' AND direction = 'outbound')
-                   AS out_at,
-               max(watermark) FILTER (WHERE kind = 'read') AS read_wm,
-               max(watermark) FILTER (WHERE kind = 'delivery') AS deliv_wm,
-               (array_agg(event_id ORDER BY occurred_at DESC, event_id COLLATE "C" DESC)
-                   FILTER (WHERE kind = 'message'))[1] AS last_event,
-               bool_or(kind = 'edit' AND mid <> '') AS edited
-        FROM fresh
-        GROUP BY page_id, psid
-    ),
-    seen AS (
-        SELECT page_id, psid, max(NULLIF(thread_id, '') COLLATE "C") AS thread_id
-        FROM stage
-        GROUP BY page_id, psid
+    WITH a AS (
+        SELECT page_id, psid, thread_id, n_msg, last_event, edited,
+               to_timestamp(0) + first_ms * interval '1 millisecond' AS first_at,
+               to_timestamp(0) + last_ms * interval '1 millisecond' AS last_at,
+               to_timestamp(0) + in_ms * interval '1 millisecond' AS in_at,
+               to_timestamp(0) + out_ms * interval '1 millisecond' AS out_at,
+               to_timestamp(0) + read_ms * interval '1 millisecond' AS read_wm,
+               to_timestamp(0) + deliv_ms * interval '1 millisecond' AS deliv_wm
+        FROM touched
     ),
     merged AS (
-        SELECT s.page_id, s.psid,
-               GREATEST(c.thread_id COLLATE "C", s.thread_id COLLATE "C") AS thread_id,
+        SELECT a.page_id, a.psid,
+               GREATEST(c.thread_id COLLATE "C", a.thread_id COLLATE "C") AS thread_id,
                LEAST(c.first_message_at, a.first_at) AS first_message_at,
                GREATEST(c.last_message_at, a.last_at) AS last_message_at,
-               COALESCE(c.message_count, 0) + COALESCE(a.n_msg, 0) AS message_count,
+               COALESCE(c.message_count, 0) + a.n_msg AS message_count,
                CASE WHEN a.last_event IS NOT NULL
                          AND (c.last_message_event IS NULL
                               OR a.last_at > c.last_message_at
@@ -123,13 +93,12 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
                     THEN a.last_event ELSE c.last_message_event END AS last_message_event,
                c.last_message_event AS old_last_event,
                c.last_message_text AS old_text,
-               COALESCE(a.edited, false) AS edited,
+               a.edited,
                GREATEST(c.last_inbound_at, a.in_at) AS last_inbound_at,
                GREATEST(c.last_outbound_at, a.out_at) AS last_outbound_at,
                GREATEST(c.read_watermark, a.read_wm) AS read_watermark,
                GREATEST(c.delivered_watermark, a.deliv_wm) AS delivered_watermark
-        FROM seen AS s
-        LEFT JOIN agg AS a USING (page_id, psid)
+        FROM a
         LEFT JOIN conversations AS c USING (page_id, psid)
     ),
     final AS (

@@ -96,10 +96,17 @@ class Child:
     """`convsync materialize` as a child process."""
 
     def __init__(
-        self, settings: Settings, group: str, batch_size: int, log: Path, batch_ms: int | None
+        self,
+        settings: Settings,
+        group: str,
+        batch_size: int,
+        log: Path,
+        batch_ms: int | None,
+        writers: int | None = None,
     ) -> None:
         self._out = log.open("ab")
         flush = [] if batch_ms is None else ["--batch-ms", str(batch_ms)]
+        flush += [] if writers is None else ["--writers", str(writers)]
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "convsync.cli", "materialize", "--group", group,
@@ -123,11 +130,16 @@ class Child:
 
 
 def run_materializer(
-    settings: Settings, total: int, batch_size: int, log: Path, batch_ms: int | None
+    settings: Settings,
+    total: int,
+    batch_size: int,
+    log: Path,
+    batch_ms: int | None,
+    writers: int | None = None,
 ) -> tuple[float, float, Child, str]:
     """(a): return events/s, peak RSS (MB), the still running child and its group."""
     group = f"bench-{uuid.uuid4().hex[:8]}"
-    child = Child(settings, group, batch_size, log, batch_ms)
+    child = Child(settings, group, batch_size, log, batch_ms, writers)
     first_at = first_n = None
     try:
         while True:
@@ -282,6 +294,12 @@ def main() -> None:
     parser.add_argument(
         "--batch-ms", type=int, default=None, help="flush interval (default: the materializer's)"
     )
+    parser.add_argument(
+        "--writers",
+        type=int,
+        default=None,
+        help="Postgres connections (default: the materializer's)",
+    )
     parser.add_argument("--sample", type=int, default=3_000)
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -311,7 +329,7 @@ def main() -> None:
         for size in [int(s) for s in args.batch_sizes.split(",")]:
             target = fresh_schema(settings, "mat")
             rate, rss, proc, group = run_materializer(
-                target, len(events), size, tmp / f"m{size}.log", args.batch_ms
+                target, len(events), size, tmp / f"m{size}.log", args.batch_ms, args.writers
             )
             results[size] = (rate, rss)
             print(f"(a) materializer batch {size}: {rate:,.0f} events/s, peak RSS {rss:.0f} MB")

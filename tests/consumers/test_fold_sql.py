@@ -22,15 +22,19 @@ TOPIC = "fold.events"
 
 
 def _apply(store: Store, events: list[Envelope], cuts: list[int]) -> None:
-    """Write ``events`` through the real batch SQL, split into batches at ``cuts``."""
+    """Write ``events`` through the real batch SQL, split into batches at ``cuts``; each
+    page has its partition (as the page-keyed topic does)."""
     bounds = sorted({0, len(events), *(c for c in cuts if 0 < c < len(events))})
-    offset = 0
+    offsets: dict[int, int] = {}
     for a, b in itertools.pairwise(bounds):
         rows = []
+        touched: dict[int, int] = {}
         for seq, ev in enumerate(events[a:b]):
-            rows.append(stage_row(ev, Position(TOPIC, 0, offset), seq))
-            offset += 1
-        store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets={0: offset})
+            part = sum(ev.page_id.encode()) % 3
+            offset = offsets.get(part, 0)
+            rows.append(stage_row(ev, Position(TOPIC, part, offset), seq))
+            offsets[part] = touched[part] = offset + 1
+        store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets=touched)
 
 
 @hsettings(
@@ -43,16 +47,17 @@ def _apply(store: Store, events: list[Envelope], cuts: list[int]) -> None:
     n=st.integers(1, 60),
     dup_share=st.floats(0, 0.6),
     cuts=st.lists(st.integers(0, 100), max_size=6),
+    writers=st.integers(1, 3),
 )
 def test_sql_fold_equals_reference(
-    make_schema: MakeSchema, seed: int, n: int, dup_share: float, cuts: list[int]
+    make_schema: MakeSchema, seed: int, n: int, dup_share: float, cuts: list[int], writers: int
 ) -> None:
     rng = random.Random(seed)
-    events = random_events(rng, pages=2, users=3, n=n)
+    events = random_events(rng, pages=3, users=3, n=n)
     delivered = list(events) + [e for e in events if rng.random() < dup_share]
     rng.shuffle(delivered)
     settings = make_schema()
-    store = Store(settings)
+    store = Store(settings, writers=writers)
     try:
         _apply(store, delivered, cuts)
     finally:

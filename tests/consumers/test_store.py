@@ -1,0 +1,146 @@
+"""Store: the direct COPY path, the Python side of the fold and the parallel writers."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from psycopg import sql
+
+from consumers.materializer import statements
+from consumers.materializer.rows import Position, StageRow, stage_row
+from consumers.materializer.store import Store, fold_batch, shard_batch
+from convsync.errors import PoisonError, RetryableError
+from schemas.envelope import Envelope
+from schemas.kinds import Direction
+from tests.consumers.helpers import conversations, expected, random_events, scalar
+from tests.fixtures.postgres import MakeSchema
+
+TOPIC = "store.events"
+
+
+def _rows(events: list[Envelope], partitions: int) -> tuple[list[StageRow], dict[int, int]]:
+    rows: list[StageRow] = []
+    offsets: dict[int, int] = {}
+    for seq, ev in enumerate(events):
+        part = sum(ev.page_id.encode()) % partitions
+        offset = offsets.get(part, 0)
+        rows.append(stage_row(ev, Position(TOPIC, part, offset), seq))
+        offsets[part] = offset + 1
+    return rows, offsets
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 80),
+    partitions=st.integers(1, 6),
+    shards=st.integers(1, 4),
+)
+def test_shard_batch_keeps_every_partition_whole_and_in_order(
+    seed: int, n: int, partitions: int, shards: int
+) -> None:
+    rng = random.Random(seed)
+    rows, offsets = _rows(random_events(rng, pages=6, users=3, n=n), partitions)
+    # A partition with poison only: an offset to move and no row.
+    offsets[partitions] = 7
+    parts = shard_batch(rows, offsets, shards)
+    assert 1 <= len(parts) <= shards
+    seen: dict[int, int] = {}
+    for part in parts:
+        assert part.next_offsets, "an empty part would be a transaction for nothing"
+        for p, n_next in part.next_offsets.items():
+            assert p not in seen, f"partition {p} in two parts"
+            seen[p] = n_next
+        assert {row[15] for row in part.rows} <= set(part.next_offsets)
+        assert [row[0] for row in part.rows] == sorted(row[0] for row in part.rows)
+    assert seen == offsets
+    assert sorted(row[0] for part in parts for row in part.rows) == [row[0] for row in rows]
+
+
+def test_fold_batch_takes_first_copies_not_stored_and_the_greatest_thread() -> None:
+    def msg(mid: str, at: int, thread: str | None, direction: Direction = "inbound") -> Envelope:
+        return Envelope.build(
+            kind="message", page_id="p", psid="u", mid=mid, occurred_at=at, source="webhook",
+            direction=direction, text=mid, thread_id=thread, raw={},
+        )  # fmt: skip
+
+    a, b, c = msg("a", 10, None), msg("b", 30, "t_1"), msg("c", 20, None, "outbound")
+    b_again = b.model_copy(update={"thread_id": "t_2", "source": "crawler"})
+    rows, _ = _rows([a, b, c, b_again, a], 1)
+    new, deltas = fold_batch(rows, {a.event_id})
+    assert [row[1] for row in new] == [b.event_id, c.event_id]
+    assert new[0][10] == "t_1", "the first copy of an event id is the one stored"
+    d = deltas["p", "u"]
+    # a is stored already: it adds nothing but its conversation; thread ids of every copy.
+    assert (d.n_msg, d.first_ms, d.last_ms, d.in_ms, d.out_ms) == (2, 20, 30, 30, 20)
+    assert (d.last_event, d.thread_id, d.edited) == (b.event_id, "t_2", False)
+
+
+@pytest.mark.integration
+def test_event_stored_between_lookup_and_copy_is_retryable_and_applies_nothing(
+    make_schema: MakeSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_schema()
+    events = random_events(random.Random(7), pages=1, users=2, n=20)
+    rows, offsets = _rows(events, 1)
+    store = Store(settings)
+    try:
+        store.write_batch(group="g", topic=TOPIC, rows=rows[:5], next_offsets={0: 5})
+        before = conversations(settings)
+        # Another writer (not holding the partition lock) stored rows[:5] after our lookup.
+        monkeypatch.setattr(
+            statements,
+            "EXISTING_EVENTS",
+            sql.SQL("SELECT event_id FROM events WHERE false AND event_id = ANY(%s)"),
+        )
+        with pytest.raises(RetryableError, match="stored concurrently"):
+            store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets=offsets)
+        assert conversations(settings) == before
+        assert scalar(settings, "SELECT count(*) FROM {s}.events") == 5
+        assert scalar(settings, "SELECT next_offset FROM {s}.consumer_offsets") == 5
+        monkeypatch.undo()
+        result = store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets=offsets)
+    finally:
+        store.close()
+    assert result.inserted == len(
+        {e.event_id for e in events[5:]} - {e.event_id for e in events[:5]}
+    )
+    assert conversations(settings) == expected(events)
+
+
+@pytest.mark.integration
+def test_one_part_refused_the_others_commit_and_the_retry_is_exact(
+    make_schema: MakeSchema,
+) -> None:
+    settings = make_schema()
+    events = random_events(random.Random(11), pages=4, users=5, n=200)
+    rows, offsets = _rows(events, 4)
+    # Postgres refuses this row (events.direction CHECK); validation cannot produce it.
+    bad_at = next(i for i, row in enumerate(rows) if row[15] == 3)
+    broken: list[Any] = list(rows[bad_at])
+    broken[7] = "sideways"
+    store = Store(settings, writers=2)
+    try:
+        with pytest.raises(PoisonError, match="direction"):
+            store.write_batch(
+                group="g",
+                topic=TOPIC,
+                rows=[*rows[:bad_at], tuple(broken), *rows[bad_at + 1 :]],
+                next_offsets=offsets,
+            )
+        committed = scalar(settings, 'SELECT array_agg("partition") FROM {s}.consumer_offsets')
+        assert committed and 3 not in committed, "the refused part committed nothing"
+        versions = scalar(settings, "SELECT sum(version) FROM {s}.conversations")
+        assert versions > 0, "the other part committed"
+        # The retry (the materializer halves the batch until the bad record is alone).
+        store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets=offsets)
+    finally:
+        store.close()
+    assert conversations(settings) == expected(events)
+    stored = scalar(settings, "SELECT count(*) FROM {s}.events")
+    assert stored == len({e.event_id for e in events})
+    # The parts that committed first were no-ops the second time: one version each.
+    assert scalar(settings, "SELECT max(version) FROM {s}.conversations") == 1
