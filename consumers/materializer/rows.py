@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -39,9 +38,9 @@ STAGE_COLUMNS: Final = (
 StageRow = tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a record sits in Kafka."""
+class Position(NamedTuple):
+    """Where a record sits in Kafka (a NamedTuple: one is made per record, and a frozen
+    dataclass's __init__ cost ~1 us more each)."""
 
     topic: str
     partition: int

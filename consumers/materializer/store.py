@@ -249,7 +249,8 @@ class _Session:
                         conn.execute(st.LOCK_PARTITIONS, (topic, parts))
                         # 2. Which events are stored already (redeliveries, replays).
                         if rows:
-                            lookup.execute(st.EXISTING_EVENTS, ([r[_EVENT_ID] for r in rows],))
+                            ids = ",".join([r[_EVENT_ID] for r in rows])
+                            lookup.execute(st.EXISTING_EVENTS, (ids,))
                     stored = {r[0] for r in lookup.fetchall()} if rows else set()
                 new, deltas = fold_batch(rows, stored)  # type: ignore[arg-type]
                 with conn.cursor() as cur:

@@ -94,7 +94,10 @@ def test_event_stored_between_lookup_and_copy_is_retryable_and_applies_nothing(
         monkeypatch.setattr(
             statements,
             "EXISTING_EVENTS",
-            sql.SQL("SELECT event_id FROM events WHERE false AND event_id = ANY(%s)"),
+            sql.SQL(
+                "SELECT event_id FROM events"
+                " WHERE false AND event_id = ANY(string_to_array(%s, ','))"
+            ),
         )
         with pytest.raises(RetryableError, match="stored concurrently"):
             store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets=offsets)
