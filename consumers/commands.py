@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
+import threading
 import time
 from typing import Annotated
 
 import typer
+
+log = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +51,7 @@ def materialize(
 
     from consumers.materializer import BatchConfig, Materializer
     from convsync.cli import load_settings
-    from convsync.errors import ConvsyncError
+    from convsync.errors import ConsumerFatalError, ConvsyncError
 
     settings = load_settings()
     defaults = BatchConfig()
@@ -61,24 +65,35 @@ def materialize(
 
         start_http_server(metrics_port, addr="127.0.0.1")
     overrides = {"group.instance.id": instance_id} if instance_id else {}
-    mat = Materializer(
-        settings,
-        group=group,
-        config=config,
-        report_lag=metrics_port is not None,
-        consumer_overrides=overrides,
-    )
+    stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
-        mat.stop()
+        stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    try:
-        totals = mat.run()
-    except ConvsyncError as e:
-        Console(stderr=True).print(f"[red]materialize failed:[/] {e}")
-        raise typer.Exit(1) from e
+    while True:
+        mat = Materializer(
+            settings,
+            group=group,
+            config=config,
+            report_lag=metrics_port is not None,
+            consumer_overrides=overrides,
+        )
+        try:
+            totals = mat.run(stop=stop)
+        except ConsumerFatalError as e:
+            # The dead consumer's batch in flight committed or not (offsets live in
+            # Postgres with the rows); a new member resumes from there.
+            if stop.is_set():
+                raise typer.Exit(1) from e
+            log.warning("%s; rejoining the group with a new consumer in 1s", e)
+            stop.wait(1.0)
+            continue
+        except ConvsyncError as e:
+            Console(stderr=True).print(f"[red]materialize failed:[/] {e}")
+            raise typer.Exit(1) from e
+        break
     Console(stderr=True).print(
         f"materializer stopped: {totals.records} records, {totals.inserted} new events, "
         f"{totals.dead_letters} dead letters, {totals.batches} batches"

@@ -32,3 +32,10 @@ class ConfigError(ConvsyncError):
 
 class StackError(ConvsyncError):
     """The local Kafka/Postgres stack could not be started, reached or stopped."""
+
+
+class ConsumerFatalError(RetryableError):
+    """librdkafka reported a fatal consumer error (for example a static group member
+    fenced by another with its ``group.instance.id``, which is also where a session
+    timeout on a starved machine can lead): this consumer can never be used again, but
+    a new one can rejoin the group. The crawler and materializer commands do that."""

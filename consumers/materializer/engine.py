@@ -19,7 +19,7 @@ from consumers.materializer.dlq import DeadLetterSink, Poison
 from consumers.materializer.rows import Position, StageRow, decode
 from consumers.materializer.store import BatchResult, Store
 from consumers.materializer.writer import BackgroundWriter, InFlight
-from convsync.errors import ConvsyncError, PoisonError, RetryableError
+from convsync.errors import ConsumerFatalError, ConvsyncError, PoisonError, RetryableError
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
 
@@ -236,8 +236,9 @@ class Materializer:
     def _on_record_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        if err.fatal():
-            raise RetryableError(f"consumer failed fatally: {err}")
+        # librdkafka reports its fatal error as a record error of code _FATAL.
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            raise ConsumerFatalError(f"consumer failed fatally: {err}")
         # Broker down, topic not created yet...: librdkafka reconnects by itself.
         log.warning("consumer: %s", err)
 

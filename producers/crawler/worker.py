@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -18,7 +19,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import SecretStr
 
-from convsync.errors import PoisonError, RetryableError
+from convsync.errors import ConsumerFatalError, PoisonError, RetryableError
 from convsync.kafka import make_consumer, make_producer
 from convsync.settings import Settings
 from producers.crawler._commits import CommitQueue, in_thread, take
@@ -301,7 +302,14 @@ class CrawlWorker:
     def _dispatch(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
+            # librdkafka reports its fatal error as a record error of code _FATAL.
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                # The loop ends, the steps in flight are abandoned (not committed: the
+                # next owner runs them again) and run() raises this.
+                log.error("crawl consumer failed fatally: %s", err)
+                if self._fatal is None:
+                    self._fatal = ConsumerFatalError(f"crawl consumer failed fatally: {err}")
+            elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("crawl consumer error: %s", err)
             return
         partition, offset = msg.partition(), msg.offset()
@@ -659,9 +667,23 @@ def run_worker(settings: Settings, crawler: CrawlerSettings, **kwargs: Any) -> N
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        worker = CrawlWorker(settings, crawler, **kwargs)
-        await worker.run(stop)
-        return worker.closed_cleanly
+        clean = True
+        while True:
+            worker = CrawlWorker(settings, crawler, **kwargs)
+            try:
+                await worker.run(stop)
+            except ConsumerFatalError as e:
+                # An abandoned close of the dead consumer would block the exit later.
+                clean = clean and worker.closed_cleanly
+                if stop.is_set():
+                    return clean
+                # A fenced or otherwise dead consumer: what it had not committed is run
+                # again by the next owner, which is most likely this process again.
+                log.warning("%s; rejoining the group with a new consumer in %.0fs", e, 1.0)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
+            return clean and worker.closed_cleanly
 
     if not asyncio.run(main()):
         # A consumer whose close() was abandoned would block the interpreter's exit in

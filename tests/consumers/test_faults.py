@@ -158,6 +158,36 @@ def test_two_members_partitions_move(
         assert found is not None and int(found.group(1)) > 0, proc.text()[-2000:]
 
 
+def test_fenced_static_member_rejoins(
+    make_topics: MakeTopics, make_schema: MakeSchema, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A static member fenced by another with its instance id (where a session timeout on
+    a starved machine also leads) gets a fatal consumer error: it rejoins with a new
+    consumer instead of exiting or sitting on the dead one, and the result is exact."""
+    rng = random.Random(13)
+    settings = make_schema(base=make_topics(partitions=6))
+    group = new_group()
+    args = ("--group", group, "--instance-id", "same-id", "--batch-size", "500")
+    events = random_events(rng, pages=30, users=200, n=20_000)
+    delivered = with_duplicates(rng, events, 0.1)
+    trickle = Trickle(settings, delivered, chunks=20, seconds=15)
+    trickle.start()
+    a = spawn(settings, tmp_path / "a.log", *args)
+    wait_for(lambda: owns_partitions(a), timeout=60, what="a to get partitions")
+    wait_for(lambda: stored_end(settings, group) > 0, timeout=60, what="a's first commit")
+    # b joins with a's instance id: the coordinator fences a.
+    b = spawn(settings, tmp_path / "b.log", *args)
+    wait_for(lambda: "rejoining the group" in a.text(), timeout=90, what="a to rejoin")
+    b.kill()
+    trickle.join(120)
+    assert trickle.error is None and not trickle.is_alive()
+    wait_for(lambda: stored_end(settings, group) == len(delivered), timeout=120, what="all offsets")
+    assert a.proc.poll() is None, a.text()[-3000:]
+    assert a.terminate() == 0, a.text()[-3000:]
+    assert "consumer failed fatally" in a.text()
+    assert_exact(settings, events, delivered)
+
+
 def test_postgres_restart_mid_run(make_topics: MakeTopics, private_postgres: LocalPostgres) -> None:
     rng = random.Random(13)
     settings = make_topics(partitions=4).model_copy(

@@ -204,3 +204,53 @@ def test_sigkilled_five_times_during_a_big_backfill(
     assert len(rows) == len({r[2] for r in rows}) == len(want)
     assert {tuple(r) for r in rows} == want
     print(f"\n{BIG_PAGE} conversations, {len(want)} messages, kills at calls {kill_calls}/{needed}")
+
+
+def test_fenced_static_member_rejoins_and_completes(
+    make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any, tmp_path: Path
+) -> None:
+    """A static member fenced by another with its instance id (what a session timeout on
+    a starved machine also leads to) gets a fatal consumer error: the worker starts a new
+    consumer instead of sitting on the dead one, and the crawl completes."""
+    settings = make_schema(base=make_topics(partitions=3))
+    world = GraphWorld.generate(seed=33, conversations=200, max_messages=25, long_threads=3)
+    graph = fake_graph(world, conversations_cap=10, messages_cap=10)
+    page = world.page_ids[0]
+    group = f"crawler-fence-{time.monotonic_ns()}"
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    env = {"CONVSYNC_CRAWL_CALLS_PER_SECOND": "20"}
+    record = new_request(page, full=True)
+    submit(settings, record)
+    a = spawn_worker(settings, graph, group, log_a, instance="same-id", extra_env=env)
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while (world.calls[page].calls if page in world.calls else 0) < 20:
+            assert a.poll() is None, log_a.read_text()
+            assert time.monotonic() < deadline, "worker made no Graph call"
+            time.sleep(0.05)
+        # b joins with a's instance id: the coordinator fences a.
+        b = spawn_worker(settings, graph, group, log_b, instance="same-id", extra_env=env)
+        deadline = time.monotonic() + 90
+        while "rejoining the group" not in log_a.read_text():
+            assert a.poll() is None, log_a.read_text()[-3000:]
+            assert time.monotonic() < deadline, "a was not fenced: " + log_a.read_text()[-3000:]
+            time.sleep(0.1)
+        b.send_signal(signal.SIGKILL)
+        b.wait(10)
+        assert world.calls[page].calls < calls_needed(world, page, conv_cap=10, msg_cap=10), (
+            "the crawl had finished before a was fenced"
+        )
+        view = wait_status(settings, record.crawl_id, {"done", "failed"}, timeout=180)
+        assert a.poll() is None, "a exited instead of rejoining"
+    finally:
+        terminate(a)
+        if b is not None and b.poll() is None:
+            b.kill()
+            b.wait(10)
+    assert view.status == "done", view.last_error
+    text = log_a.read_text()
+    assert "crawl consumer failed fatally" in text
+    want = expected_rows(world, page)
+    events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
+    assert as_rows(events) == want
