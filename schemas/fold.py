@@ -24,7 +24,7 @@ the state (the caller dedupes by event id); ``project`` dedupes itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,12 +51,7 @@ def _min(a: Any, b: Any) -> Any:
 
 def edit_number(event: Envelope) -> int:
     """Return an edit event's ``num_edit`` (0 when Meta sent none)."""
-    return edit_number_of(event.attrs)
-
-
-def edit_number_of(attrs: Mapping[str, Any]) -> int:
-    """Return the ``num_edit`` of an edit event's ``attrs`` (0 when Meta sent none)."""
-    value = attrs.get("num_edit", 0)
+    value = event.attrs.get("num_edit", 0)
     return value if isinstance(value, int) else 0
 
 
