@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import threading
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
 from convsync.status import Status, collect
 from convsync.supervisor import Supervisor
+from deploy.ports import free_ports
 from deploy.simulator.graph_api import GraphApiServer, GraphWorld, token_for
 from deploy.simulator.webhooks import WebhookSender, page_body, post
 from schemas.migrate import apply_migrations
@@ -73,10 +73,8 @@ class WebhookTally:
 
 
 def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Return a TCP port free on 127.0.0.1 right now, outside the ephemeral range."""
+    return free_ports()
 
 
 class GraphThread:

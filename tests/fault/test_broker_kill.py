@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ from pydantic import SecretStr
 from convsync.kafka import admin_client
 from convsync.settings import Settings
 from deploy.kafka_local import KafkaCluster
+from deploy.ports import free_ports
 from deploy.processes import pid_alive
 from deploy.simulator.webhooks import WebhookSender
 from deploy.stack import load_info
@@ -42,23 +41,11 @@ RATE = 250
 SECONDS = 40
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_base(offsets: tuple[int, ...]) -> int:
-    """Return a port p such that p + each offset is free on 127.0.0.1 right now."""
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(20000, 60000)
-        if all(_free(base + o) for o in offsets):
-            return base
-    raise RuntimeError("no free ports")
+    """Return a port p such that p + each offset is free on 127.0.0.1 right now, outside
+    the ephemeral range: the brokers bind their listeners only after the quorum formed,
+    and a client socket once took one of these ports meanwhile."""
+    return free_ports(offsets)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
