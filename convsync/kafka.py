@@ -142,6 +142,13 @@ def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
     return Consumer(conf)
 
 
+def is_fatal(err: KafkaError) -> bool:
+    """True when ``err`` means the client can never be used again. librdkafka reports its
+    fatal error to a consumer as a record error of code ``_FATAL``, whose ``fatal()`` is
+    false: both are checked."""
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
+
+
 def check_reachable(settings: Settings, *, timeout: float = 5.0) -> int:
     """Return the number of brokers in the cluster. Raises :class:`RetryableError`."""
     # A probe of a server that may still be starting: connection-refused noise is

@@ -20,7 +20,7 @@ from consumers.materializer.rows import Position, StageRow, decode
 from consumers.materializer.store import BatchResult, Store
 from consumers.materializer.writer import BackgroundWriter, InFlight
 from convsync.errors import ConsumerFatalError, ConvsyncError, PoisonError, RetryableError
-from convsync.kafka import make_consumer
+from convsync.kafka import is_fatal, make_consumer
 from convsync.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,7 @@ class Materializer:
     def _on_record_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        # librdkafka reports its fatal error as a record error of code _FATAL.
-        if err.fatal() or err.code() == KafkaError._FATAL:
+        if is_fatal(err):
             raise ConsumerFatalError(f"consumer failed fatally: {err}")
         # Broker down, topic not created yet...: librdkafka reconnects by itself.
         log.warning("consumer: %s", err)

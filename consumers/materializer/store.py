@@ -1,4 +1,5 @@
-"""The Postgres side of the materializer: one transaction per batch, offsets included."""
+"""The Postgres side of the materializer: one transaction per batch (or per part of a
+batch, over several connections), offsets included."""
 
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ _SEQ, _PARTITION = _COL["seq"], _COL["partition"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _ts(ms: int | None) -> datetime | None:
-    # Exact (integer) arithmetic: a float division could round a millisecond.
+def as_timestamp(ms: int | None) -> datetime | None:
+    """The ``timestamptz`` value of ms since the epoch, exactly (integer arithmetic: a
+    float division could round a millisecond)."""
     return None if ms is None else _EPOCH + timedelta(milliseconds=ms)
 
 
@@ -47,8 +49,8 @@ def event_row(row: StageRow) -> tuple[object, ...]:
     (_, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, watermark_ms,
      thread_id, source, attrs, payload, topic, partition, offset, num_edit) = row  # fmt: skip
     return (
-        event_id, page_id, psid, kind, mid, _ts(occurred_ms), direction, text,
-        _ts(watermark_ms), thread_id, source, attrs, payload, topic, partition, offset,
+        event_id, page_id, psid, kind, mid, as_timestamp(occurred_ms), direction, text,
+        as_timestamp(watermark_ms), thread_id, source, attrs, payload, topic, partition, offset,
         num_edit,
     )  # fmt: skip
 
@@ -251,8 +253,8 @@ class _Session:
                         if rows:
                             ids = ",".join([r[_EVENT_ID] for r in rows])
                             lookup.execute(st.EXISTING_EVENTS, (ids,))
-                    stored = {r[0] for r in lookup.fetchall()} if rows else set()
-                new, deltas = fold_batch(rows, stored)  # type: ignore[arg-type]
+                    stored = {str(r[0]) for r in lookup.fetchall()} if rows else set()
+                new, deltas = fold_batch(rows, stored)
                 with conn.cursor() as cur:
                     if new:
                         # 3. The new events straight into `events` (the first copy of
@@ -385,9 +387,10 @@ class Store:
             )
             for session, shard in zip(self._sessions[1:], shards[1:], strict=False)
         ]
-        outcomes: list[BatchResult | BaseException] = []
+        done: list[BatchResult] = []
+        failed: list[Exception] = []
         try:
-            outcomes.append(
+            done.append(
                 first.write_batch(
                     group=group,
                     topic=topic,
@@ -396,16 +399,14 @@ class Store:
                 )
             )
         except Exception as e:  # noqa: BLE001 - raised below, after the other parts finished
-            outcomes.append(e)
+            failed.append(e)
         for future in futures:
             try:
-                outcomes.append(future.result())
+                done.append(future.result())
             except Exception as e:  # noqa: BLE001 - raised below
-                outcomes.append(e)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        done = [o for o in outcomes if isinstance(o, BatchResult)]
+                failed.append(e)
+        if failed:
+            raise failed[0]
         return BatchResult(
             staged=sum(r.staged for r in done),
             inserted=sum(r.inserted for r in done),

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from pydantic import SecretStr
 
 from convsync.errors import ConsumerFatalError, PoisonError, RetryableError
-from convsync.kafka import make_consumer, make_producer
+from convsync.kafka import is_fatal, make_consumer, make_producer
 from convsync.settings import Settings
 from producers.crawler._commits import CommitQueue, in_thread, take
 from producers.crawler._offsets import Mark, PartitionBook, Seen, decide, resume_marks
@@ -302,8 +302,7 @@ class CrawlWorker:
     def _dispatch(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            # librdkafka reports its fatal error as a record error of code _FATAL.
-            if err.fatal() or err.code() == KafkaError._FATAL:
+            if is_fatal(err):
                 # The loop ends, the steps in flight are abandoned (not committed: the
                 # next owner runs them again) and run() raises this.
                 log.error("crawl consumer failed fatally: %s", err)

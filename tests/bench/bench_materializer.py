@@ -36,8 +36,8 @@ from typing import Any
 
 from psycopg import sql
 
-from consumers.materializer.rows import STAGE_COLUMNS, Position, stage_row
-from consumers.materializer.store import Store
+from consumers.materializer.rows import Position, stage_row
+from consumers.materializer.store import Store, as_timestamp, event_row
 from convsync.db import connect
 from convsync.kafka import admin_client, ensure_topics, make_producer, topic_specs
 from convsync.settings import Settings
@@ -166,24 +166,17 @@ def raw_copy(settings: Settings, events: list[Envelope], topic: str) -> float:
     rows = []
     unique = list({ev.event_id: ev for ev in reversed(events)}.values())
     for i, ev in enumerate(unique):
-        r = dict(zip(STAGE_COLUMNS, stage_row(ev, Position(topic, 0, i), i), strict=True))
-        rows.append(
-            (
-                r["event_id"], r["page_id"], r["psid"], r["kind"], r["mid"],
-                _ts(r["occurred_ms"]), r["direction"], r["text"], _ts(r["watermark_ms"]),
-                r["thread_id"], r["source"], r["attrs"], r["payload"], r["topic"],
-                r["partition"], r["offset"], r["num_edit"],
-            )
-        )  # fmt: skip
+        rows.append(event_row(stage_row(ev, Position(topic, 0, i), i)))
     convs = []
+    ts = as_timestamp
     for state in project(events).values():
         p = state.public()
         convs.append(
             (
-                p["page_id"], p["psid"], p["thread_id"], _ts(p["first_message_at"]),
-                _ts(p["last_message_at"]), p["message_count"], p["last_message_text"],
-                _ts(p["last_inbound_at"]), _ts(p["last_outbound_at"]), p["needs_reply"],
-                _ts(p["read_watermark"]), _ts(p["delivered_watermark"]), 1,
+                p["page_id"], p["psid"], p["thread_id"], ts(p["first_message_at"]),
+                ts(p["last_message_at"]), p["message_count"], p["last_message_text"],
+                ts(p["last_inbound_at"]), ts(p["last_outbound_at"]), p["needs_reply"],
+                ts(p["read_watermark"]), ts(p["delivered_watermark"]), 1,
             )
         )  # fmt: skip
     ident = sql.Identifier(target.db_schema)
@@ -207,14 +200,6 @@ def raw_copy(settings: Settings, events: list[Envelope], topic: str) -> float:
     finally:
         drop_schema(target)
     return len(unique) / elapsed
-
-
-def _ts(ms: int | None) -> Any:
-    if ms is None:
-        return None
-    from datetime import UTC, datetime, timedelta
-
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
 
 
 def per_event(settings: Settings, events: list[Envelope], topic: str, sample: int) -> float:
