@@ -147,3 +147,28 @@ def test_one_part_refused_the_others_commit_and_the_retry_is_exact(
     assert stored == len({e.event_id for e in events})
     # The parts that committed first were no-ops the second time: one version each.
     assert scalar(settings, "SELECT max(version) FROM {s}.conversations") == 1
+
+
+@pytest.mark.integration
+def test_no_plan_over_events_or_conversations_is_kept_between_batches(
+    make_schema: MakeSchema,
+) -> None:
+    """A prepared statement keeps its plan while the tables grow: the lookup, prepared
+    while `events` was small, kept scanning all of it. Many batches later, the session
+    holds no prepared statement that reads `events` or `conversations`."""
+    settings = make_schema()
+    events = random_events(random.Random(3), pages=2, users=4, n=60)
+    rows, _ = _rows(events, 1)
+    store = Store(settings)
+    try:
+        for i in range(0, len(rows), 5):
+            store.write_batch(group="g", topic=TOPIC, rows=rows[i : i + 5], next_offsets={0: i + 5})
+        conn = store._sessions[0]._connection()
+        prepared = [str(r[0]) for r in conn.execute("SELECT statement FROM pg_prepared_statements")]
+    finally:
+        store.close()
+    assert prepared, "psycopg prepares the statements run this often (the test would be void)"
+    kept = [
+        s for s in prepared if "events" in s.replace("consumer_offsets", "") or "conversations" in s
+    ]
+    assert not kept, kept
