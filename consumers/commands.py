@@ -52,8 +52,10 @@ def materialize(
     from consumers.materializer import BatchConfig, Materializer
     from convsync.cli import load_settings
     from convsync.errors import ConsumerFatalError, ConvsyncError
+    from convsync.gctune import tune_for_batches
 
     settings = load_settings()
+    tune_for_batches()
     defaults = BatchConfig()
     config = BatchConfig(
         max_records=batch_size or defaults.max_records,
@@ -115,8 +117,10 @@ def replay(
     from consumers.materializer import replay as run_replay
     from convsync.cli import load_settings
     from convsync.errors import ConvsyncError
+    from convsync.gctune import tune_for_batches
 
     settings = load_settings()
+    tune_for_batches()
     schema = into or f"{settings.db_schema}_replay_{time.strftime('%Y%m%d%H%M%S')}"
     config = BatchConfig(max_records=batch_size) if batch_size else None
     console = Console(stderr=True)

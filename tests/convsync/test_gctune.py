@@ -1,0 +1,54 @@
+"""The batch processes' collector settings: fewer young collections, cycles still freed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.consumers.procs import REPO
+
+PROBE = textwrap.dedent(
+    """
+    import gc, sys, weakref
+    if sys.argv[1] == "tuned":
+        from convsync.gctune import tune_for_batches
+        tune_for_batches()
+    print(*gc.get_threshold(), gc.get_freeze_count() > 0)
+
+    class Node:
+        pass
+
+    # A cycle nobody references: only the collector can free it.
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    freed = weakref.ref(a)
+    del a, b
+    before = gc.get_stats()[0]["collections"]
+    # One batch's worth of short-lived, acyclic containers, kept alive while "written".
+    batch = [(i, {"k": i}, [i]) for i in range(100_000)]
+    del batch
+    young = gc.get_stats()[0]["collections"] - before
+    # Keep allocating until the young generation is collected at least once more.
+    keep = [(i,) for i in range(120_000)]
+    print(young, freed() is None)
+    """
+)
+
+
+def _probe(mode: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out
+
+
+def test_tuned_process_collects_young_objects_rarely_and_still_frees_cycles() -> None:
+    default = _probe("default")
+    tuned = _probe("tuned")
+    assert tuned[:4] == ["50000", "20", "20", "True"], tuned
+    young_default, young_tuned = int(default[4]), int(tuned[4])
+    # 300,000 container allocations: hundreds of young collections by default.
+    assert young_default > 100, default
+    assert young_tuned <= 10, tuned
+    assert tuned[5] == "True", "an unreachable cycle is still collected"
