@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from confluent_kafka import KafkaError, Message
@@ -17,13 +18,18 @@ from confluent_kafka import KafkaError, Message
 from convsync.kafka import admin_client, make_consumer, make_producer
 from convsync.settings import Settings
 from deploy.kafka_local import KafkaCluster
+from deploy.ports import free_ports
 from deploy.processes import pid_alive
 from deploy.stack import load_info
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
-KAFKA_PORT = 39092
-PG_PORT = 55532
+
+class Stack3(NamedTuple):
+    state: Path
+    settings: Settings
+    kafka_port: int
+    pg_port: int
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,8 +43,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Settings]]:
+def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack3]:
     state = tmp_path_factory.mktemp("stack3")
+    # Outside the ephemeral range: the brokers bind their listeners only after the quorum
+    # formed, and a client socket took a hard-coded port in between (CI, 2026-11-29).
+    kafka_port = free_ports((0, 1, 10, 11, 20, 21))
+    pg_port = free_ports((0, 1))
     proc = _cli(
         "up",
         "--brokers",
@@ -46,9 +56,9 @@ def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
         "--state-dir",
         str(state),
         "--kafka-port",
-        str(KAFKA_PORT),
+        str(kafka_port),
         "--pg-port",
-        str(PG_PORT),
+        str(pg_port),
         "--partitions",
         "6",
     )
@@ -62,9 +72,9 @@ def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
         partitions=6,
     )
     try:
-        yield state, settings
+        yield Stack3(state, settings, kafka_port, pg_port)
     finally:
-        cluster = KafkaCluster(state / "kafka-3", 3, KAFKA_PORT)
+        cluster = KafkaCluster(state / "kafka-3", 3, kafka_port)
         pids = [p for n in cluster.nodes if (p := cluster.pid(n)) is not None]
         down = _cli("down", "--state-dir", str(state))
         assert down.returncode == 0, down.stdout + down.stderr
@@ -72,8 +82,8 @@ def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
         assert cluster.running() == []
 
 
-def test_up_is_idempotent_and_topics_replicated(three_brokers: tuple[Path, Settings]) -> None:
-    state, settings = three_brokers
+def test_up_is_idempotent_and_topics_replicated(three_brokers: Stack3) -> None:
+    state, settings = three_brokers.state, three_brokers.settings
     again = _cli(
         "up",
         "--brokers",
@@ -81,9 +91,9 @@ def test_up_is_idempotent_and_topics_replicated(three_brokers: tuple[Path, Setti
         "--state-dir",
         str(state),
         "--kafka-port",
-        str(KAFKA_PORT),
+        str(three_brokers.kafka_port),
         "--pg-port",
-        str(PG_PORT),
+        str(three_brokers.pg_port),
         "--partitions",
         "6",
     )
@@ -98,10 +108,10 @@ def test_up_is_idempotent_and_topics_replicated(three_brokers: tuple[Path, Setti
     assert f"export CONVSYNC_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}" in env.stdout
 
 
-def test_sigkill_one_broker_loses_nothing(three_brokers: tuple[Path, Settings]) -> None:
-    state, settings = three_brokers
+def test_sigkill_one_broker_loses_nothing(three_brokers: Stack3) -> None:
+    state, settings = three_brokers.state, three_brokers.settings
     topic = settings.topic("events")
-    cluster = KafkaCluster(state / "kafka-3", 3, KAFKA_PORT)
+    cluster = KafkaCluster(state / "kafka-3", 3, three_brokers.kafka_port)
     producer = make_producer(settings, **{"message.timeout.ms": 60000})
     acked: set[str] = set()
     failed: list[KafkaError] = []
