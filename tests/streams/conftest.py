@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from convsync.kafka import admin_client
 from convsync.settings import Settings
+from deploy.ports import free_ports
 from schemas.conversation import ConversationChange
 from streams.app import app_id
 
@@ -25,9 +25,9 @@ CONVSYNC = Path(sys.executable).parent / "convsync"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Return a TCP port free on 127.0.0.1 right now, outside the ephemeral range (a
+    client socket cannot take it before the server binds it)."""
+    return free_ports()
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pydantic import SecretStr
 
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
+from deploy.ports import free_ports
 from schemas.envelope import Envelope
 
 SECRET = "test-app-secret-0123456789"
@@ -76,10 +76,9 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
 
 
 def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Return a TCP port free on 127.0.0.1 right now, outside the ephemeral range (a
+    client socket cannot take it before the server binds it)."""
+    return free_ports()
 
 
 @dataclass
