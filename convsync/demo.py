@@ -72,11 +72,6 @@ class WebhookTally:
     error: str | None = None
 
 
-def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 right now, outside the ephemeral range."""
-    return free_ports()
-
-
 class GraphThread:
     """The fake Graph API served from a background thread with its own event loop."""
 
@@ -305,7 +300,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
     )
     graph = GraphThread(world)
     graph_url = graph.start()
-    gateway_port = free_port()
+    gateway_port = free_ports()
     tokens = {p: token_for(p) for p in world.page_ids}
     env = {
         "CONVSYNC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
@@ -330,7 +325,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
             "streams",
             "streams",
             "--web-port",
-            str(free_port()),
+            str(free_ports()),
             "--data-dir",
             str(state_dir / "demo-streams"),
         )

@@ -48,7 +48,7 @@ ANALYZE_TOUCHED: Final = sql.SQL("ANALYZE touched (page_id, psid)")
 # no other writer of these partitions can add one before the COPY below. The ids come as
 # one comma-separated string (an event id is ev1_ and hex): psycopg's dump of a Python
 # list of 10,000 strings took ~10 % of the writer thread. Never prepared (see
-# store.UNPREPARED).
+# _Session.write_batch).
 EXISTING_EVENTS: Final = sql.SQL(
     "SELECT event_id FROM events WHERE event_id = ANY(string_to_array(%s, ','))"
 )

@@ -36,13 +36,6 @@ _OCCURRED, _WATERMARK = _COL["occurred_ms"], _COL["watermark_ms"]
 _KIND, _MID, _DIRECTION = _COL["kind"], _COL["mid"], _COL["direction"]
 _SEQ, _PARTITION = _COL["seq"], _COL["partition"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# The statements that read `events` or `conversations` are planned at every run, never
-# prepared. psycopg prepares a statement on its 5th run, and Postgres then keeps one
-# plan for it while the tables grow: the lookup, prepared while `events` was small,
-# kept a sequential scan that split the id string again for every stored row (measured:
-# 170 ms per 150-event batch at 6,000 stored events, growing with the table; 25 ms
-# unprepared). Planning them costs about a millisecond (the fold) per batch.
-UNPREPARED: Final = False
 
 
 def as_timestamp(ms: int | None) -> datetime | None:
@@ -261,9 +254,15 @@ class _Session:
                         #    time, before anything shared is read or written.
                         conn.execute(st.LOCK_PARTITIONS, (topic, parts))
                         # 2. Which events are stored already (redeliveries, replays).
+                        #    Planned at every run, like the fold below: psycopg prepares
+                        #    a statement on its 5th run and Postgres then keeps one plan
+                        #    while the tables grow. Prepared while `events` was small,
+                        #    the lookup kept a sequential scan that split the ids again
+                        #    per stored row (170 ms per 150-event batch at 6,000 stored
+                        #    events, growing; 25 ms unprepared).
                         if rows:
                             ids = ",".join([r[_EVENT_ID] for r in rows])
-                            lookup.execute(st.EXISTING_EVENTS, (ids,), prepare=UNPREPARED)
+                            lookup.execute(st.EXISTING_EVENTS, (ids,), prepare=False)
                     stored = {str(r[0]) for r in lookup.fetchall()} if rows else set()
                 new, deltas = fold_batch(rows, stored)
                 with conn.cursor() as cur:
@@ -288,7 +287,7 @@ class _Session:
                             conn.execute(st.ANALYZE_TOUCHED)
                         # 5. Fold the deltas into conversations; unchanged rows are not
                         #    touched.
-                        fold.execute(st.FOLD_CONVERSATIONS, prepare=UNPREPARED)
+                        fold.execute(st.FOLD_CONVERSATIONS, prepare=False)
                     # 6. Move the resume cursor of every partition in the batch.
                     conn.execute(st.UPSERT_OFFSETS, (group, topic, parts, offsets))
                     # 7. Commit rows and offsets together (or neither: any error above

@@ -19,7 +19,6 @@ import collections
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from convsync.kafka import admin_client, ensure_topics, topic_specs  # noqa: E402
 from convsync.settings import Settings  # noqa: E402
+from deploy.ports import free_ports  # noqa: E402
 from deploy.simulator.webhooks import WebhookSender  # noqa: E402
 from deploy.stack import load_info  # noqa: E402
 
@@ -94,12 +94,6 @@ request = function()
   return reqs[i]
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -317,7 +311,7 @@ def main() -> None:
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
 
-    bare_port, gw_port = free_port(), free_port()
+    bare_port, gw_port = free_ports(), free_ports()
     env = {
         **os.environ,
         "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -328,7 +322,7 @@ def main() -> None:
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
     procs = {"bare aiohttp": bare}
     if args.bare_uvloop:
-        uv_port = free_port()
+        uv_port = free_ports()
         procs["bare+uvloop"] = subprocess.Popen(
             [sys.executable, "-c", BARE_SERVER, str(uv_port), "uvloop"]
         )
@@ -346,7 +340,7 @@ def main() -> None:
     )
     procs["gateway+kafka"] = gateway
     if args.decompose:
-        nk_port = free_port()
+        nk_port = free_ports()
         procs["gateway no kafka"] = subprocess.Popen(
             [sys.executable, "-c", NO_KAFKA_GATEWAY, str(nk_port)], env=env, cwd=REPO
         )

@@ -34,12 +34,12 @@ from convsync.kafka import (
     topic_specs,
 )
 from convsync.settings import Settings
+from deploy.ports import free_ports
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
 from streams.app import app_id
 from streams.change import StreamState, encode_change, step
 from tests.fixtures.stack import _stack_settings
-from tests.streams.conftest import free_port
 from tests.streams.events import conversation_events, produce
 from tests.streams.test_change import fold_all
 
@@ -112,7 +112,7 @@ def through_faust(
     reader.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
     with tempfile.TemporaryDirectory() as tmp:
         cli = Path(sys.executable).parent / "convsync"
-        args = [str(cli), "streams", "--web-port", str(free_port()), "--data-dir", tmp]
+        args = [str(cli), "streams", "--web-port", str(free_ports()), "--data-dir", tmp]
         args += ["--guarantee", guarantee]
         proc = subprocess.Popen(args, env=env)
         seen = 0
@@ -154,7 +154,7 @@ def intake_only(prefix: str, n_events: int) -> None:
 
     streams_app.Folder.process = noop  # type: ignore[method-assign,assignment]
     with tempfile.TemporaryDirectory() as tmp:
-        config = streams_app.StreamConfig(web_port=free_port(), data_dir=Path(tmp))
+        config = streams_app.StreamConfig(web_port=free_ports(), data_dir=Path(tmp))
         app = streams_app.make_app(settings, config)
         worker = faust.Worker(app, loglevel="WARNING", redirect_stdouts=False)
         worker.spinner = None

@@ -29,10 +29,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from convsync.kafka import admin_client, make_producer
 from convsync.settings import Settings
+from deploy.ports import free_ports
 from streams.app import app_id
 from tests.bench.bench_streams import fresh
 from tests.fixtures.stack import _stack_settings
-from tests.streams.conftest import free_port
 from tests.streams.events import conversation_events, produce
 from tests.streams.test_change import fold_all
 
@@ -73,7 +73,7 @@ def run(settings: Settings, warmup: int, messages: int, pages: int, users: int) 
     topic = settings.topic("conversations")
     reader.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "convsync.cli", "streams", "--web-port", str(free_port())]
+        args = [sys.executable, "-m", "convsync.cli", "streams", "--web-port", str(free_ports())]
         proc = subprocess.Popen([*args, "--data-dir", tmp], env=env)
         try:
             seen = wait_records(reader, 0, want_first, proc)

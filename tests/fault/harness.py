@@ -21,12 +21,13 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from convsync.db import connect
-from convsync.demo import Comparison, GraphThread, TruthRow, compare, free_port, wait_ready
+from convsync.demo import Comparison, GraphThread, TruthRow, compare, wait_ready
 from convsync.errors import ConvsyncError
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
 from convsync.status import watermarks
 from convsync.supervisor import Component, Supervisor
+from deploy.ports import free_ports
 from deploy.simulator.graph_api import GraphWorld, token_for
 from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body
 
@@ -255,8 +256,8 @@ class Pipeline:
         self.world = world
         self.group = group or f"{settings.topic_prefix}-materializer"
         self.graph = GraphThread(world) if world is not None else None
-        self.gateway_port = free_port()
-        self.streams_port = free_port()
+        self.gateway_port = free_ports()
+        self.streams_port = free_ports()
         self.extra_env = extra_env or {}
         self.env_for = env_for or {}
         self.sups: dict[str, Supervisor] = {}

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 
-from convsync.demo import free_port
+from deploy.ports import free_ports
 
 
 class TcpProxy:
@@ -15,7 +15,7 @@ class TcpProxy:
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.port = free_port()
+        self.port = free_ports()
         self.accepted = 0
         self.refused = 0
         self._cut = False

@@ -41,13 +41,6 @@ RATE = 250
 SECONDS = 40
 
 
-def free_base(offsets: tuple[int, ...]) -> int:
-    """Return a port p such that p + each offset is free on 127.0.0.1 right now, outside
-    the ephemeral range: the brokers bind their listeners only after the quorum formed,
-    and a client socket once took one of these ports meanwhile."""
-    return free_ports(offsets)
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "convsync.cli", *args],
@@ -62,8 +55,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def three_brokers(tmp_path: Path) -> Iterator[tuple[KafkaCluster, Settings]]:
     """`convsync up --brokers 3` on free ports and a tmp state dir; `down` after."""
     state = tmp_path / "stack3"
-    kafka_port = free_base((0, 1, 10, 11, 20, 21))
-    pg_port = free_base((0, 1))
+    kafka_port = free_ports((0, 1, 10, 11, 20, 21))
+    pg_port = free_ports((0, 1))
     up = _cli(
         "up",
         "--brokers",

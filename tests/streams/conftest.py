@@ -24,12 +24,6 @@ from streams.app import app_id
 CONVSYNC = Path(sys.executable).parent / "convsync"
 
 
-def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 right now, outside the ephemeral range (a
-    client socket cannot take it before the server binds it)."""
-    return free_ports()
-
-
 @dataclass
 class Worker:
     """One `convsync streams` subprocess."""
@@ -79,7 +73,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     def start(
         settings: Settings, *, batch_size: int = 1000, guarantee: str = "at_least_once"
     ) -> Worker:
-        port = free_port()
+        port = free_ports()
         log = tmp_path / f"worker{len(workers)}.log"
         env = {
             **os.environ,

@@ -75,12 +75,6 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
     raise AssertionError("unreachable")
 
 
-def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 right now, outside the ephemeral range (a
-    client socket cannot take it before the server binds it)."""
-    return free_ports()
-
-
 @dataclass
 class GatewayProcess:
     """``convsync gateway`` in a subprocess of the test, its output in ``log_file``."""
@@ -89,7 +83,7 @@ class GatewayProcess:
     log_file: Path
     workers: int = 1
     produce_timeout: float = 5.0
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_ports)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
