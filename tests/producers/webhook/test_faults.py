@@ -143,10 +143,15 @@ def test_workers_share_the_port_and_stop_on_sigterm(
     gw.start(timeout=60)
     try:
         deadline = time.monotonic() + 60
-        while len(_log_lines(log_file, "gateway pid ")) < 2:
+        # Each worker logs this after its start-up, just before it binds: its start-up
+        # objects are frozen for the collector (convsync.gctune.freeze_startup).
+        while len(frozen := _log_lines(log_file, "start-up objects frozen")) < 2:
             assert time.monotonic() < deadline, log_file.read_text()[-2000:]
             time.sleep(0.2)
-        time.sleep(1.0)  # the second worker binds right after its start line
+        pids = {line.split("gateway pid ")[1].split(":")[0] for line in frozen}
+        assert len(pids) == 2, frozen
+        assert all(int(line.split(": ")[-1].split()[0]) > 10_000 for line in frozen), frozen
+        time.sleep(1.0)  # the second worker binds right after that line
         sender = WebhookSender(SECRET, seed=44)
         bodies = [sender.batch(["9"], items_per_page=1) for _ in range(40)]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
