@@ -28,6 +28,10 @@ def materialize(
     batch_ms: Annotated[
         int | None, typer.Option(min=0, help="Flush a batch this many ms after its first record.")
     ] = None,
+    batch_mib: Annotated[
+        int | None,
+        typer.Option(min=1, help="Flush a batch once its record values reach this many MiB."),
+    ] = None,
     writers: Annotated[
         int | None,
         typer.Option(
@@ -60,6 +64,7 @@ def materialize(
     config = BatchConfig(
         max_records=batch_size or defaults.max_records,
         max_wait=defaults.max_wait if batch_ms is None else batch_ms / 1000,
+        max_bytes=defaults.max_bytes if batch_mib is None else batch_mib * 1024 * 1024,
         writers=writers or defaults.writers,
     )
     if metrics_port is not None:

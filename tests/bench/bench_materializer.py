@@ -40,6 +40,7 @@ from typing import Any
 
 from psycopg import sql
 
+from consumers.materializer.config import BatchConfig
 from consumers.materializer.rows import Position, stage_row
 from consumers.materializer.store import Store, as_timestamp, event_row
 from convsync.db import connect
@@ -294,7 +295,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--conversations", type=int, default=20_000)
-    parser.add_argument("--batch-sizes", default="10000")
+    parser.add_argument(
+        "--batch-sizes",
+        default=str(BatchConfig().max_records),
+        help="comma-separated; default: the materializer's",
+    )
     parser.add_argument(
         "--batch-ms", type=int, default=None, help="flush interval (default: the materializer's)"
     )

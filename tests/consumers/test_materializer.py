@@ -7,9 +7,11 @@ import random
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import orjson
 import pytest
@@ -18,6 +20,7 @@ from prometheus_client import REGISTRY
 from psycopg import sql
 
 from consumers.materializer import BatchConfig, Materializer, checksum, replay
+from consumers.materializer.store import BatchResult
 from convsync.db import connect
 from convsync.settings import Settings
 from tests.consumers.helpers import (
@@ -194,3 +197,49 @@ def test_assignment_resumes_from_postgres_offsets_not_kafka(
     with running(mat):
         wait_for(lambda: stored_end(settings, group) == sum(ends), timeout=60, what="partition 1")
     assert mat.totals.records == ends[1] - ends[1] // 2
+
+
+def test_a_batch_is_flushed_once_its_record_values_reach_max_bytes(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    settings = make_schema(base=make_topics(partitions=2))
+    events = random_events(random.Random(11), pages=4, users=10, n=400)
+    chunks = [events[i : i + 40] for i in range(0, len(events), 40)]
+    chunk_bytes = min(sum(len(e.to_bytes()) for e in chunk) for chunk in chunks)
+    # Neither max_records nor max_wait (a minute) flushes a batch here: only max_bytes.
+    config = BatchConfig(
+        max_records=1_000_000, max_wait=60, max_bytes=chunk_bytes // 2, idle_poll=0.2
+    )
+    group = f"g-{uuid.uuid4().hex[:12]}"
+    mat = Materializer(settings, group=group, config=config)
+    written: list[int] = []
+    write = mat.store.write_batch
+
+    def counting_write(**kwargs: Any) -> BatchResult:
+        written.append(len(kwargs["rows"]))
+        return write(**kwargs)
+
+    mat.store.write_batch = counting_write  # type: ignore[method-assign]
+    with running(mat):
+        produce(settings, chunks[0])
+        # A first commit: the member is assigned and consuming.
+        wait_for(lambda: stored_end(settings, group) > 0, timeout=60, what="a first batch")
+        for chunk in chunks[1:]:
+            produce(settings, chunk)
+            time.sleep(0.3)
+        # Each chunk is two caps' worth: all but the last chunk's tail is flushed.
+        wait_for(
+            lambda: stored_end(settings, group) >= len(events) - len(chunks[-1]),
+            timeout=30,
+            what="batches flushed by size",
+        )
+        assert len(written) >= 5, written
+        assert max(written) < len(events) // 2, written
+    # Stopping flushes the rest; every event once.
+    assert stored_end(settings, group) == len(events)
+    assert conversations(settings) == expected(events)
+
+
+def test_batch_config_rejects_a_non_positive_byte_cap() -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        BatchConfig(max_bytes=0)
