@@ -231,7 +231,8 @@ class Materializer:
                 continue
             self._take(msg)
         # While Postgres writes the previous batch the next one keeps growing (up to
-        # max_records): a free writer takes it after max_wait, a busy one when it is done.
+        # max_records or max_bytes): a free writer takes it after max_wait, a busy one when
+        # it is done.
         if self._batch and (
             len(self._batch) >= cfg.max_records
             or self._batch_bytes >= cfg.max_bytes
