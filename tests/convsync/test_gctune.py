@@ -36,16 +36,17 @@ PROBE = textwrap.dedent(
 )
 
 
-def _probe(mode: str) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], cwd=REPO, capture_output=True, text=True, check=True
+def _probe(script: str, *args: str) -> list[str]:
+    """Run ``script`` in a fresh interpreter (its collector state is its own); return
+    the words it printed."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
-    return out
 
 
 def test_tuned_process_collects_young_objects_rarely_and_still_frees_cycles() -> None:
-    default = _probe("default")
-    tuned = _probe("tuned")
+    default = _probe(PROBE, "default")
+    tuned = _probe(PROBE, "tuned")
     assert tuned[:4] == ["50000", "20", "20", "True"], tuned
     young_default, young_tuned = int(default[4]), int(tuned[4])
     # 300,000 container allocations: hundreds of young collections by default.
@@ -77,9 +78,7 @@ FREEZE_PROBE = textwrap.dedent(
 
 
 def test_freeze_startup_takes_start_up_objects_out_of_collections() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", FREEZE_PROBE], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
+    out = _probe(FREEZE_PROBE)
     tracked, frozen, count, after = (int(x) for x in out[:4])
     assert frozen == count > 10_000, out
     # What a full collection walks afterwards: a small fraction of the start-up heap.
