@@ -95,7 +95,9 @@ def settle(settings: Settings) -> None:
         conn.execute("CHECKPOINT")
 
 
-def offsets_sum(conn: psycopg.Connection[tuple[object, ...]], settings: Settings, group: str) -> int:
+def offsets_sum(
+    conn: psycopg.Connection[tuple[object, ...]], settings: Settings, group: str
+) -> int:
     row = conn.execute(
         sql.SQL(
             'SELECT COALESCE(sum(next_offset), 0) FROM {}.consumer_offsets WHERE "group" = %s'
@@ -243,8 +245,9 @@ def per_event(settings: Settings, events: list[Envelope], topic: str, sample: in
 
 def latency(
     settings: Settings, group: str, rng: random.Random, rate: int, seconds: float
-) -> list[float]:
-    """Produce ``rate`` events/s for ``seconds``; return produce-to-visible seconds each."""
+) -> list[tuple[float, float]]:
+    """Produce ``rate`` events/s for ``seconds``; return (produced at, produce-to-visible)
+    seconds for each event, in the order they became visible."""
     topic = settings.topic("events")
     # New facts (not the pre-loaded events again): every one is a real insert.
     events = random_events(
@@ -283,7 +286,7 @@ def latency(
 
     thread = threading.Thread(target=produce_all, daemon=True)
     thread.start()
-    out: list[float] = []
+    out: list[tuple[float, float]] = []
     query = sql.SQL(
         'SELECT "partition", next_offset FROM {}.consumer_offsets WHERE "group" = %s'
     ).format(sql.Identifier(settings.db_schema))
@@ -293,11 +296,25 @@ def latency(
             now = time.monotonic()
             for part, queue in list(sent.items()):
                 while queue and queue[0][0] < offsets.get(part, 0):
-                    out.append(now - queue.popleft()[1])
+                    at = queue.popleft()[1]
+                    out.append((at, now - at))
             if done.is_set() and len(out) == len(events):
                 break
             time.sleep(0.01)
-    return sorted(out)
+    return out
+
+
+def per_second_p99(timed: list[tuple[float, float]]) -> list[float]:
+    """p99 latency (s) of the events produced in each second of the phase."""
+    t0 = min(at for at, _ in timed)
+    seconds: dict[int, list[float]] = defaultdict(list)
+    for at, lat in timed:
+        seconds[int(at - t0)].append(lat)
+    return [percentile(sorted(seconds[k]), 0.99) for k in sorted(seconds)]
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def main() -> None:
@@ -361,9 +378,10 @@ def main() -> None:
         # below fill and drop schemas, whose clean-up would otherwise share the cores
         # with this phase.
         settle(live[0])
-        lat = latency(live[0], live[1], rng, args.rate, args.seconds)
-        p50 = lat[len(lat) // 2]
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        timed = latency(live[0], live[1], rng, args.rate, args.seconds)
+        lat = sorted(t for _, t in timed)
+        p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+        windows = " ".join(f"{x * 1000:.0f}" for x in per_second_p99(timed))
         child.stop()
         drop_schema(live[0])
         child = live = None
@@ -389,6 +407,7 @@ def main() -> None:
             f"latency at {args.rate}/s over {len(lat)} events: p50 {p50 * 1000:.0f} ms, "
             f"p99 {p99 * 1000:.0f} ms (target p99 <= 500 ms)"
         )
+        print(f"  p99 of the events produced in each second (ms): {windows}")
     finally:
         if child is not None:
             child.stop()
