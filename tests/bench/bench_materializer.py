@@ -14,7 +14,13 @@ One run, same machine, same Postgres, the same 200,000 events over 20,000 conver
 and p99 produce-to-visible latency at a fixed rate (--rate events/s for --seconds), run
 on (a)'s materializer right after it caught up, before (b) and (c): a row is visible
 when its partition's offset in ``consumer_offsets`` (committed with the rows) passes
-it; the watcher polls every 10 ms.
+it; the watcher polls every 10 ms. The phase starts right after a forced CHECKPOINT
+(see settle()), and the first change of every page after a checkpoint writes the whole
+page to the WAL: the first second or two are slow (window p99 382-687 ms on
+2026-11-29). A live materializer meets that once per checkpoint (every 5 minutes by
+default), the bench would meet it in every run at the start of a 15 s sample. So the
+first --warmup seconds (default 2) are produced at the same rate but reported
+separately, and the p99 is over the --seconds after them.
 
     .venv/bin/python -m tests.bench.bench_materializer
     .venv/bin/python -m tests.bench.bench_materializer --batch-sizes 1000,2000,5000,10000
@@ -25,6 +31,7 @@ Needs the stack (`convsync up`). Other tests sharing the CPU make the figures no
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import signal
 import statistics
@@ -339,6 +346,12 @@ def main() -> None:
     parser.add_argument("--copy-runs", type=int, default=3, help="(b) runs; the median is used")
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds at --rate after the CHECKPOINT, reported apart from the p99",
+    )
     args = parser.parse_args()
 
     base = _stack_settings()
@@ -378,10 +391,14 @@ def main() -> None:
         # below fill and drop schemas, whose clean-up would otherwise share the cores
         # with this phase.
         settle(live[0])
-        timed = latency(live[0], live[1], rng, args.rate, args.seconds)
-        lat = sorted(t for _, t in timed)
+        timed = latency(live[0], live[1], rng, args.rate, args.warmup + args.seconds)
+        t0 = min(at for at, _ in timed)
+        lat = sorted(t for at, t in timed if at - t0 >= args.warmup)
+        warm = sorted(t for at, t in timed if at - t0 < args.warmup)
         p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
-        windows = " ".join(f"{x * 1000:.0f}" for x in per_second_p99(timed))
+        per_second = [f"{x * 1000:.0f}" for x in per_second_p99(timed)]
+        n_warm = math.ceil(args.warmup)
+        windows = " ".join([f"[{' '.join(per_second[:n_warm])}]", *per_second[n_warm:]])
         child.stop()
         drop_schema(live[0])
         child = live = None
@@ -404,10 +421,17 @@ def main() -> None:
         print(f"(a)/(b) = {best / copy_rate:.2f}   (target >= 0.6)")
         print(f"(a)/(c) = {best / single_rate:.1f}   (target >= 25)")
         print(
-            f"latency at {args.rate}/s over {len(lat)} events: p50 {p50 * 1000:.0f} ms, "
+            f"latency at {args.rate}/s over {len(lat)} events after a {args.warmup:g} s "
+            f"warm-up: p50 {p50 * 1000:.0f} ms, "
             f"p99 {p99 * 1000:.0f} ms (target p99 <= 500 ms)"
         )
-        print(f"  p99 of the events produced in each second (ms): {windows}")
+        if warm:
+            print(
+                f"  warm-up (the first {args.warmup:g} s after the CHECKPOINT, not in the "
+                f"figures above): {len(warm)} events, p50 {percentile(warm, 0.5) * 1000:.0f} ms, "
+                f"p99 {percentile(warm, 0.99) * 1000:.0f} ms"
+            )
+        print(f"  p99 of the events produced in each second (ms, warm-up in []): {windows}")
     finally:
         if child is not None:
             child.stop()
