@@ -455,6 +455,7 @@ class Materializer:
         self.totals.dead_letters += dead
         m.EVENTS_IN.labels(self.group).inc(summary.records)
         m.EVENTS_INSERTED.labels(self.group).inc(result.inserted)
+        m.CONVERSATION_CHANGES.labels(self.group).inc(result.conversations_changed)
         m.DUPLICATES.labels(self.group).inc(max(0, result.staged - result.inserted))
         m.DEAD_LETTERS.labels(self.group).inc(dead)
 

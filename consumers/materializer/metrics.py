@@ -15,6 +15,11 @@ EVENTS_INSERTED: Final = Counter(
 DUPLICATES: Final = Counter(
     "convsync_materializer_duplicates", "Records whose event id was already stored.", ["group"]
 )
+CONVERSATION_CHANGES: Final = Counter(
+    "convsync_materializer_conversation_changes",
+    "Conversation rows written; each write bumps that row's version by one.",
+    ["group"],
+)
 DEAD_LETTERS: Final = Counter(
     "convsync_materializer_dead_letters", "Poison records sent to the DLQ.", ["group"]
 )
@@ -25,7 +30,7 @@ BATCH_SIZE: Final = Histogram(
     "convsync_materializer_batch_size",
     "Records per committed batch.",
     ["group"],
-    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000, 30000),
 )
 BATCH_SECONDS: Final = Histogram(
     "convsync_materializer_batch_seconds",

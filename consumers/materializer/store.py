@@ -281,19 +281,22 @@ class _Session:
                                      d.last_ms, d.in_ms, d.out_ms, d.read_ms, d.deliv_ms,
                                      d.last_event, d.edited)
                                 )  # fmt: skip
-                with conn.cursor() as fold, conn.pipeline():
-                    if deltas:
-                        if len(deltas) >= st.ANALYZE_MIN_ROWS:
-                            conn.execute(st.ANALYZE_TOUCHED)
-                        # 5. Fold the deltas into conversations; unchanged rows are not
-                        #    touched.
-                        fold.execute(st.FOLD_CONVERSATIONS, prepare=False)
-                    # 6. Move the resume cursor of every partition in the batch.
-                    conn.execute(st.UPSERT_OFFSETS, (group, topic, parts, offsets))
-                    # 7. Commit rows and offsets together (or neither: any error above
-                    #    aborts the rest of the pipeline, COMMIT included).
-                    conn.execute(st.COMMIT)
-                changed = max(fold.rowcount, 0) if deltas else 0
+                with conn.cursor() as fold:
+                    with conn.pipeline():
+                        if deltas:
+                            if len(deltas) >= st.ANALYZE_MIN_ROWS:
+                                conn.execute(st.ANALYZE_TOUCHED)
+                            # 5. Fold the deltas into conversations; unchanged rows are
+                            #    not touched.
+                            fold.execute(st.FOLD_CONVERSATIONS, prepare=False)
+                        # 6. Move the resume cursor of every partition in the batch.
+                        conn.execute(st.UPSERT_OFFSETS, (group, topic, parts, offsets))
+                        # 7. Commit rows and offsets together (or neither: any error
+                        #    above aborts the rest of the pipeline, COMMIT included).
+                        conn.execute(st.COMMIT)
+                    # Read before the cursor closes: closing resets rowcount to -1 (so
+                    # until 2026-11-29 every batch reported 0 conversations changed).
+                    changed = max(fold.rowcount, 0) if deltas else 0
         except BaseException:
             # The connection is dropped, which rolls back whatever was not committed.
             self._drop()

@@ -120,6 +120,9 @@ def test_exactly_once_poison_idempotence_and_replay(
     assert REGISTRY.get_sample_value("convsync_materializer_events_inserted_total", labels) == len(
         {e.event_id for e in events}
     )
+    # Every conversation write bumps its version by one: the two tallies agree.
+    changes = REGISTRY.get_sample_value("convsync_materializer_conversation_changes_total", labels)
+    assert changes == scalar(settings, "SELECT sum(version) FROM {s}.conversations")
 
     letters = read_dlq(settings, 2)
     assert sorted(base64.b64decode(str(d["value_b64"])) for d in letters) == sorted(poison)

@@ -115,6 +115,26 @@ def test_event_stored_between_lookup_and_copy_is_retryable_and_applies_nothing(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("writers", [1, 2])
+def test_a_batch_reports_the_conversations_it_changed(
+    make_schema: MakeSchema, writers: int
+) -> None:
+    settings = make_schema()
+    events = random_events(random.Random(13), pages=3, users=6, n=150)
+    rows, offsets = _rows(events, 3)
+    store = Store(settings, writers=writers)
+    try:
+        first = store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets=offsets)
+        # The same batch again (a redelivery): nothing new, no row changes.
+        again = store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets=offsets)
+    finally:
+        store.close()
+    assert first.conversations_changed == len({(e.page_id, e.psid) for e in events})
+    assert first.conversations_changed == scalar(settings, "SELECT count(*) FROM {s}.conversations")
+    assert (again.inserted, again.conversations_changed) == (0, 0)
+
+
+@pytest.mark.integration
 def test_one_part_refused_the_others_commit_and_the_retry_is_exact(
     make_schema: MakeSchema,
 ) -> None:
