@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from convsync.errors import StackError
 
 # Servers started by this process. Holding the Popen objects keeps them from being
 # garbage-collected while the server runs (a ResourceWarning), and lets stop_pid reap.
+# One that died another way (a fault test's SIGKILL, a crash) stays a zombie until
+# reap_exited() collects it, at the latest when this process exits.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -50,10 +53,27 @@ def read_pid(pid_file: Path, marker: str) -> int | None:
     return None
 
 
+def reap_exited() -> list[int]:
+    """Reap the servers this process started that have exited; return their pids.
+
+    A server killed without :func:`stop_pid` (``os.kill`` in a fault test) or one that
+    crashed is a zombie until then; its Popen, collected at interpreter exit, would
+    report it as "still running" (a ResourceWarning about a process that is gone).
+    """
+    gone = [pid for pid, proc in _CHILDREN.items() if proc.poll() is not None]
+    for pid in gone:
+        del _CHILDREN[pid]
+    return gone
+
+
+atexit.register(reap_exited)
+
+
 def spawn(
     argv: Sequence[str], *, log_file: Path, pid_file: Path, env: dict[str, str] | None = None
 ) -> int:
     """Start ``argv`` detached in its own session, output to ``log_file``; return its pid."""
+    reap_exited()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
         proc = subprocess.Popen(
