@@ -60,9 +60,10 @@ def reap_exited() -> list[int]:
     crashed is a zombie until then; its Popen, collected at interpreter exit, would
     report it as "still running" (a ResourceWarning about a process that is gone).
     """
-    gone = [pid for pid, proc in _CHILDREN.items() if proc.poll() is not None]
+    # A copy: a test's thread may spawn or stop a server meanwhile.
+    gone = [pid for pid, proc in list(_CHILDREN.items()) if proc.poll() is not None]
     for pid in gone:
-        del _CHILDREN[pid]
+        _CHILDREN.pop(pid, None)
     return gone
 
 
