@@ -52,6 +52,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                     {
                         "seconds": round(time.monotonic() - _STARTED[0], 1),
                         "tests": sorted(_RAN),
+                        # More than the scenarios when they ran inside the whole test
+                        # suite: "seconds" is then that session's, not theirs.
+                        "session tests": session.testscollected,
                         "exit status": int(exitstatus),
                         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                     },

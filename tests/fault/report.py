@@ -81,12 +81,25 @@ def render_text(
     out.append("")
     session = results_dir_session.get("seconds")
     if session is not None:
-        out.append(
-            f"Last run of the whole suite: {session} s wall time "
-            f"({len(results_dir_session.get('tests', []))} tests, finished "
-            f"{results_dir_session.get('finished_at')}, exit status "
-            f"{results_dir_session.get('exit status')}).\n"
+        scenarios = len(results_dir_session.get("tests", []))
+        in_session = int(results_dir_session.get("session tests", scenarios))
+        ended = (
+            f"finished {results_dir_session.get('finished_at')}, "
+            f"exit status {results_dir_session.get('exit status')}"
         )
+        if in_session > scenarios:
+            # The scenarios ran inside a larger pytest session: its wall time is not theirs.
+            took = round(sum(float(r["seconds"]) for r in results), 1)
+            out.append(
+                f"Last run of the whole suite: {scenarios} scenario tests, {took} s of their "
+                f"own (the sum above), inside a pytest session of {session} s and "
+                f"{in_session} tests ({ended}).\n"
+            )
+        else:
+            out.append(
+                f"Last run of the whole suite: {session} s wall time "
+                f"({scenarios} tests, {ended}).\n"
+            )
     for r in results:
         out.append(f"## {r['number']}. {r['title']}\n")
         out.append(f"{r['done']}\n")
