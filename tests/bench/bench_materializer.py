@@ -311,9 +311,8 @@ def latency(
     return out
 
 
-def per_second_p99(timed: list[tuple[float, float]]) -> list[float]:
-    """p99 latency (s) of the events produced in each second of the phase."""
-    t0 = min(at for at, _ in timed)
+def per_second_p99(timed: list[tuple[float, float]], t0: float) -> list[float]:
+    """p99 latency (s) of the events produced in each second after ``t0``."""
     seconds: dict[int, list[float]] = defaultdict(list)
     for at, lat in timed:
         seconds[int(at - t0)].append(lat)
@@ -396,7 +395,7 @@ def main() -> None:
         lat = sorted(t for at, t in timed if at - t0 >= args.warmup)
         warm = sorted(t for at, t in timed if at - t0 < args.warmup)
         p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
-        per_second = [f"{x * 1000:.0f}" for x in per_second_p99(timed)]
+        per_second = [f"{x * 1000:.0f}" for x in per_second_p99(timed, t0)]
         n_warm = math.ceil(args.warmup)
         windows = " ".join([f"[{' '.join(per_second[:n_warm])}]", *per_second[n_warm:]])
         child.stop()

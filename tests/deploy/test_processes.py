@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from deploy import processes
 from deploy.processes import pid_alive, reap_exited, spawn, stop_pid
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.stack import REPO
 
 
 def _wait_gone(pid: int, timeout: float = 10) -> None:
@@ -35,11 +36,8 @@ def test_a_server_killed_without_stop_pid_is_reaped(tmp_path: Path) -> None:
         assert killed not in processes._CHILDREN
         assert alive in processes._CHILDREN and pid_alive(alive)
         # Reaped for real: the kernel no longer has a child with that pid to report.
-        try:
+        with pytest.raises(ChildProcessError):
             os.waitpid(killed, os.WNOHANG)
-            raise AssertionError(f"{killed} was still waitable")
-        except ChildProcessError:
-            pass
     finally:
         stop_pid(alive)
     assert alive not in processes._CHILDREN
