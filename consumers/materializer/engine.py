@@ -239,8 +239,12 @@ class Materializer:
             or (not self._writer.busy and time.monotonic() - self._batch_started >= cfg.max_wait)
         ):
             self._flush_or_abandon(pipelined=True)
-        elif self._writer.done:
-            self._settle_or_requeue()
+        elif self._writer.done and not self._settle_or_requeue():
+            # The write failed and its records are back in the batch: retry them now in
+            # the foreground (backoff, bisection of a refused row), never on the writer
+            # thread again, where a refused row would fail forever and an outage would
+            # be retried at poll speed.
+            self._flush_or_abandon()
         if self._report_lag and time.monotonic() - self._last_lag >= cfg.lag_interval:
             self._last_lag = time.monotonic()
             self._refresh_lag(consumer)
@@ -359,8 +363,15 @@ class Materializer:
         #    its records are put back in front of this batch for the foreground retry.
         if not self._settle_or_requeue():
             return False
-        # 3. Poison is dead-lettered (and confirmed) before its offset can move.
-        self._send_poison(entries)
+        # 3. Poison is dead-lettered (and confirmed) before its offset can move. If Kafka
+        #    does not confirm, the foreground retries the batch with backoff.
+        try:
+            self._send_poison(entries)
+        except RetryableError as e:
+            log.warning("batch of %s not committed (%s): retrying it", len(messages), e)
+            m.RETRIES.labels(self.group).inc()
+            self.totals.retries += 1
+            return False
         # 4. Rows and the offsets of every partition in the batch, in one transaction,
         #    on the writer thread.
         rows = [e.row for e in entries if e.row is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -211,6 +212,39 @@ def test_postgres_restart_mid_run(make_topics: MakeTopics, private_postgres: Loc
         wait_for(lambda: stored_end(settings, group) == len(delivered), timeout=90, what="offsets")
     assert mat.totals.retries > 0
     assert_exact(settings, events, delivered)
+
+
+def test_postgres_down_between_batches_is_retried_with_backoff(
+    make_topics: MakeTopics, private_postgres: LocalPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Postgres goes away while the materializer is idle; a few records arrive. Their
+    # write fails on the writer thread and must then be retried in the foreground, with
+    # backoff. Until 2026-11-29 it went back to the writer thread every poll (~20 ms):
+    # dozens of failed writes per second of outage, and fetching never paused.
+    caplog.set_level(logging.WARNING, logger="consumers.materializer.engine")
+    settings = make_topics(partitions=4).model_copy(
+        update={"database_url": SecretStr(private_postgres.url), "db_schema": "convsync"}
+    )
+    with connect(settings) as conn:
+        apply_migrations(conn, schema="convsync")
+    events = random_events(random.Random(15), pages=6, users=30, n=600)
+    produce(settings, events[:400])
+    config = BatchConfig(max_records=300, max_wait=0.05, backoff_initial=0.2, backoff_max=1)
+    group = new_group()
+    mat = Materializer(settings, group=group, config=config)
+    with running(mat):
+        wait_for(lambda: stored_end(settings, group) == 400, timeout=60, what="first offsets")
+        private_postgres.stop(mode="immediate")
+        produce(settings, events[400:405])
+        time.sleep(3)
+        on_writer = [r.getMessage() for r in caplog.records if "not committed" in r.getMessage()]
+        private_postgres.start()
+        produce(settings, events[405:])
+        total = len(events)
+        wait_for(lambda: stored_end(settings, group) == total, timeout=90, what="all offsets")
+    assert 1 <= len(on_writer) <= 2, [m[:80] for m in on_writer]
+    assert mat.totals.retries >= 2, "the foreground retried"
+    assert_exact(settings, events, events)
 
 
 def test_kafka_unreachable_then_back(private_kafka: KafkaCluster, make_schema: MakeSchema) -> None:

@@ -22,6 +22,7 @@ from psycopg import sql
 from consumers.materializer import BatchConfig, Materializer, checksum, replay
 from consumers.materializer.store import BatchResult
 from convsync.db import connect
+from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
 from tests.consumers.helpers import (
     conversations,
@@ -246,3 +247,70 @@ def test_a_batch_is_flushed_once_its_record_values_reach_max_bytes(
 def test_batch_config_rejects_a_non_positive_byte_cap() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         BatchConfig(max_bytes=0)
+
+
+def test_rows_postgres_refuses_are_dead_lettered_alone(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    # Valid envelopes that Postgres refuses (a CHECK added here, which validation cannot
+    # know about): one inside a batch (halved until it is alone), then one alone after
+    # everything else committed. Until 2026-11-29 the second one, failing on the writer
+    # thread with nothing else gathered, was resubmitted to the writer forever.
+    rng = random.Random(21)
+    settings = make_schema(base=make_topics(partitions=2))
+    events = random_events(rng, pages=3, users=10, n=120)
+    messages = [e for e in events if e.kind == "message"]
+    bad_inside, bad_alone = messages[len(messages) // 2], messages[-1]
+    refused = {bad_inside.event_id, bad_alone.event_id}
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {}.events ADD CONSTRAINT refuse_two CHECK (event_id <> ALL({}))"
+            ).format(sql.Identifier(settings.db_schema), sql.Literal(sorted(refused)))
+        )
+    first = [e for e in events if e.event_id != bad_alone.event_id]
+    group = f"g-{uuid.uuid4().hex[:12]}"
+    mat = Materializer(settings, group=group, config=FAST)
+    with running(mat):
+        total = produce(settings, first)
+        wait_for(lambda: stored_end(settings, group) == total, timeout=60, what="first offsets")
+        total += produce(settings, [bad_alone])
+        wait_for(lambda: stored_end(settings, group) == total, timeout=30, what="last offset")
+    good = [e for e in events if e.event_id not in refused]
+    assert conversations(settings) == expected(good)
+    assert scalar(settings, "SELECT count(*) FROM {s}.events") == len({e.event_id for e in good})
+    assert mat.totals.dead_letters == 2
+    letters = read_dlq(settings, 2)
+    assert sorted(
+        orjson.loads(base64.b64decode(str(d["value_b64"])))["event_id"] for d in letters
+    ) == sorted(refused)
+    assert all("refuse_two" in str(d["reason"]) for d in letters)
+
+
+def test_unconfirmed_dead_letters_are_retried_not_raised(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    # The DLQ topic is missing (the broker creates none by itself): Kafka cannot confirm
+    # the dead letter, so the batch must wait, retried with backoff, and go through once
+    # the topic exists. Until 2026-11-29 a batch handed to the writer thread raised the
+    # error out of run() instead.
+    rng = random.Random(22)
+    settings = make_schema(base=make_topics(partitions=2))
+    admin = admin_client(settings)
+    dlq = settings.topic("dlq")
+    for future in admin.delete_topics([dlq], operation_timeout=30).values():
+        future.result(timeout=30)
+    events = random_events(rng, pages=2, users=5, n=60)
+    poison = b"\xff not an envelope"
+    total = produce(settings, events[:30]) + produce(settings, [poison])
+    total += produce(settings, events[30:])
+    group = f"g-{uuid.uuid4().hex[:12]}"
+    mat = Materializer(settings, group=group, config=FAST)
+    with running(mat):
+        wait_for(lambda: mat.totals.retries > 0, timeout=60, what="an unconfirmed dead letter")
+        assert stored_end(settings, group) < total, "no offset moves past unconfirmed poison"
+        ensure_topics(admin, [s for s in topic_specs(settings) if s.name == dlq])
+        wait_for(lambda: stored_end(settings, group) == total, timeout=120, what="all offsets")
+    assert conversations(settings) == expected(events)
+    letters = read_dlq(settings, 1)
+    assert letters and {base64.b64decode(str(d["value_b64"])) for d in letters} == {poison}
