@@ -13,6 +13,10 @@ from schemas.envelope import Envelope
 
 # entry[] fields Meta sends besides messaging/standby (page feed changes, handover hops).
 _ENTRY_FIELDS: Final = frozenset({"changes", "hop_context"})
+# librdkafka counts a record's key and framing (~40 bytes) against message.max.bytes, not
+# only its value: a value that passed a value-only check failed in produce() (a 503, so
+# Meta retried the same body forever) once within ~50 bytes of the limit.
+RECORD_OVERHEAD: Final = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +67,10 @@ def admit(
     # 3. Serialize; one oversized event refuses the body.
     records: list[Record] = []
     for env in envelopes:
-        value = env.to_bytes()
-        if len(value) > max_record_bytes:
+        key, value = env.page_id.encode(), env.to_bytes()
+        if len(key) + len(value) + RECORD_OVERHEAD > max_record_bytes:
             return Refused(413, "event too large", detail=f"{env.kind} event of {len(value)} bytes")
-        records.append((env.page_id.encode(), value))
+        records.append((key, value))
     # Body keys are not trusted as label values: unbounded series otherwise.
     ignored = [
         field if field in _ENTRY_FIELDS else "other"

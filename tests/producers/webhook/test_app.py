@@ -12,8 +12,10 @@ from aiohttp.test_utils import TestClient
 
 from convsync.settings import Settings
 from deploy.simulator.webhooks import KINDS, WebhookSender, encode, page_body, signature
+from producers.webhook.admit import RECORD_OVERHEAD
 from producers.webhook.mapping import map_body
 from producers.webhook.payload import parse_body
+from producers.webhook.settings import GatewaySettings
 from tests.producers.webhook.helpers import SECRET, VERIFY_TOKEN, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -113,6 +115,85 @@ async def test_oversized_body_is_413_and_not_read(client: Client, gw_settings: S
     resp = await client.post("/webhook", data=chunks(), headers=signed(raw))
     assert resp.status == 413
     assert read_events(gw_settings) == []
+
+
+def nested_body(inner: bytes) -> bytes:
+    """A page body whose one message item carries ``inner`` as ``message.nest``: the body
+    is 6 levels deep above ``inner`` (body, entry list, entry, messaging, item, message)."""
+    head = b'{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"sender":{"id":"2"},'
+    head += b'"recipient":{"id":"1"},"timestamp":5,"message":{"mid":"m.deep","nest":'
+    return head + inner + b"}}]}]}"
+
+
+def nest(levels: int) -> bytes:
+    return b'{"a":' * levels + b"1" + b"}" * levels
+
+
+async def test_bodies_nested_too_deep_are_400_and_produce_nothing(
+    client: Client, gw_settings: Settings
+) -> None:
+    # 100 levels (the limit) is accepted, and its envelope is one the materializer reads.
+    raw = nested_body(nest(100 - 6))
+    resp = await client.post("/webhook", data=raw, headers=signed(raw))
+    assert resp.status == 200
+    [(_, envelope)] = read_events(gw_settings)
+    assert envelope.kind == "message" and envelope.mid == "m.deep"
+    # Deeper: refused whole. Until 2026-11-29, 101 was accepted (an envelope the
+    # materializer dead-letters from ~200 levels on) and from ~254 on the request got a
+    # 500 (orjson cannot write it), which Meta retries forever.
+    for levels in (101, 199, 260, 1000):
+        raw = nested_body(nest(levels - 6))
+        resp = await client.post("/webhook", data=raw, headers=signed(raw))
+        assert resp.status == 400, levels
+        assert "nests deeper" in (await resp.json())["error"]
+    unknown = b'{"object":"page","entry":[{"id":"1","time":1,"messaging":[{"odd":'
+    raw = unknown + nest(300) + b"}]}]}"
+    resp = await client.post("/webhook", data=raw, headers=signed(raw))
+    assert resp.status == 400
+    assert len(read_events(gw_settings)) == 1
+
+
+def sized_body(record_bytes: int) -> bytes:
+    """A signed-able body of one text message whose record (key + value) is exactly
+    ``record_bytes`` long (the text is in the envelope twice, the pad once)."""
+
+    def build(text: int, pad: int) -> tuple[bytes, int]:
+        item = {
+            "sender": {"id": "2"},
+            "recipient": {"id": "1"},
+            "timestamp": 7,
+            "message": {"mid": "m.big", "text": "x" * text},
+            "pad": "p" * pad,
+        }
+        raw = encode(page_body([("1", [item], [])], time=1))
+        [env] = map_body(parse_body(raw))
+        return raw, len(env.page_id.encode()) + len(env.to_bytes())
+
+    _, base = build(0, 0)
+    text = (record_bytes - base) // 2
+    raw, size = build(text, record_bytes - base - 2 * text)
+    assert size == record_bytes
+    return raw
+
+
+async def test_an_event_kafka_would_refuse_is_413_and_nothing_is_produced(
+    client: Client, gw_settings: Settings
+) -> None:
+    limit = GatewaySettings().max_record_bytes
+    # librdkafka counts the key and ~40 bytes of framing against message.max.bytes:
+    # 20 bytes under the limit, key and value together, cannot be produced. Until
+    # 2026-11-29 this passed the value-only check and produce() failed: a 503.
+    raw = sized_body(limit - 20)
+    resp = await client.post("/webhook", data=raw, headers=signed(raw))
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "event too large"
+    assert read_events(gw_settings) == []
+    # With the margin left, the same event is produced and confirmed.
+    raw = sized_body(limit - RECORD_OVERHEAD)
+    resp = await client.post("/webhook", data=raw, headers=signed(raw))
+    assert resp.status == 200
+    [(key, envelope)] = read_events(gw_settings)
+    assert len(key) + len(envelope.to_bytes()) == limit - RECORD_OVERHEAD
 
 
 async def test_exactly_one_mib_is_accepted(client: Client, gw_settings: Settings) -> None:
