@@ -15,13 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from convsync.errors import RetryableError
 from convsync.settings import Settings
-from producers.admin.settings import TAG_PATTERN
+from producers.admin.settings import TAG, TAG_PATTERN
 from producers.admin.store import AdminStore
 from producers.crawler.request import new_request, submit
 
 log = logging.getLogger(__name__)
 
-ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,128}$"
+# 64: the longest page id and psid of the Kafka records (schemas/crawl.py, envelope.py).
+# Patterns are matched with fullmatch: with re.match, "$" also matches before a final "\n".
+ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
 _ID: Final = re.compile(ID_PATTERN)
 _VERSION: Final = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
 MAX_LIMIT: Final = 500
@@ -65,12 +67,12 @@ class BadRequestError(Exception):
 def _ids(request: web.Request, *names: str) -> list[str]:
     values = [request.match_info[n] for n in names]
     for name, value in zip(names, values, strict=True):
-        if not _ID.match(value):
+        if not _ID.fullmatch(value):
             raise BadRequestError(f"{name} must match {ID_PATTERN}")
     return values
 
 
-CURSOR_PATTERN: Final = r"^(?:n|-?[0-9]{1,17})~[A-Za-z0-9_.:-]{1,128}$"
+CURSOR_PATTERN: Final = r"^(?:n|-?[0-9]{1,17})~[A-Za-z0-9_.:-]{1,64}$"
 _CURSOR: Final = re.compile(CURSOR_PATTERN)
 
 
@@ -82,7 +84,7 @@ def encode_cursor(cursor: tuple[int | None, str]) -> str:
 
 def decode_cursor(text: str) -> tuple[int | None, str]:
     """Return the keyset of a cursor. Raises BadRequestError."""
-    if not _CURSOR.match(text):
+    if not _CURSOR.fullmatch(text):
         raise BadRequestError(f"cursor must match {CURSOR_PATTERN}")
     at, _, psid = text.partition("~")
     return (None if at == "n" else int(at)), psid
@@ -205,16 +207,15 @@ class AdminApi:
         if_match = request.headers.get("If-Match")
         if if_match is None:
             return problem(428, "If-Match: <version> is required (the ETag of GET)")
-        m = _VERSION.match(if_match.strip())
+        m = _VERSION.fullmatch(if_match.strip())
         if m is None:
             raise BadRequestError("If-Match must be a version number (the ETag of GET)")
         try:
             body = TagsBody.model_validate_json(await request.read())
         except ValidationError as e:
             raise BadRequestError('body must be {"tags": [tag, ...]} (at most 32)') from e
-        pattern = re.compile(TAG_PATTERN)
         for tag in body.tags:
-            if not pattern.match(tag):
+            if not TAG.fullmatch(tag):
                 raise BadRequestError(f"tags must match {TAG_PATTERN}")
         tags = sorted(set(body.tags))
         outcome = await self._store().set_tags(page_id, psid, tags, int(m.group(1)))

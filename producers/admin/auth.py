@@ -44,10 +44,11 @@ def token_in_query(request: web.Request, token: bytes) -> bool:
 def auth_middleware(token: str, *, unauthorized: Handler | None = None) -> Middleware:
     """Return a middleware that admits a request with the right bearer token.
 
-    401 without credentials, 403 with wrong ones (or when the token is not configured),
-    400 when the query string carries one. The dashboard cookie is accepted for GET and
-    HEAD only, so a cross-site form cannot change anything. ``unauthorized`` renders the
-    401 answer of HTML pages (the login form).
+    401 without credentials, 403 with wrong ones, 400 when the query string carries one.
+    An empty ``token`` turns the admin API off: every request is answered 403, with or
+    without credentials, the login form and its stylesheet included. The dashboard
+    cookie is accepted for GET and HEAD only, so a cross-site form cannot change
+    anything. ``unauthorized`` renders the 401 answer of HTML pages (the login form).
     """
     expected = token.encode()
     cookie = session_value(token).encode() if token else b""
@@ -55,6 +56,9 @@ def auth_middleware(token: str, *, unauthorized: Handler | None = None) -> Middl
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         name = request.match_info.route.name
+        if not expected:
+            # An off switch, not a missing credential: a 401 would invite a retry.
+            return _problem(403, "admin API disabled")
         if token_in_query(request, expected):
             log.warning("admin request refused: credential in the query string")
             return _problem(400, "credentials are not accepted in the query string")
@@ -67,17 +71,17 @@ def auth_middleware(token: str, *, unauthorized: Handler | None = None) -> Middl
             if scheme.lower() != "bearer" or not value.strip():
                 return _problem(401, "expected Authorization: Bearer <token>", **_challenge())
             given = value.strip().encode("utf-8", "surrogateescape")
-            ok = bool(expected) and hmac.compare_digest(given, expected)
+            ok = hmac.compare_digest(given, expected)
         elif COOKIE in request.cookies and request.method in _SAFE:
             given = request.cookies[COOKIE].encode("utf-8", "surrogateescape")
-            ok = bool(cookie) and hmac.compare_digest(given, cookie)
+            ok = hmac.compare_digest(given, cookie)
         else:
             if unauthorized is not None and name is not None and name.startswith("page:"):
                 return await unauthorized(request)
             return _problem(401, "missing bearer token", **_challenge())
         if not ok:
             log.info("admin request refused: wrong credentials for %s", request.path)
-            return _problem(403, "wrong credentials" if expected else "admin API disabled")
+            return _problem(403, "wrong credentials")
         return await handler(request)
 
     return middleware

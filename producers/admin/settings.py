@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TAG_PATTERN = r"^[a-z0-9][a-z0-9_:.-]{0,63}$"
-_TAG = re.compile(TAG_PATTERN)
+TAG = re.compile(TAG_PATTERN)
 
 
 class AdminSettings(BaseSettings):
@@ -33,6 +33,6 @@ class AdminSettings(BaseSettings):
             value = [t.strip() for t in value.split(",") if t.strip()]
         tags = tuple(str(t) for t in value)
         for tag in tags:
-            if not _TAG.match(tag):
+            if not TAG.fullmatch(tag):
                 raise ValueError(f"not a valid tag: {tag!r}")
         return tags

@@ -33,7 +33,9 @@ def new_request(page_id: str, *, full: bool) -> CrawlRequest:
 def submit(settings: Settings, *records: CrawlRequest, timeout: float = 30.0) -> None:
     """Record the requests as queued and produce them, confirmed by Kafka.
 
-    Raises :class:`RetryableError` when Kafka or Postgres cannot take them.
+    A request Kafka did not confirm has its ``queued`` row withdrawn again, so no later
+    request joins a crawl that may never run. Raises :class:`RetryableError` when Kafka
+    or Postgres cannot take them.
     """
     with connect(settings) as conn:
         try:
@@ -43,10 +45,16 @@ def submit(settings: Settings, *records: CrawlRequest, timeout: float = 30.0) ->
             raise RetryableError(f"cannot record the crawl request: {e}") from e
     producer = make_producer(settings, **{"linger.ms": 0})
     errors: list[str] = []
+    confirmed: set[str] = set()
 
-    def on_delivery(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
+    def on_delivery(crawl_id: str) -> Callable[[Any, Any], None]:
+        def done(err: Any, _msg: Any) -> None:
+            if err is None:
+                confirmed.add(crawl_id)
+            else:
+                errors.append(str(err))
+
+        return done
 
     try:
         for record in records:
@@ -54,13 +62,34 @@ def submit(settings: Settings, *records: CrawlRequest, timeout: float = 30.0) ->
                 settings.topic("crawl"),
                 key=record.page_id.encode(),
                 value=record.to_bytes(),
-                on_delivery=on_delivery,
+                on_delivery=on_delivery(record.crawl_id),
             )
+        left = producer.flush(timeout)
     except KafkaException as e:
+        _withdraw(settings, [r.crawl_id for r in records if r.crawl_id not in confirmed])
         raise RetryableError(f"cannot produce the crawl request: {e}") from e
-    left = producer.flush(timeout)
     if left or errors:
+        _withdraw(settings, [r.crawl_id for r in records if r.crawl_id not in confirmed])
         raise RetryableError(f"crawl request not confirmed by Kafka: {errors or 'timeout'}")
+
+
+_WITHDRAW = "DELETE FROM {schema}.crawl_history WHERE crawl_id = ANY(%s) AND status = 'queued'"
+
+
+def _withdraw(settings: Settings, crawl_ids: list[str]) -> None:
+    """Delete the ``queued`` rows of requests Kafka did not confirm.
+
+    Such a record may still land later: the crawler's first write of it then inserts
+    the row afresh. A row the crawler already moved on from ``queued`` is kept.
+    Raises :class:`RetryableError` when Postgres cannot take the delete.
+    """
+    try:
+        with connect(settings) as conn:
+            conn.execute(
+                sql.SQL(_WITHDRAW).format(schema=sql.Identifier(settings.db_schema)), (crawl_ids,)
+            )
+    except psycopg.Error as e:
+        raise RetryableError(f"cannot withdraw the unconfirmed crawl request: {e}") from e
 
 
 @dataclass(frozen=True, slots=True)

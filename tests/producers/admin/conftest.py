@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +14,13 @@ from typing import Any
 import pytest
 import requests
 from aiohttp import web
+from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
 from consumers.materializer import BatchConfig, Materializer
+from convsync.kafka import make_consumer
 from convsync.settings import Settings
+from deploy.ports import free_ports
 from producers.webhook.app import SafeAccessLogger, make_app
 from producers.webhook.settings import GatewaySettings
 from schemas.envelope import Envelope
@@ -90,6 +94,19 @@ class AdminEnv:
     def wait_rows(self, check: Callable[[], bool], what: str) -> None:
         wait_for(check, timeout=60, what=what)
 
+    def crawl_records(self) -> int:
+        """Return the number of records on the crawl topic."""
+        consumer = make_consumer(self.settings, f"read-{uuid.uuid4().hex[:8]}")
+        try:
+            topic = self.settings.topic("crawl")
+            total = 0
+            for p in range(self.settings.partitions):
+                lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                total += hi - lo
+            return total
+        finally:
+            consumer.close()
+
 
 def auth(token: str | None, kwargs: dict[str, Any]) -> dict[str, str]:
     headers = dict(kwargs.pop("headers", {}))
@@ -146,3 +163,15 @@ def admin_env(make_topics: MakeTopics, make_schema: MakeSchema) -> Iterator[Admi
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def kafka_unreachable(settings: Settings) -> Settings:
+    """Return ``settings`` with Kafka at a port nothing listens on; a record is given up
+    after 3 s (so the request is answered 503 well before the admin's 30 s flush)."""
+    port = free_ports()
+    return settings.model_copy(
+        update={
+            "kafka_bootstrap": f"127.0.0.1:{port}",
+            "kafka_extra": {**settings.kafka_extra, "message.timeout.ms": "3000"},
+        }
+    )

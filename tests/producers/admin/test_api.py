@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
-from confluent_kafka import TopicPartition
 from psycopg import sql
 from pydantic import SecretStr
 
 from consumers.materializer import checksum, replay
 from convsync.db import connect
-from convsync.kafka import make_consumer
+from producers.admin import AdminSettings
 from producers.admin.app import OPENAPI
 from tests.consumers.helpers import produce, scalar
 from tests.fixtures.kafka import MakeTopics
@@ -103,19 +101,6 @@ def test_dashboard_login_sets_an_httponly_cookie(admin_env: AdminEnv) -> None:
     assert r.status_code == 302
 
 
-def _crawl_records(env: AdminEnv) -> int:
-    consumer = make_consumer(env.settings, f"read-{uuid.uuid4().hex[:8]}")
-    try:
-        topic = env.settings.topic("crawl")
-        total = 0
-        for p in range(env.settings.partitions):
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += hi - lo
-        return total
-    finally:
-        consumer.close()
-
-
 def test_sync_is_accepted_and_joins_a_running_crawl(admin_env: AdminEnv) -> None:
     r = admin_env.post("/pages/123/sync", json={"full": True})
     assert r.status_code == 202, r.text
@@ -126,7 +111,7 @@ def test_sync_is_accepted_and_joins_a_running_crawl(admin_env: AdminEnv) -> None
     r = admin_env.post("/pages/123/sync")
     assert r.status_code == 202
     assert r.json() == {**first, "joined": True}
-    assert _crawl_records(admin_env) == 1
+    assert admin_env.crawl_records() == 1
     assert (
         scalar(
             admin_env.settings,
@@ -146,7 +131,7 @@ def test_sync_is_accepted_and_joins_a_running_crawl(admin_env: AdminEnv) -> None
     r = admin_env.post("/pages/456/sync")
     assert r.status_code == 202
     assert r.json() == {"page_id": "456", "crawl_id": "abc123", "status": "running", "joined": True}
-    assert _crawl_records(admin_env) == 1
+    assert admin_env.crawl_records() == 1
     assert admin_env.post("/pages/123/sync", data=b"{nope").status_code == 400
     assert admin_env.post("/pages/bad%20id/sync").status_code == 400
 
@@ -308,5 +293,62 @@ def test_database_trouble_is_503_not_a_hang(
             r = requests.get(server.url + "/admin" + path, headers=headers, timeout=60)
             assert r.status_code == 503, (path, r.text)
             assert r.json() == {"error": "backend unavailable, retry"}
+    finally:
+        server.stop()
+
+
+def test_page_id_longer_than_a_record_takes_is_400(admin_env: AdminEnv) -> None:
+    # 64 is the longest page id (and psid) of a crawl request or an envelope.
+    r = admin_env.post("/pages/" + "a" * 65 + "/sync")
+    assert r.status_code == 400, r.text
+    assert admin_env.get("/conversations/p1/" + "u" * 65).status_code == 400
+    assert (
+        admin_env.get("/pages/p1/conversations", params={"cursor": "n~" + "u" * 65}).status_code
+        == 400
+    )
+    r = admin_env.post("/pages/" + "a" * 64 + "/sync")
+    assert r.status_code == 202, r.text
+    assert admin_env.crawl_records() == 1
+
+
+def test_a_trailing_newline_does_not_pass_validation(admin_env: AdminEnv) -> None:
+    _seed(admin_env, "p1", 1, t0=now_ms() - 60_000)
+    path = "/conversations/p1/u0"
+    r = admin_env.patch(path, json={"tags": ["vip\n"]}, headers={"If-Match": "0"})
+    assert r.status_code == 400, r.text
+    assert admin_env.get(path).json()["tags"] == []
+    assert admin_env.get("/pages/p1%0A/conversations").status_code == 400
+    assert admin_env.get("/conversations/p1/u0%0A").status_code == 400
+    assert admin_env.post("/pages/p1%0A/sync").status_code == 400
+    cursor = {"cursor": "n~u0\n"}
+    assert admin_env.get("/pages/p1/conversations", params=cursor).status_code == 400
+    assert admin_env.crawl_records() == 0
+    with pytest.raises(ValueError, match="not a valid tag"):
+        AdminSettings(auto_clear_tags=("needs_attention\n",))
+
+
+def test_admin_off_answers_403_to_every_request(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    # CONVSYNC_ADMIN_TOKEN unset: the admin API is off, whatever the request carries.
+    settings = make_schema(base=with_secrets(make_topics()))
+    assert not settings.admin_token.get_secret_value()
+    server = ServerThread(settings)
+    try:
+        base = server.url + "/admin"
+        for method, path, headers in (
+            ("GET", "/pages/p1/conversations", {}),
+            ("GET", "/pages/p1/conversations", {"Authorization": "Bearer x"}),
+            ("GET", "/pages/p1/conversations", {"Authorization": "Basic x"}),
+            ("POST", "/pages/p1/sync", {}),
+            ("PATCH", "/conversations/p1/u1", {"If-Match": "0"}),
+            ("GET", "/dashboard", {}),
+            ("GET", "/dashboard.css", {}),
+            ("POST", "/login", {}),
+            ("GET", "/openapi.yaml", {}),
+        ):
+            r = requests.request(method, base + path, headers=headers, timeout=30)
+            assert r.status_code == 403, (method, path, headers, r.status_code)
+            assert r.json() == {"error": "admin API disabled"}
     finally:
         server.stop()

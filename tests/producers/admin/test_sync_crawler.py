@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from convsync.errors import RetryableError
+from convsync.kafka import make_producer
 from deploy.simulator.graph_api import GraphWorld
+from producers.crawler.request import new_request, submit
 from tests.consumers.helpers import scalar, wait_for
-from tests.producers.admin.conftest import AdminEnv
+from tests.producers.admin.conftest import AdminEnv, kafka_unreachable
 from tests.producers.crawler.conftest import FakeGraph, fast_crawler, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -57,3 +60,33 @@ def test_sync_joins_the_crawl_the_crawler_runs(admin_env: AdminEnv) -> None:
     finally:
         worker.stop()
         graph.stop()
+
+
+def test_a_request_kafka_did_not_confirm_is_recorded_if_it_lands_later(
+    admin_env: AdminEnv,
+) -> None:
+    world = GraphWorld.generate(seed=12, pages=1, conversations=6, max_messages=2)
+    page = world.page_ids[0]
+    record = new_request(page, full=True)
+    with pytest.raises(RetryableError, match="not confirmed by Kafka"):
+        submit(kafka_unreachable(admin_env.settings), record)
+    assert scalar(admin_env.settings, _HISTORY, record.crawl_id) is None
+    # Only the confirmation was lost: the record is on the topic after all. The crawler
+    # runs it and records it in crawl_history from its first step on.
+    producer = make_producer(admin_env.settings)
+    producer.produce(admin_env.settings.topic("crawl"), key=page.encode(), value=record.to_bytes())
+    assert producer.flush(30) == 0
+    graph = FakeGraph(world)
+    worker = start_worker(admin_env.settings, graph)
+    try:
+        wait_for(
+            lambda: scalar(admin_env.settings, _HISTORY, record.crawl_id) == "done",
+            timeout=120,
+            what="the late crawl done",
+        )
+    finally:
+        worker.stop()
+        graph.stop()
+    stats = admin_env.get("/dashboard/data").json()["sync_statistics"]
+    assert [(s["page_id"], s["crawls"], s["succeeded"]) for s in stats] == [(page, 1, 1)]
+    assert stats[0]["conversations_done"] == 6
