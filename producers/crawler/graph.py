@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 THROTTLE_CODES: Final = frozenset({4, 17, 32, 613, *range(80001, 80010)})
 TRANSIENT_CODES: Final = frozenset({1, 2})
+HTTP_REQUEST_TIMEOUT: Final = 408
+HTTP_TOO_MANY_REQUESTS: Final = 429
 USAGE_HEADERS: Final = ("X-App-Usage", "X-Page-Usage", "X-Business-Use-Case-Usage")
 
 
@@ -73,7 +75,15 @@ def strip_token(url: str) -> str:
 
 
 def classify(status: int, body: bytes, usage: Usage) -> Exception:
-    """Return the error to raise for a failed response (never raises itself)."""
+    """Return the error to raise for a failed response (never raises itself).
+
+    A Graph error code decides first: throttling codes and HTTP 429 are
+    :class:`ThrottledError`, codes 1/2 and any 5xx :class:`RetryableError`, other codes
+    :class:`GraphPermanentError`. Without a code (an HTML or empty body, e.g. from a
+    proxy) the HTTP status decides: 5xx and 408 (the server gave up waiting for the
+    request) are retryable, every other 4xx is permanent, and anything else (a 200 with
+    an error object but no code) is retryable.
+    """
     code: int | None = None
     message = body[:200].decode("utf-8", "replace")
     try:
@@ -85,12 +95,15 @@ def classify(status: int, body: bytes, usage: Usage) -> Exception:
         raw_code = err.get("code")
         code = raw_code if isinstance(raw_code, int) else None
         message = str(err.get("message", ""))[:300]
-    if code in THROTTLE_CODES:
+    if code in THROTTLE_CODES or status == HTTP_TOO_MANY_REQUESTS:
         return ThrottledError(
-            f"Graph API throttled (code {code}): {message}", retry_after=(usage.regain_seconds)
+            f"Graph API throttled (HTTP {status}, code {code}): {message}",
+            retry_after=usage.regain_seconds,
         )
-    if status >= 500 or code in TRANSIENT_CODES or code is None:
+    if status >= 500 or code in TRANSIENT_CODES:
         return RetryableError(f"Graph API HTTP {status} (code {code}): {message}")
+    if code is None and (status == HTTP_REQUEST_TIMEOUT or not 400 <= status < 500):
+        return RetryableError(f"Graph API HTTP {status} (no code): {message}")
     return GraphPermanentError(
         f"Graph API refused (HTTP {status}, code {code}): {message}", code=code, status=status
     )
@@ -147,8 +160,9 @@ class GraphClient:
     async def get(self, url: str, token: str) -> tuple[dict[str, Any], Usage]:
         """GET ``url``; return the JSON object and the usage.
 
-        Raises :class:`ThrottledError`, :class:`RetryableError` (5xx, codes 1/2,
-        timeouts, connection errors, broken JSON) or :class:`GraphPermanentError`.
+        Raises :class:`ThrottledError` (throttling codes, HTTP 429),
+        :class:`RetryableError` (5xx, 408, codes 1/2, timeouts, connection errors,
+        broken JSON) or :class:`GraphPermanentError` (see :func:`classify`).
         """
         headers = {"Authorization": f"Bearer {token}"}
         try:

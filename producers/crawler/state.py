@@ -71,6 +71,9 @@ ON CONFLICT (crawl_id) DO UPDATE SET
 WHERE h.status IN ('queued', 'running') AND (h.status = 'queued' OR h.step_seq <= EXCLUDED.step_seq)
 """
 
+# Appended to _HISTORY: a row comes back only if it was inserted or updated.
+_MOVED = "RETURNING h.crawl_id\n"
+
 _QUEUED = """
 INSERT INTO {schema}.crawl_history (crawl_id, page_id, full_crawl, status, requested_at)
 VALUES (%s, %s, %s, 'queued', %s) ON CONFLICT (crawl_id) DO NOTHING
@@ -157,10 +160,17 @@ class CrawlStateStore:
         try:
             async with self._lock, self.conn.transaction():
                 if p.status == "joined":
-                    await self.conn.execute(self._q(_JOINED_STATE), (p.record.page_id, p.joined))
+                    # A redelivered join record finds its history row joined already:
+                    # the count goes up only when this write moved the row (from queued,
+                    # or inserted it), so it counts requests, not deliveries.
+                    cur = await self.conn.execute(self._q(_HISTORY + _MOVED), params)
+                    if await cur.fetchone() is not None:
+                        await self.conn.execute(
+                            self._q(_JOINED_STATE), (p.record.page_id, p.joined)
+                        )
                 else:
                     await self.conn.execute(self._q(_STATE), params)
-                await self.conn.execute(self._q(_HISTORY), params)
+                    await self.conn.execute(self._q(_HISTORY), params)
         except psycopg.Error as e:
             raise RetryableError(f"crawl state write failed: {e}") from e
 

@@ -541,7 +541,7 @@ class CrawlWorker:
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "crawl %s of page %s failed: %s", record.crawl_id, record.page_id, e
             )
-            book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
+            # The finished mark only after "failed" is in Postgres (see step 4 below).
             await self._project(
                 Progress(
                     record,
@@ -552,6 +552,7 @@ class CrawlWorker:
                     finished_ms=_now_ms(),
                 )
             )
+            book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
             return None
         key = record.page_id.encode()
         # 1. the step's events, confirmed by Kafka (acks=all)
@@ -563,9 +564,11 @@ class CrawlWorker:
         if not outcome.done:
             nxt = record.model_copy(update={"seq": record.seq + 1, "step": outcome.step})
             await self._producer.send_batch(self.crawl_topic, [(key, nxt.to_bytes())])
-        # 3. the mark, so a re-delivered copy of this record is a duplicate; the offset
-        #    and the mark are committed together by the caller once this returns
-        book.marks[record.page_id] = Mark(record.crawl_id, record.seq, outcome.done)
+        # 3. the mark of a step that did not end its crawl, so a re-delivered copy of
+        #    this record is a duplicate; the offset and the mark are committed together
+        #    by the caller once this returns (or by a revoke or shutdown meanwhile)
+        if not outcome.done:
+            book.marks[record.page_id] = Mark(record.crawl_id, record.seq, False)
         self.stats.steps += 1
         status: Status = "done" if outcome.done else "running"
         if outcome.done:
@@ -596,6 +599,12 @@ class CrawlWorker:
                     finished_ms=_now_ms() if outcome.done else None,
                 )
             )
+        # 4. the finished mark of a step that ended its crawl, only once "done" is in
+        #    Postgres: nothing writes "done" after the mark is committed (a copy read
+        #    again is a duplicate), so a step that dies in the write (Postgres down,
+        #    cancelled by a stop or a revoke) must stay unhandled and run again
+        if outcome.done:
+            book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
         return nxt
 
     async def _run_step(self, record: CrawlRequest) -> StepOutcome:

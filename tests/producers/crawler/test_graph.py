@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from convsync.errors import RetryableError, ThrottledError
-from producers.crawler.exceptions import GraphPermanentError
-from producers.crawler.graph import PagePacer, Usage, backoff, classify, parse_usage, strip_token
+from deploy.simulator.graph_api import GraphWorld, token_for
+from producers.crawler.exceptions import CrawlFailedError, GraphPermanentError
+from producers.crawler.fetcher import PageFetcher
+from producers.crawler.graph import (
+    GraphClient,
+    PagePacer,
+    Usage,
+    backoff,
+    classify,
+    parse_usage,
+    strip_token,
+)
+from tests.producers.crawler.conftest import fast_crawler
 
 
 def err(code: int) -> bytes:
@@ -49,6 +62,47 @@ def test_transient(status: int, body: bytes) -> None:
 def test_permanent(code: int) -> None:
     e = classify(400, err(code), Usage())
     assert isinstance(e, GraphPermanentError) and e.code == code and f"code {code}" in str(e)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 410, 413])
+@pytest.mark.parametrize("body", [b"", b"<html><body>Forbidden</body></html>", b'{"x": 1}'])
+def test_4xx_without_a_graph_code_is_permanent(status: int, body: bytes) -> None:
+    e = classify(status, body, Usage())
+    assert isinstance(e, GraphPermanentError) and e.status == status and e.code is None
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>Too Many Requests</html>", err(100)])
+def test_http_429_is_throttling(body: bytes) -> None:
+    e = classify(429, body, Usage(100, 30))
+    assert isinstance(e, ThrottledError) and e.retry_after == 30
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(408, b""), (408, b"<html>Request Timeout</html>"), (500, b""), (504, b"<html>")],
+)
+def test_408_and_5xx_without_a_graph_code_are_transient(status: int, body: bytes) -> None:
+    e = classify(status, body, Usage())
+    assert type(e) is RetryableError
+
+
+@pytest.mark.asyncio
+async def test_a_plain_404_fails_the_fetch_after_one_call(fake_graph: Any) -> None:
+    """A 404 with aiohttp's text body (no Graph code) is met once, not retried."""
+    world = GraphWorld.generate(seed=23, conversations=1)
+    graph = fake_graph(world)
+    page = world.page_ids[0]
+    async with aiohttp.ClientSession() as session:
+        fetch = PageFetcher(
+            GraphClient(session, graph.url),
+            page_id=page,
+            token=token_for(page),
+            settings=fast_crawler(max_attempts=3),
+        )
+        with pytest.raises(CrawlFailedError) as info:
+            # not a route of the fake: aiohttp answers 404 "404: Not Found" (text/plain)
+            await fetch(f"{graph.url}/{page}/conversations/extra")
+    assert "refused (HTTP 404" in str(info.value), str(info.value)
 
 
 def test_strip_token_keeps_the_cursor() -> None:

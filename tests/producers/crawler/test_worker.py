@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
+from convsync.errors import RetryableError
 from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphWorld
+from producers.crawler._offsets import Mark, PartitionBook
 from producers.crawler.request import new_request, read_view, submit
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
@@ -215,3 +219,57 @@ def test_a_second_worker_takes_over_when_one_leaves(settings: Settings, fake_gra
     assert as_rows(events) == want
     assert leaving.worker.stats.done < 3
     assert staying.worker.stats.steps > 0 and staying.worker.stats.done >= 1
+
+
+@pytest.mark.parametrize("ending", ["done", "failed"])
+def test_an_end_postgres_did_not_take_is_written_by_the_next_owner(
+    settings: Settings, fake_graph: Any, ending: str
+) -> None:
+    """A crawl's last step whose "done"/"failed" write fails for good (the worker's
+    Postgres connection is cut) must stay unhandled: the next owner runs it again and
+    writes the end, instead of dropping the record as a duplicate by a committed mark."""
+    faults = Faults(permanent_code=190) if ending == "failed" else Faults()
+    # no conversations: the first step lists an empty page and ends the crawl
+    world = GraphWorld.generate(seed=29, conversations=0, faults=faults)
+    graph = fake_graph(world)
+    page = world.page_ids[0]
+    crawler = fast_crawler()
+    first = start_worker(settings, graph, crawler)
+    record = new_request(page, full=True)
+    try:
+        deadline = time.monotonic() + 60
+        while first.worker.assigned_partitions < 3:
+            assert time.monotonic() < deadline, "the worker never got its partitions"
+            time.sleep(0.05)
+        store = first.worker._store
+        assert store is not None
+        with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (store.conn.info.backend_pid,))
+        submit(settings, record)
+        # the end is not written 5 times: the page task fails and the worker stops
+        with pytest.raises(RetryableError):
+            first.done.result(60)
+    finally:
+        with contextlib.suppress(RuntimeError):  # its loop is closed once it has stopped
+            first.loop.call_soon_threadsafe(first.stop_event.set)
+    assert world.calls[page].calls == 1
+    # what the stopping worker committed must not call that step handled
+    topic = settings.topic("crawl")
+    reader = Consumer({**settings.kafka_config(), "group.id": crawler.group})
+    try:
+        parts = reader.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = reader.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+    finally:
+        reader.close()
+    marks = [PartitionBook.parse_marks(tp.metadata).get(page) for tp in committed]
+    assert Mark(record.crawl_id, 0, True) not in marks, marks
+    second = start_worker(settings, graph, crawler)
+    try:
+        view = wait_status(settings, record.crawl_id, {"done", "failed"})
+    finally:
+        second.stop()
+    assert view.status == ending
+    assert world.calls[page].calls == 2  # the last step ran once more
+    state = crawl_state(settings, page)
+    assert state["status"] == ending and state["crawl_id"] == record.crawl_id
+    assert (state["last_completed_at"] is not None) == (ending == "done")
