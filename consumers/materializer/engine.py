@@ -558,7 +558,14 @@ class Materializer:
             deadline = time.monotonic() + delay
             while not self.stopping and time.monotonic() < deadline:
                 msg = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
-                if msg is not None and msg.error() is None and msg.partition() in self._owned:
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    # A fatal error (this static member fenced) ends the loop here too;
+                    # until 2026-11-29 backoff dropped every polled error.
+                    self._on_record_error(err)
+                elif msg.partition() in self._owned:
                     self._take(msg)
         finally:
             consumer.resume(consumer.assignment())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -18,7 +19,8 @@ from pydantic import SecretStr
 
 from consumers.materializer import BatchConfig, Materializer
 from convsync.db import connect
-from convsync.kafka import admin_client, ensure_topics, topic_specs
+from convsync.errors import ConsumerFatalError
+from convsync.kafka import admin_client, ensure_topics, make_consumer, topic_specs
 from convsync.settings import Settings
 from deploy.kafka_local import KafkaCluster
 from deploy.postgres_local import LocalPostgres
@@ -245,6 +247,53 @@ def test_postgres_down_between_batches_is_retried_with_backoff(
     assert 1 <= len(on_writer) <= 2, [m[:80] for m in on_writer]
     assert mat.totals.retries >= 2, "the foreground retried"
     assert_exact(settings, events, events)
+
+
+def test_static_member_fenced_while_postgres_is_down_stops_with_the_fatal_error(
+    make_topics: MakeTopics, private_postgres: LocalPostgres
+) -> None:
+    # While Postgres is away the loop backs off, polling the consumer. A fatal consumer
+    # error met there (another member took this one's instance id) must end the loop with
+    # ConsumerFatalError, as it does between batches (`convsync materialize` then
+    # rejoins with a new consumer). Until 2026-11-29 backoff dropped it and kept retrying
+    # Postgres on a consumer that no longer owned anything.
+    settings = make_topics(partitions=2).model_copy(
+        update={"database_url": SecretStr(private_postgres.url), "db_schema": "convsync"}
+    )
+    with connect(settings) as conn:
+        apply_migrations(conn, schema="convsync")
+    events = random_events(random.Random(16), pages=4, users=20, n=200)
+    produce(settings, events[:100])
+    group = new_group()
+    config = BatchConfig(max_records=300, max_wait=0.05, backoff_initial=0.2, backoff_max=1)
+    overrides = {"group.instance.id": "fenced-in-backoff"}
+    mat = Materializer(settings, group=group, config=config, consumer_overrides=overrides)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            mat.run()
+        except BaseException as e:  # noqa: BLE001 - the test reads it
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    rival = make_consumer(settings, group, **overrides)
+    try:
+        wait_for(lambda: stored_end(settings, group) == 100, timeout=60, what="first offsets")
+        private_postgres.stop(mode="immediate")
+        produce(settings, events[100:110])
+        wait_for(lambda: mat.totals.retries >= 2, timeout=30, what="backoff")
+        rival.subscribe([settings.topic("events")])
+        deadline = time.monotonic() + 60
+        while thread.is_alive() and time.monotonic() < deadline:
+            rival.poll(0.5)
+        assert not thread.is_alive(), "the fenced member kept backing off"
+    finally:
+        mat.stop()
+        thread.join(30)
+        rival.close()
+    assert len(errors) == 1 and isinstance(errors[0], ConsumerFatalError), errors
 
 
 def test_kafka_unreachable_then_back(private_kafka: KafkaCluster, make_schema: MakeSchema) -> None:
