@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NoReturn
 
 import faust
 from faust.serializers import codecs
@@ -20,11 +22,13 @@ from convsync.errors import PoisonError
 from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
-from schemas.records import DeadLetter
 from streams.change import StreamState, decode_state, encode_change, encode_state, step
+from streams.deadletter import dead_letter, too_large
 from streams.stats import PageStats, StatsCollector
 
 log = logging.getLogger(__name__)
+
+CRASH_EXIT_CODE: Final = 70  # EX_SOFTWARE: a batch failed; its events were not acked
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +90,23 @@ class Folder:
         self.emitted = 0
 
     async def process(self, events: Sequence[faust.EventT[bytes]]) -> None:
-        """Fold one batch. Raises whatever the producer raises (the worker then crashes)."""
+        """Fold one batch; return once every effect of it is durable in Kafka.
+
+        Returns after Kafka acknowledged (acks=all) every change record, dead letter and
+        changelog record (states, statistics) of the batch: only then may its events be
+        acked. Raises whatever the producer raises (a record Kafka refused or did not
+        confirm); the caller must then not let the batch be acked (:func:`fold_batch`).
+        """
         pending: dict[str, tuple[faust.EventT[bytes], StreamState]] = {}
         by_page: dict[str, faust.EventT[bytes]] = {}
-        sent: list[Any] = []
+        letters: list[tuple[faust.EventT[bytes], PoisonError, Awaitable[Any]]] = []
         outbox: dict[int, list[tuple[bytes, bytes]]] = {}
         emitted = 0
         for event in events:
             try:
                 envelope = Envelope.from_bytes(event.value)
             except PoisonError as e:
-                sent.append(await self._dead_letter(event, e))
+                letters.append((event, e, await self._dead_letter(event, e)))
                 continue
             key = conversation_key(envelope.page_id, envelope.psid)
             before = pending[key][1] if key in pending else self._load(key)
@@ -109,17 +119,21 @@ class Folder:
                 out = outbox.setdefault(event.message.partition, [])
                 out.append((key.encode(), encode_change(result, envelope)))
                 emitted += 1
-        # 1. Kafka acknowledges every change record of the batch (acks=all) ...
-        sent += await self._send(outbox)
-        await asyncio.gather(*sent)
+        # 1. Kafka acknowledges every change record and dead letter of the batch
+        #    (acks=all) ...
+        await asyncio.gather(*await self._send(outbox))
+        for event, error, delivery in letters:
+            await self._confirm_dead_letter(event, error, delivery)
         self.emitted += emitted
         # 2. ... before the states that produced them go to the changelog, so the
         #    changelog is never ahead of the change records: a crash replays the batch
         #    from the recovered state and re-emits the same records with the same seq.
+        #    _store returns once Kafka acknowledged those changelog writes too.
         self.stats.write(lambda page: _bind(by_page[page]))
         await self._store(pending)
-        # 3. faust acks the batch when we return and commits offsets only after it
-        #    flushed the producer, i.e. after the changelog writes of step 2.
+        # 3. take_events() acks the batch when we return, and faust commits acked
+        #    offsets: nothing of the batch is acked unless steps 1-2 are durable (an
+        #    error raised above crashes the worker before the ack, see fold_batch).
 
     async def _send(self, outbox: dict[int, list[tuple[bytes, bytes]]]) -> list[Any]:
         """Send the batch's change records; return the futures of their delivery.
@@ -158,7 +172,8 @@ class Folder:
         return futures
 
     async def _store(self, pending: dict[str, tuple[faust.EventT[bytes], StreamState]]) -> None:
-        """Write the batch's new states to the table and its changelog."""
+        """Write the batch's new states to the table and its changelog; return once Kafka
+        acknowledged those writes (at least once). Raises what the producer raises."""
         if self.app.in_transaction:
             for key, (event, state) in pending.items():
                 _bind(event)
@@ -168,8 +183,9 @@ class Folder:
             return
         # At least once: the same as ``self.states[key] = value`` (which sets the store
         # and sends one changelog record through faust's per-record path), with the
-        # changelog records sent as one aiokafka batch per partition. faust's commit
-        # flushes the producer, these batches included, before it commits offsets.
+        # changelog records sent as one aiokafka batch per partition. Their delivery is
+        # awaited here: faust's commit flushes the producer but does not look at whether
+        # a write failed, so a refused write would otherwise be committed past.
         outbox: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, (event, state) in pending.items():
             value = encode_state(state)
@@ -178,12 +194,13 @@ class Folder:
             # "json": the serializer faust picks for key_type=str, used again on recovery.
             raw_key = codecs.dumps("json", key)
             outbox.setdefault(event.message.partition, []).append((raw_key, value))
-        await self._send_batches(self.states.changelog_topic.get_topic_name(), outbox)
+        sent = await self._send_batches(self.states.changelog_topic.get_topic_name(), outbox)
         for table, queued in self.stats.changelog.items():
             if queued:
                 topic = table.changelog_topic.get_topic_name()
-                await self._send_batches(topic, _encode(table, queued))
+                sent += await self._send_batches(topic, _encode(table, queued))
                 queued.clear()
+        await asyncio.gather(*sent)
 
     def _load(self, key: str) -> StreamState | None:
         value = self.states.get(key)
@@ -196,21 +213,94 @@ class Folder:
         self._decoded[key] = (value, state)
         return state
 
-    async def _dead_letter(self, event: faust.EventT[bytes], error: PoisonError) -> Any:
+    async def _dead_letter(
+        self, event: faust.EventT[bytes], error: PoisonError, *, copies: bool = True
+    ) -> Awaitable[Any]:
+        """Send the dead letter of ``event``; return the future of its delivery."""
         msg = event.message
-        log.warning("poison event %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, error)
-        letter = DeadLetter(
-            reason=str(error),
-            error_type=type(error).__name__,
-            component="streams",
+        if copies:
+            log.warning("poison event %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, error)
+        letter = dead_letter(
             topic=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
-            key_b64=DeadLetter.encode_bytes(msg.key),
-            value_b64=DeadLetter.encode_bytes(msg.value),
+            key=msg.key,
+            value=msg.value,
+            error=error,
             failed_at=int(time.time() * 1000),
+            copies=copies,
         )
-        return await self.dlq.send(key=msg.key, value=letter.to_bytes())
+        if letter.truncated:
+            log.warning(
+                "dead letter of %s[%s]@%s: copy of %s truncated",
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                " and ".join(letter.truncated),
+            )
+        try:
+            future: Awaitable[Any] = await self.dlq.send(
+                key=letter.key, value=letter.value, headers=letter.headers
+            )
+        except Exception as e:
+            # Refused before sending (over the producer's max_request_size).
+            if not (copies and too_large(e)):
+                raise
+            return await self._dead_letter(event, error, copies=False)
+        return future
+
+    async def _confirm_dead_letter(
+        self, event: faust.EventT[bytes], error: PoisonError, delivery: Awaitable[Any]
+    ) -> None:
+        """Wait for a dead letter; if Kafka refused it as too large, send it without the
+        copies of the key and value and wait for that. Raises what the producer raises."""
+        try:
+            await delivery
+        except Exception as e:
+            if not too_large(e):
+                raise
+            await (await self._dead_letter(event, error, copies=False))
+
+
+def crash(error: BaseException) -> NoReturn:
+    """Log ``error`` and end the process at once with :data:`CRASH_EXIT_CODE`.
+
+    No faust shutdown: that would ack the failed batch (take_events acks in a
+    ``finally``) and commit its offsets. Like a SIGKILL at this point, which the design
+    tolerates: the restart resumes from the committed offsets with the tables recovered.
+    """
+    log.critical("a batch failed; exiting without acking it", exc_info=error)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(CRASH_EXIT_CODE)
+
+
+async def fold_batch(folder: Folder, batch: Sequence[faust.EventT[bytes]]) -> None:
+    """Fold ``batch`` so that its events are acked only if all its effects are durable.
+
+    ``take_events()`` acks a batch's events however the loop body that got it ends,
+    and faust's supervisor restarts an agent that raised: an error of
+    :meth:`Folder.process` would skip the batch, offsets committed past events that
+    produced nothing. So an error crashes the worker (:func:`crash`) before the ack. A
+    cancellation (a stop or rebalance mid-batch) lets the batch finish first, shielded,
+    then propagates: the ack that follows is then true; if the batch fails or is
+    cancelled again meanwhile, the worker crashes.
+    """
+    task = asyncio.ensure_future(folder.process(batch))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError as e:
+        cancelled = e
+    except Exception as e:  # noqa: BLE001 - any error: the batch must not be acked
+        crash(e)
+    else:
+        return
+    try:
+        await task
+    except BaseException as e:  # noqa: BLE001 - a second cancellation included
+        crash(e)
+    raise cancelled
 
 
 def seek_before_resume(consumer: Any) -> None:
@@ -328,7 +418,7 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
         # take_events() is on the concrete Stream, not on the StreamT interface.
         assert isinstance(stream, faust.Stream)
         async for batch in stream.take_events(config.batch_size, within=config.batch_within):
-            await folder.process(batch)
+            await fold_batch(folder, batch)
 
     @app.page("/stats/")
     async def stats_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

@@ -139,15 +139,12 @@ def step(state: StreamState | None, event: Envelope) -> Step:
     old = state.conversation
     seen = state.seen
     if event.kind == "message":
-        last = old.last_message_key
-        key = digest(event.event_id)
-        if last is not None and (event.occurred_at, event.event_id) <= last:
-            # Not after the latest folded message: it may have been folded in already.
-            grown = _insert(seen, key)
-        else:
-            # After every folded message, so new; only the digest can be there already
-            # (a 64-bit collision within one conversation), and then it stays new.
-            grown = _insert(seen, key) or seen
+        # A digest already there is this message folded in before, whatever its time:
+        # the webhook's copy (ms) of a message the crawler stored first (whole seconds)
+        # sorts after every folded message and is still a duplicate. A 64-bit collision
+        # of two messages in one conversation (odds ~n^2/2^65) would count one message
+        # less; counting a copy twice is what the reference fold never does.
+        grown = _insert(seen, digest(event.event_id))
         if grown is None:
             new = learn_thread(old, event)
         else:

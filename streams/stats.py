@@ -2,7 +2,8 @@
 
 Windows are tumbling minutes of *event time* (``occurred_at``), so a crawled backlog
 lands in the minutes it happened in, not the minute it was read. Counts come from
-changes, never from raw events, so a duplicate event counts nothing. Like every table
+changes, never from raw events, so a duplicate event counts nothing; a message without
+a direction counts as neither in nor out. Like every table
 here they are changelog-backed; unlike the change records they are at-least-once: a
 crash can count the events after the last changelog flush twice (see docs/streams.md).
 """
@@ -112,9 +113,12 @@ class PageStats:
         page = event.page_id
         minute = event.occurred_at // 60_000 * 60
         if "message" in result.changes and event.kind == "message":
-            inbound = event.direction == "inbound"
-            tally = self._in if inbound else self._out
-            tally[(page, minute)] = tally.get((page, minute), 0) + 1
+            # A message without a direction (the crawler read it without its sender) is
+            # neither in nor out: counting it as either would invent a direction.
+            if event.direction == "inbound":
+                self._in[(page, minute)] = self._in.get((page, minute), 0) + 1
+            elif event.direction == "outbound":
+                self._out[(page, minute)] = self._out.get((page, minute), 0) + 1
         if "replied" in result.changes and result.previous.last_inbound_at is not None:
             waited = event.occurred_at - result.previous.last_inbound_at
             self._samples.setdefault((page, minute), []).append(waited)

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 
 from confluent_kafka import Producer
 
 from schemas.envelope import Envelope
 
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, ms
+# Five minutes ago, on a minute: faust expires statistics windows an hour behind the
+# wall clock (not event time), 30 s after a worker starts, so windows of a fixed past
+# date vanished from /stats/ mid-test on a slow machine.
+T0 = (int(time.time()) // 60 - 5) * 60_000
 
 
 def conversation_events(
     rng: random.Random, *, pages: int, users: int, messages: int
 ) -> list[Envelope]:
-    """Return ``messages`` message events plus read/delivery/edit events, in time order,
-    with some webhook/crawler duplicates (the crawler copy carries the thread id)."""
+    """Return ``messages`` message events plus read/delivery/edit events, about in time
+    order, with some webhook/crawler duplicates: the crawler copy carries the thread id,
+    its time is truncated to the second, it may lack the direction and may come first."""
     out: list[Envelope] = []
     for n in range(messages):
         page = f"p{rng.randrange(pages)}"
@@ -39,20 +44,25 @@ def conversation_events(
         )
         r = rng.random()
         if r < 0.1:
-            out.append(
-                Envelope.build(
-                    kind="message",
-                    page_id=page,
-                    psid=user,
-                    mid=mid,
-                    occurred_at=t,
-                    source="crawler",
-                    direction="inbound" if inbound else "outbound",
-                    text=f"text {n}",
-                    thread_id=f"t_{page}_{user}",
-                    raw={"n": n},
-                )
+            # The crawler's copy: Graph's created_time has whole seconds (the webhook's
+            # timestamp has ms), and a message read without details has no direction.
+            # It can come first: a crawl running while the webhook is behind.
+            crawled = Envelope.build(
+                kind="message",
+                page_id=page,
+                psid=user,
+                mid=mid,
+                occurred_at=t // 1000 * 1000,
+                source="crawler",
+                direction=None if rng.random() < 0.3 else "inbound" if inbound else "outbound",
+                text=f"text {n}",
+                thread_id=f"t_{page}_{user}",
+                raw={"n": n},
             )
+            if rng.random() < 0.5:
+                out.insert(len(out) - 1, crawled)
+            else:
+                out.append(crawled)
         elif r < 0.2:
             kind = "read" if rng.random() < 0.5 else "delivery"
             out.append(

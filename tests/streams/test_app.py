@@ -50,7 +50,8 @@ def expected_stats(evs: list[Envelope]) -> dict[str, dict[float, dict[str, objec
         row = out.setdefault(ev.page_id, {}).setdefault(
             minute, {"messages_in": 0, "messages_out": 0, "samples": []}
         )
-        if "message" in result.changes and ev.kind == "message":
+        if "message" in result.changes and ev.kind == "message" and ev.direction is not None:
+            # A message without a direction counts as neither.
             name = "messages_in" if ev.direction == "inbound" else "messages_out"
             row[name] = int(row[name]) + 1  # type: ignore[call-overload]
         if "replied" in result.changes and result.previous.last_inbound_at is not None:

@@ -114,6 +114,47 @@ def test_a_reaction_first_creates_the_conversation() -> None:
     assert to_record(result, reaction).message_count == 0
 
 
+def test_the_webhook_copy_after_the_crawlers_copy_is_a_duplicate() -> None:
+    # One message: the crawler's copy (Graph's created_time, whole seconds) folded first,
+    # then the webhook's (ms): same event id, and the later time sorts after every
+    # folded message. It was folded again (message_count 2, a "message" change).
+    def copy(t: int, source: str, thread: str | None) -> Envelope:
+        return Envelope.build(
+            kind="message",
+            page_id="p",
+            psid="u",
+            mid="m.1",
+            occurred_at=t,
+            source=source,  # type: ignore[arg-type]
+            direction="inbound",
+            text="hi",
+            thread_id=thread,
+            raw={},
+        )
+
+    crawled = copy(1_767_225_656_000, "crawler", "t_1")
+    hooked = copy(1_767_225_656_789, "webhook", None)
+    assert crawled.event_id == hooked.event_id
+    first = step(None, crawled)
+    second = step(first.state, hooked)
+    assert second.state.conversation.message_count == 1
+    assert second.duplicate and second.changes == ()
+    assert second.state is first.state
+    reference = project([crawled, hooked])[("p", "u")]
+    assert second.state.conversation.public() == reference.public()
+
+
+def test_same_state_as_the_reference_fold_for_crawler_and_webhook_copies() -> None:
+    # The generator's crawler copies have second-truncated times and come first half of
+    # the time: the fold in arrival order equals the reference fold in that order.
+    for seed in range(5):
+        evs = conversation_events(random.Random(seed), pages=2, users=3, messages=300)
+        states, _ = fold_all(evs)
+        assert {k: s.conversation.public() for k, s in states.items()} == {
+            f"{p}:{u}": s.public() for (p, u), s in project(evs).items()
+        }
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(events(), min_size=1, max_size=30), st.randoms(use_true_random=False))
 def test_same_state_as_the_reference_fold_in_any_order(
