@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import os
+import shutil
 import signal
 import tempfile
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import uvloop
@@ -82,21 +85,39 @@ def serve_workers(settings: Settings, gateway: GatewaySettings, *, log_level: st
         return 0
     metrics_dir = tempfile.mkdtemp(prefix="convsync-gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    log.info("%d workers; their metrics in %s", gateway.workers, metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     workers = [
         ctx.Process(target=_worker, args=(settings, gateway, log_level), name=f"gateway-{i}")
         for i in range(gateway.workers)
     ]
-    for w in workers:
-        w.start()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         for w in workers:
             if w.pid is not None and w.is_alive():
                 os.kill(w.pid, signum)
 
+    # Before the workers start: a signal in between would otherwise kill this parent
+    # and orphan them. (Spawned workers start with the default handlers.)
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    try:
+        for w in workers:
+            w.start()
+        return _supervise(workers, forward)
+    finally:
+        # The workers' metric files; the directory was left behind until 2026-11-29.
+        try:
+            shutil.rmtree(metrics_dir)
+        except OSError as e:
+            log.warning("cannot remove %s: %s", metrics_dir, e)
+
+
+def _supervise(
+    workers: Sequence[multiprocessing.process.BaseProcess],
+    forward: Callable[[int, FrameType | None], None],
+) -> int:
+    """Wait for every worker; the first that fails stops the others. Returns the exit code."""
     sentinels = {w.sentinel: w for w in workers}
     failed = False
     while sentinels:

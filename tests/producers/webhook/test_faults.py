@@ -164,6 +164,11 @@ def test_workers_share_the_port_and_stop_on_sigterm(
     finally:
         code = gw.stop()
     assert code == 0
+    # The workers' shared metric files go with them.
+    [announced] = _log_lines(log_file, "their metrics in ")
+    metrics_dir = Path(announced.split("their metrics in ")[1].strip())
+    assert metrics_dir.name.startswith("convsync-gateway-metrics-")
+    assert not metrics_dir.exists()
     # Each new connection is hashed to a worker: both served some of the 40.
     served = [int(line.split(": ")[-1].split()[0]) for line in _log_lines(log_file, "stopped: ")]
     assert len(served) == 2 and sum(served) == 40 and min(served) > 0, served
