@@ -66,11 +66,14 @@ def submit(settings: Settings, *records: CrawlRequest, timeout: float = 30.0) ->
             )
         left = producer.flush(timeout)
     except KafkaException as e:
-        _withdraw(settings, [r.crawl_id for r in records if r.crawl_id not in confirmed])
-        raise RetryableError(f"cannot produce the crawl request: {e}") from e
-    if left or errors:
-        _withdraw(settings, [r.crawl_id for r in records if r.crawl_id not in confirmed])
-        raise RetryableError(f"crawl request not confirmed by Kafka: {errors or 'timeout'}")
+        failure = RetryableError(f"cannot produce the crawl request: {e}")
+        failure.__cause__ = e
+    else:
+        if not (left or errors):
+            return
+        failure = RetryableError(f"crawl request not confirmed by Kafka: {errors or 'timeout'}")
+    _withdraw(settings, [r.crawl_id for r in records if r.crawl_id not in confirmed])
+    raise failure
 
 
 _WITHDRAW = "DELETE FROM {schema}.crawl_history WHERE crawl_id = ANY(%s) AND status = 'queued'"

@@ -43,6 +43,16 @@ from tests.fixtures.postgres import MakeSchema
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
 
 
+def on_private_postgres(settings: Settings, postgres: LocalPostgres) -> Settings:
+    """``settings`` pointed at a migrated ``convsync`` schema of a private Postgres."""
+    moved = settings.model_copy(
+        update={"database_url": SecretStr(postgres.url), "db_schema": "convsync"}
+    )
+    with connect(moved) as conn:
+        apply_migrations(conn, schema="convsync")
+    return moved
+
+
 def new_group() -> str:
     """A consumer group of the test's own: members of other tests never join it."""
     return f"g-{uuid.uuid4().hex[:12]}"
@@ -193,11 +203,7 @@ def test_fenced_static_member_rejoins(
 
 def test_postgres_restart_mid_run(make_topics: MakeTopics, private_postgres: LocalPostgres) -> None:
     rng = random.Random(13)
-    settings = make_topics(partitions=4).model_copy(
-        update={"database_url": SecretStr(private_postgres.url), "db_schema": "convsync"}
-    )
-    with connect(settings) as conn:
-        apply_migrations(conn, schema="convsync")
+    settings = on_private_postgres(make_topics(partitions=4), private_postgres)
     events = random_events(rng, pages=10, users=100, n=6_000)
     delivered = with_duplicates(rng, events, 0.1)
     half = len(delivered) // 2
@@ -224,11 +230,7 @@ def test_postgres_down_between_batches_is_retried_with_backoff(
     # backoff. Until 2026-11-29 it went back to the writer thread every poll (~20 ms):
     # dozens of failed writes per second of outage, and fetching never paused.
     caplog.set_level(logging.WARNING, logger="consumers.materializer.engine")
-    settings = make_topics(partitions=4).model_copy(
-        update={"database_url": SecretStr(private_postgres.url), "db_schema": "convsync"}
-    )
-    with connect(settings) as conn:
-        apply_migrations(conn, schema="convsync")
+    settings = on_private_postgres(make_topics(partitions=4), private_postgres)
     events = random_events(random.Random(15), pages=6, users=30, n=600)
     produce(settings, events[:400])
     config = BatchConfig(max_records=300, max_wait=0.05, backoff_initial=0.2, backoff_max=1)
@@ -257,11 +259,7 @@ def test_static_member_fenced_while_postgres_is_down_stops_with_the_fatal_error(
     # ConsumerFatalError, as it does between batches (`convsync materialize` then
     # rejoins with a new consumer). Until 2026-11-29 backoff dropped it and kept retrying
     # Postgres on a consumer that no longer owned anything.
-    settings = make_topics(partitions=2).model_copy(
-        update={"database_url": SecretStr(private_postgres.url), "db_schema": "convsync"}
-    )
-    with connect(settings) as conn:
-        apply_migrations(conn, schema="convsync")
+    settings = on_private_postgres(make_topics(partitions=2), private_postgres)
     events = random_events(random.Random(16), pages=4, users=20, n=200)
     produce(settings, events[:100])
     group = new_group()

@@ -11,13 +11,14 @@ from streams.deadletter import (
     KEY_COPY_LIMIT,
     TRUNCATED_HEADER,
     VALUE_COPY_LIMIT,
+    Letter,
     dead_letter,
     too_large,
 )
 
 
-def letter_of(key: bytes | None, value: bytes | None, *, copies: bool = True) -> DeadLetter:
-    letter = dead_letter(
+def make_letter(key: bytes | None, value: bytes | None, *, copies: bool = True) -> Letter:
+    return dead_letter(
         topic="t.events",
         partition=1,
         offset=42,
@@ -27,6 +28,10 @@ def letter_of(key: bytes | None, value: bytes | None, *, copies: bool = True) ->
         failed_at=1,
         copies=copies,
     )
+
+
+def letter_of(key: bytes | None, value: bytes | None, *, copies: bool = True) -> DeadLetter:
+    letter = make_letter(key, value, copies=copies)
     doc = DeadLetter.model_validate_json(letter.value)
     assert dict(letter.headers).get(TRUNCATED_HEADER, b"").decode() == ",".join(letter.truncated)
     return doc
@@ -42,15 +47,7 @@ def test_a_small_record_is_copied_whole_and_unmarked() -> None:
 def test_a_large_record_keeps_a_marked_prefix_under_the_record_limit() -> None:
     value = b"v" * 800_000
     key = b"k" * (KEY_COPY_LIMIT + 1)
-    letter = dead_letter(
-        topic="t.events",
-        partition=1,
-        offset=42,
-        key=key,
-        value=value,
-        error=PoisonError("x"),
-        failed_at=1,
-    )
+    letter = make_letter(key, value)
     assert letter.truncated == ("key", "value")
     assert len(letter.value) < 500_000  # a whole copy would be 1.07 MB
     assert letter.key == key[:KEY_COPY_LIMIT]
