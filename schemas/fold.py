@@ -3,23 +3,37 @@
 This is the reference definition of a conversation's state. The Postgres materializer
 implements it in SQL and the faust change stream in Python; both are tested against it.
 
-For a conversation ``(page_id, psid)`` and the *set* of its distinct events:
+An event may arrive in several *copies* (same event id): Meta's retries and re-batched
+webhooks (identical), and, for messages, the webhook's copy and the crawler's, which
+differ: Graph's ``created_time`` has whole seconds where the webhook has milliseconds,
+and a message crawled past Graph's detail window has no sender (so no direction) and no
+text. Every copy is a fact about its message, so the fold reads all of them.
 
-* ``message_count``: number of distinct ``message`` events;
-* ``first_message_at`` / ``last_message_at``: min / max ``occurred_at`` of messages;
-* the *last message* is the message with the greatest ``(occurred_at, event_id)``;
-  ``last_message_text`` is its text as edited: the ``edit`` event with the greatest
-  ``(num_edit, event_id)`` targeting its ``mid`` wins, whenever that edit arrived;
-* ``last_inbound_at`` / ``last_outbound_at``: max ``occurred_at`` per direction;
+For a conversation ``(page_id, psid)`` and the *set* of copies of its events:
+
+* ``message_count``: number of distinct ``message`` event ids;
+* ``first_message_at`` / ``last_message_at``: min / max ``occurred_at`` of every message
+  copy;
+* the *last message* is the message copy with the greatest ``(occurred_at, event_id)``,
+  ties between copies of one message broken by :func:`text_rank` (a text beats none,
+  then code point order); ``last_message_text`` is its text as edited: the ``edit``
+  event with the greatest ``(num_edit, event_id)`` targeting its ``mid`` wins, whenever
+  that edit arrived;
+* ``last_inbound_at`` / ``last_outbound_at``: max ``occurred_at`` of the message copies
+  of each direction (a copy without direction counts for neither);
 * ``needs_reply``: an inbound message later than every outbound one;
 * ``read_watermark`` / ``delivered_watermark``: max watermark of ``read`` / ``delivery``;
-* ``thread_id``: the greatest non-null thread id seen (there is only one in practice),
-  learned from *every* event, duplicates included: the webhook never carries it, so the
-  crawler's copy of an already-stored message is how it is learned.
+* ``thread_id``: the greatest non-null thread id of any copy (there is only one in
+  practice): the webhook never carries it, so the crawler's copy of an already-stored
+  message is how it is learned.
 
-Every rule is a max, a min or a count of a set, so any order and any number of
-duplicates of the same events give the same state. ``apply`` assumes the event is new to
-the state (the caller dedupes by event id); ``project`` dedupes itself.
+Every rule is a max, a min or a count of a set, so any order and any number of copies of
+the same events give the same state. Copies of the other kinds come from the webhook
+only, where Meta resends the same item: they are identical, and a second copy changes
+nothing. :func:`copy_rank` orders the copies of one message; the materializer keeps the
+greatest in ``events``, which makes its row, and the last message's text read from it,
+independent of arrival order too. ``apply`` is told whether the event id is new to the
+state (the caller dedupes by event id); ``project`` dedupes itself.
 """
 
 from __future__ import annotations
@@ -47,6 +61,31 @@ def _min(a: Any, b: Any) -> Any:
     if b is None:
         return a
     return min(a, b)
+
+
+def text_rank(text: str | None) -> tuple[bool, str]:
+    """Order of two texts of one message's copies: a text beats none, then code points."""
+    return (text is not None, text or "")
+
+
+def copy_rank(
+    occurred_at: int, text: str | None, direction: str | None, source: str, thread_id: str | None
+) -> tuple[int, bool, str, bool, str, bool, str]:
+    """Order of the copies of one message; the greatest is the one the materializer keeps.
+
+    The later time first (the webhook's milliseconds over Graph's truncated seconds),
+    then :func:`text_rank`, so the kept copy holds the last message's text as the fold
+    defines it; then a known direction, the webhook's copy over the crawler's, and the
+    thread id, so that the kept row does not depend on how copies were batched.
+    """
+    return (
+        occurred_at,
+        *text_rank(text),
+        direction is not None,
+        direction or "",
+        source == "webhook",
+        thread_id or "",
+    )
 
 
 def edit_number(event: Envelope) -> int:
@@ -120,20 +159,35 @@ def learn_thread(state: ConversationState, event: Envelope) -> ConversationState
     return state
 
 
-def apply(state: ConversationState, event: Envelope) -> ConversationState:
-    """Return ``state`` with one new event folded in (the caller dedupes by event id)."""
+def apply(state: ConversationState, event: Envelope, *, again: bool = False) -> ConversationState:
+    """Return ``state`` with one event folded in.
+
+    ``again``: a copy of this event id was folded in before (the caller dedupes by event
+    id). A message copy then adds its time, direction and text but is not counted; a
+    copy of another kind only teaches the thread id.
+    """
     if (event.page_id, event.psid) != state.key:
         raise ValueError("event belongs to another conversation")
+    if again and event.kind != "message":
+        return learn_thread(state, event)
     changes: dict[str, Any] = {}
     if event.thread_id:
         changes["thread_id"] = _max(state.thread_id, event.thread_id)
     if event.kind == "message":
         t = event.occurred_at
-        changes["message_count"] = state.message_count + 1
+        if not again:
+            changes["message_count"] = state.message_count + 1
         changes["first_message_at"] = _min(state.first_message_at, t)
         changes["last_message_at"] = _max(state.last_message_at, t)
         key = (t, event.event_id)
-        if state.last_message_key is None or key > state.last_message_key:
+        if (
+            state.last_message_key is None
+            or key > state.last_message_key
+            or (
+                key == state.last_message_key
+                and text_rank(event.text) > text_rank(state.last_message_original_text)
+            )
+        ):
             changes["last_message_key"] = key
             changes["last_message_mid"] = event.mid
             changes["last_message_original_text"] = event.text
@@ -152,7 +206,9 @@ def apply(state: ConversationState, event: Envelope) -> ConversationState:
         changes["read_watermark"] = _max(state.read_watermark, event.watermark)
     elif event.kind == "delivery":
         changes["delivered_watermark"] = _max(state.delivered_watermark, event.watermark)
-    return replace(state, **changes) if changes else state
+    if not changes or all(getattr(state, k) == v for k, v in changes.items()):
+        return state
+    return replace(state, **changes)
 
 
 def project(events: Iterable[Envelope]) -> dict[ConversationKey, ConversationState]:
@@ -162,9 +218,7 @@ def project(events: Iterable[Envelope]) -> dict[ConversationKey, ConversationSta
     for event in events:
         key = (event.page_id, event.psid)
         state = out.get(key) or ConversationState(page_id=event.page_id, psid=event.psid)
-        if event.event_id in seen:
-            out[key] = learn_thread(state, event)
-            continue
+        again = event.event_id in seen
         seen.add(event.event_id)
-        out[key] = apply(state, event)
+        out[key] = apply(state, event, again=again)
     return out

@@ -31,7 +31,7 @@ from schemas.conversation import (
     conversation_key,
 )
 from schemas.envelope import Envelope
-from schemas.fold import ConversationState, apply, learn_thread
+from schemas.fold import ConversationState, apply
 
 _ID_PREFIX_LEN: Final = len("ev1_")
 _DIGEST: Final = 8  # bytes of an event id kept per folded message
@@ -125,13 +125,14 @@ def _diff(
 def step(state: StreamState | None, event: Envelope) -> Step:
     """Return the result of folding ``event`` into ``state`` (``None``: never seen).
 
-    A duplicate event (already folded in) changes nothing and emits nothing, except that
-    it may teach the thread id (the crawler's copy of a webhook message), which is a
-    ``thread`` change. A new event that changes no public field (a reaction, a lower read
-    watermark) emits nothing, unless it is the first event of the conversation
-    (``created``). An event that leaves the state as it was is reported as a duplicate:
-    for a message that means its id was folded in before; for the other kinds, which
-    fold as maxima, that folding it (again) added nothing.
+    A copy of an event already folded in is not counted again. A message copy may still
+    move the times or the text (the webhook's copy of a message the crawler folded
+    first): a ``message`` change. Any copy may teach the thread id (the crawler's copy of
+    a webhook message): a ``thread`` change. A new event that changes no public field (a
+    reaction, a lower read watermark) emits nothing, unless it is the first event of the
+    conversation (``created``). An event that leaves the state as it was is reported as
+    a duplicate: a copy that added nothing, or an event of a kind that folds as a maximum
+    and added nothing.
     """
     created = state is None
     if state is None:
@@ -139,14 +140,15 @@ def step(state: StreamState | None, event: Envelope) -> Step:
     old = state.conversation
     seen = state.seen
     if event.kind == "message":
-        # A digest already there is this message folded in before, whatever its time:
-        # the webhook's copy (ms) of a message the crawler stored first (whole seconds)
-        # sorts after every folded message and is still a duplicate. A 64-bit collision
-        # of two messages in one conversation (odds ~n^2/2^65) would count one message
-        # less; counting a copy twice is what the reference fold never does.
+        # A digest already there is this message folded in before: this copy is not
+        # counted again, but its time, direction and text are facts the fold reads (the
+        # webhook's copy, in ms, of a message the crawler stored first in whole seconds,
+        # maybe without sender or text). A 64-bit collision of two messages in one
+        # conversation (odds ~n^2/2^65) would count one message less; counting a copy
+        # twice is what the reference fold never does.
         grown = _insert(seen, digest(event.event_id))
         if grown is None:
-            new = learn_thread(old, event)
+            new = apply(old, event, again=True)
         else:
             new = apply(old, event)
             seen = grown

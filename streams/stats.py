@@ -112,9 +112,13 @@ class PageStats:
             self.changes[change] = self.changes.get(change, 0) + 1
         page = event.page_id
         minute = event.occurred_at // 60_000 * 60
-        if "message" in result.changes and event.kind == "message":
+        if (
+            event.kind == "message"
+            and result.state.conversation.message_count > result.previous.message_count
+        ):
             # A message without a direction (the crawler read it without its sender) is
-            # neither in nor out: counting it as either would invent a direction.
+            # neither in nor out: counting it as either would invent a direction. Only a
+            # message's first copy counts: a later one moves times, not counts.
             if event.direction == "inbound":
                 self._in[(page, minute)] = self._in.get((page, minute), 0) + 1
             elif event.direction == "outbound":

@@ -467,6 +467,7 @@ class Materializer:
         m.EVENTS_IN.labels(self.group).inc(summary.records)
         m.EVENTS_INSERTED.labels(self.group).inc(result.inserted)
         m.CONVERSATION_CHANGES.labels(self.group).inc(result.conversations_changed)
+        m.UPGRADES.labels(self.group).inc(result.upgraded)
         m.DUPLICATES.labels(self.group).inc(max(0, result.staged - result.inserted))
         m.DEAD_LETTERS.labels(self.group).inc(dead)
 
@@ -515,6 +516,7 @@ class Materializer:
                 a.staged + b.staged,
                 a.inserted + b.inserted,
                 a.conversations_changed + b.conversations_changed,
+                a.upgraded + b.upgraded,
             )
 
     def _retry(

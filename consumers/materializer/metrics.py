@@ -15,6 +15,11 @@ EVENTS_INSERTED: Final = Counter(
 DUPLICATES: Final = Counter(
     "convsync_materializer_duplicates", "Records whose event id was already stored.", ["group"]
 )
+UPGRADES: Final = Counter(
+    "convsync_materializer_event_upgrades",
+    "Stored messages replaced by a better copy (the webhook's, after the crawler's).",
+    ["group"],
+)
 CONVERSATION_CHANGES: Final = Counter(
     "convsync_materializer_conversation_changes",
     "Conversation rows written; each write bumps that row's version by one.",

@@ -7,16 +7,17 @@ from typing import Final
 from psycopg import sql
 
 # Session-level scratch table; ON COMMIT DELETE ROWS empties it at every commit. One row
-# per conversation of the batch: what its new events add (aggregated in Python by
-# store.fold_batch, times in ms since the epoch) and the greatest thread id any copy
-# carried, duplicates included.
+# per conversation of the batch: what its events add (aggregated in Python by
+# store.fold_batch, times in ms since the epoch; counts from new events only, times and
+# the greatest thread id from every copy), and whether the last message's text must be
+# read again (a new edit, or a stored message replaced by a better copy).
 CREATE_SCRATCH: Final = sql.SQL(
     """
     CREATE TEMP TABLE IF NOT EXISTS touched (
         page_id text NOT NULL, psid text NOT NULL, thread_id text,
         n_msg integer NOT NULL, first_ms bigint, last_ms bigint, in_ms bigint,
         out_ms bigint, read_ms bigint, deliv_ms bigint, last_event text,
-        edited boolean NOT NULL
+        recheck boolean NOT NULL
     ) ON COMMIT DELETE ROWS
     """
 )
@@ -44,13 +45,33 @@ ANALYZE_MIN_ROWS: Final = 100
 # Only the columns the plans depend on (grouping and joins).
 ANALYZE_TOUCHED: Final = sql.SQL("ANALYZE touched (page_id, psid)")
 
-# Which of the batch's event ids are stored already. Run after the partition locks, so
-# no other writer of these partitions can add one before the COPY below. The ids come as
-# one comma-separated string (an event id is ev1_ and hex): psycopg's dump of a Python
-# list of 10,000 strings took ~10 % of the writer thread. Never prepared (see
-# _Session.write_batch).
+# Which of the batch's event ids are stored already, and for a stored message what
+# schemas.fold.copy_rank orders its copies by (time in ms, text, direction, source,
+# thread id).
+# Run after the partition locks, so no other writer of these partitions can add or
+# change one before the writes below. The ids come as one comma-separated string (an
+# event id is ev1_ and hex): psycopg's dump of a Python list of 10,000 strings took
+# ~10 % of the writer thread. Never prepared (see _Session.write_batch).
 EXISTING_EVENTS: Final = sql.SQL(
-    "SELECT event_id FROM events WHERE event_id = ANY(string_to_array(%s, ','))"
+    """
+    SELECT event_id, kind = 'message',
+           (extract(epoch FROM occurred_at) * 1000)::bigint, text, direction, source,
+           thread_id
+    FROM events WHERE event_id = ANY(string_to_array(%s, ','))
+    """
+)
+
+# A stored message replaced by a better copy (schemas.fold.copy_rank: the webhook's copy
+# in ms, with its sender and text, of a message the crawler stored first): the row is
+# that copy, thread id included (conversations.thread_id keeps what the crawler taught).
+UPGRADE_EVENT: Final = sql.SQL(
+    """
+    UPDATE events SET occurred_at = %(occurred_at)s, direction = %(direction)s,
+           text = %(text)s, thread_id = %(thread_id)s,
+           source = %(source)s, attrs = %(attrs)s, payload = %(payload)s,
+           topic = %(topic)s, "partition" = %(partition)s, "offset" = %(offset)s
+    WHERE event_id = %(event_id)s
+    """
 )
 
 # The batch's new events straight into ``events`` (no staging copy of the wide rows).
@@ -62,19 +83,19 @@ COPY_EVENTS: Final = sql.SQL(
 
 COPY_TOUCHED: Final = sql.SQL(
     "COPY touched (page_id, psid, thread_id, n_msg, first_ms, last_ms, in_ms, out_ms, "
-    "read_ms, deliv_ms, last_event, edited) FROM STDIN"
+    "read_ms, deliv_ms, last_event, recheck) FROM STDIN"
 )
 
 # The fold of schemas/fold.py, set-based: merge what the batch's new events add to each
 # conversation (``touched``) with the stored row by max/min/sum, learn thread ids from
 # every copy in the batch (duplicates included), recompute the last message's edited text
-# only where the last message or its edits may have changed, and write only rows that
-# really change (so a duplicate-only batch bumps no version). Text comparisons use "C"
-# (code point) order, which is Python's str order.
+# only where the last message, its stored copy or its edits may have changed, and write
+# only rows that really change (so a duplicate-only batch bumps no version). Text
+# comparisons use "C" (code point) order, which is Python's str order.
 FOLD_CONVERSATIONS: Final = sql.SQL(
     """
     WITH a AS (
-        SELECT page_id, psid, thread_id, n_msg, last_event, edited,
+        SELECT page_id, psid, thread_id, n_msg, last_event, recheck,
                to_timestamp(0) + first_ms * interval '1 millisecond' AS first_at,
                to_timestamp(0) + last_ms * interval '1 millisecond' AS last_at,
                to_timestamp(0) + in_ms * interval '1 millisecond' AS in_at,
@@ -98,7 +119,7 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
                     THEN a.last_event ELSE c.last_message_event END AS last_message_event,
                c.last_message_event AS old_last_event,
                c.last_message_text AS old_text,
-               a.edited,
+               a.recheck,
                GREATEST(c.last_inbound_at, a.in_at) AS last_inbound_at,
                GREATEST(c.last_outbound_at, a.out_at) AS last_outbound_at,
                GREATEST(c.read_watermark, a.read_wm) AS read_watermark,
@@ -108,7 +129,7 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
     ),
     final AS (
         SELECT m.*,
-               CASE WHEN m.last_message_event IS DISTINCT FROM m.old_last_event OR m.edited
+               CASE WHEN m.last_message_event IS DISTINCT FROM m.old_last_event OR m.recheck
                     THEN (SELECT CASE WHEN ed.event_id IS NULL THEN msg.text ELSE ed.text END
                           FROM events AS msg
                           LEFT JOIN LATERAL (

@@ -4,12 +4,12 @@ batch, over several connections), offsets included."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, cast
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -19,6 +19,7 @@ from consumers.materializer import statements as st
 from consumers.materializer.rows import STAGE_COLUMNS, StageRow
 from convsync.errors import ConfigError, PoisonError, RetryableError
 from convsync.settings import Settings
+from schemas.fold import copy_rank
 from schemas.migrate import validate_schema_name
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ _EVENT_ID, _PAGE_ID, _PSID, _THREAD_ID = (
 _OCCURRED, _WATERMARK = _COL["occurred_ms"], _COL["watermark_ms"]
 _KIND, _MID, _DIRECTION = _COL["kind"], _COL["mid"], _COL["direction"]
 _SEQ, _PARTITION = _COL["seq"], _COL["partition"]
+_TEXT, _SOURCE = _COL["text"], _COL["source"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -55,11 +57,51 @@ def event_row(row: StageRow) -> tuple[object, ...]:
     )  # fmt: skip
 
 
+Rank = tuple[int, bool, str, bool, str, bool, str]  # schemas.fold.copy_rank
+
+
+def row_rank(row: StageRow) -> Rank:
+    """The :func:`schemas.fold.copy_rank` of a message row."""
+    return copy_rank(row[_OCCURRED], row[_TEXT], row[_DIRECTION], row[_SOURCE], row[_THREAD_ID])
+
+
+def stored_ranks(records: Iterable[Sequence[object]]) -> dict[str, Rank | None]:
+    """The ``EXISTING_EVENTS`` result as :func:`fold_batch` takes it."""
+    out: dict[str, Rank | None] = {}
+    for event_id, message, ms, text, direction, source, thread_id in records:
+        out[str(event_id)] = (
+            copy_rank(
+                int(ms),  # type: ignore[call-overload]
+                cast(str | None, text),
+                cast(str | None, direction),
+                str(source),
+                cast(str | None, thread_id),
+            )
+            if message
+            else None
+        )
+    return out
+
+
+_EVENT_COLUMNS: Final = (
+    "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
+    "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
+    "num_edit",
+)  # fmt: skip
+
+
+def event_update(row: StageRow) -> dict[str, object]:
+    """The ``UPGRADE_EVENT`` parameters of a staging row."""
+    values = event_row(row)
+    return dict(zip(_EVENT_COLUMNS, values, strict=True))
+
+
 @dataclass(slots=True)
 class ConversationDelta:
-    """What one batch adds to one conversation: its new events aggregated the way
-    FOLD_CONVERSATIONS merges them (times in ms), and the greatest non-empty thread id of
-    any copy (code point order, which is SQL's "C" order)."""
+    """What one batch adds to one conversation, aggregated the way FOLD_CONVERSATIONS
+    merges it (times in ms): counts of its new events, times of every message copy, and
+    the greatest non-empty thread id of any copy (code point order, which is SQL's "C"
+    order)."""
 
     thread_id: str | None = None
     n_msg: int = 0
@@ -69,17 +111,20 @@ class ConversationDelta:
     out_ms: int | None = None
     read_ms: int | None = None
     deliv_ms: int | None = None
-    # The last new message by (occurred_at, event id).
+    # The last message copy by (occurred_at, event id).
     last_event: str | None = None
-    # A new edit of a message (with a mid) was stored: the last message's text may change.
-    edited: bool = False
+    # A new edit of a message (with a mid) was stored, or a stored message was replaced
+    # by a better copy: the last message's text may change.
+    recheck: bool = False
 
-    def add(self, row: StageRow) -> None:
-        """Add one new event (the caller has made sure it is not stored yet)."""
+    def add(self, row: StageRow, *, again: bool = False) -> None:
+        """Add one event; ``again``: a copy of its id is stored or already added (then
+        only a message copy adds anything: its times, not its count)."""
         kind = row[_KIND]
         if kind == "message":
             at: int = row[_OCCURRED]
-            self.n_msg += 1
+            if not again:
+                self.n_msg += 1
             if self.first_ms is None or at < self.first_ms:
                 self.first_ms = at
             if (
@@ -94,6 +139,8 @@ class ConversationDelta:
                     self.in_ms = at
             elif direction == "outbound" and (self.out_ms is None or at > self.out_ms):
                 self.out_ms = at
+        elif again:
+            return
         elif kind == "read":
             mark = row[_WATERMARK]
             if mark is not None and (self.read_ms is None or mark > self.read_ms):
@@ -103,16 +150,27 @@ class ConversationDelta:
             if mark is not None and (self.deliv_ms is None or mark > self.deliv_ms):
                 self.deliv_ms = mark
         elif kind == "edit" and row[_MID]:
-            self.edited = True
+            self.recheck = True
 
 
-def fold_batch(
-    rows: Sequence[StageRow], stored: Set[str]
-) -> tuple[list[StageRow], dict[tuple[str, str], ConversationDelta]]:
-    """Return the batch's new events (the first copy of each id not in ``stored``, in
-    batch order) and the delta of every conversation the batch touches."""
-    new: list[StageRow] = []
-    seen: set[str] = set(stored)
+@dataclass(slots=True)
+class FoldedBatch:
+    """What :func:`fold_batch` makes of a batch."""
+
+    # The events to store: the greatest copy (copy_rank) of each id not stored, in the
+    # order of their first copies.
+    new: list[StageRow]
+    # Stored messages a copy in the batch outranks: the greatest such copy of each.
+    upgrades: list[StageRow]
+    deltas: dict[tuple[str, str], ConversationDelta]
+
+
+def fold_batch(rows: Sequence[StageRow], stored: Mapping[str, Rank | None]) -> FoldedBatch:
+    """Fold a batch against ``stored``: the batch's ids already in ``events``, each with
+    the copy_rank of its stored copy for a message (None for other kinds, whose copies
+    are identical: the first one stored stays)."""
+    new: dict[str, StageRow] = {}
+    upgrades: dict[str, StageRow] = {}
     deltas: dict[tuple[str, str], ConversationDelta] = {}
     for row in rows:
         key = (row[_PAGE_ID], row[_PSID])
@@ -123,11 +181,22 @@ def fold_batch(
         if thread and (delta.thread_id is None or thread > delta.thread_id):
             delta.thread_id = thread
         event_id = row[_EVENT_ID]
-        if event_id not in seen:
-            seen.add(event_id)
-            new.append(row)
+        if event_id in stored:
+            delta.add(row, again=True)
+            rank = stored[event_id]
+            if rank is not None:
+                best = upgrades.get(event_id)
+                if row_rank(row) > (rank if best is None else row_rank(best)):
+                    upgrades[event_id] = row
+                    delta.recheck = True
+        elif event_id in new:
+            delta.add(row, again=True)
+            if row[_KIND] == "message" and row_rank(row) > row_rank(new[event_id]):
+                new[event_id] = row
+        else:
+            new[event_id] = row
             delta.add(row)
-    return new, deltas
+    return FoldedBatch(list(new.values()), list(upgrades.values()), deltas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +206,7 @@ class BatchResult:
     staged: int
     inserted: int
     conversations_changed: int
+    upgraded: int = 0  # stored messages replaced by a better copy
 
 
 @contextmanager
@@ -263,15 +333,22 @@ class _Session:
                         if rows:
                             ids = ",".join([r[_EVENT_ID] for r in rows])
                             lookup.execute(st.EXISTING_EVENTS, (ids,), prepare=False)
-                    stored = {str(r[0]) for r in lookup.fetchall()} if rows else set()
-                new, deltas = fold_batch(rows, stored)
+                    stored = stored_ranks(lookup.fetchall()) if rows else {}
+                folded = fold_batch(rows, stored)
+                new, deltas = folded.new, folded.deltas
                 with conn.cursor() as cur:
                     if new:
-                        # 3. The new events straight into `events` (the first copy of
-                        #    each id wins).
+                        # 3. The new events straight into `events` (the greatest copy
+                        #    of each id).
                         with cur.copy(st.COPY_EVENTS) as copy:
                             for row in new:
                                 copy.write_row(event_row(row))
+                    if folded.upgrades:
+                        # 3b. Stored messages a better copy replaces (rare: the webhook's
+                        #     copy of a message the crawler stored first).
+                        cur.executemany(
+                            st.UPGRADE_EVENT, [event_update(row) for row in folded.upgrades]
+                        )
                     if deltas:
                         # 4. One row per conversation: what the batch adds to it.
                         with cur.copy(st.COPY_TOUCHED) as copy:
@@ -279,7 +356,7 @@ class _Session:
                                 copy.write_row(
                                     (page_id, psid, d.thread_id, d.n_msg, d.first_ms,
                                      d.last_ms, d.in_ms, d.out_ms, d.read_ms, d.deliv_ms,
-                                     d.last_event, d.edited)
+                                     d.last_event, d.recheck)
                                 )  # fmt: skip
                 with conn.cursor() as fold:
                     with conn.pipeline():
@@ -301,7 +378,12 @@ class _Session:
             # The connection is dropped, which rolls back whatever was not committed.
             self._drop()
             raise
-        return BatchResult(staged=len(rows), inserted=len(new), conversations_changed=changed)
+        return BatchResult(
+            staged=len(rows),
+            inserted=len(new),
+            conversations_changed=changed,
+            upgraded=len(folded.upgrades),
+        )
 
     def close(self) -> None:
         """Close the connection."""
@@ -332,7 +414,7 @@ def shard_batch(
         target[1][p] = next_offsets[p]
     out = [Shard(part_rows, offsets) for part_rows, offsets in parts if offsets]
     for shard in out:
-        # Batch order within the shard (the first copy of an event id wins).
+        # Batch order within the shard (of copies that rank equal, the first one wins).
         shard.rows.sort(key=lambda row: row[_SEQ])
     return out
 
@@ -424,6 +506,7 @@ class Store:
             staged=sum(r.staged for r in done),
             inserted=sum(r.inserted for r in done),
             conversations_changed=sum(r.conversations_changed for r in done),
+            upgraded=sum(r.upgraded for r in done),
         )
 
     def close(self) -> None:

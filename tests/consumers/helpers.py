@@ -13,7 +13,7 @@ from convsync.db import connect
 from convsync.kafka import make_producer
 from convsync.settings import Settings
 from schemas.envelope import Envelope
-from schemas.fold import project
+from schemas.fold import copy_rank, project
 
 CONV_COLUMNS = (
     "page_id",
@@ -53,8 +53,8 @@ def random_events(
     Message ids are ``<mid_prefix><i>``: give a second set another prefix, or its
     messages are the first set's facts again (the same event ids).
 
-    Messages keep one identity per mid (same user, time, text, direction whatever the
-    source); edits and reactions may target mids whose message comes later or never.
+    Some messages get a crawler's copy (:func:`crawler_copy`), appended at the end;
+    edits and reactions may target mids whose message comes later or never.
     """
     out: list[Envelope] = []
     mids: list[tuple[str, str, str]] = []
@@ -139,11 +139,56 @@ def random_events(
                     raw={"i": i},
                 )
             )
-    # Some crawler copies of stored messages carry the thread id the webhook lacked.
     for ev in list(out):
         if ev.kind == "message" and ev.thread_id is None and rng.random() < 0.2:
-            out.append(ev.model_copy(update={"thread_id": f"t_{ev.page_id}_{ev.psid}"}))
+            out.append(crawler_copy(ev, bare=rng.random() < 0.3))
     return out
+
+
+def crawler_copy(event: Envelope, *, bare: bool) -> Envelope:
+    """Return the crawler's copy of a message: the same event id, Graph's whole seconds,
+    the thread id the webhook lacks, and when ``bare`` (past Graph's detail window) no
+    sender, so no direction, and no text."""
+    update: dict[str, Any] = {
+        "occurred_at": event.occurred_at - event.occurred_at % 1000,
+        "source": "crawler",
+        "thread_id": f"t_{event.page_id}_{event.psid}",
+    }
+    if bare:
+        update |= {"direction": None, "text": None}
+    return event.model_copy(update=update)
+
+
+Kept = tuple[int, str | None, str | None, str, str | None]
+
+
+def kept_messages(events: Iterable[Envelope]) -> dict[str, Kept]:
+    """Return what ``events`` should hold of each message: (time, direction, text,
+    source, thread id) of its greatest copy by :func:`schemas.fold.copy_rank`."""
+    best: dict[str, Envelope] = {}
+    for ev in events:
+        if ev.kind != "message":
+            continue
+        other = best.get(ev.event_id)
+        if other is None or rank(ev) > rank(other):
+            best[ev.event_id] = ev
+    return {k: (e.occurred_at, e.direction, e.text, e.source, e.thread_id) for k, e in best.items()}
+
+
+def rank(ev: Envelope) -> tuple[int, bool, str, bool, str, bool, str]:
+    """The copy_rank of a message envelope."""
+    return copy_rank(ev.occurred_at, ev.text, ev.direction, ev.source, ev.thread_id)
+
+
+def stored_messages(settings: Settings) -> dict[str, Kept]:
+    """Return the stored message rows as :func:`kept_messages` does."""
+    query = sql.SQL(
+        "SELECT event_id, (extract(epoch FROM occurred_at) * 1000)::bigint, direction, text,"
+        " source, thread_id FROM {}.events WHERE kind = 'message'"
+    ).format(sql.Identifier(settings.db_schema))
+    with connect(settings) as conn:
+        rows = conn.execute(query).fetchall()
+    return {str(r[0]): (int(r[1]), r[2], r[3], str(r[4]), r[5]) for r in rows}
 
 
 def with_duplicates(rng: random.Random, events: Sequence[Envelope], share: float) -> list[Envelope]:

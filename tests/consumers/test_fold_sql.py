@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from consumers.materializer.rows import Position, stage_row
 from consumers.materializer.store import Store
 from schemas.envelope import Envelope
-from tests.consumers.helpers import conversations, expected, random_events, scalar
+from tests.consumers.helpers import (
+    conversations,
+    crawler_copy,
+    expected,
+    kept_messages,
+    random_events,
+    scalar,
+    stored_messages,
+)
 from tests.fixtures.postgres import MakeSchema
 
 pytestmark = pytest.mark.integration
@@ -54,7 +62,16 @@ def test_sql_fold_equals_reference(
 ) -> None:
     rng = random.Random(seed)
     events = random_events(rng, pages=3, users=3, n=n)
-    delivered = list(events) + [e for e in events if rng.random() < dup_share]
+    # Redeliveries, and crawler copies that differ from the webhook's (whole seconds,
+    # maybe no direction and no text), in any order.
+    copies = [
+        crawler_copy(e, bare=rng.random() < 0.5)
+        if e.kind == "message" and rng.random() < 0.5
+        else e
+        for e in events
+        if rng.random() < dup_share
+    ]
+    delivered = list(events) + copies
     rng.shuffle(delivered)
     settings = make_schema()
     store = Store(settings, writers=writers)
@@ -62,9 +79,10 @@ def test_sql_fold_equals_reference(
         _apply(store, delivered, cuts)
     finally:
         store.close()
-    assert conversations(settings) == expected(events)
+    assert conversations(settings) == expected(delivered)
     stored = scalar(settings, "SELECT array_agg(event_id ORDER BY event_id) FROM {s}.events")
     assert stored == sorted({e.event_id for e in events})
+    assert stored_messages(settings) == kept_messages(delivered)
 
 
 def test_edit_before_message_and_redelivery_keeps_version(make_schema: MakeSchema) -> None:
@@ -96,5 +114,44 @@ def test_edit_before_message_and_redelivery_keeps_version(make_schema: MakeSchem
         assert scalar(settings, "SELECT version FROM {s}.conversations") == 3
         text = scalar(settings, "SELECT text FROM {s}.messages WHERE mid = 'm1'")
         assert text == "hello, edited"
+    finally:
+        store.close()
+
+
+def test_the_webhook_copy_replaces_a_bare_crawled_copy(make_schema: MakeSchema) -> None:
+    # The crawler stored a message past Graph's detail window (no sender, no text), in
+    # whole seconds; the page's reply came 300 ms after the user's message. The webhook's
+    # copy arriving later is the better copy: it replaces the stored row, and the user is
+    # waiting for a reply. The old code kept the first copy: no text, needs_reply false.
+    settings = make_schema()
+    hooked = Envelope.build(
+        kind="message", page_id="p", psid="u", mid="m1", occurred_at=1_767_225_656_789,
+        source="webhook", direction="inbound", text="hello", raw={"webhook": True},
+    )  # fmt: skip
+    reply = Envelope.build(
+        kind="message", page_id="p", psid="u", mid="m0", occurred_at=1_767_225_656_300,
+        source="webhook", direction="outbound", text="how can we help?", raw={},
+    )  # fmt: skip
+    bare = crawler_copy(hooked, bare=True)
+    store = Store(settings)
+    try:
+        _apply(store, [bare, reply], [])
+        row = conversations(settings)[("p", "u")]
+        assert (row["needs_reply"], row["last_message_text"]) == (False, "how can we help?")
+        _apply(store, [hooked], [])
+        row = conversations(settings)[("p", "u")]
+        assert row == expected([bare, reply, hooked])[("p", "u")]
+        assert (row["needs_reply"], row["last_message_text"]) == (True, "hello")
+        assert row["first_message_at"] == 1_767_225_656_000  # every copy is a fact
+        assert scalar(settings, "SELECT version FROM {s}.conversations") == 2
+        assert stored_messages(settings)[hooked.event_id] == (
+            1_767_225_656_789, "inbound", "hello", "webhook", None,
+        )  # fmt: skip
+        assert row["thread_id"] == "t_p_u"  # the crawler's copy taught it
+        assert scalar(settings, "SELECT text FROM {s}.messages WHERE mid = 'm1'") == "hello"
+        # The worse copy again changes nothing.
+        _apply(store, [bare], [])
+        assert scalar(settings, "SELECT version FROM {s}.conversations") == 2
+        assert stored_messages(settings)[hooked.event_id][2] == "hello"
     finally:
         store.close()

@@ -16,7 +16,14 @@ from consumers.materializer.store import Store, fold_batch, shard_batch
 from convsync.errors import PoisonError, RetryableError
 from schemas.envelope import Envelope
 from schemas.kinds import Direction
-from tests.consumers.helpers import conversations, expected, random_events, scalar
+from tests.consumers.helpers import (
+    conversations,
+    crawler_copy,
+    expected,
+    random_events,
+    rank,
+    scalar,
+)
 from tests.fixtures.postgres import MakeSchema
 
 TOPIC = "store.events"
@@ -60,23 +67,40 @@ def test_shard_batch_keeps_every_partition_whole_and_in_order(
     assert sorted(row[0] for part in parts for row in part.rows) == [row[0] for row in rows]
 
 
-def test_fold_batch_takes_first_copies_not_stored_and_the_greatest_thread() -> None:
-    def msg(mid: str, at: int, thread: str | None, direction: Direction = "inbound") -> Envelope:
+def test_fold_batch_keeps_the_greatest_copy_and_reads_every_copys_times() -> None:
+    def msg(mid: str, at: int, direction: Direction = "inbound") -> Envelope:
         return Envelope.build(
             kind="message", page_id="p", psid="u", mid=mid, occurred_at=at, source="webhook",
-            direction=direction, text=mid, thread_id=thread, raw={},
+            direction=direction, text=mid, raw={},
         )  # fmt: skip
 
-    a, b, c = msg("a", 10, None), msg("b", 30, "t_1"), msg("c", 20, None, "outbound")
-    b_again = b.model_copy(update={"thread_id": "t_2", "source": "crawler"})
-    rows, _ = _rows([a, b, c, b_again, a], 1)
-    new, deltas = fold_batch(rows, {a.event_id})
-    assert [row[1] for row in new] == [b.event_id, c.event_id]
-    assert new[0][10] == "t_1", "the first copy of an event id is the one stored"
-    d = deltas["p", "u"]
-    # a is stored already: it adds nothing but its conversation; thread ids of every copy.
-    assert (d.n_msg, d.first_ms, d.last_ms, d.in_ms, d.out_ms) == (2, 20, 30, 30, 20)
-    assert (d.last_event, d.thread_id, d.edited) == (b.event_id, "t_2", False)
+    a, b, c = msg("a", 10_500), msg("b", 30_700), msg("c", 20_000, "outbound")
+    a_bare = crawler_copy(a, bare=True)
+    b_crawled = crawler_copy(b, bare=False).model_copy(update={"thread_id": "t_z"})
+    rows, _ = _rows([b_crawled, a, c, b, a_bare], 1)
+    # a is stored as the crawler read it past Graph's detail window.
+    folded = fold_batch(rows, {a.event_id: rank(a_bare)})
+    assert [(row[1], row[6], row[11]) for row in folded.new] == [
+        (b.event_id, 30_700, "webhook"),  # the webhook's copy replaced the crawler's
+        (c.event_id, 20_000, "webhook"),
+    ]
+    assert [(row[1], row[6], row[7], row[8]) for row in folded.upgrades] == [
+        (a.event_id, 10_500, "inbound", "a")
+    ]
+    d = folded.deltas["p", "u"]
+    # Counts from new events only; times from every copy; thread ids of every copy.
+    assert (d.n_msg, d.first_ms, d.last_ms, d.in_ms, d.out_ms) == (
+        2,
+        10_000,
+        30_700,
+        30_700,
+        20_000,
+    )
+    assert (d.last_event, d.thread_id, d.recheck) == (b.event_id, "t_z", True)
+    # Without a better copy nothing is replaced and the text needs no second look.
+    again = fold_batch(rows[:1] + rows[4:], {a.event_id: rank(a), b.event_id: rank(b)})
+    assert again.new == [] and again.upgrades == []
+    assert (again.deltas["p", "u"].n_msg, again.deltas["p", "u"].recheck) == (0, False)
 
 
 @pytest.mark.integration
@@ -95,7 +119,7 @@ def test_event_stored_between_lookup_and_copy_is_retryable_and_applies_nothing(
             statements,
             "EXISTING_EVENTS",
             sql.SQL(
-                "SELECT event_id FROM events"
+                "SELECT event_id, true, 0::bigint, text, direction, source, thread_id FROM events"
                 " WHERE false AND event_id = ANY(string_to_array(%s, ','))"
             ),
         )

@@ -22,25 +22,34 @@ def events(draw: st.DrawFn) -> Envelope:
     )
     n_mid = draw(st.integers(0, 6))
     mid = f"m{n_mid}"
-    # One mid is one fact: Meta reports the same user, time, text and direction for it
-    # whatever the source. Only the source and what that source knows (thread id) vary.
+    # One mid is one message: one user, time, text and direction. Its copies differ by
+    # what their source knows: the webhook's has the time in ms; the crawler's has
+    # Graph's whole seconds, the thread id, and past Graph's detail window no sender
+    # (direction) and no text.
     psid = "u1" if n_mid % 2 else "u2"
-    t = 1_000 + (n_mid * 7) % 11
+    t = 1_000_000 + (n_mid * 7) % 11 * 1_000 + (n_mid * 373) % 1_000
     if kind == "message":
+        source = draw(st.sampled_from(["webhook", "crawler", "crawler_bare"]))
+        direction = "inbound" if n_mid % 3 else "outbound"
+        text = [None, "hi", "yo"][n_mid % 3]
+        if source != "webhook":
+            t -= t % 1_000
+        if source == "crawler_bare":
+            direction, text = None, None
         return Envelope.build(
             kind="message",
             page_id=PAGE,
             psid=psid,
             mid=mid,
             occurred_at=t,
-            source=draw(st.sampled_from(["webhook", "crawler"])),
-            direction="inbound" if n_mid % 3 else "outbound",
-            text=[None, "hi", "yo"][n_mid % 3],
-            thread_id=draw(st.sampled_from([None, f"t_{psid}"])),
+            source="webhook" if source == "webhook" else "crawler",
+            direction=direction,  # type: ignore[arg-type]
+            text=text,
+            thread_id=None if source == "webhook" else draw(st.sampled_from([None, f"t_{psid}"])),
             raw={},
         )
     psid = draw(st.sampled_from(["u1", "u2"]))
-    t = draw(st.integers(1_000, 1_050))
+    t = draw(st.integers(1_000_000, 1_012_000))
     if kind == "edit":
         n = draw(st.integers(1, 3))
         return Envelope.build(

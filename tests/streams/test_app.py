@@ -42,6 +42,7 @@ def expected_stats(evs: list[Envelope]) -> dict[str, dict[float, dict[str, objec
     """Per page and minute: messages in/out and the response-time samples."""
     states: dict[str, object] = {}
     out: dict[str, dict[float, dict[str, object]]] = {}
+    counted: set[str] = set()
     for ev in evs:
         key = f"{ev.page_id}:{ev.psid}"
         result = step(states.get(key), ev)  # type: ignore[arg-type]
@@ -50,8 +51,10 @@ def expected_stats(evs: list[Envelope]) -> dict[str, dict[float, dict[str, objec
         row = out.setdefault(ev.page_id, {}).setdefault(
             minute, {"messages_in": 0, "messages_out": 0, "samples": []}
         )
-        if "message" in result.changes and ev.kind == "message" and ev.direction is not None:
-            # A message without a direction counts as neither.
+        first_copy = ev.kind == "message" and ev.event_id not in counted
+        counted.add(ev.event_id)
+        if first_copy and ev.direction is not None:
+            # A message counts once, in its first copy's direction; without one, neither.
             name = "messages_in" if ev.direction == "inbound" else "messages_out"
             row[name] = int(row[name]) + 1  # type: ignore[call-overload]
         if "replied" in result.changes and result.previous.last_inbound_at is not None:

@@ -114,34 +114,67 @@ def test_a_reaction_first_creates_the_conversation() -> None:
     assert to_record(result, reaction).message_count == 0
 
 
-def test_the_webhook_copy_after_the_crawlers_copy_is_a_duplicate() -> None:
-    # One message: the crawler's copy (Graph's created_time, whole seconds) folded first,
-    # then the webhook's (ms): same event id, and the later time sorts after every
-    # folded message. It was folded again (message_count 2, a "message" change).
-    def copy(t: int, source: str, thread: str | None) -> Envelope:
-        return Envelope.build(
-            kind="message",
-            page_id="p",
-            psid="u",
-            mid="m.1",
-            occurred_at=t,
-            source=source,  # type: ignore[arg-type]
-            direction="inbound",
-            text="hi",
-            thread_id=thread,
-            raw={},
-        )
+def _copy(
+    t: int,
+    source: str,
+    thread: str | None,
+    *,
+    direction: str | None = "inbound",
+    text: str | None = "hi",
+) -> Envelope:
+    return Envelope.build(
+        kind="message",
+        page_id="p",
+        psid="u",
+        mid="m.1",
+        occurred_at=t,
+        source=source,  # type: ignore[arg-type]
+        direction=direction,  # type: ignore[arg-type]
+        text=text,
+        thread_id=thread,
+        raw={},
+    )
 
-    crawled = copy(1_767_225_656_000, "crawler", "t_1")
-    hooked = copy(1_767_225_656_789, "webhook", None)
+
+def test_the_webhook_copy_after_the_crawlers_copy_counts_once_and_moves_the_times() -> None:
+    # One message: the crawler's copy (Graph's created_time, whole seconds) folded first,
+    # then the webhook's (ms): same event id. It is one message (it was once counted
+    # twice), and its exact time is a fact the fold reads (it was once dropped, so the
+    # state depended on which copy came first).
+    crawled = _copy(1_767_225_656_000, "crawler", "t_1")
+    hooked = _copy(1_767_225_656_789, "webhook", None)
     assert crawled.event_id == hooked.event_id
     first = step(None, crawled)
     second = step(first.state, hooked)
-    assert second.state.conversation.message_count == 1
-    assert second.duplicate and second.changes == ()
-    assert second.state is first.state
-    reference = project([crawled, hooked])[("p", "u")]
-    assert second.state.conversation.public() == reference.public()
+    conv = second.state.conversation
+    assert conv.message_count == 1
+    assert conv.last_message_at == conv.last_inbound_at == 1_767_225_656_789
+    assert conv.first_message_at == 1_767_225_656_000
+    assert second.changes == ("message",) and not second.duplicate
+    assert conv.public() == project([hooked, crawled])[("p", "u")].public()
+    # The same copy again adds nothing.
+    third = step(second.state, hooked)
+    assert third.duplicate and third.changes == () and third.state is second.state
+
+
+def test_a_crawled_copy_without_details_then_the_webhook_copy() -> None:
+    # The crawler read the message past Graph's detail window: no sender, no text. The
+    # webhook's copy arriving later brings both: the user is waiting for a reply. The
+    # old fold kept the first copy only: no text, needs_reply false.
+    bare = _copy(1_767_225_656_000, "crawler", "t_1", direction=None, text=None)
+    reply = Envelope.build(
+        kind="message", page_id="p", psid="u", mid="m.0", occurred_at=1_767_225_656_300,
+        source="webhook", direction="outbound", text="how can we help?", raw={},
+    )  # fmt: skip
+    hooked = _copy(1_767_225_656_789, "webhook", None)
+    states, _ = fold_all([bare, reply, hooked])
+    conv = states["p:u"].conversation
+    assert conv.last_message_text == "hi"
+    assert conv.needs_reply is True
+    assert conv.message_count == 2
+    for order in ([hooked, reply, bare], [reply, bare, hooked]):
+        other, _ = fold_all(order)
+        assert other["p:u"].conversation.public() == conv.public()
 
 
 def test_same_state_as_the_reference_fold_for_crawler_and_webhook_copies() -> None:
