@@ -57,16 +57,33 @@ class PartitionBook:
         return self.high
 
     def metadata(self) -> str:
-        """Return the marks as commit metadata, dropping finished crawls if too long."""
-        marks = dict(self.marks)
-        while True:
-            text = orjson.dumps(
-                {p: [m.crawl_id, m.seq, int(m.finished)] for p, m in marks.items()}
-            ).decode()
-            finished = [p for p, m in marks.items() if m.finished]
-            if len(text) <= MAX_METADATA or not finished:
-                return text
-            del marks[finished[0]]
+        """Return the marks as commit metadata, at most ``MAX_METADATA`` characters.
+
+        A partition with more pages than fit (~95 marks) would otherwise have every
+        commit refused by the broker (``OFFSET_METADATA_TOO_LARGE``) until enough crawls
+        finished. Marks are dropped until the rest fits: finished crawls' first, then
+        running ones', oldest first. A running crawl's mark is also proven by the log
+        (its next continuation is at or above the committed offset, which is the lowest
+        record in flight; see :func:`resume_marks`), so dropping it costs nothing; a
+        finished crawl's costs at most its last step again.
+        """
+        parts = [
+            (p, orjson.dumps(p) + b":" + orjson.dumps([m.crawl_id, m.seq, int(m.finished)]))
+            for p, m in self.marks.items()
+        ]
+        size = 2 + sum(len(part) + 1 for _, part in parts) - (1 if parts else 0)
+        if size > MAX_METADATA:
+            drop: set[str] = set()
+            order = [p for p, m in self.marks.items() if m.finished]
+            order += [p for p, m in self.marks.items() if not m.finished]
+            lengths = dict(parts)
+            for page in order:
+                if size <= MAX_METADATA:
+                    break
+                drop.add(page)
+                size -= len(lengths[page]) + 1
+            parts = [(p, part) for p, part in parts if p not in drop]
+        return (b"{" + b",".join(part for _, part in parts) + b"}").decode()
 
     @staticmethod
     def parse_marks(text: str | None) -> dict[str, Mark]:

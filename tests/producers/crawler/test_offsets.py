@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import random
+import uuid
+
+import orjson
+import pytest
+from confluent_kafka import KafkaException, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
+from convsync.kafka import make_consumer
 from producers.crawler._offsets import (
     MAX_METADATA,
     Mark,
@@ -13,6 +20,7 @@ from producers.crawler._offsets import (
     decide,
     resume_marks,
 )
+from tests.fixtures.kafka import MakeTopics
 
 
 def test_commit_offset_is_the_lowest_in_flight() -> None:
@@ -51,6 +59,81 @@ def test_marks_round_trip_and_metadata_stays_small() -> None:
     text = big.metadata()
     assert len(text) <= MAX_METADATA
     assert PartitionBook.parse_marks(text)["running"] == Mark("c" * 12, 1, False)
+
+
+def _running(n: int, rng: random.Random) -> tuple[PartitionBook, list[Seen]]:
+    """A partition with ``n`` pages, each with a running crawl whose steps were read in
+    rounds (the log interleaves pages): every step but the newest handled, the newest in
+    flight. Returns the live book and the log as Seen records."""
+    lengths = {f"10485760{i:07d}": rng.randrange(1, 6) for i in range(n)}
+    book = PartitionBook()
+    log: list[Seen] = []
+    for seq in range(max(lengths.values()) + 1):
+        for page, newest in lengths.items():
+            if seq <= newest:
+                log.append(Seen(len(log), page, f"{int(page):012x}", seq))
+    for rec in log:
+        book.begin(rec.offset)
+        if rec.seq < lengths[rec.page_id]:
+            book.finish(rec.offset)
+            book.marks[rec.page_id] = Mark(rec.crawl_id, rec.seq, False)
+    return book, log
+
+
+def test_metadata_fits_however_many_crawls_run_finished_marks_first() -> None:
+    # ~95 marks fit in Kafka's 4 KB. Until 2026-12-02 the marks of running crawls were
+    # never dropped: a partition with more running crawls had every commit refused.
+    book, _ = _running(300, random.Random(1))
+    for i in range(50):
+        book.marks[f"done{i}"] = Mark(f"{i:012x}", 7, True)
+    text = book.metadata()
+    assert len(text) <= MAX_METADATA
+    kept = PartitionBook.parse_marks(text)
+    assert 80 < len(kept) < 300
+    assert all(book.marks[p] == m for p, m in kept.items())
+    assert not any(m.finished for m in kept.values())  # finished ones went first
+    small = PartitionBook(marks=dict(list(book.marks.items())[:40]))
+    assert PartitionBook.parse_marks(small.metadata()) == small.marks  # all fit: all kept
+
+
+@given(st.integers(1, 400), st.integers(0, 2**32))
+def test_running_marks_left_out_are_proven_by_the_log(n: int, seed: int) -> None:
+    # A new owner reads from the committed offset and raises the committed marks with
+    # the records above it (resume_marks): it gets every running crawl's mark back, so
+    # no handled step runs again, whichever marks the metadata had to leave out.
+    book, log = _running(n, random.Random(seed))
+    offset = book.commit_offset()
+    assert offset is not None
+    committed = PartitionBook.parse_marks(book.metadata())
+    resumed = resume_marks(committed, [rec for rec in log if rec.offset >= offset])
+    assert resumed == book.marks
+    for rec in log[offset:]:
+        handled = rec.seq <= book.marks[rec.page_id].seq
+        d = decide(resumed.get(rec.page_id), crawl_id=rec.crawl_id, seq=rec.seq)
+        assert (d == "duplicate") == handled
+
+
+@pytest.mark.integration
+def test_the_broker_takes_the_metadata_of_a_partition_with_many_crawls(
+    make_topics: MakeTopics,
+) -> None:
+    settings = make_topics(partitions=1)
+    book, _ = _running(300, random.Random(2))
+    too_long = orjson.dumps(
+        {p: [m.crawl_id, m.seq, int(m.finished)] for p, m in book.marks.items()}
+    ).decode()  # what the old code committed
+    consumer = make_consumer(settings, f"g-{uuid.uuid4().hex[:8]}")
+    topic = settings.topic("crawl")
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        with pytest.raises(KafkaException, match="OFFSET_METADATA_TOO_LARGE"):
+            consumer.commit(offsets=[TopicPartition(topic, 0, 1, too_long)], asynchronous=False)
+        consumer.commit(offsets=[TopicPartition(topic, 0, 1, book.metadata())], asynchronous=False)
+        (got,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        assert got.offset == 1
+        assert PartitionBook.parse_marks(got.metadata).items() <= book.marks.items()
+    finally:
+        consumer.close()
 
 
 def test_decisions() -> None:
