@@ -493,16 +493,20 @@ class Materializer:
             # halving (each half commits its own rows and offsets), dead-letter it alone.
             if len(entries) == 1:
                 only = entries[0]
-                poison = Poison(
-                    only.position,
-                    only.message.key(),
-                    only.message.value(),
-                    str(e),
-                    type(e).__name__,
-                )
-                self._dlq.send([poison])
-                self.totals.dead_letters += 1
-                m.DEAD_LETTERS.labels(self.group).inc()
+                # Once per batch: when a retryable error ends an attempt after this
+                # letter was confirmed, the retry finds the same row refused again.
+                if _key(only) not in self._dead_sent:
+                    poison = Poison(
+                        only.position,
+                        only.message.key(),
+                        only.message.value(),
+                        str(e),
+                        type(e).__name__,
+                    )
+                    self._dlq.send([poison])
+                    self._dead_sent.add(_key(only))
+                    self.totals.dead_letters += 1
+                    m.DEAD_LETTERS.labels(self.group).inc()
                 return self.store.write_batch(
                     group=self.group,
                     topic=self.topic,

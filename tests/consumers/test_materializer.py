@@ -21,9 +21,11 @@ from prometheus_client import REGISTRY
 from psycopg import sql
 
 from consumers.materializer import BatchConfig, Materializer, checksum, replay
+from consumers.materializer.dlq import Poison
 from consumers.materializer.store import BatchResult
 from convsync.db import connect
-from convsync.kafka import admin_client, ensure_topics, topic_specs
+from convsync.errors import RetryableError
+from convsync.kafka import admin_client, ensure_topics, make_consumer, topic_specs
 from convsync.settings import Settings
 from tests.consumers.helpers import (
     conversations,
@@ -288,6 +290,61 @@ def test_rows_postgres_refuses_are_dead_lettered_alone(
         orjson.loads(base64.b64decode(str(d["value_b64"])))["event_id"] for d in letters
     ) == sorted(refused)
     assert all("refuse_two" in str(d["reason"]) for d in letters)
+
+
+def test_a_refused_row_is_dead_lettered_once_when_its_batch_is_retried(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    # The row Postgres refuses is dead-lettered alone (bisection), then a retryable error
+    # ends the attempt and the whole batch is retried: the retry finds the same row
+    # refused. Until 2026-12-02 it was dead-lettered (and counted) again every time.
+    rng = random.Random(23)
+    settings = make_schema(base=make_topics(partitions=1))
+    events = [e for e in random_events(rng, pages=1, users=5, n=60) if e.kind != "message"]
+    events += [e for e in random_events(rng, pages=1, users=5, n=40, mid_prefix="x")]
+    once = Counter(e.event_id for e in events)
+    bad = next(e for e in events if e.kind == "message" and once[e.event_id] == 1)
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {}.events ADD CONSTRAINT refuse_one CHECK (event_id <> {})"
+            ).format(sql.Identifier(settings.db_schema), sql.Literal(bad.event_id))
+        )
+    group = f"g-{uuid.uuid4().hex[:12]}"
+    mat = Materializer(settings, group=group, config=BatchConfig(max_records=1000, max_wait=1.0))
+    sent: list[int] = []
+    failed: list[bool] = []
+    real_send, real_write = mat._dlq.send, mat.store.write_batch
+
+    def send(letters: list[Poison]) -> None:
+        real_send(letters)
+        if letters:
+            sent.append(len(letters))
+
+    def write_batch(**kwargs: Any) -> BatchResult:
+        if sent and not failed and kwargs["rows"]:
+            failed.append(True)  # fail the first write after the dead letter, once
+            raise RetryableError("injected: Postgres went away")
+        return real_write(**kwargs)
+
+    mat._dlq.send = send  # type: ignore[method-assign]
+    mat.store.write_batch = write_batch  # type: ignore[method-assign]
+    total = produce(settings, events)
+    with running(mat):
+        wait_for(lambda: stored_end(settings, group) == total, timeout=60, what="offsets")
+    assert failed and sent == [1], sent
+    good = [e for e in events if e.event_id != bad.event_id]
+    assert conversations(settings) == expected(good)
+    assert mat.totals.dead_letters == 1
+    assert (
+        REGISTRY.get_sample_value("convsync_materializer_dead_letters_total", {"group": group}) == 1
+    )
+    reader = make_consumer(settings, f"r-{uuid.uuid4().hex[:8]}")
+    try:
+        _, high = reader.get_watermark_offsets(TopicPartition(settings.topic("dlq"), 0), timeout=10)
+    finally:
+        reader.close()
+    assert high == 1, "the refused row was dead-lettered more than once"
 
 
 def test_unconfirmed_dead_letters_are_retried_not_raised(
