@@ -86,6 +86,8 @@ class Publisher:
         self._pump_task: asyncio.Task[None] | None = None
         self._busy = asyncio.Event()
         self._fatal: str | None = None
+        self._probe: asyncio.Future[tuple[bool, str]] | None = None
+        self.probes = 0  # readiness probes run (concurrent callers share one)
 
     @property
     def fatal(self) -> str | None:
@@ -162,16 +164,29 @@ class Publisher:
         return time.perf_counter() - started
 
     async def ready(self) -> tuple[bool, str]:
-        """Return whether the producer is healthy and sees the topic with leaders, and why."""
+        """Return whether the producer is healthy and sees the topic with leaders, and why.
+
+        Concurrent callers share one probe: the probe blocks a thread for up to
+        ``probe_timeout`` while Kafka is down, and probes piling up (a load balancer and
+        Kubernetes asking every second, each retrying) took every thread of the loop's
+        default executor, the one shutdown's flush needs too.
+        """
         producer = self._producer
         if producer is None:
             return False, "not started"
         if self._fatal is not None:
             return False, "producer failed"
-        loop = asyncio.get_running_loop()
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = asyncio.ensure_future(self._check(producer))
+        # A caller that goes away (its client disconnected) does not cancel the others'.
+        return await asyncio.shield(probe)
+
+    async def _check(self, producer: Producer) -> tuple[bool, str]:
+        self.probes += 1
         try:
-            md = await loop.run_in_executor(
-                None, lambda: producer.list_topics(self.topic, timeout=self.probe_timeout)
+            md = await asyncio.to_thread(
+                producer.list_topics, self.topic, timeout=self.probe_timeout
             )
         except KafkaException as e:
             return False, f"Kafka unreachable: {e.args[0].str() if e.args else e}"

@@ -369,6 +369,36 @@ async def test_readyz_is_503_when_the_topic_is_missing(kafka_settings: Settings)
         assert "unavailable" in (await resp.json())["error"]
 
 
+async def test_concurrent_readiness_checks_share_one_probe(kafka_settings: Settings) -> None:
+    # Each probe holds an executor thread for up to probe_timeout while Kafka is down;
+    # until 2026-12-02 every /readyz ran its own, so a burst of them took every thread.
+    import asyncio
+
+    from producers.webhook.publisher import Publisher
+
+    class Counting:
+        def __init__(self, producer: Any) -> None:
+            self.producer, self.calls = producer, 0
+
+        def list_topics(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return self.producer.list_topics(*args, **kwargs)
+
+    publisher = Publisher(kafka_settings, kafka_settings.topic("events"))
+    publisher.start()
+    try:
+        counting = Counting(publisher._producer)
+        publisher._producer = counting  # type: ignore[assignment]
+        results = await asyncio.gather(*(publisher.ready() for _ in range(30)))
+        assert results == [(True, "ok")] * 30
+        assert counting.calls == 1
+        assert await publisher.ready() == (True, "ok")  # a later check probes again
+        assert counting.calls == 2
+        publisher._producer = counting.producer
+    finally:
+        await publisher.close()
+
+
 async def test_logs_never_hold_secrets_or_signatures(
     client: Client, sender: WebhookSender, caplog: pytest.LogCaptureFixture
 ) -> None:
