@@ -284,23 +284,26 @@ async def fold_batch(folder: Folder, batch: Sequence[faust.EventT[bytes]]) -> No
     :meth:`Folder.process` would skip the batch, offsets committed past events that
     produced nothing. So an error crashes the worker (:func:`crash`) before the ack. A
     cancellation (a stop or rebalance mid-batch) lets the batch finish first, shielded,
-    then propagates: the ack that follows is then true; if the batch fails or is
-    cancelled again meanwhile, the worker crashes.
+    then propagates: the ack that follows is then true. Further cancellations meanwhile
+    (a stop that cancels the agent again) are waited out the same way; until 2026-12-02
+    a second one crashed a clean stop with exit 70. If the batch fails, or is itself
+    cancelled, the worker crashes.
     """
     task = asyncio.ensure_future(folder.process(batch))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError as e:
-        cancelled = e
-    except Exception as e:  # noqa: BLE001 - any error: the batch must not be acked
-        crash(e)
-    else:
-        return
-    try:
-        await task
-    except BaseException as e:  # noqa: BLE001 - a second cancellation included
-        crash(e)
-    raise cancelled
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as e:
+            if task.cancelled():
+                crash(e)  # the batch itself was cancelled: its effects are unknown
+            cancelled = e
+            continue
+        except Exception as e:  # noqa: BLE001 - any error: the batch must not be acked
+            crash(e)
+        break
+    if cancelled is not None:
+        raise cancelled
 
 
 def seek_before_resume(consumer: Any) -> None:
