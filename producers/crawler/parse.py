@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.crawl import ConversationTodo
 from schemas.envelope import Envelope
 from schemas.kinds import Direction
+from schemas.nesting import deeper_than
 
 
 class GraphParticipant(BaseModel):
@@ -156,13 +157,18 @@ def message_envelope(item: Any, *, page_id: str, todo: ConversationTodo) -> Enve
     """Return the message envelope of a Graph message, or the reason it is skipped.
 
     A message without details (no ``from``) is still kept: its id, time and thread are
-    facts; direction and text stay unknown (``attrs.details`` is false).
+    facts; direction and text stay unknown (``attrs.details`` is false). A message nested
+    deeper than :data:`schemas.nesting.MAX_DEPTH` is skipped as ``too_deep``.
     """
     if not isinstance(item, dict):
         return "invalid_message"
     msg = _message(item)
     if msg is None:
         return "invalid_message"
+    if deeper_than(item):
+        # Its envelope could not be written (orjson stops at ~254 levels: the worker
+        # stopped on it, and again after every restart) or read back (pydantic, ~200).
+        return "too_deep"
     direction: Direction | None = None
     if msg.sender_id is not None:
         direction = "outbound" if msg.sender_id == page_id else "inbound"

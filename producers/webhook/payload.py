@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from convsync.errors import PoisonError
+from schemas.nesting import MAX_DEPTH, deeper_than
 
 
 def _id_string(value: Any) -> Any:
@@ -109,25 +110,6 @@ class BadBodyError(PoisonError):
         self.reason = reason
 
 
-# Meta's payloads nest about ten levels deep. A body nested deeper than this is refused:
-# orjson writes at most ~254 levels and pydantic reads an envelope to ~200, so a deeper
-# item could be neither published (a 500 until 2026-11-29) nor materialized (the DLQ).
-MAX_DEPTH: Final = 100
-
-
-def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
-    """True if ``value`` nests objects and arrays more than ``limit`` levels deep."""
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
-
-
 def parse_body(body: bytes) -> PageBody:
     """Return the validated page body decoded from ``body``.
 
@@ -141,7 +123,7 @@ def parse_body(body: bytes) -> PageBody:
     if not isinstance(decoded, dict):
         raise BadBodyError("body is not a JSON object")
     # Depth is at most the number of brackets: most bodies skip the walk.
-    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _deeper_than(decoded, MAX_DEPTH):
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and deeper_than(decoded):
         raise BadBodyError(f"body nests deeper than {MAX_DEPTH} levels")
     if decoded.get("object") != "page":
         raise BadBodyError("object is not 'page'")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import pytest
 
@@ -10,7 +12,7 @@ from producers.crawler.config import CrawlerSettings
 from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import GraphClient
 from producers.crawler.request import new_request
-from producers.crawler.step import run_step
+from producers.crawler.step import FetchStats, run_step
 from schemas.crawl import CrawlRequest
 from schemas.envelope import Envelope
 
@@ -93,3 +95,52 @@ async def test_incremental_reads_only_what_is_newer() -> None:
     # one conversations page, one messages page per updated thread
     assert steps == 3
     assert last.step is not None and last.step.counters.conversations_done == 2
+
+
+@pytest.mark.asyncio
+async def test_a_message_nested_too_deep_is_skipped_with_its_reason() -> None:
+    # Graph data is Meta's, but a message nested past ~254 levels could not be written
+    # as an envelope: until 2026-12-02 its step built one anyway, the produce raised, and
+    # the worker stopped on it again after every restart.
+    def nested(levels: int) -> dict[str, Any]:
+        value: dict[str, Any] = {"leaf": 1}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    def message(mid: str, levels: int) -> dict[str, Any]:
+        return {
+            "id": mid,
+            "created_time": "2026-11-28T12:34:56+0000",
+            "from": {"id": "u1"},
+            "message": mid,
+            "attachments": {"data": [nested(levels - 3)]},  # message > attachments > data
+        }
+
+    pages: list[dict[str, Any]] = [
+        {"data": [{"id": "t_1", "updated_time": "2026-11-28T12:34:56+0000",
+                   "participants": {"data": [{"id": "p1"}, {"id": "u1"}]}}]},
+        {"data": [message("m_ok", 100), message("m_deep", 300), message("m_101", 101)]},
+    ]  # fmt: skip
+
+    async def fetch(_url: str) -> tuple[dict[str, Any], FetchStats]:
+        return pages.pop(0), FetchStats(api_calls=1)
+
+    record = new_request("p1", full=True)
+    envelopes: list[Envelope] = []
+    while True:
+        out = await run_step(
+            record,
+            fetch=fetch,
+            url_for=lambda path, _q: path,
+            conversations_limit=10,
+            messages_limit=10,
+        )
+        envelopes.extend(out.envelopes)
+        record = record.model_copy(update={"seq": record.seq + 1, "step": out.step})
+        if out.done:
+            break
+    assert [e.mid for e in envelopes] == ["m_ok"]
+    assert Envelope.from_bytes(envelopes[0].to_bytes()) == envelopes[0]
+    assert record.step is not None
+    assert record.step.counters.skipped == {"too_deep": 2}
