@@ -47,7 +47,8 @@ class ConversationChange(BaseModel):
     changes: list[ChangeKind] = Field(
         min_length=1,
         description=(
-            "What changed: created (first event of the conversation ever seen), message, "
+            "What changed: created (first event of the conversation ever seen), message "
+            "(a new message, or another copy of one that moved the message times), "
             "replied (the page answered a waiting user), needs_reply (the user wrote after "
             "the page's last answer), read, delivered, edited (last message text), "
             "thread (thread id learned)."
