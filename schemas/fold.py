@@ -68,9 +68,12 @@ def text_rank(text: str | None) -> tuple[bool, str]:
     return (text is not None, text or "")
 
 
+CopyRank = tuple[int, bool, str, bool, str, bool, str]
+
+
 def copy_rank(
     occurred_at: int, text: str | None, direction: str | None, source: str, thread_id: str | None
-) -> tuple[int, bool, str, bool, str, bool, str]:
+) -> CopyRank:
     """Order of the copies of one message; the greatest is the one the materializer keeps.
 
     The later time first (the webhook's milliseconds over Graph's truncated seconds),
@@ -206,9 +209,7 @@ def apply(state: ConversationState, event: Envelope, *, again: bool = False) -> 
         changes["read_watermark"] = _max(state.read_watermark, event.watermark)
     elif event.kind == "delivery":
         changes["delivered_watermark"] = _max(state.delivered_watermark, event.watermark)
-    if not changes or all(getattr(state, k) == v for k, v in changes.items()):
-        return state
-    return replace(state, **changes)
+    return replace(state, **changes) if changes else state
 
 
 def project(events: Iterable[Envelope]) -> dict[ConversationKey, ConversationState]:

@@ -149,6 +149,8 @@ def step(state: StreamState | None, event: Envelope) -> Step:
         grown = _insert(seen, digest(event.event_id))
         if grown is None:
             new = apply(old, event, again=True)
+            if new == old:
+                new = old
         else:
             new = apply(old, event)
             seen = grown

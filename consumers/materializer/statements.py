@@ -75,10 +75,15 @@ UPGRADE_EVENT: Final = sql.SQL(
 )
 
 # The batch's new events straight into ``events`` (no staging copy of the wide rows).
-COPY_EVENTS: Final = sql.SQL(
-    "COPY events (event_id, page_id, psid, kind, mid, occurred_at, direction, text, "
-    'watermark, thread_id, source, attrs, payload, topic, "partition", "offset", num_edit) '
-    "FROM STDIN"
+# The columns of an event row, in store.event_row's order.
+EVENT_COLUMNS: Final = (
+    "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
+    "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
+    "num_edit",
+)  # fmt: skip
+
+COPY_EVENTS: Final = sql.SQL("COPY events ({}) FROM STDIN").format(
+    sql.SQL(", ").join(sql.Identifier(c) for c in EVENT_COLUMNS)
 )
 
 COPY_TOUCHED: Final = sql.SQL(

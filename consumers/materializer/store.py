@@ -19,7 +19,7 @@ from consumers.materializer import statements as st
 from consumers.materializer.rows import STAGE_COLUMNS, StageRow
 from convsync.errors import ConfigError, PoisonError, RetryableError
 from convsync.settings import Settings
-from schemas.fold import copy_rank
+from schemas.fold import CopyRank, copy_rank
 from schemas.migrate import validate_schema_name
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,14 @@ def event_row(row: StageRow) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-Rank = tuple[int, bool, str, bool, str, bool, str]  # schemas.fold.copy_rank
-
-
-def row_rank(row: StageRow) -> Rank:
+def row_rank(row: StageRow) -> CopyRank:
     """The :func:`schemas.fold.copy_rank` of a message row."""
     return copy_rank(row[_OCCURRED], row[_TEXT], row[_DIRECTION], row[_SOURCE], row[_THREAD_ID])
 
 
-def stored_ranks(records: Iterable[Sequence[object]]) -> dict[str, Rank | None]:
+def stored_ranks(records: Iterable[Sequence[object]]) -> dict[str, CopyRank | None]:
     """The ``EXISTING_EVENTS`` result as :func:`fold_batch` takes it."""
-    out: dict[str, Rank | None] = {}
+    out: dict[str, CopyRank | None] = {}
     for event_id, message, ms, text, direction, source, thread_id in records:
         out[str(event_id)] = (
             copy_rank(
@@ -83,17 +80,9 @@ def stored_ranks(records: Iterable[Sequence[object]]) -> dict[str, Rank | None]:
     return out
 
 
-_EVENT_COLUMNS: Final = (
-    "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
-    "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
-    "num_edit",
-)  # fmt: skip
-
-
 def event_update(row: StageRow) -> dict[str, object]:
     """The ``UPGRADE_EVENT`` parameters of a staging row."""
-    values = event_row(row)
-    return dict(zip(_EVENT_COLUMNS, values, strict=True))
+    return dict(zip(st.EVENT_COLUMNS, event_row(row), strict=True))
 
 
 @dataclass(slots=True)
@@ -165,7 +154,7 @@ class FoldedBatch:
     deltas: dict[tuple[str, str], ConversationDelta]
 
 
-def fold_batch(rows: Sequence[StageRow], stored: Mapping[str, Rank | None]) -> FoldedBatch:
+def fold_batch(rows: Sequence[StageRow], stored: Mapping[str, CopyRank | None]) -> FoldedBatch:
     """Fold a batch against ``stored``: the batch's ids already in ``events``, each with
     the copy_rank of its stored copy for a message (None for other kinds, whose copies
     are identical: the first one stored stays)."""

@@ -87,7 +87,6 @@ class Publisher:
         self._busy = asyncio.Event()
         self._fatal: str | None = None
         self._probe: asyncio.Future[tuple[bool, str]] | None = None
-        self.probes = 0  # readiness probes run (concurrent callers share one)
 
     @property
     def fatal(self) -> str | None:
@@ -183,7 +182,6 @@ class Publisher:
         return await asyncio.shield(probe)
 
     async def _check(self, producer: Producer) -> tuple[bool, str]:
-        self.probes += 1
         try:
             md = await asyncio.to_thread(
                 producer.list_topics, self.topic, timeout=self.probe_timeout

@@ -13,7 +13,7 @@ from convsync.db import connect
 from convsync.kafka import make_producer
 from convsync.settings import Settings
 from schemas.envelope import Envelope
-from schemas.fold import copy_rank, project
+from schemas.fold import CopyRank, copy_rank, project
 
 CONV_COLUMNS = (
     "page_id",
@@ -175,7 +175,7 @@ def kept_messages(events: Iterable[Envelope]) -> dict[str, Kept]:
     return {k: (e.occurred_at, e.direction, e.text, e.source, e.thread_id) for k, e in best.items()}
 
 
-def rank(ev: Envelope) -> tuple[int, bool, str, bool, str, bool, str]:
+def rank(ev: Envelope) -> CopyRank:
     """The copy_rank of a message envelope."""
     return copy_rank(ev.occurred_at, ev.text, ev.direction, ev.source, ev.thread_id)
 
