@@ -10,14 +10,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.materializer import metrics as m
 from consumers.materializer.config import BatchConfig
 from consumers.materializer.dlq import DeadLetterSink, Poison
-from consumers.materializer.rows import Position, StageRow, decode
+from consumers.materializer.rows import STAGE_COLUMNS, Position, StageRow, decode
 from consumers.materializer.store import BatchResult, Store
 from consumers.materializer.writer import BackgroundWriter, InFlight
 from convsync.errors import ConsumerFatalError, ConvsyncError, PoisonError, RetryableError
@@ -35,26 +35,28 @@ class AbandonedError(ConvsyncError):
     """A batch was given up because the materializer is stopping (nothing was applied)."""
 
 
-class _Entry(NamedTuple):
-    # A NamedTuple: one is made per record (cheaper than a frozen dataclass).
-    position: Position
-    message: Any
-    row: StageRow | None
-    poison: Poison | None
+# One record of a batch, decoded as it is consumed: its staging row (which holds its
+# topic, partition and offset), or its Poison (which holds its original bytes). The Kafka
+# message itself is not kept: it cost as much memory as the row (~560 bytes each), and
+# two batches are held at a time (docs/materializer.md, eleventh pass).
+Item = StageRow | Poison
+
+_PARTITION, _OFFSET = STAGE_COLUMNS.index("partition"), STAGE_COLUMNS.index("offset")
 
 
 @dataclass(frozen=True, slots=True)
 class _Summary:
-    """What accounting a committed batch needs, without its decoded rows."""
+    """What accounting a committed batch needs."""
 
     records: int
     good: int
     poison: frozenset[tuple[int, int]]
+    value_bytes: int
 
     @classmethod
-    def of(cls, entries: Sequence[_Entry]) -> _Summary:
-        poison = frozenset(_key(e) for e in entries if e.poison is not None)
-        return cls(len(entries), len(entries) - len(poison), poison)
+    def of(cls, items: Sequence[Item], value_bytes: int) -> _Summary:
+        poison = frozenset(_key(i) for i in items if isinstance(i, Poison))
+        return cls(len(items), len(items) - len(poison), poison, value_bytes)
 
 
 @dataclass(slots=True)
@@ -97,9 +99,14 @@ class Materializer:
         self._report_lag = report_lag
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
-        self._batch: list[Any] = []
-        # Sum of the record values in _batch (BatchConfig.max_bytes); _set_batch keeps it.
+        self._batch: list[Item] = []
+        # Sum of the record values in _batch (BatchConfig.max_bytes).
         self._batch_bytes = 0
+        # Batch order of the rows (StageRow "seq"), increasing across batches so that a
+        # failed batch put back in front of the next one keeps its order.
+        self._seq = 0
+        # The topic's name, shared by every row (not one string per Kafka message).
+        self._topic_names: dict[str, str] = {self.topic: self.topic}
         self._batch_started = 0.0
         self._dead_sent: set[tuple[int, int]] = set()
         self._flushing = False
@@ -107,7 +114,7 @@ class Materializer:
         self._last_lag = 0.0
         self._read_to: dict[int, int] = {}
         self._external_stop: threading.Event | None = None
-        self._writer: BackgroundWriter[_Summary, BatchResult] = BackgroundWriter()
+        self._writer: BackgroundWriter[Item, _Summary, BatchResult] = BackgroundWriter()
 
     # -- control -------------------------------------------------------------------------
 
@@ -249,17 +256,23 @@ class Materializer:
             self._last_lag = time.monotonic()
             self._refresh_lag(consumer)
 
-    def _set_batch(self, messages: list[Any]) -> None:
-        self._batch = messages
-        self._batch_bytes = sum(len(msg) for msg in messages)
-
     def _take(self, msg: Any) -> None:
+        """Decode a consumed record into the batch (a row, or poison with its reason)."""
         if not self._batch:
             self._batch_started = time.monotonic()
-        self._batch.append(msg)
-        self._batch_bytes += len(msg)
-        p = msg.partition()
-        self._read_to[p] = max(self._read_to.get(p, 0), msg.offset() + 1)
+        topic = msg.topic()
+        topic = self._topic_names.setdefault(topic, topic)
+        p, offset = msg.partition(), msg.offset()
+        pos = Position(topic, p, offset)
+        value = msg.value()
+        self._seq += 1
+        try:
+            item: Item = decode(value, pos, self._seq)
+        except PoisonError as e:
+            item = Poison(pos, msg.key(), value, str(e), type(e).__name__)
+        self._batch.append(item)
+        self._batch_bytes += len(value) if value else 0
+        self._read_to[p] = max(self._read_to.get(p, 0), offset + 1)
 
     def _on_record_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
@@ -307,7 +320,7 @@ class Materializer:
         # forget the revoked partitions' records instead: their stored offsets did not
         # move, so the next owner reads them again.
         self._settle_or_requeue()
-        if any(msg.partition() in parts for msg in self._batch) and not self._flushing:
+        if any(_key(i)[0] in parts for i in self._batch) and not self._flushing:
             try:
                 self._flush(max_attempts=1)
             except (RetryableError, AbandonedError) as e:
@@ -324,7 +337,11 @@ class Materializer:
         log.warning("lost partitions %s of %s", sorted(parts), self.topic)
 
     def _drop_partitions(self, parts: set[int]) -> None:
-        self._set_batch([msg for msg in self._batch if msg.partition() not in parts])
+        kept = [i for i in self._batch if _key(i)[0] not in parts]
+        # The values' sizes are not kept per record: assume the dropped ones were average.
+        if self._batch:
+            self._batch_bytes = self._batch_bytes * len(kept) // len(self._batch)
+        self._batch = kept
         self._owned -= parts
         for p in parts:
             # A gauge that was never set for this partition has nothing to remove.
@@ -352,33 +369,33 @@ class Materializer:
                 self._flush()
         except AbandonedError as e:
             log.warning("stopping: %s", e)
-            self._set_batch([])
+            self._clear_batch()
 
     def _submit(self) -> bool:
         """Hand the batch to the writer thread; False when the foreground must take it."""
-        # 1. Decode this batch while the writer may still be busy with the previous one.
-        messages = self._batch
-        entries = self._prepare(messages)
-        # 2. The previous batch commits first: offsets only move in order. If it failed,
+        # 1. The previous batch commits first: offsets only move in order. If it failed,
         #    its records are put back in front of this batch for the foreground retry.
+        #    (This batch was decoded record by record as it was consumed, while the
+        #    writer was busy with the previous one.)
         if not self._settle_or_requeue():
             return False
-        # 3. Poison is dead-lettered (and confirmed) before its offset can move. If Kafka
+        items = self._batch
+        # 2. Poison is dead-lettered (and confirmed) before its offset can move. If Kafka
         #    does not confirm, the foreground retries the batch with backoff.
         try:
-            self._send_poison(entries)
+            self._send_poison(items)
         except RetryableError as e:
-            log.warning("batch of %s not committed (%s): retrying it", len(messages), e)
+            log.warning("batch of %s not committed (%s): retrying it", len(items), e)
             m.RETRIES.labels(self.group).inc()
             self.totals.retries += 1
             return False
-        # 4. Rows and the offsets of every partition in the batch, in one transaction,
+        # 3. Rows and the offsets of every partition in the batch, in one transaction,
         #    on the writer thread.
-        rows = [e.row for e in entries if e.row is not None]
-        offsets = _next_offsets(entries)
+        rows = _rows(items)
+        offsets = _next_offsets(items)
         self._writer.submit(
-            messages,
-            _Summary.of(entries),
+            items,
+            _Summary.of(items, self._batch_bytes),
             functools.partial(
                 self.store.write_batch,
                 group=self.group,
@@ -387,8 +404,12 @@ class Materializer:
                 next_offsets=offsets,
             ),
         )
-        self._set_batch([])
+        self._clear_batch()
         return True
+
+    def _clear_batch(self) -> None:
+        self._batch = []
+        self._batch_bytes = 0
 
     def _settle_or_requeue(self) -> bool:
         """Wait for the write in flight and account for it; return False if it failed.
@@ -403,23 +424,26 @@ class Materializer:
         try:
             result = inflight.future.result()
         except (RetryableError, PoisonError) as e:
-            log.warning("batch of %s not committed (%s): retrying it", len(inflight.messages), e)
+            log.warning("batch of %s not committed (%s): retrying it", len(inflight.items), e)
             if isinstance(e, RetryableError):
                 m.RETRIES.labels(self.group).inc()
                 self.totals.retries += 1
             if not self._batch:
                 self._batch_started = time.monotonic()
-            self._set_batch([*inflight.messages, *self._batch])
+            self._batch = [*inflight.items, *self._batch]
+            self._batch_bytes += inflight.summary.value_bytes
             return False
         self._account(inflight, result)
         return True
 
-    def _account(self, inflight: InFlight[_Summary, BatchResult], result: BatchResult) -> None:
+    def _account(
+        self, inflight: InFlight[Item, _Summary, BatchResult], result: BatchResult
+    ) -> None:
         summary = inflight.summary
         m.BATCH_SIZE.labels(self.group).observe(summary.records)
         m.BATCH_SECONDS.labels(self.group).observe(time.monotonic() - inflight.submitted)
         self._count(summary, result)
-        self._kafka_commit(inflight.messages)
+        self._kafka_commit(inflight.items)
         self._dead_sent.difference_update(summary.poison)
         self.totals.batches += 1
         log.debug("batch of %s: %s", summary.records, result)
@@ -436,7 +460,7 @@ class Materializer:
         m.BATCH_SIZE.labels(self.group).observe(size)
         m.BATCH_SECONDS.labels(self.group).observe(time.monotonic() - started)
         self._kafka_commit(self._batch)
-        self._set_batch([])
+        self._clear_batch()
         self._dead_sent.clear()
         self.totals.batches += 1
         log.debug("batch of %s: %s", size, result)
@@ -444,20 +468,20 @@ class Materializer:
     def _attempt(self) -> BatchResult:
         # The batch may have shrunk since the last attempt (a revoke during backoff),
         # so every attempt starts from the current batch.
-        entries = self._prepare(self._batch)
+        items = list(self._batch)
         # 1. Poison first: dead letters are confirmed by Kafka before any offset moves
         #    past them.
-        self._send_poison(entries)
+        self._send_poison(items)
         # 2. Rows and the offsets of every partition in the batch, in one transaction.
-        result = self._write(entries)
+        result = self._write(items)
         # 3. Counters only after the commit, so retries do not count twice.
-        self._count(_Summary.of(entries), result)
+        self._count(_Summary.of(items, self._batch_bytes), result)
         return result
 
-    def _send_poison(self, entries: Sequence[_Entry]) -> None:
-        unsent = [e.poison for e in entries if e.poison and _key(e) not in self._dead_sent]
-        self._dlq.send([p for p in unsent if p is not None])
-        self._dead_sent.update(_key(e) for e in entries if e.poison is not None)
+    def _send_poison(self, items: Sequence[Item]) -> None:
+        poison = [i for i in items if isinstance(i, Poison)]
+        self._dlq.send([p for p in poison if _key(p) not in self._dead_sent])
+        self._dead_sent.update(_key(p) for p in poison)
 
     def _count(self, summary: _Summary, result: BatchResult) -> None:
         dead = summary.records - summary.good
@@ -471,38 +495,30 @@ class Materializer:
         m.DUPLICATES.labels(self.group).inc(max(0, result.staged - result.inserted))
         m.DEAD_LETTERS.labels(self.group).inc(dead)
 
-    def _prepare(self, messages: Sequence[Any]) -> list[_Entry]:
-        entries = []
-        for seq, msg in enumerate(messages):
-            pos = Position(msg.topic(), msg.partition(), msg.offset())
-            try:
-                entries.append(_Entry(pos, msg, decode(msg.value(), pos, seq), None))
-            except PoisonError as e:
-                poison = Poison(pos, msg.key(), msg.value(), str(e), type(e).__name__)
-                entries.append(_Entry(pos, msg, None, poison))
-        return entries
-
-    def _write(self, entries: list[_Entry]) -> BatchResult:
-        rows = [e.row for e in entries if e.row is not None]
+    def _write(self, items: list[Item]) -> BatchResult:
         try:
             return self.store.write_batch(
-                group=self.group, topic=self.topic, rows=rows, next_offsets=_next_offsets(entries)
+                group=self.group,
+                topic=self.topic,
+                rows=_rows(items),
+                next_offsets=_next_offsets(items),
             )
         except PoisonError as e:
             # Some row slipped past validation and Postgres refused it: find it by
             # halving (each half commits its own rows and offsets), dead-letter it alone.
-            if len(entries) == 1:
-                only = entries[0]
+            if len(items) == 1:
+                only = items[0]
                 # Once per batch: when a retryable error ends an attempt after this
                 # letter was confirmed, the retry finds the same row refused again.
                 if _key(only) not in self._dead_sent:
-                    poison = Poison(
-                        only.position,
-                        only.message.key(),
-                        only.message.value(),
-                        str(e),
-                        type(e).__name__,
-                    )
+                    # A RetryableError here (Kafka slow to answer) retries the batch.
+                    pos = _position(only)
+                    original = _read_record(self.settings, self.group, pos)
+                    reason = str(e)
+                    if original is None:
+                        original = (None, None)
+                        reason += " (the original record is no longer in Kafka)"
+                    poison = Poison(pos, *original, reason, type(e).__name__)
                     self._dlq.send([poison])
                     self._dead_sent.add(_key(only))
                     self.totals.dead_letters += 1
@@ -511,11 +527,11 @@ class Materializer:
                     group=self.group,
                     topic=self.topic,
                     rows=[],
-                    next_offsets=_next_offsets(entries),
+                    next_offsets=_next_offsets(items),
                 )
-            half = len(entries) // 2
-            a = self._write(entries[:half])
-            b = self._write(entries[half:])
+            half = len(items) // 2
+            a = self._write(items[:half])
+            b = self._write(items[half:])
             return BatchResult(
                 a.staged + b.staged,
                 a.inserted + b.inserted,
@@ -576,11 +592,11 @@ class Materializer:
         finally:
             consumer.resume(consumer.assignment())
 
-    def _kafka_commit(self, messages: Sequence[Any]) -> None:
+    def _kafka_commit(self, items: Sequence[Item]) -> None:
         consumer = self._consumer
-        if consumer is None or not messages:
+        if consumer is None or not items:
             return
-        offsets = _next_offsets_of(messages)
+        offsets = _next_offsets(items)
         tps = [TopicPartition(self.topic, p, n) for p, n in offsets.items() if p in self._owned]
         if not tps:
             return
@@ -602,23 +618,56 @@ class Materializer:
                 m.LAG.labels(self.group, self.topic, str(p)).set(max(0, high - pos.offset))
 
 
-def _key(entry: _Entry) -> tuple[int, int]:
-    return (entry.position.partition, entry.position.offset)
+def _key(item: Item) -> tuple[int, int]:
+    """(partition, offset) of a batch item."""
+    if isinstance(item, Poison):
+        return (item.position.partition, item.position.offset)
+    return (item[_PARTITION], item[_OFFSET])
 
 
-def _next_offsets(entries: Sequence[_Entry]) -> dict[int, int]:
+def _position(item: Item) -> Position:
+    if isinstance(item, Poison):
+        return item.position
+    return Position(item[STAGE_COLUMNS.index("topic")], item[_PARTITION], item[_OFFSET])
+
+
+def _rows(items: Sequence[Item]) -> list[StageRow]:
+    return [i for i in items if not isinstance(i, Poison)]
+
+
+def _next_offsets(items: Sequence[Item]) -> dict[int, int]:
     out: dict[int, int] = {}
-    for e in entries:
-        p = e.position.partition
-        out[p] = max(out.get(p, 0), e.position.offset + 1)
+    for item in items:
+        p, offset = _key(item)
+        if offset >= out.get(p, 0):
+            out[p] = offset + 1
     return out
 
 
-def _next_offsets_of(messages: Sequence[Any]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for msg in messages:
-        out[msg.partition()] = max(out.get(msg.partition(), 0), msg.offset() + 1)
-    return out
+def _read_record(
+    settings: Settings, group: str, pos: Position, timeout: float = 10.0
+) -> tuple[bytes | None, bytes | None] | None:
+    """Return the key and value of the record at ``pos``, read from Kafka again, or
+    None when Kafka no longer has it (retention deleted it meanwhile).
+
+    The batch keeps decoded rows, not the records' bytes; a row Postgres refuses (rare:
+    it passed validation) is dead-lettered with its original bytes, read back here by a
+    short-lived consumer that assigns the one partition (no group membership, no
+    commits). Raises :class:`RetryableError` when Kafka does not return it in time.
+    """
+    reader = make_consumer(settings, f"{group}.dlq-reader")
+    try:
+        reader.assign([TopicPartition(pos.topic, pos.partition, pos.offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = reader.poll(min(0.5, max(0.0, deadline - time.monotonic())))
+            if msg is None or msg.error() is not None:
+                continue
+            # The first record at or after the position: a later one means it is gone.
+            return (msg.key(), msg.value()) if msg.offset() == pos.offset else None
+    finally:
+        reader.close()
+    raise RetryableError(f"record {pos.topic}[{pos.partition}]@{pos.offset} not read in time")
 
 
 def _list_topic(consumer: Consumer, topic: str) -> list[int]:

@@ -6,24 +6,25 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
+T = TypeVar("T")
 E = TypeVar("E")
 R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
-class InFlight(Generic[E, R]):
-    """A submitted batch: its Kafka records, what the caller needs to account for it
-    (kept small: the decoded rows belong to the write alone) and the write."""
+class InFlight(Generic[T, E, R]):
+    """A submitted batch: its records (to retry them if the write fails), what the
+    caller needs to account for it, and the write."""
 
-    messages: Sequence[Any]
+    items: Sequence[T]
     summary: E
     future: Future[R]
     submitted: float = field(default_factory=time.monotonic)
 
 
-class BackgroundWriter(Generic[E, R]):
+class BackgroundWriter(Generic[T, E, R]):
     """At most one write in flight, on one worker thread.
 
     The consumer thread keeps polling and decoding the next batch while Postgres takes
@@ -33,7 +34,7 @@ class BackgroundWriter(Generic[E, R]):
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="materializer-writer")
-        self.inflight: InFlight[E, R] | None = None
+        self.inflight: InFlight[T, E, R] | None = None
 
     @property
     def busy(self) -> bool:
@@ -45,13 +46,13 @@ class BackgroundWriter(Generic[E, R]):
         """True when a finished write waits to be taken."""
         return self.inflight is not None and self.inflight.future.done()
 
-    def submit(self, messages: Sequence[Any], summary: E, write: Callable[[], R]) -> None:
+    def submit(self, items: Sequence[T], summary: E, write: Callable[[], R]) -> None:
         """Start ``write`` on the worker thread. Raises RuntimeError if one is in flight."""
         if self.inflight is not None:
             raise RuntimeError("a write is already in flight: take() it first")
-        self.inflight = InFlight(messages, summary, self._pool.submit(write))
+        self.inflight = InFlight(items, summary, self._pool.submit(write))
 
-    def take(self) -> InFlight[E, R] | None:
+    def take(self) -> InFlight[T, E, R] | None:
         """Wait for the write in flight (if any) to finish and hand it over.
 
         The returned future is done: its ``result()`` returns or raises what the write did.

@@ -22,6 +22,8 @@ from psycopg import sql
 
 from consumers.materializer import BatchConfig, Materializer, checksum, replay
 from consumers.materializer.dlq import Poison
+from consumers.materializer.engine import _read_record
+from consumers.materializer.rows import Position
 from consumers.materializer.store import BatchResult
 from convsync.db import connect
 from convsync.errors import RetryableError
@@ -290,6 +292,12 @@ def test_rows_postgres_refuses_are_dead_lettered_alone(
         orjson.loads(base64.b64decode(str(d["value_b64"])))["event_id"] for d in letters
     ) == sorted(refused)
     assert all("refuse_two" in str(d["reason"]) for d in letters)
+    # The batch keeps decoded rows, not the records: the letters carry the original
+    # bytes, read back from Kafka by offset.
+    assert sorted(
+        (base64.b64decode(str(d["key_b64"])), base64.b64decode(str(d["value_b64"])))
+        for d in letters
+    ) == sorted((e.page_id.encode(), e.to_bytes()) for e in (bad_inside, bad_alone))
 
 
 def test_a_refused_row_is_dead_lettered_once_when_its_batch_is_retried(
@@ -374,3 +382,21 @@ def test_unconfirmed_dead_letters_are_retried_not_raised(
     assert conversations(settings) == expected(events)
     letters = read_dlq(settings, 1)
     assert letters and {base64.b64decode(str(d["value_b64"])) for d in letters} == {poison}
+
+
+def test_a_refused_rows_original_record_is_read_back_by_offset(make_topics: MakeTopics) -> None:
+    # The batch keeps rows, not records: the bytes of a row Postgres refuses are read back
+    # from Kafka by offset. A record retention deleted meanwhile is reported as gone (its
+    # letter says so) instead of retried forever.
+    settings = make_topics(partitions=1)
+    topic = settings.topic("events")
+    values = [b"zero", b"one", b"two"]
+    assert produce(settings, values, key=b"k") == 3
+    for offset, value in enumerate(values):
+        pos = Position(topic, 0, offset)
+        assert _read_record(settings, "g", pos) == (b"k", value)
+    admin = admin_client(settings)
+    (future,) = admin.delete_records([TopicPartition(topic, 0, 2)]).values()
+    future.result(timeout=30)
+    assert _read_record(settings, "g", Position(topic, 0, 1)) is None
+    assert _read_record(settings, "g", Position(topic, 0, 2)) == (b"k", b"two")
