@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_GROUP = "convsync-materializer"
+# Most records one consume() returns (see _poll_once).
+CONSUME_CHUNK = 2000
 
 
 class AbandonedError(ConvsyncError):
@@ -224,6 +226,9 @@ class Materializer:
             mean = self._batch_bytes / len(self._batch)
             if mean > 0:
                 want = min(want, math.ceil((cfg.max_bytes - self._batch_bytes) / mean))
+            # The messages of one consume() live until all of them are decoded: a few
+            # thousand at a time, not the whole prefetch (~28,000 bench records).
+            want = min(want, CONSUME_CHUNK)
         else:
             # consume() waits for all it was asked for: ask for one record so the batch
             # clock starts when the first record arrives, not when the poll gives up.
