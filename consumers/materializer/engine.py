@@ -43,7 +43,7 @@ class AbandonedError(ConvsyncError):
 # two batches are held at a time (docs/materializer.md, eleventh pass).
 Item = StageRow | Poison
 
-_PARTITION, _OFFSET = STAGE_COLUMNS.index("partition"), STAGE_COLUMNS.index("offset")
+_TOPIC, _PARTITION, _OFFSET = (STAGE_COLUMNS.index(c) for c in ("topic", "partition", "offset"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,7 +633,7 @@ def _key(item: Item) -> tuple[int, int]:
 def _position(item: Item) -> Position:
     if isinstance(item, Poison):
         return item.position
-    return Position(item[STAGE_COLUMNS.index("topic")], item[_PARTITION], item[_OFFSET])
+    return Position(item[_TOPIC], item[_PARTITION], item[_OFFSET])
 
 
 def _rows(items: Sequence[Item]) -> list[StageRow]:
