@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -20,7 +21,7 @@ from convsync.errors import ConfigError
 from convsync.gctune import freeze_startup
 from convsync.logs import setup_logging
 from convsync.settings import Settings
-from producers.webhook.app import SafeAccessLogger, make_app
+from producers.webhook.app import SafeAccessLogger, install_fast_path, make_app
 from producers.webhook.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,32 @@ def serve(settings: Settings, gateway: GatewaySettings, *, reuse_port: bool = Fa
         gateway.port,
         settings.topic("events"),
     )
-    web.run_app(
-        app,
-        host=gateway.host,
-        port=gateway.port,
-        reuse_port=reuse_port,
-        access_log_class=SafeAccessLogger,
-        print=None,
-        handle_signals=True,
-        # uvloop: aiohttp's own request path is half the gateway's CPU on asyncio's loop.
-        loop=uvloop.new_event_loop(),
-    )
+    # uvloop: aiohttp's own request path is half the gateway's CPU on asyncio's loop.
+    uvloop.run(_run(app, gateway, reuse_port=reuse_port))
+
+
+async def _run(app: web.Application, gateway: GatewaySettings, *, reuse_port: bool) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM, then shut down like ``web.run_app`` does.
+
+    A runner of our own rather than ``web.run_app``: the webhook fast path is installed
+    on the runner's server, which ``run_app`` does not expose. Shutdown stops accepting,
+    lets requests in flight finish (up to 60 s), then runs the app's cleanup, which
+    flushes the producer.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, access_log_class=SafeAccessLogger)
+    await runner.setup()
+    try:
+        install_fast_path(runner)
+        site = web.TCPSite(runner, gateway.host, gateway.port, reuse_port=reuse_port)
+        await site.start()
+        await stop.wait()
+        log.info("gateway pid %d: signal received, shutting down", os.getpid())
+    finally:
+        await runner.cleanup()
 
 
 def _worker(settings: Settings, gateway: GatewaySettings, log_level: str) -> None:

@@ -8,13 +8,18 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from convsync.settings import Settings
 from deploy.simulator.webhooks import WebhookSender
-from producers.webhook.app import SafeAccessLogger, make_app
+from producers.webhook.app import make_app
 from producers.webhook.settings import GatewaySettings
-from tests.producers.webhook.helpers import SECRET, GatewayProcess, with_secrets
+from tests.producers.webhook.helpers import (
+    SECRET,
+    GatewayProcess,
+    start_test_server,
+    with_secrets,
+)
 
 
 @pytest.fixture
@@ -26,10 +31,7 @@ def gw_settings(kafka_settings: Settings) -> Settings:
 @pytest_asyncio.fixture
 async def client(gw_settings: Settings) -> AsyncIterator[TestClient[object, object]]:
     """A test client of the gateway app, its producer on ``gw_settings``' topics."""
-    app = make_app(gw_settings, GatewaySettings(produce_timeout=5.0))
-    server = TestServer(app)
-    # The production access logger (TestServer drops runner options given to __init__).
-    await server.start_server(access_log_class=SafeAccessLogger)
+    server = await start_test_server(make_app(gw_settings, GatewaySettings(produce_timeout=5.0)))
     async with TestClient(server) as c:
         yield c
 

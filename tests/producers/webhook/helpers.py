@@ -14,12 +14,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from pydantic import SecretStr
 
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
 from deploy.ports import free_ports
+from producers.webhook.app import SafeAccessLogger, install_fast_path
 from schemas.envelope import Envelope
 
 SECRET = "test-app-secret-0123456789"
@@ -32,6 +35,19 @@ def with_secrets(settings: Settings) -> Settings:
     return settings.model_copy(
         update={"app_secret": SecretStr(SECRET), "verify_token": SecretStr(VERIFY_TOKEN)}
     )
+
+
+async def start_test_server(app: web.Application) -> TestServer:
+    """Start ``app`` on a test server wired as ``convsync gateway`` serves it.
+
+    The production access logger, and the ``POST /webhook`` fast path on its runner.
+    """
+    server = TestServer(app)
+    # TestServer drops runner options given to __init__; start_server passes them on.
+    await server.start_server(access_log_class=SafeAccessLogger)
+    assert isinstance(server.runner, web.AppRunner)
+    install_fast_path(server.runner)
+    return server
 
 
 def read_events(settings: Settings, *, timeout: float = 30.0) -> list[tuple[bytes, Envelope]]:

@@ -355,6 +355,32 @@ async def test_health_ready_and_metrics(client: Client, sender: WebhookSender) -
     assert "convsync_gateway_body_bytes_count 2.0" in text
 
 
+async def test_webhook_posts_bypass_the_router_and_everything_else_keeps_it(
+    client: Client, sender: WebhookSender, gw_settings: Settings
+) -> None:
+    # The fixture serves the app as `convsync gateway` does, with the fast path installed.
+    app_handler = client.server.app._handle  # type: ignore[union-attr]
+    runner = client.server.runner
+    assert runner is not None and runner.server is not None
+    assert runner.server.request_handler != app_handler
+    first = sender.batch(["611"], items_per_page=2)
+    assert (await client.post("/webhook", data=first.raw, headers=first.headers)).status == 200
+    # Expect: 100-continue is the router's to answer (its expect handler), with the same result.
+    second = sender.batch(["612"], items_per_page=1)
+    resp = await client.post("/webhook", data=second.raw, headers=second.headers, expect100=True)
+    assert resp.status == 200
+    assert await resp.text() == "EVENT_RECEIVED"
+    assert (await client.post("/webhook/", data=first.raw, headers=first.headers)).status == 404
+    assert (await client.put("/webhook", data=first.raw, headers=first.headers)).status == 405
+    ids = [env.event_id for _, env in read_events(gw_settings)]
+    assert sorted(ids) == sorted(expected_ids(first.raw) + expected_ids(second.raw))
+    # Each request counted once, whichever path answered it.
+    text = await (await client.get("/metrics")).text()
+    assert 'convsync_gateway_requests_total{route="/webhook",status="200"} 2.0' in text
+    assert 'convsync_gateway_requests_total{route="other",status="404"} 1.0' in text
+    assert 'convsync_gateway_requests_total{route="/webhook",status="405"} 1.0' in text
+
+
 async def test_readyz_is_503_when_the_topic_is_missing(kafka_settings: Settings) -> None:
     from aiohttp.test_utils import TestServer
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
 from deploy.kafka_local import KafkaCluster
 from deploy.simulator.webhooks import SignedBody, WebhookSender, post
-from producers.webhook.app import SafeAccessLogger, make_app
+from producers.webhook.app import make_app
 from producers.webhook.mapping import map_body
 from producers.webhook.payload import parse_body
 from producers.webhook.settings import GatewaySettings
@@ -26,6 +26,7 @@ from tests.producers.webhook.helpers import (
     VERIFY_TOKEN,
     GatewayProcess,
     read_events,
+    start_test_server,
     with_secrets,
 )
 
@@ -44,8 +45,7 @@ async def test_kafka_stopped_gives_503_then_success_after_restart(
     ensure_topics(admin_client(settings), topic_specs(settings))
     sender = WebhookSender(SECRET, seed=21)
     app = make_app(settings, GatewaySettings(produce_timeout=2.0))
-    server = TestServer(app)
-    await server.start_server(access_log_class=SafeAccessLogger)
+    server = await start_test_server(app)
     async with TestClient(server) as client:
 
         async def post_until_ok(signed: SignedBody) -> None:

@@ -13,17 +13,17 @@ import string
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convsync.settings import Settings
 from deploy.simulator.webhooks import WebhookSender, signature
-from producers.webhook.app import SafeAccessLogger, make_app
+from producers.webhook.app import make_app
 from producers.webhook.mapping import map_body
 from producers.webhook.payload import parse_body
 from producers.webhook.settings import GatewaySettings
-from tests.producers.webhook.helpers import SECRET, read_events
+from tests.producers.webhook.helpers import SECRET, read_events, start_test_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -201,8 +201,9 @@ def test_fuzzed_requests_get_only_2xx_4xx_and_rejected_ones_produce_nothing(
     loop = asyncio.new_event_loop()
 
     async def start() -> TestClient[Any, Any]:
-        server = TestServer(make_app(gw_settings, GatewaySettings(produce_timeout=10.0)))
-        await server.start_server(access_log_class=SafeAccessLogger)
+        server = await start_test_server(
+            make_app(gw_settings, GatewaySettings(produce_timeout=10.0))
+        )
         c: TestClient[Any, Any] = TestClient(server)
         await c.start_server()
         return c
