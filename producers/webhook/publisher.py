@@ -64,7 +64,7 @@ class Publisher:
         topic: str,
         *,
         confirm_timeout: float = 5.0,
-        linger_ms: float = 2.0,
+        linger_ms: float = 0.0,
         probe_timeout: float = 2.0,
         tick: float = 0.001,
     ) -> None:
