@@ -137,6 +137,25 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def loop_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds of the main threads (the event loops) of ``pid``'s tree.
+
+    Without librdkafka's threads: the event loop is the gateway's one serial resource, so
+    its CPU per request says whether a run was bound by the loop or by something else.
+    """
+    ticks = 0
+    for p in _tree(pid):
+        fields = Path(f"/proc/{p}/task/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def idle_seconds() -> float:
+    """Return the machine's idle + iowait CPU seconds so far, over all cores."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(url: str, bodies_file: Path, script: Path, *, duration: int, connections: int) -> float:
     """Return requests/s from wrk; fails on any non-2xx answer."""
     out = subprocess.run(
@@ -361,17 +380,24 @@ def main() -> None:
             run_wrk(url, bodies_file, script, duration=2, connections=args.connections)  # warm-up
         runs: dict[str, list[tuple[float, Latency]]] = {name: [] for name, _, _ in servers}
         cpu_us: dict[str, list[float]] = {name: [] for name, _, _ in servers}
+        loop_us: dict[str, list[float]] = {name: [] for name, _, _ in servers}
+        idle: dict[str, list[float]] = {name: [] for name, _, _ in servers}
         # Interleaved rounds: a burst of load from elsewhere on the shared machine hits
         # both servers, and the medians are compared.
         for _ in range(args.repeat):
             for name, url, port in servers:
-                cpu0 = cpu_seconds(procs[name].pid)
+                pid = procs[name].pid
+                cpu0, loop0, idle0 = cpu_seconds(pid), loop_cpu_seconds(pid), idle_seconds()
                 rps = run_wrk(
                     url, bodies_file, script, duration=args.duration, connections=args.connections
                 )
                 # CPU per request depends less on the machine's load than req/s does.
-                cpu = cpu_seconds(procs[name].pid) - cpu0
-                cpu_us[name].append(cpu / (rps * args.duration) * 1e6)
+                done = rps * args.duration
+                cpu_us[name].append((cpu_seconds(pid) - cpu0) / done * 1e6)
+                loop_us[name].append((loop_cpu_seconds(pid) - loop0) / done * 1e6)
+                # Idle cores during the run: ~0 when the machine is the limit; a loop well
+                # under one core with cores idle means the closed loop waited on latency.
+                idle[name].append((idle_seconds() - idle0) / args.duration)
                 lat = asyncio.run(
                     fixed_rate(port, bodies, rate=args.rate, duration=args.rate_duration)
                 )
@@ -385,11 +411,15 @@ def main() -> None:
                 "errors": sum(lat.errors for _, lat in rounds),
                 "rate": statistics.median(lat.achieved_rate for _, lat in rounds),
                 "cpu_us": statistics.median(cpu_us[name]),
+                "loop_us": statistics.median(loop_us[name]),
+                "idle": statistics.median(idle[name]),
             }
             print(
                 f"{name}: req/s per round {[round(r) for r, _ in rounds]}, "
                 f"p99 ms per round {[round(lat.p99_ms, 1) for _, lat in rounds]}, "
-                f"CPU us/request per round {[round(c) for c in cpu_us[name]]}"
+                f"CPU us/request per round {[round(c) for c in cpu_us[name]]}, "
+                f"event loop us/request {[round(c) for c in loop_us[name]]}, "
+                f"idle cores {[round(c, 2) for c in idle[name]]}"
             )
         gw_rss, gw_peak = rss_mb(gateway.pid)
         bare_rss, _ = rss_mb(bare.pid)
@@ -409,12 +439,13 @@ def main() -> None:
     )
     print(
         f"{'server':<16}{'req/s':>10}{'fixed/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'non-200':>9}{'CPU us/req':>11}"
+        f"{'non-200':>9}{'CPU us/req':>11}{'loop us/req':>12}{'idle cores':>11}"
     )
     for name, r in results.items():
         print(
             f"{name:<16}{r['rps']:>10.0f}{r['rate']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
-            f"{r['max']:>9.1f}{r['errors']:>9.0f}{r['cpu_us']:>11.0f}"
+            f"{r['max']:>9.1f}{r['errors']:>9.0f}{r['cpu_us']:>11.0f}{r['loop_us']:>12.0f}"
+            f"{r['idle']:>11.2f}"
         )
     ratio = results["gateway+kafka"]["rps"] / results["bare aiohttp"]["rps"]
     print(f"throughput ratio gateway/bare: {ratio:.2f}  (target >= 0.6)")
