@@ -83,49 +83,73 @@ async def test_kafka_stopped_gives_503_then_success_after_restart(
     assert set(stored) == ids_of(first) | ids_of(during) | ids_of(after)
 
 
+def assert_all_in_kafka(settings: Settings, acked: list[SignedBody]) -> None:
+    """Every event of every acknowledged body is in ``<prefix>.events``."""
+    stored = {env.event_id for _, env in read_events(settings, timeout=60)}
+    missing = set().union(*(ids_of(b) for b in acked)) - stored
+    assert not missing, f"{len(missing)} events of acknowledged requests are not in Kafka"
+
+
+class _Load:
+    """Eight client threads posting ``bodies`` one connection each until stopped.
+
+    A request that fails at the socket (the gateway is gone or no longer accepts) is
+    not acknowledged; every answer's status is counted, and bodies answered 200 are kept.
+    """
+
+    def __init__(self, url: str, bodies: list[SignedBody]) -> None:
+        self.url = url
+        self.acked: list[SignedBody] = []
+        self.statuses: dict[int, int] = {}
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._cursor = iter(bodies)
+        self._pool = concurrent.futures.ThreadPoolExecutor(8)
+        self._futures = [self._pool.submit(self._post_until_stopped) for _ in range(8)]
+
+    def _post_until_stopped(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                body = next(self._cursor, None)
+            if body is None:
+                return
+            try:
+                status = post(self.url + "/webhook", body, timeout=10)
+            except OSError:
+                continue
+            with self._lock:
+                self.sent += 1
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+                if status == 200:
+                    self.acked.append(body)
+
+    def wait_acked(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for f in self._futures:
+            f.result()
+        self._pool.shutdown()
+
+
 def test_sigkill_under_load_loses_no_acknowledged_request(
     kafka_settings: Settings, gateway_process: Callable[..., GatewayProcess]
 ) -> None:
     gw = gateway_process(kafka_settings)
     gw.start()
     sender = WebhookSender(SECRET, seed=33)
-    bodies = [sender.batch([str(100 + i % 7)], items_per_page=2) for i in range(3000)]
-    acked: list[SignedBody] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-    cursor = iter(bodies)
-
-    def load() -> int:
-        sent = 0
-        while not stop.is_set():
-            with lock:
-                body = next(cursor, None)
-            if body is None:
-                return sent
-            try:
-                status = post(gw.url + "/webhook", body, timeout=10)
-            except OSError:
-                continue  # the gateway is gone: this request was not acknowledged
-            sent += 1
-            if status == 200:
-                with lock:
-                    acked.append(body)
-        return sent
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(load) for _ in range(8)]
-        deadline = time.monotonic() + 30
-        while len(acked) < 150 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        gw.kill()
-        time.sleep(0.5)
-        stop.set()
-        sent = sum(f.result() for f in futures)
-    assert len(acked) >= 150, f"only {len(acked)} acknowledged of {sent} sent before the kill"
-    stored = {env.event_id for _, env in read_events(kafka_settings, timeout=60)}
-    expected = set().union(*(ids_of(b) for b in acked))
-    missing = expected - stored
-    assert not missing, f"{len(missing)} events of acknowledged requests are not in Kafka"
+    load = _Load(gw.url, [sender.batch([str(100 + i % 7)], items_per_page=2) for i in range(3000)])
+    load.wait_acked(150)
+    gw.kill()
+    time.sleep(0.5)
+    load.stop()
+    acked = load.acked
+    assert len(acked) >= 150, f"only {len(acked)} acknowledged of {load.sent} sent before the kill"
+    assert_all_in_kafka(kafka_settings, acked)
     log = gw.log_file.read_text()
     for secret in (SECRET, VERIFY_TOKEN, acked[0].headers["X-Hub-Signature-256"][7:]):
         assert secret not in log
@@ -139,48 +163,19 @@ def test_sigterm_under_load_finishes_requests_in_flight_and_flushes(
     gw = gateway_process(kafka_settings)
     gw.start()
     sender = WebhookSender(SECRET, seed=35)
-    bodies = [sender.batch([str(200 + i % 5)], items_per_page=2) for i in range(3000)]
-    acked: list[SignedBody] = []
-    statuses: dict[int, int] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-    cursor = iter(bodies)
-
-    def load() -> None:
-        while not stop.is_set():
-            with lock:
-                body = next(cursor, None)
-            if body is None:
-                return
-            try:
-                status = post(gw.url + "/webhook", body, timeout=10)
-            except OSError:
-                continue  # refused once the gateway stopped accepting: not acknowledged
-            with lock:
-                statuses[status] = statuses.get(status, 0) + 1
-                if status == 200:
-                    acked.append(body)
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(load) for _ in range(8)]
-        deadline = time.monotonic() + 30
-        while len(acked) < 150 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        code = gw.stop()  # SIGTERM while the eight clients keep posting
-        stop.set()
-        for f in futures:
-            f.result()
+    load = _Load(gw.url, [sender.batch([str(200 + i % 5)], items_per_page=2) for i in range(3000)])
+    load.wait_acked(150)
+    code = gw.stop()  # SIGTERM while the eight clients keep posting
+    load.stop()
     assert code == 0
-    assert len(acked) >= 150
+    assert len(load.acked) >= 150
     # No request that reached a handler was cut off or refused with a 503.
-    assert set(statuses) == {200}, statuses
+    assert set(load.statuses) == {200}, load.statuses
     [stopped] = _log_lines(gw.log_file, "stopped: ")
     posts = int(stopped.split("stopped: ")[1].split()[0])
-    assert posts >= len(acked) and stopped.endswith(" 0 records unconfirmed"), stopped
+    assert posts >= len(load.acked) and stopped.endswith(" 0 records unconfirmed"), stopped
     assert _log_lines(gw.log_file, "signal received, shutting down")
-    stored = {env.event_id for _, env in read_events(kafka_settings, timeout=60)}
-    missing = set().union(*(ids_of(b) for b in acked)) - stored
-    assert not missing, f"{len(missing)} events of acknowledged requests are not in Kafka"
+    assert_all_in_kafka(kafka_settings, load.acked)
 
 
 def _log_lines(path: Path, marker: str) -> list[str]:
