@@ -1,0 +1,74 @@
+"""The publisher's confirmation deadline and its failure modes, with Kafka unreachable.
+
+The producer is real; nothing listens on its bootstrap port, so no record is ever
+confirmed and every wait ends by the publisher's own deadline (the gateway's 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from convsync.errors import RetryableError
+from convsync.settings import Settings
+from deploy.ports import free_ports
+from producers.webhook.publisher import Publisher
+
+pytestmark = [pytest.mark.asyncio]
+
+
+def unreachable() -> Publisher:
+    settings = Settings(kafka_bootstrap=f"127.0.0.1:{free_ports()}")
+    return Publisher(settings, "nowhere.events", confirm_timeout=0.4)
+
+
+async def test_each_publish_fails_at_its_own_deadline_in_order() -> None:
+    publisher = unreachable()
+    publisher.start()
+    try:
+        started = time.monotonic()
+        ended: dict[int, float] = {}
+
+        async def one(i: int) -> str:
+            await asyncio.sleep(0.1 * i)  # deadlines 0.4, 0.5, 0.6 s after the start
+            try:
+                await publisher.publish([(b"1", b"v%d" % i)])
+            except RetryableError as e:
+                ended[i] = time.monotonic() - started
+                return str(e)
+            return "confirmed"
+
+        # A bound of its own: a deadline that never fires must fail the test, not hang it.
+        reasons = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(3))), 5)
+        assert reasons == ["Kafka did not confirm within 0.4s"] * 3
+        # Each waited its full timeout (give or take the pump's tick), not less, and
+        # the queue was served in order.
+        for i in range(3):
+            assert 0.4 + 0.1 * i - 0.01 <= ended[i] < 0.4 + 0.1 * i + 0.5, ended
+        assert ended[0] <= ended[1] <= ended[2]
+        assert not publisher._waiting  # every expired batch left the queue
+    finally:
+        await publisher.close(flush_timeout=0.1)
+
+
+async def test_a_stopped_pump_fails_waiting_requests_at_once_and_refuses_new_ones() -> None:
+    publisher = unreachable()
+    publisher.confirm_timeout = 30.0
+    publisher.start()
+    try:
+        waiting = asyncio.ensure_future(publisher.publish([(b"1", b"v")]))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        pump = publisher._pump_task
+        assert pump is not None
+        started = time.monotonic()
+        pump.cancel()
+        with pytest.raises(RetryableError, match="pump stopped"):
+            await asyncio.wait_for(waiting, 5)
+        assert time.monotonic() - started < 1.0  # not after the 30 s timeout
+        with pytest.raises(RetryableError, match="pump is not running"):
+            await publisher.publish([(b"1", b"w")])
+    finally:
+        await publisher.close(flush_timeout=0.1)
