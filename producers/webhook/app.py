@@ -17,7 +17,7 @@ from convsync.errors import ConfigError, RetryableError
 from convsync.settings import Settings
 from producers.admin import mount_admin
 from producers.webhook.admit import Refused, admit
-from producers.webhook.metrics import Metrics
+from producers.webhook.metrics import Metrics, sharing
 from producers.webhook.publisher import Publisher
 from producers.webhook.settings import GatewaySettings
 from producers.webhook.signature import HEADER, LEGACY_HEADER
@@ -121,7 +121,7 @@ class Gateway:
         )
         if isinstance(decision, Refused):
             if decision.verdict is not None:
-                self.metrics.signature_failures.labels(decision.verdict).inc()
+                self.metrics.count_signature_failure(decision.verdict)
             log.info(
                 "webhook refused: %s%s (%d bytes)",
                 decision.reason,
@@ -131,7 +131,7 @@ class Gateway:
             return _reject(decision.status, decision.reason)
         envelopes, records = decision.envelopes, decision.records
         for field in decision.ignored:
-            self.metrics.ignored.labels(field).inc()
+            self.metrics.count_ignored(field)
         # 3. Publish and wait for Kafka's confirmation of every record.
         try:
             took = await self.publisher.publish(records)
@@ -222,7 +222,12 @@ def make_app(
             left,
         )
 
+    async def metrics_lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        async with sharing(metrics):
+            yield
+
     app.cleanup_ctx.append(producer_lifecycle)
+    app.cleanup_ctx.append(metrics_lifecycle)
     mount_admin(app, settings)
     return app
 

@@ -22,6 +22,7 @@ from convsync.gctune import freeze_startup
 from convsync.logs import setup_logging
 from convsync.settings import Settings
 from producers.webhook.app import SafeAccessLogger, install_fast_path, make_app
+from producers.webhook.metrics import SHARED_DIR_ENV
 from producers.webhook.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def serve_workers(settings: Settings, gateway: GatewaySettings, *, log_level: st
         serve(settings, gateway)
         return 0
     metrics_dir = tempfile.mkdtemp(prefix="convsync-gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[SHARED_DIR_ENV] = metrics_dir
     log.info("%d workers; their metrics in %s", gateway.workers, metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     workers = [

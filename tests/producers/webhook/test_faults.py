@@ -204,10 +204,17 @@ def test_workers_share_the_port_and_stop_on_sigterm(
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda b: post(gw.url + "/webhook", b), bodies))
         assert statuses == [200] * 40
-        with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:  # noqa: S310
-            metrics: Any = r.read().decode()
-        # Any worker's /metrics sums every worker's counts.
-        assert 'convsync_gateway_requests_total{route="/webhook",status="200"} 40.0' in metrics
+        # Any worker's /metrics sums every worker's counts, each at most a second old
+        # (every worker writes its counts to the shared directory every second).
+        line = 'convsync_gateway_requests_total{route="/webhook",status="200"} 40.0'
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:  # noqa: S310
+                metrics: Any = r.read().decode()
+            if line in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        assert line in metrics, metrics
     finally:
         code = gw.stop()
     assert code == 0
