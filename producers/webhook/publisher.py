@@ -163,6 +163,9 @@ class Publisher:
             raise RetryableError("publisher is not started")
         if self._fatal is not None:
             raise RetryableError(f"Kafka producer failed: {self._fatal}")
+        if self._pump_task is None or self._pump_task.done():
+            # Nothing would confirm (or expire) the records: refuse before producing them.
+            raise RetryableError("Kafka delivery pump is not running")
         if not records:
             return 0.0
         started = time.perf_counter()
@@ -177,8 +180,6 @@ class Publisher:
             raise RetryableError(f"Kafka produce failed: {e}") from e
         finally:
             self._busy.set()
-        if self._pump_task is None or self._pump_task.done():
-            raise RetryableError("Kafka delivery pump is not running")
         # The pump fails it after confirm_timeout: no timer or task of its own.
         self._waiting.append((loop.time() + self.confirm_timeout, batch))
         await batch.future

@@ -68,7 +68,11 @@ async def test_a_stopped_pump_fails_waiting_requests_at_once_and_refuses_new_one
         with pytest.raises(RetryableError, match="pump stopped"):
             await asyncio.wait_for(waiting, 5)
         assert time.monotonic() - started < 1.0  # not after the 30 s timeout
+        producer = publisher._producer
+        assert producer is not None
+        queued = len(producer)  # the first record, still unconfirmed
         with pytest.raises(RetryableError, match="pump is not running"):
             await publisher.publish([(b"1", b"w")])
+        assert len(producer) == queued  # refused before anything was produced
     finally:
         await publisher.close(flush_timeout=0.1)
