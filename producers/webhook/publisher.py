@@ -230,9 +230,8 @@ class Publisher:
             self._pump_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump_task
+        # The pump's end already failed every batch still waiting (_pump_ended).
         left = int(await asyncio.to_thread(producer.flush, flush_timeout))
-        # flush() served the delivery reports; a batch still unconfirmed now never will be.
-        self._expire(float("inf"), "the gateway is shutting down")
         self._producer = None
         if left:
             log.warning("%d records left unconfirmed at shutdown", left)
