@@ -128,12 +128,15 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return rss / 1024, hwm / 1024
 
 
+def _cpu_ticks(stat: Path) -> int:
+    """Return utime + stime from a ``/proc/.../stat`` file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def cpu_seconds(pid: int) -> float:
     """Return the user+system CPU seconds of ``pid`` and its descendants so far."""
-    ticks = 0
-    for p in _tree(pid):
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    ticks = sum(_cpu_ticks(Path(f"/proc/{p}/stat")) for p in _tree(pid))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -143,10 +146,7 @@ def loop_cpu_seconds(pid: int) -> float:
     Without librdkafka's threads: the event loop is the gateway's one serial resource, so
     its CPU per request says whether a run was bound by the loop or by something else.
     """
-    ticks = 0
-    for p in _tree(pid):
-        fields = Path(f"/proc/{p}/task/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
+    ticks = sum(_cpu_ticks(Path(f"/proc/{p}/task/{p}/stat")) for p in _tree(pid))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
