@@ -54,7 +54,8 @@ class Publisher:
 
     :meth:`publish` returns only once Kafka confirmed every record of the call. The
     event loop itself serves the producer's callbacks: a pump task polls it every
-    ``tick`` seconds while records are in flight and sleeps while none are. Polling on
+    ``tick`` seconds while records are in flight (on every loop iteration while acks keep
+    arriving) and sleeps while none are. Polling on
     the loop's thread, rather than from a thread of its own, spares a GIL hand-off and a
     loop wake-up per delivery.
 
@@ -126,14 +127,26 @@ class Publisher:
                 batch.fail(reason or f"Kafka did not confirm within {self.confirm_timeout:g}s")
             waiting.popleft()
 
+    def pause_after(self, served: int) -> float:
+        """Return how long the pump waits, records in flight, after serving ``served`` events.
+
+        A poll that served deliveries means acks are flowing: under load the next ones are
+        already on their way, so the pump looks again on the loop's next iteration. Waiting
+        a tick instead bounded a loaded gateway by its 32 connections' round trips
+        (11,300 req/s with admission cached) instead of by the loop (17,500; see
+        docs/gateway.md). A poll that served nothing waits the tick: no spinning while
+        the broker is slow or the load light.
+        """
+        return 0.0 if served else self.tick
+
     async def _pump(self, producer: Producer) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            producer.poll(0)
+            served = producer.poll(0)
             if self._waiting:
                 self._expire(loop.time())
             if len(producer):
-                await asyncio.sleep(self.tick)
+                await asyncio.sleep(self.pause_after(served))
                 continue
             # Idle: wake on the next publish, or after a while for error callbacks.
             self._busy.clear()

@@ -7,7 +7,9 @@ confirmed and every wait ends by the publisher's own deadline (the gateway's 503
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import Any
 
 import pytest
 
@@ -74,5 +76,48 @@ async def test_a_stopped_pump_fails_waiting_requests_at_once_and_refuses_new_one
         with pytest.raises(RetryableError, match="pump is not running"):
             await publisher.publish([(b"1", b"w")])
         assert len(producer) == queued  # refused before anything was produced
+    finally:
+        await publisher.close(flush_timeout=0.1)
+
+
+class _CountingPolls:
+    """The real producer, counting the pump's polls."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.polls = 0
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        served: int = self.producer.poll(timeout)
+        return served
+
+    def __len__(self) -> int:
+        return len(self.producer)
+
+
+async def test_the_pump_looks_again_at_once_only_after_a_poll_that_served_deliveries() -> None:
+    publisher = unreachable()
+    publisher.tick = 0.02
+    assert publisher.pause_after(0) == 0.02
+    assert publisher.pause_after(1) == publisher.pause_after(250) == 0.0
+    # Records in flight that Kafka never confirms: every poll serves nothing, so the pump
+    # waits a tick between polls instead of spinning on the loop.
+    publisher.start()
+    try:
+        assert publisher._producer is not None
+        counting = _CountingPolls(publisher._producer)
+        pump = publisher._pump_task
+        assert pump is not None
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        pump = asyncio.get_running_loop().create_task(publisher._pump(counting))  # type: ignore[arg-type]
+        publisher._pump_task = pump
+        with pytest.raises(RetryableError):
+            await publisher.publish([(b"1", b"v")])  # fails after confirm_timeout (0.4 s)
+        # ~20 ticks, plus a poll after each served error event (connection refused);
+        # a pump that spun would poll thousands of times.
+        assert 5 <= counting.polls <= 100, counting.polls
     finally:
         await publisher.close(flush_timeout=0.1)
