@@ -72,30 +72,37 @@ def identity(
 
     Raises ``ValueError`` when a field that the kind's rule needs is missing.
     """
-    head: list[Any] = [kind, str(page_id)]
-
-    def need(name: str, value: Any) -> Any:
-        if value is None or value == "":
-            raise ValueError(f"event id for kind {kind!r} needs {name}")
-        return value
-
     if kind == "message":
-        return [*head, need("mid", mid)]
+        return [kind, str(page_id), _need(kind, "mid", mid)]
+    if kind in ("delivery", "read"):
+        return [kind, str(page_id), _need(kind, "psid", psid), _need(kind, "watermark", watermark)]
     if kind == "edit":
-        return [*head, need("mid", mid), detail]
+        return [kind, str(page_id), _need(kind, "mid", mid), detail]
     if kind == "reaction":
         return [
-            *head,
-            need("psid", psid),
-            need("mid", mid),
+            kind,
+            str(page_id),
+            _need(kind, "psid", psid),
+            _need(kind, "mid", mid),
             detail,
-            need("occurred_at", occurred_at),
+            _need(kind, "occurred_at", occurred_at),
         ]
-    if kind in ("delivery", "read"):
-        return [*head, need("psid", psid), need("watermark", watermark)]
     if kind == "postback" and mid:
-        return [*head, mid]
-    return [*head, need("psid", psid), need("occurred_at", occurred_at), detail]
+        return [kind, str(page_id), mid]
+    return [
+        kind,
+        str(page_id),
+        _need(kind, "psid", psid),
+        _need(kind, "occurred_at", occurred_at),
+        detail,
+    ]
+
+
+def _need(kind: str, name: str, value: Any) -> Any:
+    # A module function, not a closure: identity() runs for every event the gateway maps.
+    if value is None or value == "":
+        raise ValueError(f"event id for kind {kind!r} needs {name}")
+    return value
 
 
 def make_event_id(

@@ -61,6 +61,25 @@ def _trusted(cls: type[_M], fields: dict[str, Any], given: set[str], extra: dict
     return model
 
 
+def _extra(raw: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
+    # Most bodies carry no extra keys: a set comparison spares the comprehension.
+    if raw.keys() <= fields:
+        return {}
+    return {k: v for k, v in raw.items() if k not in fields}
+
+
+def _plain_items(raw: dict[str, Any], channel: str) -> list[dict[str, Any]] | None:
+    items = raw.get(channel)
+    if items is None:
+        return [] if channel not in raw else None
+    if type(items) is not list:
+        return None
+    for item in items:
+        if type(item) is not dict:
+            return None
+    return items
+
+
 def _plain_entry(raw: Any) -> Entry | None:
     if type(raw) is not dict:
         return None
@@ -68,22 +87,22 @@ def _plain_entry(raw: Any) -> Entry | None:
     if type(page_id) is int:
         page_id = str(page_id)
     # Digits only: Meta's page ids; anything else goes through the model's own pattern.
-    if type(page_id) is not str or not (0 < len(page_id) <= 64 and page_id.isdecimal()):
-        return None
-    if not page_id.isascii():
+    if (
+        type(page_id) is not str
+        or not 0 < len(page_id) <= 64
+        or not page_id.isdecimal()
+        or not page_id.isascii()
+    ):
         return None
     when = raw.get("time")
     if when is not None and type(when) is not int:
         return None
-    lists: dict[str, list[dict[str, Any]]] = {}
-    for channel in ("messaging", "standby"):
-        items = raw.get(channel, [])
-        if type(items) is not list or any(type(item) is not dict for item in items):
-            return None
-        lists[channel] = items
-    fields = {"id": page_id, "time": when, **lists}
-    extra = {k: v for k, v in raw.items() if k not in _ENTRY_FIELDS}
-    return _trusted(Entry, fields, set(raw), extra)
+    messaging = _plain_items(raw, "messaging")
+    standby = _plain_items(raw, "standby")
+    if messaging is None or standby is None:
+        return None
+    fields = {"id": page_id, "time": when, "messaging": messaging, "standby": standby}
+    return _trusted(Entry, fields, set(raw), _extra(raw, _ENTRY_FIELDS))
 
 
 def _plain_body(decoded: dict[str, Any]) -> PageBody | None:
@@ -98,8 +117,8 @@ def _plain_body(decoded: dict[str, Any]) -> PageBody | None:
         if entry is None:
             return None
         entries.append(entry)
-    extra = {k: v for k, v in decoded.items() if k not in _BODY_FIELDS}
-    return _trusted(PageBody, {"object": "page", "entry": entries}, set(decoded), extra)
+    fields = {"object": "page", "entry": entries}
+    return _trusted(PageBody, fields, set(decoded), _extra(decoded, _BODY_FIELDS))
 
 
 class BadBodyError(PoisonError):
