@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from schemas.envelope import Envelope
 from streams.change import Step
+from streams.held import track_partitions
 
 WINDOW_SECONDS: Final = 60.0
 RETENTION: Final = timedelta(hours=1)
@@ -93,6 +94,13 @@ class PageStats:
             )
         ):
             self._collect_changelog(table)
+        for table in (
+            self.messages_in.table,
+            self.messages_out.table,
+            self.response_ms.table,
+            self.needs_reply,
+        ):
+            track_partitions(table)
         self.events = 0
         self.duplicates = 0
         self.changes: dict[str, int] = {}

@@ -137,3 +137,48 @@ def test_change_stream_stats_and_restart(
     # The statistics of the first part came back from their changelogs (the second part
     # adds to the same minutes), so the figures are those of all events.
     stats_match(again, evs)
+
+
+def _pages(worker: Worker, path: str = "/stats/") -> set[str]:
+    return set(orjson.loads(worker.get(path))["pages"])
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_second_worker_takes_pages_and_the_first_stops_showing_them(
+    make_topics: MakeTopics, start_worker: StartWorker, guarantee: str
+) -> None:
+    settings = make_topics(partitions=4)
+    # Eight pages over four partitions (two on each with the producer's partitioner), so
+    # any split of the partitions between two workers gives each of them pages.
+    evs = conversation_events(random.Random(11), pages=8, users=4, messages=240)
+    pages = set(expected_stats(evs))
+    assert len(pages) == 8
+    produce(make_producer(settings), settings.topic("events"), evs)
+    first = start_worker(settings, guarantee=guarantee)
+    _, want = fold_all(evs)
+    read_changes(settings, until=complete(want), timeout=90, worker=first)
+    stats_match(first, evs)
+
+    # The second worker joins: the group rebalances and the partitions are split.
+    second = start_worker(settings, guarantee=guarantee)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            mine, theirs = _pages(first), _pages(second)
+        except OSError:  # the second worker's web server is not up yet
+            mine, theirs = pages, set()
+        if theirs and mine | theirs == pages and not mine & theirs:
+            break
+        assert second.proc.poll() is None, second.tail()
+        # Before streams/held.py the first worker went on showing every page, frozen.
+        assert time.monotonic() < deadline, f"first shows {sorted(mine)}, second {sorted(theirs)}"
+        time.sleep(0.5)
+    # Each shows the whole figures of its own pages: the new owner recovered them from
+    # the changelogs, the old one kept those it still holds.
+    for worker, held in ((first, mine), (second, theirs)):
+        assert_stats(orjson.loads(worker.get("/stats/")), [e for e in evs if e.page_id in held])
+    # Prometheus: the pages handed over are gone from the first worker's series.
+    metrics = first.get("/metrics").decode()
+    for page in theirs:
+        assert f'page="{page}"' not in metrics
+    assert any(f'page="{page}"' in metrics for page in mine)
