@@ -86,6 +86,7 @@ class Folder:
         track_partitions(self.states)
         # key -> (the table's value, decoded): decode a conversation once, not per batch.
         self._decoded: dict[str, tuple[bytes, StreamState]] = {}
+        self.states.on_recover(self._forget_decoded)
         self.app = app
         self.sink_name = settings.topic("conversations")
         self.dlq = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
@@ -204,6 +205,12 @@ class Folder:
                 sent += await self._send_batches(topic, _encode(table, queued))
                 queued.clear()
         await asyncio.gather(*sent)
+
+    async def _forget_decoded(self) -> None:
+        """After a rebalance: drop the decoded states of conversations the table let go."""
+        held = self.states.data
+        for key in [key for key in self._decoded if key not in held]:
+            del self._decoded[key]
 
     def _load(self, key: str) -> StreamState | None:
         value = self.states.get(key)
