@@ -18,6 +18,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from convsync.settings import Settings
+from streams import held
 from streams.app import Folder
 from streams.change import decode_state, encode_state, step
 from streams.held import remember_partition
@@ -83,3 +84,22 @@ async def test_written_keys_of_a_partition_moved_away_are_dropped(tmp_path: Path
     assert set(folder.states.data) == kept
     assert set(folder._decoded) == kept
     assert set(folder.stats.needs_reply.data) == {"p0"}
+
+
+async def test_the_partition_map_does_not_keep_keys_the_store_dropped(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    table = folder.stats.needs_reply
+    event = _Event(0)
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        for i in range(5000):
+            table[f"p{i}"] += 1
+            if i >= 10:
+                # What faust's window expiry does: pop from the store, past every hook.
+                table.data.pop(f"p{i - 10}", None)
+    finally:
+        _current_event.reset(token)
+    known = table.data._key_partition
+    assert len(table.data) == 10
+    assert set(known) >= set(table.data)
+    assert len(known) <= 2 * 10 + held.SLACK + 1
