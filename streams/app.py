@@ -24,7 +24,7 @@ from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
 from streams.change import StreamState, decode_state, encode_change, encode_state, step
 from streams.deadletter import dead_letter, too_large
-from streams.held import remember_partition, track_partitions
+from streams.held import track_partitions
 from streams.stats import PageStats, StatsCollector
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ class Folder:
             key_type=str,
             value_type=bytes,
         )
-        track_partitions(self.states)
+        # The at-least-once path writes states to the store directly: it records them.
+        self._remember = track_partitions(self.states)
         # key -> (the table's value, decoded): decode a conversation once, not per batch.
         self._decoded: dict[str, tuple[bytes, StreamState]] = {}
         self.states.on_recover(self._forget_decoded)
@@ -193,7 +194,7 @@ class Folder:
         for key, (event, state) in pending.items():
             value = encode_state(state)
             self.states.data[key] = value
-            remember_partition(self.states, key, event.message.partition)
+            self._remember(key, event.message.partition)
             self._decoded[key] = (value, state)
             # "json": the serializer faust picks for key_type=str, used again on recovery.
             raw_key = codecs.dumps("json", key)

@@ -8,13 +8,13 @@ it had handed over, frozen, next to the worker that now owns them (a sum over wo
 counted those pages twice), and their conversation states stayed in its memory.
 
 :func:`track_partitions` makes a table tell its store the partition of every key this
-worker writes through the table; :func:`remember_partition` does the same for a write
-that goes to the store directly. The store's own clean-up then covers them too.
+worker writes through the table, and returns the recorder for writes that go to the
+store directly. The store's own clean-up then covers them too.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from faust.streams import current_event
@@ -34,38 +34,36 @@ def _partitions_of(table: Any) -> MutableMapping[Any, int]:
 # The map may hold this many more keys than the store before gone keys are swept out.
 SLACK = 1024
 
-
-def _note(table: Any, known: MutableMapping[Any, int], key: Any, partition: int) -> None:
-    known[key] = partition
-    # faust expires windows by popping them from the store directly, past every hook:
-    # sweep their entries once the map outgrows the store, so it stays within 2x + SLACK
-    # of it at an amortized O(1) per write.
-    store = table.data
-    if len(known) > 2 * len(store) + SLACK:
-        for gone in [k for k in known if k not in store]:
-            del known[gone]
+Remember = Callable[[Any, int], None]
+"""``remember(key, partition)``: record the partition of a key written to the store."""
 
 
-def remember_partition(table: Any, key: Any, partition: int) -> None:
-    """Record that ``key``, written to ``table``'s store directly, is of ``partition``."""
-    _note(table, _partitions_of(table), key, partition)
-
-
-def track_partitions(table: Any) -> None:
+def track_partitions(table: Any) -> Remember:
     """Record the partition of every key written or deleted through ``table``.
 
     The partition is that of the current event (the fold binds each page's event before
     its table writes). Call after any other replacement of the table's key hooks.
+    Returns the recorder for writes that go to the table's store directly.
     """
+    store = table.data
     known = _partitions_of(table)
     key_set, key_del = table.on_key_set, table.on_key_del
+
+    def remember(key: Any, partition: int) -> None:
+        known[key] = partition
+        # faust expires windows by popping them from the store directly, past every
+        # hook: sweep their entries once the map outgrows the store, so it stays within
+        # 2x + SLACK of it at an amortized O(1) per write.
+        if len(known) > 2 * len(store) + SLACK:
+            for gone in [k for k in known if k not in store]:
+                del known[gone]
 
     def on_key_set(key: Any, value: Any) -> None:
         key_set(key, value)
         event = current_event()
         if event is None:
             raise RuntimeError(f"table {table.name} written outside of an event")
-        _note(table, known, key, event.message.partition)
+        remember(key, event.message.partition)
 
     def on_key_del(key: Any) -> None:
         key_del(key)
@@ -73,3 +71,4 @@ def track_partitions(table: Any) -> None:
 
     table.on_key_set = on_key_set
     table.on_key_del = on_key_del
+    return remember

@@ -80,26 +80,18 @@ class PageStats:
         self.needs_reply = app.Table("stats-needs-reply", default=int, partitions=partitions)
         # Changelog records of the batch being written: table -> [(partition, key, value)].
         self.changelog: dict[Any, list[tuple[int, Any, Any]]] = {}
-        # Under exactly_once the writes go through faust's transactions, unchanged.
-        guarantee: Any = app.conf.processing_guarantee
-        exactly_once = guarantee == ProcessingGuarantee.EXACTLY_ONCE
-        for table in (
-            ()
-            if exactly_once
-            else (
-                self.messages_in.table,
-                self.messages_out.table,
-                self.response_ms.table,
-                self.needs_reply,
-            )
-        ):
-            self._collect_changelog(table)
-        for table in (
+        tables = (
             self.messages_in.table,
             self.messages_out.table,
             self.response_ms.table,
             self.needs_reply,
-        ):
+        )
+        # Under exactly_once the writes go through faust's transactions, unchanged.
+        guarantee: Any = app.conf.processing_guarantee
+        if guarantee != ProcessingGuarantee.EXACTLY_ONCE:
+            for table in tables:
+                self._collect_changelog(table)
+        for table in tables:
             track_partitions(table)
         self.events = 0
         self.duplicates = 0

@@ -21,7 +21,6 @@ from convsync.settings import Settings
 from streams import held
 from streams.app import Folder
 from streams.change import decode_state, encode_state, step
-from streams.held import remember_partition
 from streams.stats import PageStats
 from tests.streams.events import conversation_events
 
@@ -63,7 +62,7 @@ async def test_written_keys_of_a_partition_moved_away_are_dropped(tmp_path: Path
     for key, (partition, state) in by_key.items():
         value = encode_state(state)
         folder.states.data[key] = value
-        remember_partition(folder.states, key, partition)
+        folder._remember(key, partition)
         folder._decoded[key] = (value, decode_state(value))
     # The statistics: writes through the table, in an event (their hook only queues the
     # changelog records; the exactly-once path's writes, sent by faust itself, are in
