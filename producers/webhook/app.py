@@ -268,3 +268,14 @@ def install_fast_path(runner: web.AppRunner) -> None:
         return response
 
     server.request_handler = handle
+
+
+async def start_runner(app: web.Application) -> web.AppRunner:
+    """Set up a runner for make_app's ``app`` as ``convsync gateway`` serves it.
+
+    The access log without query strings, and the ``POST /webhook`` fast path.
+    """
+    runner = web.AppRunner(app, access_log_class=SafeAccessLogger)
+    await runner.setup()
+    install_fast_path(runner)
+    return runner

@@ -55,9 +55,8 @@ class Publisher:
     :meth:`publish` returns only once Kafka confirmed every record of the call. The
     event loop itself serves the producer's callbacks: a pump task polls it every
     ``tick`` seconds while records are in flight (on every loop iteration while acks keep
-    arriving) and sleeps while none are. Polling on
-    the loop's thread, rather than from a thread of its own, spares a GIL hand-off and a
-    loop wake-up per delivery.
+    arriving) and sleeps while none are. Polling on the loop's thread, rather than from
+    a thread of its own, spares a GIL hand-off and a loop wake-up per delivery.
 
     The pump also fails batches whose confirmation is overdue. Every batch gets the same
     timeout, so deadlines come in publish order and one queue, checked from its head on

@@ -21,7 +21,7 @@ from convsync.errors import ConfigError
 from convsync.gctune import freeze_startup
 from convsync.logs import setup_logging
 from convsync.settings import Settings
-from producers.webhook.app import SafeAccessLogger, install_fast_path, make_app
+from producers.webhook.app import make_app, start_runner
 from producers.webhook.metrics import SHARED_DIR_ENV
 from producers.webhook.settings import GatewaySettings
 
@@ -71,10 +71,8 @@ async def _run(app: web.Application, gateway: GatewaySettings, *, reuse_port: bo
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, access_log_class=SafeAccessLogger)
-    await runner.setup()
+    runner = await start_runner(app)
     try:
-        install_fast_path(runner)
         site = web.TCPSite(runner, gateway.host, gateway.port, reuse_port=reuse_port)
         await site.start()
         await stop.wait()

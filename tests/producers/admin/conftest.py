@@ -21,7 +21,7 @@ from consumers.materializer import BatchConfig, Materializer
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
 from deploy.ports import free_ports
-from producers.webhook.app import SafeAccessLogger, install_fast_path, make_app
+from producers.webhook.app import make_app, start_runner
 from producers.webhook.settings import GatewaySettings
 from schemas.envelope import Envelope
 from tests.consumers.helpers import produce, wait_for
@@ -48,9 +48,7 @@ class ServerThread:
 
     async def _start(self, settings: Settings) -> str:
         app = make_app(settings, GatewaySettings(produce_timeout=5.0))
-        self.runner = web.AppRunner(app, access_log_class=SafeAccessLogger)
-        await self.runner.setup()
-        install_fast_path(self.runner)
+        self.runner = await start_runner(app)
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
