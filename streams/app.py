@@ -125,7 +125,7 @@ class Folder:
                 emitted += 1
         # 1. Kafka acknowledges every change record and dead letter of the batch
         #    (acks=all) ...
-        await asyncio.gather(*await self._send(outbox))
+        await asyncio.gather(*await self._send(self.sink_name, outbox))
         for event, error, delivery in letters:
             await self._confirm_dead_letter(event, error, delivery)
         self.emitted += emitted
@@ -139,22 +139,24 @@ class Folder:
         #    offsets: nothing of the batch is acked unless steps 1-2 are durable (an
         #    error raised above crashes the worker before the ack, see fold_batch).
 
-    async def _send(self, outbox: dict[int, list[tuple[bytes, bytes]]]) -> list[Any]:
-        """Send the batch's change records; return the futures of their delivery.
+    async def _send(self, topic: str, outbox: dict[int, list[tuple[bytes, bytes]]]) -> list[Any]:
+        """Send records to ``topic`` by partition; return the futures of their delivery.
 
-        A record goes to the partition its page has on <prefix>.events (both topics have
-        settings.partitions partitions): a conversation's records stay in one partition,
-        and under exactly_once they join the transaction of the source partition, the one
-        that also holds its changelog writes and offsets.
+        Change records go to the partition their page has on <prefix>.events (both
+        topics have settings.partitions partitions): a conversation's records stay in one
+        partition. Changelog records go to the partition of the event that wrote them.
+        Under exactly_once each record joins the open transaction of its partition, the
+        one that also commits that partition's offsets; it is in the transactional
+        producer before this returns, so no commit of the batch's offsets can miss it.
         """
         if self.app.in_transaction:
             manager = await self.app.maybe_start_producer()
             return [
-                await manager.send(self.sink_name, key, value, partition, None, None)
+                await manager.send(topic, key, value, partition, None, None)
                 for partition, records in outbox.items()
                 for key, value in records
             ]
-        return await self._send_batches(self.sink_name, outbox)
+        return await self._send_batches(topic, outbox)
 
     async def _send_batches(
         self, topic: str, outbox: dict[int, list[tuple[bytes, bytes]]]
@@ -176,20 +178,22 @@ class Folder:
         return futures
 
     async def _store(self, pending: dict[str, tuple[faust.EventT[bytes], StreamState]]) -> None:
-        """Write the batch's new states to the table and its changelog; return once Kafka
-        acknowledged those writes (at least once). Raises what the producer raises."""
-        if self.app.in_transaction:
-            for key, (event, state) in pending.items():
-                _bind(event)
-                value = encode_state(state)
-                self.states[key] = value
-                self._decoded[key] = (value, state)
-            return
-        # At least once: the same as ``self.states[key] = value`` (which sets the store
-        # and sends one changelog record through faust's per-record path), with the
-        # changelog records sent as one aiokafka batch per partition. Their delivery is
-        # awaited here: faust's commit flushes the producer but does not look at whether
-        # a write failed, so a refused write would otherwise be committed past.
+        """Write the batch's new states and statistics to their tables and changelogs;
+        return once Kafka acknowledged those writes. Raises what the producer raises.
+
+        The same as ``self.states[key] = value`` (which sets the store and sends one
+        changelog record through faust's producer buffer), with the records sent by
+        :meth:`_send`: as one aiokafka batch per partition (faust's per-record path costs
+        several times the fold), and, under exactly_once, into the transaction before the
+        batch is acked. faust's buffer sends from a background task, and its transactional
+        commit does not wait for it: a record still buffered at a commit went into the next
+        transaction, which a rebalance or crash then aborted while the offsets of the
+        events that wrote it stayed committed, so the next owner of the partition
+        recovered a state without them (seen as a worker that took over pages and
+        showed none of them). Delivery is awaited here: faust's at-least-once commit flushes
+        the producer but does not look at whether a write failed, so a refused write
+        would otherwise be committed past.
+        """
         outbox: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, (event, state) in pending.items():
             value = encode_state(state)
@@ -199,11 +203,11 @@ class Folder:
             # "json": the serializer faust picks for key_type=str, used again on recovery.
             raw_key = codecs.dumps("json", key)
             outbox.setdefault(event.message.partition, []).append((raw_key, value))
-        sent = await self._send_batches(self.states.changelog_topic.get_topic_name(), outbox)
+        sent = await self._send(self.states.changelog_topic.get_topic_name(), outbox)
         for table, queued in self.stats.changelog.items():
             if queued:
                 topic = table.changelog_topic.get_topic_name()
-                sent += await self._send_batches(topic, _encode(table, queued))
+                sent += await self._send(topic, _encode(table, queued))
                 queued.clear()
         await asyncio.gather(*sent)
 

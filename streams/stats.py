@@ -20,7 +20,6 @@ from typing import Any, Final
 
 import faust
 from faust.streams import current_event
-from faust.types.enums import ProcessingGuarantee
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -86,12 +85,8 @@ class PageStats:
             self.response_ms.table,
             self.needs_reply,
         )
-        # Under exactly_once the writes go through faust's transactions, unchanged.
-        guarantee: Any = app.conf.processing_guarantee
-        if guarantee != ProcessingGuarantee.EXACTLY_ONCE:
-            for table in tables:
-                self._collect_changelog(table)
         for table in tables:
+            self._collect_changelog(table)
             track_partitions(table)
         self.events = 0
         self.duplicates = 0
@@ -138,8 +133,9 @@ class PageStats:
         and aiokafka's per-record path: a third of the worker's CPU went to the
         statistics that way (docs/streams.md, "Speed"). Here a write does what faust's
         ``Table.on_key_set`` does (remember the key's window for expiry, tell the
-        sensors) except the send; the app sends the queued records as one batch per
-        partition with the batch's other changelog records, before faust commits.
+        sensors) except the send; the app sends the queued records with the batch's other
+        changelog records, one batch per partition (under exactly_once: into the
+        partition's transaction), before the batch is acked.
         """
         queue = self.changelog.setdefault(table, [])
         sensor = table.app.sensors.on_table_set

@@ -71,12 +71,17 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     prefixes: list[Settings] = []
 
     def start(
-        settings: Settings, *, batch_size: int = 1000, guarantee: str = "at_least_once"
+        settings: Settings,
+        *,
+        batch_size: int = 1000,
+        guarantee: str = "at_least_once",
+        env: dict[str, str] | None = None,
     ) -> Worker:
         port = free_ports()
         log = tmp_path / f"worker{len(workers)}.log"
         env = {
             **os.environ,
+            **(env or {}),
             "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
             "CONVSYNC_PARTITIONS": str(settings.partitions),

@@ -85,13 +85,14 @@ def assert_stats(stats: dict[str, Any], evs: list[Envelope]) -> None:
 
 def stats_match(worker: Worker, evs: list[Envelope], *, timeout: float = 10.0) -> None:
     """Assert that /stats/ reaches the figures of ``evs`` (its last batch lands just after
-    its change records, which the caller has read)."""
+    its change records, which the caller has read; a worker just started may not serve
+    yet)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             assert_stats(orjson.loads(worker.get("/stats/")), evs)
             return
-        except AssertionError:
+        except (AssertionError, OSError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -171,7 +172,10 @@ def test_a_second_worker_takes_pages_and_the_first_stops_showing_them(
             break
         assert second.proc.poll() is None, second.tail()
         # Before streams/held.py the first worker went on showing every page, frozen.
-        assert time.monotonic() < deadline, f"first shows {sorted(mine)}, second {sorted(theirs)}"
+        assert time.monotonic() < deadline, (
+            f"first shows {sorted(mine)}, second {sorted(theirs)}\n"
+            f"first:\n{first.tail()}\nsecond:\n{second.tail()}"
+        )
         time.sleep(0.5)
     # Each shows the whole figures of its own pages: the new owner recovered them from
     # the changelogs, the old one kept those it still holds.

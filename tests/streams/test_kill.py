@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ from streams.app import app_id
 from tests.fixtures.kafka import MakeTopics
 from tests.streams.conftest import StartWorker, Worker, read_changes
 from tests.streams.events import conversation_events, produce
-from tests.streams.test_app import complete, dedupe
+from tests.streams.test_app import complete, dedupe, stats_match
 from tests.streams.test_change import fold_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
@@ -95,3 +96,47 @@ def test_sigkill_mid_stream_then_restart(
     # exactly_once does not make the replays disappear: faust commits a partition's
     # transaction from a background task, mid-batch, so it can commit change records of
     # events whose offsets it has not acked yet (docs/streams.md). Dedupe still holds.
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_sigkill_after_the_commit_keeps_every_state_the_commit_covers(
+    make_topics: MakeTopics, start_worker: StartWorker, guarantee: str
+) -> None:
+    """The changelogs hold every state and count of the events whose offsets are committed.
+
+    faust's producer buffer is made late in the first worker (late_buffer/): a table
+    write sent through it would reach Kafka after the commit of its events' offsets.
+    Under exactly_once it then went into the next transaction, which the SIGKILL (and
+    the next owner's fencing) aborted: the restarted worker recovered a state without
+    those writes, folded nothing (the offsets were at the end), showed no statistics,
+    and numbered the conversations' next changes from an old state.
+    """
+    settings = make_topics(partitions=2)
+    evs = conversation_events(random.Random(23), pages=4, users=3, messages=400)
+    first, later = evs[:240], evs[240:]
+    producer = make_producer(settings)
+    produce(producer, settings.topic("events"), first)
+    late = {
+        "PYTHONPATH": os.pathsep.join(
+            [
+                str(Path(__file__).parent / "late_buffer"),
+                *os.environ.get("PYTHONPATH", "").split(os.pathsep),
+            ]
+        ).rstrip(os.pathsep),
+        "CONVSYNC_TEST_LATE_BUFFER_SECONDS": "2",
+    }
+    worker = start_worker(settings, guarantee=guarantee, env=late)
+    _, want = fold_all(first)
+    read_changes(settings, until=complete(want), timeout=90, worker=worker)
+    assert committed_to_end(settings, timeout=30), "the worker did not commit its offsets"
+    worker.kill()
+    assert "late producer buffer: 2.0 s per record" in worker.log.read_text(), worker.tail()
+
+    again = start_worker(settings, guarantee=guarantee)
+    stats_match(again, first, timeout=60)
+    # The conversations' states came back too: the later events continue each
+    # conversation's numbering exactly as the offline fold does.
+    produce(producer, settings.topic("events"), later)
+    _, want_all = fold_all(evs)
+    records = read_changes(settings, until=complete(want_all), timeout=90, worker=again)
+    assert dedupe(records) == {(r.key, r.seq): r for r in want_all}
