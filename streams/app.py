@@ -390,12 +390,37 @@ def seek_before_resume(consumer: Any) -> None:
     consumer._getmany = _getmany
 
 
+def ask_the_broker_for_highwaters(consumer: Any) -> None:
+    """Make faust's table recovery read each changelog partition's end from the broker.
+
+    Recovery asks the consumer for the end of every changelog partition it is about to
+    restore, and reads up to there. Under exactly_once faust answers with the last
+    stable offset that aiokafka cached from its latest *fetch* of the partition: nothing
+    for a partition just assigned and not fetched yet, which faust reads as an empty
+    changelog. Whether the fetcher got there first was a race: a worker that took over
+    partitions on a busy machine "recovered" empty tables in milliseconds, then found the
+    offsets committed at the end and folded nothing (its pages were gone from
+    ``/stats/``, and the states of its conversations with them). Here the end comes from
+    a ListOffsets request, as faust already does at least once; aiokafka sends it with
+    the consumer's isolation level, so under exactly_once (read_committed) it is the
+    last stable offset, known or not to the fetcher.
+    """
+    thread = consumer._thread
+
+    async def _highwaters(partitions: Any) -> Any:
+        return await thread._ensure_consumer().end_offsets(partitions)
+
+    thread._highwaters = _highwaters
+
+
 class _App(faust.App):
-    """faust's App with the consumer fix of :func:`seek_before_resume`."""
+    """faust's App with the consumer fixes of :func:`seek_before_resume` and
+    :func:`ask_the_broker_for_highwaters`."""
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
         seek_before_resume(consumer)
+        ask_the_broker_for_highwaters(consumer)
         return consumer
 
 
