@@ -83,7 +83,7 @@ class Folder:
             key_type=str,
             value_type=bytes,
         )
-        # The at-least-once path writes states to the store directly: it records them.
+        # _store writes states to the store directly (both guarantees): it records them.
         self._remember = track_partitions(self.states)
         # key -> (the table's value, decoded): decode a conversation once, not per batch.
         self._decoded: dict[str, tuple[bytes, StreamState]] = {}

@@ -58,15 +58,14 @@ async def test_written_keys_of_a_partition_moved_away_are_dropped(tmp_path: Path
         key = f"{ev.page_id}:{ev.psid}"
         before = by_key.get(key, (0, None))[1]
         by_key[key] = (int(ev.page_id[1:]) % 2, step(before, ev).state)
-    # The at-least-once path: states written to the store directly, partitions told.
+    # What Folder._store does: states written to the store directly, partitions told.
     for key, (partition, state) in by_key.items():
         value = encode_state(state)
         folder.states.data[key] = value
         folder._remember(key, partition)
         folder._decoded[key] = (value, decode_state(value))
     # The statistics: writes through the table, in an event (their hook only queues the
-    # changelog records; the exactly-once path's writes, sent by faust itself, are in
-    # test_app.py's two-worker test).
+    # changelog records; test_app.py's two-worker test covers both guarantees end to end).
     for partition in (0, 1):
         event = _Event(partition)  # held: faust keeps only a weak reference
         token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]

@@ -116,13 +116,9 @@ def test_sigkill_after_the_commit_keeps_every_state_the_commit_covers(
     first, later = evs[:240], evs[240:]
     producer = make_producer(settings)
     produce(producer, settings.topic("events"), first)
+    path = [str(Path(__file__).parent / "late_buffer"), os.environ.get("PYTHONPATH", "")]
     late = {
-        "PYTHONPATH": os.pathsep.join(
-            [
-                str(Path(__file__).parent / "late_buffer"),
-                *os.environ.get("PYTHONPATH", "").split(os.pathsep),
-            ]
-        ).rstrip(os.pathsep),
+        "PYTHONPATH": os.pathsep.join(p for p in path if p),
         "CONVSYNC_TEST_LATE_BUFFER_SECONDS": "2",
     }
     worker = start_worker(settings, guarantee=guarantee, env=late)
