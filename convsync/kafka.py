@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewTopic
 
 from convsync.errors import RetryableError, StackError
@@ -87,6 +87,7 @@ def ensure_topics(
                 continue
             raise StackError(f"cannot create topic {name}: {err}") from e
     _await_metadata(admin, [s.name for s in specs], timeout=timeout)
+    _await_leaders(admin, specs, timeout=timeout)
     return created
 
 
@@ -108,6 +109,83 @@ def _await_metadata(admin: AdminClient, names: list[str], *, timeout: float) -> 
         if time.monotonic() > deadline:
             raise StackError(f"topics without leaders after {timeout:.0f}s: {missing}")
         time.sleep(0.1)
+
+
+def _await_leaders(admin: AdminClient, specs: list[TopicSpec], *, timeout: float) -> None:
+    # A partition is in the metadata with its leader before that broker leads it: for
+    # a moment after creation a ListOffsets is refused with NOT_LEADER_FOR_PARTITION (a
+    # producer retries that by itself, a consumer's watermark query does not). Ask each
+    # partition until its leader answers.
+    pending = [TopicPartition(s.name, p) for s in specs for p in range(s.partitions)]
+    deadline = time.monotonic() + timeout
+    pause = 0.02
+    while pending:
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        futures = admin.list_offsets({tp: latest for tp in pending}, request_timeout=timeout)
+        last: Exception | None = None
+        waiting = []
+        for tp, fut in futures.items():
+            try:
+                fut.result(timeout=timeout)
+            except KafkaException as e:
+                err = e.args[0]
+                if not isinstance(err, KafkaError) or err.code() not in SETTLING:
+                    raise StackError(
+                        f"cannot read the end of {tp.topic}[{tp.partition}]: {err}"
+                    ) from e
+                last = e
+                waiting.append(tp)
+        pending = waiting
+        if pending and time.monotonic() + pause > deadline:
+            raise StackError(f"partitions without a serving leader after {timeout:.0f}s: {last}")
+        time.sleep(pause if pending else 0)
+        pause = min(pause * 2, 0.5)
+
+
+#: Errors a partition shows while its leadership settles (just created, or moving).
+SETTLING: Final = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
+
+
+def read_watermarks(consumer: Consumer, tp: TopicPartition, *, timeout: float) -> tuple[int, int]:
+    """Return ``(low, high)`` of ``tp`` as its leader says now.
+
+    librdkafka does not retry a watermark query: an error of :data:`SETTLING` is
+    retried here, with the client's metadata of the topic refreshed, until ``timeout``.
+    Raises :class:`KafkaException` with the last error after that, or at once for any
+    other error.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.02
+    while True:
+        left = max(0.1, deadline - time.monotonic())
+        try:
+            marks = consumer.get_watermark_offsets(tp, timeout=left, cached=False)
+        except KafkaException as e:
+            err = e.args[0]
+            if not isinstance(err, KafkaError) or err.code() not in SETTLING:
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+            # librdkafka keeps a partition it once found unknown unknown until its next
+            # metadata refresh: ask for the topic now.
+            consumer.list_topics(tp.topic, timeout=left)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+            continue
+        if marks is None:
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, f"no watermarks of {tp.topic}[{tp.partition}]")
+            )
+        low, high = marks
+        return int(low), int(high)
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from convsync.db import connect
 from convsync.errors import RetryableError
+from convsync.kafka import read_watermarks
 from convsync.settings import Settings
 
 
@@ -84,10 +85,7 @@ def watermarks(
                 continue
             out[topic] = {}
             for p in md.topics[topic].partitions:
-                marks = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-                if marks is None:
-                    raise RetryableError(f"no watermarks for {topic}[{p}]")
-                out[topic][p] = (int(marks[0]), int(marks[1]))
+                out[topic][p] = read_watermarks(consumer, TopicPartition(topic, p), timeout=timeout)
     except KafkaException as e:
         raise RetryableError(f"Kafka unreachable: {e}") from e
     finally:

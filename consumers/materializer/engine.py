@@ -21,7 +21,7 @@ from consumers.materializer.rows import STAGE_COLUMNS, Position, StageRow, decod
 from consumers.materializer.store import BatchResult, Store
 from consumers.materializer.writer import BackgroundWriter, InFlight
 from convsync.errors import ConsumerFatalError, ConvsyncError, PoisonError, RetryableError
-from convsync.kafka import is_fatal, make_consumer
+from convsync.kafka import is_fatal, make_consumer, read_watermarks
 from convsync.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -614,7 +614,7 @@ class Materializer:
         for p in sorted(self._owned):
             tp = TopicPartition(self.topic, p)
             try:
-                _low, high = consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                _low, high = read_watermarks(consumer, tp, timeout=1.0)
                 (pos,) = consumer.position([tp])
             except KafkaException as e:
                 log.info("lag of %s[%s] unknown: %s", self.topic, p, e)
@@ -688,9 +688,7 @@ def _list_topic(consumer: Consumer, topic: str) -> list[int]:
 
 def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
     try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=5, cached=False
-        )
+        low, high = read_watermarks(consumer, TopicPartition(topic, partition), timeout=5)
     except KafkaException as e:
         raise RetryableError(f"cannot read end offsets of {topic}[{partition}]: {e}") from e
     return int(low), int(high)

@@ -17,6 +17,7 @@ from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from convsync.errors import RetryableError
+from convsync.kafka import read_watermarks
 from convsync.settings import Settings
 from convsync.status import Status, collect
 from producers.admin.api import json_response
@@ -56,7 +57,7 @@ def dlq_tail(settings: Settings, n: int, *, timeout: float = 5.0) -> list[dict[s
             return []
         wanted: list[TopicPartition] = []
         for p in meta.partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            lo, hi = read_watermarks(consumer, TopicPartition(topic, p), timeout=timeout)
             if hi > lo:
                 wanted.append(TopicPartition(topic, p, max(lo, hi - n)))
         if not wanted:

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from pydantic import SecretStr
 
 from convsync.errors import ConsumerFatalError, PoisonError, RetryableError
-from convsync.kafka import is_fatal, make_consumer, make_producer
+from convsync.kafka import is_fatal, make_consumer, make_producer, read_watermarks
 from convsync.settings import Settings
 from producers.crawler._commits import CommitQueue, in_thread, take
 from producers.crawler._offsets import Mark, PartitionBook, Seen, decide, resume_marks
@@ -243,8 +243,8 @@ class CrawlWorker:
         ends: dict[int, int | None] = {}
         for tp in committed:
             try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=10, cached=False
+                low, high = read_watermarks(
+                    consumer, TopicPartition(tp.topic, tp.partition), timeout=10
                 )
             except KafkaException as e:
                 # Without the end offset the committed marks alone decide: nothing is

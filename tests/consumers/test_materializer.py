@@ -27,7 +27,7 @@ from consumers.materializer.rows import Position
 from consumers.materializer.store import BatchResult
 from convsync.db import connect
 from convsync.errors import RetryableError
-from convsync.kafka import admin_client, ensure_topics, make_consumer, topic_specs
+from convsync.kafka import admin_client, ensure_topics, make_consumer, read_watermarks, topic_specs
 from convsync.settings import Settings
 from tests.consumers.helpers import (
     conversations,
@@ -183,7 +183,7 @@ def test_assignment_resumes_from_postgres_offsets_not_kafka(
     # the beginning. Postgres says partition 0 is done and partition 1 half done.
     consumer = Consumer({**settings.kafka_config(), "group.id": group})
     ends = [
-        consumer.get_watermark_offsets(TopicPartition(settings.topic("events"), p), timeout=10)[1]
+        read_watermarks(consumer, TopicPartition(settings.topic("events"), p), timeout=10)[1]
         for p in (0, 1)
     ]
     consumer.close()
@@ -349,7 +349,7 @@ def test_a_refused_row_is_dead_lettered_once_when_its_batch_is_retried(
     )
     reader = make_consumer(settings, f"r-{uuid.uuid4().hex[:8]}")
     try:
-        _, high = reader.get_watermark_offsets(TopicPartition(settings.topic("dlq"), 0), timeout=10)
+        _, high = read_watermarks(reader, TopicPartition(settings.topic("dlq"), 0), timeout=10)
     finally:
         reader.close()
     assert high == 1, "the refused row was dead-lettered more than once"

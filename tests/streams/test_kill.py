@@ -11,7 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from convsync.kafka import make_producer
+from convsync.kafka import make_producer, read_watermarks
 from convsync.settings import Settings
 from streams.app import app_id
 from tests.fixtures.kafka import MakeTopics
@@ -53,7 +53,7 @@ def committed_to_end(settings: Settings, *, timeout: float) -> bool:
     try:
         while time.monotonic() < deadline:
             committed = consumer.committed(tps, timeout=10)
-            ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+            ends = [read_watermarks(consumer, tp, timeout=10)[1] for tp in tps]
             if all(c.offset == end or end == 0 for c, end in zip(committed, ends, strict=True)):
                 return True
             time.sleep(0.5)

@@ -18,7 +18,7 @@ from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
 from consumers.materializer import BatchConfig, Materializer
-from convsync.kafka import make_consumer
+from convsync.kafka import make_consumer, read_watermarks
 from convsync.settings import Settings
 from deploy.ports import free_ports
 from producers.webhook.app import make_app, start_runner
@@ -100,7 +100,7 @@ class AdminEnv:
             topic = self.settings.topic("crawl")
             total = 0
             for p in range(self.settings.partitions):
-                lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                lo, hi = read_watermarks(consumer, TopicPartition(topic, p), timeout=10)
                 total += hi - lo
             return total
         finally:

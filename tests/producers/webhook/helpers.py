@@ -16,10 +16,10 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import SecretStr
 
-from convsync.kafka import make_consumer
+from convsync.kafka import make_consumer, read_watermarks
 from convsync.settings import Settings
 from deploy.ports import free_ports
 from producers.webhook.app import SafeAccessLogger, install_fast_path
@@ -78,16 +78,7 @@ def read_events(settings: Settings, *, timeout: float = 30.0) -> list[tuple[byte
 
 
 def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
-    # A fresh topic's leader may not be known to this new client for a moment.
-    for attempt in range(50):
-        try:
-            return int(
-                consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
-            )
-        except KafkaException:
-            if attempt == 49:
-                raise
-            time.sleep(0.2)
+    return read_watermarks(consumer, TopicPartition(topic, partition), timeout=10)[1]
     raise AssertionError("unreachable")
 
 
