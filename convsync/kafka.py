@@ -142,11 +142,16 @@ def _await_leaders(admin: AdminClient, specs: list[TopicSpec], *, timeout: float
         pause = min(pause * 2, 0.5)
 
 
-#: Errors a partition shows while its leadership settles (just created, or moving).
+#: Errors a partition shows while its leadership settles (just created, or moving):
+#: each met on the dev broker right after a topic's creation, or during an election.
 SETTLING: Final = frozenset(
     {
         KafkaError.NOT_LEADER_FOR_PARTITION,
         KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+        KafkaError.REPLICA_NOT_AVAILABLE,
         KafkaError.UNKNOWN_TOPIC_OR_PART,
         KafkaError._UNKNOWN_PARTITION,
         KafkaError._UNKNOWN_TOPIC,
