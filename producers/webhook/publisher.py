@@ -247,4 +247,9 @@ class Publisher:
         self._producer = None
         if left:
             log.warning("%d records left unconfirmed at shutdown", left)
+            # Their requests were already answered 503 (Meta retries them), so they are
+            # dropped here rather than retried by a client that is going away: otherwise
+            # librdkafka keeps the client alive, reconnecting, until the process exits.
+            producer.purge()
+            producer.flush(0)
         return left

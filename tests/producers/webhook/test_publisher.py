@@ -121,3 +121,18 @@ async def test_the_pump_looks_again_at_once_only_after_a_poll_that_served_delive
         assert 5 <= counting.polls <= 100, counting.polls
     finally:
         await publisher.close(flush_timeout=0.1)
+
+
+async def test_close_drops_what_kafka_never_confirmed() -> None:
+    # Those records' requests were already answered 503; a producer left holding them
+    # kept reconnecting to the dead broker until the process exited.
+    publisher = unreachable()
+    publisher.start()
+    producer = publisher._producer
+    assert producer is not None
+    with pytest.raises(RetryableError):
+        await publisher.publish([(b"1", b"v"), (b"2", b"w")])
+    assert len(producer) == 2
+    assert await publisher.close(flush_timeout=0.1) == 2
+    assert len(producer) == 0
+    assert publisher._producer is None
