@@ -614,7 +614,8 @@ class Materializer:
         for p in sorted(self._owned):
             tp = TopicPartition(self.topic, p)
             try:
-                _low, high = read_watermarks(consumer, tp, timeout=1.0)
+                # Monitoring on the poll thread: one quick try, no settling retries.
+                _low, high = consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
                 (pos,) = consumer.position([tp])
             except KafkaException as e:
                 log.info("lag of %s[%s] unknown: %s", self.topic, p, e)
