@@ -86,6 +86,7 @@ def ensure_topics(
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise StackError(f"cannot create topic {name}: {err}") from e
+    # Leaders in the metadata first: before that, a ListOffsets fails outright (_NOENT).
     _await_metadata(admin, [s.name for s in specs], timeout=timeout)
     _await_leaders(admin, specs, timeout=timeout)
     return created
@@ -128,17 +129,18 @@ def _await_leaders(admin: AdminClient, specs: list[TopicSpec], *, timeout: float
             try:
                 fut.result(timeout=timeout)
             except KafkaException as e:
-                err = e.args[0]
-                if not isinstance(err, KafkaError) or err.code() not in SETTLING:
+                if not _settling(e):
                     raise StackError(
-                        f"cannot read the end of {tp.topic}[{tp.partition}]: {err}"
+                        f"cannot read the end of {tp.topic}[{tp.partition}]: {e.args[0]}"
                     ) from e
                 last = e
                 waiting.append(tp)
         pending = waiting
-        if pending and time.monotonic() + pause > deadline:
+        if not pending:
+            break
+        if time.monotonic() + pause > deadline:
             raise StackError(f"partitions without a serving leader after {timeout:.0f}s: {last}")
-        time.sleep(pause if pending else 0)
+        time.sleep(pause)
         pause = min(pause * 2, 0.5)
 
 
@@ -159,6 +161,11 @@ SETTLING: Final = frozenset(
 )
 
 
+def _settling(e: KafkaException) -> bool:
+    err = e.args[0] if e.args else None
+    return isinstance(err, KafkaError) and err.code() in SETTLING
+
+
 def read_watermarks(consumer: Consumer, tp: TopicPartition, *, timeout: float) -> tuple[int, int]:
     """Return ``(low, high)`` of ``tp`` as its leader says now.
 
@@ -174,10 +181,7 @@ def read_watermarks(consumer: Consumer, tp: TopicPartition, *, timeout: float) -
         try:
             marks = consumer.get_watermark_offsets(tp, timeout=left, cached=False)
         except KafkaException as e:
-            err = e.args[0]
-            if not isinstance(err, KafkaError) or err.code() not in SETTLING:
-                raise
-            if time.monotonic() + pause > deadline:
+            if not _settling(e) or time.monotonic() + pause > deadline:
                 raise
             # librdkafka keeps a partition it once found unknown unknown until its next
             # metadata refresh: ask for the topic now.

@@ -79,7 +79,6 @@ def read_events(settings: Settings, *, timeout: float = 30.0) -> list[tuple[byte
 
 def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
     return read_watermarks(consumer, TopicPartition(topic, partition), timeout=10)[1]
-    raise AssertionError("unreachable")
 
 
 @dataclass
