@@ -25,7 +25,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.convsync-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# The editable install also compiles the native webhook mapper: redo it when its source
+# or the build files change (a stale build is refused at run time, see native.py).
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+  || [ producers/webhook/_fastmap.c -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e ".[dev]"
   touch "$stamp"

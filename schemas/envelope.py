@@ -17,7 +17,7 @@ _SOURCES: Final = frozenset(get_args(Source))
 _DIRECTIONS: Final = frozenset({None, *get_args(Direction)})
 # orjson raises TypeError on these instead of serializing them its own way, so anything
 # not plain JSON takes pydantic's path and the bytes never depend on which path ran.
-_PLAIN_JSON: Final = (
+PLAIN_JSON: Final = (
     orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_SUBCLASS
@@ -151,7 +151,7 @@ class Envelope(BaseModel):
         """Return the JSON bytes published as the Kafka record value."""
         try:
             # Field order and values equal model_dump(mode="json") when all are plain JSON.
-            return orjson.dumps(self.__dict__, option=_PLAIN_JSON)
+            return orjson.dumps(self.__dict__, option=PLAIN_JSON)
         except TypeError:
             return orjson.dumps(self.model_dump(mode="json"))
 

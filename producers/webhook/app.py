@@ -129,7 +129,7 @@ class Gateway:
                 len(body),
             )
             return _reject(decision.status, decision.reason)
-        envelopes, records = decision.envelopes, decision.records
+        records = decision.records
         for field in decision.ignored:
             self.metrics.count_ignored(field)
         # 3. Publish and wait for Kafka's confirmation of every record.
@@ -139,8 +139,8 @@ class Gateway:
             log.warning("webhook not acknowledged (%d events): %s", len(records), e)
             return _reject(503, "events not durable yet, retry")
         self.metrics.produce_seconds.observe(took)
-        for env in envelopes:
-            self.metrics.count_event(env.kind)
+        for kind in decision.kinds:
+            self.metrics.count_event(kind)
         return web.Response(text=EVENT_RECEIVED)
 
     async def healthz(self, _request: web.Request) -> web.Response:

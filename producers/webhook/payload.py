@@ -129,11 +129,12 @@ class BadBodyError(PoisonError):
         self.reason = reason
 
 
-def parse_body(body: bytes) -> PageBody:
-    """Return the validated page body decoded from ``body``.
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Return the JSON object of ``body`` once it looks like a page payload.
 
-    Raises :class:`BadBodyError` with a short reason when ``body`` is not JSON or not a page
-    payload (``object`` other than ``page``, no ``entry`` list, malformed entries).
+    Raises :class:`BadBodyError` when ``body`` is not JSON, nests too deep, or is not a
+    page payload (``object`` other than ``page``, no ``entry`` list). The entries
+    themselves are checked by :func:`page_body_of`.
     """
     try:
         decoded = orjson.loads(body)
@@ -148,6 +149,14 @@ def parse_body(body: bytes) -> PageBody:
         raise BadBodyError("object is not 'page'")
     if not isinstance(decoded.get("entry"), list):
         raise BadBodyError("no entry list")
+    return decoded
+
+
+def page_body_of(decoded: dict[str, Any]) -> PageBody:
+    """Return the validated page body of a :func:`decode_body` result.
+
+    Raises :class:`BadBodyError` on malformed entries.
+    """
     plain = _plain_body(decoded)
     if plain is not None:
         return plain
@@ -157,3 +166,12 @@ def parse_body(body: bytes) -> PageBody:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise BadBodyError(f"not a page payload at {where[:80]}") from e
+
+
+def parse_body(body: bytes) -> PageBody:
+    """Return the validated page body decoded from ``body``.
+
+    Raises :class:`BadBodyError` with a short reason when ``body`` is not JSON or not a page
+    payload (``object`` other than ``page``, no ``entry`` list, malformed entries).
+    """
+    return page_body_of(decode_body(body))

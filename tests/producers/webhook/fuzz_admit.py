@@ -6,6 +6,7 @@ Run by ``test_atheris.py``; by hand::
 
 The first input byte picks how the rest is presented: signed with the app secret (so the
 parser and the mapper see it), or with a signature header taken from the input itself.
+An accepted body is admitted again with Python mapping only: the native mapper must agree.
 Any exception, or an outcome that breaks the rules below, is a crash for libFuzzer.
 With ``CONVSYNC_FUZZ_SELFCHECK=1`` the harness breaks a rule on purpose, so a test can
 prove that a broken rule is reported.
@@ -22,7 +23,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 with atheris.instrument_imports(include=["producers", "schemas"]):
-    from producers.webhook.admit import Accepted, Refused, admit
+    from producers.webhook.admit import NATIVE, Accepted, Refused, admit
     from producers.webhook.signature import sign
     from schemas.envelope import Envelope
 
@@ -60,9 +61,14 @@ def check(data: bytes) -> None:
         raise RuleBrokenError("an unsigned body was accepted")
     if SELFCHECK and decision.records:
         raise RuleBrokenError("selfcheck: every accepted body with events is a crash")
-    for env, (key, value) in zip(decision.envelopes, decision.records, strict=True):
-        if key != env.page_id.encode() or Envelope.from_bytes(value) != env:
+    for kind, (key, value) in zip(decision.kinds, decision.records, strict=True):
+        env = Envelope.from_bytes(value)
+        if key != env.page_id.encode() or env.kind != kind or env.to_bytes() != value:
             raise RuleBrokenError("a record does not round-trip to its envelope")
+    if NATIVE is not None and decision != admit(
+        SECRET, body, header, max_record_bytes=MAX_RECORD, mapper=None
+    ):
+        raise RuleBrokenError("the native mapper and mapping.py disagree")
 
 
 def main() -> None:
