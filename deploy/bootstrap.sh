@@ -12,6 +12,7 @@ command -v kcat >/dev/null || need+=(kcat)
 command -v wrk >/dev/null || need+=(wrk)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v chromium >/dev/null || need+=(chromium)
+command -v gcc >/dev/null || need+=(gcc)  # the native webhook mapper (setup.py)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -21,6 +22,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 PY="${PYTHON:-python3}"
+# Python's headers, for the same build; Debian's python3 keeps them in python3-dev.
+if ! "$PY" -c 'import os, sysconfig; os.stat(sysconfig.get_path("include") + "/Python.h")' \
+  2>/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-dev >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -39,6 +39,7 @@ from convsync.settings import Settings  # noqa: E402
 from deploy.ports import free_ports  # noqa: E402
 from deploy.simulator.webhooks import WebhookSender  # noqa: E402
 from deploy.stack import load_info  # noqa: E402
+from producers.webhook import native  # noqa: E402
 
 SECRET = "bench-app-secret"
 BARE_SERVER = """
@@ -307,6 +308,11 @@ def main() -> None:
         action="store_true",
         help="also run the gateway with publishing replaced by a no-op (cost without Kafka)",
     )
+    parser.add_argument(
+        "--python-mapping",
+        action="store_true",
+        help="also run the gateway with the native mapper off (CONVSYNC_GATEWAY_NATIVE=0)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -358,6 +364,13 @@ def main() -> None:
         cwd=REPO,
     )
     procs["gateway+kafka"] = gateway
+    if args.python_mapping:
+        py_port = free_ports()
+        procs["gateway py-map"] = subprocess.Popen(
+            [str(Path(sys.executable).parent / "convsync"), "gateway", "--port", str(py_port)],
+            env={**env, "CONVSYNC_GATEWAY_NATIVE": "0"},
+            cwd=REPO,
+        )
     if args.decompose:
         nk_port = free_ports()
         procs["gateway no kafka"] = subprocess.Popen(
@@ -372,6 +385,10 @@ def main() -> None:
         if args.bare_uvloop:
             wait_ready(f"http://127.0.0.1:{uv_port}/readyz", procs["bare+uvloop"])
             servers.insert(1, ("bare+uvloop", f"http://127.0.0.1:{uv_port}", uv_port))
+        if args.python_mapping:
+            py_url = f"http://127.0.0.1:{py_port}"
+            wait_ready(py_url + "/readyz", procs["gateway py-map"])
+            servers.append(("gateway py-map", py_url, py_port))
         if args.decompose:
             nk_url = f"http://127.0.0.1:{nk_port}"
             wait_ready(nk_url + "/readyz", procs["gateway no kafka"])
@@ -431,7 +448,9 @@ def main() -> None:
             fut.result(timeout=30)
         shutil.rmtree(tmp)
 
-    print(f"\nbodies: {len(bodies)} signed, mean {mean_size:.0f} B, 1-3 events each")
+    mapper = "native (_fastmap)" if native.load() is not None else "Python (native not in use)"
+    print(f"\ngateway mapper: {mapper}")
+    print(f"bodies: {len(bodies)} signed, mean {mean_size:.0f} B, 1-3 events each")
     print(
         f"wrk: 1 thread, {args.connections} connections, {args.duration}s; "
         f"fixed rate {args.rate}/s for {args.rate_duration}s; gateway workers {args.workers}; "
@@ -449,6 +468,9 @@ def main() -> None:
         )
     ratio = results["gateway+kafka"]["rps"] / results["bare aiohttp"]["rps"]
     print(f"throughput ratio gateway/bare: {ratio:.2f}  (target >= 0.6)")
+    if args.python_mapping:
+        py = results["gateway py-map"]["rps"] / results["bare aiohttp"]["rps"]
+        print(f"throughput ratio gateway-with-python-mapping/bare: {py:.2f}")
     if args.decompose:
         nk = results["gateway no kafka"]["rps"] / results["bare aiohttp"]["rps"]
         print(f"throughput ratio gateway-without-kafka/bare: {nk:.2f}")
