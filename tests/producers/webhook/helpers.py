@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import subprocess
@@ -13,10 +14,12 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from convsync.kafka import make_consumer, read_watermarks
@@ -150,3 +153,42 @@ class GatewayProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+
+def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path (keys and indexes) into a JSON value, the empty path first."""
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.extend(json_paths(v, (*prefix, k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.extend(json_paths(v, (*prefix, i)))
+    return out
+
+
+def reshape(
+    draw: st.DrawFn,
+    body: dict[str, Any],
+    values: st.SearchStrategy[Any],
+    keys: st.SearchStrategy[str],
+) -> dict[str, Any]:
+    """A copy of ``body`` with 1-3 nested values replaced by ``values``, removed, or added."""
+    body = copy.deepcopy(body)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = json_paths(body)[1:]
+        if not paths:  # everything was removed
+            break
+        path = draw(st.sampled_from(paths))
+        parent = body
+        for step in path[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        target = parent[path[-1]]
+        if action == "add" and isinstance(target, dict):
+            target[draw(keys)] = draw(values)
+        elif action == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(values)
+    return body

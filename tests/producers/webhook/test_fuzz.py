@@ -7,7 +7,6 @@ events of the bodies that got a 200: a rejected body never produced a record.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import string
 from typing import Any
@@ -23,7 +22,7 @@ from producers.webhook.app import make_app
 from producers.webhook.mapping import map_body
 from producers.webhook.payload import parse_body
 from producers.webhook.settings import GatewaySettings
-from tests.producers.webhook.helpers import SECRET, read_events, start_test_server
+from tests.producers.webhook.helpers import SECRET, read_events, reshape, start_test_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,34 +124,10 @@ META_KEYS = st.sampled_from(
 )
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out.extend(_paths(v, (*prefix, k)))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out.extend(_paths(v, (*prefix, i)))
-    return out
-
-
 @st.composite
 def restructured(draw: st.DrawFn) -> bytes:
-    """A real body with one nested value replaced by random JSON (or a key removed)."""
-    body = copy.deepcopy(draw(st.sampled_from(SEEDS)).body)
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(_paths(body)[1:]))
-        parent = body
-        for step in path[:-1]:
-            parent = parent[step]
-        action = draw(st.sampled_from(["replace", "delete", "add"]))
-        target = parent[path[-1]]
-        if action == "add" and isinstance(target, dict):
-            target[draw(META_KEYS)] = draw(json_value)
-        elif action == "delete" and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = draw(json_value)
+    """A real body with nested values replaced by random JSON, removed, or added."""
+    body = reshape(draw, draw(st.sampled_from(SEEDS)).body, json_value, META_KEYS)
     return json.dumps(body).encode()
 
 
