@@ -140,7 +140,7 @@ enum {
     S_NOTIF_FREQ, S_CHANNEL, S_SCHEMA_VERSION, S_EVENT_ID, S_KIND, S_PAGE_ID, S_PSID,
     S_DIRECTION, S_OCCURRED_AT, S_THREAD_ID, S_ATTRS, S_RAW, S_INBOUND, S_OUTBOUND, S_WEBHOOK,
     S_PASS, S_TAKE, S_REQUEST, S_UNKNOWN, S_HANDOVER, S_EDIT, S_REPLY_TO_MID,
-    S_QUICK_REPLY_PAYLOAD, S_UNDERSCORE, S_EMPTY, S_COLON, S_COUNT
+    S_QUICK_REPLY_PAYLOAD, S_UNDERSCORE, S_EMPTY, S_COUNT
 };
 
 static const char *const NAMES[S_COUNT] = {
@@ -153,13 +153,13 @@ static const char *const NAMES[S_COUNT] = {
     "channel", "schema_version", "event_id", "kind", "page_id", "psid", "direction",
     "occurred_at", "thread_id", "attrs", "raw", "inbound", "outbound", "webhook", "pass",
     "take", "request", "unknown", "handover", "edit", "reply_to_mid", "quick_reply_payload",
-    "_", "", ":"};
+    "_", ""};
 
 static PyObject *S[S_COUNT];
 static PyObject *ONE;               /* schema_version */
 static PyObject *dumps;             /* orjson.dumps, set by configure() */
 static PyObject *opt_sort_keys;     /* orjson.OPT_SORT_KEYS */
-static PyObject *opt_plain;         /* schemas.envelope._PLAIN_JSON */
+static PyObject *opt_plain;         /* schemas.envelope.PLAIN_JSON */
 static PyObject *kw_option;         /* ("option",) */
 
 /* orjson.dumps(value, option=option) */
@@ -253,15 +253,10 @@ static PyObject *detail_digest(PyObject *item) {
     Py_ssize_t pos = 0;
     PyObject *k, *v;
     while (PyDict_Next(item, &pos, &k, &v)) {
-        int routing = 0;
-        if (PyUnicode_Check(k)) {
-            for (int r = 0; r < 3; r++) {
-                int name = r == 0 ? S_SENDER : r == 1 ? S_RECIPIENT : S_TIMESTAMP;
-                int eq = PyUnicode_Compare(k, S[name]);
-                if (eq == -1 && PyErr_Occurred()) goto fail;
-                if (eq == 0) routing = 1;
-            }
-        }
+        /* schemas.event_id.ROUTING_FIELDS; JSON keys are always str. */
+        int routing = PyUnicode_Compare(k, S[S_SENDER]) == 0 ||
+                      PyUnicode_Compare(k, S[S_RECIPIENT]) == 0 ||
+                      PyUnicode_Compare(k, S[S_TIMESTAMP]) == 0;
         if (!routing && PyDict_SetItem(body, k, v) < 0) goto fail;
     }
     PyObject *js = call_dumps(body, opt_sort_keys);
@@ -750,10 +745,6 @@ static int emit(const Item *it, PyObject *entry_time, PyObject *fallback, PyObje
         kind = Py_NewRef(S[f.kind]);
     } else {
         /* Anything off the common shape, or any error: the Python mapper decides. */
-#ifdef FASTMAP_DEBUG
-        fprintf(stderr, "fastmap: fallback (kind %d)\n", f.kind);
-        if (PyErr_Occurred()) PyErr_Print();
-#endif
         PyErr_Clear();
         PyObject *env = PyObject_CallFunctionObjArgs(
             fallback, it->page_id, entry_time, it->item, S[it->standby ? S_STANDBY : S_MESSAGING],

@@ -192,3 +192,22 @@ def reshape(
         else:
             parent[path[-1]] = draw(values)
     return body
+
+
+def json_values(keys: list[str], *, max_leaves: int) -> st.SearchStrategy[Any]:
+    """Random JSON values whose object keys are often ``keys`` (ints up to 70 bits)."""
+    leaf = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=10),
+    )
+    return st.recursive(
+        leaf,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.sampled_from(keys) | st.text(max_size=5), inner, max_size=4)
+        ),
+        max_leaves=max_leaves,
+    )

@@ -25,7 +25,7 @@ from producers.webhook.admit import NATIVE, Accepted, admit
 from producers.webhook.mapping import map_item
 from producers.webhook.payload import decode_body
 from schemas.kinds import EVENT_KINDS
-from tests.producers.webhook.helpers import SECRET, reshape
+from tests.producers.webhook.helpers import SECRET, json_values, reshape
 
 KEY = SECRET.encode()
 LIMIT = 1_000_000
@@ -178,25 +178,7 @@ def test_edge_entries_map_the_same(entry: dict[str, Any]) -> None:
     _same(raw)
 
 
-json_leaf = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**64), 2**64),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=6),
-)
-json_value = st.recursive(
-    json_leaf,
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(["id", "mid", "payload", "url"]) | st.text(max_size=4),
-            inner,
-            max_size=3,
-        )
-    ),
-    max_leaves=6,
-)
+json_value = json_values(["id", "mid", "payload", "url"], max_leaves=6)
 SEEDS = [WebhookSender(SECRET, seed=s).batch(["1", "22"], items_per_page=3).body for s in range(12)]
 
 

@@ -22,30 +22,19 @@ from producers.webhook.app import make_app
 from producers.webhook.mapping import map_body
 from producers.webhook.payload import parse_body
 from producers.webhook.settings import GatewaySettings
-from tests.producers.webhook.helpers import SECRET, read_events, reshape, start_test_server
+from tests.producers.webhook.helpers import (
+    SECRET,
+    json_values,
+    read_events,
+    reshape,
+    start_test_server,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEEDS = [WebhookSender(SECRET, seed=s).batch(["1", "22"], items_per_page=2) for s in range(8)]
-json_leaf = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**70), 2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=10),
-)
-json_value = st.recursive(
-    json_leaf,
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(["id", "time", "messaging", "standby", "sender", "message", "mid"])
-            | st.text(max_size=5),
-            inner,
-            max_size=4,
-        )
-    ),
-    max_leaves=20,
+json_value = json_values(
+    ["id", "time", "messaging", "standby", "sender", "message", "mid"], max_leaves=20
 )
 
 
