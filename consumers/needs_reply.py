@@ -133,11 +133,12 @@ def main(
         float | None, typer.Option(help="Exit after this many idle seconds.")
     ] = None,
 ) -> None:
-    """Print conversations that need a reply, one JSON line each."""
-    from convsync.cli import load_settings
+    """Print conversations that need a reply, one JSON line each.
 
+    Settings come from the environment (``eval "$(convsync env)"`` for the local stack).
+    """
     logging.basicConfig(level=logging.INFO)
-    counts = run(load_settings(), group=group, out=sys.stdout, idle_exit=idle_exit)
+    counts = run(Settings(), group=group, out=sys.stdout, idle_exit=idle_exit)
     log.info("done: %s", counts)
 
 

@@ -13,9 +13,9 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from admin import mount_admin
 from convsync.errors import ConfigError, RetryableError
 from convsync.settings import Settings
-from producers.admin import mount_admin
 from producers.webhook.admit import Refused, admit
 from producers.webhook.metrics import Metrics, sharing
 from producers.webhook.publisher import Publisher

@@ -141,7 +141,7 @@ class Child:
         flush += [] if writers is None else ["--writers", str(writers)]
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "convsync.cli", "materialize", "--group", group,
+                sys.executable, "-m", "cli", "materialize", "--group", group,
                 "--batch-size", str(batch_size), *flush,
             ],
             cwd=REPO,

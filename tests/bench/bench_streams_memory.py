@@ -73,7 +73,7 @@ def run(settings: Settings, warmup: int, messages: int, pages: int, users: int) 
     topic = settings.topic("conversations")
     reader.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "convsync.cli", "streams", "--web-port", str(free_ports())]
+        args = [sys.executable, "-m", "cli", "streams", "--web-port", str(free_ports())]
         proc = subprocess.Popen([*args, "--data-dir", tmp], env=env)
         try:
             seen = wait_records(reader, 0, want_first, proc)

@@ -37,7 +37,7 @@ class MaterializerProcess:
         self.log = log
         self._out = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "convsync.cli", "materialize", *args],
+            [sys.executable, "-m", "cli", "materialize", *args],
             cwd=REPO,
             env=settings_env(settings),
             stdin=subprocess.DEVNULL,

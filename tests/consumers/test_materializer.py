@@ -160,7 +160,7 @@ def test_exactly_once_poison_idempotence_and_replay(
     # The command line does the same and prints both checksums.
     cli = make_schema(migrate=False)
     out = subprocess.run(
-        [sys.executable, "-m", "convsync.cli", "replay", "--into", cli.db_schema],
+        [sys.executable, "-m", "cli", "replay", "--into", cli.db_schema],
         env=settings_env(settings),
         cwd=REPO,
         capture_output=True,

@@ -9,7 +9,7 @@ import pytest
 import typer.main
 import yaml
 
-from convsync.cli import app
+from cli.main import app
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"

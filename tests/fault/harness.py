@@ -20,13 +20,13 @@ from confluent_kafka import Message, TopicPartition
 from psycopg import sql
 from pydantic import SecretStr
 
+from admin.status import watermarks
+from cli.demo import Comparison, GraphThread, TruthRow, compare, wait_ready
+from cli.supervisor import Component, Supervisor
 from convsync.db import connect
-from convsync.demo import Comparison, GraphThread, TruthRow, compare, wait_ready
 from convsync.errors import ConvsyncError
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
-from convsync.status import watermarks
-from convsync.supervisor import Component, Supervisor
 from deploy.ports import free_ports
 from deploy.simulator.graph_api import GraphWorld, token_for
 from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body

@@ -23,7 +23,7 @@ write to `tests/fault/results/` — do not edit by hand. Regenerate with
 older `test_three_brokers.py` is not part of this suite's wall time below;
 `CONVSYNC_FAULT_RESULTS=<dir>` writes results and the report to another folder instead).
 
-Every scenario ends with Postgres compared with the truth (`convsync.demo.compare`): every
+Every scenario ends with Postgres compared with the truth (`cli.demo.compare`): every
 expected message exactly once (no missing, no unexpected, no duplicate `(page, mid)`), every
 conversation present with the expected message count and read watermark, and no extra
 conversation. "Lost" is the number of expected messages missing from Postgres. Sizes are

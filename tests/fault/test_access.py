@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from convsync.demo import crawl_done
+from admin.status import collect
+from cli.demo import crawl_done
 from convsync.settings import Settings
-from convsync.status import collect
 from deploy.simulator.graph_api import GraphWorld
 from deploy.simulator.webhooks import WebhookSender, signature
 from tests.consumers.helpers import wait_for

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from admin.status import collect
 from convsync.settings import Settings
-from convsync.status import collect
 from deploy.simulator.webhooks import WebhookSender
 from tests.fault.harness import (
     SECRET,

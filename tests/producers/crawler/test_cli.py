@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from convsync.cli import app
+from cli.main import app
 from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphWorld
 from tests.fixtures.kafka import MakeTopics

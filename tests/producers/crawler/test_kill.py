@@ -73,7 +73,7 @@ def spawn_worker(
     out = log.open("ab")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "convsync.cli", "crawler"],
+            [sys.executable, "-m", "cli", "crawler"],
             cwd=REPO,
             env=env,
             stdout=out,

@@ -11,9 +11,9 @@ import requests
 from convsync.db import connect
 from producers.crawler.request import _withdraw, new_request
 from producers.crawler.state import CrawlStateStore, Progress, record_queued
+from tests.admin.conftest import TOKEN, AdminEnv, ServerThread, kafka_unreachable
 from tests.consumers.helpers import scalar
 from tests.fixtures.postgres import MakeSchema
-from tests.producers.admin.conftest import TOKEN, AdminEnv, ServerThread, kafka_unreachable
 
 pytestmark = pytest.mark.integration
 

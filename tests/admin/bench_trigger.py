@@ -1,6 +1,6 @@
 """Cost of the auto-clear triggers on a materializer-shaped upsert (not collected by pytest).
 
-Run: .venv/bin/python -m tests.producers.admin.bench_trigger [--rows 10000] [--rounds 5]
+Run: .venv/bin/python -m tests.admin.bench_trigger [--rows 10000] [--rounds 5]
 Upserts ``rows`` conversations whose last_outbound_at increases (10% of them tagged
 needs_attention), with the triggers enabled and disabled, interleaved; prints medians
 and the ratio. The machine is shared, so absolute times are noisy; the ratio less so.

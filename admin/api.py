@@ -13,10 +13,10 @@ import psycopg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from admin.settings import TAG, TAG_PATTERN
+from admin.store import AdminStore
 from convsync.errors import RetryableError
 from convsync.settings import Settings
-from producers.admin.settings import TAG, TAG_PATTERN
-from producers.admin.store import AdminStore
 from producers.crawler.request import new_request, submit
 
 log = logging.getLogger(__name__)

@@ -11,14 +11,14 @@ import requests
 from psycopg import sql
 from pydantic import SecretStr
 
+from admin import AdminSettings
+from admin.app import OPENAPI
 from consumers.materializer import checksum, replay
 from convsync.db import connect
-from producers.admin import AdminSettings
-from producers.admin.app import OPENAPI
+from tests.admin.conftest import TOKEN, AdminEnv, ServerThread, message, now_ms
 from tests.consumers.helpers import produce, scalar
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
-from tests.producers.admin.conftest import TOKEN, AdminEnv, ServerThread, message, now_ms
 from tests.producers.webhook.helpers import with_secrets
 
 pytestmark = pytest.mark.integration

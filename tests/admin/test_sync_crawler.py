@@ -8,8 +8,8 @@ from convsync.errors import RetryableError
 from convsync.kafka import make_producer
 from deploy.simulator.graph_api import GraphWorld
 from producers.crawler.request import new_request, submit
+from tests.admin.conftest import AdminEnv, kafka_unreachable
 from tests.consumers.helpers import scalar, wait_for
-from tests.producers.admin.conftest import AdminEnv, kafka_unreachable
 from tests.producers.crawler.conftest import FakeGraph, fast_crawler, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

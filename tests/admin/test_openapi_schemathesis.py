@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from producers.admin.app import OPENAPI
-from tests.producers.admin.conftest import TOKEN, AdminEnv, message, now_ms
+from admin.app import OPENAPI
+from tests.admin.conftest import TOKEN, AdminEnv, message, now_ms
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""CLI commands of this component, registered on the `convsync` app by convsync.cli."""
+"""`convsync crawl` and `convsync crawler`: the Graph API backfill."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def crawl(
     """Request a backfill crawl of PAGE_ID (run `convsync crawler` to do it)."""
     from rich.console import Console
 
-    from convsync.cli import load_settings
+    from cli.common import load_settings
     from convsync.errors import ConvsyncError
     from producers.crawler.request import new_request, submit
 
@@ -104,7 +104,7 @@ def _wait(settings: Settings, crawl_id: str, timeout: float | None, console: Con
 
 def crawler() -> None:
     """Run crawler workers (a consumer group on <prefix>.crawl) until interrupted."""
-    from convsync.cli import load_settings
+    from cli.common import load_settings
     from producers.crawler.config import CrawlerSettings
     from producers.crawler.worker import run_worker
 

@@ -1,4 +1,4 @@
-"""CLI commands of this component, registered on the `convsync` app by convsync.cli."""
+"""`convsync gateway`: the webhook gateway."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         """Serve Meta's Messenger webhooks; 200 only once Kafka holds every event."""
         from pydantic import ValidationError
 
-        from convsync.cli import console, load_settings
+        from cli.common import console, load_settings
         from convsync.errors import ConvsyncError
         from producers.webhook.server import serve_workers
         from producers.webhook.settings import GatewaySettings

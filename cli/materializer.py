@@ -1,4 +1,4 @@
-"""CLI commands of this component, registered on the `convsync` app by convsync.cli."""
+"""`convsync materialize` and `convsync replay`: the Postgres projection."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def materialize(
     """Project <prefix>.events into Postgres, exactly once, until SIGTERM/SIGINT."""
     from rich.console import Console
 
+    from cli.common import load_settings
     from consumers.materializer import BatchConfig, Materializer
-    from convsync.cli import load_settings
     from convsync.errors import ConsumerFatalError, ConvsyncError
     from convsync.gctune import tune_for_batches
 
@@ -118,9 +118,9 @@ def replay(
     """Rebuild the projection from offset 0 into a fresh schema, then print checksums."""
     from rich.console import Console
 
+    from cli.common import load_settings
     from consumers.materializer import BatchConfig, checksum
     from consumers.materializer import replay as run_replay
-    from convsync.cli import load_settings
     from convsync.errors import ConvsyncError
     from convsync.gctune import tune_for_batches
 

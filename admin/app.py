@@ -11,13 +11,13 @@ from typing import Final
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from admin.api import AdminApi, BadRequestError, problem
+from admin.auth import auth_middleware
+from admin.dashboard import Dashboard
+from admin.settings import AdminSettings
+from admin.store import AdminStore
 from convsync.errors import RetryableError
 from convsync.settings import Settings
-from producers.admin.api import AdminApi, BadRequestError, problem
-from producers.admin.auth import auth_middleware
-from producers.admin.dashboard import Dashboard
-from producers.admin.settings import AdminSettings
-from producers.admin.store import AdminStore
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ import psycopg
 from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from admin.api import json_response
+from admin.auth import COOKIE, session_value
+from admin.settings import AdminSettings
+from admin.status import Status, collect
+from admin.store import AdminStore
 from convsync.errors import RetryableError
 from convsync.kafka import read_watermarks
 from convsync.settings import Settings
-from convsync.status import Status, collect
-from producers.admin.api import json_response
-from producers.admin.auth import COOKIE, session_value
-from producers.admin.settings import AdminSettings
-from producers.admin.store import AdminStore
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""CLI commands of this component, registered on the `convsync` app by convsync.cli."""
+"""`convsync streams`: the faust conversation change stream."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         ] = "INFO",
     ) -> None:
         """Run the faust worker publishing conversation changes and per-page statistics."""
-        from convsync.cli import console, load_settings
+        from cli.common import console, load_settings
         from convsync.errors import ConvsyncError
         from streams.app import StreamConfig
         from streams.worker import run_worker

@@ -23,12 +23,12 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from pydantic import SecretStr
 
+from admin.status import Status, collect
+from cli.supervisor import Supervisor
 from convsync.db import connect
 from convsync.errors import ConvsyncError
 from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
-from convsync.status import Status, collect
-from convsync.supervisor import Supervisor
 from deploy.ports import free_ports
 from deploy.simulator.graph_api import GraphApiServer, GraphWorld, token_for
 from deploy.simulator.webhooks import WebhookSender, page_body, post

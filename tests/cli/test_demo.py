@@ -22,7 +22,7 @@ def test_small_demo_matches_the_truth(stack_settings: Settings) -> None:
         [
             sys.executable,
             "-m",
-            "convsync.cli",
+            "cli",
             "demo",
             "--pages",
             "2",

@@ -1,7 +1,6 @@
-"""The ``convsync`` command line: stack, migrations and the components."""
+"""The ``convsync`` command line: stack, migrations, status, demo and every component."""
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.common import console, load_settings, state_folder
 from convsync.errors import ConvsyncError
 from convsync.logs import setup_logging
 from convsync.settings import Settings
@@ -19,23 +19,10 @@ app = typer.Typer(
     add_completion=False,
     help="Keep Messenger conversations in Postgres, exactly once, via Kafka.",
 )
-console = Console(stderr=True)
-
 StateDir = Annotated[
     Path | None,
     typer.Option("--state-dir", help="Folder for the local stack (default .convsync/)."),
 ]
-
-
-def load_settings() -> Settings:
-    """Build settings from the environment, falling back to the local stack's file."""
-    from deploy.stack import stack_settings
-
-    return stack_settings(Path(os.environ.get("CONVSYNC_STATE_DIR") or ".convsync"))
-
-
-def _state_dir(value: Path | None) -> Path:
-    return value or Path(os.environ.get("CONVSYNC_STATE_DIR", ".convsync"))
 
 
 def _secrets(settings: Settings) -> list[str]:
@@ -90,7 +77,7 @@ def up(
     started = time.monotonic()
     try:
         info = stack_up(
-            state_dir=_state_dir(state_dir),
+            state_dir=state_folder(state_dir),
             brokers=brokers,
             kafka_port=kafka_port,
             pg_port=pg_port,
@@ -113,7 +100,7 @@ def down(state_dir: StateDir = None) -> None:
     from deploy.stack import down as stack_down
 
     try:
-        stopped = stack_down(state_dir=_state_dir(state_dir))
+        stopped = stack_down(state_dir=state_folder(state_dir))
     except ConvsyncError as e:
         console.print(f"[red]down failed:[/] {e}")
         raise typer.Exit(1) from e
@@ -127,7 +114,7 @@ def env(state_dir: StateDir = None) -> None:
 
     from deploy.stack import load_info
 
-    info = load_info(_state_dir(state_dir))
+    info = load_info(state_folder(state_dir))
     if info is None:
         console.print("[red]no stack here;[/] run `convsync up` first")
         raise typer.Exit(1)
@@ -177,7 +164,7 @@ def smoke(
     per_page: Annotated[int, typer.Option(min=1)] = 20,
 ) -> None:
     """Round-trip envelopes through the running Kafka and check Postgres."""
-    from convsync.smoke import run_smoke
+    from cli.smoke import run_smoke
 
     settings = load_settings()
     try:
@@ -205,7 +192,7 @@ def status(
     ] = 300.0,
 ) -> None:
     """Lag per group and partition, crawls, sync statistics, throughput, DLQ, stalls."""
-    from convsync.status import collect
+    from admin.status import collect
 
     settings = load_settings()
     snap = collect(settings, stall_after=stall_after)
@@ -285,14 +272,14 @@ def demo(
     """Run everything against a simulated Meta and compare Postgres with the truth."""
     import signal
 
-    from convsync.demo import DemoOptions, run_demo
+    from cli.demo import DemoOptions, run_demo
     from deploy.stack import up as stack_up
 
     def _terminate(*_: object) -> None:
         raise KeyboardInterrupt  # unwinds through the supervisor's cleanup
 
     signal.signal(signal.SIGTERM, _terminate)
-    folder = _state_dir(state_dir)
+    folder = state_folder(state_dir)
     try:
         info = stack_up(state_dir=folder)
         base = Settings(
@@ -333,7 +320,7 @@ def run(
     import signal
     import time
 
-    from convsync.supervisor import Supervisor
+    from cli.supervisor import Supervisor
 
     settings = load_settings()
     missing = [
@@ -352,7 +339,7 @@ def run(
         "CONVSYNC_DATABASE_URL": settings.database_url.get_secret_value(),
         "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
     }
-    sup = Supervisor(env, _state_dir(state_dir) / "logs")
+    sup = Supervisor(env, state_folder(state_dir) / "logs")
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -383,12 +370,11 @@ def run(
 
 
 def _register_components() -> None:
-    # Each component owns its commands; importing them here keeps `convsync --help`
-    # complete. Heavy imports inside the components stay inside their command bodies.
-    from consumers.commands import register as register_consumers
-    from producers.crawler.commands import register as register_crawler
-    from producers.webhook.commands import register as register_gateway
-    from streams.commands import register as register_streams
+    # One module of commands per component; heavy imports stay inside the command bodies.
+    from cli.crawler import register as register_crawler
+    from cli.gateway import register as register_gateway
+    from cli.materializer import register as register_consumers
+    from cli.streams import register as register_streams
 
     for register in (register_gateway, register_crawler, register_consumers, register_streams):
         register(app)

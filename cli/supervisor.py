@@ -57,7 +57,7 @@ class Supervisor:
         comp = Component(name, list(args), self.log_dir / f"{name}.log")
         with comp.log_file.open("wb" if self.fresh_logs else "ab") as out:
             comp.proc = subprocess.Popen(
-                [sys.executable, "-m", "convsync.cli", *args],
+                [sys.executable, "-m", "cli", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
+from admin.status import collect
 from convsync.db import connect
 from convsync.kafka import make_producer
-from convsync.status import collect
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 

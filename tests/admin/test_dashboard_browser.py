@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from tests.admin.conftest import TOKEN, AdminEnv, message, now_ms
 from tests.consumers.helpers import scalar
-from tests.producers.admin.conftest import TOKEN, AdminEnv, message, now_ms
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

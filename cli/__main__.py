@@ -1,0 +1,5 @@
+"""``python -m cli``: the same as the ``convsync`` command."""
+
+from cli.main import main
+
+main()
