@@ -13,6 +13,7 @@ from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import GraphClient
 from producers.crawler.request import new_request
 from producers.crawler.step import FetchStats, run_step
+from producers.crawler.urls import GraphOrigin
 from schemas.crawl import CrawlRequest
 from schemas.envelope import Envelope
 
@@ -36,7 +37,7 @@ async def crawl_all(
                 out = await run_step(
                     record,
                     fetch=fetch,
-                    url_for=client.url,
+                    origin=client.origin,
                     conversations_limit=10,
                     messages_limit=10,
                 )
@@ -132,7 +133,7 @@ async def test_a_message_nested_too_deep_is_skipped_with_its_reason() -> None:
         out = await run_step(
             record,
             fetch=fetch,
-            url_for=lambda path, _q: path,
+            origin=GraphOrigin("https://graph.facebook.com/v21.0"),
             conversations_limit=10,
             messages_limit=10,
         )
