@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from pydantic import SecretStr
 
 from convsync.settings import Settings
 from deploy.simulator.graph_api import GraphWorld, token_for
@@ -28,6 +29,9 @@ from tests.producers.crawler.listener import RecordingListener
 from tests.producers.crawler.test_worker import crawl_state, wait_status
 
 pytestmark = pytest.mark.integration
+
+
+APP_SECRET = "exfiltration-app-secret-41d2"
 
 
 @pytest.fixture
@@ -189,3 +193,28 @@ def test_hostile_records_and_responses_send_no_token_anywhere(
     # The tokens did reach the fake Graph API (the crawls above were real).
     assert all(world.calls[p].served > 0 for p in (p_plain, p_start, p_continue))
     assert token_for(p_plain) not in str(heard)
+
+
+@pytest.mark.parametrize("secret", [APP_SECRET, "another-app-secret"])
+def test_every_graph_call_carries_the_app_secret_proof(
+    settings: Settings, fake_graph: Any, secret: str
+) -> None:
+    # The fake checks appsecret_proof like Meta with "Require App Secret" on.
+    world = GraphWorld.generate(seed=33, conversations=12, long_threads=1, long_thread_messages=30)
+    graph = fake_graph(world, conversations_cap=5, messages_cap=10, app_secret=APP_SECRET)
+    page = world.page_ids[0]
+    running = start_worker(settings.model_copy(update={"app_secret": SecretStr(secret)}), graph)
+    try:
+        record = new_request(page, full=True)
+        submit(settings, record)
+        view = wait_status(settings, record.crawl_id, {"done", "failed"})
+    finally:
+        running.stop()
+    calls = world.calls.get(page)
+    if secret == APP_SECRET:
+        assert view.status == "done", view.last_error
+        assert calls is not None and graph.server.proofs_checked == calls.calls > 12
+    else:
+        # Meta's answer to a wrong proof is a permanent error: one call, then failed.
+        assert view.status == "failed" and "Invalid appsecret_proof" in view.last_error
+        assert graph.server.proofs_checked == 1 and calls is None
