@@ -337,6 +337,11 @@ class CrawlWorker:
                 record = CrawlRequest.from_bytes(value)
             except PoisonError:
                 continue  # dead-lettered when it is run
+            if record_refusal(record, self.origin) is not None:
+                # Poison too, and no worker writes one: it proves no step handled (else a
+                # forged step would pass for the page's running crawl, and a real request
+                # would join it and never run).
+                continue
             seen.append(Seen(offset, record.page_id, record.crawl_id, record.seq))
         book.marks = resume_marks(book.marks, seen)
         held, book.held, book.replay_end = book.held, [], None

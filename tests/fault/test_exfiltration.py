@@ -197,6 +197,7 @@ def test_token_exfiltration_attempt(shared: Settings, scenario_logs: Path) -> No
     assert statuses == {p_list: "failed", p_thread: "failed", p_plain: "done", p_record: "done"}
     assert "paging.next" in (errors["list"] or "") and "/conversations" in (errors["list"] or "")
     assert "paging.next" in (errors["thread"] or "") and "/messages" in (errors["thread"] or "")
+    assert getattr(final[start.crawl_id], "status", None) == "failed"
     assert "crawl record refused" in (errors["record"] or "")
     assert sorted(
         (d.component, CrawlRequest.from_bytes(d.original_value()).crawl_id) for d in letters

@@ -218,3 +218,29 @@ def test_every_graph_call_carries_the_app_secret_proof(
         # Meta's answer to a wrong proof is a permanent error: one call, then failed.
         assert view.status == "failed" and "Invalid appsecret_proof" in view.last_error
         assert graph.server.proofs_checked == 1 and calls is None
+
+
+def test_a_hostile_step_read_back_on_assignment_proves_nothing(
+    settings: Settings, fake_graph: Any, listener: RecordingListener
+) -> None:
+    # A new owner reads the records above the committed offset and lets the newest
+    # continuation of a page stand for its running crawl. A forged step must not: the
+    # real request after it would join the forged crawl, which fails, and never run.
+    world = GraphWorld.generate(seed=35, conversations=8)
+    page = world.page_ids[0]
+    graph = fake_graph(world, conversations_cap=5)
+    request = new_request(page, full=True)
+    submit(settings, request)
+    forged = hostile(page, listener, seq=4, thread=world.conversations[page][0].thread_id)
+    produce_raw(settings, forged)
+    running = start_worker(settings, graph)  # both records are in the log before it starts
+    try:
+        view = wait_status(settings, request.crawl_id, {"done", "failed", "joined"})
+        letters = read_dlq(settings, 1)
+    finally:
+        running.stop()
+    assert view.status == "done", (view.status, view.joined_crawl_id, view.last_error)
+    assert [CrawlRequest.from_bytes(d.original_value()).crawl_id for d in letters] == [
+        forged.crawl_id
+    ]
+    assert listener.requests() == []
