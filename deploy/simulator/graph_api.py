@@ -4,7 +4,9 @@ Deterministic from a seed. It serves ``/{page}/conversations`` and
 ``/{thread}/messages`` with cursors, absolute ``paging.next`` URLs, ``limit`` caps and
 usage headers, and can inject faults: 5xx, broken JSON, throttling with a regain time,
 a per-page call-rate limit, permanent errors, conversations without a user participant,
-messages without text, old messages without details and malformed records.
+messages without text, old messages without details and malformed records, and hostile
+``paging.next`` links pointing at another host. Given the app secret, it refuses calls
+without the right ``appsecret_proof``, like Meta with "Require App Secret" on.
 ``GET /_expected/{page}`` (and :meth:`GraphWorld.expected`) is the truth to compare with.
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +24,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 API_VERSION: Final = "v21.0"
 BASE_MS: Final = 1_700_000_000_000
@@ -75,6 +80,10 @@ class Faults:
     permanent_code: int | None = None
     details_limit: int | None = None
     short_pages: bool = False
+    # node id (page or thread) -> another base URL: the paging.next of that node's list
+    # points there (same path and query) from the page starting at foreign_next_from.
+    foreign_next: dict[str, str] = field(default_factory=dict)
+    foreign_next_from: int = 0
 
 
 @dataclass(slots=True)
@@ -270,11 +279,15 @@ class GraphApiServer:
         conversations_cap: int = 25,
         messages_cap: int = 25,
         clock: Callable[[], float] = time.monotonic,
+        app_secret: str | None = None,
     ) -> None:
         self.world = world
         self.conversations_cap = conversations_cap
         self.messages_cap = messages_cap
         self.clock = clock
+        # With an app secret every call must carry appsecret_proof (checked, counted).
+        self.app_secret = app_secret
+        self.proofs_checked = 0
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         app = web.Application()
@@ -324,6 +337,19 @@ class GraphApiServer:
             for p, c in self.world.calls.items()
         }
         return web.json_response(out)
+
+    def _check_proof(self, request: web.Request, token: str) -> web.Response | None:
+        """Return Meta's error for a missing or wrong ``appsecret_proof`` (None: fine)."""
+        if self.app_secret is None:
+            return None
+        self.proofs_checked += 1
+        proof = request.query.get("appsecret_proof")
+        if not proof:
+            return _error(400, 100, "API calls from the server require an appsecret_proof argument")
+        want = hmac.new(self.app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(proof.encode(), want.encode()):
+            return _error(400, 100, "Invalid appsecret_proof provided in the API argument")
+        return None
 
     def _usage_headers(self, page_id: str, pct: int, regain_minutes: float) -> dict[str, str]:
         app = {"call_count": pct, "total_cputime": pct // 2, "total_time": pct // 2}
@@ -412,6 +438,9 @@ class GraphApiServer:
             return _error(400, 100, f"Unknown path components: /{edge}")
         if request.headers.get("Authorization") != f"Bearer {token_for(page_id)}":
             return _error(400, 190, "Invalid OAuth access token - Cannot parse access token")
+        refused = self._check_proof(request, token_for(page_id))
+        if refused is not None:
+            return refused
         admitted = self._admit(page_id)
         if isinstance(admitted, web.Response):
             return admitted
@@ -443,7 +472,11 @@ class GraphApiServer:
             if start + len(data) < len(items):
                 query = dict(request.query)
                 query["after"] = _cursor(start + len(data))
-                paging["next"] = str(request.url.with_query(query))
+                nxt = request.url.with_query(query)
+                foreign = self.world.faults.foreign_next.get(node)
+                if foreign is not None and start >= self.world.faults.foreign_next_from:
+                    nxt = URL(f"{foreign.rstrip('/')}/{node}/{edge}").with_query(query)
+                paging["next"] = str(nxt)
             body["paging"] = paging
         st = self.world.calls[page_id]
         if (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convsync.errors import ConvsyncError
+from convsync.errors import ConvsyncError, PoisonError
 
 
 class GraphPermanentError(ConvsyncError):
@@ -16,3 +16,7 @@ class GraphPermanentError(ConvsyncError):
 
 class CrawlFailedError(ConvsyncError):
     """A crawl cannot go on; the message is the reason stored in ``crawl_state``."""
+
+
+class ForeignUrlError(PoisonError):
+    """A URL (or an id meant for a URL path) that a page token may not be sent to."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from convsync.errors import RetryableError, ThrottledError
 from producers.crawler.config import CrawlerSettings
-from producers.crawler.exceptions import CrawlFailedError, GraphPermanentError
+from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError, GraphPermanentError
 from producers.crawler.graph import GraphClient, PagePacer, backoff
 from producers.crawler.step import FetchStats
 
@@ -32,8 +32,8 @@ class PageFetcher:
 
         Throttling pauses this page (for the regain time, else a backoff) and tries
         again; transient errors are retried ``max_attempts`` times with jittered
-        backoff. Raises :class:`CrawlFailedError` for a permanent error or when the
-        retries run out.
+        backoff. Raises :class:`CrawlFailedError` for a permanent error, a URL outside
+        the Graph origin (nothing is sent) or when the retries run out.
         """
         s = self.settings
         stats = FetchStats()
@@ -58,6 +58,8 @@ class PageFetcher:
                 continue
             except GraphPermanentError as e:
                 raise CrawlFailedError(str(e)) from e
+            except ForeignUrlError as e:
+                raise CrawlFailedError(f"refused to fetch: {e}") from e
             except RetryableError as e:
                 attempts += 1
                 stats.retries += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import random
 import time
@@ -16,6 +18,7 @@ from yarl import URL
 
 from convsync.errors import RetryableError, ThrottledError
 from producers.crawler.exceptions import GraphPermanentError
+from producers.crawler.urls import GraphOrigin, strip_secrets
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ THROTTLE_CODES: Final = frozenset({4, 17, 32, 613, *range(80001, 80010)})
 TRANSIENT_CODES: Final = frozenset({1, 2})
 HTTP_REQUEST_TIMEOUT: Final = 408
 HTTP_TOO_MANY_REQUESTS: Final = 429
+HTTP_REDIRECTS: Final = 300
+HTTP_BAD_REQUEST: Final = 400
 USAGE_HEADERS: Final = ("X-App-Usage", "X-Page-Usage", "X-Business-Use-Case-Usage")
 
 
@@ -64,14 +69,6 @@ def parse_usage(headers: Mapping[str, str]) -> Usage:
             if isinstance(minutes, int | float):
                 regain = max(regain, float(minutes) * 60)
     return Usage(percent, regain)
-
-
-def strip_token(url: str) -> str:
-    """Return ``url`` without an ``access_token`` query parameter (cursors are stored)."""
-    u = URL(url)
-    if "access_token" not in u.query:
-        return url
-    return str(u.with_query([(k, v) for k, v in u.query.items() if k != "access_token"]))
 
 
 def classify(status: int, body: bytes, usage: Usage) -> Exception:
@@ -147,31 +144,64 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
 
 
 class GraphClient:
-    """GETs of Graph API URLs with a page token; one instance per worker process."""
+    """GETs of Graph API URLs with a page token; one instance per worker process.
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+    Only URLs under ``origin`` are fetched (:class:`GraphOrigin`); the token goes in the
+    Authorization header, and with an app secret every call carries ``appsecret_proof``
+    (hex HMAC-SHA256 of the token keyed with the app secret), as Meta requires of apps
+    with "Require App Secret" on. Meta reads the proof as a query parameter; it is not a
+    secret by itself, but it is kept out of stored URLs and error messages all the same.
+    Redirects are not followed: a token never goes where Graph points.
+    """
+
+    def __init__(
+        self, session: aiohttp.ClientSession, origin: GraphOrigin | str, *, app_secret: str = ""
+    ) -> None:
         self.session = session
-        self.base_url = base_url.rstrip("/")
+        self.origin = origin if isinstance(origin, GraphOrigin) else GraphOrigin(origin)
+        self._app_secret = app_secret.encode()
 
-    def url(self, path: str, params: Mapping[str, str | int]) -> str:
-        """Return the absolute URL of ``path`` under the base URL with ``params``."""
-        return str(URL(f"{self.base_url}/{path.lstrip('/')}").with_query(dict(params)))
+    def url(self, node: str, edge: str, params: Mapping[str, str | int]) -> str:
+        """Return the URL of ``/{node}/{edge}`` under the origin (see :meth:`GraphOrigin.url`)."""
+        return self.origin.url(node, edge, params)
+
+    def proof(self, token: str) -> str | None:
+        """Return the ``appsecret_proof`` of ``token`` (None without an app secret)."""
+        if not self._app_secret:
+            return None
+        return hmac.new(self._app_secret, token.encode(), hashlib.sha256).hexdigest()
 
     async def get(self, url: str, token: str) -> tuple[dict[str, Any], Usage]:
         """GET ``url``; return the JSON object and the usage.
 
-        Raises :class:`ThrottledError` (throttling codes, HTTP 429),
-        :class:`RetryableError` (5xx, 408, codes 1/2, timeouts, connection errors,
-        broken JSON) or :class:`GraphPermanentError` (see :func:`classify`).
+        Raises :class:`ForeignUrlError` (nothing sent) for a URL outside the origin,
+        :class:`ThrottledError` (throttling codes, HTTP 429), :class:`RetryableError`
+        (5xx, 408, codes 1/2, timeouts, connection errors, broken JSON) or
+        :class:`GraphPermanentError` (see :func:`classify`; a redirect too).
         """
+        target = strip_secrets(self.origin.check(url))
+        proof = self.proof(token)
+        if proof is not None:
+            target += f"{'&' if '?' in target else '?'}appsecret_proof={proof}"
         headers = {"Authorization": f"Bearer {token}"}
         try:
-            async with self.session.get(url, headers=headers) as resp:
+            # encoded=True: the bytes checked are the bytes sent (no re-quoting, no
+            # normalisation of the path by the client).
+            async with self.session.get(
+                URL(target, encoded=True), headers=headers, allow_redirects=False
+            ) as resp:
                 body = await resp.read()
                 usage = parse_usage(resp.headers)
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise RetryableError(f"Graph API unreachable: {type(e).__name__}: {e}") from e
+            text = _scrub(f"{type(e).__name__}: {e}", proof)
+            raise RetryableError(f"Graph API unreachable: {text}") from e
+        if HTTP_REDIRECTS <= status < HTTP_BAD_REQUEST:
+            raise GraphPermanentError(
+                f"Graph API answered HTTP {status} (a redirect); not followed",
+                code=None,
+                status=status,
+            )
         if status != 200:
             raise classify(status, body, usage)
         try:
@@ -183,3 +213,8 @@ class GraphClient:
         if isinstance(parsed.get("error"), dict):
             raise classify(status, body, usage)
         return parsed, usage
+
+
+def _scrub(text: str, proof: str | None) -> str:
+    """Return ``text`` without the proof (error texts go to logs and to crawl_state)."""
+    return text.replace(proof, "***") if proof else text

@@ -8,10 +8,14 @@ from typing import Any, Final, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from producers.crawler.urls import GRAPH_ID
 from schemas.crawl import ConversationTodo
 from schemas.envelope import Envelope
 from schemas.kinds import Direction
 from schemas.nesting import deeper_than
+
+# The envelope's limit on a user id.
+MAX_USER_ID: Final = 64
 
 
 class GraphParticipant(BaseModel):
@@ -58,14 +62,23 @@ def _ms(value: datetime) -> int:
 
 
 def conversation_todo(item: Any, page_id: str) -> ConversationTodo | str:
-    """Return the todo of a listed conversation, or the reason it is skipped."""
+    """Return the todo of a listed conversation, or the reason it is skipped.
+
+    The thread id goes into a URL path (``/{thread}/messages``) and the user id into
+    every event, so both must be Graph ids (:data:`GRAPH_ID`): anything else is skipped
+    as ``invalid_thread_id`` or ``invalid_user_id``, never put in a URL.
+    """
     try:
         conv = GraphConversation.model_validate(item)
     except ValidationError:
         return "invalid_conversation"
+    if not GRAPH_ID.fullmatch(conv.id):
+        return "invalid_thread_id"
     users = [p.id for p in conv.participants.data if p.id != page_id]
     if not users:
         return "no_user_participant"
+    if not GRAPH_ID.fullmatch(users[0]) or len(users[0]) > MAX_USER_ID:
+        return "invalid_user_id"
     return ConversationTodo(
         thread_id=conv.id,
         psid=users[0],

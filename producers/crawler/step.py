@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from convsync.errors import RetryableError
-from producers.crawler.graph import strip_token
+from producers.crawler.exceptions import CrawlFailedError
 from producers.crawler.parse import conversation_todo, message_envelope, message_time
+from producers.crawler.urls import GRAPH_ID, GraphOrigin, strip_secrets
 from schemas.crawl import CrawlCounters, CrawlRequest, CrawlStep
 from schemas.envelope import Envelope
 
@@ -28,7 +29,6 @@ class FetchStats:
 
 
 Fetch = Callable[[str], Awaitable[tuple[dict[str, Any], FetchStats]]]
-UrlFor = Callable[[str, dict[str, str | int]], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,32 +55,88 @@ class _Tally:
         return CrawlCounters(**{**self.values, "skipped": self.skipped})
 
 
-def _data_and_next(body: dict[str, Any], url: str) -> tuple[list[Any], str | None]:
+def record_refusal(record: CrawlRequest, origin: GraphOrigin) -> str | None:
+    """Return why ``record`` must not run (a URL or id a token may not go to), or None.
+
+    Every URL a step would fetch is checked before anything is sent: the stored cursors
+    (the conversations of the page, the messages of the first queued conversation) and
+    the ids that will be put in URL paths (the page id, every queued thread id).
+    """
+    if not GRAPH_ID.fullmatch(record.page_id):
+        return f"its page id {record.page_id[:80]!r} is not a Graph id"
+    step = record.step
+    if step is None:
+        return None
+    for todo in step.queue:
+        if not GRAPH_ID.fullmatch(todo.thread_id):
+            return f"its queue holds {todo.thread_id[:80]!r}, which is not a Graph thread id"
+    if step.conversations_url is not None:
+        reason = origin.refusal(step.conversations_url, node=record.page_id, edge="conversations")
+        if reason is not None:
+            return f"its conversations_url may not receive a page token: {reason}"
+    if step.messages_url is not None:
+        if not step.queue:
+            return "it has a messages_url but no queued conversation"
+        reason = origin.refusal(step.messages_url, node=step.queue[0].thread_id, edge="messages")
+        if reason is not None:
+            return f"its messages_url may not receive a page token: {reason}"
+    return None
+
+
+def _data_and_next(
+    body: dict[str, Any], url: str, origin: GraphOrigin, *, node: str, edge: str
+) -> tuple[list[Any], str | None]:
+    """Return the items of a Graph page and its next URL (None: this was the last page).
+
+    A next page that cannot be fetched never reads as the end: a malformed ``paging``
+    is a bad response (retried), and a ``paging.next`` outside the Graph origin, or equal
+    to the page just read, fails the crawl.
+    """
     data = body.get("data")
     if not isinstance(data, list):
         raise RetryableError("Graph API response has no data list")
     paging = body.get("paging")
-    nxt = paging.get("next") if isinstance(paging, dict) else None
-    if not isinstance(nxt, str) or not nxt:
+    if paging is None:
         return data, None
-    nxt = strip_token(nxt)
-    # A next link that points back at the same page would loop forever.
-    return data, (None if nxt == url else nxt)
+    if not isinstance(paging, dict):
+        raise RetryableError("Graph API response has a paging that is not an object")
+    nxt = paging.get("next")
+    if nxt is None:
+        return data, None
+    reason = origin.refusal(nxt, node=node, edge=edge)
+    if reason is not None:
+        raise CrawlFailedError(
+            f"the Graph response for /{node}/{edge} has a paging.next that is refused"
+            f" ({reason}); no request was sent to it, the crawl stops here"
+        )
+    nxt = strip_secrets(nxt)
+    if nxt == strip_secrets(url):
+        # Following it would read the same page for ever; ending here would drop the rest.
+        raise CrawlFailedError(
+            f"the Graph response for /{node}/{edge} names the page just read as its next"
+            " page; the rest of the listing cannot be reached"
+        )
+    return data, nxt
 
 
 async def run_step(
     record: CrawlRequest,
     *,
     fetch: Fetch,
-    url_for: UrlFor,
+    origin: GraphOrigin,
     conversations_limit: int,
     messages_limit: int,
 ) -> StepOutcome:
     """Run the step ``record`` stands at: one Graph call, then the new position.
 
-    Returns the outcome (``done`` when nothing is left). Raises what ``fetch`` raises
-    and :class:`RetryableError` for a response without a ``data`` list.
+    Returns the outcome (``done`` when nothing is left). Raises what ``fetch`` raises,
+    :class:`RetryableError` for a response without a ``data`` list or with a malformed
+    ``paging``, and :class:`CrawlFailedError` when the record or the response points
+    where a page token may not go (nothing is sent there; see :func:`record_refusal`).
     """
+    refused = record_refusal(record, origin)
+    if refused is not None:
+        raise CrawlFailedError(f"crawl record refused: {refused}; no request was sent")
     step = record.step or CrawlStep(started_at=int(time.time() * 1000))
     counters = step.counters
     tally = _Tally(counters.model_dump(exclude={"skipped"}), dict(counters.skipped))
@@ -99,12 +155,12 @@ async def run_step(
 
     if queue:
         todo = queue[0]
-        url = messages_url or url_for(
-            f"{todo.thread_id}/messages", {"fields": MESSAGE_FIELDS, "limit": messages_limit}
+        url = messages_url or origin.url(
+            todo.thread_id, "messages", {"fields": MESSAGE_FIELDS, "limit": messages_limit}
         )
         body, stats = await fetch(url)
         account(stats)
-        data, nxt = _data_and_next(body, url)
+        data, nxt = _data_and_next(body, url, origin, node=todo.thread_id, edge="messages")
         reached_old = False
         for item in data:
             # Messages come newest first: an incremental crawl stops at the first old one.
@@ -128,13 +184,14 @@ async def run_step(
             messages_url = None
             tally.add("conversations_done")
     elif not exhausted:
-        url = conversations_url or url_for(
-            f"{record.page_id}/conversations",
+        url = conversations_url or origin.url(
+            record.page_id,
+            "conversations",
             {"platform": "messenger", "fields": CONVERSATION_FIELDS, "limit": conversations_limit},
         )
         body, stats = await fetch(url)
         account(stats)
-        data, nxt = _data_and_next(body, url)
+        data, nxt = _data_and_next(body, url, origin, node=record.page_id, edge="conversations")
         reached_old = False
         for item in data:
             todo_or_reason = conversation_todo(item, record.page_id)

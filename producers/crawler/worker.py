@@ -26,11 +26,12 @@ from producers.crawler._commits import CommitQueue, in_thread, take
 from producers.crawler._offsets import Mark, PartitionBook, Seen, decide, resume_marks
 from producers.crawler._producer import AsyncProducer
 from producers.crawler.config import CrawlerSettings
-from producers.crawler.exceptions import CrawlFailedError
+from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError
 from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import GraphClient, backoff
 from producers.crawler.state import CrawlStateStore, Progress, Status
-from producers.crawler.step import StepOutcome, run_step
+from producers.crawler.step import StepOutcome, record_refusal, run_step
+from producers.crawler.urls import GraphOrigin
 from schemas.crawl import CrawlRequest
 from schemas.records import DeadLetter
 
@@ -81,6 +82,8 @@ class CrawlWorker:
         self.settings = settings
         self.crawler = crawler
         self.graph_url = graph_url or settings.graph_url
+        # The one origin page tokens go to (ConfigError at once for an unusable URL).
+        self.origin = GraphOrigin(self.graph_url)
         self.tokens = page_tokens if page_tokens is not None else settings.page_tokens
         self.crawl_topic = settings.topic("crawl")
         self.events_topic = settings.topic("events")
@@ -120,7 +123,9 @@ class CrawlWorker:
         self._producer = AsyncProducer(make_producer(self.settings, **{"linger.ms": 1}))
         self._producer.start()
         self._store = CrawlStateStore(conn, self.settings.db_schema)
-        self._client = GraphClient(session, self.graph_url)
+        self._client = GraphClient(
+            session, self.origin, app_secret=self.settings.app_secret.get_secret_value()
+        )
         overrides: dict[str, Any] = {
             "session.timeout.ms": int(self.crawler.session_timeout * 1000),
             "on_commit": self._on_commit,
@@ -332,6 +337,11 @@ class CrawlWorker:
                 record = CrawlRequest.from_bytes(value)
             except PoisonError:
                 continue  # dead-lettered when it is run
+            if record_refusal(record, self.origin) is not None:
+                # Poison too, and no worker writes one: it proves no step handled (else a
+                # forged step would pass for the page's running crawl, and a real request
+                # would join it and never run).
+                continue
             seen.append(Seen(offset, record.page_id, record.crawl_id, record.seq))
         book.marks = resume_marks(book.marks, seen)
         held, book.held, book.replay_end = book.held, [], None
@@ -471,6 +481,13 @@ class CrawlWorker:
         if offset is None and decision != "continue":
             # a followed continuation whose copy was read (and run) first
             return None
+        refused = record_refusal(record, self.origin) if decision != "duplicate" else None
+        if refused is not None:
+            # Poison: dead-lettered, and the crawl it would run fails; nothing is fetched.
+            ends = decision in ("start", "continue")
+            await self._refuse(page, record, book, partition, offset, value, refused, ends=ends)
+            runner.unproven = runner.unproven or ends
+            return None
         if decision in ("duplicate", "stale"):
             self.stats.duplicates += 1
             log.debug(
@@ -537,22 +554,7 @@ class CrawlWorker:
         try:
             outcome = await self._run_step(record)
         except CrawlFailedError as e:
-            self.stats.failed += 1
-            log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
-                "crawl %s of page %s failed: %s", record.crawl_id, record.page_id, e
-            )
-            # The finished mark only after "failed" is in Postgres (see step 4 below).
-            await self._project(
-                Progress(
-                    record,
-                    "failed",
-                    record.step,
-                    record.seq + 1,
-                    error=str(e),
-                    finished_ms=_now_ms(),
-                )
-            )
-            book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
+            await self._fail(record, book, str(e))
             return None
         key = record.page_id.encode()
         # 1. the step's events, confirmed by Kafka (acks=all)
@@ -607,6 +609,41 @@ class CrawlWorker:
             book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
         return nxt
 
+    async def _fail(self, record: CrawlRequest, book: PartitionBook, reason: str) -> None:
+        """Write the crawl of ``record`` as failed with ``reason``, then its finished mark."""
+        self.stats.failed += 1
+        log.error("crawl %s of page %s failed: %s", record.crawl_id, record.page_id, reason)
+        # The finished mark only after "failed" is in Postgres (see step 4 of _step).
+        await self._project(
+            Progress(
+                record, "failed", record.step, record.seq + 1, error=reason, finished_ms=_now_ms()
+            )
+        )
+        book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
+
+    async def _refuse(
+        self,
+        page: str,
+        record: CrawlRequest,
+        book: PartitionBook,
+        partition: int,
+        offset: int | None,
+        value: bytes | CrawlRequest | None,
+        reason: str,
+        *,
+        ends: bool,
+    ) -> None:
+        """Dead-letter a record that points where a page token may not go and, when it
+        would have started or continued a crawl (``ends``), fail that crawl. A request
+        joining a running crawl, or a step of a crawl that is not the page's, fails
+        nothing: it would not have run."""
+        text = f"crawl record refused: {reason}; no request was sent"
+        if offset is not None:
+            raw = value.to_bytes() if isinstance(value, CrawlRequest) else value
+            await self._dead_letter(page, partition, offset, raw, ForeignUrlError(text))
+        if ends:
+            await self._fail(record, book, text)
+
     async def _run_step(self, record: CrawlRequest) -> StepOutcome:
         assert self._client is not None
         fetch = self._fetcher(record.page_id)
@@ -616,7 +653,7 @@ class CrawlWorker:
                 return await run_step(
                     record,
                     fetch=fetch,
-                    url_for=self._client.url,
+                    origin=self.origin,
                     conversations_limit=self.crawler.conversations_limit,
                     messages_limit=self.crawler.messages_limit,
                 )

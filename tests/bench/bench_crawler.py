@@ -94,7 +94,7 @@ async def fetch_loop(world: GraphWorld, crawler: CrawlerSettings) -> tuple[float
                     out = await run_step(
                         record,
                         fetch=fetch,
-                        url_for=client.url,
+                        origin=client.origin,
                         conversations_limit=crawler.conversations_limit,
                         messages_limit=crawler.messages_limit,
                     )

@@ -183,3 +183,27 @@ def test_add_message_moves_the_thread_to_the_top() -> None:
     last = world.conversations[page][-1]
     msg = world.add_message(last.thread_id, text="new")
     assert world.conversations[page][0] is last and last.messages[0] is msg
+
+
+@pytest.mark.asyncio
+async def test_a_hostile_next_link_points_elsewhere_from_the_page_asked(
+    served: tuple[GraphApiServer, aiohttp.ClientSession],
+) -> None:
+    server, session = served
+    world = server.world
+    page = world.page_ids[0]
+    evil = "http://198.51.100.7:9/v21.0"
+    world.faults.foreign_next = {page: evil}
+    world.faults.foreign_next_from = 5
+    url = f"{server.base_url}/{page}/conversations?platform=messenger"
+    _, first, _ = await get(session, url, page)
+    second_url = first["paging"]["next"]
+    assert second_url.startswith(f"{server.base_url}/{page}/conversations?")
+    _, second, _ = await get(session, second_url, page)
+    hostile = URL(second["paging"]["next"])
+    assert str(hostile).startswith(f"{evil}/{page}/conversations?")
+    assert hostile.query["after"] and hostile.query["platform"] == "messenger"
+    # other nodes keep their own links
+    thread = next(c for c in world.conversations[page] if len(c.messages) == 30).thread_id
+    _, msgs, _ = await get(session, f"{server.base_url}/{thread}/messages", page)
+    assert msgs["paging"]["next"].startswith(server.base_url)

@@ -19,7 +19,7 @@ write to `tests/fault/results/` — do not edit by hand. Regenerate with
     .venv/bin/pytest -m fault tests/fault --deselect tests/fault/test_three_brokers.py
     .venv/bin/python -m tests.fault.report    # re-renders from the stored results only
 
-(the first runs the eight scenarios and rewrites this file at the end of the session; the
+(the first runs the nine scenarios and rewrites this file at the end of the session; the
 older `test_three_brokers.py` is not part of this suite's wall time below;
 `CONVSYNC_FAULT_RESULTS=<dir>` writes results and the report to another folder instead).
 
@@ -32,7 +32,7 @@ scenario; timings are noisy for the same reason.
 """
 
 
-SCENARIOS = range(1, 9)
+SCENARIOS = range(1, 10)
 
 FINDINGS = """## Findings of the suite (not figures)
 

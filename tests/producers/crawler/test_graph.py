@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from typing import Any
 
@@ -10,10 +12,11 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from yarl import URL
 
 from convsync.errors import RetryableError, ThrottledError
 from deploy.simulator.graph_api import GraphWorld, token_for
-from producers.crawler.exceptions import CrawlFailedError, GraphPermanentError
+from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError, GraphPermanentError
 from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import (
     GraphClient,
@@ -22,9 +25,10 @@ from producers.crawler.graph import (
     backoff,
     classify,
     parse_usage,
-    strip_token,
 )
+from producers.crawler.urls import strip_secrets
 from tests.producers.crawler.conftest import fast_crawler
+from tests.producers.crawler.listener import RecordingListener
 
 
 def err(code: int) -> bytes:
@@ -105,11 +109,16 @@ async def test_a_plain_404_fails_the_fetch_after_one_call(fake_graph: Any) -> No
     assert "refused (HTTP 404" in str(info.value), str(info.value)
 
 
-def test_strip_token_keeps_the_cursor() -> None:
-    url = "https://graph.facebook.com/v21.0/1/conversations?access_token=SECRET&after=abc&limit=25"
-    out = strip_token(url)
-    assert "SECRET" not in out and "after=abc" in out and "limit=25" in out
-    assert strip_token("http://x/y?after=1") == "http://x/y?after=1"
+def test_strip_secrets_keeps_the_cursor() -> None:
+    url = (
+        "https://graph.facebook.com/v21.0/1/conversations?access_token=SECRET&after=abc"
+        "&appsecret_proof=PROOF&limit=25&access%5Ftoken=SECRET2&appsecret_time=1"
+    )
+    out = strip_secrets(url)
+    assert out == "https://graph.facebook.com/v21.0/1/conversations?after=abc&limit=25"
+    assert strip_secrets("http://x/y?after=1") == "http://x/y?after=1"
+    assert strip_secrets("http://x/y?access_token=1") == "http://x/y"
+    assert strip_secrets("http://x/y") == "http://x/y"
 
 
 @given(st.integers(min_value=1, max_value=40))
@@ -132,3 +141,98 @@ async def test_pacer_spaces_calls_and_slows_down_near_the_limit() -> None:
     start = time.monotonic()
     await pacer.wait()
     assert time.monotonic() - start >= 0.15
+
+
+def proof_of(token: str, secret: str) -> str:
+    return hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.asyncio
+async def test_the_token_travels_in_the_header_and_the_proof_in_the_query() -> None:
+    graph = RecordingListener()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = GraphClient(session, graph.base_url, app_secret="s3cret")
+            url = client.url("123", "conversations", {"limit": 5})
+            await client.get(f"{url}&access_token=LEAKED&appsecret_proof=OLD", "tok-123")
+            plain = GraphClient(session, graph.base_url)
+            await plain.get(url, "tok-123")
+    finally:
+        graph.stop()
+        heard = graph.requests()
+    assert [h.authorization for h in heard] == ["Bearer tok-123", "Bearer tok-123"]
+    with_proof, without = (URL(h.path_qs) for h in heard)
+    assert with_proof.query.getall("appsecret_proof") == [proof_of("tok-123", "s3cret")]
+    assert "access_token" not in with_proof.query and "LEAKED" not in heard[0].path_qs
+    assert "tok-123" not in heard[0].path_qs + heard[1].path_qs
+    assert "appsecret_proof" not in without.query
+    assert with_proof.path == without.path == "/v21.0/123/conversations"
+
+
+@pytest.mark.asyncio
+async def test_a_url_outside_the_origin_is_never_requested() -> None:
+    graph, evil = RecordingListener(), RecordingListener()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = GraphClient(session, graph.base_url, app_secret="s3cret")
+            with pytest.raises(ForeignUrlError, match="port"):
+                await client.get(f"{evil.base_url}/123/conversations", "tok-123")
+            fetch = PageFetcher(client, page_id="123", token="tok-123", settings=fast_crawler())
+            with pytest.raises(CrawlFailedError, match="refused to fetch"):
+                await fetch(f"{graph.base_url}/../123/conversations")
+    finally:
+        graph.stop()
+        evil.stop()
+    assert graph.requests() == [] and evil.requests() == []
+
+
+@pytest.mark.asyncio
+async def test_a_redirect_is_not_followed() -> None:
+    evil = RecordingListener()
+    graph = RecordingListener(redirect_to=f"{evil.base_url}/123/conversations")
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = GraphClient(session, graph.base_url)
+            fetch = PageFetcher(client, page_id="123", token="tok-123", settings=fast_crawler())
+            with pytest.raises(CrawlFailedError, match="redirect"):
+                await fetch(client.url("123", "conversations", {}))
+    finally:
+        graph.stop()
+        evil.stop()
+    assert len(graph.requests()) == 1 and evil.requests() == []
+
+
+@pytest.mark.asyncio
+async def test_the_proof_never_reaches_an_error_text() -> None:
+    class Unreachable:
+        """A session whose every GET fails with the full URL in the error."""
+
+        def get(self, url: URL, **_: Any) -> Any:
+            raise aiohttp.InvalidURL(str(url))
+
+    client = GraphClient(Unreachable(), "https://graph.facebook.com/v21.0", app_secret="s3cret")  # type: ignore[arg-type]
+    with pytest.raises(RetryableError) as info:
+        await client.get(client.url("123", "conversations", {}), "tok-123")
+    assert proof_of("tok-123", "s3cret") not in str(info.value)
+    assert "appsecret_proof=***" in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_the_fake_refuses_a_missing_or_wrong_proof(fake_graph: Any) -> None:
+    world = GraphWorld.generate(seed=4, conversations=3)
+    page = world.page_ids[0]
+    graph = fake_graph(world, app_secret="s3cret")
+    async with aiohttp.ClientSession() as session:
+        for secret in ("", "wrong"):
+            client = GraphClient(session, graph.url, app_secret=secret)
+            with pytest.raises(GraphPermanentError, match="appsecret_proof") as info:
+                await client.get(
+                    client.url(page, "conversations", {"platform": "messenger"}), token_for(page)
+                )
+            assert info.value.code == 100
+        good = GraphClient(session, graph.url, app_secret="s3cret")
+        body, _ = await good.get(
+            good.url(page, "conversations", {"platform": "messenger"}), token_for(page)
+        )
+    assert len(body["data"]) == 3
+    assert graph.server.proofs_checked == 3
