@@ -188,7 +188,7 @@ class LocalPostgres:
         """
         bin_dir = pg_bin_dir()
         user = server_user()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         check_state_dir(self.state_dir)
         password = ensure_secret(self.password_file)
         root = self._prepare_root(user)

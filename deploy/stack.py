@@ -160,7 +160,8 @@ def up(
     if brokers not in (1, 3):
         raise StackError("--brokers must be 1 or 3")
     state_dir = state_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # Not group-writable even under a umask of 002: check_state_dir would refuse it.
+    state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     check_state_dir(state_dir)
     existing = load_info(state_dir)
     if kafka_port is None:
