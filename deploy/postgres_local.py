@@ -192,9 +192,8 @@ class LocalPostgres:
         check_state_dir(self.state_dir)
         password = ensure_secret(self.password_file)
         root = self._prepare_root(user)
-        data = root / "data"
+        data = private_dir(root / "data", uid=user.pw_uid, gid=user.pw_gid)
         if not (data / "PG_VERSION").exists():
-            private_dir(data, uid=user.pw_uid, gid=user.pw_gid)
             self._run(
                 [
                     str(bin_dir / "initdb"),
@@ -209,8 +208,6 @@ class LocalPostgres:
                     "--no-instructions",
                 ]
             )
-        else:
-            private_dir(data, uid=user.pw_uid, gid=user.pw_gid)
         self._configure(root, data, user)
         if self.running():
             self._pg_ctl(data, "reload")
