@@ -302,8 +302,10 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
     graph_url = graph.start()
     gateway_port = free_ports()
     tokens = {p: token_for(p) for p in world.page_ids}
+    # Secrets go through the environment, never the command line.
     env = {
         "CONVSYNC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+        "CONVSYNC_KAFKA_EXTRA": json.dumps(base.kafka_extra_values()),
         "CONVSYNC_DATABASE_URL": base.database_url.get_secret_value(),
         "CONVSYNC_TOPIC_PREFIX": base.topic_prefix,
         "CONVSYNC_DB_SCHEMA": base.db_schema,

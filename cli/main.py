@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.common import console, load_settings, state_folder
-from convsync.errors import ConvsyncError
+from convsync.errors import ConvsyncError, StackError
 from convsync.logs import setup_logging
 from convsync.settings import Settings
 
@@ -26,13 +26,18 @@ StateDir = Annotated[
 
 
 def _secrets(settings: Settings) -> list[str]:
-    values = [
-        settings.app_secret,
-        settings.verify_token,
-        settings.admin_token,
-        *settings.page_tokens.values(),
-    ]
-    return [v.get_secret_value() for v in values]
+    return settings.secret_values()
+
+
+# How _root set up logging, so a command that learns new secrets can add them.
+_logging: dict[str, str] = {"level": "INFO", "format": "text"}
+_redacted: list[str] = []
+
+
+def _redact_also(settings: Settings) -> None:
+    """Set up logging again with the secrets of ``settings`` added to the redaction."""
+    _redacted.extend(s for s in _secrets(settings) if s not in _redacted)
+    setup_logging(_logging["level"], secrets=_redacted, json_format=_logging["format"] == "json")
 
 
 @app.callback()
@@ -46,11 +51,17 @@ def _root(
 ) -> None:
     secrets: list[str] = []
     try:
-        secrets = _secrets(Settings())
+        # The stack's secrets too (its database password, its SASL password), as the
+        # components read them when the environment does not set them.
+        secrets = _secrets(load_settings())
+    except StackError:
+        pass  # the stack is not up yet or its files are unsafe: the command says so
     except Exception as e:  # noqa: BLE001 - reported below; logging must still start
         console.print(f"[yellow]settings: {e}[/]")
     if log_format not in ("text", "json"):
         raise typer.BadParameter("--log-format must be text or json")
+    _logging.update(level=log_level, format=log_format)
+    _redacted[:] = secrets
     setup_logging(log_level, secrets=secrets, json_format=log_format == "json")
 
 
@@ -68,6 +79,14 @@ def up(
     ] = None,
     topic_prefix: Annotated[str, typer.Option(envvar="CONVSYNC_TOPIC_PREFIX")] = "convsync",
     partitions: Annotated[int, typer.Option(envvar="CONVSYNC_PARTITIONS")] = 12,
+    sasl: Annotated[
+        bool | None,
+        typer.Option(
+            "--sasl/--no-sasl",
+            help="Kafka with a SASL_PLAINTEXT SCRAM-SHA-512 listener and a generated user "
+            "[default: as the last `up` in this folder, else plain].",
+        ),
+    ] = None,
 ) -> None:
     """Start local Kafka (KRaft) and Postgres, create topics, apply migrations."""
     import time
@@ -83,14 +102,17 @@ def up(
             pg_port=pg_port,
             topic_prefix=topic_prefix,
             partitions=partitions,
+            sasl=sasl,
         )
     except ConvsyncError as e:
         console.print(f"[red]up failed:[/] {e}")
         raise typer.Exit(1) from e
+    kafka = f"{info.kafka_bootstrap}{' (SASL SCRAM-SHA-512)' if info.sasl else ''}"
     console.print(
-        f"[green]stack up[/] in {time.monotonic() - started:.1f}s: Kafka {info.kafka_bootstrap} "
+        f"[green]stack up[/] in {time.monotonic() - started:.1f}s: Kafka {kafka} "
         f"({info.brokers} node(s), rf {info.replication_factor}), Postgres {info.database_url}"
     )
+    console.print(f"passwords: {info.state_dir}/*.password (0600)")
     console.print(f'settings: eval "$(convsync env --state-dir {info.state_dir})"')
 
 
@@ -109,16 +131,21 @@ def down(state_dir: StateDir = None) -> None:
 
 @app.command()
 def env(state_dir: StateDir = None) -> None:
-    """Print `export` lines for the settings of the local stack."""
+    """Print `export` lines for the settings of the local stack (its passwords included)."""
     import shlex
 
     from deploy.stack import load_info
 
-    info = load_info(state_folder(state_dir))
-    if info is None:
-        console.print("[red]no stack here;[/] run `convsync up` first")
-        raise typer.Exit(1)
-    for key, value in info.exports().items():
+    try:
+        info = load_info(state_folder(state_dir))
+        if info is None:
+            console.print("[red]no stack here;[/] run `convsync up` first")
+            raise typer.Exit(1)
+        exports = info.exports()
+    except ConvsyncError as e:
+        console.print(f"[red]env failed:[/] {e}")
+        raise typer.Exit(1) from e
+    for key, value in exports.items():
         sys.stdout.write(f"export {key}={shlex.quote(value)}\n")
 
 
@@ -282,12 +309,8 @@ def demo(
     folder = state_folder(state_dir)
     try:
         info = stack_up(state_dir=folder)
-        base = Settings(
-            kafka_bootstrap=info.kafka_bootstrap,
-            database_url=info.database_url,
-            topic_prefix=info.topic_prefix,
-            partitions=info.partitions,
-        )
+        base = info.settings()
+        _redact_also(base)
         opts = DemoOptions(
             pages=pages,
             conversations=conversations,
@@ -334,10 +357,12 @@ def run(
     if missing:
         console.print(f"[red]run needs {', '.join(missing)}[/] (see README, 'A real page')")
         raise typer.Exit(2)
+    # Through the environment, never the command line: it holds secrets.
     env = {
         "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "CONVSYNC_DATABASE_URL": settings.database_url.get_secret_value(),
         "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
+        "CONVSYNC_KAFKA_EXTRA": json.dumps(settings.kafka_extra_values()),
     }
     sup = Supervisor(env, state_folder(state_dir) / "logs")
     stopping = False

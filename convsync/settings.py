@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
+from urllib.parse import quote
 
+import psycopg
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from convsync.errors import ConfigError
 
 DEFAULT_GRAPH_URL = "https://graph.facebook.com/v21.0"
+
+#: librdkafka properties whose values are secrets (besides any ``*.password`` and
+#: ``*.secret``): kept out of every log line.
+KAFKA_SECRET_KEYS: Final = frozenset({"ssl.key.pem", "sasl.oauthbearer.config"})
+
+
+def is_secret_kafka_key(key: str) -> bool:
+    """Return True if the librdkafka property ``key`` holds a secret."""
+    return key in KAFKA_SECRET_KEYS or key.endswith((".password", ".secret"))
 
 
 def _parse_page_tokens(value: Any) -> dict[str, SecretStr]:
@@ -45,17 +56,26 @@ def _parse_page_tokens(value: Any) -> dict[str, SecretStr]:
     return out
 
 
-def _parse_json_object(value: Any, name: str) -> dict[str, str]:
+def _parse_kafka_extra(value: Any) -> dict[str, SecretStr]:
+    """Accept a dict or a JSON object string of librdkafka properties."""
     if value is None or value == "":
         return {}
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{name} is not a JSON object: {e.msg}") from e
+            raise ConfigError(f"CONVSYNC_KAFKA_EXTRA is not a JSON object: {e.msg}") from e
     if not isinstance(value, dict):
-        raise ConfigError(f"{name} must be a JSON object")
-    return {str(k): str(v) for k, v in value.items()}
+        raise ConfigError("CONVSYNC_KAFKA_EXTRA must be a JSON object")
+    return {str(k): SecretStr(_property_text(v)) for k, v in value.items()}
+
+
+def _property_text(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 class Settings(BaseSettings):
@@ -77,8 +97,9 @@ class Settings(BaseSettings):
     graph_url: str = DEFAULT_GRAPH_URL
     page_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     admin_token: SecretStr = SecretStr("")
-    # Extra librdkafka properties (SASL/SSL for a managed cluster), a JSON object.
-    kafka_extra: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Extra librdkafka properties (SASL/SSL for a managed cluster), a JSON object. Every
+    # value is kept as a secret: some are passwords (see is_secret_kafka_key).
+    kafka_extra: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     state_dir: Path = Path(".convsync")
 
     @field_validator("page_tokens", mode="before")
@@ -88,13 +109,35 @@ class Settings(BaseSettings):
 
     @field_validator("kafka_extra", mode="before")
     @classmethod
-    def _kafka_extra(cls, value: Any) -> dict[str, str]:
-        return _parse_json_object(value, "CONVSYNC_KAFKA_EXTRA")
+    def _kafka_extra(cls, value: Any) -> dict[str, SecretStr]:
+        return _parse_kafka_extra(value)
 
     def topic(self, name: str) -> str:
         """Return the full topic name ``<prefix>.<name>``."""
         return f"{self.topic_prefix}.{name}"
 
+    def kafka_extra_values(self) -> dict[str, str]:
+        """Return ``kafka_extra`` in the clear (secrets included: never log it)."""
+        # Plain strings too: model_copy(update=...) does not run the validator.
+        return {k: _property_text(v) for k, v in self.kafka_extra.items()}
+
     def kafka_config(self) -> dict[str, str | int | float | bool]:
         """Return the base librdkafka configuration shared by every client."""
-        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_extra}
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_extra_values()}
+
+    def secret_values(self) -> list[str]:
+        """Return every secret value of these settings, for the log redaction filter.
+
+        The app secret and tokens, the database password (as given and URL-encoded),
+        and the secret librdkafka properties of ``kafka_extra``.
+        """
+        values = [self.app_secret, self.verify_token, self.admin_token]
+        out = [v.get_secret_value() for v in (*values, *self.page_tokens.values())]
+        try:
+            password = psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value())
+        except psycopg.ProgrammingError:
+            password = {}
+        db_password = str(password.get("password") or "")
+        out += [db_password, quote(db_password, safe="")]
+        out += [v for k, v in self.kafka_extra_values().items() if is_secret_kafka_key(k)]
+        return [v for v in dict.fromkeys(out) if v]

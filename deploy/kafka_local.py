@@ -1,4 +1,10 @@
-"""A local Apache Kafka (KRaft) cluster of 1 or 3 nodes, run from Maven Central jars."""
+"""A local Apache Kafka (KRaft) cluster of 1 or 3 nodes, run from Maven Central jars.
+
+Plain by default. With a SASL password, the broker listener is SASL_PLAINTEXT with
+SCRAM-SHA-512 for the user :data:`SASL_USER` (its credential is written into the
+metadata when the storage is formatted) and the controller listener needs SASL/PLAIN
+with a second generated password: no port of the cluster answers without one.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,12 @@ import shutil
 import signal
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from convsync.errors import StackError
+from deploy._files import ensure_secret, private_dir, write_private
 from deploy.processes import read_pid, spawn, stop_pid
 
 log = logging.getLogger(__name__)
@@ -21,6 +28,18 @@ log = logging.getLogger(__name__)
 KAFKA_DIR: Final = Path(__file__).resolve().parent / "kafka"
 KAFKA_VERSION: Final = "4.1.1"
 MAIN_CLASS: Final = "kafka.Kafka"
+SASL_USER: Final = "convsync"
+SASL_MECHANISM: Final = "SCRAM-SHA-512"
+
+
+def sasl_client_config(password: str) -> dict[str, str]:
+    """Return the librdkafka properties that reach a SASL cluster of ours."""
+    return {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": SASL_MECHANISM,
+        "sasl.username": SASL_USER,
+        "sasl.password": password,
+    }
 
 
 def jar_cache_dir() -> Path:
@@ -81,6 +100,11 @@ def java() -> str:
     return found
 
 
+def _argfile_quote(arg: str) -> str:
+    # A java @argument file takes one argument per line; quoted, with \\ and \" escaped.
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaNode:
     """One combined broker+controller node."""
@@ -113,11 +137,16 @@ class KafkaNode:
 
 @dataclass(frozen=True, slots=True)
 class KafkaCluster:
-    """A local KRaft cluster: 1 node (standalone quorum) or 3 (static quorum)."""
+    """A local KRaft cluster: 1 node (standalone quorum) or 3 (static quorum).
+
+    ``sasl_password`` (the client user's) makes it a SASL cluster; give it whenever
+    the cluster is started (``running`` and ``stop`` do not need it).
+    """
 
     root: Path
     brokers: int
     base_port: int
+    sasl_password: str | None = field(default=None, repr=False)
 
     @property
     def nodes(self) -> list[KafkaNode]:
@@ -145,15 +174,16 @@ class KafkaCluster:
     def _properties(self, node: KafkaNode) -> str:
         rf = self.replication_factor
         min_isr = 2 if rf >= 3 else 1
+        broker = "SASL_PLAINTEXT" if self.sasl_password else "PLAINTEXT"
         lines = [
             "process.roles=broker,controller",
             f"node.id={node.node_id}",
-            f"listeners=PLAINTEXT://127.0.0.1:{node.broker_port},"
+            f"listeners={broker}://127.0.0.1:{node.broker_port},"
             f"CONTROLLER://127.0.0.1:{node.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.broker_port}",
+            f"advertised.listeners={broker}://127.0.0.1:{node.broker_port}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={broker}",
+            f"listener.security.protocol.map={broker}:{broker},CONTROLLER:{broker}",
             f"log.dirs={node.data_dir}",
             f"offsets.topic.replication.factor={rf}",
             f"transaction.state.log.replication.factor={rf}",
@@ -165,6 +195,8 @@ class KafkaCluster:
             "group.initial.rebalance.delay.ms=0",
             "unclean.leader.election.enable=false",
         ]
+        if self.sasl_password:
+            lines += self._sasl_properties(self.sasl_password)
         if self.brokers == 1:
             lines.append(f"controller.quorum.bootstrap.servers=127.0.0.1:{node.controller_port}")
         else:
@@ -172,12 +204,26 @@ class KafkaCluster:
             lines.append(f"controller.quorum.voters={voters}")
         return "\n".join(lines) + "\n"
 
+    def _sasl_properties(self, password: str) -> list[str]:
+        # SCRAM cannot guard a KRaft controller listener (its credentials live in the
+        # metadata the controllers serve), so that listener takes SASL/PLAIN with a
+        # static user of its own. Both passwords are generated; this file is 0600.
+        controller = ensure_secret(self.root / "controller.password")
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        return [
+            f"listener.name.sasl_plaintext.sasl.enabled.mechanisms={SASL_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}",
+            f"listener.name.sasl_plaintext.{SASL_MECHANISM.lower()}.sasl.jaas.config="
+            f'{scram} required username="{SASL_USER}" password="{password}";',
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            "sasl.mechanism.controller.protocol=PLAIN",
+            f"listener.name.controller.plain.sasl.jaas.config={plain} required "
+            f'username="controller" password="{controller}" user_controller="{controller}";',
+        ]
+
     def _format(self, lib: Path, node: KafkaNode, cluster_id: str) -> None:
         args = [
-            java(),
-            "-cp",
-            f"{lib}/*",
-            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.yaml'}",
             "kafka.tools.StorageTool",
             "format",
             # "=" form: a base64url id may start with "-", which argparse would take
@@ -189,7 +235,33 @@ class KafkaCluster:
         ]
         if self.brokers == 1:
             args.append("--standalone")
-        proc = subprocess.run(args, capture_output=True, text=True, check=False)
+        if self.sasl_password:
+            # The user's SCRAM credential goes into the metadata bootstrap records.
+            args += [
+                "--add-scram",
+                f"{SASL_MECHANISM}=[name={SASL_USER},password={self.sasl_password}]",
+            ]
+        # The tool's arguments go through a java @argument file (0600, in the node's
+        # 0700 folder, deleted at once): on the command line, the password would be
+        # readable in /proc/<pid>/cmdline by every local user.
+        argfile = node.directory / "format.args"
+        write_private(argfile, "".join(_argfile_quote(a) + "\n" for a in args))
+        try:
+            proc = subprocess.run(
+                [
+                    java(),
+                    "-cp",
+                    f"{lib}/*",
+                    f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.yaml'}",
+                    f"@{argfile}",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=300,
+            )
+        finally:
+            argfile.unlink(missing_ok=True)
         if proc.returncode != 0:
             raise StackError(
                 f"kafka storage format failed for node {node.node_id}:\n"
@@ -210,7 +282,8 @@ class KafkaCluster:
         Raises :class:`StackError` when the jars or Java are missing or formatting fails.
         """
         lib = ensure_jars()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         id_file = self.root / "cluster.id"
         if not id_file.exists():
             # A KRaft cluster id is a base64url UUID without padding.
@@ -218,8 +291,8 @@ class KafkaCluster:
             id_file.write_text(raw + "\n")
         cluster_id = id_file.read_text().strip()
         for node in self.nodes:
-            node.directory.mkdir(parents=True, exist_ok=True)
-            node.properties.write_text(self._properties(node))
+            private_dir(node.directory)
+            write_private(node.properties, self._properties(node))
             if not (node.data_dir / "meta.properties").exists():
                 self._format(lib, node, cluster_id)
         for node in self.nodes:

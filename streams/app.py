@@ -22,6 +22,7 @@ from convsync.errors import PoisonError
 from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
+from streams.broker import broker_credentials, broker_urls
 from streams.change import StreamState, decode_state, encode_change, encode_state, step
 from streams.deadletter import dead_letter, too_large
 from streams.held import track_partitions
@@ -425,11 +426,15 @@ class _App(faust.App):
 
 
 def make_app(settings: Settings, config: StreamConfig) -> faust.App:
-    """Return the faust app for ``settings`` (not started; run it with a faust Worker)."""
-    brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
+    """Return the faust app for ``settings`` (not started; run it with a faust Worker).
+
+    Raises :class:`ConfigError` when ``settings.kafka_extra`` cannot be given to aiokafka.
+    """
     app = _App(
         app_id(settings),
-        broker=brokers,
+        broker=broker_urls(settings),
+        # CONVSYNC_KAFKA_EXTRA (SASL/TLS) for every aiokafka client of the app.
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         processing_guarantee=config.processing_guarantee,
         topic_partitions=settings.partitions,

@@ -75,7 +75,13 @@ def run_worker(settings: Settings, config: StreamConfig, *, log_level: str = "IN
         config.web_host,
         config.web_port,
     )
-    worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+    # The command's logging stays: faust's own set-up would replace the root handlers,
+    # and with them the filter that keeps secrets (the SASL and database passwords)
+    # out of the log.
+    logging.getLogger().setLevel(log_level.upper())
+    worker = faust.Worker(
+        app, loglevel=log_level, quiet=True, redirect_stdouts=False, override_logging=False
+    )
     # faust's terminal spinner puts the root logger at DEBUG (to spin on every record)
     # whenever the level is WARNING or above: every aiokafka debug line would then be
     # formatted and dropped, a tenth of the worker's CPU.

@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 def secrets_of(settings: Settings) -> list[str]:
     """Return the secret values that log lines must never show."""
-    values = [settings.app_secret, settings.verify_token, settings.admin_token]
-    return [v.get_secret_value() for v in (*values, *settings.page_tokens.values())]
+    return settings.secret_values()
 
 
 def serve(settings: Settings, gateway: GatewaySettings, *, reuse_port: bool = False) -> None:

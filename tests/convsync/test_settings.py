@@ -75,3 +75,35 @@ def test_json_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None
     record = json.loads(line)
     assert record["logger"] == "convsync.test"
     assert record["message"] == "secret is ***"
+
+
+def test_kafka_extra_secrets_stay_out_of_repr_and_dumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = {"security.protocol": "SASL_SSL", "sasl.password": "kafka-pw-123", "x.enable": True}
+    monkeypatch.setenv("CONVSYNC_KAFKA_EXTRA", json.dumps(extra))
+    settings = Settings()
+    text = repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
+    assert "kafka-pw-123" not in text
+    assert settings.kafka_config()["sasl.password"] == "kafka-pw-123"
+    assert settings.kafka_config()["x.enable"] == "true"  # librdkafka's spelling
+
+
+def test_secret_values_hold_every_secret_and_nothing_else() -> None:
+    settings = Settings(
+        app_secret="app-secret-1",
+        database_url="postgresql://convsync:db%2Fpw-2@127.0.0.1:1/convsync",
+        kafka_extra={
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "someone",
+            "sasl.password": "kafka-pw-3",
+            "ssl.key.password": "key-pw-4",
+            "sasl.oauthbearer.client.secret": "oauth-5",
+            "ssl.key.pem": "pem-6",
+        },
+    )
+    secrets = settings.secret_values()
+    for value in ("app-secret-1", "db/pw-2", "db%2Fpw-2", "kafka-pw-3", "key-pw-4", "oauth-5"):
+        assert value in secrets
+    assert "pem-6" in secrets
+    for value in ("SASL_SSL", "PLAIN", "someone", "convsync", ""):
+        assert value not in secrets

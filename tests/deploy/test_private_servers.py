@@ -27,11 +27,13 @@ def test_private_kafka_stops_and_starts(private_kafka: KafkaCluster) -> None:
 
 def test_private_postgres_restarts(private_postgres: LocalPostgres) -> None:
     with psycopg.connect(private_postgres.url) as conn:
-        conn.execute("CREATE TABLE t (x int)")
-        conn.execute("INSERT INTO t VALUES (1)")
+        # In a schema of its own: the application role may not create in public.
+        conn.execute("CREATE SCHEMA s")
+        conn.execute("CREATE TABLE s.t (x int)")
+        conn.execute("INSERT INTO s.t VALUES (1)")
     private_postgres.restart(mode="immediate")
     with psycopg.connect(private_postgres.url) as conn:
-        assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+        assert conn.execute("SELECT x FROM s.t").fetchall() == [(1,)]
 
 
 def test_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from convsync.kafka import admin_client
 from convsync.settings import Settings
 from deploy.kafka_local import KafkaCluster
 from deploy.ports import free_ports
+from deploy.postgres_local import LocalPostgres
 from deploy.processes import pid_alive
 from deploy.simulator.webhooks import WebhookSender
 from deploy.stack import load_info
@@ -79,7 +79,7 @@ def three_brokers(tmp_path: Path) -> Iterator[tuple[KafkaCluster, Settings]]:
         assert info is not None
         settings = Settings(
             kafka_bootstrap=info.kafka_bootstrap,
-            database_url=SecretStr(info.database_url),
+            database_url=info.database_dsn(),
             topic_prefix=info.topic_prefix,
             partitions=6,
         )
@@ -87,6 +87,8 @@ def three_brokers(tmp_path: Path) -> Iterator[tuple[KafkaCluster, Settings]]:
     finally:
         pids = [p for n in cluster.nodes if (p := cluster.pid(n)) is not None]
         down = _cli("down", "--state-dir", str(state))
+        # As root the cluster lives outside the tmp folder: remove it.
+        LocalPostgres(state, pg_port).destroy()
         assert down.returncode == 0, down.stdout + down.stderr
         assert not [p for p in pids if pid_alive(p)], "a broker survived `convsync down`"
 

@@ -19,6 +19,7 @@ from convsync.kafka import admin_client, make_consumer, make_producer
 from convsync.settings import Settings
 from deploy.kafka_local import KafkaCluster
 from deploy.ports import free_ports
+from deploy.postgres_local import LocalPostgres
 from deploy.processes import pid_alive
 from deploy.stack import load_info
 
@@ -67,7 +68,7 @@ def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack3]:
     assert info is not None
     settings = Settings(
         kafka_bootstrap=info.kafka_bootstrap,
-        database_url=info.database_url,
+        database_url=info.database_dsn(),
         topic_prefix=info.topic_prefix,
         partitions=6,
     )
@@ -77,6 +78,8 @@ def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack3]:
         cluster = KafkaCluster(state / "kafka-3", 3, kafka_port)
         pids = [p for n in cluster.nodes if (p := cluster.pid(n)) is not None]
         down = _cli("down", "--state-dir", str(state))
+        # As root the cluster lives outside the tmp folder: remove it.
+        LocalPostgres(state, pg_port).destroy()
         assert down.returncode == 0, down.stdout + down.stderr
         assert not [p for p in pids if pid_alive(p)], "a broker survived `convsync down`"
         assert cluster.running() == []
