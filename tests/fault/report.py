@@ -37,11 +37,15 @@ write — do not edit by hand. Regenerate with
 
     .venv/bin/python -m tests.fault.report --run
 
-which runs the scenarios ({suite}) into a fresh folder, keeps their results in
-`tests/fault/results/` and rewrites this file; `.venv/bin/python -m tests.fault.report`
-re-renders it from those results. A plain `pytest` run writes its results and report to
-a temporary folder instead (it prints where), `CONVSYNC_FAULT_RESULTS=<dir>` to another
-folder. The older `test_three_brokers.py` is not part of this suite's wall time below.
+which runs the scenarios into a fresh folder,
+
+    {suite}
+
+keeps their results in `tests/fault/results/` and rewrites this file;
+`.venv/bin/python -m tests.fault.report` re-renders it from those results. A plain
+`pytest` run writes its results and report to a temporary folder instead (it prints
+where), `CONVSYNC_FAULT_RESULTS=<dir>` to another folder. The older
+`test_three_brokers.py` is not part of this suite's wall time below.
 
 Every scenario ends with Postgres compared with the truth (`cli.demo.compare`): every
 expected message exactly once (no missing, no unexpected, no duplicate `(page, mid)`), every
@@ -97,7 +101,7 @@ def render_text(
 ) -> str:
     """Return the markdown of the report for ``results`` (sorted by scenario number)."""
     results_dir_session = results_dir_session or {}
-    out = [HEADER.format(suite="`pytest " + " ".join(SUITE) + "`")]
+    out = [HEADER.format(suite="pytest " + " ".join(SUITE))]
     out.append(_ran_on(results_dir_session) + "\n")
     out.append("## Summary\n")
     out.append("| # | scenario | lost | duplicates | Postgres equals truth | seconds |")
