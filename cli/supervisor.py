@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from deploy.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -220,15 +222,5 @@ def read_state(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         return None
     pid = data.get("supervisor_pid")
-    data["supervisor_running"] = isinstance(pid, int) and _pid_alive(pid)
+    data["supervisor_running"] = isinstance(pid, int) and pid_alive(pid)
     return data
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -545,6 +545,15 @@ def truth_of(bodies: Iterable[Body]) -> Truth:
     return truth
 
 
+def crawl_and_webhook_truth(world: GraphWorld, accepted: Iterable[Body]) -> Truth:
+    """The truth of a run that crawls every page of ``world`` while ``accepted`` bodies
+    are acknowledged: every crawled message, every webhook message and read."""
+    truth = truth_of(accepted)
+    for page in world.page_ids:
+        truth.messages |= {(a, b, c, d, e) for a, b, c, d, e in world.expected(page)["messages"]}
+    return truth
+
+
 def check(settings: Settings, truth: Truth) -> Comparison:
     return compare(settings, truth.messages, truth.reads)
 

@@ -22,14 +22,13 @@ from tests.fault.harness import (
     Load,
     Pipeline,
     Progress,
-    Truth,
     assert_exact,
     check,
     comparison_figures,
+    crawl_and_webhook_truth,
     load_figures,
     make_bodies,
     scan_secrets,
-    truth_of,
     wait_caught_up,
     write_result,
 )
@@ -94,13 +93,7 @@ def test_postgres_restarted_under_crawl_webhooks_and_materializer(
         progress.stop()
         dead = pipe.dead()
         crawls = {str(c["page_id"]): str(c["status"]) for c in collect(settings).crawls}
-        truth = Truth()
-        for p in pages:
-            truth.messages |= {(a, b, c, d, e) for a, b, c, d, e in world.expected(p)["messages"]}
-        webhook = truth_of(load.accepted)
-        truth.messages |= webhook.messages
-        truth.reads = webhook.reads
-        result = check(settings, truth)
+        result = check(settings, crawl_and_webhook_truth(world, load.accepted))
     logs = {n: (scenario_logs / f"{n}.log").read_text(errors="replace") for n in pipe.comps}
     files, _lines, hits = scan_secrets(pipe.logs(), pipe.secrets())
     crawl_calls = sum(c.calls for c in world.calls.values())
