@@ -18,6 +18,8 @@ from deploy.simulator.graph_api import GraphWorld
 from producers.crawler._offsets import MAX_MARKS, Mark, PartitionBook
 from producers.crawler.request import new_request, read_view, submit
 from schemas.migrate import apply_migrations
+from schemas.records import TRUNCATED_HEADER, VALUE_COPY_LIMIT, DeadLetter
+from tests.fault.harness import read_topic
 from tests.fixtures.kafka import MakeTopics
 from tests.producers.crawler.conftest import (
     as_rows,
@@ -131,3 +133,33 @@ def test_finished_marks_are_bounded_running_ones_kept() -> None:
     assert book.marks["running"] == Mark("c0", 3, False)
     # The newest finished marks are the ones kept.
     assert f"p{MAX_MARKS * 3 - 1}" in book.marks and "p0" not in book.marks
+
+
+@pytest.mark.integration
+def test_a_990_kb_poison_crawl_record_is_dead_lettered_and_the_crawl_goes_on(
+    make_topics: MakeTopics, fake_graph: Any, make_schema: Any
+) -> None:
+    # A whole base64 copy of it would be a letter over Kafka's limit: the old worker's
+    # page task failed on the refused letter and the worker stopped.
+    settings = make_schema(base=make_topics(partitions=1))
+    world = GraphWorld.generate(seed=41, conversations=3)
+    graph = fake_graph(world)
+    page = world.page_ids[0]
+    producer = make_producer(settings)
+    poison = b"{" + b"z" * 989_999
+    producer.produce(settings.topic("crawl"), poison, key=page.encode())
+    assert producer.flush(30) == 0
+    running = start_worker(settings, graph)
+    try:
+        record = new_request(page, full=True)
+        submit(settings, record)
+        wait_until("the crawl to end", lambda: status_of(settings, record.crawl_id) == "done")
+        assert not running.done.done()
+    finally:
+        running.stop()
+    [msg] = read_topic(settings, "dlq")
+    headers = dict(msg.headers() or [])
+    letter = DeadLetter.model_validate_json(msg.value() or b"")
+    assert letter.component == "crawler" and letter.offset == 0
+    assert headers[TRUNCATED_HEADER] == b"value"
+    assert letter.original_value() == poison[:VALUE_COPY_LIMIT]
