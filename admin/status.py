@@ -45,6 +45,9 @@ class Status:
     events_last_minute: int = 0
     stalled: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # What the supervisor of `convsync run` last wrote (components, restarts), if any:
+    # filled in by the command, which knows the state folder.
+    supervisor: dict[str, Any] | None = None
 
     @property
     def events_per_second(self) -> float:

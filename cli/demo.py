@@ -24,7 +24,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from admin.status import Status, collect
-from cli.supervisor import Supervisor
+from cli.supervisor import STATE_FILE, Supervisor
 from convsync.db import connect
 from convsync.errors import ConvsyncError
 from convsync.kafka import admin_client, ensure_topics, topic_specs
@@ -317,7 +317,8 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         "CONVSYNC_PAGE_TOKENS": json.dumps(tokens),
         "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(opts.calls_per_second),
     }
-    sup = Supervisor(env, state_dir / "demo-logs", fresh_logs=True)
+    logs = state_dir / "demo-logs"
+    sup = Supervisor(env, logs, fresh_logs=True, state_file=logs / STATE_FILE)
     try:
         sup.start("gateway", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port))
         for i in range(opts.crawler_workers):
@@ -398,10 +399,16 @@ def _table(
             str(c.get("throttle_waits", 0)),
         )
     ct = Table(title="components")
-    for col in ("component", "pid", "state"):
+    for col in ("component", "pid", "state", "restarts"):
         ct.add_column(col)
     for comp in sup.components:
-        ct.add_row(comp.name, str(comp.pid), "running" if comp.alive() else "[red]exited[/]")
+        state = comp.state(sup.stopping)
+        ct.add_row(
+            comp.name,
+            str(comp.pid),
+            state if state == "running" else f"[red]{state}[/]",
+            str(comp.restarts),
+        )
     events_hw = sum(snap.high_watermarks.get(f"{DEMO_PREFIX}.events", {}).values())
     conv_hw = sum(snap.high_watermarks.get(f"{DEMO_PREFIX}.conversations", {}).values())
     ft = Table(title="flow")
@@ -438,7 +445,8 @@ def run_demo(
     With ``stay``, everything keeps running after the summary (the dashboard stays
     live) until Ctrl-C.
 
-    Raises :class:`ConvsyncError` when a component dies or the run times out.
+    A component that exits is restarted by the supervisor (the table shows how often).
+    Raises :class:`ConvsyncError` when the run times out.
     """
     from rich.console import Console
     from rich.live import Live
@@ -470,11 +478,8 @@ def run_demo(
         with Live(console=console, refresh_per_second=2) as live:
             while True:
                 snap = collect(settings)
+                sup.watch()
                 live.update(_table(snap, pages, tally, sup, started))
-                dead = sup.dead()
-                if dead:
-                    names = ", ".join(c.name for c in dead)
-                    raise ConvsyncError(f"component(s) exited: {names}; logs in {sup.log_dir}")
                 settled = (
                     tally.done
                     and crawl_done(snap, pages)
@@ -485,7 +490,13 @@ def run_demo(
                 if settled:
                     break
                 if time.monotonic() > deadline:
-                    raise ConvsyncError(f"the demo did not settle in {opts.timeout:.0f}s")
+                    restarted = ", ".join(
+                        f"{c.name} {c.restarts}x" for c in sup.components if c.restarts
+                    )
+                    raise ConvsyncError(
+                        f"the demo did not settle in {opts.timeout:.0f}s"
+                        + (f" (restarted: {restarted}; logs in {sup.log_dir})" if restarted else "")
+                    )
                 time.sleep(0.5)
         if tally.error:
             raise ConvsyncError(f"webhook sender failed: {tally.error}")
@@ -494,7 +505,8 @@ def run_demo(
         _summary(console, snap, result, tally, time.monotonic() - started, ctx)
         if stay:
             console.print("still running for the dashboard; Ctrl-C stops everything")
-            while not sup.dead():
+            while True:
+                sup.watch()
                 time.sleep(1)
     return result
 

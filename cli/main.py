@@ -3,7 +3,7 @@
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -217,12 +217,16 @@ def status(
     stall_after: Annotated[
         float, typer.Option(help="Seconds without progress that make a consumer or crawl stalled.")
     ] = 300.0,
+    state_dir: StateDir = None,
 ) -> None:
-    """Lag per group and partition, crawls, sync statistics, throughput, DLQ, stalls."""
+    """Lag per group and partition, crawls, sync statistics, throughput, DLQ, stalls, and
+    the components `convsync run` supervises (restarts, last exit)."""
     from admin.status import collect
+    from cli.supervisor import STATE_FILE, read_state
 
     settings = load_settings()
     snap = collect(settings, stall_after=stall_after)
+    snap.supervisor = read_state(state_folder(state_dir) / STATE_FILE)
     if as_json:
         sys.stdout.write(json.dumps(snap.as_json(), indent=2, default=str) + "\n")
     else:
@@ -272,10 +276,32 @@ def status(
             f"events rows: {snap.events_rows}  conversations: {snap.conversations_rows}  "
             f"DLQ records: {snap.dlq_records}"
         )
+        _print_components(out, snap.supervisor)
         for err in snap.errors:
             out.print(f"[red]{err}[/]")
     if snap.errors:
         raise typer.Exit(1)
+
+
+def _print_components(out: Console, supervisor: dict[str, Any] | None) -> None:
+    if supervisor is None:
+        return
+    running = supervisor.get("supervisor_running")
+    title = "components of `convsync run`" + ("" if running else " (supervisor not running)")
+    table = Table(title=title)
+    for col in ("component", "pid", "state", "restarts", "last exit code"):
+        table.add_column(col)
+    for c in supervisor.get("components", []):
+        state = str(c.get("state")) if running else "-"
+        code = c.get("last_exit_code")
+        table.add_row(
+            str(c.get("name")),
+            str(c.get("pid")),
+            state,
+            str(c.get("restarts")),
+            "-" if code is None else str(code),
+        )
+    out.print(table)
 
 
 @app.command()
@@ -343,7 +369,7 @@ def run(
     import signal
     import time
 
-    from cli.supervisor import Supervisor
+    from cli.supervisor import STATE_FILE, Supervisor
 
     settings = load_settings()
     missing = [
@@ -364,7 +390,8 @@ def run(
         "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
         "CONVSYNC_KAFKA_EXTRA": json.dumps(settings.kafka_extra_values()),
     }
-    sup = Supervisor(env, state_folder(state_dir) / "logs")
+    folder = state_folder(state_dir)
+    sup = Supervisor(env, folder / "logs", state_file=folder / STATE_FILE)
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -380,14 +407,12 @@ def run(
         sup.start("streams", "streams")
         console.print(
             f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; "
-            f"logs in {sup.log_dir}; Ctrl-C stops"
+            f"logs in {sup.log_dir}; a component that exits is restarted (see "
+            "`convsync status`); Ctrl-C stops"
         )
         while not stopping:
-            dead = sup.dead()
-            if dead:
-                console.print(f"[red]exited:[/] {', '.join(c.name for c in dead)}")
-                raise typer.Exit(1)
-            time.sleep(1)
+            sup.watch()
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:

@@ -4,7 +4,8 @@ Reads ``<prefix>.conversations`` (the faust change stream) with a plain confluen
 consumer and prints one JSON line per conversation that *became* in need of a reply.
 The stream is at-least-once (a restarted worker may repeat a change with the same
 ``seq``), so it dedupes by ``(key, seq)``: it keeps the greatest ``seq`` per key and
-skips records at or below it. Run ``python -m consumers.needs_reply --help``.
+skips records at or below it, for the most recently seen keys only (:class:`Deduper`).
+Run ``python -m consumers.needs_reply --help``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated, TextIO
 
@@ -29,15 +31,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Deduper:
-    """Remembers the greatest ``seq`` seen per key."""
+    """Remembers the greatest ``seq`` seen per key, for at most ``max_keys`` keys.
 
-    last: dict[str, int] = field(default_factory=dict)
+    A change is repeated by a restarted streams worker, which folds again the events
+    after its last changelog write: a copy follows its original closely, so the keys
+    seen most recently are the ones whose copies can still arrive. Past the bound the
+    least recently seen key is forgotten; a copy of a change older than the last
+    ``max_keys`` conversations seen would then be printed again, which the output
+    allows anyway (it is at-least-once: a crash between printing and committing repeats
+    lines). Without a bound one entry per conversation ever seen stayed forever.
+    """
+
+    max_keys: int = 100_000
+    last: OrderedDict[str, int] = field(default_factory=OrderedDict)
 
     def accept(self, record: ConversationChange) -> bool:
         """Return True when ``record`` is a change not seen before."""
-        if record.seq <= self.last.get(record.key, 0):
-            return False
-        self.last[record.key] = record.seq
+        key = record.key
+        seen = self.last.get(key)
+        if seen is not None:
+            self.last.move_to_end(key)
+            if record.seq <= seen:
+                return False
+        self.last[key] = record.seq
+        if len(self.last) > self.max_keys:
+            self.last.popitem(last=False)
         return True
 
 

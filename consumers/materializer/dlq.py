@@ -1,11 +1,18 @@
-"""Dead letters: poison records go to ``<prefix>.dlq``, confirmed before offsets move."""
+"""Dead letters: poison records go to ``<prefix>.dlq``, confirmed before offsets move.
+
+A letter is bounded in size (:func:`schemas.records.dead_letter`): a poison record near
+Kafka's record limit gets a letter with a marked prefix of its value, so the letter is
+always accepted and the materializer moves past the record. If Kafka still refuses a
+letter as too large (a DLQ topic configured with a lower ``max.message.bytes``), it is
+sent again without any copy of the key or value.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -13,11 +20,13 @@ from consumers.materializer.rows import Position
 from convsync.errors import RetryableError
 from convsync.kafka import make_producer
 from convsync.settings import Settings
-from schemas.records import DeadLetter
+from schemas.records import Letter, dead_letter
 
 log = logging.getLogger(__name__)
 
-COMPONENT = "materializer"
+COMPONENT: Final = "materializer"
+# Kafka's answers to a record over a size limit (the producer's or the topic's).
+_TOO_LARGE: Final = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,18 +39,19 @@ class Poison:
     reason: str
     error_type: str
 
-    def dead_letter(self) -> DeadLetter:
-        """Return the record published on the dead-letter topic."""
-        return DeadLetter(
-            reason=self.reason,
-            error_type=self.error_type,
+    def dead_letter(self, *, copies: bool = True) -> Letter:
+        """Return the record published on the dead-letter topic (bounded in size)."""
+        return dead_letter(
             component=COMPONENT,
             topic=self.position.topic,
             partition=self.position.partition,
             offset=self.position.offset,
-            key_b64=DeadLetter.encode_bytes(self.key),
-            value_b64=DeadLetter.encode_bytes(self.value),
+            key=self.key,
+            value=self.value,
+            reason=self.reason,
+            error_type=self.error_type,
             failed_at=int(time.time() * 1000),
+            copies=copies,
         )
 
 
@@ -61,26 +71,14 @@ class DeadLetterSink:
         """
         if not poison:
             return
-        if self._producer is None:
-            self._producer = make_producer(self._settings, **{"message.timeout.ms": 30_000})
-        failures: list[KafkaError] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            if err is not None:
-                failures.append(err)
-
-        try:
-            for p in poison:
-                self._producer.produce(
-                    self.topic, p.dead_letter().to_bytes(), key=p.key, on_delivery=on_delivery
-                )
-        except (KafkaException, BufferError) as e:
-            raise RetryableError(f"cannot queue dead letters: {e}") from e
-        left = self._producer.flush(timeout)
-        if left or failures:
-            raise RetryableError(
-                f"dead letters not confirmed ({left} pending, errors: {failures[:3]})"
+        refused = self._send(poison, copies=True, timeout=timeout)
+        if refused:
+            # Too large even bounded: where to find the original is enough.
+            log.warning(
+                "%d dead letters refused as too large; sending them without copies", len(refused)
             )
+            if self._send(refused, copies=False, timeout=timeout):
+                raise RetryableError("dead letters refused as too large even without copies")
         for p in poison:
             log.warning(
                 "dead-lettered %s[%s]@%s: %s",
@@ -89,6 +87,50 @@ class DeadLetterSink:
                 p.position.offset,
                 p.reason,
             )
+
+    def _send(self, poison: list[Poison], *, copies: bool, timeout: float) -> list[Poison]:
+        """Produce and flush; return the records Kafka refused as too large."""
+        if self._producer is None:
+            self._producer = make_producer(self._settings, **{"message.timeout.ms": 30_000})
+        failures: list[KafkaError] = []
+        too_large: list[Poison] = []
+
+        def on_delivery(p: Poison) -> Any:
+            def done(err: KafkaError | None, _msg: Any) -> None:
+                if err is None:
+                    return
+                if err.code() in _TOO_LARGE:
+                    too_large.append(p)
+                else:
+                    failures.append(err)
+
+            return done
+
+        try:
+            for p in poison:
+                letter = p.dead_letter(copies=copies)
+                headers: list[tuple[str, str | bytes | None]] = list(letter.headers)
+                try:
+                    self._producer.produce(
+                        self.topic,
+                        letter.value,
+                        key=letter.key,
+                        headers=headers,
+                        on_delivery=on_delivery(p),
+                    )
+                except KafkaException as e:
+                    # Over the producer's own message.max.bytes: refused before sending.
+                    if e.args[0].code() not in _TOO_LARGE:
+                        raise
+                    too_large.append(p)
+        except (KafkaException, BufferError) as e:
+            raise RetryableError(f"cannot queue dead letters: {e}") from e
+        left = self._producer.flush(timeout)
+        if left or failures:
+            raise RetryableError(
+                f"dead letters not confirmed ({left} pending, errors: {failures[:3]})"
+            )
+        return too_large
 
     def close(self) -> None:
         """Flush what is pending and drop the producer."""

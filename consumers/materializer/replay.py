@@ -10,8 +10,8 @@ from typing import Final
 from psycopg import sql
 
 from consumers.materializer.config import BatchConfig
+from consumers.materializer.connections import translate_errors
 from consumers.materializer.engine import Materializer, Totals
-from consumers.materializer.store import translate_errors
 from convsync.db import connect
 from convsync.errors import ConfigError
 from convsync.settings import Settings

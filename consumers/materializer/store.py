@@ -4,27 +4,27 @@ batch, over several connections), offsets included."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, cast
 
-import psycopg
-from psycopg import errors as pgerrors
-from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from consumers.materializer import statements as st
+from consumers.materializer.connections import (
+    CONNECT_TIMEOUT,
+    Conn,
+    make_pool,
+    translate_errors,
+)
 from consumers.materializer.rows import STAGE_COLUMNS, StageRow
-from convsync.errors import ConfigError, PoisonError, RetryableError
 from convsync.settings import Settings
 from schemas.fold import CopyRank, copy_rank
 from schemas.migrate import validate_schema_name
 
 log = logging.getLogger(__name__)
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 _COL = {name: i for i, name in enumerate(STAGE_COLUMNS)}
 _EVENT_ID, _PAGE_ID, _PSID, _THREAD_ID = (
@@ -198,37 +198,11 @@ class BatchResult:
     upgraded: int = 0  # stored messages replaced by a better copy
 
 
-@contextmanager
-def translate_errors(action: str) -> Iterator[None]:
-    """Re-raise psycopg errors as RetryableError (connection, shutdown, conflicts),
-    PoisonError (data the database will never accept) or ConfigError (schema missing)."""
-    try:
-        yield
-    except (pgerrors.UndefinedTable, pgerrors.UndefinedColumn, pgerrors.InvalidSchemaName) as e:
-        raise ConfigError(f"{action}: the schema is not migrated ({e})") from e
-    except pgerrors.UniqueViolation as e:
-        # Every statement but the events COPY upserts. Only a writer that does not hold
-        # the batch's partition locks can store one of its ids between the lookup and
-        # the COPY (a producer that put an event under another key): nothing was
-        # applied, and the retry's lookup sees that row.
-        raise RetryableError(f"{action}: an event was stored concurrently: {e}") from e
-    except (psycopg.DataError, psycopg.IntegrityError) as e:
-        raise PoisonError(f"{action}: Postgres refused the data: {e}") from e
-    except (
-        psycopg.OperationalError,
-        psycopg.InterfaceError,
-        pgerrors.TransactionRollback,
-        pgerrors.AdminShutdown,
-        pgerrors.CannotConnectNow,
-    ) as e:
-        raise RetryableError(f"{action}: Postgres unavailable: {e}") from e
-
-
 class _Session:
-    """One Postgres connection bound to a projection schema; reconnects on demand."""
+    """One pooled Postgres connection, held while it works; given back after a failure."""
 
-    def __init__(self, url: str, schema: str) -> None:
-        self._url = url
+    def __init__(self, pool: ConnectionPool[Conn], schema: str) -> None:
+        self._pool = pool
         self.schema = schema
         self._conn: Conn | None = None
 
@@ -236,34 +210,17 @@ class _Session:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         with translate_errors("connect"):
-            conn: Conn = psycopg.connect(
-                self._url,
-                autocommit=True,
-                connect_timeout=3,
-                application_name="convsync-materializer",
-            )
-            try:
-                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-                # JIT compiling the fold's plan cost ~90 ms of a ~500 ms 10,000-event
-                # batch (EXPLAIN ANALYZE) and gains nothing on these index-driven plans.
-                conn.execute("SET jit = off")
-                # The fold probes `conversations` once per touched row with distinct
-                # keys: Memoize caches nothing (0 hits of 7,808) and cost 7-15 % of the
-                # fold of a 10,000-event batch (328-351 against 376-388 ms, two runs).
-                conn.execute("SET enable_memoize = off")
-                conn.execute(st.CREATE_SCRATCH)
-            except BaseException:
-                conn.close()
-                raise
-        self._conn = conn
-        return conn
+            # PoolTimeout is an OperationalError: retryable.
+            self._conn = self._pool.getconn(timeout=CONNECT_TIMEOUT)
+        return self._conn
 
     def _drop(self) -> None:
         # After any failure the session state (open transaction, broken socket) is
-        # unknown: start the next attempt on a fresh connection.
+        # unknown: the connection is closed and given back, and the pool replaces it.
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            conn.close()
+            self._pool.putconn(conn)
 
     def ping(self) -> None:
         """Raise :class:`RetryableError` unless Postgres answers."""
@@ -375,8 +332,10 @@ class _Session:
         )
 
     def close(self) -> None:
-        """Close the connection."""
-        self._drop()
+        """Give the connection back to the pool."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            self._pool.putconn(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +383,10 @@ class Store:
             raise ValueError("writers must be >= 1")
         self.schema = validate_schema_name(schema or settings.db_schema)
         url = settings.database_url.get_secret_value()
-        self._sessions = [_Session(url, self.schema) for _ in range(writers)]
+        self._connections = make_pool(url, self.schema, writers)
+        # Connecting goes on in the background: an outage at start is retried like any.
+        self._connections.open(wait=False)
+        self._sessions = [_Session(self._connections, self.schema) for _ in range(writers)]
         self._pool = (
             ThreadPoolExecutor(max_workers=writers - 1, thread_name_prefix="materializer-shard")
             if writers > 1
@@ -504,3 +466,4 @@ class Store:
             self._pool.shutdown(wait=True)
         for session in self._sessions:
             session.close()
+        self._connections.close(timeout=CONNECT_TIMEOUT)

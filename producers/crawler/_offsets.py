@@ -16,6 +16,9 @@ import orjson
 
 # Kafka's default offset.metadata.max.bytes is 4096.
 MAX_METADATA: Final = 4000
+# Marks kept in memory per partition: a topic anyone can write to may name any number
+# of pages (each ends as a finished mark: "failed, no token"). See PartitionBook.set_mark.
+MAX_MARKS: Final = 10_000
 
 
 @dataclass(slots=True)
@@ -39,6 +42,23 @@ class PartitionBook:
     # held until all are read, so that resume_marks sees the newest continuation first.
     replay_end: int | None = None
     held: list[tuple[int, str, bytes | None]] = field(default_factory=list)
+
+    def set_mark(self, page: str, mark: Mark) -> None:
+        """Record ``page``'s newest handled step, keeping at most :data:`MAX_MARKS`.
+
+        Past the bound the least recently set finished marks are forgotten, as
+        :meth:`metadata` forgets them: a copy of a finished crawl's record read again
+        would then run that one step again (its events have the same ids). A running
+        crawl's mark is never dropped here; there are no more of them than pages
+        crawled at once.
+        """
+        self.marks.pop(page, None)
+        self.marks[page] = mark
+        if len(self.marks) > MAX_MARKS:
+            # A tenth at a time, so that each set costs O(1) on average.
+            excess = len(self.marks) - MAX_MARKS + MAX_MARKS // 10
+            for old in [p for p, m in self.marks.items() if m.finished][:excess]:
+                del self.marks[old]
 
     def begin(self, offset: int) -> None:
         """Note that the record at ``offset`` is being handled."""

@@ -33,8 +33,15 @@ class AsyncProducer:
         while not self._stop.is_set():
             self.producer.poll(0.05)
 
-    async def send_batch(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
-        """Produce ``(key, value)`` records; return how many once all are acknowledged.
+    async def send_batch(
+        self,
+        topic: str,
+        records: Iterable[tuple[bytes | None, bytes]],
+        *,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> int:
+        """Produce ``(key, value)`` records (each with ``headers``); return how many once
+        all are acknowledged.
 
         Raises :class:`RetryableError` if any record could not be delivered.
         """
@@ -64,7 +71,9 @@ class AsyncProducer:
                 try:
                     with lock:
                         state["left"] += 1
-                    self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                    self.producer.produce(
+                        topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                    )
                     break
                 except BufferError:
                     with lock:

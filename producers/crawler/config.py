@@ -34,6 +34,8 @@ class CrawlerSettings(BaseSettings):
     # start, the end and on failure): each write is the full cumulative state.
     progress_interval: float = Field(default=0.5, ge=0)
     max_pages_in_flight: int = Field(default=64, ge=1)
+    # Postgres connections of one worker (a pool; progress writes are small and brief).
+    db_connections: int = Field(default=2, ge=1)
     # On SIGTERM, steps in flight get this long to finish (else they are abandoned and
     # run again by the next owner); each shutdown wait (poll thread, consumer close,
     # producer flush) is bounded by close_timeout.

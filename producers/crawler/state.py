@@ -2,22 +2,57 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 import psycopg
+from psycopg import errors as pgerrors
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
-from convsync.errors import RetryableError
+from convsync.errors import ConfigError, RetryableError
 from schemas.crawl import CrawlRequest, CrawlStep
 
 log = logging.getLogger(__name__)
 
 Status = Literal["queued", "running", "done", "failed", "joined"]
+
+# Seconds to wait for a connection per attempt (a new one, or one from the pool).
+CONNECT_TIMEOUT: Final = 5
+# Seconds the pool keeps retrying one connection before it gives it up: short, so that
+# it never sleeps long between its own attempts during an outage (a getconn after it
+# gave up starts a fresh attempt at once; the worker's retry loop sets the pace).
+RECONNECT_TIMEOUT: Final = 10.0
+
+Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+# A missing schema is not an outage: waiting for it would hide the mistake.
+_UNMIGRATED: Final = (pgerrors.UndefinedTable, pgerrors.UndefinedColumn, pgerrors.InvalidSchemaName)
+
+
+def make_pool(url: str, *, size: int) -> Pool:
+    """Return a pool of up to ``size`` connections to ``url``, not yet open.
+
+    It reconnects in the background and checks a connection before handing it out, so
+    a Postgres restart costs the writes in flight a retry, never the process.
+    """
+    return AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "convsync-crawler",
+        },
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=RECONNECT_TIMEOUT,
+        name="crawler",
+        open=False,
+    )
+
 
 _STATE = """
 INSERT INTO {schema}.crawl_state AS s (
@@ -142,11 +177,9 @@ def _params(p: Progress) -> dict[str, Any]:
 class CrawlStateStore:
     """Writes crawl progress; every write is the full, cumulative state (idempotent)."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], schema: str) -> None:
-        self.conn = conn
+    def __init__(self, pool: Pool, schema: str) -> None:
+        self.pool = pool
         self.schema = sql.Identifier(schema)
-        # One connection serves every page task; a transaction must not interleave.
-        self._lock = asyncio.Lock()
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(schema=self.schema)
@@ -154,37 +187,46 @@ class CrawlStateStore:
     async def project(self, p: Progress) -> None:
         """Upsert ``crawl_history`` (and ``crawl_state`` unless it is a join).
 
-        Raises :class:`RetryableError` when Postgres fails.
+        Raises :class:`RetryableError` when Postgres fails, :class:`ConfigError` when
+        the schema is not migrated.
         """
         params = _params(p)
         try:
-            async with self._lock, self.conn.transaction():
+            async with (
+                self.pool.connection(timeout=CONNECT_TIMEOUT) as conn,
+                conn.transaction(),
+            ):
                 if p.status == "joined":
                     # A redelivered join record finds its history row joined already:
                     # the count goes up only when this write moved the row (from queued,
                     # or inserted it), so it counts requests, not deliveries.
-                    cur = await self.conn.execute(self._q(_HISTORY + _MOVED), params)
+                    cur = await conn.execute(self._q(_HISTORY + _MOVED), params)
                     if await cur.fetchone() is not None:
-                        await self.conn.execute(
-                            self._q(_JOINED_STATE), (p.record.page_id, p.joined)
-                        )
+                        await conn.execute(self._q(_JOINED_STATE), (p.record.page_id, p.joined))
                 else:
-                    await self.conn.execute(self._q(_STATE), params)
-                    await self.conn.execute(self._q(_HISTORY), params)
+                    await conn.execute(self._q(_STATE), params)
+                    await conn.execute(self._q(_HISTORY), params)
+        except _UNMIGRATED as e:
+            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
         except psycopg.Error as e:
             raise RetryableError(f"crawl state write failed: {e}") from e
 
     async def last_completed_ms(self, page_id: str) -> int | None:
-        """Return when the last completed crawl of ``page_id`` started (ms), if any."""
+        """Return when the last completed crawl of ``page_id`` started (ms), if any.
+
+        Raises like :meth:`project`.
+        """
         try:
-            async with self._lock:
-                cur = await self.conn.execute(
+            async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                cur = await conn.execute(
                     self._q(
                         "SELECT last_completed_at FROM {schema}.crawl_state WHERE page_id = %s"
                     ),
                     (page_id,),
                 )
                 row = await cur.fetchone()
+        except _UNMIGRATED as e:
+            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
         except psycopg.Error as e:
             raise RetryableError(f"crawl state read failed: {e}") from e
         if row is None or row[0] is None:

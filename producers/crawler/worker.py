@@ -9,13 +9,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
-import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import SecretStr
 
@@ -29,13 +28,15 @@ from producers.crawler.config import CrawlerSettings
 from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError
 from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import GraphClient, backoff
-from producers.crawler.state import CrawlStateStore, Progress, Status
+from producers.crawler.state import CrawlStateStore, Progress, Status, make_pool
 from producers.crawler.step import StepOutcome, record_refusal, run_step
 from producers.crawler.urls import GraphOrigin
 from schemas.crawl import CrawlRequest
-from schemas.records import DeadLetter
+from schemas.records import dead_letter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # While a step runs the poll thread polls this briefly, so that the step's commit is
 # issued at once (a consumer cannot be woken from a poll).
@@ -114,15 +115,18 @@ class CrawlWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and crawl until ``stop`` is set; raise if a page task failed fatally."""
-        conn = await psycopg.AsyncConnection.connect(
-            self.settings.database_url.get_secret_value(), autocommit=True
+        pool = make_pool(
+            self.settings.database_url.get_secret_value(), size=self.crawler.db_connections
         )
+        # Connecting goes on in the background: Postgres down at start is an outage like
+        # any other, waited out by the first step that needs it.
+        await pool.open(wait=False)
         timeout = aiohttp.ClientTimeout(total=self.crawler.request_timeout)
         session = aiohttp.ClientSession(timeout=timeout)
         # linger 1 ms: a step waits for its acks, so batching longer only adds latency.
         self._producer = AsyncProducer(make_producer(self.settings, **{"linger.ms": 1}))
         self._producer.start()
-        self._store = CrawlStateStore(conn, self.settings.db_schema)
+        self._store = CrawlStateStore(pool, self.settings.db_schema)
         self._client = GraphClient(
             session, self.origin, app_secret=self.settings.app_secret.get_secret_value()
         )
@@ -166,7 +170,7 @@ class CrawlWorker:
         finally:
             await self._shut_down(loop, polling, consumer)
             await session.close()
-            await conn.close()
+            await pool.close(timeout=self.crawler.close_timeout)
         if self._fatal is not None:
             raise self._fatal
 
@@ -421,6 +425,13 @@ class CrawlWorker:
             value: bytes | CrawlRequest | None
             if follow is not None and runner.queue.empty() and self._may_follow(page, runner):
                 partition, offset, value = runner.partition, None, follow
+            elif follow is None and runner.queue.empty():
+                # Idle: the task ends and its runner is forgotten, so a page costs
+                # nothing once its records are handled (records may name any page).
+                await self._retire(page, runner)
+                if runner.queue.empty():
+                    return
+                continue
             else:
                 partition, offset, value = await runner.queue.get()
             runner.busy = True
@@ -444,6 +455,23 @@ class CrawlWorker:
                     book.finish(offset)
                 runner.commit = self._commit_soon(partition)
             runner.busy = False
+
+    async def _retire(self, page: str, runner: _PageRunner) -> None:
+        """Forget an idle ``runner``; first wait for the commit that proves its last step
+        handled, if that step ended its crawl (see _handle: a new runner of the page
+        would not know to wait)."""
+        if runner.unproven and runner.commit is not None:
+            await self._proven(runner)
+            runner.unproven = False
+        if runner.queue.empty() and self._runners.get(page) is runner:
+            del self._runners[page]
+
+    async def _proven(self, runner: _PageRunner) -> None:
+        assert runner.commit is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(runner.commit), 10)
+        except TimeoutError:
+            log.warning("no answer to a commit of crawl partition %d in 10s", runner.partition)
 
     def _may_follow(self, page: str, runner: _PageRunner) -> bool:
         """Return True if ``runner`` may run its page's continuation without reading it."""
@@ -511,10 +539,7 @@ class CrawlWorker:
         # is proven only by its commit, so that commit must be durable before this
         # step fetches.
         if runner.unproven and runner.commit is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(runner.commit), 10)
-            except TimeoutError:
-                log.warning("no answer to a commit of crawl partition %d in 10s", partition)
+            await self._proven(runner)
         if offset is None:
             self.stats.followed += 1
         nxt = await self._step(record, book)
@@ -525,8 +550,11 @@ class CrawlWorker:
         """Fix the incremental cutoff of a new crawl from the last completed one."""
         if record.full:
             return record
-        assert self._store is not None
-        last = await self._store.last_completed_ms(record.page_id)
+        store = self._store
+        assert store is not None
+        last = await self._until_done(
+            "crawl state read", lambda: store.last_completed_ms(record.page_id)
+        )
         if last is None:
             return record
         since = max(0, last - int(self.crawler.incremental_margin * 1000))
@@ -570,7 +598,7 @@ class CrawlWorker:
         #    this record is a duplicate; the offset and the mark are committed together
         #    by the caller once this returns (or by a revoke or shutdown meanwhile)
         if not outcome.done:
-            book.marks[record.page_id] = Mark(record.crawl_id, record.seq, False)
+            book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, False))
         self.stats.steps += 1
         status: Status = "done" if outcome.done else "running"
         if outcome.done:
@@ -606,7 +634,8 @@ class CrawlWorker:
         #    again is a duplicate), so a step that dies in the write (Postgres down,
         #    cancelled by a stop or a revoke) must stay unhandled and run again
         if outcome.done:
-            book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
+            book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, True))
+            self._projected_at.pop(record.page_id, None)
         return nxt
 
     async def _fail(self, record: CrawlRequest, book: PartitionBook, reason: str) -> None:
@@ -619,7 +648,8 @@ class CrawlWorker:
                 record, "failed", record.step, record.seq + 1, error=reason, finished_ms=_now_ms()
             )
         )
-        book.marks[record.page_id] = Mark(record.crawl_id, record.seq, True)
+        book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, True))
+        self._projected_at.pop(record.page_id, None)
 
     async def _refuse(
         self,
@@ -666,36 +696,46 @@ class CrawlWorker:
                 )
 
     async def _project(self, progress: Progress) -> None:
-        assert self._store is not None
-        for attempt in range(1, 6):
+        store = self._store
+        assert store is not None
+        await self._until_done("crawl state write", lambda: store.project(progress))
+
+    async def _until_done(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` until Postgres takes it and return its result.
+
+        An outage is waited out with capped, jittered backoff, never raised: the step
+        waits (its record stays uncommitted) and goes on once Postgres is back. A stop
+        or a revoke cancels the wait; the next owner then runs the step again.
+        """
+        attempt = 0
+        while True:
             try:
-                await self._store.project(progress)
+                return await action()
             except RetryableError as e:
-                if attempt == 5:
-                    raise
-                log.warning("crawl state write failed (%s); retry %d", e, attempt)
-                await asyncio.sleep(backoff(attempt, base=0.2, cap=5.0))
-            else:
-                return
+                attempt += 1
+                delay = backoff(attempt, base=0.2, cap=5.0)
+                log.warning("%s failed (%s); retry %d in %.1fs", what, e, attempt, delay)
+                await asyncio.sleep(delay)
 
     async def _dead_letter(
         self, page: str, partition: int, offset: int, value: bytes | None, error: PoisonError
     ) -> None:
         assert self._producer is not None
         log.error("poison crawl record on partition %d: %s", partition, error)
-        letter = DeadLetter(
-            reason=str(error),
-            error_type=type(error).__name__,
+        # Bounded: a crawl record near Kafka's limit must not make a letter over it.
+        letter = dead_letter(
             component="crawler",
             topic=self.crawl_topic,
             partition=partition,
             offset=offset,
-            key_b64=DeadLetter.encode_bytes(page.encode()),
-            value_b64=DeadLetter.encode_bytes(value),
+            key=page.encode(),
+            value=value,
+            reason=str(error),
+            error_type=type(error).__name__,
             failed_at=_now_ms(),
         )
         await self._producer.send_batch(
-            self.settings.topic("dlq"), [(page.encode(), letter.to_bytes())]
+            self.settings.topic("dlq"), [(letter.key, letter.value)], headers=list(letter.headers)
         )
 
 

@@ -31,6 +31,11 @@ from prometheus_client.utils import floatToGoString
 log = logging.getLogger(__name__)
 
 SHARED_DIR_ENV: Final = "CONVSYNC_GATEWAY_METRICS_DIR"
+# Distinct ignored entry[] field names counted by name; more are counted as "other".
+# Field names come from the bodies, so without a bound each new one was a label (a
+# series) kept for the life of the process.
+MAX_IGNORED_FIELDS: Final = 50
+OTHER_FIELD: Final = "other"
 _BODY_BUCKETS: Final[tuple[float, ...]] = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 _LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.001,
@@ -106,7 +111,8 @@ class Metrics:
         self.shared_dir = shared_dir
         # One file per Metrics (per worker process): its pid and a nonce.
         self._file = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-        # Label values as tuples -> count. Keys of the last two come from a fixed set.
+        # Label values as tuples -> count. Keys of requests, events and signature
+        # failures come from fixed sets; ignored fields are bounded (MAX_IGNORED_FIELDS).
         self.requests: dict[tuple[str, ...], int] = {}
         self.events: dict[tuple[str, ...], int] = {}
         self.signature_failures: dict[tuple[str, ...], int] = {}
@@ -130,8 +136,10 @@ class Metrics:
         self.signature_failures[key] = self.signature_failures.get(key, 0) + 1
 
     def count_ignored(self, field: str) -> None:
-        """Count one ignored ``entry[]`` field."""
+        """Count one ignored ``entry[]`` field (as "other" past MAX_IGNORED_FIELDS names)."""
         key = (field,)
+        if key not in self.ignored and len(self.ignored) >= MAX_IGNORED_FIELDS:
+            key = (OTHER_FIELD,)
         self.ignored[key] = self.ignored.get(key, 0) + 1
 
     # -- export -----------------------------------------------------------------------

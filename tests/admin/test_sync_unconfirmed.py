@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import psycopg
 import pytest
 import requests
 
 from convsync.db import connect
 from producers.crawler.request import _withdraw, new_request
-from producers.crawler.state import CrawlStateStore, Progress, record_queued
+from producers.crawler.state import CrawlStateStore, Progress, make_pool, record_queued
 from tests.admin.conftest import TOKEN, AdminEnv, ServerThread, kafka_unreachable
 from tests.consumers.helpers import scalar
 from tests.fixtures.postgres import MakeSchema
@@ -52,9 +51,8 @@ def test_withdrawal_keeps_a_row_the_crawler_moved_on(make_schema: MakeSchema) ->
         record_queued(conn, settings.db_schema, untouched)
 
     async def crawler_starts() -> None:
-        url = settings.database_url.get_secret_value()
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            store = CrawlStateStore(conn, settings.db_schema)
+        async with make_pool(settings.database_url.get_secret_value(), size=1) as pool:
+            store = CrawlStateStore(pool, settings.db_schema)
             await store.project(Progress(moved, "running", None, 1))
 
     asyncio.run(crawler_starts())

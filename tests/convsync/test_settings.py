@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from convsync.errors import ConfigError
-from convsync.logs import RedactingFilter
+from convsync.logs import Redactor
 from convsync.settings import Settings
 
 
@@ -44,8 +44,8 @@ def test_secrets_are_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "page-token-xyz" not in text
 
 
-def test_redacting_filter() -> None:
-    f = RedactingFilter(["s3cr3t-app"])
+def test_redactor() -> None:
+    f = Redactor(["s3cr3t-app"])
     rec = logging.LogRecord(
         "x",
         logging.INFO,
@@ -55,8 +55,7 @@ def test_redacting_filter() -> None:
         ("s3cr3t-app", "ab" * 32, "EAAB123"),
         None,
     )
-    f.filter(rec)
-    line = rec.getMessage()
+    line = f.redact(rec.getMessage())
     assert "s3cr3t-app" not in line
     assert "ab" * 32 not in line
     assert "EAAB123" not in line

@@ -1,4 +1,9 @@
-"""Fixtures of the end-to-end fault suite; renders docs/reliability.md at session end."""
+"""Fixtures of the end-to-end fault suite; a report of the session's results at its end.
+
+The results and that report go to :func:`tests.fault.harness.results_dir` (a temporary
+folder unless ``CONVSYNC_FAULT_RESULTS`` names one), never to the tracked tree: the
+committed docs/reliability.md changes only through ``python -m tests.fault.report --run``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import pytest
 
 from convsync.settings import Settings
 from tests.fault import report
-from tests.fault.harness import RESULTS
+from tests.fault.harness import results_dir
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 
@@ -19,6 +24,8 @@ _RAN: list[str] = []
 # Set when this conftest is imported (collection): pytest_sessionstart is not called for
 # a conftest below the root, which is how the suite runs in CI (`pytest -q` from the root).
 _STARTED: list[float] = [time.monotonic()]
+# The commit the scenarios run on, and whether the tree differs from it, as they start.
+_GIT = report.git_state()
 
 
 @pytest.fixture(scope="session")
@@ -43,28 +50,33 @@ def shared(make_topics: MakeTopics, make_schema: MakeSchema) -> Settings:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Render docs/reliability.md from the results of the scenarios (when any ran)."""
-    if _RAN and RESULTS.is_dir():
-        if len(_RAN) >= len(report.SCENARIOS):
-            # A run of the whole suite: its wall time goes into the report too.
-            (RESULTS / "session.json").write_text(
-                json.dumps(
-                    {
-                        "seconds": round(time.monotonic() - _STARTED[0], 1),
-                        "tests": sorted(_RAN),
-                        # More than the scenarios when they ran inside the whole test
-                        # suite: "seconds" is then that session's, not theirs.
-                        "session tests": session.testscollected,
-                        "exit status": int(exitstatus),
-                        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
-        # Results elsewhere (CONVSYNC_FAULT_RESULTS): the report goes next to them.
-        doc = report.DOC if RESULTS == report.RESULTS else RESULTS / "reliability.md"
-        report.render(RESULTS, doc)
+    """Render a report of the scenarios that ran, next to their results."""
+    folder = results_dir()
+    if not _RAN or not folder.is_dir():
+        return
+    (folder / "session.json").write_text(
+        json.dumps(
+            {
+                "seconds": round(time.monotonic() - _STARTED[0], 1),
+                "tests": sorted(_RAN),
+                # A run of the whole suite: its wall time goes into the report.
+                "complete": len(_RAN) >= len(report.SCENARIOS),
+                # More than the scenarios when they ran inside the whole test suite:
+                # "seconds" is then that session's, not theirs.
+                "session tests": session.testscollected,
+                "exit status": int(exitstatus),
+                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                **_GIT,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    doc = folder / "reliability.md"
+    report.render(folder, doc)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"fault suite: results and report in {folder}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -32,7 +34,6 @@ from deploy.simulator.graph_api import GraphWorld, token_for
 from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS = Path(os.environ.get("CONVSYNC_FAULT_RESULTS", str(Path(__file__).parent / "results")))
 SECRET = "fault-app-secret-7c1e94b2d0"
 VERIFY_TOKEN = "fault-verify-token-3a9f"
 ADMIN_TOKEN = "fault-admin-token-e5d27c10"
@@ -469,6 +470,15 @@ def with_secret(settings: Settings) -> Settings:
 
 
 # --- results ----------------------------------------------------------------------------
+@functools.cache
+def results_dir() -> Path:
+    """Where this session's scenario results go: ``CONVSYNC_FAULT_RESULTS``, else a fresh
+    temporary folder made on first use; never the tracked tree (``python -m
+    tests.fault.report --run`` is what updates the committed report)."""
+    chosen = os.environ.get("CONVSYNC_FAULT_RESULTS")
+    return Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="convsync-fault-results-"))
+
+
 def comparison_figures(result: Comparison) -> dict[str, Any]:
     return {
         "messages expected": result.expected_messages,
@@ -511,9 +521,10 @@ def write_result(
     figures: dict[str, Any],
     seconds: float,
 ) -> Path:
-    """Write one scenario's figures to ``RESULTS/scenario-<n>.json``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"scenario-{number}.json"
+    """Write one scenario's figures to ``scenario-<n>.json`` in :func:`results_dir`."""
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"scenario-{number}.json"
     data = {
         "number": number,
         "title": title,
@@ -531,6 +542,15 @@ def truth_of(bodies: Iterable[Body]) -> Truth:
     truth = Truth()
     for b in bodies:
         truth.add(b)
+    return truth
+
+
+def crawl_and_webhook_truth(world: GraphWorld, accepted: Iterable[Body]) -> Truth:
+    """The truth of a run that crawls every page of ``world`` while ``accepted`` bodies
+    are acknowledged: every crawled message, every webhook message and read."""
+    truth = truth_of(accepted)
+    for page in world.page_ids:
+        truth.messages |= {(a, b, c, d, e) for a, b, c, d, e in world.expected(page)["messages"]}
     return truth
 
 

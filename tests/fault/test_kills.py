@@ -92,8 +92,8 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
         "Mixed run: SIGKILL gateway, crawler worker, materializer and streams worker",
         done=(
             "Fresh topics and schema on the shared stack, a fake Graph API with 3 pages x 300 "
-            "conversations, a gateway, one crawler worker (with two, "
-            "a rebalance stalled the crawl group: a crawler finding), a materializer and the faust "
+            "conversations, a gateway, one crawler worker (a run with two: docs/crawler.md), "
+            "a materializer and the faust "
             "streams worker as subprocesses. A full crawl of the 3 pages runs while signed "
             "webhooks for the same pages (same users too) flow at 150 bodies/s, retried "
             f"like Meta. {len(plan)} SIGKILLs ({KILLS_EACH} per component, random order, "

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from convsync.settings import Settings
 from producers.crawler.request import new_request, read_view
-from producers.crawler.state import CrawlStateStore, Progress, record_queued
+from producers.crawler.state import CrawlStateStore, Progress, make_pool, record_queued
 from schemas.crawl import CrawlStep
 from tests.fixtures.postgres import MakeSchema
 
@@ -26,13 +26,12 @@ def settings(make_schema: MakeSchema) -> Settings:
 
 @pytest_asyncio.fixture
 async def store(settings: Settings) -> AsyncIterator[CrawlStateStore]:
-    conn = await psycopg.AsyncConnection.connect(
-        settings.database_url.get_secret_value(), autocommit=True
-    )
+    pool = make_pool(settings.database_url.get_secret_value(), size=1)
+    await pool.open()
     try:
-        yield CrawlStateStore(conn, settings.db_schema)
+        yield CrawlStateStore(pool, settings.db_schema)
     finally:
-        await conn.close()
+        await pool.close()
 
 
 def joined_requests(settings: Settings, page_id: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
-from convsync.errors import RetryableError
 from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphWorld
 from producers.crawler._offsets import Mark, PartitionBook
@@ -225,9 +223,10 @@ def test_a_second_worker_takes_over_when_one_leaves(settings: Settings, fake_gra
 def test_an_end_postgres_did_not_take_is_written_by_the_next_owner(
     settings: Settings, fake_graph: Any, ending: str
 ) -> None:
-    """A crawl's last step whose "done"/"failed" write fails for good (the worker's
-    Postgres connection is cut) must stay unhandled: the next owner runs it again and
-    writes the end, instead of dropping the record as a duplicate by a committed mark."""
+    """A crawl's last step whose "done"/"failed" write Postgres does not take (the
+    worker waits for it) and which a stop then abandons must stay unhandled: the next
+    owner runs it again and writes the end, instead of dropping the record as a
+    duplicate by a committed mark."""
     faults = Faults(permanent_code=190) if ending == "failed" else Faults()
     # no conversations: the first step lists an empty page and ends the crawl
     world = GraphWorld.generate(seed=29, conversations=0, faults=faults)
@@ -236,24 +235,29 @@ def test_an_end_postgres_did_not_take_is_written_by_the_next_owner(
     crawler = fast_crawler()
     first = start_worker(settings, graph, crawler)
     record = new_request(page, full=True)
-    try:
+    url = settings.database_url.get_secret_value()
+    with psycopg.connect(url) as blocker:
         deadline = time.monotonic() + 60
         while first.worker.assigned_partitions < 3:
             assert time.monotonic() < deadline, "the worker never got its partitions"
             time.sleep(0.05)
-        store = first.worker._store
-        assert store is not None
-        with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(%s)", (store.conn.info.backend_pid,))
+        # Postgres does not take the end: every write of crawl_state waits for this lock.
+        blocker.execute(
+            sql.SQL("LOCK TABLE {}.crawl_state IN ACCESS EXCLUSIVE MODE").format(
+                sql.Identifier(settings.db_schema)
+            )
+        )
         submit(settings, record)
-        # the end is not written 5 times: the page task fails and the worker stops
-        with pytest.raises(RetryableError):
-            first.done.result(60)
-    finally:
-        with contextlib.suppress(RuntimeError):  # its loop is closed once it has stopped
-            first.loop.call_soon_threadsafe(first.stop_event.set)
+        while page not in world.calls or world.calls[page].calls < 1:
+            assert time.monotonic() < deadline, "the step never ran"
+            time.sleep(0.05)
+        time.sleep(1)
+        assert not first.done.done(), "the worker exited instead of waiting for Postgres"
+        # the stop abandons the step waiting for its write
+        first.stop()
+        blocker.rollback()
     assert world.calls[page].calls == 1
-    # what the stopping worker committed must not call that step handled
+    # what the stopped worker committed must not call that step handled
     topic = settings.topic("crawl")
     reader = Consumer({**settings.kafka_config(), "group.id": crawler.group})
     try:

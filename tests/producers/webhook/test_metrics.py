@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from producers.webhook.metrics import _BODY_BUCKETS, _LATENCY_BUCKETS, Metrics, sharing
+from producers.webhook.metrics import (
+    _BODY_BUCKETS,
+    _LATENCY_BUCKETS,
+    MAX_IGNORED_FIELDS,
+    OTHER_FIELD,
+    Metrics,
+    sharing,
+)
 
 ROUTES = st.sampled_from(["/webhook", "/healthz", "other"])
 STATUSES = st.sampled_from([200, 400, 403, 404, 413, 503])
@@ -157,3 +164,14 @@ async def test_sharing_writes_every_second_and_when_it_stops(tmp_path: Path) -> 
     # One file, the worker's: no temporary left, none from the Metrics without a directory.
     [only] = names(tmp_path)
     assert only.endswith(".json")
+
+
+def test_ignored_field_names_are_bounded() -> None:
+    metrics = Metrics()
+    for i in range(1000):
+        metrics.count_ignored(f"field_{i}")
+        metrics.count_ignored("changes")
+    assert len(metrics.ignored) <= MAX_IGNORED_FIELDS + 1
+    assert sum(metrics.ignored.values()) == 2000
+    assert metrics.ignored[("changes",)] == 1000
+    assert metrics.ignored[(OTHER_FIELD,)] == 1000 - (MAX_IGNORED_FIELDS - 1)
