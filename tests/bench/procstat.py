@@ -26,6 +26,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """Return CPU seconds by thread of ``pid``: ``main`` (the thread the process started
+    with), other threads by their name (librdkafka names its own; Python threads show as
+    the program's name), summed per name."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
     """Return the peak resident set size of ``pid`` (VmHWM) in MB, NaN once it is gone."""
     try:
