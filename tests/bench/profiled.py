@@ -5,7 +5,8 @@
 writes, when the process ends (normal exit, SIGTERM through the command's own handler,
 or ``os._exit``), ``DIR/<command>-<pid>.txt``: pyinstrument's call tree of the main
 thread (wall clock, 1 ms samples). With ``CONVSYNC_BENCH_PROFILER=cprofile`` it writes
-``DIR/<command>-<pid>.prof`` instead (cProfile timed by the main thread's CPU clock: exact calls and CPU, about 2x slower).
+``DIR/<command>-<pid>.prof`` instead (cProfile timed by the main thread's CPU clock:
+exact calls and CPU, about 2x slower).
 For ``streams`` it also writes ``DIR/streams-<pid>.batches.tsv``: one line per folded
 batch (when it was taken, the wait for it since the last batch ended, its events, how
 long folding it took), and ``DIR/streams-<pid>.fetches.tsv``: one line per non-empty
