@@ -20,7 +20,8 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams --sides plain,faust,faust-eos,intake
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
-(profile and per-batch timings written to DIR). Needs the stack (``convsync up``).
+(profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
+``CONVSYNC_BENCH_NICE=N`` runs it at niceness N. Needs the stack (``convsync up``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from deploy.ports import free_ports
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
 from streams.change import StreamState, encode_change, step
-from tests.bench.procstat import cpu_seconds
+from tests.bench.procstat import cpu_seconds, thread_cpu
 from tests.fixtures.stack import _stack_settings
 from tests.streams.events import conversation_events, produce
 from tests.streams.test_change import fold_all
@@ -111,6 +112,8 @@ def readback(
     seen = 0
     first = last = 0.0
     cpu_first = cpu_last = 0.0
+    threads_first: dict[str, float] = {}
+    threads_last: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 600
         while seen < expected:
@@ -120,12 +123,21 @@ def readback(
             if msgs:
                 if not first:
                     first, cpu_first = time.perf_counter(), cpu_seconds(proc.pid)
+                    threads_first = thread_cpu(proc.pid)
                 last, cpu_last = time.perf_counter(), cpu_seconds(proc.pid)
                 seen += len(msgs)
+        threads_last = thread_cpu(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         reader.close()
+    if os.environ.get("CONVSYNC_BENCH_PROFILE"):
+        by_thread = {
+            name: (seconds - threads_first.get(name, 0.0)) / n_events * 1e6
+            for name, seconds in threads_last.items()
+        }
+        each = ", ".join(f"{k} {v:.0f}" for k, v in sorted(by_thread.items()) if v >= 0.5)
+        print(f"    worker CPU by thread, us/event: {each}", flush=True)
     return n_events / (last - first), (cpu_last - cpu_first) / n_events
 
 
@@ -157,6 +169,9 @@ def through_faust(
             cmd = [sys.executable, "-m", "tests.bench.profiled", *args]
         else:
             cmd = [str(Path(sys.executable).parent / "convsync"), *args]
+        if os.environ.get("CONVSYNC_BENCH_NICE"):
+            # An analysis aid: the worker at another priority (root may pass -15).
+            cmd = ["nice", "-n", os.environ["CONVSYNC_BENCH_NICE"], *cmd]
         proc = subprocess.Popen(cmd, env=worker_env(settings))
         return readback(proc, settings, expected, n_events)
 
