@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import signal
 import statistics
@@ -140,9 +141,11 @@ class Child:
         self._out = log.open("ab")
         flush = [] if batch_ms is None else ["--batch-ms", str(batch_ms)]
         flush += [] if writers is None else ["--writers", str(writers)]
+        # With CONVSYNC_BENCH_PROFILE=DIR it runs under tests.bench.profiled.
+        runner = "tests.bench.profiled" if os.environ.get("CONVSYNC_BENCH_PROFILE") else "cli"
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "cli", "materialize", "--group", group,
+                sys.executable, "-m", runner, "materialize", "--group", group,
                 "--batch-size", str(batch_size), *flush,
             ],
             cwd=REPO,
