@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined,unused-ignore]
 from confluent_kafka.cimpl import NewTopic
 
 from convsync.errors import RetryableError, StackError
@@ -121,7 +121,7 @@ def _await_leaders(admin: AdminClient, specs: list[TopicSpec], *, timeout: float
     deadline = time.monotonic() + timeout
     pause = 0.02
     while pending:
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call,unused-ignore]
         futures = admin.list_offsets({tp: latest for tp in pending}, request_timeout=timeout)
         last: Exception | None = None
         waiting = []

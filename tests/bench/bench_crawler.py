@@ -1,17 +1,29 @@
 """Crawler benchmark: (a) messages/s into Kafka vs the bare Graph fetch loop;
 (b) wall time under a fake enforcing 2 calls/s per page, 3 pages at once;
 (c) steps/s of ONE page of short threads (a serial chain of small steps, as in the
-10,000-conversation test) vs the bare loop.
+10,000-conversation test) vs the bare loop;
+(d) many pages: 200 pages x 50 conversations under the same 2 calls/s per page, crawled
+by two ``convsync crawler`` processes (default settings but the rate): wall time against
+the rate bound (the busiest page's calls / rate), throttling errors, and the CPU the
+workers spent per message (the simulator runs in this process, its CPU printed apart).
 
-Run: ``.venv/bin/python -m tests.bench.bench_crawler`` (needs ``convsync up``).
+Run: ``.venv/bin/python -m tests.bench.bench_crawler`` (needs ``convsync up``);
+``--only d --pages 200 --conversations 50 --workers 2`` runs (d) alone.
 Numbers are noisy on a shared machine; the ratios are measured in the same run.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,16 +39,18 @@ from producers.crawler.graph import GraphClient
 from producers.crawler.request import new_request, read_view, submit
 from producers.crawler.step import run_step
 from schemas.migrate import apply_migrations
+from tests.bench.procstat import cpu_seconds, thread_cpu
+from tests.consumers.procs import REPO, settings_env
 from tests.fixtures.stack import _stack_settings
 from tests.producers.crawler.conftest import FakeGraph, start_worker
 
 
-def fresh_settings() -> Settings:
+def fresh_settings(partitions: int = 3) -> Settings:
     base = _stack_settings()
     settings = base.model_copy(
         update={
             "topic_prefix": f"bench{uuid.uuid4().hex[:8]}",
-            "partitions": 3,
+            "partitions": partitions,
             "db_schema": f"bench_{uuid.uuid4().hex[:8]}",
         }
     )
@@ -204,24 +218,176 @@ def bench_c() -> dict[str, Any]:
     }
 
 
+def start_workers(
+    settings: Settings, graph: FakeGraph, group: str, n: int, rate: float, logs: Path
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` ``convsync crawler`` processes in ``group``; return once the group's
+    partitions are all assigned."""
+    env = {
+        **settings_env(settings),
+        "CONVSYNC_GRAPH_URL": graph.url,
+        "CONVSYNC_PAGE_TOKENS": graph.tokens_json(),
+        "CONVSYNC_PARTITIONS": str(settings.partitions),
+        "CONVSYNC_CRAWL_GROUP": group,
+        "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(rate),
+        "CONVSYNC_LOG_LEVEL": "WARNING",
+    }
+    # With CONVSYNC_BENCH_PROFILE=DIR the workers run under tests.bench.profiled.
+    profiled = ["tests.bench.profiled"] if os.environ.get("CONVSYNC_BENCH_PROFILE") else ["cli"]
+    procs = []
+    for i in range(n):
+        out = (logs / f"crawler-{i}.log").open("ab")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", *profiled, "crawler"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    admin = admin_client(settings)
+    deadline = time.monotonic() + 90
+    while True:
+        assert time.monotonic() < deadline, "the crawler group never settled"
+        assert all(p.poll() is None for p in procs), "a crawler exited"
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        owned = [len(m.assignment.topic_partitions) for m in desc.members]
+        if len(owned) == n and sum(owned) == settings.partitions and all(owned):
+            return procs
+        time.sleep(0.2)
+
+
+def finished(settings: Settings) -> tuple[int, int]:
+    """Return how many pages' crawls are done and failed."""
+    query = sql.SQL(
+        "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = "
+        "'failed') FROM {}.crawl_state"
+    ).format(sql.Identifier(settings.db_schema))
+    with connect(settings) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def bench_d(pages: int, conversations: int, workers: int) -> dict[str, Any]:
+    rate = 2.0
+    world = GraphWorld.generate(
+        seed=53, pages=pages, conversations=conversations, faults=Faults(rate_per_page=rate)
+    )
+    settings = fresh_settings(partitions=12)
+    graph = FakeGraph(world, conversations_cap=100, messages_cap=100)
+    logs = Path(tempfile.mkdtemp(prefix="bench-crawler-"))
+    group = f"bench-{uuid.uuid4().hex[:6]}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs = start_workers(settings, graph, group, workers, rate, logs)
+        load = os.getloadavg()[0]
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+        threads0 = [thread_cpu(p.pid) for p in procs]
+        own0 = time.process_time()
+        started = time.monotonic()
+        submit(settings, *(new_request(p, full=True) for p in world.page_ids))
+        while True:
+            done, failed = finished(settings)
+            if done + failed >= pages:
+                break
+            assert all(p.poll() is None for p in procs), f"a crawler exited (logs: {logs})"
+            assert time.monotonic() - started < 3600, "the crawl did not finish in an hour"
+            time.sleep(0.1)
+        wall = time.monotonic() - started
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+        threads: dict[str, float] = {}
+        for p, before in zip(procs, threads0, strict=True):
+            for name, seconds in thread_cpu(p.pid).items():
+                threads[name] = threads.get(name, 0.0) + seconds - before.get(name, 0.0)
+        own = time.process_time() - own0
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        graph.stop()
+        drop(settings)
+    assert failed == 0, f"{failed} crawls failed (logs: {logs})"
+    calls = [c.served for c in world.calls.values()]
+    messages = sum(len(world.expected(p)["messages"]) for p in world.page_ids)
+    ideal = max(calls) / rate
+    return {
+        "pages": pages,
+        "workers": workers,
+        "calls": sum(calls),
+        "max_calls": max(calls),
+        "throttled": sum(c.throttled for c in world.calls.values()),
+        "messages": messages,
+        "wall_s": wall,
+        "ideal_s": ideal,
+        "ratio": wall / ideal,
+        "cpu_us_per_message": cpu / messages * 1e6,
+        "cpu_share": cpu / wall,
+        "threads": {k: v / messages * 1e6 for k, v in sorted(threads.items()) if v > 0},
+        "simulator_us_per_call": own / sum(calls) * 1e6,
+        "load": load,
+    }
+
+
 def main() -> None:
-    a = bench_a()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="abcd", help="which parts to run, e.g. d")
+    parser.add_argument("--pages", type=int, default=200, help="(d)")
+    parser.add_argument("--conversations", type=int, default=50, help="(d) per page")
+    parser.add_argument("--workers", type=int, default=2, help="(d)")
+    args = parser.parse_args()
+    if "a" in args.only:
+        print_a(bench_a())
+    if "b" in args.only:
+        print_b(bench_b())
+    if "c" in args.only:
+        print_c(bench_c())
+    if "d" in args.only:
+        d = bench_d(args.pages, args.conversations, args.workers)
+        print(
+            f"(d) {d['pages']} pages at 2 calls/s each, {d['workers']} workers: wall "
+            f"{d['wall_s']:.1f}s vs the rate bound {d['ideal_s']:.1f}s (busiest page "
+            f"{d['max_calls']} calls) -> ratio {d['ratio']:.3f} (target <= 1.1); "
+            f"{d['calls']:,} calls, {d['throttled']} throttling errors, {d['messages']:,} "
+            f"messages; workers' CPU {d['cpu_us_per_message']:.0f} us/message "
+            f"({d['cpu_share']:.2f} cores); simulator {d['simulator_us_per_call']:.0f} us/call; "
+            f"load {d['load']:.1f}",
+            flush=True,
+        )
+        each = ", ".join(f"{k} {v:.0f}" for k, v in d["threads"].items())
+        print(f"    workers' CPU by thread, us/message: {each}", flush=True)
+
+
+def print_a(a: dict[str, Any]) -> None:
     print(
         f"(a) unthrottled, {a['messages']} messages, 3 pages at once: "
         f"{a['kafka_msgs_per_s']:,.0f} msg/s into Kafka (acks=all, confirmed) vs "
-        f"{a['baseline_msgs_per_s']:,.0f} msg/s bare fetch loop -> ratio {a['ratio']:.2f}"
+        f"{a['baseline_msgs_per_s']:,.0f} msg/s bare fetch loop -> ratio {a['ratio']:.2f}",
+        flush=True,
     )
-    b = bench_b()
+
+
+def print_b(b: dict[str, Any]) -> None:
     print(
         f"(b) 2 calls/s per page enforced, 3 pages: wall {b['wall_s']:.2f}s vs "
         f"calls/rate {b['calls_over_rate_s']:.2f}s -> ratio {b['ratio']:.3f}; "
-        f"calls {b['calls_per_page']}, throttling errors {b['throttled_per_page']}"
+        f"calls {b['calls_per_page']}, throttling errors {b['throttled_per_page']}",
+        flush=True,
     )
-    c = bench_c()
+
+
+def print_c(c: dict[str, Any]) -> None:
     print(
         f"(c) one page, {c['steps']} small steps ({c['messages']} messages): "
         f"{c['kafka_steps_per_s']:,.0f} steps/s into Kafka ({c['kafka_ms_per_step']:.1f} ms "
-        f"per step) vs {c['baseline_steps_per_s']:,.0f} steps/s bare fetch loop"
+        f"per step) vs {c['baseline_steps_per_s']:,.0f} steps/s bare fetch loop",
+        flush=True,
     )
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import signal
 import statistics
@@ -60,6 +61,7 @@ from convsync.settings import Settings
 from schemas.envelope import Envelope
 from schemas.fold import project
 from schemas.migrate import apply_migrations
+from tests.bench.procstat import ServerCpu
 from tests.consumers.helpers import produce, random_events
 from tests.consumers.procs import REPO, settings_env
 from tests.fixtures.stack import _stack_settings
@@ -139,9 +141,11 @@ class Child:
         self._out = log.open("ab")
         flush = [] if batch_ms is None else ["--batch-ms", str(batch_ms)]
         flush += [] if writers is None else ["--writers", str(writers)]
+        # With CONVSYNC_BENCH_PROFILE=DIR it runs under tests.bench.profiled.
+        runner = "tests.bench.profiled" if os.environ.get("CONVSYNC_BENCH_PROFILE") else "cli"
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "cli", "materialize", "--group", group,
+                sys.executable, "-m", runner, "materialize", "--group", group,
                 "--batch-size", str(batch_size), *flush,
             ],
             cwd=REPO,
@@ -195,8 +199,12 @@ def run_materializer(
     return rate, peak_rss_mb(child.proc.pid), child, group
 
 
-def raw_copy(settings: Settings, events: list[Envelope], topic: str) -> float:
-    """(b): COPY the distinct event rows and the final conversation rows; return rows/s."""
+def raw_copy(
+    settings: Settings, events: list[Envelope], topic: str, cpu: dict[str, float] | None = None
+) -> float:
+    """(b): COPY the distinct event rows and the final conversation rows; return rows/s.
+    With ``cpu``, also put there the CPU seconds of this process (``client``) and of the
+    Postgres server (``server``, when it runs on this machine) over the COPY."""
     target = fresh_schema(settings, "copy")
     rows = []
     unique = list({ev.event_id: ev for ev in reversed(events)}.values())
@@ -216,7 +224,10 @@ def raw_copy(settings: Settings, events: list[Envelope], topic: str) -> float:
         )  # fmt: skip
     ident = sql.Identifier(target.db_schema)
     try:
+        server = ServerCpu(target) if cpu is not None else None
         with connect(target) as conn:
+            srv0 = server.seconds() if server is not None else None
+            own0 = time.process_time()
             started = time.perf_counter()
             with conn.transaction(), conn.cursor() as cur:
                 for table, cols, data in (
@@ -232,6 +243,11 @@ def raw_copy(settings: Settings, events: list[Envelope], topic: str) -> float:
                         for row in data:
                             copy.write_row(row)
             elapsed = time.perf_counter() - started
+            if cpu is not None and server is not None:
+                cpu["client"] = time.process_time() - own0
+                srv1 = server.seconds()
+                if srv0 is not None and srv1 is not None:
+                    cpu["server"] = srv1 - srv0
     finally:
         drop_schema(target)
     return len(unique) / elapsed

@@ -1,13 +1,27 @@
-"""Benchmark: events/s through the faust change stream vs a plain confluent-kafka loop.
+"""Benchmark: the convsync change stream side by side with Quix Streams and a plain loop.
 
-Both read the same pre-loaded ``<prefix>.events`` and publish the same change records
-(the fold of :mod:`streams.change`); the plain loop is the limit of this design: one
-process, state in a dict, no changelog. Timing starts at each side's first record and
-ends when its last change record is acknowledged (faust: read back from the sink).
+The same pre-loaded ``<prefix>.events`` folded by the same ``streams.change.step`` into
+the same change records, by:
 
-    .venv/bin/python -m tests.bench.bench_streams --events 20000
+(a) ``convsync streams`` (the faust worker, a child process, default settings);
+(b) a Quix Streams application (``tests/bench/quix_apps.py fold``, a child process,
+    default settings: at-least-once, the state in RocksDB with its changelog topic);
+(c) a plain confluent-kafka loop in this process: state in a dict, no changelog, one
+    process (the limit of this design);
 
-Needs the stack (`convsync up`). Prints both rates and their ratio (target >= 0.5).
+and optionally ``faust-eos`` (the worker under exactly_once) and ``intake`` (faust with a
+no-op handler). Rounds alternate the sides (a, b, c, a, b, c, ...); each run gets its own
+topics. Timing starts at a side's first change record and ends at its last (read back
+from ``<prefix>.conversations``; the plain loop times itself from its first record to
+its last acknowledged one), so start-up and recovery are excluded. Also printed: each
+side's CPU per event over the same span, and the load average before each run.
+
+    .venv/bin/python -m tests.bench.bench_streams [--events 10000 --rounds 3]
+    .venv/bin/python -m tests.bench.bench_streams --sides plain,faust,faust-eos,intake
+
+With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
+(profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
+``CONVSYNC_BENCH_NICE=N`` runs it at niceness N. Needs the stack (``convsync up``).
 """
 
 from __future__ import annotations
@@ -16,12 +30,15 @@ import argparse
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -37,19 +54,11 @@ from convsync.settings import Settings
 from deploy.ports import free_ports
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
-from streams.app import app_id
 from streams.change import StreamState, encode_change, step
+from tests.bench.procstat import cpu_seconds, thread_cpu
 from tests.fixtures.stack import _stack_settings
 from tests.streams.events import conversation_events, produce
 from tests.streams.test_change import fold_all
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return the user + system CPU time process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def baseline(settings: Settings, expected: int) -> tuple[float, float]:
@@ -91,6 +100,57 @@ def baseline(settings: Settings, expected: int) -> tuple[float, float]:
     return events / elapsed, cpu / events
 
 
+def readback(
+    proc: subprocess.Popen[bytes], settings: Settings, expected: int, n_events: int
+) -> tuple[float, float]:
+    """Read ``<prefix>.conversations`` until ``expected`` change records arrived; return
+    the events/s of the worker ``proc`` (first to last record) and its CPU seconds per
+    event over the same span. Stops the worker."""
+    reader = Consumer({**settings.kafka_config(), "group.id": "bench-reader"})
+    topic = settings.topic("conversations")
+    reader.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
+    seen = 0
+    first = last = 0.0
+    cpu_first = cpu_last = 0.0
+    threads_first: dict[str, float] = {}
+    threads_last: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 600
+        while seen < expected:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the worker failed with {seen}/{expected} records")
+            msgs = reader.consume(1000, timeout=0.5)
+            if msgs:
+                if not first:
+                    first, cpu_first = time.perf_counter(), cpu_seconds(proc.pid)
+                    threads_first = thread_cpu(proc.pid)
+                last, cpu_last = time.perf_counter(), cpu_seconds(proc.pid)
+                seen += len(msgs)
+        threads_last = thread_cpu(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        reader.close()
+    if os.environ.get("CONVSYNC_BENCH_PROFILE"):
+        by_thread = {
+            name: (seconds - threads_first.get(name, 0.0)) / n_events * 1e6
+            for name, seconds in threads_last.items()
+        }
+        each = ", ".join(f"{k} {v:.0f}" for k, v in sorted(by_thread.items()) if v >= 0.5)
+        print(f"    worker CPU by thread, us/event: {each}", flush=True)
+    return n_events / (last - first), (cpu_last - cpu_first) / n_events
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
+        "CONVSYNC_PARTITIONS": str(settings.partitions),
+        "CONVSYNC_LOG_LEVEL": "WARNING",
+    }
+
+
 def through_faust(
     settings: Settings, expected: int, n_events: int, *, guarantee: str
 ) -> tuple[float, float]:
@@ -99,41 +159,30 @@ def through_faust(
 
     Each run starts over (fresh consumer group via a fresh faust data dir is not enough:
     the group and tables derive from the prefix), so the caller uses a fresh prefix.
+    With CONVSYNC_BENCH_PROFILE set, the worker runs under ``tests.bench.profiled``
+    (profiles and per-batch timings, see there).
     """
-    env = {
-        **os.environ,
-        "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
-        "CONVSYNC_PARTITIONS": str(settings.partitions),
-        "CONVSYNC_LOG_LEVEL": "WARNING",
-    }
-    reader = Consumer({**settings.kafka_config(), "group.id": "bench-reader"})
-    topic = settings.topic("conversations")
-    reader.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
     with tempfile.TemporaryDirectory() as tmp:
-        cli = Path(sys.executable).parent / "convsync"
-        args = [str(cli), "streams", "--web-port", str(free_ports()), "--data-dir", tmp]
+        args = ["streams", "--web-port", str(free_ports()), "--data-dir", tmp]
         args += ["--guarantee", guarantee]
-        proc = subprocess.Popen(args, env=env)
-        seen = 0
-        first = last = 0.0
-        cpu_first = cpu_last = 0.0
-        try:
-            deadline = time.monotonic() + 600
-            while seen < expected:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"faust run failed with {seen}/{expected} records")
-                msgs = reader.consume(1000, timeout=0.5)
-                if msgs:
-                    if not first:
-                        first, cpu_first = time.perf_counter(), cpu_seconds(proc.pid)
-                    last, cpu_last = time.perf_counter(), cpu_seconds(proc.pid)
-                    seen += len(msgs)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            reader.close()
-    return n_events / (last - first), (cpu_last - cpu_first) / n_events
+        if os.environ.get("CONVSYNC_BENCH_PROFILE"):
+            cmd = [sys.executable, "-m", "tests.bench.profiled", *args]
+        else:
+            cmd = [str(Path(sys.executable).parent / "convsync"), *args]
+        if os.environ.get("CONVSYNC_BENCH_NICE"):
+            # An analysis aid: the worker at another priority (root may pass -15).
+            cmd = ["nice", "-n", os.environ["CONVSYNC_BENCH_NICE"], *cmd]
+        proc = subprocess.Popen(cmd, env=worker_env(settings))
+        return readback(proc, settings, expected, n_events)
+
+
+def through_quix(settings: Settings, expected: int, n_events: int) -> tuple[float, float]:
+    """Run the Quix Streams fold (``quix_apps fold``) over the topic; same figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        group = f"{settings.topic_prefix}.quix"
+        args = [sys.executable, "-m", "tests.bench.quix_apps", "fold", group, tmp]
+        proc = subprocess.Popen(args, env=worker_env(settings))
+        return readback(proc, settings, expected, n_events)
 
 
 def intake_only(prefix: str, n_events: int) -> None:
@@ -184,67 +233,131 @@ def fresh(base: Settings, extra: list[str]) -> tuple[Settings, list[TopicSpec]]:
     return settings, specs
 
 
+LABELS: Final = {
+    "plain": "(c) plain confluent-kafka loop (fold + produce + commit)",
+    "faust": "(a) convsync streams, at_least_once (default)",
+    "quix": "(b) Quix Streams, RocksDB state, at-least-once (default)",
+    "faust-eos": "convsync streams, exactly_once",
+    "intake": "faust, no-op handler (intake ceiling)",
+}
+
+
+def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) -> Run:
+    load = os.getloadavg()[0]
+    cpu: float | None = None
+    if name == "plain":
+        rate, cpu = baseline(settings, expected)
+    elif name == "intake":
+        rate = faust_intake(settings, len(evs))
+    elif name == "quix":
+        rate, cpu = through_quix(settings, expected, len(evs))
+    else:
+        guarantee = "exactly_once" if name == "faust-eos" else "at_least_once"
+        rate, cpu = through_faust(settings, expected, len(evs), guarantee=guarantee)
+    return Run(name, rate, cpu, load)
+
+
+@dataclass(frozen=True)
+class Run:
+    side: str
+    rate: float  # events/s
+    cpu: float | None  # CPU seconds per event of the side's process
+    load: float  # 1-minute load average just before the run
+
+
+def summary(runs: list[Run], sides: list[str]) -> None:
+    med: dict[str, float] = {}
+    print()
+    for name in sides:
+        mine = [r for r in runs if r.side == name]
+        rates = [r.rate for r in mine]
+        med[name] = statistics.median(rates)
+        line = (
+            f"{LABELS[name]}: median {med[name]:,.0f} events/s "
+            f"(min {min(rates):,.0f}, max {max(rates):,.0f}, n={len(rates)})"
+        )
+        cpus = [r.cpu for r in mine if r.cpu is not None]
+        if cpus:
+            line += f", {statistics.median(cpus) * 1e6:.0f} us CPU/event"
+        print(line)
+    rounds = [runs[i : i + len(sides)] for i in range(0, len(runs), len(sides))]
+
+    def ratio(a: str, b: str, target: str) -> None:
+        if a not in med or b not in med:
+            return
+        each = ", ".join(
+            f"{by[a].rate / by[b].rate:.2f}"
+            for by in ({r.side: r for r in rnd} for rnd in rounds)
+            if a in by and b in by
+        )
+        print(f"{a} / {b} = {med[a] / med[b]:.2f} (per round: {each})   {target}")
+
+    print()
+    ratio("faust", "quix", "(target >= 1.0)")
+    ratio("faust", "plain", "(target >= 0.7)")
+    ratio("quix", "plain", "")
+    ratio("faust-eos", "plain", "")
+    ratio("intake", "plain", "")
+    if "plain" in med:
+        plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
+        for name in sides:
+            cpus = [r.cpu for r in runs if r.side == name and r.cpu]
+            if name != "plain" and cpus:
+                print(f"CPU efficiency {name} / plain = {plain_cpu / statistics.median(cpus):.2f}")
+    loads = [r.load for r in runs]
+    print(f"load average (1 min) before the runs: {min(loads):.1f}-{max(loads):.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--intake-only", metavar="PREFIX", help=argparse.SUPPRESS)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--sides",
+        default="plain,faust,quix",
+        help=f"comma-separated, run in this order each round, of {', '.join(LABELS)}",
+    )
     args = parser.parse_args()
 
     if args.intake_only:
         intake_only(args.intake_only, args.events)
         return
 
+    sides = [s for s in args.sides.split(",") if s]
+    unknown = set(sides) - set(LABELS)
+    if unknown:
+        parser.error(f"unknown sides: {', '.join(sorted(unknown))}")
     base = _stack_settings()
     rng = random.Random(42)
     evs = conversation_events(rng, pages=args.pages, users=args.users, messages=args.events)
     expected = len(fold_all(evs)[1])
-    runs: list[tuple[Settings, list[TopicSpec]]] = []
+    print(f"{len(evs)} events -> {expected} change records, {base.partitions} partitions")
+    runs: list[Run] = []
+    made: list[tuple[Settings, list[TopicSpec]]] = []
     try:
-        rates: dict[str, float] = {}
-        cpu: dict[str, float] = {}
-        for name in ("plain", "faust", "faust-eos", "intake"):
-            settings, specs = fresh(base, ["baseline"])
-            runs.append((settings, specs))
-            produce(make_producer(settings), settings.topic("events"), evs)
-            if name == "plain":
-                rates[name], cpu[name] = baseline(settings, expected)
-            elif name == "intake":
-                rates[name] = faust_intake(settings, len(evs))
-            else:
-                guarantee = "exactly_once" if name == "faust-eos" else "at_least_once"
-                rates[name], cpu[name] = through_faust(
-                    settings, expected, len(evs), guarantee=guarantee
+        for i in range(args.rounds):
+            for name in sides:
+                settings, specs = fresh(base, ["baseline"])
+                made.append((settings, specs))
+                produce(make_producer(settings), settings.topic("events"), evs)
+                run = run_side(name, settings, expected, evs)
+                runs.append(run)
+                cpu = "" if run.cpu is None else f", {run.cpu * 1e6:.0f} us CPU/event"
+                print(
+                    f"round {i + 1} {name}: {run.rate:,.0f} events/s{cpu} (load {run.load:.1f})",
+                    flush=True,
                 )
-            print(f"{name}: {rates[name]:,.0f} events/s", flush=True)
-        print(f"{len(evs)} events -> {expected} change records, {base.partitions} partitions")
-        plain = rates["plain"]
-        print(
-            f"plain confluent-kafka loop (fold + produce + commit): {plain:,.0f} events/s, "
-            f"{cpu['plain'] * 1e6:.0f} us CPU/event"
-        )
-        for name, label in (
-            ("faust", "faust app, at_least_once (default)"),
-            ("faust-eos", "faust app, exactly_once"),
-            ("intake", "faust, no-op handler (intake ceiling)"),
-        ):
-            line = f"{label}: {rates[name]:,.0f} events/s = {rates[name] / plain:.2f} x plain"
-            if name in cpu:
-                # CPU per event is what a shared machine distorts least: the inverse
-                # ratio is the throughput each side would have on a core of its own.
-                line += (
-                    f"; {cpu[name] * 1e6:.0f} us CPU/event = "
-                    f"{cpu['plain'] / cpu[name]:.2f} x plain's CPU efficiency"
-                )
-            print(line)
-        print("target: faust app >= 0.5 x plain")
+        summary(runs, sides)
     finally:
-        for settings, specs in runs:
+        for settings, specs in made:
             admin = admin_client(settings)
             names = [s.name for s in specs]
             topics = admin.list_topics(timeout=10).topics
-            names += [t for t in topics if t.startswith(app_id(settings))]
+            # faust's tables (<prefix>.streams-...) and Quix's changelogs (...<prefix>.quix...).
+            names += [t for t in topics if settings.topic_prefix in t and t not in names]
             for fut in admin.delete_topics(names, operation_timeout=30).values():
                 fut.result(timeout=30)
 
