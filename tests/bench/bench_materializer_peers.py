@@ -27,7 +27,8 @@ than rates on a shared machine. The load average before each run is printed with
 
     .venv/bin/python -m tests.bench.bench_materializer_peers [--events 200000 --rounds 3]
 
-Needs the stack (``convsync up``) and ``quixstreams`` (the dev extra).
+Needs the stack (``convsync up``); ``quixstreams`` runs in ``.venv-peers``
+(tests/bench/peers_venv.py, made on first use).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -52,6 +52,7 @@ from convsync.db import connect
 from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
 from schemas.envelope import Envelope
+from tests.bench import peers_venv
 from tests.bench.bench_materializer import Child, drop_schema, fresh_schema, offsets_sum, raw_copy
 from tests.bench.peer_events import realistic_events
 from tests.bench.procstat import ServerCpu, cpu_seconds, peak_rss_mb
@@ -157,7 +158,7 @@ def run_quix(
     group = f"{settings.topic_prefix}.quix-{tag}"
     total = len(events)
     out = log.open("ab")
-    args = [sys.executable, "-m", "tests.bench.quix_apps", "sink", group, table, str(total)]
+    args = [peers_venv.python(), "-m", "tests.bench.quix_apps", "sink", group, table, str(total)]
     env = {**settings_env(target), "CONVSYNC_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     reader = Consumer({**settings.kafka_config(), "group.id": group})

@@ -55,6 +55,7 @@ from deploy.ports import free_ports
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
 from streams.change import StreamState, encode_change, step
+from tests.bench import peers_venv
 from tests.bench.procstat import cpu_seconds, thread_cpu
 from tests.fixtures.stack import _stack_settings
 from tests.streams.events import conversation_events, produce
@@ -180,7 +181,7 @@ def through_quix(settings: Settings, expected: int, n_events: int) -> tuple[floa
     """Run the Quix Streams fold (``quix_apps fold``) over the topic; same figures."""
     with tempfile.TemporaryDirectory() as tmp:
         group = f"{settings.topic_prefix}.quix"
-        args = [sys.executable, "-m", "tests.bench.quix_apps", "fold", group, tmp]
+        args = [peers_venv.python(), "-m", "tests.bench.quix_apps", "fold", group, tmp]
         proc = subprocess.Popen(args, env=worker_env(settings))
         return readback(proc, settings, expected, n_events)
 

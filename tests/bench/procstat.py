@@ -60,11 +60,12 @@ class ServerCpu:
     def __init__(self, settings: Settings) -> None:
         self.postmaster: int | None = None
         try:
+            # The backend serving this connection is a child of the postmaster (the app
+            # role may not read the data_directory setting, which names its pid file).
             with connect(settings) as conn:
-                row = conn.execute("SHOW data_directory").fetchone()
-            pidfile = Path(str(row[0])) / "postmaster.pid" if row else None
-            if pidfile is not None and pidfile.exists():
-                self.postmaster = int(pidfile.read_text().split()[0])
+                row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            if row is not None:
+                self.postmaster = int(_stat(int(str(row[0])))[1])
         except (OSError, ValueError):
             self.postmaster = None
 

@@ -22,7 +22,8 @@ arguments):
   ``encode_state`` (``RocksDBOptions`` dumps/loads pass bytes through instead of
   JSON-encoding them a second time).
 
-Run: ``.venv/bin/python -m tests.bench.quix_apps sink|fold ...`` (the benchmarks do).
+Run: ``.venv-peers/bin/python -m tests.bench.quix_apps sink|fold ...`` (the benchmarks do,
+in the environment tests/bench/peers_venv.py makes).
 """
 
 from __future__ import annotations
