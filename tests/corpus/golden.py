@@ -26,15 +26,18 @@ import orjson
 
 from producers.webhook.admit import Accepted, admit
 
-CORPUS: Final = Path(__file__).resolve().parent / "webhooks"
-GOLDEN: Final = Path(__file__).resolve().parent / "golden"
+HERE: Final = Path(__file__).resolve().parent
+# webhooks/: realistic bodies of both platforms; edge/: odd items and entries (control
+# characters, fields of every type, missing ids...), one per body. Names are unique.
+CORPORA: Final = (HERE / "webhooks", HERE / "edge")
+GOLDEN: Final = HERE / "golden"
 SECRET: Final = b"corpus-app-secret"
 MAX_RECORD_BYTES: Final = 1_000_000
 
 
 def bodies() -> list[Path]:
     """Return the corpus's body files, sorted by name."""
-    return sorted(CORPUS.glob("*.json"))
+    return sorted((p for corpus in CORPORA for p in corpus.glob("*.json")), key=lambda p: p.name)
 
 
 def golden_path(body: Path) -> Path:
