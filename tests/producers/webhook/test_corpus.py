@@ -12,7 +12,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
+from schemas.jsonschema import JSON_DIR
 from schemas.kinds import EVENT_KINDS
 from tests.corpus.golden import GOLDEN, bodies, decide, golden_path
 
@@ -35,3 +37,15 @@ def test_the_corpus_covers_every_kind_and_both_platforms() -> None:
         kinds.update(head.get("kinds", ()))
     assert kinds == set(EVENT_KINDS)
     assert objects == {"page", "instagram"}
+
+
+def test_every_recorded_event_matches_the_published_json_schema() -> None:
+    schema = orjson.loads((JSON_DIR / "events.json").read_bytes())
+    Draft202012Validator.check_schema(schema)
+    validator = Draft202012Validator(schema)
+    checked = 0
+    for body in bodies():
+        for line in golden_path(body).read_bytes().splitlines()[1:]:
+            validator.validate(orjson.loads(line.split(b"\t", 1)[1]))
+            checked += 1
+    assert checked > 100
