@@ -122,6 +122,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         except msgspec.DecodeError as e:
             # ValidationError is a DecodeError: its text names the field ($.psid).
             raise PoisonError(f"not a valid envelope ({e})") from e
+        except RecursionError as e:
+            # msgspec nests as deep as Python's recursion limit (~1,000 levels) allows.
+            raise PoisonError("not a valid envelope (nested too deep)") from e
 
 
 _DECODER: Final = msgspec.json.Decoder(Envelope)

@@ -1,11 +1,11 @@
 """Webhook ``messaging``/``standby`` items -> envelopes, one per event, every kind.
 
 The one definition of what an item becomes. :data:`KINDS` is the table of kinds: the
-item field that names a kind, the kind, and the function that reads it. Ids follow
-:mod:`schemas.event_id`: the ``detail`` passed to :meth:`Envelope.build` is the one the
-rule names for the kind. An item that cannot be read as its kind (a field missing or of
-the wrong type) becomes kind ``unknown`` with the reason in ``attrs``: it is never
-dropped, and its raw JSON always travels in ``raw``.
+item field that names a kind, the kind, and the function that reads it; a new kind, or
+a platform's variant of one, is a row and a reader. Ids follow :mod:`schemas.event_id`:
+a reader's ``detail`` is the one the rule names for its kind. An item that cannot be
+read as its kind (a field missing or of the wrong type) becomes kind ``unknown`` with the
+reason in ``attrs``: it is never dropped, and its raw JSON always travels in ``raw``.
 """
 
 from __future__ import annotations
@@ -324,8 +324,7 @@ def map_item(page_id: str, entry_time: int | None, item: Item, channel: str) -> 
     attrs = fact.attrs if channel == "messaging" else {**fact.attrs, "channel": channel}
     occurred_at = fact.occurred_at
     if occurred_at is None:
-        when = item.get("timestamp")
-        occurred_at = (when if type(when) is int and 0 <= when < _MAX_MS else 0) or entry_time or 0
+        occurred_at = ms(item.get("timestamp")) or entry_time or 0
     # The readers above only yield values of the envelope's types and bounds (the tests
     # decode every envelope they map with Envelope.from_bytes, which checks them all), so
     # the envelope is made as is; Envelope.build would check them a second time.

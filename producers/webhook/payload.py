@@ -1,8 +1,9 @@
 """The edge model of a webhook POST body: a ``page`` object with ``entry[]`` lists.
 
 The one definition of what a body must be for its items to be mapped, read from the JSON
-orjson decodes (no coercion: a value has the JSON type the rule names or the body is
-refused). A refusal carries a short reason naming where the body is wrong.
+orjson decodes, without coercion: a value has the JSON type the rule names or the body is
+refused, except the entry's ``time``, only a fallback, which is ignored when unusable. A
+refusal carries a short reason naming where the body is wrong.
 """
 
 from __future__ import annotations

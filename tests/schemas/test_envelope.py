@@ -40,6 +40,14 @@ def test_bad_bytes_are_poison(value: bytes | None) -> None:
         Envelope.from_bytes(value)
 
 
+def test_values_nested_too_deep_are_poison() -> None:
+    data = (
+        _env().to_bytes().replace(b'"raw":{', b'"raw":{"x":' + b"[" * 5000 + b"]" * 5000 + b",", 1)
+    )
+    with pytest.raises(PoisonError, match="nested too deep"):
+        Envelope.from_bytes(data)
+
+
 def test_unknown_fields_are_poison() -> None:
     data = _env().to_bytes().replace(b'"kind"', b'"surprise":1,"kind"', 1)
     with pytest.raises(PoisonError, match="surprise"):
