@@ -12,7 +12,6 @@ command -v kcat >/dev/null || need+=(kcat)
 command -v wrk >/dev/null || need+=(wrk)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v chromium >/dev/null || need+=(chromium)
-command -v gcc >/dev/null || need+=(gcc)  # the native webhook mapper (setup.py)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -22,22 +21,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 PY="${PYTHON:-python3}"
-# Python's headers, for the same build; Debian's python3 keeps them in python3-dev.
-if ! "$PY" -c 'import os, sysconfig; os.stat(sysconfig.get_path("include") + "/Python.h")' \
-  2>/dev/null; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-dev >/dev/null
-fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.convsync-installed
-# The editable install also compiles the native webhook mapper: redo it when its source
-# or the build files change (a stale build is refused at run time, see native.py).
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-  || [ producers/webhook/_fastmap.c -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e ".[dev]"
   touch "$stamp"

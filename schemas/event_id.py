@@ -33,8 +33,8 @@ gets a new prefix instead of silently colliding with old ids.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
+from hashlib import sha256
 from typing import Any, Final
 
 import orjson
@@ -45,22 +45,22 @@ ID_PREFIX: Final = "ev1_"
 
 # Fields that say where an item was routed, not what it is; excluded from detail hashes.
 ROUTING_FIELDS: Final = frozenset({"sender", "recipient", "timestamp"})
+_SORTED: Final = orjson.OPT_SORT_KEYS
 
 
 def canonical_json(value: Any) -> bytes:
     """Return ``value`` as JSON bytes with sorted keys and no whitespace."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(value, option=_SORTED)
 
 
 def detail_digest(item: Mapping[str, Any]) -> str:
     """Return the sha256 hex of an item's canonical JSON, routing fields excluded."""
     body = {k: v for k, v in item.items() if k not in ROUTING_FIELDS}
-    return hashlib.sha256(canonical_json(body)).hexdigest()
+    return sha256(orjson.dumps(body, option=_SORTED)).hexdigest()
 
 
 def identity(
     kind: EventKind,
-    *,
     page_id: str,
     psid: str,
     mid: str | None = None,
@@ -72,42 +72,36 @@ def identity(
 
     Raises ``ValueError`` when a field that the kind's rule needs is missing.
     """
+    page = str(page_id)
     if kind == "message":
-        return [kind, str(page_id), _need(kind, "mid", mid)]
-    if kind in ("delivery", "read"):
-        return [kind, str(page_id), _need(kind, "psid", psid), _need(kind, "watermark", watermark)]
+        if not mid:
+            raise _missing(kind, "mid")
+        return [kind, page, mid]
+    if kind == "delivery" or kind == "read":
+        if not psid or watermark is None:
+            raise _missing(kind, "watermark" if psid else "psid")
+        return [kind, page, psid, watermark]
     if kind == "edit":
-        return [kind, str(page_id), _need(kind, "mid", mid), detail]
+        if not mid:
+            raise _missing(kind, "mid")
+        return [kind, page, mid, detail]
     if kind == "reaction":
-        return [
-            kind,
-            str(page_id),
-            _need(kind, "psid", psid),
-            _need(kind, "mid", mid),
-            detail,
-            _need(kind, "occurred_at", occurred_at),
-        ]
+        if not psid or not mid or occurred_at is None:
+            raise _missing(kind, "psid" if not psid else "mid" if not mid else "occurred_at")
+        return [kind, page, psid, mid, detail, occurred_at]
     if kind == "postback" and mid:
-        return [kind, str(page_id), mid]
-    return [
-        kind,
-        str(page_id),
-        _need(kind, "psid", psid),
-        _need(kind, "occurred_at", occurred_at),
-        detail,
-    ]
+        return [kind, page, mid]
+    if not psid or occurred_at is None:
+        raise _missing(kind, "occurred_at" if psid else "psid")
+    return [kind, page, psid, occurred_at, detail]
 
 
-def _need(kind: str, name: str, value: Any) -> Any:
-    # A module function, not a closure: identity() runs for every event the gateway maps.
-    if value is None or value == "":
-        raise ValueError(f"event id for kind {kind!r} needs {name}")
-    return value
+def _missing(kind: str, name: str) -> ValueError:
+    return ValueError(f"event id for kind {kind!r} needs {name}")
 
 
 def make_event_id(
     kind: EventKind,
-    *,
     page_id: str,
     psid: str,
     mid: str | None = None,
@@ -116,13 +110,5 @@ def make_event_id(
     detail: str | None = None,
 ) -> str:
     """Return the deterministic id of a fact. Raises ``ValueError`` on missing fields."""
-    ident = identity(
-        kind,
-        page_id=page_id,
-        psid=psid,
-        mid=mid,
-        watermark=watermark,
-        occurred_at=occurred_at,
-        detail=detail,
-    )
-    return ID_PREFIX + hashlib.sha256(canonical_json(ident)).hexdigest()[:32]
+    ident = identity(kind, page_id, psid, mid, watermark, occurred_at, detail)
+    return ID_PREFIX + sha256(orjson.dumps(ident, option=_SORTED)).hexdigest()[:32]

@@ -6,10 +6,12 @@ committed files are stale. These files are the contract for downstream consumers
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Final
 
+import msgspec
 import orjson
 from pydantic import BaseModel
 
@@ -20,8 +22,10 @@ from schemas.records import DeadLetter
 
 JSON_DIR: Final = Path(__file__).resolve().parent / "json"
 
+Record = type[BaseModel] | type[msgspec.Struct]
+
 # file stem -> model. The stem names the topic suffix the record travels on.
-RECORDS: Final[dict[str, type[BaseModel]]] = {
+RECORDS: Final[dict[str, Record]] = {
     "events": Envelope,
     "dlq": DeadLetter,
     "conversations": ConversationChange,
@@ -29,9 +33,16 @@ RECORDS: Final[dict[str, type[BaseModel]]] = {
 }
 
 
-def render(model: type[BaseModel]) -> bytes:
-    """Return the JSON Schema of ``model`` as stable, pretty JSON bytes."""
-    schema = model.model_json_schema(mode="serialization")
+def render(model: Record) -> bytes:
+    """Return the JSON Schema of ``model`` (pydantic or msgspec) as stable, pretty JSON bytes."""
+    if issubclass(model, msgspec.Struct):
+        schema = msgspec.json.schema(model)
+        for definition in schema.get("$defs", {}).values():
+            # msgspec copies the class docstring as written, indented lines and all.
+            if "description" in definition:
+                definition["description"] = inspect.cleandoc(definition["description"])
+    else:
+        schema = model.model_json_schema(mode="serialization")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://convsync.dev/schemas/{model.__name__}.json"
     return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"

@@ -1,9 +1,10 @@
 """How deep a raw item may nest to travel in an envelope.
 
 Meta's payloads nest about ten levels deep. orjson writes at most ~254 levels and
-pydantic reads an envelope to ~200, so an item nested deeper could be neither published
-nor materialized. Producers refuse such items before building an envelope: the gateway
-answers 400, the crawler skips the message with the reason ``too_deep``.
+msgspec reads an envelope as deep as Python's recursion limit allows (~1,000), so an item
+nested far deeper could be neither published nor materialized. Producers refuse items
+nested deeper than :data:`MAX_DEPTH` before building an envelope: the gateway answers
+400, the crawler skips the message with the reason ``too_deep``.
 """
 
 from __future__ import annotations

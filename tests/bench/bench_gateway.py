@@ -9,6 +9,12 @@ loop, ``--connections`` connections); latency at a fixed rate comes from an open
 Python generator that measures from each request's *scheduled* time, so a stall is not
 hidden (no coordinated omission). RSS is the gateway process's resident set after the
 runs. Prints a table and the ratio gateway/bare measured in this same run.
+
+``--baseline-ref <commit>`` also runs the gateway of an older commit in the same rounds
+(for instance the last one with the native mapper, 57cefc7): the commit is exported into
+a temporary folder, installed there with its own build (compiled extensions included) in
+a venv of its own, and its ``convsync gateway`` is loaded like the current one.
+``--baseline-dir DIR`` keeps that folder to reuse on the next run.
 """
 
 from __future__ import annotations
@@ -39,7 +45,6 @@ from convsync.settings import Settings  # noqa: E402
 from deploy.ports import free_ports  # noqa: E402
 from deploy.simulator.webhooks import WebhookSender  # noqa: E402
 from deploy.stack import load_info  # noqa: E402
-from producers.webhook import native  # noqa: E402
 
 SECRET = "bench-app-secret"
 BARE_SERVER = """
@@ -291,6 +296,35 @@ async def fixed_rate(
     )
 
 
+def build_baseline(ref: str, where: Path) -> tuple[Path, str]:
+    """Export commit ``ref`` into ``where``/src and install it into ``where``/venv.
+
+    Returns the venv's bin folder and the full commit id. A folder already holding that
+    commit's build is reused. The install builds the commit as a new user would
+    (``pip install``), compiled extensions included.
+    """
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    src, venv, stamp = where / "src", where / "venv", where / "built"
+    if stamp.exists() and stamp.read_text() == commit:
+        return venv / "bin", commit
+    shutil.rmtree(where, ignore_errors=True)
+    src.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    print(f"building the gateway of {commit[:7]} in {where} (pip install, a minute or two)")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(src)], check=True, cwd=where)
+    stamp.write_text(commit)
+    return venv / "bin", commit
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
@@ -309,9 +343,14 @@ def main() -> None:
         help="also run the gateway with publishing replaced by a no-op (cost without Kafka)",
     )
     parser.add_argument(
-        "--python-mapping",
-        action="store_true",
-        help="also run the gateway with the native mapper off (CONVSYNC_GATEWAY_NATIVE=0)",
+        "--baseline-ref",
+        metavar="COMMIT",
+        help="also run the gateway of this commit, built in a venv of its own",
+    )
+    parser.add_argument(
+        "--baseline-dir",
+        type=Path,
+        help="where to build --baseline-ref (kept and reused); default: a temporary folder",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -336,6 +375,15 @@ def main() -> None:
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
 
+    baseline_name = ""
+    if args.baseline_ref:
+        baseline_dir = args.baseline_dir or tmp / "baseline"
+        try:
+            baseline_bin, commit = build_baseline(args.baseline_ref, baseline_dir)
+        except subprocess.CalledProcessError:
+            shutil.rmtree(tmp)
+            raise
+        baseline_name = f"baseline {commit[:7]}"
     bare_port, gw_port = free_ports(), free_ports()
     env = {
         **os.environ,
@@ -364,12 +412,13 @@ def main() -> None:
         cwd=REPO,
     )
     procs["gateway+kafka"] = gateway
-    if args.python_mapping:
-        py_port = free_ports()
-        procs["gateway py-map"] = subprocess.Popen(
-            [str(Path(sys.executable).parent / "convsync"), "gateway", "--port", str(py_port)],
-            env={**env, "CONVSYNC_GATEWAY_NATIVE": "0"},
-            cwd=REPO,
+    if args.baseline_ref:
+        base_port = free_ports()
+        procs[baseline_name] = subprocess.Popen(
+            [str(baseline_bin / "convsync"), "gateway", "--port", str(base_port)],
+            # Its own code only: nothing of this tree on its path.
+            env={k: v for k, v in env.items() if k != "PYTHONPATH"},
+            cwd=baseline_dir,
         )
     if args.decompose:
         nk_port = free_ports()
@@ -385,10 +434,10 @@ def main() -> None:
         if args.bare_uvloop:
             wait_ready(f"http://127.0.0.1:{uv_port}/readyz", procs["bare+uvloop"])
             servers.insert(1, ("bare+uvloop", f"http://127.0.0.1:{uv_port}", uv_port))
-        if args.python_mapping:
-            py_url = f"http://127.0.0.1:{py_port}"
-            wait_ready(py_url + "/readyz", procs["gateway py-map"])
-            servers.append(("gateway py-map", py_url, py_port))
+        if args.baseline_ref:
+            base_url = f"http://127.0.0.1:{base_port}"
+            wait_ready(base_url + "/readyz", procs[baseline_name])
+            servers.append((baseline_name, base_url, base_port))
         if args.decompose:
             nk_url = f"http://127.0.0.1:{nk_port}"
             wait_ready(nk_url + "/readyz", procs["gateway no kafka"])
@@ -448,9 +497,7 @@ def main() -> None:
             fut.result(timeout=30)
         shutil.rmtree(tmp)
 
-    mapper = "native (_fastmap)" if native.load() is not None else "Python (native not in use)"
-    print(f"\ngateway mapper: {mapper}")
-    print(f"bodies: {len(bodies)} signed, mean {mean_size:.0f} B, 1-3 events each")
+    print(f"\nbodies: {len(bodies)} signed, mean {mean_size:.0f} B, 1-3 events each")
     print(
         f"wrk: 1 thread, {args.connections} connections, {args.duration}s; "
         f"fixed rate {args.rate}/s for {args.rate_duration}s; gateway workers {args.workers}; "
@@ -468,9 +515,12 @@ def main() -> None:
         )
     ratio = results["gateway+kafka"]["rps"] / results["bare aiohttp"]["rps"]
     print(f"throughput ratio gateway/bare: {ratio:.2f}  (target >= 0.6)")
-    if args.python_mapping:
-        py = results["gateway py-map"]["rps"] / results["bare aiohttp"]["rps"]
-        print(f"throughput ratio gateway-with-python-mapping/bare: {py:.2f}")
+    if args.baseline_ref:
+        old = results[baseline_name]["rps"]
+        print(f"throughput ratio {baseline_name}/bare: {old / results['bare aiohttp']['rps']:.2f}")
+        print(
+            f"throughput ratio gateway/{baseline_name}: {results['gateway+kafka']['rps'] / old:.2f}"
+        )
     if args.decompose:
         nk = results["gateway no kafka"]["rps"] / results["bare aiohttp"]["rps"]
         print(f"throughput ratio gateway-without-kafka/bare: {nk:.2f}")

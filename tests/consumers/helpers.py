@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import msgspec
 from psycopg import sql
 
 from convsync.db import connect
@@ -156,7 +157,7 @@ def crawler_copy(event: Envelope, *, bare: bool) -> Envelope:
     }
     if bare:
         update |= {"direction": None, "text": None}
-    return event.model_copy(update=update)
+    return msgspec.structs.replace(event, **update)
 
 
 Kept = tuple[int, str | None, str | None, str, str | None]

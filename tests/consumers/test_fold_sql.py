@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -95,7 +96,7 @@ def test_edit_before_message_and_redelivery_keeps_version(make_schema: MakeSchem
         kind="edit", page_id="p", psid="u", mid="m1", occurred_at=2_000, source="webhook",
         text="hello, edited", attrs={"num_edit": 1}, detail="1", raw={},
     )  # fmt: skip
-    crawled = msg.model_copy(update={"source": "crawler", "thread_id": "t_1"})
+    crawled = msgspec.structs.replace(msg, source="crawler", thread_id="t_1")
     store = Store(settings)
     try:
         _apply(store, [edit], [])

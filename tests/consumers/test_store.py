@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,7 +77,7 @@ def test_fold_batch_keeps_the_greatest_copy_and_reads_every_copys_times() -> Non
 
     a, b, c = msg("a", 10_500), msg("b", 30_700), msg("c", 20_000, "outbound")
     a_bare = crawler_copy(a, bare=True)
-    b_crawled = crawler_copy(b, bare=False).model_copy(update={"thread_id": "t_z"})
+    b_crawled = msgspec.structs.replace(crawler_copy(b, bare=False), thread_id="t_z")
     rows, _ = _rows([b_crawled, a, c, b, a_bare], 1)
     # a is stored as the crawler read it past Graph's detail window.
     folded = fold_batch(rows, {a.event_id: rank(a_bare)})

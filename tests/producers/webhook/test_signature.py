@@ -56,3 +56,20 @@ def test_escaped_and_raw_unicode_verify_over_the_bytes_as_sent() -> None:
 def test_random_headers_never_raise(body: bytes, header: str) -> None:
     assert verify(SECRET, body, header) in {"malformed", "mismatch", "ok"}
     assert verify(SECRET, body, sign(SECRET, body)) == "ok"
+
+
+@given(secret=st.binary(max_size=200), body=st.binary(max_size=2048))
+def test_the_keyed_states_compute_hmac_sha256(secret: bytes, body: bytes) -> None:
+    # Keys shorter and longer than SHA-256's 64-byte block: the latter are hashed first.
+    expected = hmac.digest(secret, body, "sha256")
+    assert verify(secret, body, "sha256=" + expected.hex()) == "ok"
+    assert verify(secret, body, " sha256=" + expected.hex().upper() + "\n") == "ok"
+    wrong = bytes([expected[0] ^ 1]) + expected[1:]
+    assert verify(secret, body, "sha256=" + wrong.hex()) == "mismatch"
+
+
+def test_hex_with_spaces_is_malformed_not_a_shorter_digest() -> None:
+    body = b"{}"
+    digest = sign(SECRET, body)[7:]
+    spaced = digest[:30] + "  " + digest[32:]  # same length; fromhex skips spaces: 31 bytes
+    assert verify(SECRET, body, "sha256=" + spaced) == "malformed"
