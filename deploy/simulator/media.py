@@ -165,12 +165,16 @@ class MediaServer:
         shake = hashlib.shake_256(content_key(name).encode())
         block = shake.digest(64 * 1024)
         sent = 0
-        while sent < size:
-            n = min(CHUNK if pause else len(block), size - sent)
-            data = shake.digest(sent + n)[sent:] if pause else block[:n]
-            await resp.write(data)
-            sent += n
-            if pause:
-                await asyncio.sleep(pause)
-        await resp.write_eof()
+        try:
+            while sent < size:
+                n = min(CHUNK if pause else len(block), size - sent)
+                data = shake.digest(sent + n)[sent:] if pause else block[:n]
+                await resp.write(data)
+                sent += n
+                if pause:
+                    await asyncio.sleep(pause)
+            await resp.write_eof()
+        except ConnectionResetError:
+            # The client stopped reading (a refused huge file, a killed archiver).
+            pass
         return resp
