@@ -95,6 +95,8 @@ class MediaServer:
     def __init__(self, *, huge_bytes: int = DEFAULT_HUGE) -> None:
         self.huge_bytes = huge_bytes
         self.requests: Counter[str] = Counter()
+        # Responses being streamed right now (a test kills a client in the middle).
+        self.streaming = 0
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         app = web.Application()
@@ -160,6 +162,7 @@ class MediaServer:
         if announce:
             resp.content_length = size
         await resp.prepare(request)
+        self.streaming += 1
         # Bytes made chunk by chunk: a huge file is never held whole (its bytes repeat
         # one 64 KiB block; a slow file's are media_bytes()).
         shake = hashlib.shake_256(content_key(name).encode())
@@ -177,4 +180,6 @@ class MediaServer:
         except ConnectionResetError:
             # The client stopped reading (a refused huge file, a killed archiver).
             pass
+        finally:
+            self.streaming -= 1
         return resp

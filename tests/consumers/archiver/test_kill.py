@@ -113,13 +113,13 @@ def test_kill_9_mid_download_then_restart_stores_everything_once(
 
     mid_download = 0
     for round_ in range(4):
-        left = set(partials(media_dir))
         proc = ArchiverProcess(pipeline, media, media_dir, tmp_path / "archiver.log", "--drain")
-        # Kill while this run writes a download: a temp file of its own exists.
-        wait_for(lambda: bool(set(partials(media_dir)) - left), 60, "a download in progress")
+        # Kill while the fake CDN is sending it a file.
+        wait_for(lambda: media.streaming > 0, 60, "a download in progress")
         time.sleep(rng.uniform(0.0, 0.3))
-        mid_download += bool(set(partials(media_dir)) - left)
+        mid_download += media.streaming > 0
         proc.kill()
+        wait_for(lambda: media.streaming == 0, 30, "the CDN to see the client gone")
         assert_final_names_are_whole(media_dir, pipeline)
         assert proc.proc.returncode == -signal.SIGKILL, f"round {round_}: it had exited"
 
