@@ -42,7 +42,8 @@ def redact(url: str | None) -> str:
     if not url:
         return "-"
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path[:80]}"
+    host = parts.netloc.rsplit("@", 1)[-1]  # never a userinfo's password
+    return f"{parts.scheme}://{host}{parts.path[:80]}"
 
 
 @dataclass
@@ -83,8 +84,9 @@ class Archiver:
         self.totals = Totals()
         self._pool = ConnectionPool(
             settings.database_url.get_secret_value(),
-            min_size=1,
-            max_size=3,
+            # The lock's connection, the reader's, and one per download at most.
+            min_size=2,
+            max_size=2 + media.concurrency,
             kwargs={"application_name": "convsync-archiver", "autocommit": True},
             open=False,
             timeout=10,
@@ -144,7 +146,8 @@ class Archiver:
             released,
             cleaned,
         )
-        reader = _Reader(Discovery(self.settings, self.queue, group=self.group), self.media)
+        discovery = Discovery(self.settings, self.queue, group=self.group)
+        reader = _Reader(discovery, self.media, watch_end=self.drain)
         reader.start()
         try:
             async with Fetcher(self.media, self.store) as fetcher:
@@ -226,9 +229,15 @@ class Archiver:
     async def _fetch(self, fetcher: Fetcher, url: str) -> Outcome:
         metrics.DOWNLOADS.inc()
         try:
-            return await fetcher.fetch(url)
+            stored, ctype = await fetcher.fetch(url)
         except FetchError as e:
             return e
+        if stored.new:
+            metrics.FILES_STORED.inc()
+            metrics.BYTES_STORED.inc(stored.size)
+            self.totals.files_new += 1
+            self.totals.bytes_new += stored.size
+        return stored, ctype
 
     async def _record(self, job: Job, url: str, outcome: Outcome) -> None:
         if not isinstance(outcome, FetchError):
@@ -238,11 +247,6 @@ class Archiver:
             await asyncio.to_thread(self.queue.mark_stored, job.key, info, fetched=True)
             metrics.ATTACHMENTS.labels("downloaded").inc()
             self.totals.downloaded += 1
-            if stored.new:
-                metrics.FILES_STORED.inc()
-                metrics.BYTES_STORED.inc(stored.size)
-                self.totals.files_new += 1
-                self.totals.bytes_new += stored.size
             return
         tries = job.attempts + 1
         kind = "transient" if outcome.transient else "permanent"
@@ -280,9 +284,11 @@ class _Reader:
     """The discovery loop in a thread of its own, which alone touches the consumer (a
     cancelled coroutine cannot stop a consume call half-way; a flag between calls can)."""
 
-    def __init__(self, discovery: Discovery, media: ArchiverSettings) -> None:
+    def __init__(self, discovery: Discovery, media: ArchiverSettings, *, watch_end: bool) -> None:
         self.discovery = discovery
         self.media = media
+        # Asking the end of every partition costs a request each: only to drain.
+        self.watch_end = watch_end
         self.caught_up = False
         self.error: BaseException | None = None
         self._halt = threading.Event()
@@ -309,8 +315,8 @@ class _Reader:
             self.discovery.start()
             while not self._halt.is_set():
                 if self.discovery.step() == 0:
-                    self.caught_up = self.discovery.caught_up()
-                    if self.caught_up:
+                    self.caught_up = self.watch_end and self.discovery.caught_up()
+                    if self.caught_up or not self.watch_end:
                         self._halt.wait(self.media.poll_interval)
                 else:
                     self.caught_up = False

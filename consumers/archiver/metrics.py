@@ -8,6 +8,8 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
+from convsync.errors import ConfigError
+
 FILES_STORED: Final = Counter(
     "convsync_archiver_files_stored", "New files written to the media folder."
 )
@@ -72,5 +74,9 @@ async def serve(health: Health, host: str, port: int) -> web.AppRunner:
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {e}") from e
     return runner

@@ -45,7 +45,7 @@ class ArchiverSettings(BaseSettings):
         "that port; without a port only 80/443).",
     )
     max_bytes: int = Field(default=64 * MIB, ge=1, description="Largest file kept.")
-    timeout: float = Field(default=60.0, gt=0, description="Seconds for one whole request.")
+    timeout: float = Field(default=300.0, gt=0, description="Seconds for one whole request.")
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
     read_timeout: float = Field(default=20.0, gt=0, description="Seconds without a byte.")
     concurrency: int = Field(default=4, ge=1, le=64, description="Downloads at once.")
