@@ -126,8 +126,9 @@ class Archiver:
         conn = await asyncio.to_thread(lead.__enter__)
         try:
             if conn is None:
+                if self.health.role != "standby":
+                    log.info("another archiver works on schema %s; standing by", self.queue.schema)
                 self.health.beat("standby")
-                log.info("another archiver works on schema %s; standing by", self.queue.schema)
                 await _wait(stop, STANDBY_SECONDS)
                 return False
             return await self._active(conn, stop)

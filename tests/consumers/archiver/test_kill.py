@@ -179,3 +179,36 @@ def _metric(proc: ArchiverProcess, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return -1.0
+
+
+def test_one_archiver_per_schema_and_a_standby_takes_over(
+    pipeline: Pipeline, media: MediaServer, tmp_path: Path
+) -> None:
+    sender = WebhookSender("secret", seed=13, media_base=media.base_url)
+    names = [f"slow-s{i}.bin" for i in range(16)] + ["ok-s.jpg", "missing-s.jpg"]
+    pipeline.store([webhook_message(sender, [media.url(n)]) for n in names])
+    media_dir = tmp_path / "media"
+    first = ArchiverProcess(pipeline, media, media_dir, tmp_path / "first.log")
+    second = ArchiverProcess(pipeline, media, media_dir, tmp_path / "second.log", "--drain")
+    try:
+        wait_for(lambda: _role(first) == "active" and _role(second) == "standby", 30, "roles")
+        wait_for(lambda: media.streaming > 0, 30, "a download in progress")
+        first.kill()
+        # The lock went with the killed process's connection: the standby takes over.
+        wait_for(lambda: _role(second) == "active", 30, "the standby to take over")
+        assert second.wait(120) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        for proc in (first, second):
+            if proc.proc.poll() is None:
+                proc.kill()
+    rows = check_truth(pipeline, media_dir)
+    stored = sorted({str(r["sha256"]) for r in rows if r["status"] == "stored"})
+    assert sorted(files_on_disk(media_dir).values()) == stored
+    assert partials(media_dir) == []
+
+
+def _role(proc: ArchiverProcess) -> str | None:
+    try:
+        return str(json.loads(proc.get("/healthz")[1])["role"])
+    except (OSError, ValueError):
+        return None
