@@ -2,7 +2,7 @@
 
 Every hop (the URL, then each redirect target) passes :class:`UrlPolicy` before it is
 requested; connections go through :class:`PublicResolver`; the body is streamed to a temp
-file in 64 KiB chunks (memory per download is bounded whatever the file's size) and
+file as it arrives (memory per download is bounded whatever the file's size) and
 refused past ``max_bytes``, announced or not. Failures come out as :class:`FetchError`
 with a reason code and whether retrying can help.
 """
@@ -27,7 +27,7 @@ from consumers.archiver.storage import MediaStore, StoredFile
 
 log = logging.getLogger(__name__)
 
-CHUNK: Final = 64 * 1024
+WRITE_BYTES: Final = 256 * 1024
 REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # 403 is what Meta's CDN answers for an expired URL signature ("URL signature expired").
 PERMANENT_STATUS: Final = {404: "not_found", 410: "not_found", 401: "forbidden", 403: "forbidden"}
@@ -165,15 +165,34 @@ class Fetcher:
             )
         temp = self.store.open_temp()
         committing: asyncio.Future[StoredFile] | None = None
+        writing: asyncio.Future[None] | None = None
+        buffer = bytearray()
+        seen = 0
         try:
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                if temp.size + len(chunk) > limit:
+            # What arrived, as it arrived: aiohttp stops reading the socket past its
+            # buffer's high-water mark, so a chunk stays small. Chunks are gathered up to
+            # WRITE_BYTES and hashed and written by a worker thread while the next ones
+            # arrive: at most two such pieces per download in memory.
+            async for chunk in resp.content.iter_any():
+                seen += len(chunk)
+                if seen > limit:
                     raise FetchError("too_large", f"more than {limit} bytes", transient=False)
-                temp.write(chunk)
+                buffer += chunk
+                if len(buffer) >= WRITE_BYTES:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(temp.write, bytes(buffer)))
+                    buffer.clear()
+            if writing is not None:
+                await writing
+            temp.write(bytes(buffer))
             # fsync and link block: off the event loop. Shielded: once started, the
             # commit finishes (and removes the temp name) even if this task is cancelled.
             committing = asyncio.ensure_future(asyncio.to_thread(temp.commit))
             return await asyncio.shield(committing)
         finally:
+            if writing is not None and not writing.done():
+                # A thread is writing to the temp file: let it finish before removing it.
+                await asyncio.wait([writing])
             if committing is None:
                 temp.abort()

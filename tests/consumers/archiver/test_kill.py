@@ -70,8 +70,9 @@ class ArchiverProcess:
             return int(e.code), e.read()
 
     def kill(self) -> None:
-        """SIGKILL it and reap it."""
-        self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL it (unless it exited) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
         self._out.close()
 
@@ -189,9 +190,11 @@ def test_one_archiver_per_schema_and_a_standby_takes_over(
     pipeline.store([webhook_message(sender, [media.url(n)]) for n in names])
     media_dir = tmp_path / "media"
     first = ArchiverProcess(pipeline, media, media_dir, tmp_path / "first.log")
+    wait_for(lambda: _role(first) == "active", 30, "the first to lead")
     second = ArchiverProcess(pipeline, media, media_dir, tmp_path / "second.log", "--drain")
     try:
-        wait_for(lambda: _role(first) == "active" and _role(second) == "standby", 30, "roles")
+        wait_for(lambda: _role(second) == "standby", 30, "the second to stand by")
+        assert _role(first) == "active"
         wait_for(lambda: media.streaming > 0, 30, "a download in progress")
         first.kill()
         # The lock went with the killed process's connection: the standby takes over.
@@ -199,8 +202,7 @@ def test_one_archiver_per_schema_and_a_standby_takes_over(
         assert second.wait(120) == 0, (tmp_path / "second.log").read_text()[-3000:]
     finally:
         for proc in (first, second):
-            if proc.proc.poll() is None:
-                proc.kill()
+            proc.kill()
     rows = check_truth(pipeline, media_dir)
     stored = sorted({str(r["sha256"]) for r in rows if r["status"] == "stored"})
     assert sorted(files_on_disk(media_dir).values()) == stored
