@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import Any, TypeVar
 
 from psycopg import sql
 from psycopg.rows import dict_row
+from pydantic import SecretStr
 
 from consumers.archiver import Archiver, ArchiverSettings, Totals
 from consumers.materializer import BatchConfig, Materializer
 from convsync.db import connect
 from convsync.settings import Settings
+from deploy.postgres_local import LocalPostgres
 from deploy.simulator.graph_api import GraphWorld
 from deploy.simulator.media import MediaServer, expected_outcome
 from deploy.simulator.webhooks import WebhookSender
@@ -25,6 +28,7 @@ from producers.crawler.parse import message_envelope
 from producers.webhook.mapping import map_item
 from schemas.crawl import ConversationTodo
 from schemas.envelope import Envelope
+from schemas.migrate import apply_migrations
 from tests.consumers.helpers import produce
 
 T = TypeVar("T")
@@ -174,3 +178,16 @@ def check_truth(pipeline: Pipeline, media_dir: Path) -> list[dict[str, object]]:
             assert hashlib.sha256(data).hexdigest() == row["sha256"]
             assert len(data) == row["size"]
     return rows
+
+
+def on_private_postgres(settings: Settings, postgres: LocalPostgres) -> Settings:
+    """``settings`` pointed at a new migrated schema of a private Postgres (a new one: as
+    root, a private cluster's folder is derived from the test's tmp_path, so a rerun with
+    the same --basetemp finds the last run's cluster and its rows)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    moved = settings.model_copy(
+        update={"database_url": SecretStr(postgres.url), "db_schema": schema}
+    )
+    with connect(moved) as conn:
+        apply_migrations(conn, schema=schema)
+    return moved

@@ -12,12 +12,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from consumers.archiver.storage import KEY
+from convsync.settings import Settings
 from deploy.ports import free_ports
+from deploy.postgres_local import LocalPostgres
 from deploy.simulator.media import MediaServer
 from deploy.simulator.webhooks import WebhookSender
 from tests.consumers.archiver.support import (
@@ -25,6 +28,7 @@ from tests.consumers.archiver.support import (
     Pipeline,
     check_truth,
     files_on_disk,
+    on_private_postgres,
     partials,
     webhook_message,
 )
@@ -214,3 +218,33 @@ def _role(proc: ArchiverProcess) -> str | None:
         return str(json.loads(proc.get("/healthz")[1])["role"])
     except (OSError, ValueError):
         return None
+
+
+def test_postgres_restart_mid_run(
+    make_topics: Callable[..., Settings],
+    private_postgres: LocalPostgres,
+    media: MediaServer,
+    tmp_path: Path,
+) -> None:
+    pipeline = Pipeline(on_private_postgres(make_topics(partitions=3), private_postgres))
+    sender = WebhookSender("secret", seed=14, media_base=media.base_url)
+    names = [f"slow-p{i}.bin" for i in range(20)] + ["ok-p.jpg", "missing-p.jpg"]
+    pipeline.store([webhook_message(sender, [media.url(n)]) for n in names])
+    media_dir = tmp_path / "media"
+    proc = ArchiverProcess(pipeline, media, media_dir, tmp_path / "archiver.log", "--drain")
+    try:
+        wait_for(lambda: media.streaming > 0, 30, "a download in progress")
+        # Downloads in flight cannot record their files while Postgres is down: the
+        # archiver's session ends, and starts over once Postgres answers again.
+        private_postgres.stop(mode="immediate")
+        time.sleep(2)
+        private_postgres.start()
+        assert proc.wait(120) == 0, (tmp_path / "archiver.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    log = (tmp_path / "archiver.log").read_text()
+    assert "archiver session ended" in log
+    rows = check_truth(pipeline, media_dir)
+    stored = sorted({str(r["sha256"]) for r in rows if r["status"] == "stored"})
+    assert sorted(files_on_disk(media_dir).values()) == stored
+    assert partials(media_dir) == []
