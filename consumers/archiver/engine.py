@@ -87,7 +87,18 @@ class Archiver:
             # The lock's connection, the reader's, and one per download at most.
             min_size=2,
             max_size=2 + media.concurrency,
-            kwargs={"application_name": "convsync-archiver", "autocommit": True},
+            kwargs={
+                "application_name": "convsync-archiver",
+                "autocommit": True,
+                # Every call bounded; a dead server (or its host) noticed within ~25 s
+                # on the lock's otherwise idle connection.
+                "connect_timeout": 5,
+                "options": "-c statement_timeout=60000",
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+            },
             open=False,
             timeout=10,
         )
