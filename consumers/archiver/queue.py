@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from consumers.archiver.extract import Attachment
-from convsync.errors import RetryableError
+from convsync.errors import ConfigError, RetryableError
 
 Conn = psycopg.Connection[tuple[object, ...]]
 Key = tuple[str, str, str, int]
@@ -116,6 +116,10 @@ def _translated(what: str) -> Iterator[None]:
         yield
     except (psycopg.OperationalError, PoolTimeout) as e:
         raise RetryableError(f"Postgres: {what}: {e}") from e
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as e:
+        raise ConfigError(
+            f"Postgres: {what}: {e.diag.message_primary}; run `convsync migrate`"
+        ) from e
 
 
 class ArchiveQueue:

@@ -66,6 +66,11 @@ class ArchiverSettings(BaseSettings):
     )
     poll_interval: float = Field(default=1.0, gt=0, description="Seconds between idle polls.")
 
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir(cls, value: Any) -> Any:
+        return None if value == "" else value
+
     @field_validator("hosts", mode="before")
     @classmethod
     def _hosts(cls, value: Any) -> tuple[str, ...]:
