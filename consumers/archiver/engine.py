@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -57,7 +57,6 @@ class Totals:
     files_new: int = 0
     bytes_new: int = 0
     sessions: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Archiver:
