@@ -22,7 +22,8 @@ from psycopg_pool import ConnectionPool
 
 from consumers.archiver import metrics
 from consumers.archiver.discovery import DEFAULT_GROUP, Discovery
-from consumers.archiver.fetch import Fetcher, FetchError
+from consumers.archiver.exceptions import FetchError
+from consumers.archiver.fetch import Fetcher
 from consumers.archiver.queue import ArchiveQueue, Conn, FileInfo, Job
 from consumers.archiver.settings import ArchiverSettings
 from consumers.archiver.storage import MediaStore, StoredFile

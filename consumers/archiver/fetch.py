@@ -16,12 +16,8 @@ from typing import Final
 import aiohttp
 from yarl import URL
 
-from consumers.archiver.policy import (
-    PublicResolver,
-    RefusedAddressError,
-    RefusedUrlError,
-    UrlPolicy,
-)
+from consumers.archiver.exceptions import FetchError, RefusedAddressError, RefusedUrlError
+from consumers.archiver.policy import PublicResolver, UrlPolicy
 from consumers.archiver.settings import ArchiverSettings
 from consumers.archiver.storage import MediaStore, StoredFile
 
@@ -32,20 +28,6 @@ REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # 403 is what Meta's CDN answers for an expired URL signature ("URL signature expired").
 PERMANENT_STATUS: Final = {404: "not_found", 410: "not_found", 401: "forbidden", 403: "forbidden"}
 TRANSIENT_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-class FetchError(Exception):
-    """A download that did not give a file: ``reason`` (a short code) and whether a
-    later try may succeed (``transient``); ``retry_after`` when the server said."""
-
-    def __init__(
-        self, reason: str, detail: str, *, transient: bool, retry_after: float | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.transient = transient
-        self.retry_after = retry_after
 
 
 def _retry_after(value: str | None) -> float | None:

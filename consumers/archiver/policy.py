@@ -24,6 +24,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from consumers.archiver.exceptions import RefusedAddressError, RefusedUrlError
 from convsync.errors import ConfigError
 
 MAX_URL_LENGTH: Final = 4096
@@ -33,18 +34,6 @@ DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _URL_TEXT: Final = re.compile(r"[\x21-\x5b\x5d-\x7e]+")
 _LABEL: Final = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 _HOST: Final = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
-
-
-class RefusedUrlError(ValueError):
-    """A URL the policy does not let the archiver fetch; ``reason`` is a short code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class RefusedAddressError(OSError):
-    """A host name resolved only to addresses the archiver may not connect to."""
 
 
 @dataclass(frozen=True, slots=True)

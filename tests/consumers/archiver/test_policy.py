@@ -7,13 +7,8 @@ import ipaddress
 
 import pytest
 
-from consumers.archiver.policy import (
-    PublicResolver,
-    RefusedAddressError,
-    RefusedUrlError,
-    UrlPolicy,
-    address_allowed,
-)
+from consumers.archiver.exceptions import RefusedAddressError, RefusedUrlError
+from consumers.archiver.policy import PublicResolver, UrlPolicy, address_allowed
 from consumers.archiver.settings import META_CDN_HOSTS, ArchiverSettings
 from convsync.errors import ConfigError
 
