@@ -31,13 +31,16 @@ class Discovery:
     """The events topic, read from the archiver's stored offsets into its queue."""
 
     def __init__(
-        self, settings: Settings, queue: ArchiveQueue, *, group: str, batch: int = 1000
+        self, settings: Settings, queue: ArchiveQueue, *, group: str, batch: int = 500
     ) -> None:
         self.topic = settings.topic("events")
         self.queue = queue
         self.group = group
         self.batch = batch
-        self._consumer: Consumer = make_consumer(settings, group)
+        # Records held at once: one batch, plus librdkafka's prefetch queue (capped).
+        self._consumer: Consumer = make_consumer(
+            settings, group, **{"queued.max.messages.kbytes": 16384}
+        )
         self._positions: dict[int, int] = {}
 
     def start(self) -> None:
