@@ -1,6 +1,7 @@
 """The ``convsync`` command line: stack, migrations, status, demo and every component."""
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -363,6 +364,13 @@ def run(
     gateway_port: Annotated[int, typer.Option(help="Webhook gateway port.")] = 8080,
     gateway_host: Annotated[str, typer.Option(help="Webhook gateway address.")] = "127.0.0.1",
     crawler_workers: Annotated[int, typer.Option(min=0)] = 1,
+    archive: Annotated[
+        bool | None,
+        typer.Option(
+            "--archive/--no-archive",
+            help="Also run the media archiver [default: when CONVSYNC_MEDIA_DIR is set].",
+        ),
+    ] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Run gateway, crawler, materializer and streams against real Meta until Ctrl-C."""
@@ -380,6 +388,9 @@ def run(
         )
         if not value.get_secret_value()
     ]
+    with_archiver = bool(os.environ.get("CONVSYNC_MEDIA_DIR")) if archive is None else archive
+    if with_archiver and not os.environ.get("CONVSYNC_MEDIA_DIR"):
+        missing.append("CONVSYNC_MEDIA_DIR (for --archive)")
     if missing:
         console.print(f"[red]run needs {', '.join(missing)}[/] (see README, 'A real page')")
         raise typer.Exit(2)
@@ -405,6 +416,8 @@ def run(
             sup.start(f"crawler-{i + 1}", "crawler")
         sup.start("materializer", "materialize")
         sup.start("streams", "streams")
+        if with_archiver:
+            sup.start("archiver", "archive")
         console.print(
             f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; "
             f"logs in {sup.log_dir}; a component that exits is restarted (see "
@@ -421,6 +434,7 @@ def run(
 
 def _register_components() -> None:
     # One module of commands per component; heavy imports stay inside the command bodies.
+    from cli.archiver import register as register_archiver
     from cli.crawler import register as register_crawler
     from cli.gateway import register as register_gateway
     from cli.materializer import register as register_consumers
@@ -428,6 +442,7 @@ def _register_components() -> None:
 
     for register in (register_gateway, register_crawler, register_consumers, register_streams):
         register(app)
+    register_archiver(app)
 
 
 _register_components()

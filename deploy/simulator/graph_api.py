@@ -26,6 +26,8 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from deploy.simulator.media import cdn_url
+
 API_VERSION: Final = "v21.0"
 BASE_MS: Final = 1_700_000_000_000
 THROTTLE_CODES: Final = (4, 17, 32, 613, 80006)
@@ -103,6 +105,8 @@ class GraphWorld:
     conversations: dict[str, list[FakeConversation]]
     faults: Faults = field(default_factory=Faults)
     calls: dict[str, _PageCalls] = field(default_factory=dict)
+    # Base URL of a deploy.simulator.media server: attachments then carry URLs there.
+    media_base: str | None = None
 
     @classmethod
     def generate(
@@ -243,10 +247,31 @@ class GraphWorld:
             body["message"] = m.text
         else:
             body["message"] = ""
-            body["attachments"] = {
-                "data": [{"id": f"a_{m.mid}", "mime_type": "image/jpeg", "name": "photo.jpg"}]
+            attachment: dict[str, Any] = {
+                "id": f"a_{m.mid}",
+                "mime_type": "image/jpeg",
+                "name": "photo.jpg",
             }
+            if self.media_base is not None:
+                attachment.update(self.media_json(m.mid))
+            body["attachments"] = {"data": [attachment]}
         return body
+
+    def media_json(self, mid: str) -> dict[str, Any]:
+        """Return the fields of a message attachment with a URL on the media server,
+        shaped like Graph's (``image_data``, ``video_data`` or ``file_url``), chosen
+        from the message id: mostly files, some shared content, missing and expired."""
+        assert self.media_base is not None
+        h = int.from_bytes(hashlib.sha256(mid.encode()).digest()[:4], "big")
+        behaviour = {0: "missing", 1: "expired", 2: "same-1"}.get(h % 20, "ok")
+        if h % 7 == 3:
+            url = cdn_url(self.media_base, f"{behaviour}-{mid}.mp4")
+            return {"mime_type": "video/mp4", "name": "video.mp4", "video_data": {"url": url}}
+        if h % 11 == 4:
+            url = cdn_url(self.media_base, f"{behaviour}-{mid}.pdf")
+            return {"mime_type": "application/pdf", "name": "file.pdf", "file_url": url}
+        url = cdn_url(self.media_base, f"{behaviour}-{mid}.jpg")
+        return {"image_data": {"url": url, "width": 640, "height": 480}}
 
 
 def _cursor(index: int) -> str:

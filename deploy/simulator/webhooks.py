@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from deploy.simulator.media import cdn_url
+
 Item = dict[str, Any]
 Style = Literal["meta", "utf8"]
 
@@ -47,6 +49,9 @@ TEXTS: Final = (
 )
 EMOJIS: Final = (("love", "❤"), ("smile", "😆"), ("wow", "😮"), ("like", "👍"), ("other", "🤖"))
 BASE_MS: Final = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MEDIA_MIX: Final = ("ok", "same", "sticker", "slow", "flaky", "missing", "expired", "huge")
+MEDIA_WEIGHTS: Final = (50, 12, 10, 6, 6, 6, 5, 5)
+MEDIA_TYPES: Final = (("image", "jpg"), ("video", "mp4"), ("audio", "mp4"), ("file", "pdf"))
 
 
 def encode(body: Mapping[str, Any], *, style: Style = "meta") -> bytes:
@@ -98,6 +103,9 @@ class WebhookSender:
     app_secret: str
     seed: int = 0
     app_id: str = "1234567890123456"
+    # Base URL of a deploy.simulator.media server: attachments then point there (a mix of
+    # files, shared content, stickers, slow, flaky, missing, expired and huge ones).
+    media_base: str | None = None
     rng: random.Random = field(init=False)
     clock: int = field(init=False, default=BASE_MS)
 
@@ -154,6 +162,8 @@ class WebhookSender:
 
     def attachments(self) -> list[dict[str, Any]]:
         """Return one attachment as Meta sends it: image, sticker or a fallback link."""
+        if self.media_base is not None:
+            return [self.media_attachment()]
         choice = self.rng.choice(("image", "sticker", "fallback"))
         cdn = "https://scontent.xx.fbcdn.net/v/t1.15752-9/"
         if choice == "image":
@@ -168,6 +178,27 @@ class WebhookSender:
                 "payload": {"url": "https://example.com/p/1", "title": "A shared link"},
             }
         ]
+
+    def media_attachment(self, behaviour: str | None = None) -> dict[str, Any]:
+        """Return an attachment whose URL is on the media server (``media_base``).
+
+        ``behaviour`` is one of :data:`deploy.simulator.media.BEHAVIOURS` or ``sticker``
+        (one URL shared by many messages); by default a realistic mix.
+        """
+        if self.media_base is None:
+            raise ValueError("media_base is not set")
+        if behaviour is None:
+            behaviour = self.rng.choices(MEDIA_MIX, weights=MEDIA_WEIGHTS)[0]
+        if behaviour == "sticker":
+            sticker = 369239263222822
+            url = cdn_url(self.media_base, f"ok-sticker-{sticker}.png")
+            return {"type": "image", "payload": {"url": url, "sticker_id": sticker}}
+        kind, ext = self.rng.choice(MEDIA_TYPES)
+        ident = self.psid()
+        name = f"{behaviour}-{ident}.{ext}"
+        if behaviour == "same":
+            name = f"same-{self.rng.randint(1, 3)}-{ident}.{ext}"
+        return {"type": kind, "payload": {"url": cdn_url(self.media_base, name)}}
 
     def echo(
         self, page_id: str, psid: str, *, text: str = "Thanks!", mid: str | None = None
