@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from deploy.simulator.graph_api import GraphWorld
@@ -69,7 +70,7 @@ def test_a_url_is_fetched_once_and_identical_content_stored_once(
     # two URLs with the same bytes.
     events = [webhook_message(sender, [sticker]) for _ in range(5)]
     twice = webhook_message(sender, [media.url("ok-twice.jpg")], psid="1111")
-    events += [twice, twice.model_copy(update={"psid": "2222"})]
+    events += [twice, msgspec.structs.replace(twice, psid="2222")]
     events += [webhook_message(sender, [media.url(n)]) for n in ("same-7-x.jpg", "same-7-y.jpg")]
     pipeline.store(events)
 
