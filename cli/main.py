@@ -313,6 +313,17 @@ def demo(
 def run(
     gateway_port: Annotated[int, typer.Option(help="Webhook gateway port.")] = 8080,
     gateway_host: Annotated[str, typer.Option(help="Webhook gateway address.")] = "127.0.0.1",
+    admin_port: Annotated[
+        int,
+        typer.Option(help="Admin API, dashboard and metrics port.", envvar="CONVSYNC_ADMIN_PORT"),
+    ] = 8081,
+    admin_host: Annotated[
+        str,
+        typer.Option(
+            help="Admin API, dashboard and metrics address (keep it private).",
+            envvar="CONVSYNC_ADMIN_HOST",
+        ),
+    ] = "127.0.0.1",
     crawler_workers: Annotated[int, typer.Option(min=0)] = 1,
     state_dir: StateDir = None,
 ) -> None:
@@ -348,14 +359,19 @@ def run(
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        sup.start("gateway", "gateway", "--host", gateway_host, "--port", str(gateway_port))
+        sup.start(
+            "gateway",
+            "gateway",
+            *("--host", gateway_host, "--port", str(gateway_port)),
+            *("--admin-host", admin_host, "--admin-port", str(admin_port)),
+        )
         for i in range(crawler_workers):
             sup.start(f"crawler-{i + 1}", "crawler")
         sup.start("materializer", "materialize")
         sup.start("streams", "streams")
         console.print(
-            f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; "
-            f"logs in {sup.log_dir}; Ctrl-C stops"
+            f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; dashboard "
+            f"http://{admin_host}:{admin_port}/dashboard; logs in {sup.log_dir}; Ctrl-C stops"
         )
         while not stopping:
             dead = sup.dead()

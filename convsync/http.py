@@ -1,0 +1,293 @@
+"""HTTP listeners with deadlines: idle keep-alive, request headers, request body.
+
+aiohttp bounds an idle keep-alive connection (``keepalive_timeout``, which ``web.run_app``
+sets to 75 s and a bare ``AppRunner`` to an hour) but has no deadline for a request's
+headers or body: a client sending one byte a second holds its connection, and the memory
+behind it, for as long as it likes. :func:`listen` puts a small protocol between each
+connection and aiohttp's ``RequestHandler`` that closes a connection whose request headers
+take longer than :attr:`Deadlines.headers`, counted from the connection's opening or from
+the first byte of a request; :func:`read_body` and :func:`body_deadline` give reading a
+body :attr:`Deadlines.body`, then answer ``408`` and close the connection.
+
+The protocol sees the bytes as they arrive and learns that a request's headers are
+complete when aiohttp calls the server's ``request_handler`` (the attribute
+``install_fast_path`` of the gateway replaces too). :func:`listen` checks at start-up, on a
+socket pair, that this aiohttp still works that way (:func:`check_support`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+AppHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TIMED_OUT: Final = "request body not received in time"
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Seconds a connection may take: idle between requests, per request's headers, body."""
+
+    keepalive: float = 75.0
+    headers: float = 10.0
+    body: float = 30.0
+
+
+class SafeAccessLogger(AbstractAccessLogger):
+    """Access log lines without query strings (they may carry a token), at DEBUG.
+
+    At INFO a busy gateway would log every webhook.
+    """
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.debug(
+            "%s %s %d %.1fms", request.method, request.path, response.status, time * 1000
+        )
+
+
+def make_runner(app: web.Application, deadlines: Deadlines) -> web.AppRunner:
+    """Return a runner of ``app`` with the keep-alive deadline and the safe access log."""
+    return web.AppRunner(
+        app, access_log_class=SafeAccessLogger, keepalive_timeout=deadlines.keepalive
+    )
+
+
+class _Watch(asyncio.Protocol):
+    """Forwards a connection to aiohttp's handler; closes it when headers come too late.
+
+    The header clock runs from the connection's opening, and from the first byte after a
+    request was handled, until aiohttp hands the next request to the server's handler.
+    """
+
+    __slots__ = ("_inner", "_loop", "_open", "_seconds", "_table", "_timer", "_transport")
+
+    def __init__(
+        self, inner: asyncio.Protocol, seconds: float, table: dict[object, _Watch]
+    ) -> None:
+        self._inner = inner
+        self._seconds = seconds
+        self._table = table
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._open = 0  # requests handed to the handler and not answered yet
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._table[self._inner] = self
+        self._arm()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is None and not self._open:
+            self._arm()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._table.pop(self._inner, None)
+        self._transport = None
+        self._inner.connection_lost(exc)
+
+    def started(self) -> None:
+        """A request's headers are complete: its handler runs now."""
+        self._open += 1
+        self._disarm()
+
+    def ended(self) -> None:
+        """A request's handler returned."""
+        self._open -= 1
+
+    def _arm(self) -> None:
+        self._timer = self._loop.call_later(self._seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._open or self._transport is None:
+            return
+        log.debug("connection closed: request headers not received in %.0fs", self._seconds)
+        self._transport.abort()
+
+
+def _watched(server: web.Server, seconds: float) -> Callable[[], asyncio.Protocol]:
+    """Hook ``server``'s request handler and return the protocol factory that watches."""
+    table: dict[object, _Watch] = {}
+    inner: Handler = server.request_handler
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        watch = table.get(request.protocol)
+        if watch is None:
+            return await inner(request)
+        watch.started()
+        try:
+            return await inner(request)
+        finally:
+            watch.ended()
+
+    server.request_handler = handle
+
+    def factory() -> asyncio.Protocol:
+        return _Watch(server(), seconds, table)
+
+    return factory
+
+
+async def listen(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    deadlines: Deadlines,
+    *,
+    reuse_port: bool = False,
+) -> asyncio.Server:
+    """Serve ``runner`` (set up, by :func:`make_runner`) on ``host:port`` with ``deadlines``.
+
+    Call after anything else that replaces ``runner.server.request_handler`` and before
+    the first connection. Close the returned server, then clean up the runner, to stop.
+    Raises :class:`RuntimeError` when this aiohttp cannot enforce the deadlines.
+    """
+    server = runner.server
+    if server is None:
+        raise RuntimeError("listen needs a runner that is set up")
+    await check_support(deadlines)
+    probe = server()
+    if getattr(probe, "keepalive_timeout", None) != deadlines.keepalive:
+        raise RuntimeError("aiohttp ignored keepalive_timeout: make the runner with make_runner")
+    factory = _watched(server, deadlines.headers)
+    return await asyncio.get_running_loop().create_server(
+        factory, host, port, reuse_port=reuse_port or None, backlog=128
+    )
+
+
+async def close(listener: asyncio.Server) -> None:
+    """Stop accepting connections; those open are closed by the runner's cleanup."""
+    listener.close()
+
+
+_SUPPORTED: list[bool] = []
+
+
+async def check_support(deadlines: Deadlines) -> None:
+    """Prove on a socket pair that this aiohttp passes requests through the hook.
+
+    A request on a watched connection must reach the hooked handler (disarming the header
+    clock) and a connection that never finishes its headers must be closed. Run once per
+    process. Raises :class:`RuntimeError` when either fails.
+    """
+    if _SUPPORTED:
+        return
+
+    async def ok(_request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(status=204)
+
+    server = web.Server(ok, keepalive_timeout=deadlines.keepalive, access_log=None)
+    factory = _watched(server, 0.05)
+    loop = asyncio.get_running_loop()
+    answers: list[bytes] = []
+    for request in (b"GET /probe HTTP/1.1\r\nHost: probe\r\n\r\n", b"GET /probe HTTP/1.1\r\n"):
+        ours, theirs = socket.socketpair()
+        with contextlib.closing(theirs):
+            transport, _ = await loop.connect_accepted_socket(factory, ours)
+            theirs.setblocking(False)
+            await loop.sock_sendall(theirs, request)
+            try:
+                answers.append(await asyncio.wait_for(loop.sock_recv(theirs, 1024), 2.0))
+            except TimeoutError:
+                answers.append(b"(nothing)")
+            transport.close()
+    await server.shutdown(1.0)
+    if not answers[0].startswith(b"HTTP/1.1 204"):
+        raise RuntimeError(f"aiohttp did not answer through the hook: {answers[0][:40]!r}")
+    if answers[1] != b"":
+        raise RuntimeError(f"a late request head was not cut off: {answers[1][:40]!r}")
+    _SUPPORTED.append(True)
+
+
+class _CloseAfter(web.Response):
+    """A response after which the connection closes at once.
+
+    Without this, aiohttp goes on reading an unfinished body for up to ``lingering_time``
+    after answering, at whatever pace the client sends it.
+    """
+
+    def __init__(self, transport: asyncio.Transport | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._closing = transport
+        self.force_close()
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        if self._closing is not None:
+            self._closing.close()
+
+
+def timed_out(request: web.BaseRequest) -> web.Response:
+    """Return the ``408`` answer to a body that came too slowly (the connection then closes)."""
+    return _CloseAfter(
+        request.transport,
+        status=408,
+        text=f'{{"error": "{TIMED_OUT}"}}',
+        content_type="application/json",
+    )
+
+
+async def read_body(request: web.BaseRequest, seconds: float) -> bytes:
+    """Return the whole body of ``request``, read within ``seconds``.
+
+    Raises :class:`TimeoutError` when it takes longer, and whatever ``request.read()``
+    raises (``HTTPRequestEntityTooLarge`` above the app's ``client_max_size``).
+    """
+    if request.content.is_eof():  # already buffered: the common case, no timer
+        return await request.read()
+    async with asyncio.timeout(seconds):
+        return await request.read()
+
+
+def body_deadline(seconds: float) -> Middleware:
+    """Return a middleware reading every request body within ``seconds`` (else ``408``).
+
+    The handlers then get the body from ``request.read()``/``post()``'s cache. Place it
+    after authentication, so that nobody unauthenticated gets a body read.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: AppHandler) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                await read_body(request, seconds)
+            except TimeoutError:
+                log.info("%s %s: %s", request.method, request.path, TIMED_OUT)
+                return timed_out(request)
+        return await handler(request)
+
+    return middleware
