@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
+from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
@@ -64,12 +65,6 @@ MIN_DISTINCT: Final = 10
 _QUERY_KEYS: Final = frozenset({"token", "access_token", "admin_token", "bearer", "auth"})
 _PUBLIC: Final = frozenset({"login", "style"})
 _SAFE: Final = frozenset({"GET", "HEAD"})
-_PROXY_HEADERS: Final = (
-    hdrs.FORWARDED,
-    hdrs.X_FORWARDED_FOR,
-    hdrs.X_FORWARDED_HOST,
-    hdrs.X_FORWARDED_PROTO,
-)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -130,19 +125,21 @@ class Sessions:
         return self._clock() < int(expiry)
 
 
-def plain_localhost(request: web.BaseRequest, bound_host: str) -> bool:
-    """Return True when the browser talks plain HTTP to a loopback address, directly.
+def plain_localhost(request: web.BaseRequest) -> bool:
+    """Return True when the browser posted from a plain-HTTP page of a loopback address.
 
-    All of: no TLS, the listener is bound to a loopback address, the request's ``Host``
-    names one, and no proxy header (``Forwarded``, ``X-Forwarded-*``) says a proxy is in
-    between. Only then is the session cookie sent without ``Secure``.
+    The browser's ``Origin`` header (sent with every form POST) is ``http://`` and names
+    ``localhost``, a 127.0.0.0/8 address or ``[::1]``, and the connection has no TLS.
+    Only then is the session cookie sent without ``Secure``: such a cookie is stored for
+    that loopback host and never leaves the machine. A proxy in front cannot make this
+    true (the browser writes ``Origin``, not the proxy), and a client that sends no
+    ``Origin`` gets ``Secure``.
     """
-    if request.secure or not _loopback(bound_host):
-        return False
-    if any(h in request.headers for h in _PROXY_HEADERS):
+    origin = request.headers.get(hdrs.ORIGIN, "")
+    if request.secure or not origin.startswith("http://"):
         return False
     try:
-        host = request.url.host
+        host = urlsplit(origin).hostname
     except ValueError:
         return False
     return _loopback(host or "")

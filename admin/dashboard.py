@@ -48,6 +48,7 @@ class Sampler:
     status: dict[str, Any] | None = None
     dlq: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    taken: int = 0
     _task: asyncio.Task[None] | None = None
     _first: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -111,6 +112,7 @@ class Sampler:
                 point["events_per_s"] = max(0.0, (produced - last["produced"]) / dt)
                 point["rows_per_s"] = max(0.0, (status.events_rows - last["rows"]) / dt)
         self.samples.append(point)
+        self.taken += 1
         self.status = status.as_json()
         self.errors = errors
         if errors:
@@ -154,7 +156,7 @@ class Dashboard:
         Attempts are limited per client address (429 with ``Retry-After``, before the
         token is looked at). The cookie is ``HttpOnly``, ``SameSite=Strict``, lives
         ``session_seconds`` (``Max-Age``, and the value itself expires), and is ``Secure``
-        unless the browser talks plain HTTP to a loopback address (:func:`plain_localhost`).
+        unless the form was posted from a plain-HTTP loopback page (:func:`plain_localhost`).
         """
         wait = self.limiter.attempt(request.remote or "unknown")
         if wait > 0:
@@ -180,7 +182,7 @@ class Dashboard:
             samesite="Strict",
             path=base or "/",
             max_age=self.sessions.seconds,
-            secure=not plain_localhost(request, self.admin.host),
+            secure=not plain_localhost(request),
         )
         return response
 

@@ -98,6 +98,7 @@ class StatusReader:
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
         self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
         self.consumers_made = 0
         self.connections_made = 0
 
@@ -110,6 +111,8 @@ class StatusReader:
         self.close()
 
     def _kafka(self) -> Consumer:
+        if self._closed:
+            raise RetryableError("status reader closed")
         if self._consumer is None:
             self._consumer = Consumer(
                 {
@@ -117,12 +120,18 @@ class StatusReader:
                     "group.id": "convsync-status",
                     "enable.auto.commit": False,
                     "enable.partition.eof": True,
+                    # A fetch at the end of the DLQ would wait this long for new records
+                    # (and hold up the watermark queries queued behind it on the same
+                    # broker connection): the default 500 ms made every sample ~1 s.
+                    "fetch.wait.max.ms": 10,
                 }
             )
             self.consumers_made += 1
         return self._consumer
 
     def _db(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise RetryableError("status reader closed")
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
@@ -133,8 +142,11 @@ class StatusReader:
         return conn
 
     def close(self) -> None:
-        """Close both clients (a later call makes new ones)."""
+        """Close both clients; later calls raise :class:`RetryableError`."""
         with self._lock:
+            # A call already running in another thread may be between its Kafka and
+            # its Postgres part: it must not open a connection nobody closes.
+            self._closed = True
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None

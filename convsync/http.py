@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 AppHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TIMED_OUT: Final = "request body not received in time"
+# After a 408, seconds the client has to read it and close before the connection drops.
+GRACE: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +236,13 @@ async def check_support(deadlines: Deadlines) -> None:
 
 
 class _CloseAfter(web.Response):
-    """A response after which the connection closes at once.
+    """A response after which the connection closes within :data:`GRACE` seconds.
 
     Without this, aiohttp goes on reading an unfinished body for up to ``lingering_time``
-    after answering, at whatever pace the client sends it.
+    after answering, at whatever pace the client sends it. Closing at once is no better:
+    a socket closed with unread bytes sends a reset, which can reach the client before
+    it read the answer. So: the answer, then end of stream (the client reads both and
+    closes), then the connection is dropped after the grace, if still open.
     """
 
     def __init__(self, transport: asyncio.Transport | None, **kwargs: Any) -> None:
@@ -247,8 +252,17 @@ class _CloseAfter(web.Response):
 
     async def write_eof(self, data: bytes = b"") -> None:
         await super().write_eof(data)
-        if self._closing is not None:
-            self._closing.close()
+        transport = self._closing
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(GRACE, _drop, transport)
+
+
+def _drop(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.abort()
 
 
 def timed_out(request: web.BaseRequest) -> web.Response:

@@ -68,11 +68,14 @@ class ServerThread:
         port = self.listener.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
 
-    def stop(self) -> None:
+    async def _stop(self) -> None:
         if self.listener is not None:
             self.listener.close()
         if self.runner is not None:
-            self._call(self.runner.cleanup())
+            await self.runner.cleanup()
+
+    def stop(self) -> None:
+        self._call(self._stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
         self.loop.close()

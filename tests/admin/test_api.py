@@ -79,13 +79,19 @@ def test_dashboard_login_sets_an_httponly_cookie(admin_env: AdminEnv) -> None:
     assert 'name="token"' in r.text
     r = admin_env.post("/login", token=None, data={"token": "wrong"}, allow_redirects=False)
     assert r.status_code == 403
-    r = admin_env.post("/login", token=None, data={"token": TOKEN}, allow_redirects=False)
+    r = admin_env.post(
+        "/login",
+        token=None,
+        data={"token": TOKEN},
+        headers={"Origin": admin_env.server.url},
+        allow_redirects=False,
+    )
     assert r.status_code == 303
     assert r.headers["Location"] == "/admin/dashboard"
     set_cookie = r.headers["Set-Cookie"]
     assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
     assert f"Max-Age={AdminSettings().session_seconds}" in set_cookie
-    # Plain HTTP to 127.0.0.1 on a listener bound there: the one case without Secure.
+    # Posted from a plain-HTTP page of 127.0.0.1: the one case without Secure.
     assert "Secure" not in set_cookie
     assert TOKEN not in set_cookie
     cookies = r.cookies

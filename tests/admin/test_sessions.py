@@ -67,16 +67,16 @@ def test_a_session_stops_working_when_it_expires(serve: Serve) -> None:
     assert requests.get(page, cookies={"convsync_admin": old}, timeout=30).status_code == 403
 
 
-def test_the_cookie_is_secure_unless_the_browser_talks_plain_http_to_loopback(
+def test_the_cookie_is_secure_unless_posted_from_a_plain_localhost_page(
     serve: Serve,
 ) -> None:
-    local = serve()
-    assert "Secure" not in login(local, TOKEN).headers["Set-Cookie"]
-    # Through a proxy (it says so), or on a listener bound to every address: Secure.
-    proxied = login(local, TOKEN, **{"X-Forwarded-Proto": "https"})
-    assert "Secure" in proxied.headers["Set-Cookie"]
-    exposed = serve(host="0.0.0.0")  # noqa: S104 - the rule under test, bound to 127.0.0.1
-    assert "Secure" in login(exposed, TOKEN).headers["Set-Cookie"]
+    server = serve()
+    local = login(server, TOKEN, Origin=server.url)
+    assert "Secure" not in local.headers["Set-Cookie"]
+    # The page came through a TLS proxy, or the client does not say: Secure.
+    for origin in ("https://admin.example.com", None):
+        headers = {"Origin": origin} if origin else {}
+        assert "Secure" in login(server, TOKEN, **headers).headers["Set-Cookie"], origin
 
 
 def test_logins_are_limited_per_client_address(serve: Serve) -> None:

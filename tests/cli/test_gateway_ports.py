@@ -15,7 +15,7 @@ import pytest
 
 from convsync.settings import Settings
 from deploy.simulator.webhooks import WebhookSender, post
-from tests.producers.webhook.helpers import SECRET, REPO, GatewayProcess
+from tests.producers.webhook.helpers import REPO, SECRET, GatewayProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import threading
 import time
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(os.environ.get("CONVSYNC_FAULT_RESULTS", str(Path(__file__).parent / "results")))
 SECRET = "fault-app-secret-7c1e94b2d0"
 VERIFY_TOKEN = "fault-verify-token-3a9f"
-ADMIN_TOKEN = "fault-admin-token-e5d27c10"
+ADMIN_TOKEN = secrets.token_urlsafe(32)
 
 
 # Every secret any scenario of this session handed to a component: no log may hold one.
@@ -128,6 +129,7 @@ class Load:
     posts: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     first_answers: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # of every POST, in seconds
     accepted: list[Body] = field(default_factory=list)
     retried_to_200: int = 0
     gave_up: int = 0
@@ -183,7 +185,9 @@ class Load:
             deadline = time.monotonic() + self.give_up_after
             attempt = 0
             while True:
+                began = time.monotonic()
                 status = await post_once(session, self.url, body.signed)
+                self.latencies.append(time.monotonic() - began)
                 self.posts += 1
                 self.statuses[status] += 1
                 if attempt == 0:
@@ -257,6 +261,7 @@ class Pipeline:
         self.group = group or f"{settings.topic_prefix}-materializer"
         self.graph = GraphThread(world) if world is not None else None
         self.gateway_port = free_ports()
+        self.admin_port = free_ports()
         self.streams_port = free_ports()
         self.extra_env = extra_env or {}
         self.env_for = env_for or {}
@@ -270,6 +275,11 @@ class Pipeline:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The gateway's private listener: admin API, dashboard, metrics."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def page_tokens(self) -> dict[str, str]:
         return {p: token_for(p) for p in (self.world.page_ids if self.world else [])}
@@ -310,7 +320,10 @@ class Pipeline:
 
     def args(self, name: str) -> list[str]:
         if name == "gateway":
-            return ["gateway", "--host", "127.0.0.1", "--port", str(self.gateway_port)]
+            return [
+                *("gateway", "--host", "127.0.0.1", "--port", str(self.gateway_port)),
+                *("--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)),
+            ]
         if name == "materializer":
             return ["materialize", "--group", self.group, "--instance-id", f"{self.group}-1"]
         if name == "streams":
