@@ -70,6 +70,36 @@ def make_runner(app: web.Application, deadlines: Deadlines) -> web.AppRunner:
     )
 
 
+class _Watches:
+    """The watched connections of one listener, and the sweep that cuts off late headers.
+
+    One timer per listener rather than one per request: a connection only notes when its
+    header clock started, and a sweep every ``tick`` seconds (a quarter of the deadline,
+    at most 1 s) closes those past the deadline. It runs only while some clock runs.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.tick = min(1.0, max(0.05, seconds / 4))
+        self.loop = asyncio.get_running_loop()
+        self.by_handler: dict[object, _Watch] = {}
+        self.pending: set[_Watch] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def started_clock(self, watch: _Watch) -> None:
+        self.pending.add(watch)
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(self.tick, self._run)
+
+    def _run(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        for watch in [w for w in self.pending if now - w.since >= self.seconds]:
+            watch.expire()
+        if self.pending:
+            self._sweep = self.loop.call_later(self.tick, self._run)
+
+
 class _Watch(asyncio.Protocol):
     """Forwards a connection to aiohttp's handler; closes it when headers come too late.
 
@@ -77,28 +107,24 @@ class _Watch(asyncio.Protocol):
     request was handled, until aiohttp hands the next request to the server's handler.
     """
 
-    __slots__ = ("_inner", "_loop", "_open", "_seconds", "_table", "_timer", "_transport")
+    __slots__ = ("_inner", "_open", "_transport", "_watches", "since")
 
-    def __init__(
-        self, inner: asyncio.Protocol, seconds: float, table: dict[object, _Watch]
-    ) -> None:
+    def __init__(self, inner: asyncio.Protocol, watches: _Watches) -> None:
         self._inner = inner
-        self._seconds = seconds
-        self._table = table
-        self._loop = asyncio.get_running_loop()
+        self._watches = watches
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._open = 0  # requests handed to the handler and not answered yet
+        self.since = 0.0  # when the header clock started, if in watches.pending
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._table[self._inner] = self
-        self._arm()
+        self._watches.by_handler[self._inner] = self
+        self._start_clock()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._timer is None and not self._open:
-            self._arm()
+        if not self._open and self not in self._watches.pending:
+            self._start_clock()
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -111,43 +137,41 @@ class _Watch(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self._table.pop(self._inner, None)
+        self._watches.pending.discard(self)
+        self._watches.by_handler.pop(self._inner, None)
         self._transport = None
         self._inner.connection_lost(exc)
 
     def started(self) -> None:
         """A request's headers are complete: its handler runs now."""
         self._open += 1
-        self._disarm()
+        self._watches.pending.discard(self)
 
     def ended(self) -> None:
         """A request's handler returned."""
         self._open -= 1
 
-    def _arm(self) -> None:
-        self._timer = self._loop.call_later(self._seconds, self._expired)
+    def _start_clock(self) -> None:
+        self.since = self._watches.loop.time()
+        self._watches.started_clock(self)
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expired(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """The header deadline passed: close the connection (no request is handled)."""
+        self._watches.pending.discard(self)
         if self._open or self._transport is None:
             return
-        log.debug("connection closed: request headers not received in %.0fs", self._seconds)
+        log.debug("connection closed: request headers late (%.0fs)", self._watches.seconds)
         self._transport.abort()
 
 
 def _watched(server: web.Server, seconds: float) -> Callable[[], asyncio.Protocol]:
     """Hook ``server``'s request handler and return the protocol factory that watches."""
-    table: dict[object, _Watch] = {}
+    watches = _Watches(seconds)
+    by_handler = watches.by_handler
     inner: Handler = server.request_handler
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        watch = table.get(request.protocol)
+        watch = by_handler.get(request.protocol)
         if watch is None:
             return await inner(request)
         watch.started()
@@ -159,7 +183,7 @@ def _watched(server: web.Server, seconds: float) -> Callable[[], asyncio.Protoco
     server.request_handler = handle
 
     def factory() -> asyncio.Protocol:
-        return _Watch(server(), seconds, table)
+        return _Watch(server(), watches)
 
     return factory
 

@@ -67,13 +67,17 @@ def ms(seconds: float) -> float:
 def test_slow_clients_on_both_listeners(shared: Settings, scenario_logs: Path) -> None:
     began = time.monotonic()
     sender = WebhookSender(SECRET, seed=10)
-    bodies = make_bodies(sender, PAGES, 1500)
+    everything = make_bodies(sender, PAGES, 2000)
+    quiet_bodies, bodies = everything[:500], everything[500:]
     env = {
         "CONVSYNC_GATEWAY_HEADER_TIMEOUT": str(DEADLINE_S),
         "CONVSYNC_GATEWAY_BODY_TIMEOUT": str(DEADLINE_S),
     }
     with Pipeline(shared, scenario_logs, env_for={"gateway": env}) as pipe:
         pipe.start("gateway", "materializer")
+        # The baseline of the same run: webhooks alone.
+        quiet = Load(f"{pipe.gateway_url}/webhook", quiet_bodies, rate=50)
+        quiet.run_blocking(120)
         slow = Slowloris(
             [
                 header_trickle("webhook port, headers", pipe.gateway_port),
@@ -96,10 +100,11 @@ def test_slow_clients_on_both_listeners(shared: Settings, scenario_logs: Path) -
         load.join(180)
         slow = trickling.result(timeout=TRICKLE_S + 60)
         wait_caught_up(shared, pipe.group, timeout=180)
-        result = check(shared, truth_of(load.accepted))
+        result = check(shared, truth_of([*quiet.accepted, *load.accepted]))
         dead = pipe.dead()
     latencies = sorted(load.latencies)
     p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    quiet_p99 = statistics.quantiles(quiet.latencies, n=100, method="inclusive")[98]
     summary = slow.summary()
     ended = [e for e in slow.ended if e.how != "still open"]
     late = [e for e in ended if not DEADLINE_S - 0.1 <= e.seconds <= DEADLINE_S + SLACK_S]
@@ -116,11 +121,13 @@ def test_slow_clients_on_both_listeners(shared: Settings, scenario_logs: Path) -
             "75 send webhook headers that never end, 75 a webhook body announced as 100 kB, "
             "75 admin headers, 75 a login form body; each is opened again when the gateway "
             "closes it. Meanwhile signed webhooks are posted at 50/s (retried like Meta "
-            "until 200) and the admin API is asked once a second with the token. Postgres "
-            "is then compared with the truth."
+            "until 200) and the admin API is asked once a second with the token. Before "
+            "the slow clients come, 500 webhooks at the same rate give the baseline of "
+            "the same run. Postgres is then compared with the truth of both."
         ),
         scale=(
-            f"1500 webhook bodies at 50/s, 300 trickling connections for {TRICKLE_S:g} s, "
+            "500 webhook bodies alone, then 1500 at 50/s with 300 trickling connections "
+            f"for {TRICKLE_S:g} s, "
             f"deadlines of {DEADLINE_S:g} s (the defaults are 10 s for headers, 30 s for a body)"
         ),
         figures={
@@ -128,6 +135,10 @@ def test_slow_clients_on_both_listeners(shared: Settings, scenario_logs: Path) -
             "webhook answer p50 (ms)": ms(statistics.median(latencies)),
             "webhook answer p99 (ms)": ms(p99),
             "webhook answer max (ms)": ms(latencies[-1]),
+            "baseline (no slow clients) p50 / p99 (ms)": (
+                f"{ms(statistics.median(quiet.latencies))} / {ms(quiet_p99)}"
+            ),
+            "p99 with slow clients / baseline p99": round(p99 / quiet_p99, 2),
             **{f"slow: {kind}": figures for kind, figures in summary.items()},
             "slow connections closed past their deadline": len(late),
             "admin API answers during the run": dict(
@@ -141,6 +152,7 @@ def test_slow_clients_on_both_listeners(shared: Settings, scenario_logs: Path) -
     )
     assert_exact(result)
     assert load.gave_up == 0 and len(load.accepted) == len(bodies)
+    assert len(quiet.accepted) == len(quiet_bodies)
     assert dead == []
     assert late == [] and open_too_long == [], (late[:5], open_too_long[:5])
     for kind, figures in summary.items():

@@ -48,7 +48,9 @@ def test_300_trickling_connections_are_cut_off_and_webhooks_stay_fast(
     gw = gateway_process(kafka_settings, extra_env=deadlines(HEADERS_S, BODY_S, 10.0))
     gw.start()
     sender = WebhookSender(SECRET, seed=88)
-    bodies = [sender.batch([str(300 + i % 7)], items_per_page=1) for i in range(450)]
+    bodies = [sender.batch([str(300 + i % 7)], items_per_page=1) for i in range(600)]
+    quiet = TimedLoad(gw.url + "/webhook", bodies[:150], rate=30.0)
+    uvloop.run(quiet.run())  # the same run's baseline, for the failure message
     slow = Slowloris(
         [
             header_trickle("headers", gw.port),
@@ -56,15 +58,17 @@ def test_300_trickling_connections_are_cut_off_and_webhooks_stay_fast(
         ],
         per_kind=150,
     )
-    load = TimedLoad(gw.url + "/webhook", bodies, rate=30.0)
+    load = TimedLoad(gw.url + "/webhook", bodies[150:], rate=30.0)
     trickling = in_a_process(slow, 18.0)
     time.sleep(3.0)  # the process has started and opened every slow connection
     uvloop.run(load.run())
     slow = trickling.result(timeout=60)
     # Every webhook acknowledged, fast, and in Kafka.
-    assert load.statuses == {200: len(bodies)}, load.statuses
+    assert load.statuses == {200: len(bodies) - 150}, load.statuses
     p99 = load.percentile(99)
-    assert p99 < 0.100, f"p99 {p99 * 1000:.1f} ms"
+    assert p99 < 0.100, (
+        f"p99 {p99 * 1000:.1f} ms (without slow clients: {quiet.percentile(99) * 1000:.1f})"
+    )
     assert len(read_events(kafka_settings)) == len(bodies)
     # Every trickling connection was closed at its deadline, the slow bodies with a 408.
     summary = slow.summary()
