@@ -345,6 +345,13 @@ def run(
     if missing:
         console.print(f"[red]run needs {', '.join(missing)}[/] (see README, 'A real page')")
         raise typer.Exit(2)
+    from admin.auth import check_token
+
+    try:
+        check_token(settings.admin_token.get_secret_value())
+    except ConvsyncError as e:
+        console.print(f"[red]run refused:[/] {e}")
+        raise typer.Exit(2) from e
     env = {
         "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "CONVSYNC_DATABASE_URL": settings.database_url.get_secret_value(),

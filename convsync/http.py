@@ -84,6 +84,7 @@ class _Watches:
         self.loop = asyncio.get_running_loop()
         self.by_handler: dict[object, _Watch] = {}
         self.pending: set[_Watch] = set()
+        self.handled = 0  # requests that reached the hooked handler
         self._sweep: asyncio.TimerHandle | None = None
 
     def started_clock(self, watch: _Watch) -> None:
@@ -145,6 +146,7 @@ class _Watch(asyncio.Protocol):
     def started(self) -> None:
         """A request's headers are complete: its handler runs now."""
         self._open += 1
+        self._watches.handled += 1
         self._watches.pending.discard(self)
 
     def ended(self) -> None:
@@ -164,8 +166,8 @@ class _Watch(asyncio.Protocol):
         self._transport.abort()
 
 
-def _watched(server: web.Server, seconds: float) -> Callable[[], asyncio.Protocol]:
-    """Hook ``server``'s request handler and return the protocol factory that watches."""
+def _watched(server: web.Server, seconds: float) -> tuple[Callable[[], asyncio.Protocol], _Watches]:
+    """Hook ``server``'s request handler; return the protocol factory that watches."""
     watches = _Watches(seconds)
     by_handler = watches.by_handler
     inner: Handler = server.request_handler
@@ -185,7 +187,7 @@ def _watched(server: web.Server, seconds: float) -> Callable[[], asyncio.Protoco
     def factory() -> asyncio.Protocol:
         return _Watch(server(), watches)
 
-    return factory
+    return factory, watches
 
 
 async def listen(
@@ -209,7 +211,7 @@ async def listen(
     probe = server()
     if getattr(probe, "keepalive_timeout", None) != deadlines.keepalive:
         raise RuntimeError("aiohttp ignored keepalive_timeout: make the runner with make_runner")
-    factory = _watched(server, deadlines.headers)
+    factory, _ = _watched(server, deadlines.headers)
     return await asyncio.get_running_loop().create_server(
         factory, host, port, reuse_port=reuse_port or None, backlog=128
     )
@@ -237,7 +239,7 @@ async def check_support(deadlines: Deadlines) -> None:
         return web.Response(status=204)
 
     server = web.Server(ok, keepalive_timeout=deadlines.keepalive, access_log=None)
-    factory = _watched(server, 0.05)
+    factory, watches = _watched(server, 0.05)
     loop = asyncio.get_running_loop()
     answers: list[bytes] = []
     for request in (b"GET /probe HTTP/1.1\r\nHost: probe\r\n\r\n", b"GET /probe HTTP/1.1\r\n"):
@@ -252,10 +254,16 @@ async def check_support(deadlines: Deadlines) -> None:
                 answers.append(b"(nothing)")
             transport.close()
     await server.shutdown(1.0)
-    if not answers[0].startswith(b"HTTP/1.1 204"):
-        raise RuntimeError(f"aiohttp did not answer through the hook: {answers[0][:40]!r}")
+    if not answers[0].startswith(b"HTTP/1.1 204") or watches.handled != 1:
+        raise RuntimeError(
+            f"aiohttp did not answer through the hook ({watches.handled} requests seen; "
+            f"answer {answers[0][:40]!r}): the header deadline cannot be enforced"
+        )
     if answers[1] != b"":
-        raise RuntimeError(f"a late request head was not cut off: {answers[1][:40]!r}")
+        raise RuntimeError(
+            f"a late request head was not cut off ({answers[1][:40]!r}): the header "
+            "deadline cannot be enforced"
+        )
     _SUPPORTED.append(True)
 
 
