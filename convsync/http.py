@@ -74,13 +74,14 @@ class _Watches:
     """The watched connections of one listener, and the sweep that cuts off late headers.
 
     One timer per listener rather than one per request: a connection only notes when its
-    header clock started, and a sweep every ``tick`` seconds (a quarter of the deadline,
-    at most 1 s) closes those past the deadline. It runs only while some clock runs.
+    header clock started, and a sweep every ``tick`` seconds (an eighth of the deadline,
+    at most 0.25 s, so that connections opened together are not all closed in one burst)
+    closes those past the deadline. It runs only while some clock runs.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.tick = min(1.0, max(0.05, seconds / 4))
+        self.tick = min(0.25, max(0.02, seconds / 8))
         self.loop = asyncio.get_running_loop()
         self.by_handler: dict[object, _Watch] = {}
         self.pending: set[_Watch] = set()

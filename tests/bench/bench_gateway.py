@@ -359,6 +359,8 @@ def main() -> None:
             str(gw_port),
             "--workers",
             str(args.workers),
+            "--admin-port",
+            str(free_ports()),
         ],
         env=env,
         cwd=REPO,
@@ -367,7 +369,10 @@ def main() -> None:
     if args.python_mapping:
         py_port = free_ports()
         procs["gateway py-map"] = subprocess.Popen(
-            [str(Path(sys.executable).parent / "convsync"), "gateway", "--port", str(py_port)],
+            [
+                *(str(Path(sys.executable).parent / "convsync"), "gateway", "--port", str(py_port)),
+                *("--admin-port", str(free_ports())),
+            ],
             env={**env, "CONVSYNC_GATEWAY_NATIVE": "0"},
             cwd=REPO,
         )
