@@ -120,9 +120,9 @@ class StatusReader:
                     "group.id": "convsync-status",
                     "enable.auto.commit": False,
                     "enable.partition.eof": True,
-                    # A fetch at the end of the DLQ would wait this long for new records
-                    # (and hold up the watermark queries queued behind it on the same
-                    # broker connection): the default 500 ms made every sample ~1 s.
+                    # A fetch at the end of the DLQ waits this long for records that do
+                    # not come, and holds up the watermark queries queued behind it on
+                    # the same broker connection (docs/admin.md, "Dashboard").
                     "fetch.wait.max.ms": 10,
                 }
             )

@@ -218,11 +218,6 @@ async def listen(
     )
 
 
-async def close(listener: asyncio.Server) -> None:
-    """Stop accepting connections; those open are closed by the runner's cleanup."""
-    listener.close()
-
-
 _SUPPORTED: list[bool] = []
 
 
