@@ -6,10 +6,10 @@ One run, the same machine: the cheapest aiohttp handler (read a 500-byte body, a
 same keep-alive. Debian's ``wrk`` (1 thread, 32 keep-alive connections) loads them in
 interleaved rounds; each round reports the requests served and the server's CPU time per
 request (user + system from /proc, which other load on the machine disturbs far less than
-requests per second). Prints the medians and the ratio watched/plain. Then, in this
-process, the watch's own bookkeeping per request (a byte received, the handler entered
-and left through the hook) against a bare protocol call and a bare handler await: the
-number the wrk rounds are too noisy to show on a shared machine.
+requests per second). Prints the medians and the ratio watched/plain. Then the same two
+servers and a client in this one process and event loop, in paired rounds: the CPU time
+per request of each, and the median of the paired differences, which the machine's
+other load disturbs least (the wrk rounds are too noisy to show ~1 µs).
 
     .venv/bin/python -m tests.bench.bench_deadlines [--rounds 5] [--seconds 4]
 
@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 import uvloop
+from aiohttp import web
 
-from convsync.http import _Watch, _Watches
+from convsync.http import Deadlines, listen
 from deploy.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,37 +81,72 @@ def wait_listening(port: int) -> None:
         time.sleep(0.1)
 
 
-class _Inner(asyncio.Protocol):
+_REQUEST = (
+    b"POST /webhook HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 500\r\n\r\n" + b"x" * 500
+)
+
+
+class _Client(asyncio.Protocol):
+    """Sends ``n`` requests one after another on one keep-alive connection."""
+
+    def __init__(self, n: int, done: asyncio.Future[None]) -> None:
+        self.n, self.done, self.got = n, done, b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(_REQUEST)  # type: ignore[attr-defined]
+
     def data_received(self, data: bytes) -> None:
-        pass
+        self.got += data
+        if b"EVENT_RECEIVED" not in self.got:
+            return
+        assert self.transport is not None
+        self.got, self.n = b"", self.n - 1
+        if self.n:
+            self.transport.write(_REQUEST)
+        else:
+            self.done.set_result(None)
+            self.transport.close()
 
 
-async def bookkeeping(n: int) -> tuple[float, float]:
-    """Return (µs per request with the watch, µs without) for ``n`` simulated requests."""
-    inner = _Inner()
-    watch = _Watch(inner, _Watches(10.0))
+async def _handler(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(text="EVENT_RECEIVED")
 
-    async def handler(request: object) -> object:
-        return request
 
-    async def hooked(request: object) -> object:
-        watch.started()
-        try:
-            return await handler(request)
-        finally:
-            watch.ended()
+async def in_process(rounds: int, per_connection: int = 3000) -> dict[str, list[float]]:
+    """Client and servers in this process and loop: CPU µs per request, paired rounds.
 
-    began = time.perf_counter()
-    for i in range(n):
-        inner.data_received(b"x")
-        await handler(i)
-    bare = time.perf_counter() - began
-    began = time.perf_counter()
-    for i in range(n):
-        watch.data_received(b"x")
-        await hooked(i)
-    watched = time.perf_counter() - began
-    return watched / n * 1e6, bare / n * 1e6
+    One loop, so the machine's other load hits both servers alike; the CPU time of this
+    process per request (client included) is compared round by round.
+    """
+    loop = asyncio.get_running_loop()
+    ports: dict[str, int] = {}
+    for mode in ("plain", "watched"):
+        app = web.Application()
+        app.router.add_post("/webhook", _handler)
+        deadlines = Deadlines()
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=deadlines.keepalive)
+        await runner.setup()
+        ports[mode] = free_ports()
+        if mode == "plain":
+            await web.TCPSite(runner, "127.0.0.1", ports[mode]).start()
+        else:
+            await listen(runner, "127.0.0.1", ports[mode], deadlines)
+    out: dict[str, list[float]] = {mode: [] for mode in ports}
+    for _ in range(rounds):
+        for mode, port in ports.items():
+            done = [loop.create_future() for _ in range(8)]
+            for fut in done:
+                await loop.create_connection(
+                    lambda fut=fut: _Client(per_connection, fut), "127.0.0.1", port
+                )
+            began = time.process_time()
+            await asyncio.gather(*done)
+            out[mode].append((time.process_time() - began) / (8 * per_connection) * 1e6)
+    return out
 
 
 def main() -> None:
@@ -173,11 +209,13 @@ def main() -> None:
     cpu = statistics.median(cpu_us["watched"]) / statistics.median(cpu_us["plain"])
     print(f"watched/plain: req/s {rps:.2f}, CPU per request {cpu:.2f}")
     print("CPU us/request per round:", {m: [round(v, 1) for v in cpu_us[m]] for m in servers})
-    runs = [uvloop.run(bookkeeping(200_000)) for _ in range(5)]
-    watched, bare = (statistics.median(r[i] for r in runs) for i in (0, 1))
+    paired = uvloop.run(in_process(args.rounds * 2 + 1))
+    diffs = [w - p for w, p in zip(paired["watched"], paired["plain"], strict=True)]
     print(
-        f"in-process, per request: {watched:.2f} us with the watch, {bare:.2f} us without: "
-        f"the watch adds {watched - bare:.2f} us"
+        f"in one process ({len(diffs)} paired rounds of 24,000 requests, client included): "
+        f"plain {statistics.median(paired['plain']):.1f} us/request, watched "
+        f"{statistics.median(paired['watched']):.1f}; the watch adds "
+        f"{statistics.median(diffs):.2f} us (median of the paired differences)"
     )
 
 

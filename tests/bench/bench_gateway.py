@@ -313,6 +313,12 @@ def main() -> None:
         action="store_true",
         help="also run the gateway with the native mapper off (CONVSYNC_GATEWAY_NATIVE=0)",
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also run `convsync gateway` from this source tree (e.g. an older commit "
+        "extracted with `git archive`, its native mapper built or copied in), same topics",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -376,6 +382,14 @@ def main() -> None:
             env={**env, "CONVSYNC_GATEWAY_NATIVE": "0"},
             cwd=REPO,
         )
+    if args.baseline_tree:
+        base_port = free_ports()
+        procs["baseline gw"] = subprocess.Popen(
+            [sys.executable, "-m", "cli", "gateway", "--port", str(base_port)],
+            # CONVSYNC_ADMIN_PORT: a tree with the private listener must not take 8081.
+            env={**env, "PYTHONPATH": str(args.baseline_tree), "CONVSYNC_ADMIN_PORT": "0"},
+            cwd=args.baseline_tree,
+        )
     if args.decompose:
         nk_port = free_ports()
         procs["gateway no kafka"] = subprocess.Popen(
@@ -394,6 +408,10 @@ def main() -> None:
             py_url = f"http://127.0.0.1:{py_port}"
             wait_ready(py_url + "/readyz", procs["gateway py-map"])
             servers.append(("gateway py-map", py_url, py_port))
+        if args.baseline_tree:
+            base_url = f"http://127.0.0.1:{base_port}"
+            wait_ready(base_url + "/readyz", procs["baseline gw"])
+            servers.append(("baseline gw", base_url, base_port))
         if args.decompose:
             nk_url = f"http://127.0.0.1:{nk_port}"
             wait_ready(nk_url + "/readyz", procs["gateway no kafka"])
@@ -473,6 +491,12 @@ def main() -> None:
         )
     ratio = results["gateway+kafka"]["rps"] / results["bare aiohttp"]["rps"]
     print(f"throughput ratio gateway/bare: {ratio:.2f}  (target >= 0.6)")
+    if args.baseline_tree:
+        old, new = results["baseline gw"], results["gateway+kafka"]
+        print(
+            f"this gateway / the baseline tree's: req/s {new['rps'] / old['rps']:.2f}, "
+            f"event loop us per request {new['loop_us'] / old['loop_us']:.2f}"
+        )
     if args.python_mapping:
         py = results["gateway py-map"]["rps"] / results["bare aiohttp"]["rps"]
         print(f"throughput ratio gateway-with-python-mapping/bare: {py:.2f}")
