@@ -132,7 +132,7 @@ class AdminApi:
         """POST /pages/{page_id}/sync: 202 with the crawl id (a running crawl is joined)."""
         (page_id,) = _ids(request, "page_id")
         body = SyncBody()
-        if request.can_read_body:
+        if request.body_exists:  # read already, within the body deadline (convsync.http)
             raw = await request.read()
             if raw:
                 try:

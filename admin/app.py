@@ -1,4 +1,8 @@
-"""The admin sub-application: routes, auth, error answers, pool and sampler lifecycle."""
+"""The admin sub-application: routes, auth, error answers, pool and sampler lifecycle.
+
+It is served on the gateway's private listener, never on the webhook port: the command
+composes that listener (``cli/listeners.py``) with :func:`mount_admin`.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,19 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from admin.api import AdminApi, BadRequestError, problem
-from admin.auth import auth_middleware
+from admin.auth import Sessions, auth_middleware, check_token
 from admin.dashboard import Dashboard
 from admin.settings import AdminSettings
 from admin.store import AdminStore
 from convsync.errors import RetryableError
+from convsync.http import Deadlines, body_deadline
 from convsync.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PREFIX: Final = "/admin"
+# The largest body of the API: a tags PATCH (32 tags of 64 characters) or the login form.
+MAX_BODY: Final = 64 * 1024
 OPENAPI: Final = Path(__file__).resolve().parent / "openapi.yaml"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,14 +49,27 @@ async def _openapi(_request: web.Request) -> web.StreamResponse:
     return web.FileResponse(OPENAPI, headers={"Content-Type": "application/yaml"})
 
 
-def make_admin_app(settings: Settings, admin: AdminSettings | None = None) -> web.Application:
-    """Return the admin application (mount it with :func:`mount_admin`)."""
+def make_admin_app(
+    settings: Settings, admin: AdminSettings | None = None, deadlines: Deadlines | None = None
+) -> web.Application:
+    """Return the admin application (mount it with :func:`mount_admin`).
+
+    Raises :class:`ConfigError` when the admin token is one an attacker could guess.
+    """
     admin = admin or AdminSettings()
-    api = AdminApi(settings)
-    dash = Dashboard(settings, admin)
+    deadlines = deadlines or Deadlines()
     token = settings.admin_token.get_secret_value()
+    check_token(token)
+    sessions = Sessions(token, seconds=admin.session_seconds)
+    api = AdminApi(settings)
+    dash = Dashboard(settings, admin, sessions)
     app = web.Application(
-        middlewares=[auth_middleware(token, unauthorized=dash.login_form), _errors]
+        client_max_size=MAX_BODY,
+        middlewares=[
+            auth_middleware(token, sessions, unauthorized=dash.login_form),
+            body_deadline(deadlines.body),
+            _errors,
+        ],
     )
     r = app.router
     r.add_post("/pages/{page_id}/sync", api.sync, name="sync")
@@ -101,11 +121,20 @@ async def _write_auto_clear(store: AdminStore, tags: tuple[str, ...]) -> None:
         return
 
 
-def mount_admin(app: web.Application, settings: Settings) -> None:
-    """Mount the admin API under ``/admin`` and send ``/dashboard`` to its page."""
+def mount_admin(
+    app: web.Application,
+    settings: Settings,
+    admin: AdminSettings | None = None,
+    deadlines: Deadlines | None = None,
+) -> None:
+    """Mount the admin API under ``/admin`` and send ``/`` and ``/dashboard`` to its page.
+
+    Raises :class:`ConfigError` when the admin token is one an attacker could guess.
+    """
 
     async def dashboard(_request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(f"{PREFIX}/dashboard")
 
-    app.add_subapp(PREFIX, make_admin_app(settings))
+    app.add_subapp(PREFIX, make_admin_app(settings, admin, deadlines))
     app.router.add_get("/dashboard", dashboard)
+    app.router.add_get("/", dashboard)

@@ -11,18 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-import psycopg
 from aiohttp import web
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from admin.api import json_response
-from admin.auth import COOKIE, session_value
+from admin.auth import COOKIE, Sessions, plain_localhost
+from admin.ratelimit import LoginLimiter
 from admin.settings import AdminSettings
-from admin.status import Status, collect
+from admin.status import Status, StatusReader
 from admin.store import AdminStore
 from convsync.errors import RetryableError
-from convsync.kafka import read_watermarks
 from convsync.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,82 +32,29 @@ _SECURITY: Final = {
 }
 
 
-def dlq_tail(settings: Settings, n: int, *, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """Return the last ``n`` records of ``<prefix>.dlq`` (over all partitions), newest first.
-
-    Raises :class:`RetryableError` when Kafka cannot be read.
-    """
-    topic = settings.topic("dlq")
-    consumer = Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": "convsync-admin-dlq",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    out: list[dict[str, Any]] = []
-    try:
-        md = consumer.list_topics(topic, timeout=timeout)
-        meta = md.topics.get(topic)
-        if meta is None or meta.error is not None or n == 0:
-            return []
-        wanted: list[TopicPartition] = []
-        for p in meta.partitions:
-            lo, hi = read_watermarks(consumer, TopicPartition(topic, p), timeout=timeout)
-            if hi > lo:
-                wanted.append(TopicPartition(topic, p, max(lo, hi - n)))
-        if not wanted:
-            return []
-        consumer.assign(wanted)
-        pending = {tp.partition for tp in wanted}
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise RetryableError(f"DLQ read failed: {err}")
-            out.append(_dlq_entry(msg.partition() or 0, msg.offset() or 0, msg.value()))
-    except KafkaException as e:
-        raise RetryableError(f"DLQ read failed: {e}") from e
-    finally:
-        consumer.close()
-    out.sort(key=lambda e: (e.get("failed_at") or 0, e["offset"]), reverse=True)
-    return out[:n]
-
-
-def _dlq_entry(partition: int, offset: int, value: bytes | None) -> dict[str, Any]:
-    base: dict[str, Any] = {"dlq_partition": partition, "offset": offset}
-    try:
-        record = orjson.loads(value or b"null")
-    except orjson.JSONDecodeError:
-        return {**base, "reason": "(DLQ record is not JSON)"}
-    if not isinstance(record, dict):
-        return {**base, "reason": "(DLQ record is not an object)"}
-    keep = ("reason", "error_type", "component", "topic", "partition", "failed_at")
-    return {**base, **{k: record.get(k) for k in keep}, "source_offset": record.get("offset")}
-
-
 @dataclass
 class Sampler:
-    """Samples ``convsync status`` periodically into a ring buffer, once someone looks."""
+    """Samples ``convsync status`` periodically into a ring buffer, once someone looks.
+
+    Every sample goes through one :class:`StatusReader` (one Kafka consumer, one Postgres
+    connection for the sampler's life); what it keeps is bounded: the ring buffer, the
+    last status, at most ``dlq_tail`` DLQ entries and the last sample's errors.
+    """
 
     settings: Settings
     admin: AdminSettings
     samples: deque[dict[str, Any]] = field(init=False)
+    reader: StatusReader = field(init=False)
     status: dict[str, Any] | None = None
     dlq: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    taken: int = 0
     _task: asyncio.Task[None] | None = None
     _first: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.samples = deque(maxlen=self.admin.samples)
+        self.reader = StatusReader(self.settings, timeout=5.0)
 
     async def ensure_running(self) -> None:
         """Start sampling (first call, or after the task died) and wait for a first sample.
@@ -125,16 +69,18 @@ class Sampler:
             raise RetryableError("no dashboard sample taken yet") from e
 
     async def stop(self) -> None:
-        """Stop sampling."""
+        """Stop sampling and close the reader's clients."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        # After a sample still running in its thread: the reader serializes the two.
+        await asyncio.to_thread(self.reader.close)
 
     async def _loop(self) -> None:
         while True:
             try:
                 await self.sample()
-            except (RetryableError, psycopg.Error) as e:
+            except RetryableError as e:
                 # Reported on the page (errors) and in the log; the next sample retries.
                 self.errors = [f"sample failed: {e}"]
                 log.warning("dashboard sample failed: %s", e)
@@ -143,10 +89,10 @@ class Sampler:
 
     async def sample(self) -> None:
         """Take one sample: status (lag, row counts), events offsets, DLQ tail."""
-        status: Status = await asyncio.to_thread(collect, self.settings)
+        status: Status = await asyncio.to_thread(self.reader.collect)
         errors = list(status.errors)
         try:
-            self.dlq = await asyncio.to_thread(dlq_tail, self.settings, self.admin.dlq_tail)
+            self.dlq = await asyncio.to_thread(self.reader.dlq_tail, self.admin.dlq_tail)
         except RetryableError as e:
             errors.append(str(e))
         events_topic = self.settings.topic("events")
@@ -166,6 +112,7 @@ class Sampler:
                 point["events_per_s"] = max(0.0, (produced - last["produced"]) / dt)
                 point["rows_per_s"] = max(0.0, (status.events_rows - last["rows"]) / dt)
         self.samples.append(point)
+        self.taken += 1
         self.status = status.as_json()
         self.errors = errors
         if errors:
@@ -175,9 +122,14 @@ class Sampler:
 class Dashboard:
     """Dashboard handlers; ``store`` is set when the app starts."""
 
-    def __init__(self, settings: Settings, admin: AdminSettings) -> None:
+    def __init__(self, settings: Settings, admin: AdminSettings, sessions: Sessions) -> None:
         self.settings = settings
+        self.admin = admin
         self.token = settings.admin_token.get_secret_value()
+        self.sessions = sessions
+        self.limiter = LoginLimiter(
+            burst=admin.login_burst, per_minute=admin.login_per_minute, clients=admin.login_clients
+        )
         self.sampler = Sampler(settings, admin)
         self.store: AdminStore | None = None
 
@@ -199,7 +151,23 @@ class Dashboard:
         return web.Response(text=html, content_type="text/html", status=status, headers=_SECURITY)
 
     async def login(self, request: web.Request) -> web.Response:
-        """POST /login: a right token sets the HttpOnly session cookie (303 to the page)."""
+        """POST /login: a right token sets the session cookie (303 to the page).
+
+        Attempts are limited per client address (429 with ``Retry-After``, before the
+        token is looked at). The cookie is ``HttpOnly``, ``SameSite=Strict``, lives
+        ``session_seconds`` (``Max-Age``, and the value itself expires), and is ``Secure``
+        unless the form was posted from a plain-HTTP loopback page (:func:`plain_localhost`).
+        """
+        wait = self.limiter.attempt(request.remote or "unknown")
+        if wait > 0:
+            log.info("dashboard login refused: too many attempts from one address")
+            return json_response(
+                {"error": "too many login attempts, retry later"},
+                status=429,
+                **{"Retry-After": LoginLimiter.retry_after(wait)},
+            )
+        if request.content_type not in ("application/x-www-form-urlencoded", ""):
+            return json_response({"error": "expected a form (urlencoded)"}, status=400)
         form = await request.post()
         given = str(form.get("token", "")).encode("utf-8", "surrogateescape")
         if not self.token or not hmac.compare_digest(given, self.token.encode()):
@@ -209,11 +177,12 @@ class Dashboard:
         response = web.Response(status=303, headers={"Location": f"{base}/dashboard"})
         response.set_cookie(
             COOKIE,
-            session_value(self.token),
+            self.sessions.issue(),
             httponly=True,
             samesite="Strict",
             path=base or "/",
-            secure=request.secure,
+            max_age=self.sessions.seconds,
+            secure=not plain_localhost(request),
         )
         return response
 

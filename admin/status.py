@@ -1,17 +1,31 @@
-"""What `convsync status` reports: lag per group and partition, crawls, DLQ, row counts."""
+"""What `convsync status` reports: lag per group and partition, crawls, DLQ, row counts.
+
+:class:`StatusReader` keeps one Kafka consumer and one Postgres connection for repeated
+reads (the dashboard's sampler asks every few seconds, for as long as the gateway runs);
+:func:`collect` and :func:`watermarks` are its one-shot forms for `convsync status`.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+import orjson
+import psycopg
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from psycopg import sql
 
 from convsync.db import connect
 from convsync.errors import RetryableError
 from convsync.kafka import read_watermarks
 from convsync.settings import Settings
+
+Marks = dict[str, dict[int, tuple[int, int]]]
+# A slow count(*) on a large table gives up rather than holding the sampler's thread.
+_STATEMENT_TIMEOUT: Final = "SET statement_timeout = '10s'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,27 +87,192 @@ class Status:
         return data
 
 
-def watermarks(
-    settings: Settings, topics: list[str], *, timeout: float = 10.0
-) -> dict[str, dict[int, tuple[int, int]]]:
-    """Return ``{topic: {partition: (low, high)}}``. Raises :class:`RetryableError`."""
-    consumer = Consumer(
-        {**settings.kafka_config(), "group.id": "convsync-status", "enable.auto.commit": False}
-    )
-    out: dict[str, dict[int, tuple[int, int]]] = {}
+class StatusReader:
+    """Long-lived clients for status reads, each call bounded by ``timeout`` seconds.
+
+    The consumer is created on first use and kept (librdkafka reconnects by itself); the
+    connection is kept until an error, then made afresh on the next call. Calls are
+    serialized, so one reader may be used from any thread. Close it when done.
+    """
+
+    def __init__(self, settings: Settings, *, timeout: float = 10.0) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._consumer: Consumer | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
+        self.consumers_made = 0
+        self.connections_made = 0
+
+    def __enter__(self) -> StatusReader:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _kafka(self) -> Consumer:
+        if self._closed:
+            raise RetryableError("status reader closed")
+        if self._consumer is None:
+            self._consumer = Consumer(
+                {
+                    **self.settings.kafka_config(),
+                    "group.id": "convsync-status",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    # A fetch at the end of the DLQ waits this long for records that do
+                    # not come, and holds up the watermark queries queued behind it on
+                    # the same broker connection (docs/admin.md, "Dashboard").
+                    "fetch.wait.max.ms": 10,
+                }
+            )
+            self.consumers_made += 1
+        return self._consumer
+
+    def _db(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise RetryableError("status reader closed")
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = connect(self.settings, timeout=self.timeout)
+            self.connections_made += 1
+            conn.execute(_STATEMENT_TIMEOUT)
+        return conn
+
+    def close(self) -> None:
+        """Close both clients; later calls raise :class:`RetryableError`."""
+        with self._lock:
+            # A call already running in another thread may be between its Kafka and
+            # its Postgres part: it must not open a connection nobody closes.
+            self._closed = True
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def watermarks(self, topics: list[str]) -> Marks:
+        """Return ``{topic: {partition: (low, high)}}``. Raises :class:`RetryableError`."""
+        with self._lock:
+            return _marks(self._kafka(), topics, time.monotonic() + self.timeout)
+
+    def dlq_tail(self, n: int) -> list[dict[str, Any]]:
+        """Return the last ``n`` records of ``<prefix>.dlq`` (all partitions), newest first.
+
+        Raises :class:`RetryableError` when Kafka cannot be read.
+        """
+        if n == 0:
+            return []
+        topic = self.settings.topic("dlq")
+        with self._lock:
+            consumer = self._kafka()
+            deadline = time.monotonic() + self.timeout
+            marks = _marks(consumer, [topic], deadline).get(topic, {})
+            wanted = [TopicPartition(topic, p, max(lo, hi - n)) for p, (lo, hi) in marks.items()]
+            wanted = [tp for tp in wanted if marks[tp.partition][1] > tp.offset]
+            out: list[dict[str, Any]] = []
+            if wanted:
+                try:
+                    consumer.assign(wanted)
+                    out = _read_to_end(consumer, {tp.partition for tp in wanted}, deadline)
+                except KafkaException as e:
+                    raise RetryableError(f"DLQ read failed: {e}") from e
+                finally:
+                    consumer.unassign()
+        out.sort(key=lambda e: (e.get("failed_at") or 0, e["offset"]), reverse=True)
+        return out[:n]
+
+    def collect(self, *, stall_after: float = 300.0) -> Status:
+        """Return the current status; unreachable parts are listed in ``errors``.
+
+        A consumer is *stalled* when a partition has lag but its stored offset has not
+        moved for ``stall_after`` seconds; a crawl is stalled when it is running and its
+        progress has not changed for that long.
+        """
+        settings = self.settings
+        status = Status(kafka_bootstrap=settings.kafka_bootstrap, db_schema=settings.db_schema)
+        topics = [settings.topic(s) for s in ("events", "crawl", "conversations", "dlq")]
+        try:
+            marks = self.watermarks(topics)
+        except RetryableError as e:
+            status.errors.append(str(e))
+            marks = {}
+        status.high_watermarks = {
+            t: {p: hi for p, (_, hi) in parts.items()} for t, parts in marks.items()
+        }
+        dlq = marks.get(settings.topic("dlq"), {})
+        status.dlq_records = sum(hi - lo for lo, hi in dlq.values())
+        with self._lock:
+            try:
+                _read_database(self._db(), status, stall_after)
+            except psycopg.Error as e:
+                # A broken connection is replaced on the next call (_db).
+                status.errors.append(f"Postgres status query failed: {e}")
+            except RetryableError as e:
+                status.errors.append(str(e))
+        return status
+
+
+def _marks(consumer: Consumer, topics: list[str], deadline: float) -> Marks:
+    out: Marks = {}
     try:
-        md = consumer.list_topics(timeout=timeout)
+        md = consumer.list_topics(timeout=max(0.1, deadline - time.monotonic()))
         for topic in topics:
             if topic not in md.topics:
                 continue
             out[topic] = {}
             for p in md.topics[topic].partitions:
-                out[topic][p] = read_watermarks(consumer, TopicPartition(topic, p), timeout=timeout)
+                left = max(0.1, deadline - time.monotonic())
+                out[topic][p] = read_watermarks(consumer, TopicPartition(topic, p), timeout=left)
     except KafkaException as e:
         raise RetryableError(f"Kafka unreachable: {e}") from e
-    finally:
-        consumer.close()
     return out
+
+
+def _read_to_end(consumer: Consumer, pending: set[int], deadline: float) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while pending and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                pending.discard(msg.partition() or 0)
+                continue
+            raise RetryableError(f"DLQ read failed: {err}")
+        out.append(_dlq_entry(msg.partition() or 0, msg.offset() or 0, msg.value()))
+    return out
+
+
+def _dlq_entry(partition: int, offset: int, value: bytes | None) -> dict[str, Any]:
+    base: dict[str, Any] = {"dlq_partition": partition, "offset": offset}
+    try:
+        record = orjson.loads(value or b"null")
+    except orjson.JSONDecodeError:
+        return {**base, "reason": "(DLQ record is not JSON)"}
+    if not isinstance(record, dict):
+        return {**base, "reason": "(DLQ record is not an object)"}
+    keep = ("reason", "error_type", "component", "topic", "partition", "failed_at")
+    return {**base, **{k: record.get(k) for k in keep}, "source_offset": record.get("offset")}
+
+
+def watermarks(settings: Settings, topics: list[str], *, timeout: float = 10.0) -> Marks:
+    """Return ``{topic: {partition: (low, high)}}`` once. Raises :class:`RetryableError`."""
+    with StatusReader(settings, timeout=timeout) as reader:
+        return reader.watermarks(topics)
+
+
+def collect(settings: Settings, *, stall_after: float = 300.0) -> Status:
+    """Return the current status once (see :meth:`StatusReader.collect`)."""
+    with StatusReader(settings) as reader:
+        return reader.collect(stall_after=stall_after)
 
 
 def _rows(cur: Any) -> list[dict[str, Any]]:
@@ -107,80 +286,55 @@ def _rows(cur: Any) -> list[dict[str, Any]]:
     ]
 
 
-def collect(settings: Settings, *, stall_after: float = 300.0) -> Status:
-    """Return the current status; unreachable parts are listed in ``errors``.
-
-    A consumer is *stalled* when a partition has lag but its stored offset has not moved
-    for ``stall_after`` seconds; a crawl is stalled when it is running and its progress
-    has not changed for that long.
-    """
-    status = Status(kafka_bootstrap=settings.kafka_bootstrap, db_schema=settings.db_schema)
-    topics = [settings.topic(s) for s in ("events", "crawl", "conversations", "dlq")]
-    try:
-        marks = watermarks(settings, topics)
-    except RetryableError as e:
-        status.errors.append(str(e))
-        marks = {}
-    status.high_watermarks = {
-        t: {p: hi for p, (_, hi) in parts.items()} for t, parts in marks.items()
-    }
-    status.dlq_records = sum(hi - lo for lo, hi in marks.get(settings.topic("dlq"), {}).values())
-    schema = sql.Identifier(settings.db_schema)
-    try:
-        with connect(settings) as conn:
-            rows = conn.execute(
-                sql.SQL(
-                    'SELECT "group", topic, "partition", next_offset,'
-                    " extract(epoch FROM now() - updated_at) FROM {}.consumer_offsets"
-                    " ORDER BY 1, 2, 3"
-                ).format(schema)
-            ).fetchall()
-            for group, topic, partition, next_offset, idle in rows:
-                hw = status.high_watermarks.get(str(topic), {}).get(int(str(partition)), 0)
-                lag = PartitionLag(
-                    str(group), str(topic), int(str(partition)), int(str(next_offset)), hw
-                )
-                status.lags.append(lag)
-                if lag.lag > 0 and float(str(idle)) > stall_after:
-                    status.stalled.append(
-                        f"group {lag.group} partition {lag.topic}[{lag.partition}]: lag "
-                        f"{lag.lag}, no progress for {float(str(idle)):.0f}s"
-                    )
-            status.crawls = _rows(
-                conn.execute(
-                    sql.SQL(
-                        "SELECT *, extract(epoch FROM now() - updated_at) AS idle_seconds"
-                        " FROM {}.crawl_state ORDER BY page_id"
-                    ).format(schema)
-                )
+def _read_database(conn: psycopg.Connection[Any], status: Status, stall_after: float) -> None:
+    """Fill ``status`` from Postgres: lags, crawls, statistics, row counts."""
+    schema = sql.Identifier(status.db_schema)
+    rows = conn.execute(
+        sql.SQL(
+            'SELECT "group", topic, "partition", next_offset,'
+            " extract(epoch FROM now() - updated_at) FROM {}.consumer_offsets"
+            " ORDER BY 1, 2, 3"
+        ).format(schema)
+    ).fetchall()
+    for group, topic, partition, next_offset, idle in rows:
+        hw = status.high_watermarks.get(str(topic), {}).get(int(str(partition)), 0)
+        lag = PartitionLag(str(group), str(topic), int(str(partition)), int(str(next_offset)), hw)
+        status.lags.append(lag)
+        if lag.lag > 0 and float(str(idle)) > stall_after:
+            status.stalled.append(
+                f"group {lag.group} partition {lag.topic}[{lag.partition}]: lag "
+                f"{lag.lag}, no progress for {float(str(idle)):.0f}s"
             )
-            for crawl in status.crawls:
-                idle = float(crawl.get("idle_seconds") or 0)
-                if crawl.get("status") == "running" and idle > stall_after:
-                    status.stalled.append(
-                        f"crawl of page {crawl['page_id']}: no progress for {idle:.0f}s"
-                    )
-            has_views = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL",
-                (f"{settings.db_schema}.sync_statistics",),
-            ).fetchone()
-            if has_views and has_views[0]:
-                status.sync_statistics = _rows(
-                    conn.execute(
-                        sql.SQL("SELECT * FROM {}.sync_statistics ORDER BY page_id").format(schema)
-                    )
-                )
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT count(*) FROM {}.events WHERE inserted_at > now() - interval '1 minute'"
-                ).format(schema)
-            ).fetchone()
-            status.events_last_minute = int(str(row[0])) if row else 0
-            for table, attr in (("events", "events_rows"), ("conversations", "conversations_rows")):
-                row = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {}.{}").format(schema, sql.Identifier(table))
-                ).fetchone()
-                setattr(status, attr, int(str(row[0])) if row else 0)
-    except RetryableError as e:
-        status.errors.append(str(e))
-    return status
+    status.crawls = _rows(
+        conn.execute(
+            sql.SQL(
+                "SELECT *, extract(epoch FROM now() - updated_at) AS idle_seconds"
+                " FROM {}.crawl_state ORDER BY page_id"
+            ).format(schema)
+        )
+    )
+    for crawl in status.crawls:
+        idle = float(crawl.get("idle_seconds") or 0)
+        if crawl.get("status") == "running" and idle > stall_after:
+            status.stalled.append(f"crawl of page {crawl['page_id']}: no progress for {idle:.0f}s")
+    has_views = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL",
+        (f"{status.db_schema}.sync_statistics",),
+    ).fetchone()
+    if has_views and has_views[0]:
+        status.sync_statistics = _rows(
+            conn.execute(
+                sql.SQL("SELECT * FROM {}.sync_statistics ORDER BY page_id").format(schema)
+            )
+        )
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM {}.events WHERE inserted_at > now() - interval '1 minute'"
+        ).format(schema)
+    ).fetchone()
+    status.events_last_minute = int(str(row[0])) if row else 0
+    for table, attr in (("events", "events_rows"), ("conversations", "conversations_rows")):
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.{}").format(schema, sql.Identifier(table))
+        ).fetchone()
+        setattr(status, attr, int(str(row[0])) if row else 0)

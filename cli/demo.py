@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import threading
 import time
 from collections import Counter
@@ -40,7 +41,8 @@ DEMO_PREFIX = "convsync-demo"
 DEMO_SCHEMA = "convsync_demo"
 APP_SECRET = "demo-app-secret"  # noqa: S105 - the simulator's own secret, not a credential
 VERIFY_TOKEN = "demo-verify-token"  # noqa: S105
-ADMIN_TOKEN = "demo-admin-token"  # noqa: S105
+# A fresh one every run: the admin port is on 127.0.0.1, but a guessable token is refused.
+ADMIN_TOKEN = secrets.token_urlsafe(32)
 
 TruthRow = tuple[str, str, str, str | None, str | None]  # page, psid, mid, text, direction
 
@@ -301,6 +303,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
     graph = GraphThread(world)
     graph_url = graph.start()
     gateway_port = free_ports()
+    admin_port = free_ports()
     tokens = {p: token_for(p) for p in world.page_ids}
     # Secrets go through the environment, never the command line.
     env = {
@@ -320,7 +323,12 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
     logs = state_dir / "demo-logs"
     sup = Supervisor(env, logs, fresh_logs=True, state_file=logs / STATE_FILE)
     try:
-        sup.start("gateway", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port))
+        sup.start(
+            "gateway",
+            "gateway",
+            *("--host", "127.0.0.1", "--port", str(gateway_port)),
+            *("--admin-host", "127.0.0.1", "--admin-port", str(admin_port)),
+        )
         for i in range(opts.crawler_workers):
             sup.start(f"crawler-{i + 1}", "crawler")
         sup.start("materializer", "materialize")
@@ -337,6 +345,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
             "supervisor": sup,
             "graph_url": graph_url,
             "gateway": f"http://127.0.0.1:{gateway_port}",
+            "admin": f"http://127.0.0.1:{admin_port}",
             "env": env,
         }
     finally:
@@ -543,6 +552,6 @@ def _summary(
     t.add_row("DLQ records", str(snap.dlq_records))
     t.add_row("Postgres vs the fake's truth", "[green]MATCH[/]" if result.ok else "[red]DIFFERS[/]")
     console.print(t)
-    console.print(f"gateway: {ctx['gateway']}  (metrics at {ctx['gateway']}/metrics)")
-    console.print(f"dashboard: {ctx['gateway']}/dashboard  (admin token: {ADMIN_TOKEN})")
+    console.print(f"gateway: {ctx['gateway']}/webhook  (metrics at {ctx['admin']}/metrics)")
+    console.print(f"dashboard: {ctx['admin']}/dashboard  (admin token: {ADMIN_TOKEN})")
     console.print(f"Postgres: schema {DEMO_SCHEMA}; component logs in {ctx['supervisor'].log_dir}")

@@ -363,6 +363,17 @@ def demo(
 def run(
     gateway_port: Annotated[int, typer.Option(help="Webhook gateway port.")] = 8080,
     gateway_host: Annotated[str, typer.Option(help="Webhook gateway address.")] = "127.0.0.1",
+    admin_port: Annotated[
+        int,
+        typer.Option(help="Admin API, dashboard and metrics port.", envvar="CONVSYNC_ADMIN_PORT"),
+    ] = 8081,
+    admin_host: Annotated[
+        str,
+        typer.Option(
+            help="Admin API, dashboard and metrics address (keep it private).",
+            envvar="CONVSYNC_ADMIN_HOST",
+        ),
+    ] = "127.0.0.1",
     crawler_workers: Annotated[int, typer.Option(min=0)] = 1,
     archive: Annotated[
         bool | None,
@@ -394,6 +405,13 @@ def run(
     if missing:
         console.print(f"[red]run needs {', '.join(missing)}[/] (see README, 'A real page')")
         raise typer.Exit(2)
+    from admin.auth import check_token
+
+    try:
+        check_token(settings.admin_token.get_secret_value())
+    except ConvsyncError as e:
+        console.print(f"[red]run refused:[/] {e}")
+        raise typer.Exit(2) from e
     # Through the environment, never the command line: it holds secrets.
     env = {
         "CONVSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -411,7 +429,12 @@ def run(
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        sup.start("gateway", "gateway", "--host", gateway_host, "--port", str(gateway_port))
+        sup.start(
+            "gateway",
+            "gateway",
+            *("--host", gateway_host, "--port", str(gateway_port)),
+            *("--admin-host", admin_host, "--admin-port", str(admin_port)),
+        )
         for i in range(crawler_workers):
             sup.start(f"crawler-{i + 1}", "crawler")
         sup.start("materializer", "materialize")
@@ -419,9 +442,9 @@ def run(
         if with_archiver:
             sup.start("archiver", "archive")
         console.print(
-            f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; "
-            f"logs in {sup.log_dir}; a component that exits is restarted (see "
-            "`convsync status`); Ctrl-C stops"
+            f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; dashboard "
+            f"http://{admin_host}:{admin_port}/dashboard; logs in {sup.log_dir}; a component "
+            "that exits is restarted (see `convsync status`); Ctrl-C stops"
         )
         while not stopping:
             sup.watch()

@@ -1,7 +1,12 @@
-"""The aiohttp application: Meta's webhook handshake and POSTs, health, readiness, metrics."""
+"""The aiohttp application of the public port: Meta's webhook handshake and POSTs, health.
+
+Nothing else is served here: the metrics, the admin API and the dashboard are on the
+gateway's private listener, which the command composes (``cli/listeners.py``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -9,12 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from aiohttp import hdrs, web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
-from prometheus_client import CONTENT_TYPE_LATEST
 
-from admin import mount_admin
 from convsync.errors import ConfigError, RetryableError
+from convsync.http import Deadlines, make_runner, timed_out
 from convsync.settings import Settings
 from producers.webhook.admit import Refused, admit
 from producers.webhook.metrics import Metrics, sharing
@@ -25,24 +28,9 @@ from producers.webhook.signature import HEADER, LEGACY_HEADER
 log = logging.getLogger(__name__)
 
 EVENT_RECEIVED: Final = "EVENT_RECEIVED"
-_ROUTES: Final = frozenset({"/webhook", "/healthz", "/readyz", "/metrics"})
+_ROUTES: Final = frozenset({"/webhook", "/healthz", "/readyz"})
 _CHUNK: Final = 64 * 1024
-
-
-class SafeAccessLogger(AbstractAccessLogger):
-    """Access log lines without query strings (the handshake carries the verify token).
-
-    Lines are at DEBUG: at INFO a busy gateway would log every webhook.
-    """
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.DEBUG)
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.debug(
-            "%s %s %d %.1fms", request.method, request.path, response.status, time * 1000
-        )
+NOT_READY: Final = "not ready"
 
 
 def _reject(status: int, reason: str) -> web.Response:
@@ -68,6 +56,7 @@ class Gateway:
         self.publisher = publisher
         self.metrics = metrics
         self.received = 0
+        self._unready = "ok"  # the last reason logged for a 503 of /readyz
 
     async def handshake(self, request: web.Request) -> web.Response:
         """GET /webhook: echo ``hub.challenge`` when mode and verify token match, else 403."""
@@ -87,7 +76,16 @@ class Gateway:
         return web.Response(text=challenge)
 
     async def _read_body(self, request: web.BaseRequest) -> bytes | None:
-        """Return the body, or None as soon as it exceeds the limit (read no further)."""
+        """Return the body, or None as soon as it exceeds the limit (read no further).
+
+        Raises :class:`TimeoutError` when the body takes longer than the body deadline.
+        """
+        if request.content.is_eof():  # all of it arrived with the headers: no timer
+            return await self._read_within_limit(request)
+        async with asyncio.timeout(self.gateway.body_timeout):
+            return await self._read_within_limit(request)
+
+    async def _read_within_limit(self, request: web.BaseRequest) -> bytes | None:
         limit = self.gateway.max_body_bytes
         if request.content_length is not None:
             if request.content_length > limit:
@@ -106,8 +104,13 @@ class Gateway:
     async def receive(self, request: web.BaseRequest) -> web.Response:
         """POST /webhook: verify, map, publish; 200 only once Kafka confirmed every event."""
         self.received += 1
-        # 1. Size before anything else: an oversized body is not read to its end.
-        body = await self._read_body(request)
+        # 1. Size and time before anything else: an oversized body is not read to its
+        #    end, a body trickling in past the deadline gets a 408 and the connection closes.
+        try:
+            body = await self._read_body(request)
+        except TimeoutError:
+            log.info("webhook refused: body not received in %.0fs", self.gateway.body_timeout)
+            return timed_out(request)
         if body is None:
             return _reject(413, "body too large")
         self.metrics.body_bytes.observe(len(body))
@@ -150,17 +153,21 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        """GET /readyz: 200 when Kafka is reachable and the topic has leaders."""
+        """GET /readyz: 200 when Kafka is reachable and the topic has leaders.
+
+        A 503 says only "not ready": the reason (Kafka's own error text, topic names)
+        goes to the log, once per change of reason, since this port faces the internet.
+        """
         ok, why = await self.publisher.ready()
         if not ok:
-            return _reject(503, why)
+            if why != self._unready:
+                log.warning("not ready: %s", why)
+            self._unready = why
+            return _reject(503, NOT_READY)
+        if self._unready != "ok":
+            log.info("ready again")
+            self._unready = "ok"
         return web.json_response({"status": "ready"})
-
-    async def metrics_page(self, _request: web.Request) -> web.Response:
-        """GET /metrics: Prometheus exposition."""
-        return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
 
 
 GATEWAY: Final = web.AppKey("gateway", Gateway)
@@ -209,7 +216,6 @@ def make_app(
     app.router.add_post("/webhook", handlers.receive)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics_page)
 
     async def producer_lifecycle(_app: web.Application) -> AsyncIterator[None]:
         publisher.start()
@@ -228,7 +234,6 @@ def make_app(
 
     app.cleanup_ctx.append(producer_lifecycle)
     app.cleanup_ctx.append(metrics_lifecycle)
-    mount_admin(app, settings)
     return app
 
 
@@ -236,7 +241,7 @@ def install_fast_path(runner: web.AppRunner) -> None:
     """Answer ``POST /webhook`` on ``runner`` without the router and the middlewares.
 
     Call after ``runner.setup()`` and before the first connection. Every other request
-    (the handshake, health, metrics, admin, unknown paths, and a POST that asks for
+    (the handshake, health, unknown paths, and a POST that asks for
     ``Expect: 100-continue``) still goes through the application as before. The webhook
     POST is the gateway's whole load: resolving its route and entering two middleware
     layers cost ~8 us of the ~40 us aiohttp spends per request on this path (measured
@@ -270,12 +275,13 @@ def install_fast_path(runner: web.AppRunner) -> None:
     server.request_handler = handle
 
 
-async def start_runner(app: web.Application) -> web.AppRunner:
+async def start_runner(app: web.Application, deadlines: Deadlines | None = None) -> web.AppRunner:
     """Set up a runner for make_app's ``app`` as ``convsync gateway`` serves it.
 
-    The access log without query strings, and the ``POST /webhook`` fast path.
+    The access log without query strings, the keep-alive deadline, and the
+    ``POST /webhook`` fast path. Serve it with :func:`convsync.http.listen`.
     """
-    runner = web.AppRunner(app, access_log_class=SafeAccessLogger)
+    runner = make_runner(app, deadlines or Deadlines())
     await runner.setup()
     install_fast_path(runner)
     return runner

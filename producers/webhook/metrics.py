@@ -3,7 +3,8 @@
 Counting is a dict or list increment. ``prometheus_client``'s metric objects take a lock
 and walk their children on every update; in the gateway that cost ~10 us of the event
 loop per request (five updates), against ~1 us now (measured in docs/gateway.md). The
-Prometheus text is built from the counts only when ``/metrics`` is scraped.
+Prometheus text is built from the counts only when ``/metrics`` is scraped; that page
+(:func:`metrics_page`) is served on the gateway's private listener, not the webhook port.
 
 With ``--workers N`` the command sets ``CONVSYNC_GATEWAY_METRICS_DIR``: every worker writes
 its counts there every second (and when it stops), and any worker's ``/metrics`` reports
@@ -19,12 +20,13 @@ import logging
 import os
 import uuid
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
-from prometheus_client import CollectorRegistry, generate_latest
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -246,3 +248,12 @@ async def sharing(metrics: Metrics) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         metrics.write_snapshot()
+
+
+def metrics_page(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Return the handler of ``GET /metrics``: the Prometheus text of ``metrics``."""
+
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return page

@@ -1,4 +1,10 @@
-"""Running the gateway: one process, or N worker processes sharing a port (SO_REUSEPORT)."""
+"""Running the gateway: one process, or N worker processes sharing a port (SO_REUSEPORT).
+
+Every process serves two listeners: the public one (the webhook app) and, when the
+command gives one, a private one whose application the command builds around the
+process's :class:`Metrics` (the admin API, dashboard and metrics, composed in ``cli/``:
+this component does not import ``admin/``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 import uvloop
@@ -19,10 +26,11 @@ from aiohttp import web
 
 from convsync.errors import ConfigError
 from convsync.gctune import freeze_startup
+from convsync.http import listen, make_runner
 from convsync.logs import setup_logging
 from convsync.settings import Settings
 from producers.webhook.app import make_app, start_runner
-from producers.webhook.metrics import SHARED_DIR_ENV
+from producers.webhook.metrics import SHARED_DIR_ENV, Metrics
 from producers.webhook.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -33,9 +41,31 @@ def secrets_of(settings: Settings) -> list[str]:
     return settings.secret_values()
 
 
-def serve(settings: Settings, gateway: GatewaySettings, *, reuse_port: bool = False) -> None:
+@dataclass(frozen=True, slots=True)
+class PrivateListener:
+    """A second listener of every gateway process, for what must not face the internet.
+
+    ``make_app`` builds its application from the process's metrics; with ``--workers N``
+    it is sent to spawned workers, so it must pickle (a module-level function or a
+    ``functools.partial`` of one).
+    """
+
+    host: str
+    port: int
+    make_app: Callable[[Metrics], web.Application]
+
+
+def serve(
+    settings: Settings,
+    gateway: GatewaySettings,
+    *,
+    reuse_port: bool = False,
+    private: PrivateListener | None = None,
+) -> None:
     """Serve the gateway in this process until SIGINT/SIGTERM (then flush the producer)."""
-    app = make_app(settings, gateway)
+    metrics = Metrics()
+    app = make_app(settings, gateway, metrics=metrics)
+    private_app = private.make_app(metrics) if private is not None else None
 
     async def freeze_after_startup(_app: web.Application) -> None:
         # Runs after the app's start-up (the producer is created by then), before the
@@ -55,54 +85,92 @@ def serve(settings: Settings, gateway: GatewaySettings, *, reuse_port: bool = Fa
         settings.topic("events"),
     )
     # uvloop: aiohttp's own request path is half the gateway's CPU on asyncio's loop.
-    uvloop.run(_run(app, gateway, reuse_port=reuse_port))
+    uvloop.run(_run(app, gateway, reuse_port=reuse_port, private=private, private_app=private_app))
 
 
-async def _run(app: web.Application, gateway: GatewaySettings, *, reuse_port: bool) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM, then shut down like ``web.run_app`` does.
+async def _run(
+    app: web.Application,
+    gateway: GatewaySettings,
+    *,
+    reuse_port: bool,
+    private: PrivateListener | None = None,
+    private_app: web.Application | None = None,
+) -> None:
+    """Serve ``app`` (and ``private_app``) until SIGINT/SIGTERM, then shut down.
 
-    A runner of our own rather than ``web.run_app``: the webhook fast path is installed
-    on the runner's server, which ``run_app`` does not expose. Shutdown stops accepting,
-    lets requests in flight finish (up to 60 s), then runs the app's cleanup, which
-    flushes the producer.
+    Runners of our own rather than ``web.run_app``: the webhook fast path is installed
+    on the runner's server, and the listeners keep HTTP deadlines (``convsync.http``).
+    Shutdown stops accepting on both, lets requests in flight finish (up to 60 s), then
+    runs the apps' cleanup, which flushes the producer.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runner = await start_runner(app)
+    deadlines = gateway.deadlines()
+    runners = [await start_runner(app, deadlines)]
+    listeners: list[asyncio.Server] = []
     try:
-        site = web.TCPSite(runner, gateway.host, gateway.port, reuse_port=reuse_port)
-        await site.start()
+        listeners.append(
+            await listen(runners[0], gateway.host, gateway.port, deadlines, reuse_port=reuse_port)
+        )
+        if private is not None and private_app is not None:
+            runners.append(make_runner(private_app, deadlines))
+            await runners[-1].setup()
+            listeners.append(
+                await listen(
+                    runners[-1], private.host, private.port, deadlines, reuse_port=reuse_port
+                )
+            )
+            log.info(
+                "gateway pid %d: private listener on %s:%d", os.getpid(), private.host, private.port
+            )
         await stop.wait()
         log.info("gateway pid %d: signal received, shutting down", os.getpid())
     finally:
-        await runner.cleanup()
+        for listener in listeners:
+            listener.close()
+        for runner in runners:
+            await runner.cleanup()
 
 
-def _worker(settings: Settings, gateway: GatewaySettings, log_level: str) -> None:
+def _worker(
+    settings: Settings,
+    gateway: GatewaySettings,
+    log_level: str,
+    private: PrivateListener | None,
+) -> None:
     setup_logging(log_level, secrets=secrets_of(settings))
-    serve(settings, gateway, reuse_port=True)
+    serve(settings, gateway, reuse_port=True, private=private)
 
 
-def serve_workers(settings: Settings, gateway: GatewaySettings, *, log_level: str = "INFO") -> int:
+def serve_workers(
+    settings: Settings,
+    gateway: GatewaySettings,
+    *,
+    log_level: str = "INFO",
+    private: PrivateListener | None = None,
+) -> int:
     """Run ``gateway.workers`` processes on one port with SO_REUSEPORT; return an exit code.
 
-    SIGINT/SIGTERM to this parent are passed to every worker. A worker that dies makes
-    the parent stop the others and return non-zero (a supervisor restarts the whole set).
+    Every worker also serves ``private`` (on its port, with SO_REUSEPORT too). SIGINT/
+    SIGTERM to this parent are passed to every worker. A worker that dies makes the
+    parent stop the others and return non-zero (a supervisor restarts the whole set).
     Raises :class:`ConfigError` when the app secret is empty.
     """
     if not settings.app_secret.get_secret_value():
         raise ConfigError("CONVSYNC_APP_SECRET is empty: webhooks cannot be verified")
     if gateway.workers == 1:
-        serve(settings, gateway)
+        serve(settings, gateway, private=private)
         return 0
     metrics_dir = tempfile.mkdtemp(prefix="convsync-gateway-metrics-")
     os.environ[SHARED_DIR_ENV] = metrics_dir
     log.info("%d workers; their metrics in %s", gateway.workers, metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     workers = [
-        ctx.Process(target=_worker, args=(settings, gateway, log_level), name=f"gateway-{i}")
+        ctx.Process(
+            target=_worker, args=(settings, gateway, log_level, private), name=f"gateway-{i}"
+        )
         for i in range(gateway.workers)
     ]
 

@@ -1,9 +1,11 @@
-"""The gateway's own settings: listen address, body limit and produce timeout."""
+"""The gateway's own settings: listen address, body limit, produce timeout, HTTP deadlines."""
 
 from __future__ import annotations
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from convsync.http import Deadlines
 
 MIB = 1024 * 1024
 
@@ -30,3 +32,19 @@ class GatewaySettings(BaseSettings):
     # still batches what queues while a produce request is in flight. Measured in
     # docs/gateway.md: 2 ms -> 0 took wrk's closed loop from ~7,200 to ~8,700 req/s.
     linger_ms: float = Field(default=0.0, ge=0, description="Producer linger (batching) in ms.")
+    # Both listeners of the gateway process (webhook and admin) keep these deadlines.
+    keepalive_timeout: float = Field(
+        default=75.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a request's headers may take to arrive."
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a request's body may take to arrive."
+    )
+
+    def deadlines(self) -> Deadlines:
+        """Return the HTTP deadlines of both listeners."""
+        return Deadlines(
+            keepalive=self.keepalive_timeout, headers=self.header_timeout, body=self.body_timeout
+        )

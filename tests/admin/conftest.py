@@ -1,9 +1,11 @@
-"""Fixtures of the admin tests: the gateway (with the admin app) served from a thread,
-a real materializer on the same topics and schema, and event helpers."""
+"""Fixtures of the admin tests: the gateway's private listener (admin API, dashboard,
+metrics) served from a thread, a real materializer on the same topics and schema, and
+event helpers."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 import uuid
@@ -17,48 +19,63 @@ from aiohttp import web
 from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
+from admin import AdminSettings
+from cli.listeners import private_app
 from consumers.materializer import BatchConfig, Materializer
+from convsync.http import Deadlines, listen, make_runner
 from convsync.kafka import make_consumer, read_watermarks
 from convsync.settings import Settings
 from deploy.ports import free_ports
-from producers.webhook.app import make_app, start_runner
-from producers.webhook.settings import GatewaySettings
+from producers.webhook.metrics import Metrics
 from schemas.envelope import Envelope
 from tests.consumers.helpers import produce, wait_for
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 from tests.producers.webhook.helpers import with_secrets
 
-TOKEN = "admin-token-for-tests-0123456789"
+TOKEN = secrets.token_urlsafe(32)
 FAST = BatchConfig(max_records=500, max_wait=0.05, idle_poll=0.2)
 
 
 class ServerThread:
-    """The gateway app served on 127.0.0.1 from an event loop in its own thread."""
+    """The gateway's private listener served on 127.0.0.1 from a loop in its own thread,
+    as ``convsync gateway`` composes and serves it (``cli/listeners.py``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        admin: AdminSettings | None = None,
+        deadlines: Deadlines | None = None,
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.runner: web.AppRunner | None = None
-        self.url = self._call(self._start(settings))
+        self.listener: asyncio.Server | None = None
+        self.url = self._call(self._start(settings, admin or AdminSettings(), deadlines))
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
-    async def _start(self, settings: Settings) -> str:
-        app = make_app(settings, GatewaySettings(produce_timeout=5.0))
-        self.runner = await start_runner(app)
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async def _start(
+        self, settings: Settings, admin: AdminSettings, deadlines: Deadlines | None
+    ) -> str:
+        deadlines = deadlines or Deadlines()
+        app = private_app(settings, admin, deadlines, Metrics())
+        self.runner = make_runner(app, deadlines)
+        await self.runner.setup()
+        self.listener = await listen(self.runner, "127.0.0.1", 0, deadlines)
+        port = self.listener.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
 
-    def stop(self) -> None:
+    async def _stop(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
         if self.runner is not None:
-            self._call(self.runner.cleanup())
+            await self.runner.cleanup()
+
+    def stop(self) -> None:
+        self._call(self._stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
         self.loop.close()

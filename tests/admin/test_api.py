@@ -79,11 +79,20 @@ def test_dashboard_login_sets_an_httponly_cookie(admin_env: AdminEnv) -> None:
     assert 'name="token"' in r.text
     r = admin_env.post("/login", token=None, data={"token": "wrong"}, allow_redirects=False)
     assert r.status_code == 403
-    r = admin_env.post("/login", token=None, data={"token": TOKEN}, allow_redirects=False)
+    r = admin_env.post(
+        "/login",
+        token=None,
+        data={"token": TOKEN},
+        headers={"Origin": admin_env.server.url},
+        allow_redirects=False,
+    )
     assert r.status_code == 303
     assert r.headers["Location"] == "/admin/dashboard"
     set_cookie = r.headers["Set-Cookie"]
     assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    assert f"Max-Age={AdminSettings().session_seconds}" in set_cookie
+    # Posted from a plain-HTTP page of 127.0.0.1: the one case without Secure.
+    assert "Secure" not in set_cookie
     assert TOKEN not in set_cookie
     cookies = r.cookies
     assert admin_env.get("/dashboard", token=None, cookies=cookies).status_code == 200
@@ -96,7 +105,7 @@ def test_dashboard_login_sets_an_httponly_cookie(admin_env: AdminEnv) -> None:
     assert (
         admin_env.get("/dashboard", token=None, cookies={"convsync_admin": "x"}).status_code == 403
     )
-    # /dashboard on the gateway leads to the admin page.
+    # /dashboard on the private listener leads to the admin page.
     r = admin_env.get("/../dashboard", token=None, allow_redirects=False)
     assert r.status_code == 302
 

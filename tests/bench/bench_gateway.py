@@ -352,6 +352,12 @@ def main() -> None:
         type=Path,
         help="where to build --baseline-ref (kept and reused); default: a temporary folder",
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also run `convsync gateway` from this source tree (e.g. an older commit "
+        "extracted with `git archive`, its native mapper built or copied in), same topics",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -407,6 +413,8 @@ def main() -> None:
             str(gw_port),
             "--workers",
             str(args.workers),
+            "--admin-port",
+            str(free_ports()),
         ],
         env=env,
         cwd=REPO,
@@ -419,6 +427,14 @@ def main() -> None:
             # Its own code only: nothing of this tree on its path.
             env={k: v for k, v in env.items() if k != "PYTHONPATH"},
             cwd=baseline_dir,
+        )
+    if args.baseline_tree:
+        tree_port = free_ports()
+        procs["baseline gw"] = subprocess.Popen(
+            [sys.executable, "-m", "cli", "gateway", "--port", str(tree_port)],
+            # CONVSYNC_ADMIN_PORT: a tree with the private listener must not take 8081.
+            env={**env, "PYTHONPATH": str(args.baseline_tree), "CONVSYNC_ADMIN_PORT": "0"},
+            cwd=args.baseline_tree,
         )
     if args.decompose:
         nk_port = free_ports()
@@ -438,6 +454,10 @@ def main() -> None:
             base_url = f"http://127.0.0.1:{base_port}"
             wait_ready(base_url + "/readyz", procs[baseline_name])
             servers.append((baseline_name, base_url, base_port))
+        if args.baseline_tree:
+            tree_url = f"http://127.0.0.1:{tree_port}"
+            wait_ready(tree_url + "/readyz", procs["baseline gw"])
+            servers.append(("baseline gw", tree_url, tree_port))
         if args.decompose:
             nk_url = f"http://127.0.0.1:{nk_port}"
             wait_ready(nk_url + "/readyz", procs["gateway no kafka"])
@@ -520,6 +540,12 @@ def main() -> None:
         print(f"throughput ratio {baseline_name}/bare: {old / results['bare aiohttp']['rps']:.2f}")
         print(
             f"throughput ratio gateway/{baseline_name}: {results['gateway+kafka']['rps'] / old:.2f}"
+        )
+    if args.baseline_tree:
+        old, new = results["baseline gw"], results["gateway+kafka"]
+        print(
+            f"this gateway / the baseline tree's: req/s {new['rps'] / old['rps']:.2f}, "
+            f"event loop us per request {new['loop_us'] / old['loop_us']:.2f}"
         )
     if args.decompose:
         nk = results["gateway no kafka"]["rps"] / results["bare aiohttp"]["rps"]

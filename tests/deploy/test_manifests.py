@@ -67,3 +67,31 @@ def test_compose_services_run_existing_commands() -> None:
     init = services["init"]["entrypoint"][2]
     for part in init.split("&&"):
         assert part.split()[1] in commands
+
+
+def test_the_admin_port_is_never_exposed() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs(K8S / "gateway.yaml")}
+    [container] = docs[("Deployment", "convsync-gateway")]["spec"]["template"]["spec"]["containers"]
+    assert "--admin-port=8081" in container["args"]
+    assert {p["name"] for p in container["ports"]} == {"http", "admin"}
+    public = docs[("Service", "convsync-gateway")]["spec"]
+    assert [p["targetPort"] for p in public["ports"]] == ["http"]
+    private = docs[("Service", "convsync-gateway-admin")]["spec"]
+    assert private.get("type", "ClusterIP") == "ClusterIP"
+    assert [p["targetPort"] for p in private["ports"]] == ["admin"]
+    for path in K8S.glob("*.yaml"):
+        for doc in _docs(path):
+            if doc["kind"] == "Ingress":
+                backends = yaml.safe_dump(doc)
+                assert "convsync-gateway-admin" not in backends, path
+            if doc["kind"] == "Service" and doc["spec"].get("type") in ("LoadBalancer", "NodePort"):
+                assert all(p["targetPort"] != "admin" for p in doc["spec"]["ports"]), path
+    policy = docs[("NetworkPolicy", "convsync-gateway")]["spec"]["ingress"]
+    admin_rule = next(r for r in policy if r["ports"] == [{"port": "admin"}])
+    assert admin_rule["from"], "the admin port must not be open to every source"
+    # Compose publishes it on the host's loopback only.
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    gateway = compose["services"]["gateway"]
+    assert "--admin-port=8081" in gateway["command"]
+    assert "127.0.0.1:8081:8081" in gateway["ports"]
+    assert not any(p.endswith(":8081") and not p.startswith("127.0.0.1:") for p in gateway["ports"])

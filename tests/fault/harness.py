@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import os
+import secrets
 import signal
 import tempfile
 import threading
@@ -36,7 +37,7 @@ from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "fault-app-secret-7c1e94b2d0"
 VERIFY_TOKEN = "fault-verify-token-3a9f"
-ADMIN_TOKEN = "fault-admin-token-e5d27c10"
+ADMIN_TOKEN = secrets.token_urlsafe(32)
 
 
 # Every secret any scenario of this session handed to a component: no log may hold one.
@@ -129,6 +130,7 @@ class Load:
     posts: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     first_answers: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # of every POST, in seconds
     accepted: list[Body] = field(default_factory=list)
     retried_to_200: int = 0
     gave_up: int = 0
@@ -184,7 +186,9 @@ class Load:
             deadline = time.monotonic() + self.give_up_after
             attempt = 0
             while True:
+                began = time.monotonic()
                 status = await post_once(session, self.url, body.signed)
+                self.latencies.append(time.monotonic() - began)
                 self.posts += 1
                 self.statuses[status] += 1
                 if attempt == 0:
@@ -258,6 +262,7 @@ class Pipeline:
         self.group = group or f"{settings.topic_prefix}-materializer"
         self.graph = GraphThread(world) if world is not None else None
         self.gateway_port = free_ports()
+        self.admin_port = free_ports()
         self.streams_port = free_ports()
         self.extra_env = extra_env or {}
         self.env_for = env_for or {}
@@ -271,6 +276,11 @@ class Pipeline:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The gateway's private listener: admin API, dashboard, metrics."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def page_tokens(self) -> dict[str, str]:
         return {p: token_for(p) for p in (self.world.page_ids if self.world else [])}
@@ -311,7 +321,10 @@ class Pipeline:
 
     def args(self, name: str) -> list[str]:
         if name == "gateway":
-            return ["gateway", "--host", "127.0.0.1", "--port", str(self.gateway_port)]
+            return [
+                *("gateway", "--host", "127.0.0.1", "--port", str(self.gateway_port)),
+                *("--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)),
+            ]
         if name == "materializer":
             return ["materialize", "--group", self.group, "--instance-id", f"{self.group}-1"]
         if name == "streams":

@@ -63,8 +63,9 @@ def test_refused_without_credentials_and_no_secret_logged(
     bodies = make_bodies(sender, [page], 200, known={page: [psid]})
     with Pipeline(shared, scenario_logs, world=world) as pipe:
         pipe.start("gateway", "crawler-1", "materializer")
-        base = pipe.gateway_url
-        hook = f"{base}/webhook"
+        public = pipe.gateway_url
+        base = pipe.admin_url
+        hook = f"{public}/webhook"
         raw = bodies[0].signed.raw
         good = bodies[0].signed.headers
         webhook = {
@@ -77,10 +78,10 @@ def test_refused_without_credentials_and_no_secret_logged(
             ),
             "signature of other bytes": call(hook, method="POST", data=raw + b" ", headers=good),
             "verify with a wrong token": call(
-                f"{base}/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=42"
+                f"{public}/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=42"
             ),
             "verify with the right token": call(
-                f"{base}/webhook?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}"
+                f"{public}/webhook?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}"
                 "&hub.challenge=42"
             ),
         }
@@ -90,6 +91,21 @@ def test_refused_without_credentials_and_no_secret_logged(
             "GET /admin/dashboard/data": ("GET", "/admin/dashboard/data"),
             "GET /admin/dashboard": ("GET", "/admin/dashboard"),
             "POST /admin/pages/{p}/sync": ("POST", f"/admin/pages/{page}/sync"),
+        }
+        # The public port has none of it, with the right token or without.
+        right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        on_public: dict[str, int] = {
+            name: call(
+                public + path,
+                method=method,
+                headers=right,
+                data=b"{}" if method == "POST" else None,
+            )
+            for name, (method, path) in {
+                **routes,
+                "GET /metrics": ("GET", "/metrics"),
+                "GET /dashboard": ("GET", "/dashboard"),
+            }.items()
         }
         admin: dict[str, dict[str, int]] = {}
         for name, (method, path) in routes.items():
@@ -141,8 +157,10 @@ def test_refused_without_credentials_and_no_secret_logged(
         7,
         "Access: credentials refused, no secret in any log",
         done=(
-            "A gateway (with the admin API and dashboard mounted under /admin), a crawler "
-            "and a materializer on fresh topics of the shared stack. Webhooks without, with "
+            "A gateway (its private listener serving the admin API and dashboard under "
+            "/admin, and the metrics), a crawler and a materializer on fresh topics of the "
+            "shared stack. Every admin route, /metrics and /dashboard asked on the public "
+            "webhook port with the right token (404: not there). Webhooks without, with "
             "a wrong, or with a mismatched signature; the verify handshake with a wrong "
             "token; every admin route and the dashboard without a token, with a wrong "
             "bearer token, and with the right token in the query string. Then the right "
@@ -154,6 +172,7 @@ def test_refused_without_credentials_and_no_secret_logged(
         scale="200 webhook bodies, a 40-conversation crawl; the scan covers the whole run",
         figures={
             "webhook answers": webhook,
+            "admin routes on the public port (right token)": on_public,
             **{f"{k} answers": v for k, v in admin.items()},
             "GET /dashboard (redirect to the login page)": dashboard_redirect,
             "sync with the right token": sync,
@@ -168,6 +187,7 @@ def test_refused_without_credentials_and_no_secret_logged(
     assert webhook["no signature"] == webhook["wrong signature"] == 403
     assert webhook["signature of other bytes"] == webhook["verify with a wrong token"] == 403
     assert webhook["verify with the right token"] == 200
+    assert set(on_public.values()) == {404}, on_public
     for name, answers in admin.items():
         assert answers["no token"] == 401, (name, answers)
         assert answers["wrong token"] == 403, (name, answers)

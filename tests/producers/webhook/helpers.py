@@ -22,10 +22,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from convsync.http import SafeAccessLogger
 from convsync.kafka import make_consumer, read_watermarks
 from convsync.settings import Settings
 from deploy.ports import free_ports
-from producers.webhook.app import SafeAccessLogger, install_fast_path
+from producers.webhook.app import install_fast_path
 from schemas.envelope import Envelope
 
 SECRET = "test-app-secret-0123456789"
@@ -93,11 +94,18 @@ class GatewayProcess:
     workers: int = 1
     produce_timeout: float = 5.0
     port: int = field(default_factory=free_ports)
+    admin_port: int = field(default_factory=free_ports)
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The private listener: admin API, dashboard, metrics."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self, *, timeout: float = 30.0) -> None:
         env = {
@@ -108,9 +116,11 @@ class GatewayProcess:
             "CONVSYNC_VERIFY_TOKEN": VERIFY_TOKEN,
             "CONVSYNC_GATEWAY_PRODUCE_TIMEOUT": str(self.produce_timeout),
             "CONVSYNC_LOG_LEVEL": "DEBUG",
+            "CONVSYNC_ADMIN_TOKEN": "",
+            **self.extra_env,
         }
         argv = [str(Path(sys.executable).parent / "convsync"), "gateway", "--port", str(self.port)]
-        argv += ["--workers", str(self.workers)]
+        argv += ["--workers", str(self.workers), "--admin-port", str(self.admin_port)]
         with self.log_file.open("ab") as out:
             # Its own session: cleanup() can kill the gateway and any workers it spawned.
             self.proc = subprocess.Popen(

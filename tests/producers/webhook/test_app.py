@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from convsync.settings import Settings
 from deploy.simulator.webhooks import KINDS, WebhookSender, encode, page_body, signature
 from producers.webhook.admit import RECORD_OVERHEAD
+from producers.webhook.app import GATEWAY
 from producers.webhook.mapping import map_body
 from producers.webhook.payload import parse_body
 from producers.webhook.settings import GatewaySettings
@@ -29,6 +30,11 @@ def signed(raw: bytes) -> dict[str, str]:
 
 def expected_ids(raw: bytes) -> list[str]:
     return [e.event_id for e in map_body(parse_body(raw))]
+
+
+def metrics_text(client: Client) -> str:
+    """The Prometheus text of the app's metrics (served on the private listener)."""
+    return client.server.app[GATEWAY].metrics.render().decode()  # type: ignore[union-attr]
 
 
 # GET /webhook ------------------------------------------------------------------------
@@ -330,7 +336,7 @@ async def test_feed_changes_are_counted_not_events(client: Client, gw_settings: 
     }
     raw = encode(body)
     assert (await client.post("/webhook", data=raw, headers=signed(raw))).status == 200
-    text = await (await client.get("/metrics")).text()
+    text = metrics_text(client)
     assert 'convsync_gateway_ignored_entry_fields_total{field="changes"} 1.0' in text
     assert 'convsync_gateway_ignored_entry_fields_total{field="other"} 1.0' in text
     assert "x-zz" not in text
@@ -346,7 +352,7 @@ async def test_health_ready_and_metrics(client: Client, sender: WebhookSender) -
     body = sender.batch(["601"], items_per_page=1, kinds=["read"])
     assert (await client.post("/webhook", data=body.raw, headers=body.headers)).status == 200
     assert (await client.post("/webhook", data=body.raw)).status == 403
-    text = await (await client.get("/metrics")).text()
+    text = metrics_text(client)
     assert 'convsync_gateway_requests_total{route="/webhook",status="200"} 1.0' in text
     assert 'convsync_gateway_requests_total{route="/webhook",status="403"} 1.0' in text
     assert 'convsync_gateway_events_total{kind="read"} 1.0' in text
@@ -375,13 +381,15 @@ async def test_webhook_posts_bypass_the_router_and_everything_else_keeps_it(
     ids = [env.event_id for _, env in read_events(gw_settings)]
     assert sorted(ids) == sorted(expected_ids(first.raw) + expected_ids(second.raw))
     # Each request counted once, whichever path answered it.
-    text = await (await client.get("/metrics")).text()
+    text = metrics_text(client)
     assert 'convsync_gateway_requests_total{route="/webhook",status="200"} 2.0' in text
     assert 'convsync_gateway_requests_total{route="other",status="404"} 1.0' in text
     assert 'convsync_gateway_requests_total{route="/webhook",status="405"} 1.0' in text
 
 
-async def test_readyz_is_503_when_the_topic_is_missing(kafka_settings: Settings) -> None:
+async def test_readyz_is_503_when_the_topic_is_missing(
+    kafka_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     from aiohttp.test_utils import TestServer
 
     from producers.webhook.app import make_app
@@ -389,10 +397,15 @@ async def test_readyz_is_503_when_the_topic_is_missing(kafka_settings: Settings)
     from tests.producers.webhook.helpers import with_secrets
 
     settings = with_secrets(kafka_settings).model_copy(update={"topic_prefix": "no-such-prefix-x"})
+    caplog.set_level(logging.INFO, logger="producers.webhook.app")
     async with TestClient(TestServer(make_app(settings, GatewaySettings()))) as c:
-        resp = await c.get("/readyz")
-        assert resp.status == 503
-        assert "unavailable" in (await resp.json())["error"]
+        for _ in range(3):
+            resp = await c.get("/readyz")
+            assert resp.status == 503
+            # The public port says no more than that: the reason goes to the log, once.
+            assert await resp.json() == {"error": "not ready"}
+    reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not ready")]
+    assert reasons == ["not ready: topic no-such-prefix-x.events unavailable"]
 
 
 async def test_concurrent_readiness_checks_share_one_probe(kafka_settings: Settings) -> None:

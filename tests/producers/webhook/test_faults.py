@@ -204,12 +204,13 @@ def test_workers_share_the_port_and_stop_on_sigterm(
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda b: post(gw.url + "/webhook", b), bodies))
         assert statuses == [200] * 40
-        # Any worker's /metrics sums every worker's counts, each at most a second old
-        # (every worker writes its counts to the shared directory every second).
+        # Any worker's /metrics (on the private listener, which every worker serves too)
+        # sums every worker's counts, each at most a second old (every worker writes its
+        # counts to the shared directory every second).
         line = 'convsync_gateway_requests_total{route="/webhook",status="200"} 40.0'
         deadline = time.monotonic() + 10
         while True:
-            with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:  # noqa: S310
+            with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5) as r:  # noqa: S310
                 metrics: Any = r.read().decode()
             if line in metrics or time.monotonic() > deadline:
                 break
