@@ -42,22 +42,21 @@ from schemas.event_id import canonical_json
 # first TEXT_CAP bytes are ordered by digest. A stream that keeps texts cut to this cap
 # (streams/) can then order any two texts exactly from what it kept.
 TEXT_CAP: Final = 32 * 1024
-# A str of at most this many code points has at most TEXT_CAP bytes of UTF-8.
-_SURELY_SHORT: Final = TEXT_CAP // 4
 
 TextRank = tuple[bool, str, str]
 RowKey = tuple[str, str]  # (event_id, psid)
 
 
-def cut_text(text: str) -> str:
-    """Return the longest prefix of ``text`` whose UTF-8 encoding has at most TEXT_CAP bytes."""
-    if len(text) <= _SURELY_SHORT:
+def cut_text(text: str, cap: int = TEXT_CAP) -> str:
+    """Return the longest prefix of ``text`` whose UTF-8 encoding has at most ``cap``
+    bytes. Cutting keeps order: ``a <= b`` implies ``cut_text(a) <= cut_text(b)``."""
+    if len(text) <= cap // 4:
         return text
     data = text.encode("utf-8", "surrogatepass")
-    if len(data) <= TEXT_CAP:
+    if len(data) <= cap:
         return text
     # Back up to the first byte of a character: never cut one in two.
-    end = TEXT_CAP
+    end = cap
     while end > 0 and (data[end] & 0xC0) == 0x80:
         end -= 1
     return data[:end].decode("utf-8", "surrogatepass")

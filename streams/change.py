@@ -39,11 +39,32 @@ from schemas.conversation import (
 from schemas.copies import cut_text, edit_number, text_digest, text_rank
 from schemas.envelope import Envelope
 from schemas.fold import ConversationState
-from streams.digests import CHUNK, DIGEST, contains, digest, insert
+from streams.digests import CHUNK, DIGEST, DigestIndex, digest, insert
 
 # (num_edit, event_id, text cut to TEXT_CAP, digest of the whole text if it was cut)
 Edit = tuple[int, str, str | None, str | None]
 _CHUNK_BYTES: Final = CHUNK * DIGEST
+# A message id longer than this many bytes is kept as its digest (it only has to match
+# the same id again); a thread id is cut to THREAD_CAP bytes (cutting keeps their order,
+# so the greatest cut id is the greatest id cut).
+MID_CAP: Final = 256
+THREAD_CAP: Final = 1024
+# No table value and no change record of the stream is larger (docs/streams.md,
+# "Bounded state": two texts of TEXT_CAP bytes, JSON-escaped at worst 6 bytes per byte,
+# plus ids and 255 inline digests: < 400 KiB), well under Kafka's 1 MiB default.
+RECORD_BOUND: Final = 512 * 1024
+
+
+def mid_key(mid: str) -> str:
+    """Return how the stream keeps a message id: itself, or the digest of a long one."""
+    if len(mid) <= MID_CAP // 4 or len(mid.encode("utf-8", "surrogatepass")) <= MID_CAP:
+        return mid
+    return "sha256:" + text_digest(mid)
+
+
+def thread_key(thread_id: str) -> str:
+    """Return a thread id cut to THREAD_CAP bytes."""
+    return cut_text(thread_id, THREAD_CAP)
 
 
 def cut(text: str | None) -> tuple[str | None, str | None]:
@@ -172,7 +193,7 @@ def _fold(state: StreamState, event: Envelope, again: bool, side: Side) -> dict[
     c = state.conversation
     changes: dict[str, Any] = {}
     if event.thread_id:
-        changes["thread_id"] = _max(c.thread_id, event.thread_id)
+        changes["thread_id"] = _max(c.thread_id, thread_key(event.thread_id))
     if event.kind == "message":
         t = event.occurred_at
         if not again:
@@ -191,14 +212,13 @@ def _fold(state: StreamState, event: Envelope, again: bool, side: Side) -> dict[
             )
         ):
             text, sha = cut(event.text)
+            mid = None if event.mid is None else mid_key(event.mid)
             changes["last_message_key"] = key
-            changes["last_message_mid"] = event.mid
+            changes["last_message_mid"] = mid
             changes["last_message_original_text"] = text
             changes["text_digest"] = sha
-            if event.mid != c.last_message_mid:
-                _with_edit(
-                    changes, event.mid or "", side.edit(state.key, event.mid) if event.mid else None
-                )
+            if mid != c.last_message_mid:
+                _with_edit(changes, mid or "", side.edit(state.key, mid) if mid else None)
         if event.direction == "inbound":
             changes["last_inbound_at"] = _max(c.last_inbound_at, t)
         elif event.direction == "outbound":
@@ -237,11 +257,10 @@ def step(state: StreamState | None, event: Envelope, side: Side) -> Step:
         # 64-bit collision of two messages in one conversation (odds ~n^2/2^65) would
         # count one message less; counting a copy twice is what the reference never does.
         value = digest(event.event_id)
-        if contains(state.open, value) or (state.sealed and side.sealed(state.key, state, value)):
+        grown = insert(state.open, value)
+        if grown is None or (state.sealed and side.sealed(state.key, state, value)):
             again = True
         else:
-            grown = insert(state.open, value)
-            assert grown is not None
             if len(grown) >= _CHUNK_BYTES:
                 chunk, grown = grown, b""
                 extra["sealed"] = state.sealed + 1
@@ -249,18 +268,19 @@ def step(state: StreamState | None, event: Envelope, side: Side) -> Step:
     changes = _fold(state, event, again, side)
     edit: tuple[str, Edit] | None = None
     if event.kind == "edit" and event.mid:
+        mid = mid_key(event.mid)
         candidate = edit_of(event)
-        current = side.edit(state.key, event.mid)
+        current = side.edit(state.key, mid)
         if current is None or edit_rank(candidate) > edit_rank(current):
-            edit = (event.mid, candidate)
-        if event.mid == old.last_message_mid:
+            edit = (mid, candidate)
+        if mid == old.last_message_mid:
             # The record's copy of the last message's edit: the greatest of the
             # candidate, the table's and its own (after a crash between the table's
             # write and the record's, the table may be ahead of it).
             mine = state.edit
             best = max((e for e in (candidate, current, mine) if e is not None), key=edit_rank)
             if best != mine:
-                _with_edit(changes, event.mid, best)
+                _with_edit(changes, mid, best)
     conv_changes = {k: v for k, v in changes.items() if k not in ("text_digest", "edit_digest")}
     new = replace(old, **conv_changes) if conv_changes else old
     if new == old:
@@ -291,9 +311,14 @@ class MemorySide:
 
     chunks: dict[tuple[str, int], bytes] = field(default_factory=dict)
     edits: dict[tuple[str, str], Edit] = field(default_factory=dict)
+    indexes: dict[str, DigestIndex] = field(default_factory=dict)
 
     def sealed(self, key: str, state: StreamState, value: bytes) -> bool:
-        return any(contains(self.chunks[(key, n)], value) for n in range(state.sealed))
+        index = self.indexes.get(key)
+        if index is None or index.chunks != state.sealed:
+            index = DigestIndex.build(self.chunks[(key, n)] for n in range(state.sealed))
+            self.indexes[key] = index
+        return value in index
 
     def edit(self, key: str, mid: str) -> Edit | None:
         return self.edits.get((key, mid))
@@ -303,6 +328,9 @@ class MemorySide:
         key = result.state.key
         if result.chunk is not None:
             self.chunks[(key, result.state.sealed - 1)] = result.chunk
+            index = self.indexes.get(key)
+            if index is not None and index.chunks == result.state.sealed - 1:
+                index.add(result.chunk)
         if result.edit is not None:
             self.edits[(key, result.edit[0])] = result.edit[1]
 

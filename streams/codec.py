@@ -18,7 +18,7 @@ from typing import Any, Final
 import orjson
 
 from schemas.fold import ConversationState
-from streams.change import Edit, StreamState, cut
+from streams.change import Edit, StreamState, cut, mid_key, thread_key
 from streams.digests import CHUNK, DIGEST, digest
 
 FORMAT: Final = 3
@@ -132,14 +132,15 @@ def _legacy(doc: dict[str, Any]) -> Decoded:
     chunks = tuple(blob[i : i + CHUNK * DIGEST] for i in range(0, full, CHUNK * DIGEST))
     edits: list[tuple[str, Edit]] = []
     for mid, (num, event_id, text) in doc["edits"]:
-        edits.append((str(mid), (int(num), str(event_id), *cut(text))))
-    mid = doc["last_message_mid"]
+        edits.append((mid_key(str(mid)), (int(num), str(event_id), *cut(text))))
+    mid = None if doc["last_message_mid"] is None else mid_key(doc["last_message_mid"])
     mine = next((e for m, e in edits if m == mid), None)
+    thread = doc["thread_id"]
     text, text_sha = cut(doc["last_message_original_text"])
     conversation = ConversationState(
         page_id=doc["page_id"],
         psid=doc["psid"],
-        thread_id=doc["thread_id"],
+        thread_id=None if thread is None else thread_key(thread),
         first_message_at=doc["first_message_at"],
         last_message_at=doc["last_message_at"],
         message_count=doc["message_count"],
@@ -150,7 +151,7 @@ def _legacy(doc: dict[str, Any]) -> Decoded:
         last_outbound_at=doc["last_outbound_at"],
         read_watermark=doc["read_watermark"],
         delivered_watermark=doc["delivered_watermark"],
-        edits=() if mine is None else ((mid, mine[:3]),),
+        edits=() if mine is None or mid is None else ((mid, mine[:3]),),
     )
     state = StreamState(
         conversation,

@@ -15,9 +15,18 @@ from schemas.conversation import ConversationChange
 from schemas.copies import TEXT_CAP, cut_text
 from schemas.envelope import Envelope
 from schemas.fold import ConversationState, project
-from streams.change import MemorySide, Step, StreamState, encode_change, step, to_record
+from streams.change import (
+    RECORD_BOUND,
+    THREAD_CAP,
+    MemorySide,
+    Step,
+    StreamState,
+    encode_change,
+    step,
+    to_record,
+)
 from streams.change import public as to_public
-from streams.codec import decode_state, encode_state
+from streams.codec import decode_state, encode_edit, encode_state
 from streams.digests import CHUNK, digest
 from tests.schemas.test_fold import LONG_TEXTS, events
 from tests.streams.events import conversation_events
@@ -43,12 +52,15 @@ def fold_all(
 
 
 def capped(state: ConversationState) -> dict[str, Any]:
-    """The reference state as a change record shows it: the text cut to TEXT_CAP bytes."""
+    """The reference state as a change record shows it: the text cut to TEXT_CAP bytes,
+    the thread id to THREAD_CAP."""
     out: dict[str, Any] = {}
     for name, value in state.public().items():
         if name == "last_message_text":
             out[name] = None if value is None else cut_text(value)
             out["last_message_text_truncated"] = value is not None and out[name] != value
+        elif name == "thread_id":
+            out[name] = None if value is None else cut_text(value, THREAD_CAP)
         else:
             out[name] = value
     return out
@@ -318,6 +330,66 @@ def test_edits_of_other_messages_wait_in_the_edits_table() -> None:
     states, _ = fold_all([*evs, later], MemorySide())
     assert states["p:u"].conversation.last_message_text == "one, edit 49"
     assert len(encode_state(states["p:u"])) < 1024
+
+
+def test_the_worst_case_records_stay_under_the_bound() -> None:
+    # Every field at its largest and as expensive in JSON as it gets: control characters
+    # are escaped as 6 bytes each. Ids longer than their caps are kept as digests (mids)
+    # or cut (thread ids).
+    worst = "\x01" * (4 * TEXT_CAP)
+    long_mid = "\x01" * 100_000
+    page, psid = "\x01" * 64, "\x02" * 64
+    side = MemorySide()
+    evs = [
+        Envelope.build(
+            kind="message",
+            page_id=page,
+            psid=psid,
+            mid=f"{long_mid}{i}",
+            occurred_at=i,
+            source="crawler",
+            direction="inbound",
+            text=worst,
+            thread_id=worst,
+            raw={},
+        )
+        for i in range(CHUNK - 1)
+    ]
+    evs.append(
+        Envelope.build(
+            kind="edit",
+            page_id=page,
+            psid=psid,
+            mid=f"{long_mid}{CHUNK - 2}",
+            occurred_at=9_999,
+            source="webhook",
+            text=worst.replace("\x01", "\x02"),
+            attrs={"num_edit": 1},
+            detail="1",
+            raw={},
+        )
+    )
+    states, records = fold_all(evs, side)
+    (state,) = states.values()
+    assert len(state.open) == 8 * (CHUNK - 1) and state.edit is not None
+    assert records[-1].last_message_text_truncated and records[-1].changes == ["edited"]
+    sizes = {
+        "record": len(encode_state(state)),
+        "change": max(len(r.to_bytes()) for r in records),
+        "edit": max(len(encode_edit(e)) for e in side.edits.values()),
+        "edit key": max(len(k[1].encode()) for k in side.edits),
+    }
+    assert sizes["record"] > 2 * 6 * (TEXT_CAP - 4), sizes  # the test reaches the worst
+    assert max(sizes.values()) < RECORD_BOUND, sizes
+    assert decode_state(encode_state(state)).state == state
+
+
+def test_long_ids_match_through_their_digests() -> None:
+    long_mid = "m" * 10_000
+    message = msg("x", 10, "inbound").model_copy(update={"mid": long_mid, "thread_id": "t" * 5000})
+    states, _ = fold_all([edit(long_mid, 1, "edited"), message])
+    assert shown(states) == reference([message, edit(long_mid, 1, "edited")])
+    assert states["p:u"].conversation.last_message_text == "edited"
 
 
 @settings(max_examples=50, deadline=None)
