@@ -120,12 +120,9 @@ class Folder:
             if key in pending:
                 before: StreamState | None = pending[key][1]
             else:
-                loaded = self._decoded.load(key)
-                before = None if loaded is None else loaded.state
-                if loaded is not None and (loaded.chunks or loaded.edits):
-                    # A record of an old format: carried over in this batch.
-                    self.side.carry(key, loaded, partition)
-                    pending[key] = (event, loaded.state)
+                before, carried = self.side.load(self._decoded, key, partition)
+                if before is not None and carried:  # an old format: rewritten in this batch
+                    pending[key] = (event, before)
             result = step(before, envelope, self.side)
             self.side.record(result, partition)
             by_page[envelope.page_id] = event
@@ -207,11 +204,11 @@ class Folder:
         the producer but does not look at whether a write failed, so a refused write
         would otherwise be committed past.
         """
-        # 1. The side tables first (sealed digest chunks, edits): a record that counts a
-        #    chunk must never be durable without it (it would count messages twice).
-        side = [await self._send(topic, box) for topic, box in self.side.drain()]
-        await asyncio.gather(*(f for sent in side for f in sent))
-        # 2. Then the conversation records and the statistics.
+        # 1. The sealed digest chunks (and edits carried over from old records) first: a
+        #    record that counts a chunk must never be durable without it.
+        side = self.side.drain_before()
+        await asyncio.gather(*[f for topic, box in side for f in await self._send(topic, box)])
+        # 2. Then the conversation records and the statistics ...
         outbox: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, (event, state) in pending.items():
             value = encode_state(state)
@@ -228,6 +225,10 @@ class Folder:
                 sent += await self._send(topic, _encode(table, queued))
                 queued.clear()
         await asyncio.gather(*sent)
+        # 3. ... and then the edits, which a replayed batch must not read ahead of its
+        #    records (TableSide.drain_after).
+        side = self.side.drain_after()
+        await asyncio.gather(*[f for topic, box in side for f in await self._send(topic, box)])
 
     async def _forget_decoded(self) -> None:
         """After a rebalance: drop the decoded states and digest indexes of conversations

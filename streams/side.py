@@ -92,8 +92,11 @@ class TableSide:
             self.edits: track_partitions(self.edits),
         }
         self.indexes: LRU[str, DigestIndex] = LRU(INDEX_DIGESTS)
-        # The batch's writes: table key -> (partition, value).
+        # The batch's writes: table key -> (partition, value). Sealed chunks and the edits
+        # of old records carried over go before the conversation records, the batch's
+        # edits after them (see drain_before / drain_after).
         self.chunks: dict[str, tuple[int, bytes]] = {}
+        self.carried: dict[str, tuple[int, Edit]] = {}
         self.pending_edits: dict[str, tuple[int, Edit]] = {}
 
     # --- what the fold reads ---------------------------------------------------------
@@ -107,7 +110,7 @@ class TableSide:
 
     def edit(self, key: str, mid: str) -> Edit | None:
         k = side_key(key, mid)
-        pending = self.pending_edits.get(k)
+        pending = self.pending_edits.get(k) or self.carried.get(k)
         if pending is not None:
             return pending[1]
         raw = self.edits.data.get(k)
@@ -143,6 +146,20 @@ class TableSide:
             mid, edit = result.edit
             self.pending_edits[side_key(key, mid)] = (partition, edit)
 
+    def load(
+        self, states: DecodedStates, key: str, partition: int
+    ) -> tuple[StreamState | None, bool]:
+        """Return the stored state of ``key`` (None: never seen) and whether it was carried
+        over from an old format (its side-table writes are then pending; the caller must
+        write the state in this batch too)."""
+        decoded = states.load(key)
+        if decoded is None:
+            return None, False
+        if not (decoded.chunks or decoded.edits):
+            return decoded.state, False
+        self.carry(key, decoded, partition)
+        return decoded.state, True
+
     def carry(self, key: str, decoded: Decoded, partition: int) -> None:
         """Keep the side-table writes that carry a record of an old format over."""
         for n, blob in enumerate(decoded.chunks):
@@ -152,31 +169,50 @@ class TableSide:
             # followed by newer edits: the greater one stays.
             current = self.edit(key, mid)
             if current is None or edit_rank(edit) > edit_rank(current):
-                self.pending_edits[side_key(key, mid)] = (partition, edit)
+                self.carried[side_key(key, mid)] = (partition, edit)
         self.indexes.pop(key)
 
-    def drain(self) -> Iterator[tuple[str, Outbox]]:
-        """Write the batch's side-table values to the stores; yield each table's
-        changelog topic and records by partition (to be sent and acknowledged before the
-        conversation records), and forget them."""
-        for table, writes in (
-            (self.digests, {k: (p, v) for k, (p, v) in self.chunks.items()}),
-            (self.edits, {k: (p, encode_edit(e)) for k, (p, e) in self.pending_edits.items()}),
-        ):
-            if not writes:
-                continue
-            outbox: Outbox = {}
-            store: MutableMapping[str, bytes] = table.data
-            remember = self._remember[table]
-            for k, (partition, value) in writes.items():
-                store[k] = value
-                remember(k, partition)
-                # "json": the serializer faust picks for key_type=str, used on recovery.
-                raw_key = codecs.dumps("json", k)
-                outbox.setdefault(partition, []).append((raw_key, value))
-            yield table.changelog_topic.get_topic_name(), outbox
+    def drain_before(self) -> Iterator[tuple[str, Outbox]]:
+        """Write the batch's sealed chunks and carried-over edits to the stores; yield
+        their changelog topics and records by partition, to be sent and acknowledged
+        **before** the conversation records: a durable record must never count a chunk
+        that is not (it would count messages twice), nor lose the edits of the old record
+        it replaced."""
+        yield from self._drain(self.digests, self.chunks)
+        yield from self._drain(
+            self.edits, {k: (p, encode_edit(e)) for k, (p, e) in self.carried.items()}
+        )
         self.chunks = {}
+        self.carried = {}
+
+    def drain_after(self) -> Iterator[tuple[str, Outbox]]:
+        """Write the batch's edits to the store; yield their changelog records, to be sent
+        **after** the conversation records are acknowledged. The other way round, a crash
+        between the two left the table ahead of the records, and the replayed batch read
+        an edit before it refolded it: a message showed its edit one change early, and
+        the changes that followed were numbered differently. This way a crash between
+        the two leaves the records ahead: the replayed edit writes the table again, and
+        a record already holding its effects changes nothing."""
+        yield from self._drain(
+            self.edits, {k: (p, encode_edit(e)) for k, (p, e) in self.pending_edits.items()}
+        )
         self.pending_edits = {}
+
+    def _drain(
+        self, table: Any, writes: dict[str, tuple[int, bytes]]
+    ) -> Iterator[tuple[str, Outbox]]:
+        if not writes:
+            return
+        outbox: Outbox = {}
+        store: MutableMapping[str, bytes] = table.data
+        remember = self._remember[table]
+        for k, (partition, value) in writes.items():
+            store[k] = value
+            remember(k, partition)
+            # "json": the serializer faust picks for key_type=str, used on recovery.
+            raw_key = codecs.dumps("json", k)
+            outbox.setdefault(partition, []).append((raw_key, value))
+        yield table.changelog_topic.get_topic_name(), outbox
 
     def forget(self, held: Any) -> None:
         """After a rebalance: drop the indexes of conversations no longer ``held``."""

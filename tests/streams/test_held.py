@@ -72,7 +72,8 @@ async def test_written_keys_of_a_partition_moved_away_are_dropped(tmp_path: Path
         folder.side.chunks[side_key(key, 0)] = (partition, b"\0" * 8)
         folder.side.pending_edits[side_key(key, "m")] = (partition, (1, "ev1_x", "t", None))
         folder.side.indexes.put(key, DigestIndex())
-    list(folder.side.drain())
+    list(folder.side.drain_before())
+    list(folder.side.drain_after())
     # The statistics: writes through the table, in an event (their hook only queues the
     # changelog records; test_app.py's two-worker test covers both guarantees end to end).
     for partition in (0, 1):
