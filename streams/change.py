@@ -19,7 +19,7 @@ conversation's record keeps only what the fold reads:
   up to 255, then sealed chunks of 256 in the digests table.
 
 The winning edit of every message (by ``(num_edit, event_id, text_rank)``, text cut) is
-in the edits table under ``[page, psid, mid]``: read when that message becomes the last
+in the edits table under ``["page:psid", mid]``: read when that message becomes the last
 one; an edit of the current last message updates the record at once.
 """
 
@@ -242,7 +242,8 @@ def step(state: StreamState | None, event: Envelope, side: Side) -> Step:
     they were is reported as a duplicate.
 
     The caller stores ``Step.chunk`` and ``Step.edit`` so that ``side`` returns them
-    from then on, and writes them durably before any state that counts them.
+    from then on; it makes a chunk durable before any state that counts it, and an edit
+    after the state of its batch (docs/streams.md, "Bounded state").
     """
     created = state is None
     if state is None:
@@ -288,13 +289,10 @@ def step(state: StreamState | None, event: Envelope, side: Side) -> Step:
     state_changes = {k: v for k, v in changes.items() if k in ("text_digest", "edit_digest")}
     state_changes.update(extra)
     diff = _diff(old, new, created=created)
-    if (
-        new is old
-        and all(getattr(state, k) == v for k, v in state_changes.items())
-        and edit is None
-        and not created
-    ):
-        return Step(state, old, duplicate=True)
+    if new is old and not created and all(getattr(state, k) == v for k, v in state_changes.items()):
+        # The record is unchanged (the caller need not write it); an edit of another
+        # message that wins still goes to the edits table.
+        return Step(state, old, duplicate=edit is None, edit=edit)
     seq = state.seq + 1 if diff else state.seq
     return Step(
         replace(state, conversation=new, seq=seq, **state_changes),

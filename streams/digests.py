@@ -10,7 +10,7 @@ Where they live, so that no record grows with the history:
 * the newest ones *inline* in the conversation's record: a sorted blob of at most
   ``CHUNK - 1`` digests;
 * when the inline blob reaches ``CHUNK`` digests it is *sealed*: written once, as it is,
-  under the key ``[page, psid, n]`` of the digests table (n = 0, 1, 2...), never
+  under the key ``["page:psid", n]`` of the digests table (n = 0, 1, 2...), never
   rewritten, and the record only counts the sealed chunks. A chunk is written and
   acknowledged before any record that counts it, so a crash between the two leaves a
   chunk that no record reads (the replay seals the same digests again).
@@ -28,8 +28,6 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable
 from itertools import pairwise
 from typing import Final
-
-import orjson
 
 _ID_PREFIX_LEN: Final = len("ev1_")
 DIGEST: Final = 8  # bytes of an event id kept per folded message
@@ -70,11 +68,6 @@ def contains(blob: bytes, key: bytes) -> bool:
     """Return whether the sorted blob holds ``key``."""
     i = bisect_left(_Digests(blob), key)
     return blob[i * DIGEST : (i + 1) * DIGEST] == key
-
-
-def chunk_key(page_id: str, psid: str, n: int) -> str:
-    """Return the digests-table key of a conversation's n-th sealed chunk."""
-    return orjson.dumps([page_id, psid, n]).decode()
 
 
 def _ints(blob: bytes) -> Iterable[int]:

@@ -57,7 +57,7 @@ EXISTING_EVENTS: Final = sql.SQL(
     """
     SELECT event_id, psid, kind,
            (extract(epoch FROM occurred_at) * 1000)::bigint, text, direction, thread_id,
-           num_edit::bigint, source, copy_digest
+           num_edit, source, copy_digest
     FROM events WHERE event_id = ANY(string_to_array(%s, ','))
     """
 )
