@@ -188,11 +188,11 @@ class TableSide:
     def drain_after(self) -> Iterator[tuple[str, Outbox]]:
         """Write the batch's edits to the store; yield their changelog records, to be sent
         **after** the conversation records are acknowledged. The other way round, a crash
-        between the two left the table ahead of the records, and the replayed batch read
-        an edit before it refolded it: a message showed its edit one change early, and
-        the changes that followed were numbered differently. This way a crash between
-        the two leaves the records ahead: the replayed edit writes the table again, and
-        a record already holding its effects changes nothing."""
+        between the two would leave the table ahead of the records, and the replayed
+        batch would read an edit before refolding it: a message would show its edit one
+        change early and the changes after it would be numbered differently. This way a
+        crash between the two leaves the records ahead: the replayed edit writes the
+        table again, and a record already holding its effects changes nothing."""
         yield from self._drain(
             self.edits, {k: (p, encode_edit(e)) for k, (p, e) in self.pending_edits.items()}
         )
