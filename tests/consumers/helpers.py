@@ -177,7 +177,7 @@ def conflicting_copy(rng: random.Random, event: Envelope) -> Envelope:
         "raw": {"conflict": rng.randrange(3)},
     }
     chosen = rng.sample(sorted(options), rng.randrange(1, 4))
-    return event.model_copy(update={k: options[k] for k in chosen})
+    return msgspec.structs.replace(event, **{k: options[k] for k in chosen})
 
 
 Row = dict[str, Any]

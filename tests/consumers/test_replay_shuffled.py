@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgspec
 import pytest
 
 from consumers.materializer import BatchConfig, checksum, replay
@@ -33,7 +34,7 @@ def _conflicting(rng: random.Random, event: Envelope) -> Envelope:
         "psid": f"u{rng.randrange(4)}",
     }
     chosen = rng.sample(sorted(options), rng.randrange(1, 4))
-    return event.model_copy(update={k: options[k] for k in chosen})
+    return msgspec.structs.replace(event, **{k: options[k] for k in chosen})
 
 
 def test_replay_of_a_shuffled_log_gives_the_same_checksum(

@@ -18,6 +18,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from confluent_kafka import TopicPartition
@@ -56,8 +57,8 @@ def _message(i: int, psid: str = GIANT) -> Envelope:
 
 def _crawled(i: int) -> Envelope:
     m = _message(i)
-    return m.model_copy(
-        update={"occurred_at": m.occurred_at - m.occurred_at % 1000, "source": "crawler",
+    return msgspec.structs.replace(
+        m, **{"occurred_at": m.occurred_at - m.occurred_at % 1000, "source": "crawler",
                 "direction": None, "thread_id": "t_giant", "raw": {"graph": i}}
     )  # fmt: skip
 
@@ -87,8 +88,8 @@ def stream(rng: random.Random) -> Iterator[tuple[Envelope, bool]]:
             n = small_sent
             small_sent += 1
             yield (
-                _message(n // SMALL, psid=f"93{n % SMALL:014d}").model_copy(
-                    update={"occurred_at": T0 + i}
+                msgspec.structs.replace(
+                    _message(n // SMALL, psid=f"93{n % SMALL:014d}"), occurred_at=T0 + i
                 ),
                 False,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,7 +83,7 @@ def _copy(**changes: object) -> Envelope:
         kind="message", page_id=PAGE, psid="u", mid="m1", occurred_at=1_000_000,
         source="crawler", thread_id="t_1", raw={"graph": True},
     )  # fmt: skip
-    return base.model_copy(update=changes)
+    return msgspec.structs.replace(base, **changes)
 
 
 def test_the_webhook_copy_and_the_crawled_copy_merge() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -120,7 +121,7 @@ def events(draw: st.DrawFn) -> Envelope:
             },
         )
     )
-    return event.model_copy(update=changes)
+    return msgspec.structs.replace(event, **changes)
 
 
 def _public(states: dict[tuple[str, str], ConversationState]) -> dict[tuple[str, str], object]:

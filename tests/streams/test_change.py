@@ -7,6 +7,7 @@ import base64
 import random
 from typing import Any
 
+import msgspec
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -257,7 +258,7 @@ def test_same_state_as_the_reference_fold_in_any_order(
 
 def _many(n: int, *, psid: str = "u", start: int = 0) -> list[Envelope]:
     return [
-        msg(f"m{i}", 1_000 + i, "inbound").model_copy(update={"psid": psid})
+        msgspec.structs.replace(msg(f"m{i}", 1_000 + i, "inbound"), psid=psid)
         for i in range(start, start + n)
     ]
 
@@ -298,8 +299,8 @@ def test_digests_are_inline_then_sealed_and_dedupe_exactly(n: int, seed: int, du
 
 def test_long_texts_are_cut_and_flagged_and_still_order_exactly() -> None:
     a, b = LONG_TEXTS
-    m1 = msg("m1", 10, "inbound").model_copy(update={"text": a})
-    m1b = m1.model_copy(update={"text": b})
+    m1 = msgspec.structs.replace(msg("m1", 10, "inbound"), text=a)
+    m1b = msgspec.structs.replace(m1, text=b)
     for order in ([m1, m1b], [m1b, m1]):
         states, records = fold_all(order)
         state = states["p:u"]
@@ -389,7 +390,7 @@ def test_the_worst_case_records_stay_under_the_bound() -> None:
 
 def test_long_ids_match_through_their_digests() -> None:
     long_mid = "m" * 10_000
-    message = msg("x", 10, "inbound").model_copy(update={"mid": long_mid, "thread_id": "t" * 5000})
+    message = msgspec.structs.replace(msg("x", 10, "inbound"), mid=long_mid, thread_id="t" * 5000)
     states, _ = fold_all([edit(long_mid, 1, "edited"), message])
     assert shown(states) == reference([message, edit(long_mid, 1, "edited")])
     assert states["p:u"].conversation.last_message_text == "edited"
