@@ -146,6 +146,10 @@ class RecordHandler:
             await self._project(Progress(record, "joined", None, 0, joined=current))
             return Handled()
         if decision == "start":
+            if await self._handled_before(record):
+                self.stats.duplicates += 1
+                log.debug("dropping crawl request %s read again", record.crawl_id)
+                return Handled()
             record = await self._prepare(record)
         # A kill must cost at most the one step in flight. A step that produced a
         # continuation is proven handled by it (see worker._release); one that ended its
@@ -155,6 +159,22 @@ class RecordHandler:
             self.stats.followed += 1
         nxt = await self._step(record, book)
         return Handled(follow=nxt, ended=nxt is None)
+
+    async def _handled_before(self, record: CrawlRequest) -> bool:
+        """Return True if the request ``record`` was handled already (it joined a crawl,
+        or its own crawl ended): this is a copy read again.
+
+        The marks cannot tell: once the crawl it joined has finished, the page's mark
+        says "finished" and a request after it starts a crawl. A request is read again
+        when the committed offset lags behind it (another page's step below it is still
+        in flight, e.g. throttled) and the partition moves (a kill, a revoke). Its
+        ``crawl_history`` row has left ``queued`` for good by then.
+        """
+        store = self.store
+        status = await self._until_done(
+            "crawl state read", lambda: store.request_status(record.crawl_id)
+        )
+        return status in ("joined", "done", "failed")
 
     async def _prepare(self, record: CrawlRequest) -> CrawlRequest:
         """Fix the incremental cutoff of a new crawl from the last completed one."""

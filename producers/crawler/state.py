@@ -211,6 +211,24 @@ class CrawlStateStore:
         except psycopg.Error as e:
             raise RetryableError(f"crawl state write failed: {e}") from e
 
+    async def request_status(self, crawl_id: str) -> str | None:
+        """Return the ``crawl_history`` status of ``crawl_id`` (None: no row).
+
+        Raises like :meth:`project`.
+        """
+        try:
+            async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                cur = await conn.execute(
+                    self._q("SELECT status FROM {schema}.crawl_history WHERE crawl_id = %s"),
+                    (crawl_id,),
+                )
+                row = await cur.fetchone()
+        except _UNMIGRATED as e:
+            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
+        except psycopg.Error as e:
+            raise RetryableError(f"crawl state read failed: {e}") from e
+        return None if row is None else str(row[0])
+
     async def last_completed_ms(self, page_id: str) -> int | None:
         """Return when the last completed crawl of ``page_id`` started (ms), if any.
 
