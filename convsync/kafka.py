@@ -216,7 +216,8 @@ def make_producer(settings: Settings, **overrides: Any) -> Producer:
 
 
 def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
-    """Return a consumer in ``group`` with auto-commit off and auto offset reset earliest."""
+    """Return a consumer in ``group`` with auto-commit off, auto offset reset earliest, and
+    reading committed records only."""
     conf: dict[str, Any] = {
         **settings.kafka_config(),
         "group.id": group,
@@ -224,6 +225,9 @@ def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        # librdkafka's default, stated: an aborted transaction's records are never read
+        # (tests/consumers/test_isolation.py; docs/crawler.md, Kafka transactions).
+        "isolation.level": "read_committed",
     }
     conf.update(overrides)
     return Consumer(conf)
