@@ -229,7 +229,8 @@ def make_producer(settings: Settings | ClientConfig, **overrides: Any) -> Produc
 
 
 def make_consumer(settings: Settings | ClientConfig, group: str, **overrides: Any) -> Consumer:
-    """Return a consumer in ``group`` with auto-commit off and auto offset reset earliest."""
+    """Return a consumer in ``group`` with auto-commit off, auto offset reset earliest, and
+    reading committed records only."""
     conf: dict[str, Any] = {
         **client_config(settings),
         "group.id": group,
@@ -237,6 +238,9 @@ def make_consumer(settings: Settings | ClientConfig, group: str, **overrides: An
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        # librdkafka's default, stated: an aborted transaction's records are never read
+        # (tests/consumers/test_isolation.py; docs/crawler.md, Kafka transactions).
+        "isolation.level": "read_committed",
     }
     conf.update(overrides)
     return Consumer(conf)

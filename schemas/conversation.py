@@ -64,6 +64,13 @@ class ConversationChange(BaseModel):
     last_message_at: int | None = Field(description="ms since the epoch")
     message_count: int = Field(ge=0)
     last_message_text: str | None
+    last_message_text_truncated: bool = Field(
+        default=False,
+        description=(
+            "last_message_text was cut to its first 32 KiB of UTF-8 (the stream keeps "
+            "texts bounded; Postgres keeps them whole)."
+        ),
+    )
     last_inbound_at: int | None = Field(description="ms since the epoch")
     last_outbound_at: int | None = Field(description="ms since the epoch")
     needs_reply: bool

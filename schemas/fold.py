@@ -4,21 +4,26 @@ This is the reference definition of a conversation's state. The Postgres materia
 implements it in SQL and the faust change stream in Python; both are tested against it.
 
 An event may arrive in several *copies* (same event id): Meta's retries and re-batched
-webhooks (identical), and, for messages, the webhook's copy and the crawler's, which
-differ: Graph's ``created_time`` has whole seconds where the webhook has milliseconds,
-and a message crawled past Graph's detail window has no sender (so no direction) and no
-text. Every copy is a fact about its message, so the fold reads all of them.
+webhooks (identical), the webhook's copy of a message and the crawler's (Graph's
+``created_time`` has whole seconds where the webhook has milliseconds, and a message
+crawled past Graph's detail window has no sender, so no direction, and no text), and
+conflicting copies in bad data. Every copy is a fact about its event, so the fold reads
+all of them (:mod:`schemas.copies` says how copies merge into the stored row).
 
-For a conversation ``(page_id, psid)`` and the *set* of copies of its events:
+A conversation ``(page_id, psid)`` is the fold of the *set* of event copies that name
+it. A copy of an event id that names another user (bad data: an edit's id, for one, has
+no psid) is a fact of that other conversation, never of this one. Within the set:
 
 * ``message_count``: number of distinct ``message`` event ids;
 * ``first_message_at`` / ``last_message_at``: min / max ``occurred_at`` of every message
   copy;
 * the *last message* is the message copy with the greatest ``(occurred_at, event_id)``,
   ties between copies of one message broken by :func:`text_rank` (a text beats none,
-  then code point order); ``last_message_text`` is its text as edited: the ``edit``
-  event with the greatest ``(num_edit, event_id)`` targeting its ``mid`` wins, whenever
-  that edit arrived;
+  then code point order); ``last_message_text`` is its text as edited: the ``edit`` copy
+  with the greatest ``(num_edit, event_id, text_rank(text))`` targeting its ``mid`` wins,
+  whenever that edit arrived. Both equal what the merged ``events`` rows give (the
+  message row's text is that of its latest copy; an edit row's that of its highest
+  ``num_edit``; the winning edit row is the greatest ``(num_edit, event_id)``);
 * ``last_inbound_at`` / ``last_outbound_at``: max ``occurred_at`` of the message copies
   of each direction (a copy without direction counts for neither);
 * ``needs_reply``: an inbound message later than every outbound one;
@@ -28,12 +33,9 @@ For a conversation ``(page_id, psid)`` and the *set* of copies of its events:
   message is how it is learned.
 
 Every rule is a max, a min or a count of a set, so any order and any number of copies of
-the same events give the same state. Copies of the other kinds come from the webhook
-only, where Meta resends the same item: they are identical, and a second copy changes
-nothing. :func:`copy_rank` orders the copies of one message; the materializer keeps the
-greatest in ``events``, which makes its row, and the last message's text read from it,
-independent of arrival order too. ``apply`` is told whether the event id is new to the
-state (the caller dedupes by event id); ``project`` dedupes itself.
+the same events give the same state. ``apply`` is told whether the event id is new to the
+conversation (the caller dedupes by event id within the conversation; only the message
+count depends on it); ``project`` dedupes itself.
 """
 
 from __future__ import annotations
@@ -42,7 +44,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from schemas.copies import edit_number, text_rank
 from schemas.envelope import Envelope
+
+__all__ = [
+    "ConversationKey",
+    "ConversationState",
+    "apply",
+    "edit_number",
+    "edit_rank",
+    "project",
+    "text_rank",
+]
 
 ConversationKey = tuple[str, str]
 
@@ -61,40 +74,6 @@ def _min(a: Any, b: Any) -> Any:
     if b is None:
         return a
     return min(a, b)
-
-
-def text_rank(text: str | None) -> tuple[bool, str]:
-    """Order of two texts of one message's copies: a text beats none, then code points."""
-    return (text is not None, text or "")
-
-
-CopyRank = tuple[int, bool, str, bool, str, bool, str]
-
-
-def copy_rank(
-    occurred_at: int, text: str | None, direction: str | None, source: str, thread_id: str | None
-) -> CopyRank:
-    """Order of the copies of one message; the greatest is the one the materializer keeps.
-
-    The later time first (the webhook's milliseconds over Graph's truncated seconds),
-    then :func:`text_rank`, so the kept copy holds the last message's text as the fold
-    defines it; then a known direction, the webhook's copy over the crawler's, and the
-    thread id, so that the kept row does not depend on how copies were batched.
-    """
-    return (
-        occurred_at,
-        *text_rank(text),
-        direction is not None,
-        direction or "",
-        source == "webhook",
-        thread_id or "",
-    )
-
-
-def edit_number(event: Envelope) -> int:
-    """Return an edit event's ``num_edit`` (0 when Meta sent none)."""
-    value = event.attrs.get("num_edit", 0)
-    return value if isinstance(value, int) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,24 +134,17 @@ class ConversationState:
         }
 
 
-def learn_thread(state: ConversationState, event: Envelope) -> ConversationState:
-    """Return ``state`` with the event's thread id learned (also for a duplicate event)."""
-    if event.thread_id and _max(state.thread_id, event.thread_id) != state.thread_id:
-        return replace(state, thread_id=event.thread_id)
-    return state
-
-
 def apply(state: ConversationState, event: Envelope, *, again: bool = False) -> ConversationState:
-    """Return ``state`` with one event folded in.
+    """Return ``state`` with one event copy folded in.
 
-    ``again``: a copy of this event id was folded in before (the caller dedupes by event
-    id). A message copy then adds its time, direction and text but is not counted; a
-    copy of another kind only teaches the thread id.
+    ``again``: a copy of this event id was folded into this conversation before (the
+    caller dedupes by event id within the conversation). It is then not counted again;
+    every other rule is a maximum, so the copy adds what it knows (its time, direction,
+    text, thread id, edit text) and a copy that knows nothing new changes nothing.
+    Raises ``ValueError`` for an event of another conversation.
     """
     if (event.page_id, event.psid) != state.key:
         raise ValueError("event belongs to another conversation")
-    if again and event.kind != "message":
-        return learn_thread(state, event)
     changes: dict[str, Any] = {}
     if event.thread_id:
         changes["thread_id"] = _max(state.thread_id, event.thread_id)
@@ -202,7 +174,7 @@ def apply(state: ConversationState, event: Envelope, *, again: bool = False) -> 
         edits = dict(state.edits)
         candidate = (edit_number(event), event.event_id, event.text)
         current = edits.get(event.mid)
-        if current is None or candidate[:2] > current[:2]:
+        if current is None or edit_rank(candidate) > edit_rank(current):
             edits[event.mid] = candidate
             changes["edits"] = tuple(sorted(edits.items()))
     elif event.kind == "read":
@@ -212,14 +184,24 @@ def apply(state: ConversationState, event: Envelope, *, again: bool = False) -> 
     return replace(state, **changes) if changes else state
 
 
+def edit_rank(edit: tuple[int, str, str | None]) -> tuple[int, str, tuple[bool, str, str]]:
+    """Order of the edits of one message: ``(num_edit, event_id)``, then their texts (the
+    copies of one edit id may differ in bad data)."""
+    return (edit[0], edit[1], text_rank(edit[2]))
+
+
 def project(events: Iterable[Envelope]) -> dict[ConversationKey, ConversationState]:
-    """Return the state of every conversation in ``events`` (duplicates ignored)."""
-    seen: set[str] = set()
+    """Return the state of every conversation in ``events`` (duplicates ignored).
+
+    Copies are deduplicated by event id within each conversation.
+    """
+    seen: set[tuple[str, str, str]] = set()
     out: dict[ConversationKey, ConversationState] = {}
     for event in events:
         key = (event.page_id, event.psid)
         state = out.get(key) or ConversationState(page_id=event.page_id, psid=event.psid)
-        again = event.event_id in seen
-        seen.add(event.event_id)
+        copy = (event.event_id, event.page_id, event.psid)
+        again = copy in seen
+        seen.add(copy)
         out[key] = apply(state, event, again=again)
     return out

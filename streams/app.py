@@ -23,9 +23,11 @@ from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
 from streams.broker import broker_credentials, broker_urls
-from streams.change import StreamState, decode_state, encode_change, encode_state, step
+from streams.change import StreamState, encode_change, step
+from streams.codec import encode_state
 from streams.deadletter import dead_letter, too_large
 from streams.held import track_partitions
+from streams.side import DecodedStates, TableSide
 from streams.stats import PageStats, StatsCollector
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,9 @@ class Folder:
         )
         # _store writes states to the store directly (both guarantees): it records them.
         self._remember = track_partitions(self.states)
-        # key -> (the table's value, decoded): decode a conversation once, not per batch.
-        self._decoded: dict[str, tuple[bytes, StreamState]] = {}
+        # The sealed message digests and the edits of every message (streams/change.py).
+        self.side = TableSide(app, partitions=settings.partitions)
+        self._decoded = DecodedStates(self.states)
         self.states.on_recover(self._forget_decoded)
         self.app = app
         self.sink_name = settings.topic("conversations")
@@ -114,8 +117,15 @@ class Folder:
                 letters.append((event, e, await self._dead_letter(event, e)))
                 continue
             key = conversation_key(envelope.page_id, envelope.psid)
-            before = pending[key][1] if key in pending else self._load(key)
-            result = step(before, envelope)
+            partition = event.message.partition
+            if key in pending:
+                before: StreamState | None = pending[key][1]
+            else:
+                before, carried = self.side.load(self._decoded, key, partition)
+                if before is not None and carried:  # an old format: rewritten in this batch
+                    pending[key] = (event, before)
+            result = step(before, envelope, self.side)
+            self.side.record(result, partition)
             by_page[envelope.page_id] = event
             self.stats.count(result, envelope)
             if result.state is not before:
@@ -195,12 +205,17 @@ class Folder:
         the producer but does not look at whether a write failed, so a refused write
         would otherwise be committed past.
         """
+        # 1. The sealed digest chunks (and edits carried over from old records) first: a
+        #    record that counts a chunk must never be durable without it.
+        side = self.side.drain_before()
+        await asyncio.gather(*[f for topic, box in side for f in await self._send(topic, box)])
+        # 2. Then the conversation records and the statistics ...
         outbox: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, (event, state) in pending.items():
             value = encode_state(state)
             self.states.data[key] = value
             self._remember(key, event.message.partition)
-            self._decoded[key] = (value, state)
+            self._decoded.put(key, value, state)
             # "json": the serializer faust picks for key_type=str, used again on recovery.
             raw_key = codecs.dumps("json", key)
             outbox.setdefault(event.message.partition, []).append((raw_key, value))
@@ -211,23 +226,16 @@ class Folder:
                 sent += await self._send(topic, _encode(table, queued))
                 queued.clear()
         await asyncio.gather(*sent)
+        # 3. ... and then the edits, which a replayed batch must not read ahead of its
+        #    records (TableSide.drain_after).
+        side = self.side.drain_after()
+        await asyncio.gather(*[f for topic, box in side for f in await self._send(topic, box)])
 
     async def _forget_decoded(self) -> None:
-        """After a rebalance: drop the decoded states of conversations the table let go."""
-        held = self.states.data
-        for key in [key for key in self._decoded if key not in held]:
-            del self._decoded[key]
-
-    def _load(self, key: str) -> StreamState | None:
-        value = self.states.get(key)
-        if value is None:
-            return None
-        cached = self._decoded.get(key)
-        if cached is not None and cached[0] is value:
-            return cached[1]
-        state = decode_state(value)
-        self._decoded[key] = (value, state)
-        return state
+        """After a rebalance: drop the decoded states and digest indexes of conversations
+        the table let go."""
+        self._decoded.forget()
+        self.side.forget(self.states.data)
 
     async def _dead_letter(
         self, event: faust.EventT[bytes], error: PoisonError, *, copies: bool = True

@@ -23,7 +23,7 @@ DUPLICATES: Final = Counter(
 )
 UPGRADES: Final = Counter(
     "convsync_materializer_event_upgrades",
-    "Stored messages replaced by a better copy (the webhook's, after the crawler's).",
+    "Stored events rows changed by a later copy (the webhook's, after the crawler's).",
     ["group"],
 )
 CONVERSATION_CHANGES: Final = Counter(

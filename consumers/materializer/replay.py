@@ -27,7 +27,7 @@ _CONVERSATION_COLUMNS: Final = (
 )  # fmt: skip
 _EVENT_COLUMNS: Final = (
     "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
-    "watermark", "thread_id", "source", "attrs", "payload", "num_edit",
+    "watermark", "thread_id", "source", "attrs", "payload", "num_edit", "copy_digest",
 )  # fmt: skip
 
 
@@ -66,7 +66,7 @@ def checksum(settings: Settings, schema: str) -> str:
         conv = conn.execute(
             digest("conversations", _CONVERSATION_COLUMNS, ("page_id", "psid"))
         ).fetchone()
-        events = conn.execute(digest("events", _EVENT_COLUMNS, ("event_id",))).fetchone()
+        events = conn.execute(digest("events", _EVENT_COLUMNS, ("event_id", "psid"))).fetchone()
     assert conv is not None and events is not None
     return f"{conv[0]}:{events[0]}"
 

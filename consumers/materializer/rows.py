@@ -7,8 +7,8 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from convsync.errors import PoisonError
+from schemas.copies import copy_digest, edit_number
 from schemas.envelope import Envelope
-from schemas.fold import edit_number
 
 # Postgres stores timestamps far beyond this, but a time after year 9999 is no fact
 # Meta can report: it is a broken producer, so the record is poison, not a batch killer.
@@ -33,6 +33,7 @@ STAGE_COLUMNS: Final = (
     "partition",
     "offset",
     "num_edit",
+    "copy_digest",
 )
 
 StageRow = tuple[Any, ...]
@@ -103,6 +104,8 @@ def stage_row(envelope: Envelope, pos: Position, seq: int) -> StageRow:
         pos.partition,
         pos.offset,
         edit_number(e) if e.kind == "edit" else None,
+        # Which copy's source, payload and attrs a row keeps when copies differ.
+        copy_digest(e),
     )
 
 

@@ -10,7 +10,7 @@ from psycopg import sql
 # per conversation of the batch: what its events add (aggregated in Python by
 # store.fold_batch, times in ms since the epoch; counts from new events only, times and
 # the greatest thread id from every copy), and whether the last message's text must be
-# read again (a new edit, or a stored message replaced by a better copy).
+# read again (a new edit, or a stored message or edit whose merged text changed).
 CREATE_SCRATCH: Final = sql.SQL(
     """
     CREATE TEMP TABLE IF NOT EXISTS touched (
@@ -45,32 +45,40 @@ ANALYZE_MIN_ROWS: Final = 100
 # Only the columns the plans depend on (grouping and joins).
 ANALYZE_TOUCHED: Final = sql.SQL("ANALYZE touched (page_id, psid)")
 
-# Which of the batch's event ids are stored already, and for a stored message what
-# schemas.fold.copy_rank orders its copies by (time in ms, text, direction, source,
-# thread id).
+# Which of the batch's events are stored already, as (event id, conversation) rows with
+# what schemas.copies merges a copy into: the merged fields (time in ms, text,
+# direction, thread id, edit number) and the rank of the copy whose other fields the row
+# keeps (source, copy digest).
 # Run after the partition locks, so no other writer of these partitions can add or
 # change one before the writes below. The ids come as one comma-separated string (an
 # event id is ev1_ and hex): psycopg's dump of a Python list of 10,000 strings took
 # ~10 % of the writer thread. Never prepared (see _Session.write_batch).
 EXISTING_EVENTS: Final = sql.SQL(
     """
-    SELECT event_id, kind = 'message',
-           (extract(epoch FROM occurred_at) * 1000)::bigint, text, direction, source,
-           thread_id
+    SELECT event_id, psid, kind,
+           (extract(epoch FROM occurred_at) * 1000)::bigint, text, direction, thread_id,
+           num_edit, source, copy_digest
     FROM events WHERE event_id = ANY(string_to_array(%s, ','))
     """
 )
 
-# A stored message replaced by a better copy (schemas.fold.copy_rank: the webhook's copy
-# in ms, with its sender and text, of a message the crawler stored first): the row is
-# that copy, thread id included (conversations.thread_id keeps what the crawler taught).
-UPGRADE_EVENT: Final = sql.SQL(
+# A stored row merged with the batch's copies of it (schemas.copies): the merged fields
+# always; the other fields only when a copy of the batch outranks the stored one
+# (%(rest)s), else the stored ones stay (they are not read back).
+UPDATE_EVENT: Final = sql.SQL(
     """
     UPDATE events SET occurred_at = %(occurred_at)s, direction = %(direction)s,
-           text = %(text)s, thread_id = %(thread_id)s,
-           source = %(source)s, attrs = %(attrs)s, payload = %(payload)s,
-           topic = %(topic)s, "partition" = %(partition)s, "offset" = %(offset)s
-    WHERE event_id = %(event_id)s
+           text = %(text)s, thread_id = %(thread_id)s, num_edit = %(num_edit)s,
+           source = CASE WHEN %(rest)s THEN %(source)s ELSE source END,
+           mid = CASE WHEN %(rest)s THEN %(mid)s ELSE mid END,
+           watermark = CASE WHEN %(rest)s THEN %(watermark)s ELSE watermark END,
+           attrs = CASE WHEN %(rest)s THEN %(attrs)s::jsonb ELSE attrs END,
+           payload = CASE WHEN %(rest)s THEN %(payload)s::jsonb ELSE payload END,
+           topic = CASE WHEN %(rest)s THEN %(topic)s ELSE topic END,
+           "partition" = CASE WHEN %(rest)s THEN %(partition)s ELSE "partition" END,
+           "offset" = CASE WHEN %(rest)s THEN %(offset)s ELSE "offset" END,
+           copy_digest = CASE WHEN %(rest)s THEN %(copy_digest)s ELSE copy_digest END
+    WHERE event_id = %(event_id)s AND psid = %(psid)s
     """
 )
 
@@ -79,7 +87,7 @@ UPGRADE_EVENT: Final = sql.SQL(
 EVENT_COLUMNS: Final = (
     "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
     "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
-    "num_edit",
+    "num_edit", "copy_digest",
 )  # fmt: skip
 
 COPY_EVENTS: Final = sql.SQL("COPY events ({}) FROM STDIN").format(
@@ -145,7 +153,7 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
                               ORDER BY e.num_edit DESC, e.event_id COLLATE "C" DESC
                               LIMIT 1
                           ) AS ed ON true
-                          WHERE msg.event_id = m.last_message_event)
+                          WHERE msg.event_id = m.last_message_event AND msg.psid = m.psid)
                     ELSE m.old_text END AS last_message_text
         FROM merged AS m
     )

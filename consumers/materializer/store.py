@@ -21,7 +21,7 @@ from consumers.materializer.connections import (
     translate_errors,
 )
 from consumers.materializer.rows import STAGE_COLUMNS, StageRow
-from schemas.fold import CopyRank, copy_rank
+from schemas.copies import Merged, RestRank, rest_rank
 from schemas.migrate import validate_schema_name
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ _OCCURRED, _WATERMARK = _COL["occurred_ms"], _COL["watermark_ms"]
 _KIND, _MID, _DIRECTION = _COL["kind"], _COL["mid"], _COL["direction"]
 _SEQ, _PARTITION = _COL["seq"], _COL["partition"]
 _TEXT, _SOURCE = _COL["text"], _COL["source"]
+_NUM_EDIT, _DIGEST = _COL["num_edit"], _COL["copy_digest"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -49,40 +50,89 @@ def as_timestamp(ms: int | None) -> datetime | None:
 def event_row(row: StageRow) -> tuple[object, ...]:
     """The ``COPY_EVENTS`` columns of a staging row."""
     (_, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, watermark_ms,
-     thread_id, source, attrs, payload, topic, partition, offset, num_edit) = row  # fmt: skip
+     thread_id, source, attrs, payload, topic, partition, offset, num_edit,
+     digest) = row  # fmt: skip
     return (
         event_id, page_id, psid, kind, mid, as_timestamp(occurred_ms), direction, text,
         as_timestamp(watermark_ms), thread_id, source, attrs, payload, topic, partition, offset,
-        num_edit,
+        num_edit, digest,
     )  # fmt: skip
 
 
-def row_rank(row: StageRow) -> CopyRank:
-    """The :func:`schemas.fold.copy_rank` of a message row."""
-    return copy_rank(row[_OCCURRED], row[_TEXT], row[_DIRECTION], row[_SOURCE], row[_THREAD_ID])
+RowKey = tuple[str, str]  # (event_id, psid): one events row
 
 
-def stored_ranks(records: Iterable[Sequence[object]]) -> dict[str, CopyRank | None]:
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What ``EXISTING_EVENTS`` tells of a stored row: its merged fields and the rank of
+    the copy whose other fields it keeps (schemas.copies)."""
+
+    kind: str
+    merged: Merged
+    rank: RestRank
+
+
+def merged_of(row: StageRow) -> Merged:
+    """The :class:`schemas.copies.Merged` fields of a staging row."""
+    return Merged(row[_OCCURRED], row[_TEXT], row[_DIRECTION], row[_THREAD_ID], row[_NUM_EDIT])
+
+
+def row_rank(row: StageRow) -> RestRank:
+    """The :func:`schemas.copies.rest_rank` of a staging row."""
+    return rest_rank(row[_SOURCE], row[_DIGEST])
+
+
+def with_merged(row: StageRow, m: Merged) -> StageRow:
+    """``row`` (the copy whose other fields win) with the merged fields ``m``."""
+    out = list(row)
+    out[_OCCURRED], out[_TEXT], out[_DIRECTION] = m.occurred_at, m.text, m.direction
+    out[_THREAD_ID], out[_NUM_EDIT] = m.thread_id, m.num_edit
+    return tuple(out)
+
+
+def stored_rows(records: Iterable[Sequence[object]]) -> dict[RowKey, Stored]:
     """The ``EXISTING_EVENTS`` result as :func:`fold_batch` takes it."""
-    out: dict[str, CopyRank | None] = {}
-    for event_id, message, ms, text, direction, source, thread_id in records:
-        out[str(event_id)] = (
-            copy_rank(
+    out: dict[RowKey, Stored] = {}
+    for event_id, psid, kind, ms, text, direction, thread_id, num_edit, source, digest in records:
+        out[(str(event_id), str(psid))] = Stored(
+            str(kind),
+            Merged(
                 int(ms),  # type: ignore[call-overload]
                 cast(str | None, text),
                 cast(str | None, direction),
-                str(source),
                 cast(str | None, thread_id),
-            )
-            if message
-            else None
+                None if num_edit is None else int(num_edit),  # type: ignore[call-overload]
+            ),
+            rest_rank(str(source), cast(str | None, digest)),
         )
     return out
 
 
-def event_update(row: StageRow) -> dict[str, object]:
-    """The ``UPGRADE_EVENT`` parameters of a staging row."""
-    return dict(zip(st.EVENT_COLUMNS, event_row(row), strict=True))
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """A stored row merged with the batch's copies of it."""
+
+    merged: Merged
+    rank: RestRank
+    rest: StageRow | None  # the batch's copy that outranks the stored one, if any
+
+    def params(self, key: RowKey) -> dict[str, object]:
+        """The ``UPDATE_EVENT`` parameters."""
+        m, rest = self.merged, self.rest
+        out: dict[str, object] = dict.fromkeys(st.EVENT_COLUMNS)
+        if rest is not None:
+            out.update(zip(st.EVENT_COLUMNS, event_row(rest), strict=True))
+        out.update(
+            event_id=key[0],
+            psid=key[1],
+            occurred_at=as_timestamp(m.occurred_at),
+            direction=m.direction,
+            text=m.text,
+            thread_id=m.thread_id,
+            num_edit=m.num_edit,
+            rest=rest is not None,
+        )
+        return out
 
 
 @dataclass(slots=True)
@@ -146,20 +196,20 @@ class ConversationDelta:
 class FoldedBatch:
     """What :func:`fold_batch` makes of a batch."""
 
-    # The events to store: the greatest copy (copy_rank) of each id not stored, in the
-    # order of their first copies.
+    # The rows to insert: the merge of the batch's copies of each (event id,
+    # conversation) not stored, in the order of their first copies.
     new: list[StageRow]
-    # Stored messages a copy in the batch outranks: the greatest such copy of each.
-    upgrades: list[StageRow]
+    # Stored rows the batch's copies change, by (event id, psid).
+    upgrades: dict[RowKey, Upgrade]
     deltas: dict[tuple[str, str], ConversationDelta]
 
 
-def fold_batch(rows: Sequence[StageRow], stored: Mapping[str, CopyRank | None]) -> FoldedBatch:
-    """Fold a batch against ``stored``: the batch's ids already in ``events``, each with
-    the copy_rank of its stored copy for a message (None for other kinds, whose copies
-    are identical: the first one stored stays)."""
-    new: dict[str, StageRow] = {}
-    upgrades: dict[str, StageRow] = {}
+def fold_batch(rows: Sequence[StageRow], stored: Mapping[RowKey, Stored]) -> FoldedBatch:
+    """Fold a batch against ``stored``: the batch's (event id, psid) rows already in
+    ``events``. Copies merge as :mod:`schemas.copies` says, so the rows do not depend on
+    the order or batching of the copies."""
+    new: dict[RowKey, StageRow] = {}
+    upgrades: dict[RowKey, Upgrade] = {}
     deltas: dict[tuple[str, str], ConversationDelta] = {}
     for row in rows:
         key = (row[_PAGE_ID], row[_PSID])
@@ -169,23 +219,33 @@ def fold_batch(rows: Sequence[StageRow], stored: Mapping[str, CopyRank | None]) 
         thread = row[_THREAD_ID]
         if thread and (delta.thread_id is None or thread > delta.thread_id):
             delta.thread_id = thread
-        event_id = row[_EVENT_ID]
-        if event_id in stored:
+        row_key = (row[_EVENT_ID], row[_PSID])
+        kind = row[_KIND]
+        old = stored.get(row_key)
+        if old is not None:
             delta.add(row, again=True)
-            rank = stored[event_id]
-            if rank is not None:
-                best = upgrades.get(event_id)
-                if row_rank(row) > (rank if best is None else row_rank(best)):
-                    upgrades[event_id] = row
+            up = upgrades.get(row_key)
+            merged = (old.merged if up is None else up.merged).merge(merged_of(row), kind)
+            rank, rest = (old.rank, None) if up is None else (up.rank, up.rest)
+            if row_rank(row) > rank:
+                rank, rest = row_rank(row), row
+            if merged != old.merged or rest is not None:
+                upgrades[row_key] = Upgrade(merged, rank, rest)
+                if kind in ("message", "edit") and (
+                    merged.text != old.merged.text or merged.num_edit != old.merged.num_edit
+                ):
+                    # The last message's text may change (its row or its winning edit).
                     delta.recheck = True
-        elif event_id in new:
+        elif row_key in new:
             delta.add(row, again=True)
-            if row[_KIND] == "message" and row_rank(row) > row_rank(new[event_id]):
-                new[event_id] = row
+            current = new[row_key]
+            merged = merged_of(current).merge(merged_of(row), kind)
+            winner = row if row_rank(row) > row_rank(current) else current
+            new[row_key] = with_merged(winner, merged)
         else:
-            new[event_id] = row
+            new[row_key] = row
             delta.add(row)
-    return FoldedBatch(list(new.values()), list(upgrades.values()), deltas)
+    return FoldedBatch(list(new.values()), upgrades, deltas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +255,7 @@ class BatchResult:
     staged: int
     inserted: int
     conversations_changed: int
-    upgraded: int = 0  # stored messages replaced by a better copy
+    upgraded: int = 0  # stored rows that copies of the batch changed
 
 
 class _Session:
@@ -279,22 +339,24 @@ class _Session:
                         if rows:
                             ids = ",".join([r[_EVENT_ID] for r in rows])
                             lookup.execute(st.EXISTING_EVENTS, (ids,), prepare=False)
-                    stored = stored_ranks(lookup.fetchall()) if rows else {}
+                    stored = stored_rows(lookup.fetchall()) if rows else {}
                 folded = fold_batch(rows, stored)
                 new, deltas = folded.new, folded.deltas
                 with conn.cursor() as cur:
                     if new:
-                        # 3. The new events straight into `events` (the greatest copy
-                        #    of each id).
+                        # 3. The new events straight into `events` (the merge of the
+                        #    batch's copies of each).
                         with cur.copy(st.COPY_EVENTS) as copy:
                             for row in new:
                                 copy.write_row(event_row(row))
                     if folded.upgrades:
-                        # 3b. Stored messages a better copy replaces (rare: the webhook's
-                        #     copy of a message the crawler stored first).
-                        cur.executemany(
-                            st.UPGRADE_EVENT, [event_update(row) for row in folded.upgrades]
-                        )
+                        # 3b. Stored rows merged with the batch's copies of them (rare:
+                        #     the webhook's copy of a message the crawler stored first).
+                        #     Pipelined, never prepared: a kept plan is what the
+                        #     lookup above avoids too.
+                        with conn.pipeline():
+                            for key, up in folded.upgrades.items():
+                                cur.execute(st.UPDATE_EVENT, up.params(key), prepare=False)
                     if deltas:
                         # 4. One row per conversation: what the batch adds to it.
                         with cur.copy(st.COPY_TOUCHED) as copy:

@@ -211,29 +211,40 @@ class CrawlStateStore:
         except psycopg.Error as e:
             raise RetryableError(f"crawl state write failed: {e}") from e
 
+    async def request_status(self, crawl_id: str) -> str | None:
+        """Return the ``crawl_history`` status of ``crawl_id`` (None: no row).
+
+        Raises like :meth:`project`.
+        """
+        row = await self._read_one(
+            "SELECT status FROM {schema}.crawl_history WHERE crawl_id = %s", crawl_id
+        )
+        return None if row is None else str(row[0])
+
     async def last_completed_ms(self, page_id: str) -> int | None:
         """Return when the last completed crawl of ``page_id`` started (ms), if any.
 
         Raises like :meth:`project`.
         """
-        try:
-            async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
-                cur = await conn.execute(
-                    self._q(
-                        "SELECT last_completed_at FROM {schema}.crawl_state WHERE page_id = %s"
-                    ),
-                    (page_id,),
-                )
-                row = await cur.fetchone()
-        except _UNMIGRATED as e:
-            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
-        except psycopg.Error as e:
-            raise RetryableError(f"crawl state read failed: {e}") from e
+        row = await self._read_one(
+            "SELECT last_completed_at FROM {schema}.crawl_state WHERE page_id = %s", page_id
+        )
         if row is None or row[0] is None:
             return None
         value = row[0]
         assert isinstance(value, datetime)
         return to_ms(value)
+
+    async def _read_one(self, query: str, key: str) -> tuple[Any, ...] | None:
+        """Return the first row of ``query`` for ``key``. Raises like :meth:`project`."""
+        try:
+            async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                cur = await conn.execute(self._q(query), (key,))
+                return await cur.fetchone()
+        except _UNMIGRATED as e:
+            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
+        except psycopg.Error as e:
+            raise RetryableError(f"crawl state read failed: {e}") from e
 
 
 def record_queued(conn: psycopg.Connection[Any], schema: str, record: CrawlRequest) -> None:

@@ -54,6 +54,7 @@ from psycopg import sql
 
 from consumers.materializer.config import BatchConfig
 from consumers.materializer.rows import Position, stage_row
+from consumers.materializer.statements import EVENT_COLUMNS
 from consumers.materializer.store import Store, as_timestamp, event_row
 from convsync.db import connect
 from convsync.kafka import admin_client, ensure_topics, make_producer, topic_specs
@@ -66,11 +67,6 @@ from tests.consumers.helpers import produce, random_events
 from tests.consumers.procs import REPO, settings_env
 from tests.fixtures.stack import _stack_settings
 
-EVENT_COLUMNS = (
-    "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
-    "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
-    "num_edit",
-)  # fmt: skip
 CONV_COLUMNS = (
     "page_id", "psid", "thread_id", "first_message_at", "last_message_at", "message_count",
     "last_message_text", "last_inbound_at", "last_outbound_at", "needs_reply",

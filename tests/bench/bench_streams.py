@@ -54,7 +54,7 @@ from convsync.settings import Settings
 from deploy.ports import free_ports
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
-from streams.change import StreamState, encode_change, step
+from streams.change import MemorySide, StreamState, encode_change, step
 from tests.bench import peers_venv
 from tests.bench.procstat import cpu_seconds, thread_cpu
 from tests.fixtures.stack import _stack_settings
@@ -69,6 +69,7 @@ def baseline(settings: Settings, expected: int) -> tuple[float, float]:
     consumer.subscribe([settings.topic("events")])
     producer = make_producer(settings)
     states: dict[str, StreamState] = {}
+    side = MemorySide()
     events = emitted = 0
     started: float | None = None
     cpu_start = 0.0
@@ -82,7 +83,8 @@ def baseline(settings: Settings, expected: int) -> tuple[float, float]:
             for msg in batch:
                 event = Envelope.from_bytes(msg.value())
                 key = conversation_key(event.page_id, event.psid)
-                result = step(states.get(key), event)
+                result = step(states.get(key), event, side)
+                side.record(result)
                 states[key] = result.state
                 events += 1
                 if result.emitted:

@@ -13,8 +13,9 @@ from psycopg import sql
 from convsync.db import connect
 from convsync.kafka import make_producer
 from convsync.settings import Settings
+from schemas.copies import merged_rows
 from schemas.envelope import Envelope
-from schemas.fold import CopyRank, copy_rank, project
+from schemas.fold import project
 
 CONV_COLUMNS = (
     "page_id",
@@ -160,36 +161,49 @@ def crawler_copy(event: Envelope, *, bare: bool) -> Envelope:
     return msgspec.structs.replace(event, **update)
 
 
-Kept = tuple[int, str | None, str | None, str, str | None]
+def conflicting_copy(rng: random.Random, event: Envelope) -> Envelope:
+    """Return a copy of ``event`` (same event id) that differs as bad data can: another
+    user, text, direction, time, thread id, edit number, source or payload."""
+    options: dict[str, Any] = {
+        "psid": f"u{rng.randrange(4)}",
+        "text": rng.choice([None, "other", "\u00e9cho", f"text {rng.randrange(3)}"]),
+        "direction": rng.choice([None, "inbound", "outbound"]),
+        "occurred_at": event.occurred_at + rng.choice([-1500, -1, 0, 1, 999]),
+        "thread_id": rng.choice([None, "t_x", "t_y"]),
+        "attrs": rng.choice(
+            [{}, {"num_edit": rng.randrange(5)}, {"emoji": "x", "action": "react"}]
+        ),
+        "source": rng.choice(["webhook", "crawler"]),
+        "raw": {"conflict": rng.randrange(3)},
+    }
+    chosen = rng.sample(sorted(options), rng.randrange(1, 4))
+    return msgspec.structs.replace(event, **{k: options[k] for k in chosen})
 
 
-def kept_messages(events: Iterable[Envelope]) -> dict[str, Kept]:
-    """Return what ``events`` should hold of each message: (time, direction, text,
-    source, thread id) of its greatest copy by :func:`schemas.fold.copy_rank`."""
-    best: dict[str, Envelope] = {}
-    for ev in events:
-        if ev.kind != "message":
-            continue
-        other = best.get(ev.event_id)
-        if other is None or rank(ev) > rank(other):
-            best[ev.event_id] = ev
-    return {k: (e.occurred_at, e.direction, e.text, e.source, e.thread_id) for k, e in best.items()}
+Row = dict[str, Any]
+ROW_COLUMNS = (
+    "kind", "mid", "occurred_at", "direction", "text", "watermark", "thread_id", "source",
+    "attrs", "payload", "num_edit", "copy_digest",
+)  # fmt: skip
 
 
-def rank(ev: Envelope) -> CopyRank:
-    """The copy_rank of a message envelope."""
-    return copy_rank(ev.occurred_at, ev.text, ev.direction, ev.source, ev.thread_id)
+def expected_rows(events: Iterable[Envelope]) -> dict[tuple[str, str], Row]:
+    """Return what ``events`` should hold: the merged row of each (event id, psid)."""
+    return {
+        key: {c: row.fields()[c] for c in ROW_COLUMNS} for key, row in merged_rows(events).items()
+    }
 
 
-def stored_messages(settings: Settings) -> dict[str, Kept]:
-    """Return the stored message rows as :func:`kept_messages` does."""
+def stored_rows(settings: Settings, schema: str | None = None) -> dict[tuple[str, str], Row]:
+    """Return the ``events`` rows as :func:`expected_rows` does (times in ms)."""
     query = sql.SQL(
-        "SELECT event_id, (extract(epoch FROM occurred_at) * 1000)::bigint, direction, text,"
-        " source, thread_id FROM {}.events WHERE kind = 'message'"
-    ).format(sql.Identifier(settings.db_schema))
+        "SELECT event_id, psid, kind, mid, (extract(epoch FROM occurred_at) * 1000)::bigint,"
+        " direction, text, (extract(epoch FROM watermark) * 1000)::bigint, thread_id, source,"
+        " attrs, payload, num_edit::bigint, copy_digest FROM {}.events"
+    ).format(sql.Identifier(schema or settings.db_schema))
     with connect(settings) as conn:
         rows = conn.execute(query).fetchall()
-    return {str(r[0]): (int(r[1]), r[2], r[3], str(r[4]), r[5]) for r in rows}
+    return {(str(r[0]), str(r[1])): dict(zip(ROW_COLUMNS, r[2:], strict=True)) for r in rows}
 
 
 def with_duplicates(rng: random.Random, events: Sequence[Envelope], share: float) -> list[Envelope]:

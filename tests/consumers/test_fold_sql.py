@@ -15,13 +15,14 @@ from consumers.materializer.rows import Position, stage_row
 from consumers.materializer.store import Store
 from schemas.envelope import Envelope
 from tests.consumers.helpers import (
+    conflicting_copy,
     conversations,
     crawler_copy,
     expected,
-    kept_messages,
+    expected_rows,
     random_events,
     scalar,
-    stored_messages,
+    stored_rows,
 )
 from tests.fixtures.postgres import MakeSchema
 
@@ -63,15 +64,20 @@ def test_sql_fold_equals_reference(
 ) -> None:
     rng = random.Random(seed)
     events = random_events(rng, pages=3, users=3, n=n)
-    # Redeliveries, and crawler copies that differ from the webhook's (whole seconds,
-    # maybe no direction and no text), in any order.
-    copies = [
-        crawler_copy(e, bare=rng.random() < 0.5)
-        if e.kind == "message" and rng.random() < 0.5
-        else e
-        for e in events
-        if rng.random() < dup_share
-    ]
+    # Redeliveries, crawler copies that differ from the webhook's (whole seconds, maybe
+    # no direction and no text), and conflicting copies of every kind (bad data: another
+    # user, text, direction, time, thread id, edit number, source, payload), in any order.
+    copies = []
+    for e in events:
+        if rng.random() >= dup_share:
+            continue
+        roll = rng.random()
+        if roll < 0.3:
+            copies.append(e)
+        elif roll < 0.6 and e.kind == "message":
+            copies.append(crawler_copy(e, bare=rng.random() < 0.5))
+        else:
+            copies.append(conflicting_copy(rng, e))
     delivered = list(events) + copies
     rng.shuffle(delivered)
     settings = make_schema()
@@ -81,9 +87,7 @@ def test_sql_fold_equals_reference(
     finally:
         store.close()
     assert conversations(settings) == expected(delivered)
-    stored = scalar(settings, "SELECT array_agg(event_id ORDER BY event_id) FROM {s}.events")
-    assert stored == sorted({e.event_id for e in events})
-    assert stored_messages(settings) == kept_messages(delivered)
+    assert stored_rows(settings) == expected_rows(delivered)
 
 
 def test_edit_before_message_and_redelivery_keeps_version(make_schema: MakeSchema) -> None:
@@ -145,14 +149,18 @@ def test_the_webhook_copy_replaces_a_bare_crawled_copy(make_schema: MakeSchema) 
         assert (row["needs_reply"], row["last_message_text"]) == (True, "hello")
         assert row["first_message_at"] == 1_767_225_656_000  # every copy is a fact
         assert scalar(settings, "SELECT version FROM {s}.conversations") == 2
-        assert stored_messages(settings)[hooked.event_id] == (
-            1_767_225_656_789, "inbound", "hello", "webhook", None,
-        )  # fmt: skip
         assert row["thread_id"] == "t_p_u"  # the crawler's copy taught it
+        kept = stored_rows(settings)[(hooked.event_id, "u")]
+        # The row merges both copies: the webhook's time, sender, text and payload, the
+        # crawler's thread id.
+        assert (kept["occurred_at"], kept["direction"], kept["text"], kept["source"]) == (
+            1_767_225_656_789, "inbound", "hello", "webhook",
+        )  # fmt: skip
+        assert (kept["thread_id"], kept["payload"]) == ("t_p_u", {"webhook": True})
         assert scalar(settings, "SELECT text FROM {s}.messages WHERE mid = 'm1'") == "hello"
         # The worse copy again changes nothing.
         _apply(store, [bare], [])
         assert scalar(settings, "SELECT version FROM {s}.conversations") == 2
-        assert stored_messages(settings)[hooked.event_id][2] == "hello"
+        assert stored_rows(settings)[(hooked.event_id, "u")]["text"] == "hello"
     finally:
         store.close()

@@ -13,8 +13,9 @@ from psycopg import sql
 
 from consumers.materializer import statements
 from consumers.materializer.rows import Position, StageRow, stage_row
-from consumers.materializer.store import Store, fold_batch, shard_batch
+from consumers.materializer.store import RowKey, Store, Stored, fold_batch, shard_batch
 from convsync.errors import PoisonError, RetryableError
+from schemas.copies import merged_rows, rest_rank
 from schemas.envelope import Envelope
 from schemas.kinds import Direction
 from tests.consumers.helpers import (
@@ -22,7 +23,6 @@ from tests.consumers.helpers import (
     crawler_copy,
     expected,
     random_events,
-    rank,
     scalar,
 )
 from tests.fixtures.postgres import MakeSchema
@@ -68,7 +68,15 @@ def test_shard_batch_keeps_every_partition_whole_and_in_order(
     assert sorted(row[0] for part in parts for row in part.rows) == [row[0] for row in rows]
 
 
-def test_fold_batch_keeps_the_greatest_copy_and_reads_every_copys_times() -> None:
+def _stored(*copies: Envelope) -> dict[RowKey, Stored]:
+    """What EXISTING_EVENTS returns once ``copies`` are stored."""
+    return {
+        key: Stored(row.copy.kind, row.merged, rest_rank(row.copy.source, row.digest))
+        for key, row in merged_rows(copies).items()
+    }
+
+
+def test_fold_batch_merges_the_copies_and_reads_every_copys_times() -> None:
     def msg(mid: str, at: int, direction: Direction = "inbound") -> Envelope:
         return Envelope.build(
             kind="message", page_id="p", psid="u", mid=mid, occurred_at=at, source="webhook",
@@ -80,14 +88,17 @@ def test_fold_batch_keeps_the_greatest_copy_and_reads_every_copys_times() -> Non
     b_crawled = msgspec.structs.replace(crawler_copy(b, bare=False), thread_id="t_z")
     rows, _ = _rows([b_crawled, a, c, b, a_bare], 1)
     # a is stored as the crawler read it past Graph's detail window.
-    folded = fold_batch(rows, {a.event_id: rank(a_bare)})
-    assert [(row[1], row[6], row[11]) for row in folded.new] == [
-        (b.event_id, 30_700, "webhook"),  # the webhook's copy replaced the crawler's
-        (c.event_id, 20_000, "webhook"),
+    folded = fold_batch(rows, _stored(a_bare))
+    # b's two copies merge: the webhook's time, source and payload, the crawler's thread.
+    assert [(row[1], row[6], row[10], row[11]) for row in folded.new] == [
+        (b.event_id, 30_700, "t_z", "webhook"),
+        (c.event_id, 20_000, None, "webhook"),
     ]
-    assert [(row[1], row[6], row[7], row[8]) for row in folded.upgrades] == [
-        (a.event_id, 10_500, "inbound", "a")
-    ]
+    ((key, up),) = folded.upgrades.items()
+    assert key == (a.event_id, "u")
+    m = up.merged
+    assert (m.occurred_at, m.direction, m.text, m.thread_id) == (10_500, "inbound", "a", "t_p_u")
+    assert up.rest is not None and up.rest[11] == "webhook"  # the webhook's payload wins
     d = folded.deltas["p", "u"]
     # Counts from new events only; times from every copy; thread ids of every copy.
     assert (d.n_msg, d.first_ms, d.last_ms, d.in_ms, d.out_ms) == (
@@ -98,9 +109,10 @@ def test_fold_batch_keeps_the_greatest_copy_and_reads_every_copys_times() -> Non
         20_000,
     )
     assert (d.last_event, d.thread_id, d.recheck) == (b.event_id, "t_z", True)
-    # Without a better copy nothing is replaced and the text needs no second look.
-    again = fold_batch(rows[:1] + rows[4:], {a.event_id: rank(a), b.event_id: rank(b)})
-    assert again.new == [] and again.upgrades == []
+    # Copies that add nothing to the stored rows change nothing, and the text needs no
+    # second look.
+    again = fold_batch(rows[:1] + rows[4:], _stored(a, a_bare, b, b_crawled))
+    assert again.new == [] and again.upgrades == {}
     assert (again.deltas["p", "u"].n_msg, again.deltas["p", "u"].recheck) == (0, False)
 
 

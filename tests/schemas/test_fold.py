@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.copies import TEXT_CAP
 from schemas.envelope import Envelope
 from schemas.fold import ConversationState, apply, project
 
 PAGE = "p1"
 
 
+# Two texts longer than TEXT_CAP that share their first TEXT_CAP bytes: ordered by
+# digest, not code points (what a stream that keeps cut texts can still order).
+LONG_TEXTS = ("é" * (TEXT_CAP // 2) + "tail a", "é" * (TEXT_CAP // 2) + "tail b")
+
+
 @st.composite
-def events(draw: st.DrawFn) -> Envelope:
+def facts(draw: st.DrawFn) -> Envelope:
+    """One copy of a fact as the webhook or the crawler would send it."""
     kind = draw(
         st.sampled_from(
             ["message", "message", "message", "edit", "read", "delivery", "reaction", "optin"]
@@ -90,6 +98,32 @@ def events(draw: st.DrawFn) -> Envelope:
     )
 
 
+@st.composite
+def events(draw: st.DrawFn) -> Envelope:
+    """A copy of a fact; a third of them conflict on purpose with the fact's other copies
+    (bad data): the same event id with another user, text, direction, time, thread id,
+    edit number, source or payload, for every kind."""
+    event = draw(facts())
+    if draw(st.integers(0, 2)):
+        return event
+    changes = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "psid": st.sampled_from(["u1", "u2", "u3"]),
+                "text": st.sampled_from([None, "a", "b", "ß ✓", *LONG_TEXTS]),
+                "direction": st.sampled_from([None, "inbound", "outbound"]),
+                "occurred_at": st.integers(999_000, 1_013_000),
+                "thread_id": st.sampled_from([None, "t_1", "t_2"]),
+                "attrs": st.sampled_from([{}, {"num_edit": 1}, {"num_edit": 7}, {"x": 1}]),
+                "source": st.sampled_from(["webhook", "crawler"]),
+                "raw": st.sampled_from([{}, {"a": 1}, {"b": [1, 2]}]),
+            },
+        )
+    )
+    return msgspec.structs.replace(event, **changes)
+
+
 def _public(states: dict[tuple[str, str], ConversationState]) -> dict[tuple[str, str], object]:
     return {k: v.public() for k, v in states.items()}
 
@@ -159,3 +193,28 @@ def test_rules_by_example() -> None:
     assert later.needs_reply
     assert later.last_message_text == "are you there?"
     assert later.message_count == 3
+
+
+def test_one_edit_id_in_two_conversations_is_a_fact_of_each() -> None:
+    # An edit's event id is [edit, page, mid, num_edit]: no psid. Two copies of one edit
+    # naming two users (bad data) used to be deduped across conversations, so which
+    # conversation got the edit depended on the order (CI failed once on this).
+    def message(psid: str) -> Envelope:
+        return Envelope.build(
+            kind="message", page_id=PAGE, psid=psid, mid="m1", occurred_at=10,
+            source="webhook", direction="inbound", text="typo", raw={},
+        )  # fmt: skip
+
+    def edit(psid: str, text: str) -> Envelope:
+        return Envelope.build(
+            kind="edit", page_id=PAGE, psid=psid, mid="m1", occurred_at=20,
+            source="webhook", text=text, attrs={"num_edit": 1}, detail="1", raw={},
+        )  # fmt: skip
+
+    a, b = edit("u1", "fixed for u1"), edit("u2", "fixed for u2")
+    assert a.event_id == b.event_id
+    evs = [message("u1"), message("u2"), a, b]
+    for order in (evs, evs[::-1], [b, a, *evs[:2]]):
+        states = project(order)
+        assert states[(PAGE, "u1")].last_message_text == "fixed for u1"
+        assert states[(PAGE, "u2")].last_message_text == "fixed for u2"

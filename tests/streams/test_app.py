@@ -15,7 +15,7 @@ from convsync.kafka import make_producer
 from schemas.conversation import ConversationChange
 from schemas.envelope import Envelope
 from schemas.fold import project
-from streams.change import step
+from streams.change import MemorySide, StreamState, step
 from tests.fixtures.kafka import MakeTopics
 from tests.streams.conftest import StartWorker, Worker, read_changes
 from tests.streams.events import conversation_events, produce
@@ -40,12 +40,14 @@ def complete(expected: list[ConversationChange]) -> Callable[[list[ConversationC
 
 def expected_stats(evs: list[Envelope]) -> dict[str, dict[float, dict[str, object]]]:
     """Per page and minute: messages in/out and the response-time samples."""
-    states: dict[str, object] = {}
+    states: dict[str, StreamState] = {}
+    side = MemorySide()
     out: dict[str, dict[float, dict[str, object]]] = {}
     counted: set[str] = set()
     for ev in evs:
         key = f"{ev.page_id}:{ev.psid}"
-        result = step(states.get(key), ev)  # type: ignore[arg-type]
+        result = step(states.get(key), ev, side)
+        side.record(result)
         states[key] = result.state
         minute = float(ev.occurred_at // 60_000 * 60)
         row = out.setdefault(ev.page_id, {}).setdefault(

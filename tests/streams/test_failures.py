@@ -70,22 +70,30 @@ def wait_crashed(worker: Worker, settings: Settings, *, timeout: float) -> int:
     return worker.proc.returncode
 
 
-@pytest.mark.parametrize("refusing", ["sink", "changelog"])
+@pytest.mark.parametrize("refusing", ["sink", "changelog", "digests"])
 def test_a_write_kafka_refuses_crashes_the_worker_then_a_restart_resumes(
     make_topics: MakeTopics, start_worker: StartWorker, refusing: str
 ) -> None:
     settings = make_topics(partitions=2)
-    # A change record or a conversation state is a few hundred bytes: over 200, every
-    # write to that topic is refused (MESSAGE_TOO_LARGE). The changelog is created here
-    # as faust would (the worker leaves an existing topic as it is).
+    # A change record or a conversation state is a few hundred bytes, a sealed chunk of
+    # digests 2 KiB: over 200, every write to that topic is refused (MESSAGE_TOO_LARGE).
+    # A changelog is created here as faust would (the worker leaves an existing topic as
+    # it is).
     if refusing == "sink":
         topic = settings.topic("conversations")
         set_max_message_bytes(settings, topic, "200")
     else:
-        topic = f"{app_id(settings)}-conversations-changelog"
+        table = "conversations" if refusing == "changelog" else "conversation-digests"
+        topic = f"{app_id(settings)}-{table}-changelog"
         conf = {"cleanup.policy": "compact", "max.message.bytes": "200"}
         ensure_topics(admin_client(settings), [TopicSpec(topic, settings.partitions, 1, conf)])
-    evs = conversation_events(random.Random(21), pages=3, users=4, messages=200)
+    if refusing == "digests":
+        # Two conversations of ~300 messages: each seals a chunk of 256 digests, which
+        # must be durable before any record that counts it (or the restart would count
+        # those messages again, or find the chunk missing).
+        evs = conversation_events(random.Random(21), pages=1, users=2, messages=600)
+    else:
+        evs = conversation_events(random.Random(21), pages=3, users=4, messages=200)
     produce(make_producer(settings), settings.topic("events"), evs)
 
     worker = start_worker(settings, batch_size=50)

@@ -20,7 +20,10 @@ from faust.types import TP
 from convsync.settings import Settings
 from streams import held
 from streams.app import Folder
-from streams.change import decode_state, encode_state, step
+from streams.change import MemorySide, step
+from streams.codec import encode_state
+from streams.digests import DigestIndex
+from streams.side import side_key
 from streams.stats import PageStats
 from tests.streams.events import conversation_events
 
@@ -54,16 +57,23 @@ async def test_written_keys_of_a_partition_moved_away_are_dropped(tmp_path: Path
     folder = _folder(tmp_path)
     evs = conversation_events(random.Random(2), pages=2, users=3, messages=20)
     by_key: dict[str, tuple[int, Any]] = {}
+    side = MemorySide()
     for ev in evs:
         key = f"{ev.page_id}:{ev.psid}"
         before = by_key.get(key, (0, None))[1]
-        by_key[key] = (int(ev.page_id[1:]) % 2, step(before, ev).state)
-    # What Folder._store does: states written to the store directly, partitions told.
+        by_key[key] = (int(ev.page_id[1:]) % 2, step(before, ev, side).state)
+    # What Folder._store does: states and side-table values written to the stores
+    # directly, partitions told.
     for key, (partition, state) in by_key.items():
         value = encode_state(state)
         folder.states.data[key] = value
         folder._remember(key, partition)
-        folder._decoded[key] = (value, decode_state(value))
+        folder._decoded.put(key, value, state)
+        folder.side.chunks[side_key(key, 0)] = (partition, b"\0" * 8)
+        folder.side.pending_edits[side_key(key, "m")] = (partition, (1, "ev1_x", "t", None))
+        folder.side.indexes.put(key, DigestIndex())
+    list(folder.side.drain_before())
+    list(folder.side.drain_after())
     # The statistics: writes through the table, in an event (their hook only queues the
     # changelog records; test_app.py's two-worker test covers both guarantees end to end).
     for partition in (0, 1):
@@ -74,13 +84,18 @@ async def test_written_keys_of_a_partition_moved_away_are_dropped(tmp_path: Path
         finally:
             _current_event.reset(token)
 
+    await _completed(folder.side.digests, 0)
+    await _completed(folder.side.edits, 0)
     await _completed(folder.states, 0)
     await _completed(folder.stats.needs_reply, 0)
 
     kept = {key for key, (partition, _) in by_key.items() if partition == 0}
     assert kept and kept != set(by_key)
     assert set(folder.states.data) == kept
-    assert set(folder._decoded) == kept
+    assert set(folder._decoded._cache.snapshot()) == kept
+    assert set(folder.side.indexes.snapshot()) == kept
+    assert set(folder.side.digests.data) == {side_key(k, 0) for k in kept}
+    assert set(folder.side.edits.data) == {side_key(k, "m") for k in kept}
     assert set(folder.stats.needs_reply.data) == {"p0"}
 
 

@@ -62,12 +62,21 @@ def committed_to_end(settings: Settings, *, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.parametrize(
+    ("pages", "users"),
+    [
+        (4, 10),
+        # Three conversations of ~2,000 messages each: their digests are sealed in
+        # chunks of 256 all along, so kills land around the chunk writes too.
+        (1, 3),
+    ],
+)
 def test_sigkill_mid_stream_then_restart(
-    make_topics: MakeTopics, start_worker: StartWorker
+    make_topics: MakeTopics, start_worker: StartWorker, pages: int, users: int
 ) -> None:
     guarantee = GUARANTEE
     settings = make_topics(partitions=4)
-    evs = conversation_events(random.Random(11), pages=4, users=10, messages=6000)
+    evs = conversation_events(random.Random(11), pages=pages, users=users, messages=6000)
     _, want = fold_all(evs)
     first = evs[:4000]
     producer = make_producer(settings)

@@ -117,8 +117,10 @@ def test_a_page_costs_no_runner_once_its_records_are_handled(
             lambda: all(status_of(settings, r.crawl_id) in ("done", "failed") for r in records),
         )
         worker = running.worker
-        wait_until("the runners to retire", lambda: not worker._runners, timeout=30)
-        assert not worker._projected_at
+        assert worker.pages is not None and worker.handler is not None
+        pages, handler = worker.pages, worker.handler
+        wait_until("the runners to retire", lambda: not pages.runners, timeout=30)
+        assert not handler.projected_at
         assert worker.stats.failed == 40 and worker.stats.done == 1
     finally:
         running.stop()

@@ -277,3 +277,74 @@ def test_an_end_postgres_did_not_take_is_written_by_the_next_owner(
     state = crawl_state(settings, page)
     assert state["status"] == ending and state["crawl_id"] == record.crawl_id
     assert (state["last_completed_at"] is not None) == (ending == "done")
+
+
+def test_a_joined_request_read_again_after_its_crawl_ended_starts_nothing(
+    make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any
+) -> None:
+    """A request that joined a crawl is read again by the next owner when the committed
+    offset lags behind it (here: another page's step below it is throttled for a
+    minute). By then the crawl it joined has finished, and the page's committed mark
+    says so; the request must not start a second crawl of the page."""
+    settings = make_schema(base=make_topics(partitions=1))
+    # Every 5th call of a page is throttled for a minute; a crawl here makes 4 calls.
+    world = GraphWorld.generate(
+        seed=43, pages=2, conversations=3, faults=Faults(throttle_every=5, regain_minutes=1.0)
+    )
+    graph = fake_graph(world)
+    slow, page = world.page_ids
+    crawler = fast_crawler()
+
+    def calls(p: str) -> int:
+        return world.calls[p].calls if p in world.calls else 0
+
+    first = start_worker(settings, graph, crawler)
+    try:
+        warm = new_request(slow, full=True)
+        submit(settings, warm)
+        assert wait_status(settings, warm.crawl_id, {"done", "failed"}).status == "done"
+        assert calls(slow) == 4
+        # The slow page's next crawl is throttled at its first call: its record stays in
+        # flight, and the committed offset stays below everything after it.
+        stuck = new_request(slow, full=True)
+        submit(settings, stuck)
+        deadline = time.monotonic() + 30
+        while calls(slow) < 5:
+            assert time.monotonic() < deadline, "the slow page was never throttled"
+            time.sleep(0.05)
+        crawl, joining = new_request(page, full=True), new_request(page, full=True)
+        submit(settings, crawl, joining)
+        assert wait_status(settings, joining.crawl_id, {"joined", "done", "failed"}).status == (
+            "joined"
+        )
+        assert wait_status(settings, crawl.crawl_id, {"done", "failed"}).status == "done"
+        assert calls(page) == 4
+        pages = first.worker.pages
+        assert pages is not None
+        deadline = time.monotonic() + 30
+        while page in pages.runners:  # its end is committed (with the finished mark)
+            assert time.monotonic() < deadline, "the page's runner never retired"
+            time.sleep(0.05)
+    finally:
+        first.stop()
+    second = start_worker(settings, graph, crawler)
+    try:
+        # The next owner reads from the stuck record on: the page's 4 steps and the
+        # joined request again. Either all 5 are dropped, or the request starts a crawl
+        # (whose first call, the page's 5th, is throttled).
+        deadline = time.monotonic() + 30
+        while second.worker.stats.duplicates < 5 and calls(page) == 4:
+            assert time.monotonic() < deadline, "the records were never read again"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        second.stop()
+    assert calls(page) == 4, "the joined request started a second crawl"
+    state = crawl_state(settings, page)
+    assert state["crawl_id"] == crawl.crawl_id and state["status"] == "done"
+    assert read_view_of(settings, joining.crawl_id).status == "joined"
+
+
+def read_view_of(settings: Settings, crawl_id: str) -> Any:
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        return read_view(conn, settings.db_schema, crawl_id)

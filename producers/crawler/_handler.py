@@ -1,0 +1,367 @@
+"""One crawl record handled: what to do with it, the step it runs and the step's effects.
+
+The effects of a step, in this order (the order is what makes a kill cost at most the
+step in flight; docs/crawler.md, *Order of a step*): its events in Kafka, its
+continuation in Kafka, the page's mark, its progress in Postgres, and for a step that
+ended its crawl the finished mark only once the end is in Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import SecretStr
+
+from convsync.errors import PoisonError, RetryableError
+from convsync.settings import Settings
+from producers.crawler._offsets import Mark, PartitionBook, decide
+from producers.crawler._producer import AsyncProducer
+from producers.crawler.config import CrawlerSettings
+from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError
+from producers.crawler.fetcher import PageFetcher
+from producers.crawler.graph import GraphClient, backoff
+from producers.crawler.state import CrawlStateStore, Progress, Status
+from producers.crawler.step import StepOutcome, record_refusal, run_step
+from producers.crawler.urls import GraphOrigin
+from schemas.crawl import CrawlRequest
+from schemas.records import dead_letter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counts since start, for logs and tests."""
+
+    steps: int = 0
+    # steps run from this worker's own continuation, without reading it back from Kafka
+    followed: int = 0
+    duplicates: int = 0
+    joined: int = 0
+    failed: int = 0
+    done: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What handling one record left behind.
+
+    ``follow`` is the continuation its step produced (None: none). ``ended`` says
+    whether it ended its crawl: True, the end is proven only by the commit of its
+    record; False, its continuation proves it; None, it ran no step (nothing changes).
+    """
+
+    follow: CrawlRequest | None = None
+    ended: bool | None = None
+
+
+class RecordHandler:
+    """Decides what a crawl record asks for and carries it out: a dead letter, a
+    duplicate dropped, a join, or one step with its effects."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        crawler: CrawlerSettings,
+        *,
+        origin: GraphOrigin,
+        tokens: Mapping[str, SecretStr],
+        producer: AsyncProducer,
+        store: CrawlStateStore,
+        client: GraphClient,
+        stats: WorkerStats,
+    ) -> None:
+        self.settings = settings
+        self.crawler = crawler
+        self.origin = origin
+        self.tokens = tokens
+        self.producer = producer
+        self.store = store
+        self.client = client
+        self.stats = stats
+        self.crawl_topic = settings.topic("crawl")
+        self.events_topic = settings.topic("events")
+        self.fetchers: dict[str, PageFetcher] = {}
+        # When crawl_state was last written per running crawl's page (progress_interval).
+        self.projected_at: dict[str, float] = {}
+
+    async def handle(
+        self,
+        page: str,
+        partition: int,
+        offset: int | None,
+        value: bytes | CrawlRequest | None,
+        book: PartitionBook | None,
+        *,
+        before_fetch: Callable[[], Awaitable[None]],
+    ) -> Handled:
+        """Handle one record (read from Kafka, or followed when ``offset`` is None) of
+        ``partition``, whose ``book`` is None once the partition is gone.
+
+        ``before_fetch`` is awaited before a step fetches anything (see the end of this
+        method). Raises what the producer or Postgres raise that is not an outage.
+        """
+        if isinstance(value, CrawlRequest):
+            record = value
+        else:
+            try:
+                record = CrawlRequest.from_bytes(value)
+            except PoisonError as e:
+                assert offset is not None
+                await self._dead_letter(page, partition, offset, value, e)
+                return Handled()
+        if book is None:
+            return Handled()
+        decision = decide(book.marks.get(record.page_id), crawl_id=record.crawl_id, seq=record.seq)
+        if offset is None and decision != "continue":
+            # a followed continuation whose copy was read (and run) first
+            return Handled()
+        refused = record_refusal(record, self.origin) if decision != "duplicate" else None
+        if refused is not None:
+            # Poison: dead-lettered, and the crawl it would run fails; nothing is fetched.
+            ends = decision in ("start", "continue")
+            await self._refuse(page, record, book, partition, offset, value, refused, ends=ends)
+            return Handled(ended=True if ends else None)
+        if decision in ("duplicate", "stale"):
+            self.stats.duplicates += 1
+            log.debug(
+                "dropping %s crawl record %s seq %d of page %s",
+                decision,
+                record.crawl_id,
+                record.seq,
+                record.page_id,
+            )
+            return Handled()
+        if decision == "join":
+            current = book.marks[record.page_id].crawl_id
+            self.stats.joined += 1
+            log.info("crawl request %s joins running crawl %s", record.crawl_id, current)
+            await self._project(Progress(record, "joined", None, 0, joined=current))
+            return Handled()
+        if decision == "start":
+            if await self._handled_before(record):
+                self.stats.duplicates += 1
+                log.debug("dropping crawl request %s read again", record.crawl_id)
+                return Handled()
+            record = await self._prepare(record)
+        # A kill must cost at most the one step in flight. A step that produced a
+        # continuation is proven handled by it (see worker._release); one that ended its
+        # crawl is proven only by its commit, which the caller awaits here.
+        await before_fetch()
+        if offset is None:
+            self.stats.followed += 1
+        nxt = await self._step(record, book)
+        return Handled(follow=nxt, ended=nxt is None)
+
+    async def _handled_before(self, record: CrawlRequest) -> bool:
+        """Return True if the request ``record`` was handled already (it joined a crawl,
+        or its own crawl ended): this is a copy read again.
+
+        The marks cannot tell: once the crawl it joined has finished, the page's mark
+        says "finished" and a request after it starts a crawl. A request is read again
+        when the committed offset lags behind it (another page's step below it is still
+        in flight, e.g. throttled) and the partition moves (a kill, a revoke). Its
+        ``crawl_history`` row has left ``queued`` for good by then.
+        """
+        store = self.store
+        status = await self._until_done(
+            "crawl state read", lambda: store.request_status(record.crawl_id)
+        )
+        return status in ("joined", "done", "failed")
+
+    async def _prepare(self, record: CrawlRequest) -> CrawlRequest:
+        """Fix the incremental cutoff of a new crawl from the last completed one."""
+        if record.full:
+            return record
+        store = self.store
+        last = await self._until_done(
+            "crawl state read", lambda: store.last_completed_ms(record.page_id)
+        )
+        if last is None:
+            return record
+        since = max(0, last - int(self.crawler.incremental_margin * 1000))
+        return record.model_copy(update={"since": since})
+
+    def _fetcher(self, page_id: str) -> PageFetcher:
+        fetcher = self.fetchers.get(page_id)
+        if fetcher is None:
+            token = self.tokens.get(page_id)
+            if token is None:
+                raise CrawlFailedError(f"no page token configured for page {page_id}")
+            fetcher = PageFetcher(
+                self.client,
+                page_id=page_id,
+                token=token.get_secret_value(),
+                settings=self.crawler,
+            )
+            self.fetchers[page_id] = fetcher
+        return fetcher
+
+    async def _step(self, record: CrawlRequest, book: PartitionBook) -> CrawlRequest | None:
+        """Run one step; return the continuation it produced (None: the crawl ended)."""
+        try:
+            outcome = await self._run_step(record)
+        except CrawlFailedError as e:
+            await self._fail(record, book, str(e))
+            return None
+        key = record.page_id.encode()
+        # 1. the step's events, confirmed by Kafka (acks=all)
+        await self.producer.send_batch(
+            self.events_topic, ((key, env.to_bytes()) for env in outcome.envelopes)
+        )
+        # 2. the continuation, confirmed, so a crash after this resumes from it
+        nxt = None
+        if not outcome.done:
+            nxt = record.model_copy(update={"seq": record.seq + 1, "step": outcome.step})
+            await self.producer.send_batch(self.crawl_topic, [(key, nxt.to_bytes())])
+        # 3. the mark of a step that did not end its crawl, so a re-delivered copy of
+        #    this record is a duplicate; the offset and the mark are committed together
+        #    by the worker once this returns (or by a revoke or shutdown meanwhile)
+        if not outcome.done:
+            book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, False))
+        self.stats.steps += 1
+        status: Status = "done" if outcome.done else "running"
+        if outcome.done:
+            self.stats.done += 1
+            log.info(
+                "crawl %s of page %s done: %d messages, %d calls",
+                record.crawl_id,
+                record.page_id,
+                outcome.step.counters.messages,
+                outcome.step.counters.api_calls,
+            )
+        now = time.monotonic()
+        last = self.projected_at.get(record.page_id)
+        due = (
+            outcome.done
+            or record.seq == 0
+            or last is None
+            or now - last >= self.crawler.progress_interval
+        )
+        if due:
+            self.projected_at[record.page_id] = now
+            await self._project(
+                Progress(
+                    record,
+                    status,
+                    outcome.step,
+                    record.seq + 1,
+                    finished_ms=_now_ms() if outcome.done else None,
+                )
+            )
+        # 4. the finished mark of a step that ended its crawl, only once "done" is in
+        #    Postgres: nothing writes "done" after the mark is committed (a copy read
+        #    again is a duplicate), so a step that dies in the write (Postgres down,
+        #    cancelled by a stop or a revoke) must stay unhandled and run again
+        if outcome.done:
+            book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, True))
+            self.projected_at.pop(record.page_id, None)
+        return nxt
+
+    async def _fail(self, record: CrawlRequest, book: PartitionBook, reason: str) -> None:
+        """Write the crawl of ``record`` as failed with ``reason``, then its finished mark."""
+        self.stats.failed += 1
+        log.error("crawl %s of page %s failed: %s", record.crawl_id, record.page_id, reason)
+        # The finished mark only after "failed" is in Postgres (see step 4 of _step).
+        await self._project(
+            Progress(
+                record, "failed", record.step, record.seq + 1, error=reason, finished_ms=_now_ms()
+            )
+        )
+        book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, True))
+        self.projected_at.pop(record.page_id, None)
+
+    async def _refuse(
+        self,
+        page: str,
+        record: CrawlRequest,
+        book: PartitionBook,
+        partition: int,
+        offset: int | None,
+        value: bytes | CrawlRequest | None,
+        reason: str,
+        *,
+        ends: bool,
+    ) -> None:
+        """Dead-letter a record that points where a page token may not go and, when it
+        would have started or continued a crawl (``ends``), fail that crawl. A request
+        joining a running crawl, or a step of a crawl that is not the page's, fails
+        nothing: it would not have run."""
+        text = f"crawl record refused: {reason}; no request was sent"
+        if offset is not None:
+            raw = value.to_bytes() if isinstance(value, CrawlRequest) else value
+            await self._dead_letter(page, partition, offset, raw, ForeignUrlError(text))
+        if ends:
+            await self._fail(record, book, text)
+
+    async def _run_step(self, record: CrawlRequest) -> StepOutcome:
+        fetch = self._fetcher(record.page_id)
+        attempts = 0
+        while True:
+            try:
+                return await run_step(
+                    record,
+                    fetch=fetch,
+                    origin=self.origin,
+                    conversations_limit=self.crawler.conversations_limit,
+                    messages_limit=self.crawler.messages_limit,
+                )
+            except RetryableError as e:
+                attempts += 1
+                if attempts >= self.crawler.max_attempts:
+                    raise CrawlFailedError(f"gave up after {attempts} bad responses: {e}") from e
+                await asyncio.sleep(
+                    backoff(attempts, base=self.crawler.backoff_base, cap=self.crawler.backoff_max)
+                )
+
+    async def _project(self, progress: Progress) -> None:
+        store = self.store
+        await self._until_done("crawl state write", lambda: store.project(progress))
+
+    async def _until_done(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` until Postgres takes it and return its result.
+
+        An outage is waited out with capped, jittered backoff, never raised: the step
+        waits (its record stays uncommitted) and goes on once Postgres is back. A stop
+        or a revoke cancels the wait; the next owner then runs the step again.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await action()
+            except RetryableError as e:
+                attempt += 1
+                delay = backoff(attempt, base=0.2, cap=5.0)
+                log.warning("%s failed (%s); retry %d in %.1fs", what, e, attempt, delay)
+                await asyncio.sleep(delay)
+
+    async def _dead_letter(
+        self, page: str, partition: int, offset: int, value: bytes | None, error: PoisonError
+    ) -> None:
+        log.error("poison crawl record on partition %d: %s", partition, error)
+        # Bounded: a crawl record near Kafka's limit must not make a letter over it.
+        letter = dead_letter(
+            component="crawler",
+            topic=self.crawl_topic,
+            partition=partition,
+            offset=offset,
+            key=page.encode(),
+            value=value,
+            reason=str(error),
+            error_type=type(error).__name__,
+            failed_at=_now_ms(),
+        )
+        await self.producer.send_batch(
+            self.settings.topic("dlq"), [(letter.key, letter.value)], headers=list(letter.headers)
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
