@@ -54,24 +54,30 @@ def materialize(
     from rich.console import Console
 
     from cli.common import load_settings
-    from consumers.materializer import BatchConfig, Materializer
+    from consumers.materializer import BatchConfig, Materializer, MaterializerConfig
     from convsync.errors import ConsumerFatalError, ConvsyncError
     from convsync.gctune import tune_for_batches
 
     settings = load_settings()
     tune_for_batches()
     defaults = BatchConfig()
-    config = BatchConfig(
-        max_records=batch_size or defaults.max_records,
-        max_wait=defaults.max_wait if batch_ms is None else batch_ms / 1000,
-        max_bytes=defaults.max_bytes if batch_mib is None else batch_mib * 1024 * 1024,
-        writers=writers or defaults.writers,
+    # The materializer gets what it needs of the settings, and nothing else.
+    config = MaterializerConfig.from_settings(
+        settings,
+        group=group,
+        batch=BatchConfig(
+            max_records=batch_size or defaults.max_records,
+            max_wait=defaults.max_wait if batch_ms is None else batch_ms / 1000,
+            max_bytes=defaults.max_bytes if batch_mib is None else batch_mib * 1024 * 1024,
+            writers=writers or defaults.writers,
+        ),
+        instance_id=instance_id,
+        report_lag=metrics_port is not None,
     )
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="127.0.0.1")
-    overrides = {"group.instance.id": instance_id} if instance_id else {}
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -80,13 +86,7 @@ def materialize(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while True:
-        mat = Materializer(
-            settings,
-            group=group,
-            config=config,
-            report_lag=metrics_port is not None,
-            consumer_overrides=overrides,
-        )
+        mat = Materializer(config)
         try:
             totals = mat.run(stop=stop)
         except ConsumerFatalError as e:

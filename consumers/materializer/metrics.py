@@ -1,10 +1,16 @@
-"""Prometheus metrics of the materializer (served with --metrics-port)."""
+"""What the materializer counts: its Totals and the Prometheus metrics (served with
+--metrics-port), both kept by one Tally."""
 
 from __future__ import annotations
 
-from typing import Final
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from consumers.materializer.store import BatchResult
 
 EVENTS_IN: Final = Counter(
     "convsync_materializer_events_in", "Records read from the events topic.", ["group"]
@@ -48,3 +54,66 @@ LAG: Final = Gauge(
     "Records behind the partition's high watermark.",
     ["group", "topic", "partition"],
 )
+
+
+@dataclass(slots=True)
+class Totals:
+    """Running counters of one materializer (also exported as Prometheus metrics)."""
+
+    records: int = 0
+    inserted: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    retries: int = 0
+
+
+class Tally:
+    """Counts what one materializer does, in its :class:`Totals` and in the metrics
+    labelled by its group."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.totals = Totals()
+
+    def retried(self) -> None:
+        """An attempt failed for a passing reason and will be retried."""
+        RETRIES.labels(self.group).inc()
+        self.totals.retries += 1
+
+    def dead_lettered(self) -> None:
+        """A record Postgres refused was dead-lettered (decoding poison is counted by
+        :meth:`applied`)."""
+        self.totals.dead_letters += 1
+        DEAD_LETTERS.labels(self.group).inc()
+
+    def applied(self, records: int, good: int, result: BatchResult) -> None:
+        """``records`` were committed, ``good`` of them rows, the rest poison: count
+        them once, after the commit, so retries do not count twice."""
+        dead = records - good
+        self.totals.records += records
+        self.totals.inserted += result.inserted
+        self.totals.dead_letters += dead
+        EVENTS_IN.labels(self.group).inc(records)
+        EVENTS_INSERTED.labels(self.group).inc(result.inserted)
+        CONVERSATION_CHANGES.labels(self.group).inc(result.conversations_changed)
+        UPGRADES.labels(self.group).inc(result.upgraded)
+        DUPLICATES.labels(self.group).inc(max(0, result.staged - result.inserted))
+        DEAD_LETTERS.labels(self.group).inc(dead)
+
+    def committed(self, records: int, seconds: float) -> None:
+        """A batch of ``records`` committed ``seconds`` after it went out."""
+        BATCH_SIZE.labels(self.group).observe(records)
+        BATCH_SECONDS.labels(self.group).observe(seconds)
+        self.totals.batches += 1
+
+    def lag(self, topic: str, lags: dict[int, int]) -> None:
+        """Set the lag gauge of each partition of ``lags``."""
+        for p, n in lags.items():
+            LAG.labels(self.group, topic, str(p)).set(n)
+
+    def forget_lag(self, topic: str, partitions: set[int]) -> None:
+        """Remove the lag gauges of partitions this member no longer owns."""
+        for p in partitions:
+            # A gauge that was never set for this partition has nothing to remove.
+            with contextlib.suppress(KeyError):
+                LAG.remove(self.group, topic, str(p))
