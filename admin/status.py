@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg import sql
 
+from admin.counts import count_rows, insert_rate, inserted_rows
 from convsync.db import connect
 from convsync.errors import RetryableError
 from convsync.kafka import read_watermarks
@@ -42,17 +45,15 @@ class Status:
     sync_statistics: list[dict[str, Any]] = field(default_factory=list)
     events_rows: int = 0
     conversations_rows: int = 0
-    events_last_minute: int = 0
+    # Which of events_rows, conversations_rows, events_per_second are estimates.
+    estimated: list[str] = field(default_factory=list)
+    # Events stored per second over the window collect() was given; None without one.
+    events_per_second: float | None = None
     stalled: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # What the supervisor of `convsync run` last wrote (components, restarts), if any:
     # filled in by the command, which knows the state folder.
     supervisor: dict[str, Any] | None = None
-
-    @property
-    def events_per_second(self) -> float:
-        """Events newly stored in Postgres per second over the last minute."""
-        return self.events_last_minute / 60.0
 
     def lag_by_group(self) -> dict[str, int]:
         """Return the total lag of every group."""
@@ -66,7 +67,6 @@ class Status:
         data = asdict(self)
         data["lags"] = [{**asdict(lag), "lag": lag.lag} for lag in self.lags]
         data["lag_by_group"] = self.lag_by_group()
-        data["events_per_second"] = self.events_per_second
         data["high_watermarks"] = {
             t: {str(p): o for p, o in parts.items()} for t, parts in self.high_watermarks.items()
         }
@@ -107,12 +107,15 @@ def _rows(cur: Any) -> list[dict[str, Any]]:
     ]
 
 
-def collect(settings: Settings, *, stall_after: float = 300.0) -> Status:
+def collect(settings: Settings, *, stall_after: float = 300.0, rate_window: float = 0.0) -> Status:
     """Return the current status; unreachable parts are listed in ``errors``.
 
     A consumer is *stalled* when a partition has lag but its stored offset has not moved
     for ``stall_after`` seconds; a crawl is stalled when it is running and its progress
-    has not changed for that long.
+    has not changed for that long. Row counts of large tables are estimates (named in
+    ``estimated``, see admin/counts.py); with ``rate_window`` > 0 the events stored per
+    second are measured over that many seconds (this call then lasts at least as long),
+    otherwise ``events_per_second`` is None.
     """
     status = Status(kafka_bootstrap=settings.kafka_bootstrap, db_schema=settings.db_schema)
     topics = [settings.topic(s) for s in ("events", "crawl", "conversations", "dlq")]
@@ -125,62 +128,66 @@ def collect(settings: Settings, *, stall_after: float = 300.0) -> Status:
         t: {p: hi for p, (_, hi) in parts.items()} for t, parts in marks.items()
     }
     status.dlq_records = sum(hi - lo for lo, hi in marks.get(settings.topic("dlq"), {}).values())
-    schema = sql.Identifier(settings.db_schema)
     try:
         with connect(settings) as conn:
-            rows = conn.execute(
-                sql.SQL(
-                    'SELECT "group", topic, "partition", next_offset,'
-                    " extract(epoch FROM now() - updated_at) FROM {}.consumer_offsets"
-                    " ORDER BY 1, 2, 3"
-                ).format(schema)
-            ).fetchall()
-            for group, topic, partition, next_offset, idle in rows:
-                hw = status.high_watermarks.get(str(topic), {}).get(int(str(partition)), 0)
-                lag = PartitionLag(
-                    str(group), str(topic), int(str(partition)), int(str(next_offset)), hw
-                )
-                status.lags.append(lag)
-                if lag.lag > 0 and float(str(idle)) > stall_after:
-                    status.stalled.append(
-                        f"group {lag.group} partition {lag.topic}[{lag.partition}]: lag "
-                        f"{lag.lag}, no progress for {float(str(idle)):.0f}s"
-                    )
-            status.crawls = _rows(
-                conn.execute(
-                    sql.SQL(
-                        "SELECT *, extract(epoch FROM now() - updated_at) AS idle_seconds"
-                        " FROM {}.crawl_state ORDER BY page_id"
-                    ).format(schema)
-                )
-            )
-            for crawl in status.crawls:
-                idle = float(crawl.get("idle_seconds") or 0)
-                if crawl.get("status") == "running" and idle > stall_after:
-                    status.stalled.append(
-                        f"crawl of page {crawl['page_id']}: no progress for {idle:.0f}s"
-                    )
-            has_views = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL",
-                (f"{settings.db_schema}.sync_statistics",),
-            ).fetchone()
-            if has_views and has_views[0]:
-                status.sync_statistics = _rows(
-                    conn.execute(
-                        sql.SQL("SELECT * FROM {}.sync_statistics ORDER BY page_id").format(schema)
-                    )
-                )
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT count(*) FROM {}.events WHERE inserted_at > now() - interval '1 minute'"
-                ).format(schema)
-            ).fetchone()
-            status.events_last_minute = int(str(row[0])) if row else 0
-            for table, attr in (("events", "events_rows"), ("conversations", "conversations_rows")):
-                row = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {}.{}").format(schema, sql.Identifier(table))
-                ).fetchone()
-                setattr(status, attr, int(str(row[0])) if row else 0)
+            _read_database(conn, status, stall_after, rate_window)
     except RetryableError as e:
         status.errors.append(str(e))
     return status
+
+
+def _read_database(
+    conn: psycopg.Connection[Any], status: Status, stall_after: float, rate_window: float = 0.0
+) -> None:
+    """Fill ``status`` from Postgres: lags, crawls, statistics, row counts, rate."""
+    schema = sql.Identifier(status.db_schema)
+    started = time.monotonic()
+    inserted = inserted_rows(conn, status.db_schema, "events") if rate_window > 0 else 0
+    rows = conn.execute(
+        sql.SQL(
+            'SELECT "group", topic, "partition", next_offset,'
+            " extract(epoch FROM now() - updated_at) FROM {}.consumer_offsets"
+            " ORDER BY 1, 2, 3"
+        ).format(schema)
+    ).fetchall()
+    for group, topic, partition, next_offset, idle in rows:
+        hw = status.high_watermarks.get(str(topic), {}).get(int(str(partition)), 0)
+        lag = PartitionLag(str(group), str(topic), int(str(partition)), int(str(next_offset)), hw)
+        status.lags.append(lag)
+        if lag.lag > 0 and float(str(idle)) > stall_after:
+            status.stalled.append(
+                f"group {lag.group} partition {lag.topic}[{lag.partition}]: lag "
+                f"{lag.lag}, no progress for {float(str(idle)):.0f}s"
+            )
+    status.crawls = _rows(
+        conn.execute(
+            sql.SQL(
+                "SELECT *, extract(epoch FROM now() - updated_at) AS idle_seconds"
+                " FROM {}.crawl_state ORDER BY page_id"
+            ).format(schema)
+        )
+    )
+    for crawl in status.crawls:
+        idle = float(crawl.get("idle_seconds") or 0)
+        if crawl.get("status") == "running" and idle > stall_after:
+            status.stalled.append(f"crawl of page {crawl['page_id']}: no progress for {idle:.0f}s")
+    has_views = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL",
+        (f"{status.db_schema}.sync_statistics",),
+    ).fetchone()
+    if has_views and has_views[0]:
+        status.sync_statistics = _rows(
+            conn.execute(
+                sql.SQL("SELECT * FROM {}.sync_statistics ORDER BY page_id").format(schema)
+            )
+        )
+    for table, attr in (("events", "events_rows"), ("conversations", "conversations_rows")):
+        counted = count_rows(conn, status.db_schema, table)
+        setattr(status, attr, counted.rows)
+        if counted.estimated:
+            status.estimated.append(attr)
+    if rate_window > 0:
+        status.events_per_second = insert_rate(
+            conn, status.db_schema, "events", inserted, started, rate_window
+        )
+        status.estimated.append("events_per_second")
