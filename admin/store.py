@@ -102,7 +102,13 @@ TagsOutcome = Literal["missing", "stale"] | int
 
 
 class AdminStore:
-    """Queries of one schema through an async pool; psycopg errors become RetryableError."""
+    """Queries of one schema through an async pool; psycopg errors become RetryableError.
+
+    The lists are never prepared: a prepared statement's generic plan cannot see how few
+    rows lie past a keyset cursor, and for a deep page of the largest page it chose to
+    read and sort the page's whole list (docs/performance.md, "The read path"); planning
+    each one costs well under a millisecond.
+    """
 
     def __init__(self, pool: AsyncConnectionPool, schema: str) -> None:
         self.pool = pool
@@ -115,11 +121,13 @@ class AdminStore:
     async def _all(self, text: str, params: Any = None) -> list[Row]:
         return await self._rows(self._q(text), params)
 
-    async def _rows(self, stmt: sql.Composed, params: Any) -> list[Row]:
+    async def _rows(
+        self, stmt: sql.Composed, params: Any, *, prepare: bool | None = None
+    ) -> list[Row]:
         try:
             async with self.pool.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(stmt, params)
+                await cur.execute(stmt, params, prepare=prepare)
                 return await cur.fetchall()
         except psycopg.Error as e:
             raise RetryableError(f"admin query failed: {e}") from e
@@ -129,7 +137,7 @@ class AdminStore:
     ) -> Page:
         """Return up to ``limit`` conversations after ``after``, newest last message first."""
         stmt, params = conversations_query(self.schema_name, page_id, f, limit + 1, after)
-        return Page(*split_page(await self._rows(stmt, params), limit, "psid"))
+        return Page(*split_page(await self._rows(stmt, params, prepare=False), limit, "psid"))
 
     async def timeline(
         self, which: Timeline, page_id: str, psid: str, *, limit: int, after: SortKey | None
@@ -137,7 +145,7 @@ class AdminStore:
         """Return up to ``limit`` messages (edits and reactions applied) or events of a
         conversation after ``after``, newest first."""
         stmt, params = timeline_query(self.schema_name, which, page_id, psid, limit + 1, after)
-        return Page(*split_page(await self._rows(stmt, params), limit, "event_id"))
+        return Page(*split_page(await self._rows(stmt, params, prepare=False), limit, "event_id"))
 
     async def conversation(self, page_id: str, psid: str) -> Row | None:
         """Return the conversation with its tags and tags version, or None."""
