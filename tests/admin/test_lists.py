@@ -3,6 +3,7 @@ to the list that made them (real gateway, Kafka, Postgres and materializer)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -73,8 +74,15 @@ def test_a_tag_lists_its_conversations_newest_first_as_they_change(admin_env: Ad
     assert [c["psid"] for c in r.json()["items"]] == ["u1", "u6", "u3", "u0"]
     # Filters combine: the vip conversations that need a reply (all of them here, the
     # page never answered), and a tag no conversation has.
-    r = admin_env.get(path, params={"tag": "vip", "needs_reply": "true", "limit": "3"})
-    assert [c["psid"] for c in r.json()["items"]] == ["u1", "u6", "u3"]
+    both = _all_pages(admin_env, path, tag="vip", needs_reply="true", limit="3")
+    assert [[c["psid"] for c in p] for p in both] == [["u1", "u6", "u3"], ["u0"]]
+    since = datetime.fromtimestamp((t0 + 3 * 60_000) / 1000, tz=UTC).isoformat()
+    r = admin_env.get(path, params={"tag": "vip", "since": since, "limit": "2"})
+    assert [c["psid"] for c in r.json()["items"]] == ["u1", "u6"]
+    rest = admin_env.get(
+        path, params={"tag": "vip", "since": since, "cursor": r.json()["next_cursor"]}
+    )
+    assert [c["psid"] for c in rest.json()["items"]] == ["u3"]
     assert admin_env.get(path, params={"tag": "none"}).json() == {"items": [], "next_cursor": None}
     assert admin_env.get(path, params={"tag": "Not A Tag"}).status_code == 400
 

@@ -67,7 +67,8 @@ def _one(conn: Conn, text: str, params: Any = None) -> Any:
 
 
 def draw_targets(conn: Conn, schema: str, seed: int = 7) -> Targets:
-    """Draw the targets from the data set in ``schema`` (seconds at full size)."""
+    """Draw the targets from the data set in ``schema`` (seconds at full size); another
+    ``seed`` draws other long conversations (not read yet: not in any cache)."""
     rng = random.Random(seed)
     s = sql.Identifier(schema)
     q = lambda text: sql.SQL(text).format(s=s)  # noqa: E731
@@ -106,8 +107,9 @@ def draw_targets(conn: Conn, schema: str, seed: int = 7) -> Targets:
     for page, psid in conn.execute(
         q(
             "SELECT page_id, psid FROM {s}.conversations WHERE message_count >= 100"
-            " ORDER BY md5(psid) LIMIT 300"
-        )
+            " ORDER BY md5(psid || %s) LIMIT 300"
+        ),
+        (str(seed),),
     ).fetchall():
         row = conn.execute(
             q(

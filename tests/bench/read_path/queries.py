@@ -37,6 +37,25 @@ from tests.bench.read_path.catalog import (
 from tests.bench.read_path.server import AdminServer
 
 BEFORE: Final = {
+    # The tag filter before conversation_tag_index: every tagged conversation of the page
+    # (GIN on the tags, or the page's rows), joined, sorted.
+    "tag_before": (
+        "SELECT c.page_id, c.psid, c.last_message_at, t.tags"
+        " FROM {s}.conversations AS c JOIN {s}.conversation_tags AS t USING (page_id, psid)"
+        " WHERE c.page_id = %(page)s AND t.tags @> ARRAY[%(tag)s::text]"
+        " ORDER BY COALESCE(c.last_message_at, '-infinity'::timestamptz) DESC, c.psid DESC"
+        " LIMIT 51"
+    ),
+    # 0004's sync_statistics view: every crawl ever, aggregated per page.
+    "statistics_before": (
+        "SELECT h.page_id, count(*), count(*) FILTER (WHERE h.status = 'done'),"
+        " COALESCE(sum(h.messages_fetched), 0)::bigint,"
+        " avg(EXTRACT(EPOCH FROM (h.finished_at - h.started_at)))"
+        "   FILTER (WHERE h.status = 'done')::double precision,"
+        " (SELECT f.last_error FROM {s}.crawl_history AS f WHERE f.page_id = h.page_id"
+        "  AND f.status = 'failed' ORDER BY f.finished_at DESC NULLS LAST LIMIT 1)"
+        " FROM {s}.crawl_history AS h GROUP BY h.page_id ORDER BY h.page_id"
+    ),
     "dashboard_before": (
         "SELECT page_id, count(*) AS needs_reply FROM {s}.conversations"
         " WHERE needs_reply GROUP BY page_id ORDER BY page_id"
@@ -57,6 +76,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--explain", action="store_true", help="print each query's plan")
     p.add_argument("--no-api", action="store_true", help="plain SQL only")
     p.add_argument("--kinds", default=",".join(KINDS), help="which queries")
+    p.add_argument("--seed", type=int, default=7, help="which long conversations are read")
     p.add_argument(
         "--prepared", action="store_true", help="let psycopg prepare statements (its default)"
     )
@@ -127,7 +147,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"load average before: {os.getloadavg()[0]:.1f} (2 cores, shared machine)")
     with connect(settings) as conn:
         started = time.monotonic()
-        t = draw_targets(conn, schema)
+        t = draw_targets(conn, schema, args.seed)
         print(
             f"targets drawn in {time.monotonic() - started:.1f} s: largest page {t.big_page},"
             f" deep page {t.deep_page}, {len(t.long)} conversations of >= 100 messages,"
@@ -142,8 +162,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             for kind in kinds:
                 if kind in BEFORE:
                     stmt = sql.SQL(BEFORE[kind]).format(s=sql.Identifier(schema))
-                    make = lambda stmt=stmt: Request("before", [(stmt, None)], None)  # noqa: E731
-                    n = min(args.n, 5)
+                    tagged = "%(tag)s" in BEFORE[kind]
+
+                    def make(stmt: sql.Composed = stmt, tagged: bool = tagged) -> Request:
+                        page, tag = rng.choice(t.tagged)
+                        params = {"page": page, "tag": tag} if tagged else None
+                        return Request("before", [(stmt, params)], None)
+
+                    n = args.n if kind == "tag_before" else min(args.n, 5)
                 else:
                     make = lambda kind=kind: request(kind, t, rng, cursors)  # noqa: E731
                     n = args.n

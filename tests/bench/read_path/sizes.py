@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from convsync.db import connect
 from convsync.settings import Settings
 
-TABLES = ("events", "conversations", "conversation_tags", "crawl_history", "crawl_state")
+TABLES = (
+    "events",
+    "conversations",
+    "conversation_tags",
+    "crawl_history",
+    "crawl_state",
+    "needs_reply_counts",
+    "conversation_tag_index",
+    "sync_statistics_pages",
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,9 @@ def measure(settings: Settings, schema: str) -> tuple[list[Part], dict[str, int]
     with connect(settings) as conn:
         for table in TABLES:
             reg = f"{schema}.{table}"
+            found = conn.execute("SELECT to_regclass(%s)", (reg,)).fetchone()
+            if found is None or found[0] is None:
+                continue
             heap, toast, total = conn.execute(
                 "SELECT pg_relation_size(c.oid),"
                 " COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0),"
