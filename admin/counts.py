@@ -27,12 +27,13 @@ from psycopg import sql
 
 EXACT_BELOW: Final = 50_000
 
+# The statistics functions behind pg_stat_user_tables, for one table: the view computes
+# its columns for every table of the database before it is filtered.
 _STATS: Final = """
-SELECT COALESCE(s.n_live_tup, 0), GREATEST(c.reltuples, 0)::bigint, COALESCE(s.n_tup_ins, 0)
+SELECT pg_stat_get_live_tuples(c.oid), GREATEST(c.reltuples, 0)::bigint,
+       pg_stat_get_tuples_inserted(c.oid)
 FROM pg_class AS c
-JOIN pg_namespace AS n ON n.oid = c.relnamespace
-LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
-WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+WHERE c.oid = to_regclass(format('%%I.%%I', %s::text, %s::text)) AND c.relkind IN ('r', 'p')
 """
 
 
