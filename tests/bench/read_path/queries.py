@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -74,6 +75,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--n", type=int, default=200, help="runs of each query")
     p.add_argument("--without", default="", help="comma-separated indexes to drop (rolled back)")
     p.add_argument("--explain", action="store_true", help="print each query's plan")
+    p.add_argument(
+        "--with-sql", default="", help="a file of SQL run first in the rolled-back transaction"
+    )
     p.add_argument("--no-api", action="store_true", help="plain SQL only")
     p.add_argument("--kinds", default=",".join(KINDS), help="which queries")
     p.add_argument("--seed", type=int, default=7, help="which long conversations are read")
@@ -159,6 +163,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, index)))
             if dropped:
                 print(f"without {', '.join(dropped)} (dropped in a transaction, rolled back)")
+            if args.with_sql:
+                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+                conn.execute(Path(args.with_sql).read_text().encode())
+                print(f"with {args.with_sql} (in a transaction, rolled back)")
+                dropped.append(args.with_sql)
             for kind in kinds:
                 if kind in BEFORE:
                     stmt = sql.SQL(BEFORE[kind]).format(s=sql.Identifier(schema))
