@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from psycopg import sql
 
+from convsync.db import connect
 from schemas.envelope import Envelope
 from tests.admin.conftest import AdminEnv, message, now_ms
 from tests.consumers.helpers import scalar
@@ -167,3 +169,27 @@ def test_a_cursor_only_continues_the_list_that_made_it(admin_env: AdminEnv) -> N
     # The readable cursor of old versions is refused, not read.
     old = {"cursor": f"{t0 * 1000}~u1"}
     assert admin_env.get("/pages/p1/conversations", params=old).status_code == 400
+
+
+def test_the_dashboard_lists_the_pages_with_most_conversations_waiting(
+    admin_env: AdminEnv,
+) -> None:
+    # Straight into the projection (as the materializer's upsert would): the counts are
+    # kept by migration 0008's triggers, the dashboard reads them.
+    with connect(admin_env.settings) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.conversations (page_id, psid, needs_reply)"
+                " SELECT 'p' || (i % 105), 'u' || i, (i / 105 + i % 5) % 3 <> 0"
+                " FROM generate_series(1, 2000) AS i"
+            ).format(sql.Identifier(admin_env.settings.db_schema))
+        )
+        expected = conn.execute(
+            sql.SQL(
+                "SELECT page_id, count(*) FROM {}.conversations WHERE needs_reply"
+                " GROUP BY page_id ORDER BY count(*) DESC, page_id LIMIT 100"
+            ).format(sql.Identifier(admin_env.settings.db_schema))
+        ).fetchall()
+    d = admin_env.get("/dashboard/data").json()
+    assert [(r["page_id"], r["needs_reply"]) for r in d["needs_reply"]] == expected
+    assert len(expected) == 100 and expected[0][1] > expected[-1][1]
