@@ -5,7 +5,7 @@ formats, 88-character mids, texts in several scripts, attachments, reply-to) map
 the gateway's own ``map_item``, then turned into its ``events`` row by the materializer's
 ``stage_row`` and ``event_row``. Some items arrive twice (Meta's retries, the crawler's
 copy of a message with Graph's whole seconds and the thread id); the row kept is the
-greatest copy by ``schemas.fold.copy_rank``, as the materializer keeps it, and the
+merge of its copies by ``schemas.copies.merged_rows``, as the materializer keeps it, and the
 conversation row is the reference fold (``schemas.fold.apply``) of every copy. So the
 rows look like real ones and the conversations agree with their events.
 """
@@ -20,21 +20,19 @@ from datetime import datetime
 from typing import Any, Final
 
 from consumers.materializer.rows import Position, stage_row
+from consumers.materializer.statements import EVENT_COLUMNS as STORED_COLUMNS
 from consumers.materializer.store import as_timestamp, event_row
 from deploy.simulator.webhooks import WebhookSender
 from producers.webhook.mapping import map_item
+from schemas.copies import EventRow, merged_rows
 from schemas.envelope import Envelope
-from schemas.fold import ConversationState, apply, copy_rank
+from schemas.fold import ConversationState, apply
 from tests.bench.read_path.shape import HISTORY_MS, NOW_MS, Shape
 from tests.consumers.helpers import crawler_copy
 
 TOPIC: Final = "convsync.events"
 PARTITIONS: Final = 12
-EVENT_COLUMNS: Final = (
-    "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
-    "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
-    "num_edit", "inserted_at",
-)  # fmt: skip
+EVENT_COLUMNS: Final = (*STORED_COLUMNS, "inserted_at")
 CONVERSATION_COLUMNS: Final = (
     "page_id", "psid", "thread_id", "first_message_at", "last_message_at", "message_count",
     "last_message_text", "last_message_event", "last_inbound_at", "last_outbound_at",
@@ -133,19 +131,25 @@ def conversation_events(
     return out
 
 
-def kept(copies: list[Envelope]) -> list[Envelope]:
-    """The row the materializer keeps of each event id: its greatest message copy by
-    copy_rank, the first copy of other kinds."""
-    best: dict[str, Envelope] = {}
-    for ev in copies:
-        other = best.get(ev.event_id)
-        if other is None or (ev.kind == "message" and _rank(ev) > _rank(other)):
-            best[ev.event_id] = ev
-    return list(best.values())
+def kept(copies: list[Envelope]) -> list[EventRow]:
+    """The row the materializer keeps of each (event id, conversation): the merge of its
+    copies."""
+    return list(merged_rows(copies).values())
 
 
-def _rank(ev: Envelope) -> tuple[Any, ...]:
-    return copy_rank(ev.occurred_at, ev.text, ev.direction, ev.source, ev.thread_id)
+def stored_row(row: EventRow, position: Position, seq: int) -> tuple[Any, ...]:
+    """The ``events`` row (the materializer's column order) of a merged row."""
+    out = dict(zip(STORED_COLUMNS, event_row(stage_row(row.copy, position, seq)), strict=True))
+    f = row.fields()
+    out.update(
+        occurred_at=as_timestamp(f["occurred_at"]),
+        direction=f["direction"],
+        text=f["text"],
+        thread_id=f["thread_id"],
+        num_edit=f["num_edit"],
+        copy_digest=f["copy_digest"],
+    )
+    return tuple(out[c] for c in STORED_COLUMNS)
 
 
 def fold(page_id: str, psid: str, copies: list[Envelope]) -> ConversationState:
@@ -183,10 +187,11 @@ def chunk_rows(shape: Shape, k: int) -> ChunkRows:
         last_ms = NOW_MS - int(HISTORY_MS * rng.random() ** 2)
         copies = conversation_events(sender, rng, page_id, psid, n, last_ms)
         partition = partition_of(page_id)
-        for ev in kept(copies):
+        for merged in kept(copies):
+            ev, at = merged.copy, merged.merged.occurred_at
             delay = rng.randrange(50, 2000) if ev.source == "webhook" else rng.randrange(3_600_000)
-            row = event_row(stage_row(ev, Position(TOPIC, partition, k * 10**7 + seq), seq))
-            events.append((ev.occurred_at, (*row, as_timestamp(ev.occurred_at + delay))))
+            row = stored_row(merged, Position(TOPIC, partition, k * 10**7 + seq), seq)
+            events.append((at, (*row, as_timestamp(at + delay))))
             seq += 1
         state = fold(page_id, psid, copies)
         updated = as_timestamp(max(ev.occurred_at for ev in copies) + 1000)
