@@ -399,7 +399,7 @@ def run(
     import signal
     import time
 
-    from cli.supervisor import STATE_FILE, Supervisor
+    from cli.supervisor import STATE_FILE, Pipeline, Supervisor, start_pipeline
 
     settings = load_settings()
     missing = [
@@ -440,18 +440,15 @@ def run(
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        sup.start(
-            "gateway",
-            "gateway",
-            *("--host", gateway_host, "--port", str(gateway_port)),
-            *("--admin-host", admin_host, "--admin-port", str(admin_port)),
+        start_pipeline(
+            sup,
+            Pipeline(
+                gateway=(gateway_host, gateway_port),
+                admin=(admin_host, admin_port),
+                crawler_workers=crawler_workers,
+                archiver=with_archiver,
+            ),
         )
-        for i in range(crawler_workers):
-            sup.start(f"crawler-{i + 1}", "crawler")
-        sup.start("materializer", "materialize")
-        sup.start("streams", "streams")
-        if with_archiver:
-            sup.start("archiver", "archive")
         console.print(
             f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; dashboard "
             f"http://{admin_host}:{admin_port}/dashboard; logs in {sup.log_dir}; a component "

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from consumers.materializer.folding import as_timestamp, event_row
 from consumers.materializer.rows import Position, stage_row
 from consumers.materializer.statements import EVENT_COLUMNS as STORED_COLUMNS
-from consumers.materializer.store import as_timestamp, event_row
 from deploy.simulator.webhooks import WebhookSender
 from producers.webhook.mapping import map_item
 from schemas.copies import EventRow, merged_rows
