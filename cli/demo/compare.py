@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from cli.demo.media import MediaComparison
 from cli.demo.options import TruthRow
 from convsync.db import connect
 from convsync.settings import Settings
@@ -26,6 +27,7 @@ class Comparison:
     conversation_set_mismatches: int
     count_mismatches: int
     watermark_mismatches: int
+    media: MediaComparison | None = None  # when the demo ran the archiver
 
     @property
     def ok(self) -> bool:
@@ -36,6 +38,7 @@ class Comparison:
             and self.conversations_expected == self.conversations_stored
             and self.count_mismatches == 0
             and self.watermark_mismatches == 0
+            and (self.media is None or self.media.ok)
         )
 
 

@@ -29,6 +29,8 @@ class DemoOptions:
     calls_per_second: float = 200.0
     seed: int = 7
     timeout: float = 900.0
+    # Attachments of crawled messages point at a fake CDN and the archiver keeps them.
+    archive: bool = True
 
 
 @dataclass

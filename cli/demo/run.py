@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from pydantic import SecretStr
 
 from admin.status import Status, collect
 from cli.demo.compare import Comparison, compare
+from cli.demo.media import compare_media, media_env, pending_media
 from cli.demo.options import (
     ADMIN_TOKEN,
     APP_SECRET,
@@ -80,7 +83,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         conversations=opts.conversations,
         max_messages=opts.max_messages,
     )
-    graph = GraphThread(world)
+    graph = GraphThread(world, media=opts.archive)
     graph_url = graph.start()
     gateway_port = free_ports()
     admin_port = free_ports()
@@ -100,6 +103,10 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         "CONVSYNC_PAGE_TOKENS": json.dumps(tokens),
         "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(opts.calls_per_second),
     }
+    if opts.archive:
+        media_dir = state_dir / "demo-media"
+        shutil.rmtree(media_dir, ignore_errors=True)
+        env |= media_env(media_dir, str(world.media_base))
     logs = state_dir / "demo-logs"
     sup = Supervisor(env, logs, fresh_logs=True, state_file=logs / STATE_FILE)
     try:
@@ -109,6 +116,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
                 gateway=("127.0.0.1", gateway_port),
                 admin=("127.0.0.1", admin_port),
                 crawler_workers=opts.crawler_workers,
+                archiver=opts.archive,
                 streams_args=(
                     *("--web-port", str(free_ports())),
                     *("--data-dir", str(state_dir / "demo-streams")),
@@ -211,6 +219,7 @@ def run_demo(
                     and snap.errors == []
                     and snap.lags
                     and sum(snap.lag_by_group().values()) == 0
+                    and (not opts.archive or pending_media(settings) == 0)
                 )
                 if settled:
                     break
@@ -227,6 +236,9 @@ def run_demo(
             raise ConvsyncError(f"webhook sender failed: {tally.error}")
         truth |= tally.truth
         result = compare(settings, truth, tally.read_watermarks)
+        if opts.archive:
+            media = compare_media(settings, world, state_dir / "demo-media")
+            result = replace(result, media=media)
         summary(console, snap, result, tally, time.monotonic() - started, ctx)
         if stay:
             console.print("still running for the dashboard; Ctrl-C stops everything")

@@ -10,26 +10,36 @@ from typing import Any
 from cli.demo.options import APP_SECRET, DemoOptions, WebhookTally
 from convsync.errors import ConvsyncError
 from deploy.simulator.graph_api import GraphApiServer, GraphWorld
+from deploy.simulator.media import MediaServer
 from deploy.simulator.webhooks import WebhookSender, page_body, post
 
 
 class GraphThread:
     """The fake Graph API served from a background thread with its own event loop."""
 
-    def __init__(self, world: GraphWorld) -> None:
+    def __init__(self, world: GraphWorld, *, media: bool = False) -> None:
+        self.world = world
         self.server = GraphApiServer(world)
+        self.media = MediaServer() if media else None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.url = ""
 
     def start(self) -> str:
+        """Serve the Graph API (and, with ``media``, the fake CDN its attachments point
+        at); return the Graph API's URL."""
         self.thread.start()
+        if self.media is not None:
+            fut = asyncio.run_coroutine_threadsafe(self.media.start(), self.loop)
+            self.world.media_base = fut.result(timeout=30)
         fut = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
         self.url = fut.result(timeout=30)
         return self.url
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=30)
+        if self.media is not None:
+            asyncio.run_coroutine_threadsafe(self.media.stop(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
 

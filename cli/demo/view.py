@@ -100,6 +100,15 @@ def summary(
     t.add_row("message-count mismatches", str(result.count_mismatches))
     t.add_row("read-watermark mismatches", str(result.watermark_mismatches))
     t.add_row("DLQ records", str(snap.dlq_records))
+    if result.media is not None:
+        m = result.media
+        t.add_row(
+            "attachments stored / failed / expected", f"{m.stored} / {m.failed} / {m.expected}"
+        )
+        t.add_row(
+            "attachments missing / unexpected / wrong / bad files",
+            f"{m.missing} / {m.unexpected} / {m.wrong} / {m.bad_files}",
+        )
     t.add_row("Postgres vs the fake's truth", "[green]MATCH[/]" if result.ok else "[red]DIFFERS[/]")
     console.print(t)
     console.print(f"gateway: {ctx['gateway']}/webhook  (metrics at {ctx['admin']}/metrics)")

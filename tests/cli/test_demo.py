@@ -6,10 +6,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from psycopg import sql
 
+from cli.demo.media import compare_media
+from cli.demo.options import DemoOptions
+from cli.demo.run import demo_settings
+from convsync.db import connect
 from convsync.settings import Settings
+from deploy.simulator.graph_api import GraphWorld
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,3 +53,30 @@ def test_small_demo_matches_the_truth(stack_settings: Settings) -> None:
     assert proc.returncode == 0, out[-4000:]
     assert "MATCH" in out
     assert "duplicates" in out
+    assert "attachments stored / failed / expected" in out
+    # The verdict on media can fail: a file changed on disk and a wrong outcome are seen.
+    settings = demo_settings(stack_settings)
+    media_dir = Path(state) / "demo-media"
+    opts = DemoOptions()
+    world = GraphWorld.generate(
+        seed=opts.seed, pages=2, conversations=60, max_messages=opts.max_messages
+    )
+    with connect(settings) as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT url, storage_key FROM {}.attachments WHERE status = 'stored' LIMIT 2"
+            ).format(sql.Identifier(settings.db_schema))
+        ).fetchall()
+        assert len(rows) == 2, "the small demo stores attachments"
+        world.media_base = "{0.scheme}://{0.netloc}".format(urlsplit(str(rows[0][0])))
+        assert compare_media(settings, world, media_dir).ok
+        (media_dir / str(rows[0][1])).write_bytes(b"not the file")
+        conn.execute(
+            sql.SQL("UPDATE {}.attachment_files SET sha256 = %s WHERE url = %s").format(
+                sql.Identifier(settings.db_schema)
+            ),
+            ("0" * 64, rows[1][0]),
+        )
+        conn.commit()
+    verdict = compare_media(settings, world, media_dir)
+    assert (verdict.bad_files, verdict.wrong, verdict.ok) == (1, 1, False)
