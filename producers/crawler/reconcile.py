@@ -206,7 +206,9 @@ class Reconciler:
         asked: list[str] = []
         records: list[CrawlRequest] = []
         for page in self.schedule.take(now, self.options.max_per_tick):
-            record = new_request(page, full=False)
+            record = new_request(page, full=False).model_copy(
+                update={"requested_at": int(now * 1000)}
+            )
             last = await asyncio.to_thread(self._claim, record, now)
             if last is not None:
                 # requested less than a period ago (by hand, or by another process)
