@@ -22,7 +22,7 @@ from producers.crawler.reconcile import (
     parse_duration,
 )
 from producers.crawler.request import new_request, submit
-from producers.crawler.state import make_pool
+from producers.crawler.state import make_pool, record_queued
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 
@@ -177,3 +177,36 @@ def test_a_page_without_webhooks_whose_crawls_find_messages_is_flagged_and_said_
     assert asyncio.run(check()) == {} and asyncio.run(check()) == {}
     cleared = [r for r in caplog.records if "silence flag cleared" in r.getMessage()]
     assert len(cleared) == 1
+
+
+@pytest.mark.integration
+def test_a_page_claimed_by_another_process_meanwhile_is_not_requested_again(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    """The other process holds the page's lock while it records its request: this one
+    waits for it, then sees that request and asks for nothing."""
+    settings = make_schema(base=make_topics(partitions=3))
+    clock = [time.time()]
+    now = clock[0] + PERIOD * 1.2
+    url = settings.database_url.get_secret_value()
+
+    async def main() -> list[str]:
+        (rec,) = await reconcilers(settings, ["701"], 1, lambda: clock[0])
+        try:
+            await rec.tick()  # its first turn lies within the coming period
+            clock[0] = now
+            with psycopg.connect(url) as other, other.transaction():
+                lock = "convsync-reconcile:701"
+                other.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+                ticking = asyncio.create_task(rec.tick())
+                await asyncio.sleep(0.5)
+                assert not ticking.done(), "the tick did not wait for the page's lock"
+                request = new_request("701", full=False)
+                request = request.model_copy(update={"requested_at": int(now * 1000)})
+                record_queued(other, settings.db_schema, request)
+            return await ticking
+        finally:
+            await rec.pool.close()
+
+    assert asyncio.run(main()) == []
+    assert history(settings) == [("701", "queued")]
