@@ -46,7 +46,7 @@ class CrawlerSettings(BaseSettings):
     # is to app_hold_at; at or above it one probe call goes out per app_probe_every.
     app_slow_down_at: float = Field(default=75.0, gt=0, le=100)
     app_hold_at: float = Field(default=95.0, gt=0, le=100)
-    app_gap_scale: float = Field(default=0.05, gt=0, description="Seconds; see app_usage.py.")
+    app_gap_scale: float = Field(default=0.02, gt=0, description="Seconds; see app_usage.py.")
     app_probe_every: float = Field(default=2.0, gt=0)
     # How often a worker publishes its freshest X-App-Usage to Postgres and reads the
     # freshest any worker published.

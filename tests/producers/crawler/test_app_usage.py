@@ -127,7 +127,7 @@ def test_two_workers_many_pages_stay_within_the_app_budget(
     settings = make_schema(base=make_topics(partitions=4))
     world = budget_world(pages=12, conversations=30, budget=60, rate=60.0)
     graph = fake_graph(world, conversations_cap=5, messages_cap=5)
-    crawler = fast_crawler(calls_per_second=50.0, app_gap_scale=0.05)
+    crawler = fast_crawler(calls_per_second=50.0)
     workers = [start_worker(settings, graph, crawler) for _ in range(2)]
     try:
         records = [new_request(p, full=True) for p in world.page_ids]
