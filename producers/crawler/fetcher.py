@@ -96,6 +96,6 @@ class PageFetcher:
                 await asyncio.sleep(delay)
                 continue
             self.pacer.observe(usage)
-            if self.app is not None:
+            if self.app is not None and usage.app_percent is not None:
                 self.app.observe(usage.app_percent, usage.app_regain_seconds)
             return body, stats

@@ -40,18 +40,20 @@ class Usage:
     ``percent`` and ``regain_seconds`` are the worst of the page's own headers
     (``X-Page-Usage``, ``X-Business-Use-Case-Usage``): they pace that page.
     ``app_percent`` and ``app_regain_seconds`` come from ``X-App-Usage``, which every page
-    and worker of the app shares (``app_usage.AppLimiter``).
+    and worker of the app shares (``app_usage.AppLimiter``); ``app_percent`` is None when
+    the response had no readable ``X-App-Usage`` (nothing is known, not 0 %).
     """
 
     percent: float = 0.0
     regain_seconds: float = 0.0
-    app_percent: float = 0.0
+    app_percent: float | None = None
     app_regain_seconds: float = 0.0
 
 
 def parse_usage(headers: Mapping[str, str]) -> Usage:
     """Return the worst usage found in the usage headers; malformed headers count as 0."""
     worst = {"page": [0.0, 0.0], "app": [0.0, 0.0]}
+    app_seen = False
     for name in USAGE_HEADERS:
         text = headers.get(name)
         if not text:
@@ -68,6 +70,7 @@ def parse_usage(headers: Mapping[str, str]) -> Usage:
         else:
             entries.append(value)
         into = worst["app" if name == "X-App-Usage" else "page"]
+        app_seen = app_seen or (name == "X-App-Usage" and isinstance(value, dict))
         for entry in entries:
             if not isinstance(entry, dict):
                 continue
@@ -78,7 +81,8 @@ def parse_usage(headers: Mapping[str, str]) -> Usage:
             minutes = entry.get("estimated_time_to_regain_access")
             if isinstance(minutes, int | float):
                 into[1] = max(into[1], float(minutes) * 60)
-    return Usage(*worst["page"], *worst["app"])
+    app_percent = worst["app"][0] if app_seen else None
+    return Usage(worst["page"][0], worst["page"][1], app_percent, worst["app"][1])
 
 
 def classify(status: int, body: bytes, usage: Usage) -> Exception:
@@ -104,7 +108,7 @@ def classify(status: int, body: bytes, usage: Usage) -> Exception:
         code = raw_code if isinstance(raw_code, int) else None
         message = str(err.get("message", ""))[:300]
     if code == APP_THROTTLE_CODE or (
-        code in THROTTLE_CODES and usage.app_percent >= 100 and usage.percent < 100
+        code in THROTTLE_CODES and (usage.app_percent or 0.0) >= 100 and usage.percent < 100
     ):
         # The whole app is over its limit: every page of every worker must wait.
         return AppThrottledError(

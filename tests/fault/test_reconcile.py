@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.integration]
 PERIOD = 20.0
 JITTER = 0.1
 # The crawl of a few new messages and the materializer storing them, on a shared machine.
-SLACK = 30.0
+SLACK = 15.0
 MESSAGES = 150
 
 

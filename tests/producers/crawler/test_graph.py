@@ -48,6 +48,8 @@ def test_parse_usage_takes_the_worst_of_the_page_headers_and_the_app_header_apar
     app_only = {"X-App-Usage": '{"call_count": 100, "estimated_time_to_regain_access": 1}'}
     assert parse_usage(app_only) == Usage(0.0, 0.0, 100.0, 60.0)
     assert parse_usage({"X-App-Usage": "not json"}) == Usage()
+    # no X-App-Usage: the app's usage is unknown, not 0 %
+    assert parse_usage({"X-Page-Usage": '{"call_count": 5}'}).app_percent is None
     assert parse_usage({}) == Usage()
 
 
