@@ -205,11 +205,18 @@ class Reconciler:
         self.schedule.sync(pages, now)
         asked: list[str] = []
         records: list[CrawlRequest] = []
+        failure: Exception | None = None
         for page in self.schedule.take(now, self.options.max_per_tick):
             record = new_request(page, full=False).model_copy(
                 update={"requested_at": int(now * 1000)}
             )
-            last = await asyncio.to_thread(self._claim, record, now)
+            try:
+                last = await asyncio.to_thread(self._claim, record, now)
+            except (psycopg.Error, OSError) as e:
+                # the pages claimed so far are requested all the same (else their queued
+                # rows would stand for requests never made); the rest stay due
+                failure = e
+                break
             if last is not None:
                 # requested less than a period ago (by hand, or by another process)
                 self.figures.skipped_recent += 1
@@ -232,6 +239,8 @@ class Reconciler:
                 len(asked),
                 ", ".join(asked[:5]) + (" ..." if len(asked) > 5 else ""),
             )
+        if failure is not None:
+            raise failure
         await self._refresh(pages, now)
         self.figures.last_tick = self.clock()
         return asked
