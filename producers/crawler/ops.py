@@ -29,7 +29,12 @@ from convsync.errors import ConfigError
 from convsync.settings import Settings
 from producers.crawler._handler import WorkerStats
 from producers.crawler.app_usage import AppLimiter
-from producers.crawler.reconcile import Reconciler, ReconcileSettings, configured_pages
+from producers.crawler.reconcile import (
+    PageSource,
+    Reconciler,
+    ReconcileSettings,
+    configured_pages,
+)
 from producers.crawler.state import make_pool
 
 log = logging.getLogger(__name__)
@@ -225,14 +230,19 @@ async def process_services(
     stop: asyncio.Event,
     metrics_addr: str | None = None,
     reconcile: ReconcileSettings | None = None,
+    page_source: PageSource | None = None,
 ) -> AsyncIterator[Sources]:
     """Run what a ``convsync crawler`` process has once, beside its worker: the
-    reconciler and the listener. Both stop when the block exits."""
+    reconciler and the listener. Both stop when the block exits.
+
+    ``page_source`` names the pages to reconcile (default: those of ``tokens``).
+    """
     options = reconcile or ReconcileSettings()
     addr = OpsSettings().metrics_addr if metrics_addr is None else metrics_addr
     pool = make_pool(settings.database_url.get_secret_value(), size=1)
     await pool.open(wait=False)
-    reconciler = Reconciler(settings, options, pages=configured_pages(tokens), pool=pool)
+    pages = page_source or configured_pages(tokens)
+    reconciler = Reconciler(settings, options, pages=pages, pool=pool)
     sources = Sources(stats=stats, partitions=partitions, limiter=limiter, reconciler=reconciler)
     task = asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")
     runner = await serve(sources, addr) if addr else None
