@@ -102,10 +102,19 @@ def _wait(settings: Settings, crawl_id: str, timeout: float | None, console: Con
     )
 
 
-def crawler() -> None:
-    """Run crawler workers (a consumer group on <prefix>.crawl) until interrupted."""
+def crawler(
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of /metrics, /healthz and /status (else"
+            " CONVSYNC_CRAWLER_METRICS_ADDR; empty: none)."
+        ),
+    ] = None,
+) -> None:
+    """Run crawler workers (a consumer group on <prefix>.crawl) until interrupted; they
+    also request the periodic reconciliation crawls (CONVSYNC_RECONCILE_EVERY)."""
     from cli.common import load_settings
     from producers.crawler.config import CrawlerSettings
     from producers.crawler.worker import run_worker
 
-    run_worker(load_settings(), CrawlerSettings())
+    run_worker(load_settings(), CrawlerSettings(), metrics_addr=metrics_addr)

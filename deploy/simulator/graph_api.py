@@ -86,6 +86,22 @@ class Faults:
     # points there (same path and query) from the page starting at foreign_next_from.
     foreign_next: dict[str, str] = field(default_factory=dict)
     foreign_next_from: int = 0
+    # An app-wide budget (every page's calls): a bucket of app_budget calls refilled at
+    # app_rate per second. Its use is reported in X-App-Usage; a call finding it empty
+    # is refused with code 4 ("Application request limit reached").
+    app_budget: int | None = None
+    app_rate: float = 1.0
+
+
+@dataclass(slots=True)
+class _AppCalls:
+    """The app-wide budget's bucket and what it refused."""
+
+    tokens: float = 0.0
+    last_refill: float | None = None
+    served: int = 0
+    throttled: int = 0
+    peak_percent: float = 0.0
 
 
 @dataclass(slots=True)
@@ -105,6 +121,7 @@ class GraphWorld:
     conversations: dict[str, list[FakeConversation]]
     faults: Faults = field(default_factory=Faults)
     calls: dict[str, _PageCalls] = field(default_factory=dict)
+    app_calls: _AppCalls = field(default_factory=_AppCalls)
     # Base URL of a deploy.simulator.media server: attachments then carry URLs there.
     media_base: str | None = None
 
@@ -357,10 +374,12 @@ class GraphApiServer:
         return web.json_response({"ok": True})
 
     async def _calls(self, request: web.Request) -> web.Response:
-        out = {
+        out: dict[str, Any] = {
             p: {"calls": c.calls, "throttled": c.throttled, "served": c.served}
             for p, c in self.world.calls.items()
         }
+        app = self.world.app_calls
+        out["_app"] = {"served": app.served, "throttled": app.throttled}
         return web.json_response(out)
 
     def _check_proof(self, request: web.Request, token: str) -> web.Response | None:
@@ -376,8 +395,13 @@ class GraphApiServer:
             return _error(400, 100, "Invalid appsecret_proof provided in the API argument")
         return None
 
-    def _usage_headers(self, page_id: str, pct: int, regain_minutes: float) -> dict[str, str]:
-        app = {"call_count": pct, "total_cputime": pct // 2, "total_time": pct // 2}
+    def _usage_headers(
+        self, page_id: str, pct: int, regain_minutes: float, *, app_pct: int | None = None
+    ) -> dict[str, str]:
+        a = pct if app_pct is None else app_pct
+        app: dict[str, Any] = {"call_count": a, "total_cputime": a // 2, "total_time": a // 2}
+        if app_pct is not None and app_pct >= 100:
+            app["estimated_time_to_regain_access"] = regain_minutes
         buc = {
             page_id: [
                 {
@@ -402,6 +426,10 @@ class GraphApiServer:
         now = self.clock()
         if faults.permanent_code is not None:
             return _error(400, faults.permanent_code, f"(#{faults.permanent_code}) permanent fault")
+        app_pct = self._app_admit(now)
+        if isinstance(app_pct, web.Response):
+            st.throttled += 1
+            return app_pct
         if now < st.blocked_until:
             st.throttled += 1
             regain = (st.blocked_until - now) / 60
@@ -444,7 +472,33 @@ class GraphApiServer:
                 return _error(500, 2, "Service temporarily unavailable")
             return web.Response(status=503, text="upstream unavailable")
         st.served += 1
-        return self._usage_headers(page_id, pct, 0)
+        return self._usage_headers(page_id, pct, 0, app_pct=app_pct)
+
+    def _app_admit(self, now: float) -> web.Response | int | None:
+        """Take one call from the app-wide budget; return its use in percent (None: no
+        budget) or the error refusing the call."""
+        faults, app = self.world.faults, self.world.app_calls
+        if not faults.app_budget:
+            return None
+        budget, rate = faults.app_budget, faults.app_rate
+        if app.last_refill is None:
+            app.tokens, app.last_refill = float(budget), now
+        app.tokens = min(float(budget), app.tokens + (now - app.last_refill) * rate)
+        app.last_refill = now
+        if app.tokens < 1.0:
+            app.throttled += 1
+            regain = (1.0 - app.tokens) / rate / 60
+            return _error(
+                400,
+                4,
+                "(#4) Application request limit reached",
+                **self._usage_headers("app", 100, regain, app_pct=100),
+            )
+        app.tokens -= 1.0
+        app.served += 1
+        pct = 100 * (1 - app.tokens / budget)
+        app.peak_percent = max(app.peak_percent, pct)
+        return int(pct)
 
     async def _edge(self, request: web.Request) -> web.Response:
         node, edge = request.match_info["node"], request.match_info["edge"]

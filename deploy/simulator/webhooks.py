@@ -341,6 +341,33 @@ class WebhookSender:
         return self.sign(page_body(rows, time=self.now()), style=style)
 
 
+@dataclass
+class Dropper:
+    """Meta giving up on deliveries: a seeded ``share`` of what passes is never sent.
+
+    Meta retries an unanswered webhook for a while and then drops it; a sender that
+    asks :meth:`keep` before each delivery loses that share for good, and ``dropped``
+    keeps what was lost (to check that reconciliation brought it back).
+    """
+
+    share: float
+    seed: int = 0
+    dropped: list[Any] = field(default_factory=list)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"share must be within [0, 1], not {self.share}")
+        self.rng = random.Random(self.seed)  # noqa: S311 - seeded test traffic
+
+    def keep(self, what: Any) -> bool:
+        """Return False (and remember ``what``) for a delivery that is never made."""
+        if self.rng.random() < self.share:
+            self.dropped.append(what)
+            return False
+        return True
+
+
 def post(url: str, signed: SignedBody, *, timeout: float = 10.0) -> int:
     """POST ``signed`` to ``url`` like Meta; return the HTTP status."""
     if not url.startswith(("http://", "https://")):

@@ -21,6 +21,7 @@ from convsync.errors import PoisonError, RetryableError
 from convsync.settings import Settings
 from producers.crawler._offsets import Mark, PartitionBook, decide
 from producers.crawler._producer import AsyncProducer
+from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError
 from producers.crawler.fetcher import PageFetcher
@@ -77,8 +78,10 @@ class RecordHandler:
         store: CrawlStateStore,
         client: GraphClient,
         stats: WorkerStats,
+        app_limiter: AppLimiter | None = None,
     ) -> None:
         self.settings = settings
+        self.app_limiter = app_limiter
         self.crawler = crawler
         self.origin = origin
         self.tokens = tokens
@@ -200,6 +203,7 @@ class RecordHandler:
                 page_id=page_id,
                 token=token.get_secret_value(),
                 settings=self.crawler,
+                app=self.app_limiter,
             )
             self.fetchers[page_id] = fetcher
         return fetcher

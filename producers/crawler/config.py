@@ -41,3 +41,13 @@ class CrawlerSettings(BaseSettings):
     # producer flush) is bounded by close_timeout.
     stop_grace: float = Field(default=2.0, ge=0)
     close_timeout: float = Field(default=3.0, gt=0)
+    # The app-wide limit (X-App-Usage, shared by every page and worker; app_usage.py):
+    # above app_slow_down_at every worker spaces its calls, the more the nearer the usage
+    # is to app_hold_at; at or above it one probe call goes out per app_probe_every.
+    app_slow_down_at: float = Field(default=75.0, gt=0, le=100)
+    app_hold_at: float = Field(default=95.0, gt=0, le=100)
+    app_gap_scale: float = Field(default=0.02, gt=0, description="Seconds; see app_usage.py.")
+    app_probe_every: float = Field(default=2.0, gt=0)
+    # How often a worker publishes its freshest X-App-Usage to Postgres and reads the
+    # freshest any worker published.
+    app_usage_sync: float = Field(default=0.25, gt=0)

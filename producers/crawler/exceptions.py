@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convsync.errors import ConvsyncError, PoisonError
+from convsync.errors import ConvsyncError, PoisonError, ThrottledError
 
 
 class GraphPermanentError(ConvsyncError):
@@ -20,3 +20,7 @@ class CrawlFailedError(ConvsyncError):
 
 class ForeignUrlError(PoisonError):
     """A URL (or an id meant for a URL path) that a page token may not be sent to."""
+
+
+class AppThrottledError(ThrottledError):
+    """The Graph API throttled the whole app (``X-App-Usage``), not just one page."""

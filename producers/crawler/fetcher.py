@@ -7,8 +7,14 @@ import logging
 from typing import Any
 
 from convsync.errors import RetryableError, ThrottledError
+from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
-from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError, GraphPermanentError
+from producers.crawler.exceptions import (
+    AppThrottledError,
+    CrawlFailedError,
+    ForeignUrlError,
+    GraphPermanentError,
+)
 from producers.crawler.graph import GraphClient, PagePacer, backoff
 from producers.crawler.step import FetchStats
 
@@ -19,13 +25,21 @@ class PageFetcher:
     """Fetches Graph URLs for one page, within that page's pace; other pages never wait."""
 
     def __init__(
-        self, client: GraphClient, *, page_id: str, token: str, settings: CrawlerSettings
+        self,
+        client: GraphClient,
+        *,
+        page_id: str,
+        token: str,
+        settings: CrawlerSettings,
+        app: AppLimiter | None = None,
     ) -> None:
         self.client = client
         self.page_id = page_id
         self.token = token
         self.settings = settings
         self.pacer = PagePacer(settings.calls_per_second, slow_down_at=settings.slow_down_at)
+        # The app-wide limit, shared by every page of the worker (None: not applied).
+        self.app = app
 
     async def __call__(self, url: str) -> tuple[dict[str, Any], FetchStats]:
         """Return the JSON of ``url`` and what it cost.
@@ -40,6 +54,8 @@ class PageFetcher:
         attempts = 0
         while True:
             await self.pacer.wait()
+            if self.app is not None:
+                await self.app.wait()
             stats.api_calls += 1
             try:
                 body, usage = await self.client.get(url, self.token)
@@ -53,7 +69,15 @@ class PageFetcher:
                     stats.throttle_waits + 2, base=s.backoff_base, cap=s.backoff_max
                 )
                 stats.throttle_seconds += wait
-                log.info("page %s throttled, pausing it %.2fs: %s", self.page_id, wait, e)
+                app_wide = isinstance(e, AppThrottledError)
+                log.info(
+                    "%s throttled, pausing %.2fs: %s",
+                    "the app" if app_wide else f"page {self.page_id}",
+                    wait,
+                    e,
+                )
+                if self.app is not None:
+                    self.app.throttled(wait, app_wide=app_wide)
                 self.pacer.pause(wait)
                 continue
             except GraphPermanentError as e:
@@ -72,4 +96,6 @@ class PageFetcher:
                 await asyncio.sleep(delay)
                 continue
             self.pacer.observe(usage)
+            if self.app is not None and usage.app_percent is not None:
+                self.app.observe(usage.app_percent, usage.app_regain_seconds)
             return body, stats

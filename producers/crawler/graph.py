@@ -17,11 +17,13 @@ import orjson
 from yarl import URL
 
 from convsync.errors import RetryableError, ThrottledError
-from producers.crawler.exceptions import GraphPermanentError
+from producers.crawler.exceptions import AppThrottledError, GraphPermanentError
 from producers.crawler.urls import GraphOrigin, strip_secrets
 
 log = logging.getLogger(__name__)
 
+# Code 4: "Application request limit reached" (the app-wide limit, X-App-Usage).
+APP_THROTTLE_CODE: Final = 4
 THROTTLE_CODES: Final = frozenset({4, 17, 32, 613, *range(80001, 80010)})
 TRANSIENT_CODES: Final = frozenset({1, 2})
 HTTP_REQUEST_TIMEOUT: Final = 408
@@ -33,16 +35,25 @@ USAGE_HEADERS: Final = ("X-App-Usage", "X-Page-Usage", "X-Business-Use-Case-Usag
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What the usage headers of one response said: the highest percent and regain time."""
+    """What the usage headers of one response said.
+
+    ``percent`` and ``regain_seconds`` are the worst of the page's own headers
+    (``X-Page-Usage``, ``X-Business-Use-Case-Usage``): they pace that page.
+    ``app_percent`` and ``app_regain_seconds`` come from ``X-App-Usage``, which every page
+    and worker of the app shares (``app_usage.AppLimiter``); ``app_percent`` is None when
+    the response had no readable ``X-App-Usage`` (nothing is known, not 0 %).
+    """
 
     percent: float = 0.0
     regain_seconds: float = 0.0
+    app_percent: float | None = None
+    app_regain_seconds: float = 0.0
 
 
 def parse_usage(headers: Mapping[str, str]) -> Usage:
     """Return the worst usage found in the usage headers; malformed headers count as 0."""
-    percent = 0.0
-    regain = 0.0
+    worst = {"page": [0.0, 0.0], "app": [0.0, 0.0]}
+    app_seen = False
     for name in USAGE_HEADERS:
         text = headers.get(name)
         if not text:
@@ -58,28 +69,32 @@ def parse_usage(headers: Mapping[str, str]) -> Usage:
                 entries.extend(per_id if isinstance(per_id, list) else [per_id])
         else:
             entries.append(value)
+        into = worst["app" if name == "X-App-Usage" else "page"]
+        app_seen = app_seen or (name == "X-App-Usage" and isinstance(value, dict))
         for entry in entries:
             if not isinstance(entry, dict):
                 continue
             for key in ("call_count", "total_cputime", "total_time"):
                 v = entry.get(key)
                 if isinstance(v, int | float):
-                    percent = max(percent, float(v))
+                    into[0] = max(into[0], float(v))
             minutes = entry.get("estimated_time_to_regain_access")
             if isinstance(minutes, int | float):
-                regain = max(regain, float(minutes) * 60)
-    return Usage(percent, regain)
+                into[1] = max(into[1], float(minutes) * 60)
+    app_percent = worst["app"][0] if app_seen else None
+    return Usage(worst["page"][0], worst["page"][1], app_percent, worst["app"][1])
 
 
 def classify(status: int, body: bytes, usage: Usage) -> Exception:
     """Return the error to raise for a failed response (never raises itself).
 
     A Graph error code decides first: throttling codes and HTTP 429 are
-    :class:`ThrottledError`, codes 1/2 and any 5xx :class:`RetryableError`, other codes
-    :class:`GraphPermanentError`. Without a code (an HTML or empty body, e.g. from a
-    proxy) the HTTP status decides: 5xx and 408 (the server gave up waiting for the
-    request) are retryable, every other 4xx is permanent, and anything else (a 200 with
-    an error object but no code) is retryable.
+    :class:`ThrottledError` (:class:`AppThrottledError` for the app-wide limit: code 4,
+    or a throttling code with ``X-App-Usage`` at 100 %), codes 1/2 and any 5xx
+    :class:`RetryableError`, other codes :class:`GraphPermanentError`. Without a code (an
+    HTML or empty body, e.g. from a proxy) the HTTP status decides: 5xx and 408 (the
+    server gave up waiting for the request) are retryable, every other 4xx is permanent,
+    and anything else (a 200 with an error object but no code) is retryable.
     """
     code: int | None = None
     message = body[:200].decode("utf-8", "replace")
@@ -92,6 +107,14 @@ def classify(status: int, body: bytes, usage: Usage) -> Exception:
         raw_code = err.get("code")
         code = raw_code if isinstance(raw_code, int) else None
         message = str(err.get("message", ""))[:300]
+    if code == APP_THROTTLE_CODE or (
+        code in THROTTLE_CODES and (usage.app_percent or 0.0) >= 100 and usage.percent < 100
+    ):
+        # The whole app is over its limit: every page of every worker must wait.
+        return AppThrottledError(
+            f"Graph API throttled the app (HTTP {status}, code {code}): {message}",
+            retry_after=max(usage.app_regain_seconds, usage.regain_seconds),
+        )
     if code in THROTTLE_CODES or status == HTTP_TOO_MANY_REQUESTS:
         return ThrottledError(
             f"Graph API throttled (HTTP {status}, code {code}): {message}",

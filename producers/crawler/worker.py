@@ -31,8 +31,10 @@ from producers.crawler._handler import RecordHandler, WorkerStats
 from producers.crawler._offsets import PartitionBook, Seen, resume_marks
 from producers.crawler._pages import PageRunners
 from producers.crawler._producer import AsyncProducer
+from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.graph import GraphClient
+from producers.crawler.reconcile import ReconcileSettings
 from producers.crawler.state import CrawlStateStore, make_pool
 from producers.crawler.step import record_refusal
 from producers.crawler.urls import GraphOrigin
@@ -56,8 +58,11 @@ class CrawlWorker:
         *,
         graph_url: str | None = None,
         page_tokens: dict[str, SecretStr] | None = None,
+        app_limiter: AppLimiter | None = None,
     ) -> None:
         self.settings = settings
+        # The app-wide limit (X-App-Usage), shared through Postgres with other workers.
+        self.app_limiter = app_limiter or AppLimiter(crawler)
         self.crawler = crawler
         self.graph_url = graph_url or settings.graph_url
         # The one origin page tokens go to (ConfigError at once for an unusable URL).
@@ -110,6 +115,7 @@ class CrawlWorker:
                 session, self.origin, app_secret=self.settings.app_secret.get_secret_value()
             ),
             stats=self.stats,
+            app_limiter=self.app_limiter,
         )
         pages = self.pages = PageRunners(
             self.handler,
@@ -139,6 +145,12 @@ class CrawlWorker:
         # rebalance callbacks it runs are marshalled back onto the loop.
         polling = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawler-poll")
         grace_until: float | None = None
+        app_sync = asyncio.create_task(
+            self.app_limiter.sync_forever(
+                pool, self.settings.db_schema, self.crawler.app_usage_sync
+            ),
+            name="crawler-app-usage",
+        )
         try:
             while self._fatal is None:
                 if stop.is_set():
@@ -155,6 +167,7 @@ class CrawlWorker:
                     for msg in msgs:
                         self._dispatch(msg)
         finally:
+            app_sync.cancel()
             await self._shut_down(loop, polling, consumer, pages)
             await session.close()
             await pool.close(timeout=self.crawler.close_timeout)
@@ -392,9 +405,19 @@ class CrawlWorker:
             self._loop.call_soon_threadsafe(self._commits.release, tp.partition, upto)
 
 
-def run_worker(settings: Settings, crawler: CrawlerSettings, **kwargs: Any) -> None:
-    """Run a worker until SIGINT/SIGTERM (the ``convsync crawler`` command)."""
+def run_worker(
+    settings: Settings,
+    crawler: CrawlerSettings,
+    *,
+    metrics_addr: str | None = None,
+    reconcile: ReconcileSettings | None = None,
+    **kwargs: Any,
+) -> None:
+    """Run a worker until SIGINT/SIGTERM (the ``convsync crawler`` command), with the
+    process's reconciler and metrics listener beside it (``ops.process_services``)."""
     import signal
+
+    from producers.crawler.ops import process_services
 
     async def main() -> bool:
         stop = asyncio.Event()
@@ -402,22 +425,37 @@ def run_worker(settings: Settings, crawler: CrawlerSettings, **kwargs: Any) -> N
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         clean = True
-        while True:
-            worker = CrawlWorker(settings, crawler, **kwargs)
-            try:
-                await worker.run(stop)
-            except ConsumerFatalError as e:
-                # An abandoned close of the dead consumer would block the exit later.
-                clean = clean and worker.closed_cleanly
-                if stop.is_set():
-                    return clean
-                # A fenced or otherwise dead consumer: what it had not committed is run
-                # again by the next owner, which is most likely this process again.
-                log.warning("%s; rejoining the group with a new consumer in %.0fs", e, 1.0)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                continue
-            return clean and worker.closed_cleanly
+        # One app limiter for the process: it outlives a worker restarted below.
+        limiter = AppLimiter(crawler)
+        current: list[CrawlWorker] = []
+        async with process_services(
+            settings,
+            limiter=limiter,
+            tokens=kwargs.get("page_tokens") or settings.page_tokens,
+            stats=lambda: current[0].stats if current else None,
+            partitions=lambda: current[0].assigned_partitions if current else 0,
+            stop=stop,
+            metrics_addr=metrics_addr,
+            reconcile=reconcile,
+        ):
+            while True:
+                worker = CrawlWorker(settings, crawler, app_limiter=limiter, **kwargs)
+                current[:] = [worker]
+                try:
+                    await worker.run(stop)
+                except ConsumerFatalError as e:
+                    current.clear()
+                    # An abandoned close of the dead consumer would block the exit later.
+                    clean = clean and worker.closed_cleanly
+                    if stop.is_set():
+                        return clean
+                    # A fenced or otherwise dead consumer: what it had not committed is
+                    # run again by the next owner, most likely this process again.
+                    log.warning("%s; rejoining the group with a new consumer in %.0fs", e, 1.0)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    continue
+                return clean and worker.closed_cleanly
 
     if not asyncio.run(main()):
         # A consumer whose close() was abandoned would block the interpreter's exit in

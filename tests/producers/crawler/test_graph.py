@@ -35,7 +35,7 @@ def err(code: int) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": f"m{code}"}})
 
 
-def test_parse_usage_takes_the_worst_of_every_header() -> None:
+def test_parse_usage_takes_the_worst_of_the_page_headers_and_the_app_header_apart() -> None:
     headers = {
         "X-App-Usage": '{"call_count": 12, "total_cputime": 40, "total_time": 3}',
         "X-Page-Usage": '{"call_count": 55}',
@@ -43,8 +43,13 @@ def test_parse_usage_takes_the_worst_of_every_header() -> None:
             {"1": [{"type": "messenger", "call_count": 91, "estimated_time_to_regain_access": 2}]}
         ).decode(),
     }
-    assert parse_usage(headers) == Usage(91.0, 120.0)
+    # X-App-Usage is the app's (every page's), the others are this page's
+    assert parse_usage(headers) == Usage(91.0, 120.0, app_percent=40.0)
+    app_only = {"X-App-Usage": '{"call_count": 100, "estimated_time_to_regain_access": 1}'}
+    assert parse_usage(app_only) == Usage(0.0, 0.0, 100.0, 60.0)
     assert parse_usage({"X-App-Usage": "not json"}) == Usage()
+    # no X-App-Usage: the app's usage is unknown, not 0 %
+    assert parse_usage({"X-Page-Usage": '{"call_count": 5}'}).app_percent is None
     assert parse_usage({}) == Usage()
 
 

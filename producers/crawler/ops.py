@@ -1,0 +1,257 @@
+"""The crawler process's own listener: ``/metrics``, ``/healthz`` and ``/status``.
+
+Served on ``CONVSYNC_CRAWLER_METRICS_ADDR`` (``host:port``; ``convsync crawler
+--metrics-addr``). The figures are read at scrape time from the objects that keep them
+(the worker's :class:`WorkerStats`, the app limiter's counts, the reconciler's last
+tick) through prometheus_client's collector API, so there is no second copy to keep in
+step. Kept to prometheus_client's standard API so that it can move onto the shared
+helpers the other components use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from convsync.errors import ConfigError
+from convsync.settings import Settings
+from producers.crawler._handler import WorkerStats
+from producers.crawler.app_usage import AppLimiter
+from producers.crawler.reconcile import (
+    PageSource,
+    Reconciler,
+    ReconcileSettings,
+    configured_pages,
+)
+from producers.crawler.state import make_pool
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class OpsSettings(BaseSettings):
+    """Where the crawler's listener binds (env prefix ``CONVSYNC_CRAWLER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVSYNC_CRAWLER_", frozen=True, extra="ignore")
+
+    # host:port; empty: no listener (several workers on one host need one port each)
+    metrics_addr: str = Field(default="")
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """Return ``host:port`` as (host, port); ``[::1]:9466`` for IPv6."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"not a host:port address: {addr!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the operator's choice
+
+
+@dataclass
+class Sources:
+    """What the figures are read from; ``stats`` follows the current worker."""
+
+    stats: Callable[[], WorkerStats | None]
+    partitions: Callable[[], int]
+    limiter: AppLimiter
+    reconciler: Reconciler | None
+
+
+class CrawlerCollector(Collector):
+    """The crawler's metrics, read from :class:`Sources` at every scrape."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family."""
+        s = self.sources
+        counts = s.limiter.counts
+        calls = CounterMetricFamily("convsync_crawler_graph_calls", "Graph API calls made.")
+        calls.add_metric([], counts.calls)
+        yield calls
+        pauses = CounterMetricFamily(
+            "convsync_crawler_throttle_pauses",
+            "Throttling answers, each a pause: of one page, or of the whole app.",
+            labels=["scope"],
+        )
+        pauses.add_metric(["page"], counts.page_throttles)
+        pauses.add_metric(["app"], counts.app_throttles)
+        yield pauses
+        slowed = CounterMetricFamily(
+            "convsync_crawler_app_slowed_calls", "Calls that waited for the app-wide limit."
+        )
+        slowed.add_metric([], counts.slowed)
+        yield slowed
+        usage = GaugeMetricFamily(
+            "convsync_crawler_app_usage_percent", "The freshest X-App-Usage seen (any worker)."
+        )
+        usage.add_metric([], s.limiter.percent)
+        yield usage
+        steps = CounterMetricFamily(
+            "convsync_crawler_steps", "Crawl records handled by this process.", labels=["outcome"]
+        )
+        stats = s.stats()
+        if stats is not None:
+            for outcome in ("steps", "followed", "duplicates", "joined", "done", "failed"):
+                steps.add_metric([outcome], getattr(stats, outcome))
+        yield steps
+        parts = GaugeMetricFamily("convsync_crawler_partitions", "Crawl partitions owned.")
+        parts.add_metric([], s.partitions())
+        yield parts
+        yield from self._reconcile()
+
+    def _reconcile(self) -> Iterator[Metric]:
+        rec = self.sources.reconciler
+        if rec is None:
+            return
+        f = rec.figures
+        crawls = GaugeMetricFamily(
+            "convsync_crawler_crawls", "Pages by the state of their latest crawl.", labels=["state"]
+        )
+        for state in ("queued", "running", "done", "failed"):
+            crawls.add_metric([state], f.crawls.get(state, 0))
+        yield crawls
+        ages = [a for a in f.ages.values() if a is not None]
+        never = sum(1 for a in f.ages.values() if a is None)
+        oldest = max(ages, default=0.0)
+        if never:
+            oldest = max(oldest, time.time() - rec.started)
+        age = GaugeMetricFamily(
+            "convsync_crawler_reconcile_age_seconds",
+            "Oldest start of an active page's last completed crawl (a page never crawled"
+            " counts from this process's start).",
+        )
+        age.add_metric([], oldest)
+        yield age
+        never_g = GaugeMetricFamily(
+            "convsync_crawler_pages_never_crawled", "Active pages without a completed crawl."
+        )
+        never_g.add_metric([], never)
+        yield never_g
+        silent = GaugeMetricFamily(
+            "convsync_crawler_pages_silent",
+            "Active pages whose webhooks are silent while crawls find new messages.",
+        )
+        silent.add_metric([], len(f.silent))
+        yield silent
+        requested = CounterMetricFamily(
+            "convsync_crawler_reconcile_requests", "Incremental crawls the reconciler requested."
+        )
+        requested.add_metric([], f.requested)
+        yield requested
+        period = GaugeMetricFamily(
+            "convsync_crawler_reconcile_period_seconds", "CONVSYNC_RECONCILE_EVERY."
+        )
+        period.add_metric([], rec.options.every)
+        yield period
+
+
+def make_app(sources: Sources, registry: CollectorRegistry) -> web.Application:
+    """Return the listener's aiohttp application."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz(_: web.Request) -> web.Response:
+        problems = []
+        if sources.stats() is None:
+            problems.append("no crawler worker running")
+        rec = sources.reconciler
+        if rec is not None and rec.options.every > 0:
+            late = time.time() - max(rec.figures.last_tick, rec.started)
+            if late > 3 * rec.options.tick_seconds + 30:
+                problems.append(f"reconciliation has not ticked for {late:.0f}s")
+        body = {"ok": not problems, "problems": problems}
+        return web.Response(
+            status=503 if problems else 200,
+            body=orjson.dumps(body),
+            content_type="application/json",
+        )
+
+    async def status(_: web.Request) -> web.Response:
+        rec = sources.reconciler
+        pages = {}
+        if rec is not None:
+            for page, age in rec.figures.ages.items():
+                flag = rec.figures.silent.get(page)
+                pages[page] = {
+                    "reconcile_age_seconds": None if age is None else round(age, 1),
+                    "next_reconcile_at": rec.schedule.due.get(page),
+                    "silent_since": None if flag is None else flag.since,
+                    "crawl_found_messages": None if flag is None else flag.crawl_found_messages,
+                }
+        body = {
+            "app_usage_percent": sources.limiter.percent,
+            "reconcile_every_seconds": None if rec is None else rec.options.every,
+            "pages": pages,
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
+    return app
+
+
+async def serve(sources: Sources, addr: str) -> web.AppRunner:
+    """Start the listener on ``addr``; return its runner (``cleanup()`` stops it)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(CrawlerCollector(sources))
+    host, port = split_addr(addr)
+    runner = web.AppRunner(make_app(sources, registry), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("crawler metrics on http://%s:%d/metrics", host, port)
+    return runner
+
+
+@contextlib.asynccontextmanager
+async def process_services(
+    settings: Settings,
+    *,
+    limiter: AppLimiter,
+    tokens: Mapping[str, object],
+    stats: Callable[[], WorkerStats | None],
+    partitions: Callable[[], int],
+    stop: asyncio.Event,
+    metrics_addr: str | None = None,
+    reconcile: ReconcileSettings | None = None,
+    page_source: PageSource | None = None,
+) -> AsyncIterator[Sources]:
+    """Run what a ``convsync crawler`` process has once, beside its worker: the
+    reconciler and the listener. Both stop when the block exits.
+
+    ``page_source`` names the pages to reconcile (default: those of ``tokens``).
+    """
+    options = reconcile or ReconcileSettings()
+    addr = OpsSettings().metrics_addr if metrics_addr is None else metrics_addr
+    pool = make_pool(settings.database_url.get_secret_value(), size=1)
+    await pool.open(wait=False)
+    pages = page_source or configured_pages(tokens)
+    reconciler = Reconciler(settings, options, pages=pages, pool=pool)
+    sources = Sources(stats=stats, partitions=partitions, limiter=limiter, reconciler=reconciler)
+    task = asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")
+    runner = await serve(sources, addr) if addr else None
+    try:
+        yield sources
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if runner is not None:
+            await runner.cleanup()
+        await pool.close(timeout=3)
