@@ -39,9 +39,24 @@ def materialize(
             help="Postgres connections writing each batch in parallel, split by partition.",
         ),
     ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of /metrics and /healthz, or 'off' [default: 127.0.0.1:9463].",
+            envvar="CONVSYNC_MATERIALIZER_METRICS_ADDR",
+        ),
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Same as --metrics-addr 127.0.0.1:PORT.")
+    ] = None,
+    stale_after: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="/healthz answers 503 once the consume loop has not gone round this long (s).",
+            envvar="CONVSYNC_MATERIALIZER_STALE_AFTER",
+        ),
+    ] = 120.0,
     instance_id: Annotated[
         str | None,
         typer.Option(
@@ -67,10 +82,23 @@ def materialize(
         max_bytes=defaults.max_bytes if batch_mib is None else batch_mib * 1024 * 1024,
         writers=writers or defaults.writers,
     )
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
+    from consumers.materializer import metrics as mat_metrics
+    from convsync.observe import Heartbeat, start_observer
 
-        start_http_server(metrics_port, addr="127.0.0.1")
+    if metrics_port is not None:
+        metrics_addr = f"127.0.0.1:{metrics_port}"
+    mat_metrics.HEARTBEAT = Heartbeat(stale_after)
+    try:
+        served = start_observer(
+            metrics_addr,
+            default="127.0.0.1:9463",
+            setting="CONVSYNC_MATERIALIZER_METRICS_ADDR",
+            heartbeat=mat_metrics.HEARTBEAT,
+            name="materializer",
+        )
+    except ConvsyncError as e:
+        Console(stderr=True).print(f"[red]materialize failed:[/] {e}")
+        raise typer.Exit(2) from e
     overrides = {"group.instance.id": instance_id} if instance_id else {}
     stop = threading.Event()
 
@@ -84,7 +112,7 @@ def materialize(
             settings,
             group=group,
             config=config,
-            report_lag=metrics_port is not None,
+            report_lag=served is not None,
             consumer_overrides=overrides,
         )
         try:

@@ -19,6 +19,7 @@ from faust.streams import _current_event
 from prometheus_client import CollectorRegistry, generate_latest
 
 from convsync.errors import PoisonError
+from convsync.observe import Heartbeat
 from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
@@ -47,6 +48,8 @@ class StreamConfig:
     batch_within: float = 0.2  # seconds to wait for a batch to fill
     commit_interval: float = 1.0
     processing_guarantee: str = "at_least_once"
+    # /healthz answers 503 once a batch has been folding this long (seconds).
+    stale_after: float = 120.0
 
 
 def app_id(settings: Settings) -> str:
@@ -469,12 +472,30 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
     registry.register(StatsCollector(stats))
     source = app.topic(settings.topic("events"), key_serializer="raw", value_serializer="raw")
 
+    # /healthz: the fold loop beats after every batch and, while it waits for events,
+    # every second; a batch that never finishes (acks that never come) stops the beats.
+    health = Heartbeat(config.stale_after)
+    folding = [False]
+
     @app.agent(source, name="fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
         # take_events() is on the concrete Stream, not on the StreamT interface.
         assert isinstance(stream, faust.Stream)
         async for batch in stream.take_events(config.batch_size, within=config.batch_within):
+            folding[0] = True
             await fold_batch(folder, batch)
+            folding[0] = False
+            health.beat("folding")
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def beat_while_waiting() -> None:
+        if not folding[0]:
+            health.beat("waiting")
+
+    @app.page("/healthz")
+    async def healthz_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        ok, body = health.report()
+        return web.json(body, status=200 if ok else 503)
 
     @app.page("/stats/")
     async def stats_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

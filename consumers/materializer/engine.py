@@ -169,6 +169,7 @@ class Materializer:
         )
         try:
             while not self.stopping:
+                m.HEARTBEAT.beat("consuming")
                 self._poll_once(consumer)
             self._flush_or_abandon()
         finally:
@@ -571,6 +572,8 @@ class Materializer:
                 delay = min(delay * 2, self.config.backoff_max)
 
     def _backoff(self, delay: float, *, pollable: bool) -> None:
+        # Retrying an outage is a live loop (/healthz); the lag says it makes no progress.
+        m.HEARTBEAT.beat("retrying")
         consumer = self._consumer
         if not pollable or consumer is None or not self._flushing:
             deadline = time.monotonic() + delay

@@ -1,10 +1,12 @@
-"""Prometheus metrics of the materializer (served with --metrics-port)."""
+"""Prometheus metrics of the materializer and its heartbeat (served on --metrics-addr)."""
 
 from __future__ import annotations
 
 from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from convsync.observe import Heartbeat
 
 EVENTS_IN: Final = Counter(
     "convsync_materializer_events_in", "Records read from the events topic.", ["group"]
@@ -48,3 +50,7 @@ LAG: Final = Gauge(
     "Records behind the partition's high watermark.",
     ["group", "topic", "partition"],
 )
+
+# The consume loop beats on every round (idle ones too); /healthz reads it. The command
+# replaces it with one of its own staleness (--stale-after).
+HEARTBEAT: Heartbeat = Heartbeat()
