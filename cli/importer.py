@@ -67,6 +67,6 @@ def import_messages(
         console.print(f"[red]import failed:[/] {e}")
         raise typer.Exit(1) from e
     console.print(
-        f"imported {done.messages} messages of {len(done.pages)} page(s) from {done.lines} "
-        f"lines ({done.blank} blank) into {settings.topic('events')}"
+        f"imported {done.messages} messages from {done.lines} lines ({done.blank} blank) "
+        f"into {settings.topic('events')}"
     )
