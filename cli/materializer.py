@@ -69,19 +69,13 @@ def materialize(
     from rich.console import Console
 
     from cli.common import load_settings
-    from consumers.materializer import BatchConfig, Materializer
+    from consumers.materializer import BatchConfig, Materializer, MaterializerConfig
     from convsync.errors import ConsumerFatalError, ConvsyncError
     from convsync.gctune import tune_for_batches
 
     settings = load_settings()
     tune_for_batches()
     defaults = BatchConfig()
-    config = BatchConfig(
-        max_records=batch_size or defaults.max_records,
-        max_wait=defaults.max_wait if batch_ms is None else batch_ms / 1000,
-        max_bytes=defaults.max_bytes if batch_mib is None else batch_mib * 1024 * 1024,
-        writers=writers or defaults.writers,
-    )
     from consumers.materializer import metrics as mat_metrics
     from convsync.observe import Heartbeat, start_observer
 
@@ -99,7 +93,19 @@ def materialize(
     except ConvsyncError as e:
         Console(stderr=True).print(f"[red]materialize failed:[/] {e}")
         raise typer.Exit(2) from e
-    overrides = {"group.instance.id": instance_id} if instance_id else {}
+    # The materializer gets what it needs of the settings, and nothing else.
+    config = MaterializerConfig.from_settings(
+        settings,
+        group=group,
+        batch=BatchConfig(
+            max_records=batch_size or defaults.max_records,
+            max_wait=defaults.max_wait if batch_ms is None else batch_ms / 1000,
+            max_bytes=defaults.max_bytes if batch_mib is None else batch_mib * 1024 * 1024,
+            writers=writers or defaults.writers,
+        ),
+        instance_id=instance_id,
+        report_lag=served is not None,
+    )
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -108,13 +114,7 @@ def materialize(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while True:
-        mat = Materializer(
-            settings,
-            group=group,
-            config=config,
-            report_lag=served is not None,
-            consumer_overrides=overrides,
-        )
+        mat = Materializer(config)
         try:
             totals = mat.run(stop=stop)
         except ConsumerFatalError as e:

@@ -6,18 +6,31 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined,unused-ignore]
 from confluent_kafka.cimpl import NewTopic
 
-from convsync.errors import RetryableError, StackError
+from convsync.errors import ConsumerFatalError, RetryableError, StackError
 from convsync.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TOPIC_SUFFIXES: Final = ("events", "crawl", "conversations", "dlq")
+
+#: The librdkafka properties every client of one cluster shares (bootstrap servers,
+#: security, secrets included): what a component keeps of :class:`Settings` to reach
+#: Kafka (see :meth:`Settings.kafka_config`).
+ClientConfig: TypeAlias = Mapping[str, str | int | float | bool]
+
+
+def client_config(source: Settings | ClientConfig) -> dict[str, Any]:
+    """Return a new dict of the base librdkafka properties of ``source`` (secrets
+    included: never log it)."""
+    if isinstance(source, Settings):
+        return dict(source.kafka_config())
+    return dict(source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +210,10 @@ def read_watermarks(consumer: Consumer, tp: TopicPartition, *, timeout: float) -
         return int(low), int(high)
 
 
-def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+def producer_config(settings: Settings | ClientConfig, **overrides: Any) -> dict[str, Any]:
     """Return the config of a durable producer: idempotent, acks=all."""
     conf: dict[str, Any] = {
-        **settings.kafka_config(),
+        **client_config(settings),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -210,16 +223,16 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return conf
 
 
-def make_producer(settings: Settings, **overrides: Any) -> Producer:
+def make_producer(settings: Settings | ClientConfig, **overrides: Any) -> Producer:
     """Return a durable (idempotent, acks=all) producer."""
     return Producer(producer_config(settings, **overrides))
 
 
-def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
+def make_consumer(settings: Settings | ClientConfig, group: str, **overrides: Any) -> Consumer:
     """Return a consumer in ``group`` with auto-commit off, auto offset reset earliest, and
     reading committed records only."""
     conf: dict[str, Any] = {
-        **settings.kafka_config(),
+        **client_config(settings),
         "group.id": group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -238,6 +251,103 @@ def is_fatal(err: KafkaError) -> bool:
     fatal error to a consumer as a record error of code ``_FATAL``, whose ``fatal()`` is
     false: both are checked."""
     return bool(err.fatal()) or err.code() == KafkaError._FATAL
+
+
+def check_record_error(err: KafkaError) -> None:
+    """Judge an error a consumer returned in place of a record.
+
+    Raises :class:`ConsumerFatalError` when the consumer can never be used again (see
+    :func:`is_fatal`); the end of a partition is ignored; anything else (a broker down,
+    a topic not created yet) is logged, and librdkafka recovers from it by itself.
+    """
+    if err.code() == KafkaError._PARTITION_EOF:
+        return
+    if is_fatal(err):
+        raise ConsumerFatalError(f"consumer failed fatally: {err}")
+    log.warning("consumer: %s", err)
+
+
+def list_partitions(consumer: Consumer, topic: str, *, timeout: float = 5.0) -> list[int]:
+    """Return the partition numbers of ``topic``, in order.
+
+    Raises :class:`RetryableError` when Kafka does not answer in ``timeout`` seconds or
+    does not have the topic (yet).
+    """
+    try:
+        md = consumer.list_topics(topic, timeout=timeout)
+    except KafkaException as e:
+        raise RetryableError(f"cannot list topic {topic}: {e}") from e
+    info = md.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise RetryableError(f"topic {topic} not available: {info.error if info else 'absent'}")
+    return sorted(info.partitions)
+
+
+def watermarks(
+    consumer: Consumer, topic: str, partition: int, *, timeout: float = 5.0
+) -> tuple[int, int]:
+    """Return ``(low, high)`` of ``topic[partition]``: :func:`read_watermarks` for a
+    caller that retries, raising :class:`RetryableError` where it raises
+    :class:`KafkaException`."""
+    try:
+        return read_watermarks(consumer, TopicPartition(topic, partition), timeout=timeout)
+    except KafkaException as e:
+        raise RetryableError(f"cannot read end offsets of {topic}[{partition}]: {e}") from e
+
+
+def lag(
+    consumer: Consumer, topic: str, partitions: Iterable[int], *, timeout: float = 1.0
+) -> dict[int, int]:
+    """Return how many records of each partition lie past ``consumer``'s position (the
+    high watermark minus the position), for monitoring.
+
+    One quick query per partition, no retries: a partition whose watermark or position
+    is unknown (no record consumed yet, the broker not answering) is left out.
+    """
+    out: dict[int, int] = {}
+    for p in partitions:
+        tp = TopicPartition(topic, p)
+        try:
+            marks = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            (pos,) = consumer.position([tp])
+        except KafkaException as e:
+            log.info("lag of %s[%s] unknown: %s", topic, p, e)
+            continue
+        if marks is not None and pos.offset >= 0:
+            out[p] = max(0, marks[1] - pos.offset)
+    return out
+
+
+def read_record(
+    source: Settings | ClientConfig,
+    position: TopicPartition,
+    *,
+    group: str,
+    timeout: float = 10.0,
+) -> tuple[bytes | None, bytes | None] | None:
+    """Return the key and value of the record at ``position`` (topic, partition,
+    offset), read from Kafka again, or None when the log no longer has it (retention
+    deleted it, or compaction).
+
+    For a component that keeps decoded rows rather than records and needs a record's
+    original bytes once in a while (a dead letter): a short-lived consumer assigns the
+    one partition (``group`` names it; it joins no group and commits nothing). Raises
+    :class:`RetryableError` when Kafka does not return it in ``timeout`` seconds.
+    """
+    topic, partition, offset = position.topic, position.partition, position.offset
+    reader = make_consumer(source, group)
+    try:
+        reader.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = reader.poll(min(0.5, max(0.0, deadline - time.monotonic())))
+            if msg is None or msg.error() is not None:
+                continue
+            # The first record at or after the position: a later one means it is gone.
+            return (msg.key(), msg.value()) if msg.offset() == offset else None
+    finally:
+        reader.close()
+    raise RetryableError(f"record {topic}[{partition}]@{offset} not read in time")
 
 
 def check_reachable(settings: Settings, *, timeout: float = 5.0) -> int:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import threading
 
-from consumers.materializer.config import BatchConfig
-from consumers.materializer.engine import DEFAULT_GROUP, Materializer, Totals
+from consumers.materializer.config import DEFAULT_GROUP, BatchConfig, MaterializerConfig
+from consumers.materializer.engine import Materializer
+from consumers.materializer.metrics import Totals
 from consumers.materializer.replay import ReplayResult, checksum, replay
-from convsync.settings import Settings
 
 __all__ = [
     "DEFAULT_GROUP",
     "BatchConfig",
     "Materializer",
+    "MaterializerConfig",
     "ReplayResult",
     "Totals",
     "checksum",
@@ -21,12 +22,6 @@ __all__ = [
 ]
 
 
-def run(
-    settings: Settings,
-    *,
-    group: str = DEFAULT_GROUP,
-    stop: threading.Event | None = None,
-    config: BatchConfig | None = None,
-) -> Totals:
+def run(config: MaterializerConfig, *, stop: threading.Event | None = None) -> Totals:
     """Run a materializer group member until ``stop`` is set; return its totals."""
-    return Materializer(settings, group=group, config=config).run(stop=stop)
+    return Materializer(config).run(stop=stop)

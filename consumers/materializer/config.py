@@ -1,8 +1,18 @@
-"""Tuning knobs of the materializer (batch size, flush interval, backoff)."""
+"""What a materializer reads, writes and is called (MaterializerConfig), and how it groups
+records into transactions and backs off (BatchConfig)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+
+from pydantic import SecretStr
+
+from convsync.kafka import ClientConfig
+from convsync.settings import Settings
+
+DEFAULT_GROUP: Final = "convsync-materializer"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -12,18 +22,15 @@ class BatchConfig:
     A batch is flushed when it holds ``max_records`` records, when its record values add
     up to ``max_bytes`` (checked after each poll, so a batch may pass it by one poll's
     records), or ``max_wait`` seconds after its first record arrived, whichever comes
-    first. Defaults are the measured sweet spot of tests/bench/bench_materializer.py
-    (see docs/materializer.md).
+    first. The defaults are what tests/bench/bench_materializer.py measured best (the
+    figures are in docs/materializer.md).
     """
 
     # Each batch rewrites every conversation it touches once: the larger the batch, the
-    # fewer rewrites per event (200,000 events over 20,000 conversations: 10,000 ->
-    # 14,198 events/s, 30,000 -> 19,761). Two batches are in memory at a time (one
-    # written, one gathered): ~0.6 KB per record of the bench's ~280-byte events each
-    # (the decoded row; the Kafka message is not kept).
+    # fewer rewrites per event. Two batches are in memory at a time (one written, one
+    # gathered), each holding the decoded row of every record.
     max_records: int = 30000
-    # Bounds memory for large records: 16 MiB of values (~56,000 bench events, ~10,000
-    # of 1.6 KB) flushes a batch before max_records does.
+    # Bounds memory when records are large: flushes a batch before max_records does.
     max_bytes: int = 16 * 1024 * 1024
     max_wait: float = 0.02
     # Postgres connections that write one batch in parallel, each a share of its
@@ -48,3 +55,59 @@ class BatchConfig:
             raise ValueError("writers must be >= 1")
         if self.max_wait < 0 or min(self.busy_poll, self.backoff_initial, self.backoff_max) <= 0:
             raise ValueError("durations must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MaterializerConfig:
+    """The settings one materializer needs, and no more: where Kafka and Postgres are,
+    which topics it reads and writes, its consumer group and its tuning.
+
+    The command builds it from :class:`Settings` (:meth:`from_settings`); the
+    materializer never sees the rest of them (page tokens, the app secret...).
+    """
+
+    # librdkafka properties of the cluster (convsync.kafka.ClientConfig): may hold
+    # SASL passwords, so kept out of repr.
+    kafka: ClientConfig = field(repr=False)
+    events_topic: str
+    dlq_topic: str
+    group: str = DEFAULT_GROUP
+    # libpq connection string of the database (holds its password).
+    database_url: SecretStr
+    # The projection's Postgres schema (migrated beforehand).
+    schema: str
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    # Static group membership (group.instance.id): a member restarted with the same id
+    # gets its partitions back without a rebalance.
+    instance_id: str | None = None
+    # Refresh the lag gauge every batch.lag_interval seconds (with metrics served).
+    report_lag: bool = False
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: the caller's dict cannot change it afterwards.
+        object.__setattr__(self, "kafka", MappingProxyType(dict(self.kafka)))
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        group: str = DEFAULT_GROUP,
+        schema: str | None = None,
+        batch: BatchConfig | None = None,
+        instance_id: str | None = None,
+        report_lag: bool = False,
+    ) -> MaterializerConfig:
+        """Return the config of a materializer of ``settings``' stack: its events and
+        dead-letter topics, and ``schema`` (default: ``settings.db_schema``)."""
+        return cls(
+            kafka=settings.kafka_config(),
+            events_topic=settings.topic("events"),
+            dlq_topic=settings.topic("dlq"),
+            group=group,
+            database_url=settings.database_url,
+            schema=schema or settings.db_schema,
+            batch=batch or BatchConfig(),
+            instance_id=instance_id,
+            report_lag=report_lag,
+        )

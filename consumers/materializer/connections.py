@@ -53,12 +53,11 @@ def configure(conn: Conn, schema: str) -> None:
     """Prepare a new pool connection for the projection ``schema`` (the pool's
     ``configure`` callback: runs once per connection, before it is handed out)."""
     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-    # JIT compiling the fold's plan cost ~90 ms of a ~500 ms 10,000-event
-    # batch (EXPLAIN ANALYZE) and gains nothing on these index-driven plans.
+    # JIT compiling the fold's plan costs a large share of a batch and gains nothing
+    # on these index-driven plans (measured in docs/materializer.md).
     conn.execute("SET jit = off")
-    # The fold probes `conversations` once per touched row with distinct
-    # keys: Memoize caches nothing (0 hits of 7,808) and cost 7-15 % of the
-    # fold of a 10,000-event batch (328-351 against 376-388 ms, two runs).
+    # The fold probes `conversations` once per touched row with distinct keys:
+    # Memoize caches nothing there and only slows the fold (docs/materializer.md).
     conn.execute("SET enable_memoize = off")
     conn.execute(st.CREATE_SCRATCH)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,8 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from consumers.materializer.rows import Position
 from convsync.errors import RetryableError
-from convsync.kafka import make_producer
-from convsync.settings import Settings
+from convsync.kafka import ClientConfig, make_producer
 from schemas.records import Letter, dead_letter
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,11 @@ class Poison:
 
 
 class DeadLetterSink:
-    """An idempotent acks=all producer for ``<prefix>.dlq``; created on first use."""
+    """An idempotent acks=all producer for the dead-letter topic; created on first use."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self.topic = settings.topic("dlq")
+    def __init__(self, kafka: ClientConfig, topic: str) -> None:
+        self._kafka = kafka
+        self.topic = topic
         self._producer: Producer | None = None
 
     def send(self, poison: list[Poison], *, timeout: float = 10.0) -> None:
@@ -91,7 +91,7 @@ class DeadLetterSink:
     def _send(self, poison: list[Poison], *, copies: bool, timeout: float) -> list[Poison]:
         """Produce and flush; return the records Kafka refused as too large."""
         if self._producer is None:
-            self._producer = make_producer(self._settings, **{"message.timeout.ms": 30_000})
+            self._producer = make_producer(self._kafka, **{"message.timeout.ms": 30_000})
         failures: list[KafkaError] = []
         too_large: list[Poison] = []
 
@@ -137,3 +137,41 @@ class DeadLetterSink:
         if self._producer is not None:
             self._producer.flush(5)
             self._producer = None
+
+
+class DeadLetters:
+    """The dead letters of the batch in hand, each sent once.
+
+    A batch may be attempted several times (retries, the bisection of a row Postgres
+    refuses); a record whose letter Kafka confirmed is not sent again until its batch is
+    committed (:meth:`forget`), so the topic gets one letter per poison record.
+    """
+
+    def __init__(self, sink: DeadLetterSink) -> None:
+        self.sink = sink
+        # (partition, offset) of the records whose letters Kafka confirmed.
+        self._sent: set[tuple[int, int]] = set()
+
+    def sent(self, key: tuple[int, int]) -> bool:
+        """Return whether the letter of the record at (partition, offset) was sent."""
+        return key in self._sent
+
+    def send(self, poison: Iterable[Poison]) -> None:
+        """Send the letters of ``poison`` not sent yet and wait for Kafka to confirm.
+
+        Raises :class:`RetryableError` when Kafka does not confirm them.
+        """
+        poison = list(poison)
+        self.sink.send([p for p in poison if _key(p) not in self._sent])
+        self._sent.update(_key(p) for p in poison)
+
+    def forget(self, keys: Iterable[tuple[int, int]] | None = None) -> None:
+        """Forget the letters of a committed batch's ``keys`` (None: every letter)."""
+        if keys is None:
+            self._sent.clear()
+        else:
+            self._sent.difference_update(keys)
+
+
+def _key(poison: Poison) -> tuple[int, int]:
+    return (poison.position.partition, poison.position.offset)

@@ -98,7 +98,7 @@ def replay(settings: Settings, *, into: str, config: BatchConfig | None = None) 
     """
     prepare_schema(settings, into)
     group = f"convsync-replay-{uuid.uuid4().hex[:12]}"
-    mat = Materializer(settings, group=group, schema=into, config=config)
+    mat = Materializer.from_settings(settings, group=group, schema=into, batch=config)
     totals = mat.run_to_end()
     log.info("replayed %s records into %s (%s inserted)", totals.records, into, totals.inserted)
     return ReplayResult(schema=into, group=group, totals=totals)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, cast
 
 from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
 
 from consumers.materializer import statements as st
 from consumers.materializer.connections import (
@@ -20,7 +21,6 @@ from consumers.materializer.connections import (
     translate_errors,
 )
 from consumers.materializer.rows import STAGE_COLUMNS, StageRow
-from convsync.settings import Settings
 from schemas.copies import Merged, RestRank, rest_rank
 from schemas.migrate import validate_schema_name
 
@@ -440,12 +440,13 @@ class Store:
     stored and their offsets moved). Not thread-safe: one materializer loop owns it.
     """
 
-    def __init__(self, settings: Settings, *, schema: str | None = None, writers: int = 1) -> None:
+    def __init__(self, conninfo: SecretStr, schema: str, *, writers: int = 1) -> None:
+        """Open ``writers`` connections (in the background) to the database of the libpq
+        connection string ``conninfo``, writing into the migrated ``schema``."""
         if writers < 1:
             raise ValueError("writers must be >= 1")
-        self.schema = validate_schema_name(schema or settings.db_schema)
-        url = settings.database_url.get_secret_value()
-        self._connections = make_pool(url, self.schema, writers)
+        self.schema = validate_schema_name(schema)
+        self._connections = make_pool(conninfo.get_secret_value(), self.schema, writers)
         # Connecting goes on in the background: an outage at start is retried like any.
         self._connections.open(wait=False)
         self._sessions = [_Session(self._connections, self.schema) for _ in range(writers)]

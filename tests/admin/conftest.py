@@ -153,7 +153,7 @@ def admin_env(make_topics: MakeTopics, make_schema: MakeSchema) -> Iterator[Admi
     """The gateway with the admin app, and a materializer, on their own topics and schema."""
     base = with_secrets(make_topics()).model_copy(update={"admin_token": SecretStr(TOKEN)})
     settings = make_schema(base=base)
-    mat = Materializer(settings, group=f"admin-{settings.db_schema}", config=FAST)
+    mat = Materializer.from_settings(settings, group=f"admin-{settings.db_schema}", batch=FAST)
     errors: list[BaseException] = []
 
     def target() -> None:

@@ -252,7 +252,7 @@ def raw_copy(
 def per_event(settings: Settings, events: list[Envelope], topic: str, sample: int) -> float:
     """(c): one transaction per event for ``sample`` events; return events/s."""
     target = fresh_schema(settings, "single")
-    store = Store(target)
+    store = Store(target.database_url, target.db_schema)
     try:
         started = time.perf_counter()
         for i, ev in enumerate(events[:sample]):

@@ -102,7 +102,10 @@ def watch(
             raise RuntimeError(f"the side under test exited at {n}/{total} records")
         time.sleep(0.02)
     assert first_at is not None and first_n is not None
-    counted = max(total - first_n, 1)
+    if first_n >= total:  # every row arrived between two polls: nothing to time
+        nan = float("nan")
+        return nan, nan, None, rss
+    counted = total - first_n
     cpu1 = cpu_seconds(pid) if alive() else cpu0
     srv1 = server.seconds()
     server_us = None if srv1 is None else (srv1 - srv0) / counted * 1e6

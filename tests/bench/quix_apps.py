@@ -40,17 +40,14 @@ from quixstreams.models import SerializationContext, Serializer
 from quixstreams.state.rocksdb import RocksDBOptions
 
 from consumers.materializer.rows import Position, stage_row
+from consumers.materializer.statements import EVENT_COLUMNS
 from consumers.materializer.store import event_row
 from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
-from streams.change import StreamState, decode_state, encode_change, encode_state, step
-
-EVENT_COLUMNS = (
-    "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
-    "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
-    "num_edit",
-)  # fmt: skip
+from streams.change import Edit, Step, StreamState, encode_change, step
+from streams.codec import decode_edit, decode_state, encode_edit, encode_state
+from streams.digests import DigestIndex
 
 
 def _first_seen() -> None:
@@ -93,7 +90,7 @@ def sink_app(settings: Settings, group: str, table: str, count: int) -> None:
         password=str(db.get("password", "")),
         table_name=table,
         schema_name=settings.db_schema,
-        primary_key_columns="event_id",
+        primary_key_columns=["event_id", "psid"],
         on_conflict_do_nothing=True,
         include_metadata=False,
     )
@@ -116,6 +113,41 @@ def _loads(value: bytes) -> bytes:
     return value
 
 
+class QuixSide:
+    """The fold's side tables (sealed digest chunks, winning edits) in the Quix state store,
+    under keys of their own next to the conversation records."""
+
+    def __init__(self) -> None:
+        self.state: State | None = None  # the current message's state, set before each step
+        self.indexes: dict[str, DigestIndex] = {}
+
+    def _store(self) -> State:
+        assert self.state is not None
+        return self.state
+
+    def sealed(self, key: str, state: StreamState, value: bytes) -> bool:
+        index = self.indexes.get(key)
+        if index is None or index.chunks != state.sealed:
+            store = self._store()
+            index = DigestIndex.build(store.get(f"chunk:{key}:{n}") for n in range(state.sealed))
+            self.indexes[key] = index
+        return value in index
+
+    def edit(self, key: str, mid: str) -> Edit | None:
+        raw = self._store().get(f"edit:{key}:{mid}")
+        return None if raw is None else decode_edit(raw)
+
+    def record(self, result: Step) -> None:
+        store, key = self._store(), result.state.key
+        if result.chunk is not None:
+            store.set(f"chunk:{key}:{result.state.sealed - 1}", result.chunk)
+            index = self.indexes.get(key)
+            if index is not None and index.chunks == result.state.sealed - 1:
+                index.add(result.chunk)
+        if result.edit is not None:
+            store.set(f"edit:{key}:{result.edit[0]}", encode_edit(result.edit[1]))
+
+
 def fold_app(settings: Settings, group: str, state_dir: str) -> None:
     """Run the fold application until SIGTERM."""
     app = Application(
@@ -133,6 +165,7 @@ def fold_app(settings: Settings, group: str, state_dir: str) -> None:
         settings.topic("conversations"), key_serializer="bytes", value_serializer=_ChangeValue()
     )
     first = [True]
+    side = QuixSide()
 
     def fold(value: bytes, state: State) -> list[tuple[bytes, bytes]]:
         if first[0]:
@@ -141,8 +174,10 @@ def fold_app(settings: Settings, group: str, state_dir: str) -> None:
         event = Envelope.from_bytes(value)
         key = conversation_key(event.page_id, event.psid)
         stored = state.get(key)
-        before: StreamState | None = None if stored is None else decode_state(stored)
-        result = step(before, event)
+        before: StreamState | None = None if stored is None else decode_state(stored).state
+        side.state = state
+        result = step(before, event, side)
+        side.record(result)
         if result.state is not before:
             state.set(key, encode_state(result.state))
         if not result.emitted:

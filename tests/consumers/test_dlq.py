@@ -68,7 +68,7 @@ def test_a_990_kb_poison_record_is_dead_lettered_and_consumption_goes_on(
     total = produce(settings, events[:40]) + produce(settings, [poison], key=b"p0")
     total += produce(settings, events[40:])
     group = f"g-{uuid.uuid4().hex[:12]}"
-    mat = Materializer(settings, group=group, config=FAST)
+    mat = Materializer.from_settings(settings, group=group, batch=FAST)
     with running(mat):
         wait_for(lambda: stored_end(settings, group) == total, timeout=90, what="all offsets")
     assert conversations(settings) == expected(events)
@@ -99,7 +99,7 @@ def test_a_letter_the_dlq_topic_refuses_is_sent_without_copies(
     total = produce(settings, events[:10]) + produce(settings, [poison], key=b"p0")
     total += produce(settings, events[10:])
     group = f"g-{uuid.uuid4().hex[:12]}"
-    mat = Materializer(settings, group=group, config=FAST)
+    mat = Materializer.from_settings(settings, group=group, batch=FAST)
     with running(mat):
         wait_for(lambda: stored_end(settings, group) == total, timeout=90, what="all offsets")
     [(letter, headers)] = read_letters(settings, 1)

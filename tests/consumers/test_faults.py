@@ -210,7 +210,7 @@ def test_postgres_restart_mid_run(make_topics: MakeTopics, private_postgres: Loc
     produce(settings, delivered[:half])
     config = BatchConfig(max_records=300, max_wait=0.05, backoff_initial=0.1, backoff_max=1)
     group = new_group()
-    mat = Materializer(settings, group=group, config=config)
+    mat = Materializer.from_settings(settings, group=group, batch=config)
     with running(mat):
         wait_for(lambda: mat.totals.records > 0, timeout=60, what="first batch")
         private_postgres.stop(mode="immediate")
@@ -229,13 +229,13 @@ def test_postgres_down_between_batches_is_retried_with_backoff(
     # write fails on the writer thread and must then be retried in the foreground, with
     # backoff. Until 2026-11-29 it went back to the writer thread every poll (~20 ms):
     # dozens of failed writes per second of outage, and fetching never paused.
-    caplog.set_level(logging.WARNING, logger="consumers.materializer.engine")
+    caplog.set_level(logging.WARNING, logger="consumers.materializer")
     settings = on_private_postgres(make_topics(partitions=4), private_postgres)
     events = random_events(random.Random(15), pages=6, users=30, n=600)
     produce(settings, events[:400])
     config = BatchConfig(max_records=300, max_wait=0.05, backoff_initial=0.2, backoff_max=1)
     group = new_group()
-    mat = Materializer(settings, group=group, config=config)
+    mat = Materializer.from_settings(settings, group=group, batch=config)
     with running(mat):
         wait_for(lambda: stored_end(settings, group) == 400, timeout=60, what="first offsets")
         private_postgres.stop(mode="immediate")
@@ -265,7 +265,9 @@ def test_static_member_fenced_while_postgres_is_down_stops_with_the_fatal_error(
     group = new_group()
     config = BatchConfig(max_records=300, max_wait=0.05, backoff_initial=0.2, backoff_max=1)
     overrides = {"group.instance.id": "fenced-in-backoff"}
-    mat = Materializer(settings, group=group, config=config, consumer_overrides=overrides)
+    mat = Materializer.from_settings(
+        settings, group=group, batch=config, instance_id=overrides["group.instance.id"]
+    )
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -305,7 +307,9 @@ def test_kafka_unreachable_then_back(private_kafka: KafkaCluster, make_schema: M
     half = len(delivered) // 2
     produce(settings, delivered[:half])
     group = new_group()
-    mat = Materializer(settings, group=group, config=BatchConfig(max_records=300, max_wait=0.05))
+    mat = Materializer.from_settings(
+        settings, group=group, batch=BatchConfig(max_records=300, max_wait=0.05)
+    )
     with running(mat) as thread:
         wait_for(lambda: stored_end(settings, group) == half, timeout=60, what="first half")
         private_kafka.stop_node(1, kill=True)

@@ -81,7 +81,7 @@ def test_sql_fold_equals_reference(
     delivered = list(events) + copies
     rng.shuffle(delivered)
     settings = make_schema()
-    store = Store(settings, writers=writers)
+    store = Store(settings.database_url, settings.db_schema, writers=writers)
     try:
         _apply(store, delivered, cuts)
     finally:
@@ -101,7 +101,7 @@ def test_edit_before_message_and_redelivery_keeps_version(make_schema: MakeSchem
         text="hello, edited", attrs={"num_edit": 1}, detail="1", raw={},
     )  # fmt: skip
     crawled = msgspec.structs.replace(msg, source="crawler", thread_id="t_1")
-    store = Store(settings)
+    store = Store(settings.database_url, settings.db_schema)
     try:
         _apply(store, [edit], [])
         assert scalar(settings, "SELECT version FROM {s}.conversations") == 1
@@ -138,7 +138,7 @@ def test_the_webhook_copy_replaces_a_bare_crawled_copy(make_schema: MakeSchema) 
         source="webhook", direction="outbound", text="how can we help?", raw={},
     )  # fmt: skip
     bare = crawler_copy(hooked, bare=True)
-    store = Store(settings)
+    store = Store(settings.database_url, settings.db_schema)
     try:
         _apply(store, [bare, reply], [])
         row = conversations(settings)[("p", "u")]

@@ -46,7 +46,7 @@ def test_an_aborted_transactions_events_never_reach_postgres(
     tx.flush(30)  # in the log, then aborted
     tx.abort_transaction(30)
     produce(settings, committed)
-    Materializer(settings, group=f"mat-{uuid.uuid4().hex[:8]}").run_to_end()
+    Materializer.from_settings(settings, group=f"mat-{uuid.uuid4().hex[:8]}").run_to_end()
     stored = stored_event_ids(settings)
     assert stored == {e.event_id for e in committed}
     assert not stored & {e.event_id for e in aborted}

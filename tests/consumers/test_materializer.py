@@ -22,8 +22,6 @@ from psycopg import sql
 
 from consumers.materializer import BatchConfig, Materializer, checksum, replay
 from consumers.materializer.dlq import Poison
-from consumers.materializer.engine import _read_record
-from consumers.materializer.rows import Position
 from consumers.materializer.store import BatchResult
 from convsync.db import connect
 from convsync.errors import RetryableError
@@ -114,7 +112,7 @@ def test_exactly_once_poison_idempotence_and_replay(
     total += produce(settings, delivered[700:])
 
     group = f"g-{uuid.uuid4().hex[:12]}"
-    mat = Materializer(settings, group=group, config=FAST)
+    mat = Materializer.from_settings(settings, group=group, batch=FAST)
     with running(mat):
         wait_for(lambda: stored_end(settings, group) == total, timeout=60, what="all offsets")
     assert conversations(settings) == expected(events)
@@ -138,7 +136,7 @@ def test_exactly_once_poison_idempotence_and_replay(
     # Re-delivery of everything: no row changes, no version moves.
     versions = scalar(settings, "SELECT sum(version) FROM {s}.conversations")
     produce(settings, delivered)
-    mat2 = Materializer(settings, group=group, config=FAST)
+    mat2 = Materializer.from_settings(settings, group=group, batch=FAST)
     with running(mat2):
         wait_for(
             lambda: stored_end(settings, group) == total + len(delivered),
@@ -202,7 +200,7 @@ def test_assignment_resumes_from_postgres_offsets_not_kafka(
                 ends[1] // 2,
             ),
         )
-    mat = Materializer(settings, group=group, config=FAST)
+    mat = Materializer.from_settings(settings, group=group, batch=FAST)
     with running(mat):
         wait_for(lambda: stored_end(settings, group) == sum(ends), timeout=60, what="partition 1")
     assert mat.totals.records == ends[1] - ends[1] // 2
@@ -220,7 +218,7 @@ def test_a_batch_is_flushed_once_its_record_values_reach_max_bytes(
         max_records=1_000_000, max_wait=60, max_bytes=chunk_bytes // 2, idle_poll=0.2
     )
     group = f"g-{uuid.uuid4().hex[:12]}"
-    mat = Materializer(settings, group=group, config=config)
+    mat = Materializer.from_settings(settings, group=group, batch=config)
     written: list[int] = []
     write = mat.store.write_batch
 
@@ -277,7 +275,7 @@ def test_rows_postgres_refuses_are_dead_lettered_alone(
         )
     first = [e for e in events if e.event_id != bad_alone.event_id]
     group = f"g-{uuid.uuid4().hex[:12]}"
-    mat = Materializer(settings, group=group, config=FAST)
+    mat = Materializer.from_settings(settings, group=group, batch=FAST)
     with running(mat):
         total = produce(settings, first)
         wait_for(lambda: stored_end(settings, group) == total, timeout=60, what="first offsets")
@@ -319,10 +317,12 @@ def test_a_refused_row_is_dead_lettered_once_when_its_batch_is_retried(
             ).format(sql.Identifier(settings.db_schema), sql.Literal(bad.event_id))
         )
     group = f"g-{uuid.uuid4().hex[:12]}"
-    mat = Materializer(settings, group=group, config=BatchConfig(max_records=1000, max_wait=1.0))
+    mat = Materializer.from_settings(
+        settings, group=group, batch=BatchConfig(max_records=1000, max_wait=1.0)
+    )
     sent: list[int] = []
     failed: list[bool] = []
-    real_send, real_write = mat._dlq.send, mat.store.write_batch
+    real_send, real_write = mat.dlq.send, mat.store.write_batch
 
     def send(letters: list[Poison]) -> None:
         real_send(letters)
@@ -335,7 +335,7 @@ def test_a_refused_row_is_dead_lettered_once_when_its_batch_is_retried(
             raise RetryableError("injected: Postgres went away")
         return real_write(**kwargs)
 
-    mat._dlq.send = send  # type: ignore[method-assign]
+    mat.dlq.send = send  # type: ignore[method-assign]
     mat.store.write_batch = write_batch  # type: ignore[method-assign]
     total = produce(settings, events)
     with running(mat):
@@ -373,7 +373,7 @@ def test_unconfirmed_dead_letters_are_retried_not_raised(
     total = produce(settings, events[:30]) + produce(settings, [poison])
     total += produce(settings, events[30:])
     group = f"g-{uuid.uuid4().hex[:12]}"
-    mat = Materializer(settings, group=group, config=FAST)
+    mat = Materializer.from_settings(settings, group=group, batch=FAST)
     with running(mat):
         wait_for(lambda: mat.totals.retries > 0, timeout=60, what="an unconfirmed dead letter")
         assert stored_end(settings, group) < total, "no offset moves past unconfirmed poison"
@@ -382,21 +382,3 @@ def test_unconfirmed_dead_letters_are_retried_not_raised(
     assert conversations(settings) == expected(events)
     letters = read_dlq(settings, 1)
     assert letters and {base64.b64decode(str(d["value_b64"])) for d in letters} == {poison}
-
-
-def test_a_refused_rows_original_record_is_read_back_by_offset(make_topics: MakeTopics) -> None:
-    # The batch keeps rows, not records: the bytes of a row Postgres refuses are read back
-    # from Kafka by offset. A record retention deleted meanwhile is reported as gone (its
-    # letter says so) instead of retried forever.
-    settings = make_topics(partitions=1)
-    topic = settings.topic("events")
-    values = [b"zero", b"one", b"two"]
-    assert produce(settings, values, key=b"k") == 3
-    for offset, value in enumerate(values):
-        pos = Position(topic, 0, offset)
-        assert _read_record(settings, "g", pos) == (b"k", value)
-    admin = admin_client(settings)
-    (future,) = admin.delete_records([TopicPartition(topic, 0, 2)]).values()
-    future.result(timeout=30)
-    assert _read_record(settings, "g", Position(topic, 0, 1)) is None
-    assert _read_record(settings, "g", Position(topic, 0, 2)) == (b"k", b"two")

@@ -123,7 +123,7 @@ def test_event_stored_between_lookup_and_copy_is_retryable_and_applies_nothing(
     settings = make_schema()
     events = random_events(random.Random(7), pages=1, users=2, n=20)
     rows, offsets = _rows(events, 1)
-    store = Store(settings)
+    store = Store(settings.database_url, settings.db_schema)
     try:
         store.write_batch(group="g", topic=TOPIC, rows=rows[:5], next_offsets={0: 5})
         before = conversations(settings)
@@ -159,7 +159,7 @@ def test_a_batch_reports_the_conversations_it_changed(
     settings = make_schema()
     events = random_events(random.Random(13), pages=3, users=6, n=150)
     rows, offsets = _rows(events, 3)
-    store = Store(settings, writers=writers)
+    store = Store(settings.database_url, settings.db_schema, writers=writers)
     try:
         first = store.write_batch(group="g", topic=TOPIC, rows=rows, next_offsets=offsets)
         # The same batch again (a redelivery): nothing new, no row changes.
@@ -182,7 +182,7 @@ def test_one_part_refused_the_others_commit_and_the_retry_is_exact(
     bad_at = next(i for i, row in enumerate(rows) if row[15] == 3)
     broken: list[Any] = list(rows[bad_at])
     broken[7] = "sideways"
-    store = Store(settings, writers=2)
+    store = Store(settings.database_url, settings.db_schema, writers=2)
     try:
         with pytest.raises(PoisonError, match="direction"):
             store.write_batch(
@@ -216,7 +216,7 @@ def test_no_plan_over_events_or_conversations_is_kept_between_batches(
     settings = make_schema()
     events = random_events(random.Random(3), pages=2, users=4, n=60)
     rows, _ = _rows(events, 1)
-    store = Store(settings)
+    store = Store(settings.database_url, settings.db_schema)
     try:
         for i in range(0, len(rows), 5):
             store.write_batch(group="g", topic=TOPIC, rows=rows[i : i + 5], next_offsets={0: i + 5})

@@ -1,7 +1,9 @@
-"""Topic creation and end-offset reads against the real broker, right after creation."""
+"""Topic creation, end-offset reads and the consumer helpers of convsync.kafka, against
+the real broker."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -11,7 +13,19 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from convsync.kafka import TopicSpec, admin_client, ensure_topics, make_producer, read_watermarks
+from convsync.errors import ConsumerFatalError, RetryableError
+from convsync.kafka import (
+    TopicSpec,
+    admin_client,
+    check_record_error,
+    ensure_topics,
+    lag,
+    list_partitions,
+    make_producer,
+    read_record,
+    read_watermarks,
+    watermarks,
+)
 from convsync.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -119,3 +133,82 @@ def test_read_watermarks_counts_what_was_produced(
         assert read_watermarks(consumer, TopicPartition(name, 1), timeout=10) == (0, 3)
     finally:
         consumer.close()
+
+
+def _produce(settings: Settings, name: str, partitions: int, values: list[bytes]) -> None:
+    producer = make_producer(settings)
+    for i, value in enumerate(values):
+        producer.produce(name, value=value, key=b"k", partition=i % partitions)
+    assert producer.flush(30) == 0
+
+
+def test_list_partitions_and_watermarks_of_a_topic_and_of_none(
+    stack_settings: Settings, admin: AdminClient
+) -> None:
+    name = _name()
+    ensure_topics(admin, [TopicSpec(name, 3, 1, {})])
+    _produce(stack_settings, name, 3, [b"a", b"b", b"c", b"d"])
+    consumer = _fresh_consumer(stack_settings)
+    try:
+        assert list_partitions(consumer, name) == [0, 1, 2]
+        assert [watermarks(consumer, name, p) for p in range(3)] == [(0, 2), (0, 1), (0, 1)]
+        # A caller retries these: both raise RetryableError, not KafkaException.
+        with pytest.raises(RetryableError, match="not available"):
+            list_partitions(consumer, _name(), timeout=5)
+        with pytest.raises(RetryableError, match="end offsets"):
+            watermarks(consumer, name, 7, timeout=1)
+    finally:
+        consumer.close()
+
+
+def test_read_record_by_offset_and_none_once_retention_deleted_it(
+    stack_settings: Settings, admin: AdminClient
+) -> None:
+    # A component that keeps decoded rows reads a record's original bytes back by
+    # offset (the materializer's dead letter of a row Postgres refuses). A record
+    # deleted meanwhile is reported as gone instead of waited for.
+    name = _name()
+    ensure_topics(admin, [TopicSpec(name, 1, 1, {})])
+    values = [b"zero", b"one", b"two"]
+    _produce(stack_settings, name, 1, values)
+    for offset, value in enumerate(values):
+        at = TopicPartition(name, 0, offset)
+        assert read_record(stack_settings, at, group="g") == (b"k", value)
+    (future,) = admin.delete_records([TopicPartition(name, 0, 2)]).values()
+    future.result(timeout=30)
+    assert read_record(stack_settings, TopicPartition(name, 0, 1), group="g") is None
+    assert read_record(stack_settings.kafka_config(), TopicPartition(name, 0, 2), group="g") == (
+        b"k",
+        b"two",
+    )
+
+
+def test_lag_counts_records_past_the_position_of_consumed_partitions_only(
+    stack_settings: Settings, admin: AdminClient
+) -> None:
+    name = _name()
+    ensure_topics(admin, [TopicSpec(name, 2, 1, {})])
+    _produce(stack_settings, name, 2, [b"x"] * 10)
+    consumer = _fresh_consumer(stack_settings)
+    try:
+        consumer.assign([TopicPartition(name, 0, 2), TopicPartition(name, 1, 0)])
+        consumer.pause([TopicPartition(name, 1)])
+        msg = consumer.poll(30)
+        assert msg is not None and msg.error() is None and msg.offset() == 2
+        # Partition 0: 5 records, position 3. Partition 1: nothing consumed, no position.
+        assert lag(consumer, name, [0, 1]) == {0: 2}
+    finally:
+        consumer.close()
+
+
+def test_check_record_error_raises_fatal_errors_and_logs_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="convsync.kafka")
+    check_record_error(KafkaError(KafkaError._PARTITION_EOF))
+    assert not caplog.records
+    check_record_error(KafkaError(KafkaError._TRANSPORT))
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    # librdkafka reports its fatal error to a consumer as a record error of code _FATAL.
+    with pytest.raises(ConsumerFatalError):
+        check_record_error(KafkaError(KafkaError._FATAL))

@@ -103,8 +103,8 @@ class Pipeline:
     def store(self, events: Sequence[Envelope]) -> None:
         """Produce ``events`` and materialize them (the projection the view reads)."""
         produce(self.settings, events)
-        Materializer(
-            self.settings, group="t-materializer", config=BatchConfig(max_wait=0.05)
+        Materializer.from_settings(
+            self.settings, group="t-materializer", batch=BatchConfig(max_wait=0.05)
         ).run_to_end()
 
     def archive(self, media: ArchiverSettings, *, timeout: float = 120.0) -> Totals:

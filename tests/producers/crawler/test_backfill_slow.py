@@ -102,7 +102,7 @@ def test_big_page_backfill_with_webhook_traffic(
     assert state["throttle_waits"] >= 1 and state["retries"] >= 1
 
     # The materializer projects both sources into Postgres: one row per message.
-    Materializer(settings, group=f"mat-{time.monotonic_ns()}").run_to_end()
+    Materializer.from_settings(settings, group=f"mat-{time.monotonic_ns()}").run_to_end()
     with connect(settings) as conn:
         rows = conn.execute(
             sql.SQL(

@@ -194,7 +194,7 @@ def test_sigkilled_five_times_during_a_big_backfill(
     dupes = sum(n - 1 for n in Counter(e.event_id for e in events).values())
     assert dupes <= 5 * 100
     # Postgres, through the materializer: one row per message, equal to the truth.
-    Materializer(settings, group=f"mat-{time.monotonic_ns()}").run_to_end()
+    Materializer.from_settings(settings, group=f"mat-{time.monotonic_ns()}").run_to_end()
     with connect(settings) as conn:
         rows = conn.execute(
             sql.SQL(
