@@ -63,7 +63,7 @@ def convsync_import(settings: Settings, path: Path) -> subprocess.CompletedProce
 
 
 def materialize(settings: Settings) -> None:
-    Materializer(settings, group=f"mat-{uuid.uuid4().hex[:8]}").run_to_end()
+    Materializer.from_settings(settings, group=f"mat-{uuid.uuid4().hex[:8]}").run_to_end()
 
 
 def records_in_topic(settings: Settings) -> int:
