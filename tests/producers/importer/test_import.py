@@ -181,3 +181,31 @@ def test_memory_does_not_grow_with_the_file(make_topics: MakeTopics, tmp_path: P
     assert (n_small, n_large) == (2_000, 20_000)
     # Ten times the lines, the same Python memory (a file read whole would be ~10x).
     assert peak_large < 2 * peak_small, (peak_small, peak_large)
+
+
+def test_meta_copies_after_the_import_change_no_count(
+    make_topics: MakeTopics, make_schema: MakeSchema, tmp_path: Path
+) -> None:
+    settings = make_schema(base=make_topics(partitions=3))
+    path = write(tmp_path / "history.jsonl", [message(i) for i in range(12)])
+    done = convsync_import(settings, path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    materialize(settings)
+    imported = conversations(settings)
+    assert sum(c["message_count"] for c in imported.values()) == 12
+
+    # Later, the webhook brings 0-3 and a crawl brings 4-7: the same events.
+    produce(settings, [webhook_copy(i) for i in range(4)] + [crawler_copy(i) for i in range(4, 8)])
+    materialize(settings)
+    rows = stored_rows(settings)
+    assert len(rows) == 12
+    by_mid = {r["mid"]: r for r in rows.values()}
+    for i in range(12):
+        row = by_mid[f"m_{i}"]
+        assert row["source"] == ("webhook" if i < 4 else "crawler" if i < 8 else "import"), i
+        assert row["text"] == f"text {i}"  # the crawler's copy has none: the import's stays
+        assert row["occurred_at"] == message(i)["time"]
+    after = conversations(settings)
+    assert {k: c["message_count"] for k, c in after.items()} == {
+        k: c["message_count"] for k, c in imported.items()
+    }
