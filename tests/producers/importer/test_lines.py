@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -10,6 +14,7 @@ import pytest
 
 from producers.importer import ImportLineError, check_file, envelope_of, read_lines
 from schemas.event_id import make_event_id
+from tests.consumers.procs import REPO
 
 GOOD = {
     "page": "p1",
@@ -86,3 +91,24 @@ def test_check_lists_every_bad_line_and_reads_on_after_a_long_one(tmp_path: Path
     lines, bad = check_file(path)
     assert lines == 6
     assert [e.lineno for e in bad] == [2, 4, 5]
+
+
+def test_the_check_command_lists_bad_lines_and_sends_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(line() + b"nope\n" + line(mid="m_2") + line(mid="m_3", direction="up"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVSYNC_")}
+    argv = [sys.executable, "-m", "cli", "import", "--check", str(path)]
+    run = functools.partial(
+        subprocess.run, argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    # No Kafka is configured at all: --check only reads the file.
+    bad = run(env={**env, "COLUMNS": "200", "CONVSYNC_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    out = bad.stdout + bad.stderr
+    assert bad.returncode == 1, out
+    assert "line 2: not JSON" in out
+    assert "line 4: " in out and "direction" in out
+    assert "2 bad line(s) of 4" in out
+    path.write_bytes(line() + line(mid="m_2"))
+    good = run(env={**env, "COLUMNS": "200", "CONVSYNC_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "2 lines, all good" in good.stdout + good.stderr
