@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from producers.importer import ImportLineError, check_file, envelope_of, read_lines
+from producers.importer.lines import Read
 from schemas.event_id import make_event_id
 from tests.consumers.procs import REPO
 
@@ -69,7 +70,7 @@ def test_iso_times_need_an_offset() -> None:
 )
 def test_a_bad_line_is_named_by_its_number(bad: bytes, reason: str) -> None:
     stream = io.BytesIO(line() + b"\n" + bad + line(mid="m_9"))
-    read = []
+    read: list[Read] = []
     with pytest.raises(ImportLineError, match=reason) as err:
         read.extend(read_lines(stream))
     assert err.value.lineno == 3
