@@ -56,6 +56,14 @@ LAG: Final = Gauge(
     "Records behind the partition's high watermark.",
     ["group", "topic", "partition"],
 )
+# Every writer of dead letters (materializer, streams, crawler) shows in one number: the
+# DLQ's end offsets, each reported by the member owning the events partition of the same
+# number (the topics have as many partitions), refreshed with the lag.
+DLQ_END: Final = Gauge(
+    "convsync_dlq_end_offset",
+    "High watermark of a dead-letter topic partition: records ever written to it.",
+    ["topic", "partition"],
+)
 
 # The consume loop beats on every round (idle ones too) and on every retry of an outage;
 # /healthz reads it. The command replaces it with one of its own staleness (--stale-after).
@@ -119,9 +127,17 @@ class Tally:
         for p, n in lags.items():
             LAG.labels(self.group, topic, str(p)).set(n)
 
-    def forget_lag(self, topic: str, partitions: set[int]) -> None:
-        """Remove the lag gauges of partitions this member no longer owns."""
+    def dlq_ends(self, topic: str, ends: dict[int, int]) -> None:
+        """Set the DLQ end-offset gauge of each partition of ``ends``."""
+        for p, n in ends.items():
+            DLQ_END.labels(topic, str(p)).set(n)
+
+    def forget_lag(self, topic: str, partitions: set[int], dlq_topic: str | None = None) -> None:
+        """Remove the lag (and DLQ end) gauges of partitions this member no longer owns."""
         for p in partitions:
             # A gauge that was never set for this partition has nothing to remove.
             with contextlib.suppress(KeyError):
                 LAG.remove(self.group, topic, str(p))
+            if dlq_topic is not None:
+                with contextlib.suppress(KeyError):
+                    DLQ_END.remove(dlq_topic, str(p))

@@ -59,6 +59,17 @@ def wait_healthy(name: str, url: str, sup: Supervisor, timeout: float = 90.0) ->
     raise AssertionError(f"{name}: {url} not healthy in {timeout:.0f}s ({last})")
 
 
+def samples(url: str, name: str) -> list[float]:
+    """Return the values of the samples called ``name`` on a /metrics page."""
+    _, _, body = get(url)
+    return [
+        s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == name
+    ]
+
+
 def scrape(url: str) -> set[str]:
     """Return the family and sample names of a /metrics page (parsed as Prometheus does)."""
     status, ctype, body = get(url)
@@ -81,6 +92,7 @@ def running(
 ) -> Iterator[tuple[Settings, Supervisor, dict[str, int]]]:
     settings = make_schema(base=make_topics(partitions=3))
     produce(settings, random_events(random.Random(5), pages=1, users=2, n=20))
+    produce(settings, [b"not an envelope"], key=b"p0")  # one dead letter
     ports = {name: free_ports() for name in ("webhook", "gateway", "materializer", "streams")}
     ports["archiver"] = free_ports()
     env = {
@@ -143,6 +155,15 @@ def test_each_component_serves_metrics_and_healthz_on_its_address(
     assert "convsync_streams_events_total" in scraped["streams"]
     assert "convsync_archiver_records_total" in scraped["archiver"]
     assert not any(n.startswith("convsync_materializer") for n in scraped["streams"])
+
+    # The poison record's dead letters, the materializer's and the streams worker's, show
+    # in the DLQ's end offsets (what the DLQ alert reads) as the materializer reports them.
+    mat = f"http://127.0.0.1:{ports['materializer']}/metrics"
+    deadline = time.monotonic() + 60
+    while sum(samples(mat, "convsync_dlq_end_offset")) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert sum(samples(mat, "convsync_dlq_end_offset")) == 2
+    assert samples(mat, "convsync_materializer_lag")  # the partitions it owns
 
     # The alert rules read nothing that no component (nor the crawler's contract) shows.
     shown = set().union(*scraped.values(), gateway, crawler_contract())
