@@ -66,3 +66,10 @@ def test_the_many_pages_crawl_bench_prints_the_rate_bound(stack_settings: Settin
     )
     assert "(d) 4 pages at 2 calls/s each, 2 workers: wall " in out, out
     assert "us/message" in out, out
+
+
+def test_the_import_bench_prints_memory_and_rate_ratios(stack_settings: Settings) -> None:
+    out = run_bench(stack_settings, "bench_import", "--lines", "20")
+    for n in (20, 200, 2000):
+        assert f"\n{n:>8} " in f"\n{out}", out
+    assert out.count(", peak ") == 3 and out.count(", rate ") == 3, out
