@@ -16,11 +16,13 @@ from typing import Any
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 
 from cli.supervisor import Supervisor
+from convsync.db import connect
 from convsync.settings import Settings
 from deploy.ports import free_ports
-from tests.consumers.helpers import produce, random_events
+from tests.consumers.helpers import produce, random_events, stored_rows
 from tests.consumers.procs import settings_env
 from tests.deploy.alerts import crawler_contract, metric_names, rules
 from tests.fixtures.kafka import MakeTopics
@@ -178,3 +180,45 @@ def get_status(req: urllib.request.Request) -> int:
             return int(r.status)
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def test_the_materializer_healthz_fails_while_its_loop_is_stuck_and_recovers(
+    make_topics: MakeTopics, make_schema: MakeSchema, tmp_path: Path
+) -> None:
+    settings = make_schema(base=make_topics(partitions=3))
+    port = free_ports()
+    sup = Supervisor({**settings_env(settings), "CONVSYNC_PARTITIONS": "3"}, tmp_path / "logs")
+    health = f"http://127.0.0.1:{port}/healthz"
+    try:
+        sup.start(
+            "materializer",
+            *("materialize", "--group", f"{settings.topic_prefix}-mat", "--batch-size", "10"),
+            *("--metrics-addr", f"127.0.0.1:{port}", "--stale-after", "3"),
+        )
+        wait_healthy("materializer", health, sup)
+        # Postgres blocks every write (no error to retry): the loop waits on its writer.
+        with connect(settings, autocommit=False) as lock:
+            lock.execute(
+                sql.SQL("LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE").format(
+                    sql.Identifier(settings.db_schema)
+                )
+            )
+            events = random_events(random.Random(7), pages=1, users=3, n=60)
+            for i in range(0, 60, 10):
+                produce(settings, events[i : i + 10])
+                time.sleep(0.3)
+            deadline = time.monotonic() + 60
+            status, _, body = get(health)
+            while status == 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                status, _, body = get(health)
+            assert status == 503, body
+            assert "work loop stuck" in orjson.loads(body)["problem"]
+            lock.rollback()
+        wait_healthy("materializer", health, sup)
+        deadline = time.monotonic() + 60
+        while len(stored_rows(settings)) < 60 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(stored_rows(settings)) == 60
+    finally:
+        sup.stop(timeout=20)
