@@ -16,7 +16,7 @@ from typing import Any, Final, NoReturn
 import faust
 from faust.serializers import codecs
 from faust.streams import _current_event
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from convsync.errors import PoisonError
 from convsync.observe import Heartbeat
@@ -30,6 +30,7 @@ from streams.deadletter import dead_letter, too_large
 from streams.held import track_partitions
 from streams.side import DecodedStates, TableSide
 from streams.stats import PageStats, StatsCollector
+from streams.web import LagCollector, add_views
 
 log = logging.getLogger(__name__)
 
@@ -470,10 +471,8 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
     folder = Folder(app, settings, stats)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats))
+    registry.register(LagCollector(app, app_id(settings), settings.topic("events")))
     source = app.topic(settings.topic("events"), key_serializer="raw", value_serializer="raw")
-
-    # /healthz: the fold loop beats after every batch and, while it waits for events,
-    # every second; a batch that never finishes (acks that never come) stops the beats.
     health = Heartbeat(config.stale_after)
     folding = [False]
 
@@ -487,22 +486,11 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
             folding[0] = False
             health.beat("folding")
 
-    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
-    async def beat_while_waiting() -> None:
-        if not folding[0]:
-            health.beat("waiting")
-
-    @app.page("/healthz")
-    async def healthz_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        ok, body = health.report()
-        return web.json(body, status=200 if ok else 503)
-
-    @app.page("/stats/")
-    async def stats_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.json({"emitted": folder.emitted, **stats.snapshot()})
-
-    @app.page("/metrics")
-    async def metrics_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
-
+    add_views(
+        app,
+        registry=registry,
+        health=health,
+        folding=lambda: folding[0],
+        stats=lambda: {"emitted": folder.emitted, **stats.snapshot()},
+    )
     return app

@@ -166,6 +166,12 @@ def test_each_component_serves_metrics_and_healthz_on_its_address(
         time.sleep(1)
     assert sum(samples(mat, "convsync_dlq_end_offset")) == 2
     assert samples(mat, "convsync_materializer_lag")  # the partitions it owns
+    # The streams worker read the events (one page: one partition) and caught up.
+    streams = f"http://127.0.0.1:{ports['streams']}/metrics"
+    deadline = time.monotonic() + 60
+    while samples(streams, "convsync_streams_lag") != [0.0] and time.monotonic() < deadline:
+        time.sleep(1)
+    assert samples(streams, "convsync_streams_lag") == [0.0]
 
     # The alert rules read nothing that no component (nor the crawler's contract) shows.
     shown = set().union(*scraped.values(), gateway, crawler_contract())
