@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final
 
 import orjson
@@ -13,8 +14,10 @@ import psycopg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from admin.cursors import CursorError, Cursors
+from admin.lists import ConversationFilter, SortKey, Timeline, timeline_scope
 from admin.settings import TAG, TAG_PATTERN
-from admin.store import AdminStore
+from admin.store import AdminStore, Page
 from convsync.errors import RetryableError
 from convsync.settings import Settings
 from producers.crawler.request import new_request, submit
@@ -27,11 +30,20 @@ ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
 _ID: Final = re.compile(ID_PATTERN)
 _VERSION: Final = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
 MAX_LIMIT: Final = 500
+# A cursor's sort key: µs since the epoch (None: a conversation never messaged), an id.
+_KEY_SHAPE: Final = ((int, type(None)), (str,))
+
+
+def _json_default(value: Any) -> Any:
+    # numeric columns (an edit's num_edit) come as Decimal, which orjson does not take.
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def dumps(value: Any) -> str:
-    """Return ``value`` as JSON text (datetimes as RFC 3339)."""
-    return orjson.dumps(value).decode()
+    """Return ``value`` as JSON text (datetimes as RFC 3339, numerics as numbers)."""
+    return orjson.dumps(value, default=_json_default).decode()
 
 
 def json_response(value: Any, *, status: int = 200, **headers: str) -> web.Response:
@@ -72,24 +84,6 @@ def _ids(request: web.Request, *names: str) -> list[str]:
     return values
 
 
-CURSOR_PATTERN: Final = r"^(?:n|-?[0-9]{1,17})~[A-Za-z0-9_.:-]{1,64}$"
-_CURSOR: Final = re.compile(CURSOR_PATTERN)
-
-
-def encode_cursor(cursor: tuple[int | None, str]) -> str:
-    """Return the text of a keyset cursor: ``<µs since the epoch or n>~<psid>``."""
-    at, psid = cursor
-    return f"{'n' if at is None else at}~{psid}"
-
-
-def decode_cursor(text: str) -> tuple[int | None, str]:
-    """Return the keyset of a cursor. Raises BadRequestError."""
-    if not _CURSOR.fullmatch(text):
-        raise BadRequestError(f"cursor must match {CURSOR_PATTERN}")
-    at, _, psid = text.partition("~")
-    return (None if at == "n" else int(at)), psid
-
-
 def _bool(value: str) -> bool:
     if value in ("true", "1"):
         return True
@@ -102,6 +96,16 @@ def _int(value: str, name: str, low: int, high: int) -> int:
     if not re.fullmatch(r"\d{1,9}", value) or not low <= int(value) <= high:
         raise BadRequestError(f"{name} must be an integer in [{low}, {high}]")
     return int(value)
+
+
+def _known(q: Any, *names: str) -> None:
+    for key in q:
+        if key not in names:
+            raise BadRequestError(f"unknown parameter {key}")
+
+
+def _limit(q: Any, default: int) -> int:
+    return _int(q["limit"], "limit", 1, MAX_LIMIT) if "limit" in q else default
 
 
 def _since(value: str) -> datetime:
@@ -123,6 +127,20 @@ class AdminApi:
         self.settings = settings
         self.submit_timeout = submit_timeout
         self.store: AdminStore | None = None
+        self.cursors = Cursors(settings.admin_token.get_secret_value())
+
+    def _after(self, q: Any, scope: str) -> SortKey | None:
+        """The sort key of the ``cursor`` parameter, checked against ``scope``."""
+        if "cursor" not in q:
+            return None
+        try:
+            at, key = self.cursors.decode(scope, q["cursor"], _KEY_SHAPE)
+        except CursorError as e:
+            raise BadRequestError(str(e)) from e
+        return (None if at is None else int(at)), str(key)
+
+    def _next(self, scope: str, page: Page) -> str | None:
+        return None if page.after is None else self.cursors.encode(scope, page.after)
 
     def _store(self) -> AdminStore:
         assert self.store is not None, "admin store used before the app started"
@@ -168,37 +186,53 @@ class AdminApi:
         """GET /pages/{page_id}/conversations: filters and keyset pagination."""
         (page_id,) = _ids(request, "page_id")
         q = request.query
-        for key in q:
-            if key not in ("needs_reply", "since", "limit", "cursor"):
-                raise BadRequestError(f"unknown parameter {key}")
-        page = await self._store().conversations(
-            page_id,
+        _known(q, "needs_reply", "since", "tag", "limit", "cursor")
+        tag = q.get("tag")
+        if tag is not None and not TAG.fullmatch(tag):
+            raise BadRequestError(f"tag must match {TAG_PATTERN}")
+        f = ConversationFilter(
             needs_reply=_bool(q["needs_reply"]) if "needs_reply" in q else None,
             since=_since(q["since"]) if "since" in q else None,
-            limit=_int(q["limit"], "limit", 1, MAX_LIMIT) if "limit" in q else 50,
-            cursor=decode_cursor(q["cursor"]) if "cursor" in q else None,
+            tag=tag,
         )
-        return json_response(
-            {
-                "items": page.items,
-                "next_cursor": encode_cursor(page.next_cursor) if page.next_cursor else None,
-            }
+        scope = f.scope(page_id)
+        page = await self._store().conversations(
+            page_id, f, limit=_limit(q, 50), after=self._after(q, scope)
         )
+        return json_response({"items": page.items, "next_cursor": self._next(scope, page)})
+
+    async def timeline(self, request: web.Request) -> web.Response:
+        """GET /conversations/{page_id}/{psid}/messages and .../events: newest first,
+        keyset pagination."""
+        page_id, psid = _ids(request, "page_id", "psid")
+        which: Timeline = "messages" if request.path.endswith("/messages") else "events"
+        q = request.query
+        _known(q, "limit", "cursor")
+        scope = timeline_scope(which, page_id, psid)
+        store = self._store()
+        page = await store.timeline(
+            which, page_id, psid, limit=_limit(q, 50), after=self._after(q, scope)
+        )
+        # An empty first page: a conversation without messages, or no conversation.
+        if not page.items and "cursor" not in q and await store.conversation(page_id, psid) is None:
+            return problem(404, "no such conversation")
+        return json_response({"items": page.items, "next_cursor": self._next(scope, page)})
 
     async def conversation(self, request: web.Request) -> web.Response:
-        """GET /conversations/{page_id}/{psid}: the row, its tags, messages and events."""
+        """GET /conversations/{page_id}/{psid}: the row, its tags, and the first page of
+        its messages and of its events (with the cursors of the next ones)."""
         page_id, psid = _ids(request, "page_id", "psid")
         q = request.query
-        for key in q:
-            if key != "limit":
-                raise BadRequestError(f"unknown parameter {key}")
+        _known(q, "limit")
         limit = _int(q["limit"], "limit", 1, 1000) if "limit" in q else 200
         store = self._store()
         row = await store.conversation(page_id, psid)
         if row is None:
             return problem(404, "no such conversation")
-        row["messages"] = await store.messages(page_id, psid, limit)
-        row["events"] = await store.events(page_id, psid, limit)
+        for which in ("messages", "events"):
+            page = await store.timeline(which, page_id, psid, limit=limit, after=None)
+            row[which] = page.items
+            row[f"{which}_next_cursor"] = self._next(timeline_scope(which, page_id, psid), page)
         return json_response(row, ETag=_etag(int(row["tags_version"])))
 
     async def patch(self, request: web.Request) -> web.Response:

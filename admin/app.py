@@ -75,6 +75,8 @@ def make_admin_app(
     r.add_post("/pages/{page_id}/sync", api.sync, name="sync")
     r.add_get("/pages/{page_id}/conversations", api.conversations, name="conversations")
     r.add_get("/conversations/{page_id}/{psid}", api.conversation, name="conversation")
+    r.add_get("/conversations/{page_id}/{psid}/messages", api.timeline, name="messages")
+    r.add_get("/conversations/{page_id}/{psid}/events", api.timeline, name="events")
     r.add_patch("/conversations/{page_id}/{psid}", api.patch, name="patch")
     r.add_get("/openapi.yaml", _openapi, name="openapi")
     r.add_get("/dashboard", dash.page, name="page:dashboard")

@@ -18,6 +18,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from psycopg import sql
 
+from admin.counts import count_rows, insert_rate, inserted_rows
 from convsync.db import connect
 from convsync.errors import RetryableError
 from convsync.kafka import read_watermarks
@@ -56,17 +57,15 @@ class Status:
     sync_statistics: list[dict[str, Any]] = field(default_factory=list)
     events_rows: int = 0
     conversations_rows: int = 0
-    events_last_minute: int = 0
+    # Which of events_rows, conversations_rows, events_per_second are estimates.
+    estimated: list[str] = field(default_factory=list)
+    # Events stored per second over the window collect() was given; None without one.
+    events_per_second: float | None = None
     stalled: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # What the supervisor of `convsync run` last wrote (components, restarts), if any:
     # filled in by the command, which knows the state folder.
     supervisor: dict[str, Any] | None = None
-
-    @property
-    def events_per_second(self) -> float:
-        """Events newly stored in Postgres per second over the last minute."""
-        return self.events_last_minute / 60.0
 
     def lag_by_group(self) -> dict[str, int]:
         """Return the total lag of every group."""
@@ -80,7 +79,6 @@ class Status:
         data = asdict(self)
         data["lags"] = [{**asdict(lag), "lag": lag.lag} for lag in self.lags]
         data["lag_by_group"] = self.lag_by_group()
-        data["events_per_second"] = self.events_per_second
         data["high_watermarks"] = {
             t: {str(p): o for p, o in parts.items()} for t, parts in self.high_watermarks.items()
         }
@@ -188,12 +186,15 @@ class StatusReader:
         out.sort(key=lambda e: (e.get("failed_at") or 0, e["offset"]), reverse=True)
         return out[:n]
 
-    def collect(self, *, stall_after: float = 300.0) -> Status:
+    def collect(self, *, stall_after: float = 300.0, rate_window: float = 0.0) -> Status:
         """Return the current status; unreachable parts are listed in ``errors``.
 
         A consumer is *stalled* when a partition has lag but its stored offset has not
         moved for ``stall_after`` seconds; a crawl is stalled when it is running and its
-        progress has not changed for that long.
+        progress has not changed for that long. Row counts of large tables are estimates
+        (named in ``estimated``, see admin/counts.py); with ``rate_window`` > 0 the events
+        stored per second are measured over that many seconds (this call then lasts at
+        least as long), otherwise ``events_per_second`` is None.
         """
         settings = self.settings
         status = Status(kafka_bootstrap=settings.kafka_bootstrap, db_schema=settings.db_schema)
@@ -210,7 +211,7 @@ class StatusReader:
         status.dlq_records = sum(hi - lo for lo, hi in dlq.values())
         with self._lock:
             try:
-                _read_database(self._db(), status, stall_after)
+                _read_database(self._db(), status, stall_after, rate_window)
             except psycopg.Error as e:
                 # A broken connection is replaced on the next call (_db).
                 status.errors.append(f"Postgres status query failed: {e}")
@@ -269,10 +270,10 @@ def watermarks(settings: Settings, topics: list[str], *, timeout: float = 10.0) 
         return reader.watermarks(topics)
 
 
-def collect(settings: Settings, *, stall_after: float = 300.0) -> Status:
+def collect(settings: Settings, *, stall_after: float = 300.0, rate_window: float = 0.0) -> Status:
     """Return the current status once (see :meth:`StatusReader.collect`)."""
     with StatusReader(settings) as reader:
-        return reader.collect(stall_after=stall_after)
+        return reader.collect(stall_after=stall_after, rate_window=rate_window)
 
 
 def _rows(cur: Any) -> list[dict[str, Any]]:
@@ -286,9 +287,13 @@ def _rows(cur: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _read_database(conn: psycopg.Connection[Any], status: Status, stall_after: float) -> None:
-    """Fill ``status`` from Postgres: lags, crawls, statistics, row counts."""
+def _read_database(
+    conn: psycopg.Connection[Any], status: Status, stall_after: float, rate_window: float = 0.0
+) -> None:
+    """Fill ``status`` from Postgres: lags, crawls, statistics, row counts, rate."""
     schema = sql.Identifier(status.db_schema)
+    started = time.monotonic()
+    inserted = inserted_rows(conn, status.db_schema, "events") if rate_window > 0 else 0
     rows = conn.execute(
         sql.SQL(
             'SELECT "group", topic, "partition", next_offset,'
@@ -327,14 +332,13 @@ def _read_database(conn: psycopg.Connection[Any], status: Status, stall_after: f
                 sql.SQL("SELECT * FROM {}.sync_statistics ORDER BY page_id").format(schema)
             )
         )
-    row = conn.execute(
-        sql.SQL(
-            "SELECT count(*) FROM {}.events WHERE inserted_at > now() - interval '1 minute'"
-        ).format(schema)
-    ).fetchone()
-    status.events_last_minute = int(str(row[0])) if row else 0
     for table, attr in (("events", "events_rows"), ("conversations", "conversations_rows")):
-        row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}.{}").format(schema, sql.Identifier(table))
-        ).fetchone()
-        setattr(status, attr, int(str(row[0])) if row else 0)
+        counted = count_rows(conn, status.db_schema, table)
+        setattr(status, attr, counted.rows)
+        if counted.estimated:
+            status.estimated.append(attr)
+    if rate_window > 0:
+        status.events_per_second = insert_rate(
+            conn, status.db_schema, "events", inserted, started, rate_window
+        )
+        status.estimated.append("events_per_second")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final, Literal
 
 import psycopg
@@ -11,58 +10,27 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from convsync.errors import RetryableError
-
-Row = dict[str, Any]
-
-_CONVERSATION_COLUMNS: Final = """
-    c.page_id, c.psid, c.thread_id, c.first_message_at, c.last_message_at, c.message_count,
-    c.last_message_text, c.last_inbound_at, c.last_outbound_at, c.needs_reply,
-    c.read_watermark, c.delivered_watermark, c.version AS projection_version,
-    COALESCE(t.tags, '{{}}') AS tags, COALESCE(t.version, 0) AS tags_version
-"""
-
-_LIST = (
-    "SELECT"
-    + _CONVERSATION_COLUMNS
-    + """,
-    (EXTRACT(EPOCH FROM c.last_message_at) * 1000000)::bigint AS sort_us
-FROM {s}.conversations AS c
-LEFT JOIN {s}.conversation_tags AS t USING (page_id, psid)
-WHERE c.page_id = %(page)s
-  AND (%(needs_reply)s::boolean IS NULL OR c.needs_reply = %(needs_reply)s::boolean)
-  AND (%(since)s::timestamptz IS NULL OR c.last_message_at >= %(since)s::timestamptz)
-  AND (NOT %(has_cursor)s::boolean
-       OR (COALESCE(c.last_message_at, '-infinity'::timestamptz), c.psid)
-          < (COALESCE('epoch'::timestamptz + %(cur_us)s::bigint * interval '1 microsecond',
-                      '-infinity'::timestamptz),
-             %(cur_psid)s::text))
-ORDER BY COALESCE(c.last_message_at, '-infinity'::timestamptz) DESC, c.psid DESC
-LIMIT %(limit)s
-"""
+from admin.lists import (
+    CONVERSATION_COLUMNS,
+    ConversationFilter,
+    Row,
+    SortKey,
+    Timeline,
+    conversations_query,
+    split_page,
+    timeline_query,
 )
+from convsync.errors import RetryableError
 
 _ONE = (
     "SELECT"
-    + _CONVERSATION_COLUMNS
+    + CONVERSATION_COLUMNS
     + """
 FROM {s}.conversations AS c
 LEFT JOIN {s}.conversation_tags AS t USING (page_id, psid)
 WHERE c.page_id = %s AND c.psid = %s
 """
 )
-
-_EVENTS = """
-SELECT event_id, kind, source, occurred_at, direction, mid, text, watermark, thread_id, attrs
-FROM {s}.events WHERE page_id = %s AND psid = %s
-ORDER BY occurred_at DESC, event_id COLLATE "C" DESC LIMIT %s
-"""
-
-_MESSAGES = """
-SELECT event_id, mid, occurred_at, direction, text, original_text, edit_number, reactions
-FROM {s}.messages WHERE page_id = %s AND psid = %s
-ORDER BY occurred_at DESC, event_id COLLATE "C" DESC LIMIT %s
-"""
 
 _EXISTS = "SELECT 1 FROM {s}.conversations WHERE page_id = %s AND psid = %s"
 
@@ -89,7 +57,15 @@ LIMIT 1
 """
 
 _ACTIVE = "SELECT * FROM {s}.active_syncs ORDER BY page_id"
-_STATISTICS = "SELECT * FROM {s}.sync_statistics ORDER BY page_id"
+# The dashboard lists the pages most worth a look, not all of them: at 2,000 pages the two
+# full lists were 4,000 rows on every poll (17 ms of the 20 the data endpoint spent in
+# Postgres and psycopg), and the page showed 2,000 rows of needs-reply counts.
+DASHBOARD_PAGES: Final = 100
+_STATISTICS = """
+SELECT * FROM {s}.sync_statistics
+ORDER BY GREATEST(last_success_at, last_failure_at) DESC NULLS LAST, page_id
+LIMIT %s
+"""
 _RECENT = """
 SELECT h.crawl_id, h.page_id, h.status, h.full_crawl, h.joined_crawl_id, h.requested_at,
        h.started_at, h.finished_at, h.conversations_done, h.messages_fetched, h.api_calls,
@@ -102,10 +78,19 @@ FROM {s}.crawl_history AS h
 LEFT JOIN {s}.crawl_state AS s ON s.page_id = h.page_id
 ORDER BY h.requested_at DESC LIMIT %s
 """
+# Kept by triggers on conversations (migration 0008): counting the needs-reply rows at
+# every dashboard poll took 268 ms at 2,000,000 conversations. The pages with the most.
 _NEEDS_REPLY = """
-SELECT page_id, count(*) AS needs_reply FROM {s}.conversations
-WHERE needs_reply GROUP BY page_id ORDER BY page_id
+SELECT page_id, conversations AS needs_reply FROM {s}.needs_reply_counts
+WHERE conversations > 0 ORDER BY conversations DESC, page_id LIMIT %s
 """
+# The dashboard's database figures: (key, statement, parameters).
+OVERVIEW: Final = (
+    ("active_syncs", _ACTIVE, None),
+    ("recent_syncs", _RECENT, (20,)),
+    ("sync_statistics", _STATISTICS, (DASHBOARD_PAGES,)),
+    ("needs_reply", _NEEDS_REPLY, (DASHBOARD_PAGES,)),
+)
 _AUTO_CLEAR_DELETE = "DELETE FROM {s}.auto_clear_tags WHERE NOT (tag = ANY(%s))"
 _AUTO_CLEAR_INSERT = (
     "INSERT INTO {s}.auto_clear_tags (tag) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING"
@@ -115,80 +100,65 @@ _SYNC_LOCK = "SELECT pg_advisory_xact_lock(hashtext('convsync-admin-sync:' || %s
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page of conversations and the cursor of the next one (None at the end).
-
-    A cursor is the last row's ``(last_message_at in µs since the epoch or None, psid)``.
-    """
+    """One page of a list and the sort key the next page starts after (None at the end)."""
 
     items: list[Row]
-    next_cursor: tuple[int | None, str] | None
+    after: SortKey | None
 
 
 TagsOutcome = Literal["missing", "stale"] | int
 
 
 class AdminStore:
-    """Queries of one schema through an async pool; psycopg errors become RetryableError."""
+    """Queries of one schema through an async pool; psycopg errors become RetryableError.
+
+    The lists are never prepared: a prepared statement's generic plan cannot see how few
+    rows lie past a keyset cursor, and for a deep page of the largest page it chose to
+    read and sort the page's whole list (docs/performance.md, "The read path"); planning
+    each one costs well under a millisecond.
+    """
 
     def __init__(self, pool: AsyncConnectionPool, schema: str) -> None:
         self.pool = pool
+        self.schema_name = schema
         self.schema = sql.Identifier(schema)
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self.schema)
 
     async def _all(self, text: str, params: Any = None) -> list[Row]:
+        return await self._rows(self._q(text), params)
+
+    async def _rows(
+        self, stmt: sql.Composed, params: Any, *, prepare: bool | None = None
+    ) -> list[Row]:
         try:
             async with self.pool.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(self._q(text), params)
+                await cur.execute(stmt, params, prepare=prepare)
                 return await cur.fetchall()
         except psycopg.Error as e:
             raise RetryableError(f"admin query failed: {e}") from e
 
     async def conversations(
-        self,
-        page_id: str,
-        *,
-        needs_reply: bool | None,
-        since: datetime | None,
-        limit: int,
-        cursor: tuple[int | None, str] | None,
+        self, page_id: str, f: ConversationFilter, *, limit: int, after: SortKey | None
     ) -> Page:
-        """Return up to ``limit`` conversations, newest ``last_message_at`` first."""
-        rows = await self._all(
-            _LIST,
-            {
-                "page": page_id,
-                "needs_reply": needs_reply,
-                "since": since,
-                "has_cursor": cursor is not None,
-                "cur_us": cursor[0] if cursor else None,
-                "cur_psid": cursor[1] if cursor else None,
-                "limit": limit + 1,
-            },
-        )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        for r in rows:
-            r["_cursor"] = (r.pop("sort_us"), r["psid"])
-        next_cursor = rows[-1]["_cursor"] if more and rows else None
-        for r in rows:
-            del r["_cursor"]
-        return Page(rows, next_cursor)
+        """Return up to ``limit`` conversations after ``after``, newest last message first."""
+        stmt, params = conversations_query(self.schema_name, page_id, f, limit + 1, after)
+        return Page(*split_page(await self._rows(stmt, params, prepare=False), limit, "psid"))
+
+    async def timeline(
+        self, which: Timeline, page_id: str, psid: str, *, limit: int, after: SortKey | None
+    ) -> Page:
+        """Return up to ``limit`` messages (edits and reactions applied) or events of a
+        conversation after ``after``, newest first."""
+        stmt, params = timeline_query(self.schema_name, which, page_id, psid, limit + 1, after)
+        return Page(*split_page(await self._rows(stmt, params, prepare=False), limit, "event_id"))
 
     async def conversation(self, page_id: str, psid: str) -> Row | None:
         """Return the conversation with its tags and tags version, or None."""
         rows = await self._all(_ONE, (page_id, psid))
         return rows[0] if rows else None
-
-    async def events(self, page_id: str, psid: str, limit: int) -> list[Row]:
-        """Return the newest ``limit`` stored events of the conversation, newest first."""
-        return await self._all(_EVENTS, (page_id, psid, limit))
-
-    async def messages(self, page_id: str, psid: str, limit: int) -> list[Row]:
-        """Return the newest ``limit`` messages (edits and reactions applied), newest first."""
-        return await self._all(_MESSAGES, (page_id, psid, limit))
 
     async def set_tags(
         self, page_id: str, psid: str, tags: list[str], expected: int
@@ -230,11 +200,6 @@ class AdminStore:
         except psycopg.Error as e:
             raise RetryableError(f"cannot write auto_clear_tags: {e}") from e
 
-    async def overview(self, recent: int = 20) -> dict[str, list[Row]]:
+    async def overview(self) -> dict[str, list[Row]]:
         """Return the dashboard's database figures: syncs, statistics, needs-reply counts."""
-        return {
-            "active_syncs": await self._all(_ACTIVE),
-            "recent_syncs": await self._all(_RECENT, (recent,)),
-            "sync_statistics": await self._all(_STATISTICS),
-            "needs_reply": await self._all(_NEEDS_REPLY),
-        }
+        return {key: await self._all(text, params) for key, text, params in OVERVIEW}

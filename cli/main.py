@@ -218,6 +218,9 @@ def status(
     stall_after: Annotated[
         float, typer.Option(help="Seconds without progress that make a consumer or crawl stalled.")
     ] = 300.0,
+    rate_window: Annotated[
+        float, typer.Option(help="Seconds over which the events stored per second are measured.")
+    ] = 2.0,
     state_dir: StateDir = None,
 ) -> None:
     """Lag per group and partition, crawls, sync statistics, throughput, DLQ, stalls, and
@@ -226,7 +229,7 @@ def status(
     from cli.supervisor import STATE_FILE, read_state
 
     settings = load_settings()
-    snap = collect(settings, stall_after=stall_after)
+    snap = collect(settings, stall_after=stall_after, rate_window=rate_window)
     snap.supervisor = read_state(state_folder(state_dir) / STATE_FILE)
     if as_json:
         sys.stdout.write(json.dumps(snap.as_json(), indent=2, default=str) + "\n")
@@ -270,12 +273,20 @@ def status(
                     "-" if avg is None else f"{float(avg):.1f}",
                 )
             out.print(stats)
-        out.print(f"throughput: {snap.events_per_second:.1f} events/s stored (last minute)")
+        if snap.events_per_second is not None:
+            out.print(
+                f"throughput: ~{snap.events_per_second:.1f} events/s stored"
+                f" (over {rate_window:g} s, from Postgres's statistics)"
+            )
         for stalled in snap.stalled:
             out.print(f"[yellow]stalled:[/] {stalled}")
+        rows, convs = (
+            ("~" if k in snap.estimated else "") + str(getattr(snap, k))
+            for k in ("events_rows", "conversations_rows")
+        )
         out.print(
-            f"events rows: {snap.events_rows}  conversations: {snap.conversations_rows}  "
-            f"DLQ records: {snap.dlq_records}"
+            f"events rows: {rows}  conversations: {convs}  DLQ records: {snap.dlq_records}"
+            + ("  (~: an estimate)" if snap.estimated else "")
         )
         _print_components(out, snap.supervisor)
         for err in snap.errors:
@@ -388,7 +399,7 @@ def run(
     import signal
     import time
 
-    from cli.supervisor import STATE_FILE, Supervisor
+    from cli.supervisor import STATE_FILE, Pipeline, Supervisor, start_pipeline
 
     settings = load_settings()
     missing = [
@@ -429,18 +440,15 @@ def run(
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        sup.start(
-            "gateway",
-            "gateway",
-            *("--host", gateway_host, "--port", str(gateway_port)),
-            *("--admin-host", admin_host, "--admin-port", str(admin_port)),
+        start_pipeline(
+            sup,
+            Pipeline(
+                gateway=(gateway_host, gateway_port),
+                admin=(admin_host, admin_port),
+                crawler_workers=crawler_workers,
+                archiver=with_archiver,
+            ),
         )
-        for i in range(crawler_workers):
-            sup.start(f"crawler-{i + 1}", "crawler")
-        sup.start("materializer", "materialize")
-        sup.start("streams", "streams")
-        if with_archiver:
-            sup.start("archiver", "archive")
         console.print(
             f"running; webhook URL http://{gateway_host}:{gateway_port}/webhook; dashboard "
             f"http://{admin_host}:{admin_port}/dashboard; logs in {sup.log_dir}; a component "

@@ -224,3 +224,31 @@ def read_state(path: Path) -> dict[str, Any] | None:
     pid = data.get("supervisor_pid")
     data["supervisor_running"] = isinstance(pid, int) and pid_alive(pid)
     return data
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """The components of one convsync deployment, as `convsync run` and the demo start them."""
+
+    gateway: tuple[str, int]  # webhook listener (host, port)
+    admin: tuple[str, int]  # admin API, dashboard and metrics listener (host, port)
+    crawler_workers: int = 1
+    streams_args: tuple[str, ...] = ()  # extra options of the streams worker
+    archiver: bool = False
+
+
+def start_pipeline(sup: Supervisor, pipeline: Pipeline) -> None:
+    """Start every component of ``pipeline`` under ``sup``."""
+    (host, port), (admin_host, admin_port) = pipeline.gateway, pipeline.admin
+    sup.start(
+        "gateway",
+        "gateway",
+        *("--host", host, "--port", str(port)),
+        *("--admin-host", admin_host, "--admin-port", str(admin_port)),
+    )
+    for i in range(pipeline.crawler_workers):
+        sup.start(f"crawler-{i + 1}", "crawler")
+    sup.start("materializer", "materialize")
+    sup.start("streams", "streams", *pipeline.streams_args)
+    if pipeline.archiver:
+        sup.start("archiver", "archive")

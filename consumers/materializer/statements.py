@@ -8,7 +8,7 @@ from psycopg import sql
 
 # Session-level scratch table; ON COMMIT DELETE ROWS empties it at every commit. One row
 # per conversation of the batch: what its events add (aggregated in Python by
-# store.fold_batch, times in ms since the epoch; counts from new events only, times and
+# folding.fold_batch, times in ms since the epoch; counts from new events only, times and
 # the greatest thread id from every copy), and whether the last message's text must be
 # read again (a new edit, or a stored message or edit whose merged text changed).
 CREATE_SCRATCH: Final = sql.SQL(
@@ -83,7 +83,7 @@ UPDATE_EVENT: Final = sql.SQL(
 )
 
 # The batch's new events straight into ``events`` (no staging copy of the wide rows).
-# The columns of an event row, in store.event_row's order.
+# The columns of an event row, in folding.event_row's order.
 EVENT_COLUMNS: Final = (
     "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
     "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",

@@ -268,7 +268,7 @@ def test_dashboard_data_has_live_figures(admin_env: AdminEnv) -> None:
     assert d["needs_reply"] == [{"page_id": "p9", "needs_reply": 1}]
     assert d["events_rows"] == 5
     assert d["rates"] and d["rates"][-1]["produced"] == 5
-    assert {lag["group"] for lag in d["lags"]} == {admin_env.materializer.group}
+    assert {lag["group"] for lag in d["lags"]} == {admin_env.materializer.config.group}
     assert d["dlq_recent"] == [] and d["errors"] == []
     # A poison record: the materializer dead-letters it and the dashboard lists it.
     produce(admin_env.settings, [b"not an envelope"], key=b"p9")

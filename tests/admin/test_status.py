@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from psycopg import sql
 
+from admin.counts import TableCount, count_rows, insert_rate, inserted_rows
 from admin.status import collect
 from convsync.db import connect
 from convsync.kafka import make_producer
+from convsync.settings import Settings
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 
@@ -69,3 +73,47 @@ def test_stalled_consumer_and_crawl_are_reported(
     assert any("page p1" in s for s in snap.stalled)
     assert not any("page p2" in s for s in snap.stalled)
     assert collect(settings, stall_after=7200).stalled == []
+
+
+def _conversations(settings: Settings, n: int) -> None:
+    # Its own connection, closed at once: a backend publishes its statistics on exit.
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.conversations (page_id, psid)"
+                " SELECT 'p1', 'u' || i FROM generate_series(1, %s) AS i"
+            ).format(sql.Identifier(settings.db_schema)),
+            (n,),
+        )
+
+
+def test_row_counts_are_exact_when_small_and_estimated_when_large(
+    make_schema: MakeSchema,
+) -> None:
+    settings = make_schema()
+    schema = settings.db_schema
+    _conversations(settings, 30)
+    with connect(settings) as conn:
+        assert count_rows(conn, schema, "conversations").rows == 30
+        assert not count_rows(conn, schema, "conversations").estimated
+        conn.execute(sql.SQL("ANALYZE {}.conversations").format(sql.Identifier(schema)))
+        # Above the bound the figure is Postgres's estimate (here exact: just analyzed).
+        large = count_rows(conn, schema, "conversations", exact_below=10)
+        assert large.estimated and large.rows == 30
+        assert count_rows(conn, schema, "no_such_table") == TableCount(0, False, 0)
+    snap = collect(settings)
+    assert snap.conversations_rows == 30 and snap.estimated == []
+    assert snap.events_per_second is None
+
+
+def test_the_insert_rate_is_measured_from_the_statistics(make_schema: MakeSchema) -> None:
+    settings = make_schema()
+    schema = settings.db_schema
+    with connect(settings) as conn:
+        first, since = inserted_rows(conn, schema, "conversations"), time.monotonic()
+        _conversations(settings, 200)
+        rate = insert_rate(conn, schema, "conversations", first, since, 0.2)
+        assert 0 < rate <= 200 / 0.2
+        assert inserted_rows(conn, schema, "conversations") - first == 200
+    snap = collect(settings, rate_window=0.3)
+    assert snap.events_per_second == 0.0 and snap.estimated == ["events_per_second"]

@@ -53,9 +53,10 @@ import psycopg
 from psycopg import sql
 
 from consumers.materializer.config import BatchConfig
+from consumers.materializer.folding import as_timestamp, event_row
 from consumers.materializer.rows import Position, stage_row
 from consumers.materializer.statements import EVENT_COLUMNS
-from consumers.materializer.store import Store, as_timestamp, event_row
+from consumers.materializer.store import Store
 from convsync.db import connect
 from convsync.kafka import admin_client, ensure_topics, make_producer, topic_specs
 from convsync.settings import Settings

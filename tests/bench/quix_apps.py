@@ -39,9 +39,9 @@ from quixstreams import Application, State, message_context
 from quixstreams.models import SerializationContext, Serializer
 from quixstreams.state.rocksdb import RocksDBOptions
 
+from consumers.materializer.folding import event_row
 from consumers.materializer.rows import Position, stage_row
 from consumers.materializer.statements import EVENT_COLUMNS
-from consumers.materializer.store import event_row
 from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope

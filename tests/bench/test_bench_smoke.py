@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def run_bench(stack: Settings, module: str, *args: str) -> str:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     out = done.stdout + done.stderr
@@ -66,6 +67,37 @@ def test_the_many_pages_crawl_bench_prints_the_rate_bound(stack_settings: Settin
     )
     assert "(d) 4 pages at 2 calls/s each, 2 workers: wall " in out, out
     assert "us/message" in out, out
+
+
+def test_the_read_path_bench_prints_its_queries_and_ratios(stack_settings: Settings) -> None:
+    schema = f"rp_smoke_{uuid.uuid4().hex[:8]}"
+    try:
+        out = run_bench(
+            stack_settings, "read_path", "--schema", schema, "generate", "--events", "3000",
+            "--pages", "3", "--conversations", "150", "--jobs", "1",
+        )  # fmt: skip
+        assert "migrations 0008_read_path.sql" in out, out
+        assert "B/event" in out, out
+        out = run_bench(stack_settings, "read_path", "--schema", schema, "queries", "--n", "3")
+        for kind in ("needs_reply_first", "needs_reply_deep", "messages_before", "tag"):
+            assert f"SQL {kind}" in out and f"API {kind}" in out, out
+        assert "CLI status (collect)" in out, out
+        out = run_bench(
+            stack_settings, "read_path", "--schema", schema, "load", "--readers", "3",
+            "--seconds", "3", "--read-seconds", "2", "--rate", "300", "--backlog", "1500",
+        )  # fmt: skip
+        assert "ingest under read load / alone (ingest + SQL readers) = " in out, out
+        assert "drain capacity with SQL readers / alone = " in out, out
+        assert "p99 ms by query:" in out, out
+    finally:
+        run_bench(stack_settings, "read_path", "--schema", schema, "drop")
+
+
+def test_the_cost_bench_prints_growth_per_component(stack_settings: Settings) -> None:
+    out = run_bench(stack_settings, "bench_cost", "--sizes", "400,800")
+    for component in ("materializer", "streams", "crawler"):
+        assert f"{component} " in out and "CPU s per 100k" in out, out
+    assert out.count("growth") == 3, out
 
 
 def test_the_import_bench_prints_memory_and_rate_ratios(stack_settings: Settings) -> None:

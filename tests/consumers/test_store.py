@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from consumers.materializer import statements
+from consumers.materializer.folding import RowKey, Stored, fold_batch, shard_batch
 from consumers.materializer.rows import Position, StageRow, stage_row
-from consumers.materializer.store import RowKey, Store, Stored, fold_batch, shard_batch
+from consumers.materializer.store import Store
 from convsync.errors import PoisonError, RetryableError
 from schemas.copies import merged_rows, rest_rank
 from schemas.envelope import Envelope

@@ -1,0 +1,236 @@
+"""`convsync demo`: the whole pipeline on the local stack against a simulated Meta.
+
+It starts the stack, a fake Graph API with simulated pages, the gateway, crawler workers,
+the materializer and the streams worker (as `convsync run` starts them); backfills every
+page while signed webhooks for the same pages flow; shows live progress; and ends by
+comparing Postgres with the truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+from psycopg import sql
+from pydantic import SecretStr
+
+from admin.status import Status, collect
+from cli.demo.compare import Comparison, compare
+from cli.demo.options import (
+    ADMIN_TOKEN,
+    APP_SECRET,
+    DEMO_PREFIX,
+    DEMO_SCHEMA,
+    VERIFY_TOKEN,
+    DemoOptions,
+    TruthRow,
+    WebhookTally,
+)
+from cli.demo.traffic import GraphThread, send_webhooks
+from cli.demo.view import progress, summary
+from cli.supervisor import STATE_FILE, Pipeline, Supervisor, start_pipeline
+from convsync.db import connect
+from convsync.errors import ConvsyncError
+from convsync.kafka import admin_client, ensure_topics, topic_specs
+from convsync.settings import Settings
+from deploy.ports import free_ports
+from deploy.simulator.graph_api import GraphWorld, token_for
+from schemas.migrate import apply_migrations
+
+
+def reset(settings: Settings) -> None:
+    """Drop the demo's topics and schema, then create them afresh."""
+    admin: AdminClient = admin_client(settings)
+    names = [s.name for s in topic_specs(settings)]
+    existing = set(admin.list_topics(timeout=10).topics)
+    doomed = [n for n in names if n in existing]
+    doomed += [
+        t
+        for t in existing
+        if t.startswith(f"{settings.topic_prefix}-") or t.startswith(f"_{settings.topic_prefix}")
+    ]
+    if doomed:
+        for fut in admin.delete_topics(doomed, operation_timeout=30).values():
+            fut.result(timeout=30)
+        deadline = time.monotonic() + 30
+        while set(doomed) & set(admin.list_topics(timeout=10).topics):
+            if time.monotonic() > deadline:
+                raise ConvsyncError(f"topics still present after delete: {doomed}")
+            time.sleep(0.3)
+    ensure_topics(admin, topic_specs(settings))
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.db_schema))
+        )
+        apply_migrations(conn, schema=settings.db_schema)
+
+
+@contextlib.contextmanager
+def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict[str, Any]]:
+    """Start the fake Meta and every component; stop them all on exit."""
+    world = GraphWorld.generate(
+        seed=opts.seed,
+        pages=opts.pages,
+        conversations=opts.conversations,
+        max_messages=opts.max_messages,
+    )
+    graph = GraphThread(world)
+    graph_url = graph.start()
+    gateway_port = free_ports()
+    admin_port = free_ports()
+    tokens = {p: token_for(p) for p in world.page_ids}
+    # Secrets go through the environment, never the command line.
+    env = {
+        "CONVSYNC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+        "CONVSYNC_KAFKA_EXTRA": json.dumps(base.kafka_extra_values()),
+        "CONVSYNC_DATABASE_URL": base.database_url.get_secret_value(),
+        "CONVSYNC_TOPIC_PREFIX": base.topic_prefix,
+        "CONVSYNC_DB_SCHEMA": base.db_schema,
+        "CONVSYNC_PARTITIONS": str(base.partitions),
+        "CONVSYNC_APP_SECRET": APP_SECRET,
+        "CONVSYNC_VERIFY_TOKEN": VERIFY_TOKEN,
+        "CONVSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+        "CONVSYNC_GRAPH_URL": graph_url,
+        "CONVSYNC_PAGE_TOKENS": json.dumps(tokens),
+        "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(opts.calls_per_second),
+    }
+    logs = state_dir / "demo-logs"
+    sup = Supervisor(env, logs, fresh_logs=True, state_file=logs / STATE_FILE)
+    try:
+        start_pipeline(
+            sup,
+            Pipeline(
+                gateway=("127.0.0.1", gateway_port),
+                admin=("127.0.0.1", admin_port),
+                crawler_workers=opts.crawler_workers,
+                streams_args=(
+                    *("--web-port", str(free_ports())),
+                    *("--data-dir", str(state_dir / "demo-streams")),
+                ),
+            ),
+        )
+        yield {
+            "world": world,
+            "supervisor": sup,
+            "graph_url": graph_url,
+            "gateway": f"http://127.0.0.1:{gateway_port}",
+            "admin": f"http://127.0.0.1:{admin_port}",
+            "env": env,
+        }
+    finally:
+        sup.stop()
+        graph.stop()
+
+
+def wait_ready(url: str, *, timeout: float = 60.0) -> None:
+    """Wait until the gateway's /readyz answers 200. Raises ConvsyncError."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:  # noqa: S310 - our URL
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise ConvsyncError(f"the gateway at {url} did not become ready in {timeout:.0f}s")
+
+
+def demo_settings(base: Settings) -> Settings:
+    """Return ``base`` pointed at the demo's own topics and schema."""
+    return base.model_copy(
+        update={
+            "topic_prefix": DEMO_PREFIX,
+            "db_schema": DEMO_SCHEMA,
+            "app_secret": SecretStr(APP_SECRET),
+        }
+    )
+
+
+def crawl_done(snap: Status, pages: list[str]) -> bool:
+    """Return True when every page's crawl finished (done or failed)."""
+    states = {str(c.get("page_id")): str(c.get("status")) for c in snap.crawls}
+    return all(states.get(p) in ("done", "failed") for p in pages)
+
+
+def run_demo(
+    opts: DemoOptions, *, base: Settings, state_dir: Path, stay: bool = False
+) -> Comparison:
+    """Run the demo end to end; return the comparison with the truth.
+
+    With ``stay``, everything keeps running after the summary (the dashboard stays
+    live) until Ctrl-C.
+
+    A component that exits is restarted by the supervisor (the table shows how often).
+    Raises :class:`ConvsyncError` when the run times out.
+    """
+    from rich.console import Console
+    from rich.live import Live
+
+    from producers.crawler.request import new_request, submit
+
+    console = Console()
+    settings = demo_settings(base)
+    console.print(f"resetting demo topics ({DEMO_PREFIX}.*) and schema {DEMO_SCHEMA}")
+    reset(settings)
+    started = time.monotonic()
+    with running(opts, settings, state_dir) as ctx:
+        world: GraphWorld = ctx["world"]
+        sup: Supervisor = ctx["supervisor"]
+        wait_ready(ctx["gateway"])
+        pages = world.page_ids
+        truth: set[TruthRow] = set()
+        for p in pages:
+            truth |= {tuple(r) for r in world.expected(p)["messages"]}
+            submit(settings, new_request(p, full=True))
+        tally = WebhookTally()
+        sender = threading.Thread(
+            target=send_webhooks,
+            args=(f"{ctx['gateway']}/webhook", world, opts, tally),
+            daemon=True,
+        )
+        sender.start()
+        deadline = time.monotonic() + opts.timeout
+        with Live(console=console, refresh_per_second=2) as live:
+            while True:
+                snap = collect(settings)
+                sup.watch()
+                live.update(progress(snap, pages, tally, sup, started))
+                settled = (
+                    tally.done
+                    and crawl_done(snap, pages)
+                    and snap.errors == []
+                    and snap.lags
+                    and sum(snap.lag_by_group().values()) == 0
+                )
+                if settled:
+                    break
+                if time.monotonic() > deadline:
+                    restarted = ", ".join(
+                        f"{c.name} {c.restarts}x" for c in sup.components if c.restarts
+                    )
+                    raise ConvsyncError(
+                        f"the demo did not settle in {opts.timeout:.0f}s"
+                        + (f" (restarted: {restarted}; logs in {sup.log_dir})" if restarted else "")
+                    )
+                time.sleep(0.5)
+        if tally.error:
+            raise ConvsyncError(f"webhook sender failed: {tally.error}")
+        truth |= tally.truth
+        result = compare(settings, truth, tally.read_watermarks)
+        summary(console, snap, result, tally, time.monotonic() - started, ctx)
+        if stay:
+            console.print("still running for the dashboard; Ctrl-C stops everything")
+            while True:
+                sup.watch()
+                time.sleep(1)
+    return result
