@@ -468,12 +468,14 @@ def _register_components() -> None:
     from cli.archiver import register as register_archiver
     from cli.crawler import register as register_crawler
     from cli.gateway import register as register_gateway
+    from cli.importer import register as register_importer
     from cli.materializer import register as register_consumers
     from cli.streams import register as register_streams
 
     for register in (register_gateway, register_crawler, register_consumers, register_streams):
         register(app)
     register_archiver(app)
+    register_importer(app)
 
 
 _register_components()

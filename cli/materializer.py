@@ -39,9 +39,24 @@ def materialize(
             help="Postgres connections writing each batch in parallel, split by partition.",
         ),
     ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of /metrics and /healthz, or 'off' [default: 127.0.0.1:9463].",
+            envvar="CONVSYNC_MATERIALIZER_METRICS_ADDR",
+        ),
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Same as --metrics-addr 127.0.0.1:PORT.")
+    ] = None,
+    stale_after: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="/healthz answers 503 once the consume loop has not gone round this long (s).",
+            envvar="CONVSYNC_MATERIALIZER_STALE_AFTER",
+        ),
+    ] = 120.0,
     instance_id: Annotated[
         str | None,
         typer.Option(
@@ -61,6 +76,23 @@ def materialize(
     settings = load_settings()
     tune_for_batches()
     defaults = BatchConfig()
+    from consumers.materializer import metrics as mat_metrics
+    from convsync.observe import Heartbeat, start_observer
+
+    if metrics_port is not None:
+        metrics_addr = f"127.0.0.1:{metrics_port}"
+    mat_metrics.HEARTBEAT = Heartbeat(stale_after)
+    try:
+        served = start_observer(
+            metrics_addr,
+            default="127.0.0.1:9463",
+            setting="CONVSYNC_MATERIALIZER_METRICS_ADDR",
+            heartbeat=mat_metrics.HEARTBEAT,
+            name="materializer",
+        )
+    except ConvsyncError as e:
+        Console(stderr=True).print(f"[red]materialize failed:[/] {e}")
+        raise typer.Exit(2) from e
     # The materializer gets what it needs of the settings, and nothing else.
     config = MaterializerConfig.from_settings(
         settings,
@@ -72,12 +104,8 @@ def materialize(
             writers=writers or defaults.writers,
         ),
         instance_id=instance_id,
-        report_lag=metrics_port is not None,
+        report_lag=served is not None,
     )
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1")
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:

@@ -13,10 +13,29 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def streams(
-        web_port: Annotated[int, typer.Option(help="Port of the stats/metrics web view.")] = 6066,
-        web_host: Annotated[str, typer.Option(help="Listen address of the web view.")] = (
-            "127.0.0.1"
-        ),
+        metrics_addr: Annotated[
+            str | None,
+            typer.Option(
+                help="host:port of the web view: /metrics, /healthz, /stats/ "
+                "[default: 127.0.0.1:9464].",
+                envvar="CONVSYNC_STREAMS_METRICS_ADDR",
+            ),
+        ] = None,
+        web_port: Annotated[
+            int | None, typer.Option(help="Port of the web view (overrides --metrics-addr's).")
+        ] = None,
+        web_host: Annotated[
+            str | None,
+            typer.Option(help="Address of the web view (overrides --metrics-addr's)."),
+        ] = None,
+        stale_after: Annotated[
+            float,
+            typer.Option(
+                min=1,
+                help="/healthz answers 503 once a batch has been folding this long (s).",
+                envvar="CONVSYNC_STREAMS_STALE_AFTER",
+            ),
+        ] = 120.0,
         data_dir: Annotated[
             Path | None, typer.Option(help="faust data folder (default <state-dir>/streams).")
         ] = None,
@@ -35,15 +54,22 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the faust worker publishing conversation changes and per-page statistics."""
         from cli.common import console, load_settings
-        from convsync.errors import ConvsyncError
+        from convsync.errors import ConfigError, ConvsyncError
+        from convsync.observe import parse_addr
         from streams.app import StreamConfig
         from streams.worker import run_worker
 
         try:
+            setting = "CONVSYNC_STREAMS_METRICS_ADDR"
+            # faust always serves its web view: 'off' is not an address here.
+            addr = parse_addr(metrics_addr or "127.0.0.1:9464", setting=setting)
+            if addr is None:
+                raise ConfigError(f"{setting}: the streams worker's web view cannot be off")
             settings = load_settings()
             config = StreamConfig(
-                web_port=web_port,
-                web_host=web_host,
+                web_port=addr[1] if web_port is None else web_port,
+                web_host=addr[0] if web_host is None else web_host,
+                stale_after=stale_after,
                 data_dir=data_dir or settings.state_dir / "streams",
                 replication_factor=replication_factor or 0,
                 batch_size=batch_size,

@@ -31,4 +31,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# promtool checks and unit-tests deploy/prometheus/alerts.yaml (tests/deploy/test_alerts.py),
+# built from the Prometheus module by Go; without Go, Debian's prometheus package has one.
+PROMTOOL_VERSION=v0.316.0
+if [ ! -x .venv/bin/promtool ]; then
+  if command -v go >/dev/null; then
+    echo "bootstrap: building promtool $PROMTOOL_VERSION" >&2
+    GOBIN="$PWD/.venv/bin" go install "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
+  else
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    command -v promtool >/dev/null || {
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    }
+    ln -sf "$(command -v promtool)" .venv/bin/promtool
+  fi
+fi
+
 .venv/bin/python -c "from deploy.kafka_local import ensure_jars; print('bootstrap: kafka jars in', ensure_jars())" >&2

@@ -23,9 +23,12 @@ idempotent, and a stored row merged with a new copy is the merge of all of them)
 * ``direction``: a known direction over none, then the greatest;
 * ``thread_id``: the greatest non-null one;
 * everything else (source, mid, watermark, attrs, payload and where the copy was read):
-  the copy that is greatest by :func:`rest_rank`: the webhook's copy over the crawler's,
-  then the greater :func:`copy_digest` (the sha256 of the copy's canonical JSON), so no
-  two different copies rank equal.
+  the copy that is greatest by :func:`rest_rank`: the webhook's copy over the crawler's
+  over an imported one (``source = import``), then the greater :func:`copy_digest` (the
+  sha256 of the copy's canonical JSON), so no two different copies rank equal. Meta's
+  own copies rank first: the webhook's raw item is what Meta sent, the crawler's what
+  Graph answers, while an import is another system's re-encoding of it (its fields
+  were chosen by an export query), so it fills a row only until Meta's copy arrives.
 """
 
 from __future__ import annotations
@@ -100,16 +103,19 @@ def copy_digest(event: Envelope) -> str:
     return hashlib.sha256(canonical_json(fields)).hexdigest()[:32]
 
 
-RestRank = tuple[bool, str]
+RestRank = tuple[int, str]
+# The rank of each source for the fields that are not merged (higher wins).
+SOURCE_RANK: Final[dict[str, int]] = {"webhook": 2, "crawler": 1, "import": 0}
 
 
 def rest_rank(source: str, digest: str | None) -> RestRank:
-    """Order of copies for the fields that are not merged: webhook first, then digest.
+    """Order of copies for the fields that are not merged: webhook, crawler, import,
+    then digest.
 
     ``digest`` is None for rows stored before digests were kept: they rank below any copy
-    of the same source.
+    of the same source. An unknown source ranks below every known one.
     """
-    return (source == "webhook", digest or "")
+    return (SOURCE_RANK.get(source, -1), digest or "")
 
 
 def text_key(kind: str, occurred_at: int, num_edit: int | None) -> int:

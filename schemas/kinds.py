@@ -17,6 +17,7 @@ EventKind = Literal[
     "unknown",
 ]
 Direction = Literal["inbound", "outbound"]
-Source = Literal["webhook", "crawler"]
+# import: a message loaded from another inbox's history (`convsync import`).
+Source = Literal["webhook", "crawler", "import"]
 
 EVENT_KINDS: Final[tuple[EventKind, ...]] = get_args(EventKind)

@@ -16,9 +16,10 @@ from typing import Any, Final, NoReturn
 import faust
 from faust.serializers import codecs
 from faust.streams import _current_event
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from convsync.errors import PoisonError
+from convsync.observe import Heartbeat
 from convsync.settings import Settings
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
@@ -29,6 +30,7 @@ from streams.deadletter import dead_letter, too_large
 from streams.held import track_partitions
 from streams.side import DecodedStates, TableSide
 from streams.stats import PageStats, StatsCollector
+from streams.web import LagCollector, add_views
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class StreamConfig:
     batch_within: float = 0.2  # seconds to wait for a batch to fill
     commit_interval: float = 1.0
     processing_guarantee: str = "at_least_once"
+    # /healthz answers 503 once a batch has been folding this long (seconds).
+    stale_after: float = 120.0
 
 
 def app_id(settings: Settings) -> str:
@@ -467,21 +471,26 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
     folder = Folder(app, settings, stats)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats))
+    registry.register(LagCollector(app, app_id(settings), settings.topic("events")))
     source = app.topic(settings.topic("events"), key_serializer="raw", value_serializer="raw")
+    health = Heartbeat(config.stale_after)
+    folding = [False]
 
     @app.agent(source, name="fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
         # take_events() is on the concrete Stream, not on the StreamT interface.
         assert isinstance(stream, faust.Stream)
         async for batch in stream.take_events(config.batch_size, within=config.batch_within):
+            folding[0] = True
             await fold_batch(folder, batch)
+            folding[0] = False
+            health.beat("folding")
 
-    @app.page("/stats/")
-    async def stats_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.json({"emitted": folder.emitted, **stats.snapshot()})
-
-    @app.page("/metrics")
-    async def metrics_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
-
+    add_views(
+        app,
+        registry=registry,
+        health=health,
+        folding=lambda: folding[0],
+        stats=lambda: {"emitted": folder.emitted, **stats.snapshot()},
+    )
     return app

@@ -8,6 +8,7 @@ import threading
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from consumers.materializer import metrics as m
 from consumers.materializer.batch import Batch
 from consumers.materializer.checkpoint import Checkpoint
 from consumers.materializer.config import DEFAULT_GROUP, BatchConfig, MaterializerConfig
@@ -125,6 +126,7 @@ class Materializer:
         )
         try:
             while not self.stopping:
+                m.HEARTBEAT.beat("consuming")
                 self._poll_once(consumer)
             self._commit()
         finally:

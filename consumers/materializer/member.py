@@ -83,7 +83,7 @@ class Member:
     def release(self, partitions: set[int]) -> None:
         """Forget ``partitions`` (revoked, lost): no more commits or lag for them."""
         self.owned -= partitions
-        self._tally.forget_lag(self.topic, partitions)
+        self._tally.forget_lag(self.topic, partitions, self._config.dlq_topic)
 
     def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit the next ``offsets`` of owned partitions to Kafka, asynchronously: for
@@ -107,7 +107,11 @@ class Member:
         if time.monotonic() - self._last_lag < self._config.batch.lag_interval:
             return
         self._last_lag = time.monotonic()
-        self._tally.lag(self.topic, lag(self.consumer, self.topic, sorted(self.owned)))
+        owned = sorted(self.owned)
+        self._tally.lag(self.topic, lag(self.consumer, self.topic, owned))
+        self._tally.dlq_ends(
+            self._config.dlq_topic, _ends(self.consumer, self._config.dlq_topic, owned)
+        )
 
     def serve(self, seconds: float) -> None:
         """Wait ``seconds`` while staying in the group: fetching paused, the consumer
@@ -145,3 +149,22 @@ def _on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None
 
 def _on_error(err: KafkaError) -> None:
     log.warning("kafka: %s", err)
+
+
+def _ends(
+    consumer: Consumer, topic: str, partitions: list[int], *, timeout: float = 1.0
+) -> dict[int, int]:
+    """Return the high watermark of each of ``partitions`` of ``topic``; one quick query
+    each, for monitoring: a partition that does not answer (or exist) is left out."""
+    out: dict[int, int] = {}
+    for p in partitions:
+        try:
+            marks = consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=timeout, cached=False
+            )
+        except KafkaException as e:
+            log.info("end offset of %s[%s] unknown: %s", topic, p, e)
+            continue
+        if marks is not None:
+            out[p] = int(marks[1])
+    return out

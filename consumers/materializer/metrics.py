@@ -1,5 +1,5 @@
-"""What the materializer counts: its Totals and the Prometheus metrics (served with
---metrics-port), both kept by one Tally."""
+"""What the materializer counts: its Totals and the Prometheus metrics (served on
+--metrics-addr), both kept by one Tally, and the heartbeat /healthz reads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from convsync.observe import Heartbeat
 
 if TYPE_CHECKING:
     from consumers.materializer.store import BatchResult
@@ -54,6 +56,18 @@ LAG: Final = Gauge(
     "Records behind the partition's high watermark.",
     ["group", "topic", "partition"],
 )
+# Every writer of dead letters (materializer, streams, crawler) shows in one number: the
+# DLQ's end offsets, each reported by the member owning the events partition of the same
+# number (the topics have as many partitions), refreshed with the lag.
+DLQ_END: Final = Gauge(
+    "convsync_dlq_end_offset",
+    "High watermark of a dead-letter topic partition: records ever written to it.",
+    ["topic", "partition"],
+)
+
+# The consume loop beats on every round (idle ones too) and on every retry of an outage;
+# /healthz reads it. The command replaces it with one of its own staleness (--stale-after).
+HEARTBEAT: Heartbeat = Heartbeat()
 
 
 @dataclass(slots=True)
@@ -79,6 +93,8 @@ class Tally:
         """An attempt failed for a passing reason and will be retried."""
         RETRIES.labels(self.group).inc()
         self.totals.retries += 1
+        # Retrying an outage is a live loop (/healthz); the lag says it makes no progress.
+        HEARTBEAT.beat("retrying")
 
     def dead_lettered(self) -> None:
         """A record Postgres refused was dead-lettered (decoding poison is counted by
@@ -111,9 +127,17 @@ class Tally:
         for p, n in lags.items():
             LAG.labels(self.group, topic, str(p)).set(n)
 
-    def forget_lag(self, topic: str, partitions: set[int]) -> None:
-        """Remove the lag gauges of partitions this member no longer owns."""
+    def dlq_ends(self, topic: str, ends: dict[int, int]) -> None:
+        """Set the DLQ end-offset gauge of each partition of ``ends``."""
+        for p, n in ends.items():
+            DLQ_END.labels(topic, str(p)).set(n)
+
+    def forget_lag(self, topic: str, partitions: set[int], dlq_topic: str | None = None) -> None:
+        """Remove the lag (and DLQ end) gauges of partitions this member no longer owns."""
         for p in partitions:
             # A gauge that was never set for this partition has nothing to remove.
             with contextlib.suppress(KeyError):
                 LAG.remove(self.group, topic, str(p))
+            if dlq_topic is not None:
+                with contextlib.suppress(KeyError):
+                    DLQ_END.remove(dlq_topic, str(p))

@@ -29,7 +29,7 @@ from convsync.gctune import freeze_startup
 from convsync.http import listen, make_runner
 from convsync.logs import setup_logging
 from convsync.settings import Settings
-from producers.webhook.app import make_app, start_runner
+from producers.webhook.app import GATEWAY, make_app, start_runner
 from producers.webhook.metrics import SHARED_DIR_ENV, Metrics
 from producers.webhook.settings import GatewaySettings
 
@@ -66,6 +66,10 @@ def serve(
     metrics = Metrics()
     app = make_app(settings, gateway, metrics=metrics)
     private_app = private.make_app(metrics) if private is not None else None
+    if private_app is not None:
+        # The same /healthz as the webhook port's, next to /metrics: monitoring reaches
+        # every component on one private address (docs/operations.md).
+        private_app.router.add_get("/healthz", app[GATEWAY].healthz)
 
     async def freeze_after_startup(_app: web.Application) -> None:
         # Runs after the app's start-up (the producer is created by then), before the

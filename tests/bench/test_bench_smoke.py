@@ -98,3 +98,10 @@ def test_the_cost_bench_prints_growth_per_component(stack_settings: Settings) ->
     for component in ("materializer", "streams", "crawler"):
         assert f"{component} " in out and "CPU s per 100k" in out, out
     assert out.count("growth") == 3, out
+
+
+def test_the_import_bench_prints_memory_and_rate_ratios(stack_settings: Settings) -> None:
+    out = run_bench(stack_settings, "bench_import", "--lines", "20")
+    for n in (20, 200, 2000):
+        assert f"\n{n:>8} " in f"\n{out}", out
+    assert out.count(", peak ") == 3 and out.count(", rate ") == 3, out

@@ -95,3 +95,17 @@ def test_the_admin_port_is_never_exposed() -> None:
     assert "--admin-port=8081" in gateway["command"]
     assert "127.0.0.1:8081:8081" in gateway["ports"]
     assert not any(p.endswith(":8081") and not p.startswith("127.0.0.1:") for p in gateway["ports"])
+
+
+@pytest.mark.parametrize(("name", "port"), [("materializer", 9463), ("streams", 9464)])
+def test_metrics_and_healthz_are_served_in_the_cluster(name: str, port: int) -> None:
+    [deployment] = _docs(K8S / f"{name}.yaml")
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    [container] = pod["spec"]["containers"]
+    assert f"--metrics-addr=0.0.0.0:{port}" in container["args"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": port}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"][name]
+    assert f"--metrics-addr=0.0.0.0:{port}" in compose["command"]
+    assert compose["ports"] == [f"127.0.0.1:{port}:{port}"]

@@ -33,14 +33,15 @@ def facts(draw: st.DrawFn) -> Envelope:
     # One mid is one message: one user, time, text and direction. Its copies differ by
     # what their source knows: the webhook's has the time in ms; the crawler's has
     # Graph's whole seconds, the thread id, and past Graph's detail window no sender
-    # (direction) and no text.
+    # (direction) and no text; an imported one (another inbox's history) has the time in
+    # ms, text and direction, no thread id.
     psid = "u1" if n_mid % 2 else "u2"
     t = 1_000_000 + (n_mid * 7) % 11 * 1_000 + (n_mid * 373) % 1_000
     if kind == "message":
-        source = draw(st.sampled_from(["webhook", "crawler", "crawler_bare"]))
+        source = draw(st.sampled_from(["webhook", "crawler", "crawler_bare", "import"]))
         direction = "inbound" if n_mid % 3 else "outbound"
         text = [None, "hi", "yo"][n_mid % 3]
-        if source != "webhook":
+        if source in ("crawler", "crawler_bare"):
             t -= t % 1_000
         if source == "crawler_bare":
             direction, text = None, None
@@ -50,10 +51,12 @@ def facts(draw: st.DrawFn) -> Envelope:
             psid=psid,
             mid=mid,
             occurred_at=t,
-            source="webhook" if source == "webhook" else "crawler",
+            source="crawler" if source == "crawler_bare" else source,  # type: ignore[arg-type]
             direction=direction,  # type: ignore[arg-type]
             text=text,
-            thread_id=None if source == "webhook" else draw(st.sampled_from([None, f"t_{psid}"])),
+            thread_id=(
+                draw(st.sampled_from([None, f"t_{psid}"])) if source.startswith("crawler") else None
+            ),
             raw={},
         )
     psid = draw(st.sampled_from(["u1", "u2"]))
