@@ -64,10 +64,11 @@ def test_every_alert_is_there_with_its_runbook_section() -> None:
 def test_the_crawler_metrics_the_rules_read_are_in_the_documented_contract() -> None:
     contract = crawler_contract()
     assert contract >= {
-        "convsync_crawls",
+        "convsync_crawler_crawls",
         "convsync_pages_needing_reconnect",
-        "convsync_reconcile_age_seconds",
-        "convsync_webhook_silent_pages",
+        "convsync_crawler_reconcile_age_seconds",
+        "convsync_crawler_pages_silent",
+        "convsync_crawler_reconcile_period_seconds",
     }
     crawler_rules = {
         "ConvsyncCrawlStalled",
