@@ -38,6 +38,7 @@ _KIND, _MID, _DIRECTION = _COL["kind"], _COL["mid"], _COL["direction"]
 _SEQ, _PARTITION = _COL["seq"], _COL["partition"]
 _TEXT, _SOURCE = _COL["text"], _COL["source"]
 _NUM_EDIT, _DIGEST = _COL["num_edit"], _COL["copy_digest"]
+_PLATFORM, _USER_REF = _COL["platform"], _COL["user_ref"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -51,11 +52,11 @@ def event_row(row: StageRow) -> tuple[object, ...]:
     """The ``COPY_EVENTS`` columns of a staging row."""
     (_, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, watermark_ms,
      thread_id, source, attrs, payload, topic, partition, offset, num_edit,
-     digest) = row  # fmt: skip
+     digest, platform, _) = row  # fmt: skip
     return (
         event_id, page_id, psid, kind, mid, as_timestamp(occurred_ms), direction, text,
         as_timestamp(watermark_ms), thread_id, source, attrs, payload, topic, partition, offset,
-        num_edit, digest,
+        num_edit, digest, platform,
     )  # fmt: skip
 
 
@@ -155,10 +156,14 @@ class ConversationDelta:
     # A new edit of a message (with a mid) was stored, or a stored message was replaced
     # by a better copy: the last message's text may change.
     recheck: bool = False
+    # The least platform of its copies (FOLD_CONVERSATIONS keeps the least).
+    platform: str = "messenger"
 
     def add(self, row: StageRow, *, again: bool = False) -> None:
         """Add one event; ``again``: a copy of its id is stored or already added (then
         only a message copy adds anything: its times, not its count)."""
+        if row[_PLATFORM] < self.platform:
+            self.platform = row[_PLATFORM]
         kind = row[_KIND]
         if kind == "message":
             at: int = row[_OCCURRED]
@@ -202,6 +207,8 @@ class FoldedBatch:
     # Stored rows the batch's copies change, by (event id, psid).
     upgrades: dict[RowKey, Upgrade]
     deltas: dict[tuple[str, str], ConversationDelta]
+    # (page, user_ref, psid) -> the earliest (time in ms, event id) that revealed it.
+    links: dict[tuple[str, str, str], tuple[int, str]]
 
 
 def fold_batch(rows: Sequence[StageRow], stored: Mapping[RowKey, Stored]) -> FoldedBatch:
@@ -211,8 +218,15 @@ def fold_batch(rows: Sequence[StageRow], stored: Mapping[RowKey, Stored]) -> Fol
     new: dict[RowKey, StageRow] = {}
     upgrades: dict[RowKey, Upgrade] = {}
     deltas: dict[tuple[str, str], ConversationDelta] = {}
+    links: dict[tuple[str, str, str], tuple[int, str]] = {}
     for row in rows:
         key = (row[_PAGE_ID], row[_PSID])
+        ref = row[_USER_REF]
+        if ref is not None:
+            link = (row[_PAGE_ID], ref, row[_PSID])
+            seen = (row[_OCCURRED], row[_EVENT_ID])
+            if link not in links or seen < links[link]:
+                links[link] = seen
         delta = deltas.get(key)
         if delta is None:
             delta = deltas[key] = ConversationDelta()
@@ -245,7 +259,21 @@ def fold_batch(rows: Sequence[StageRow], stored: Mapping[RowKey, Stored]) -> Fol
         else:
             new[row_key] = row
             delta.add(row)
-    return FoldedBatch(list(new.values()), upgrades, deltas)
+    return FoldedBatch(list(new.values()), upgrades, deltas, links)
+
+
+def _link_columns(
+    links: Mapping[tuple[str, str, str], tuple[int, str]],
+) -> tuple[list[object], ...]:
+    """The ``UPSERT_USER_REFS`` parameters: one array per column."""
+    ordered = sorted(links.items())
+    return (
+        [page for (page, _, _), _ in ordered],
+        [ref for (_, ref, _), _ in ordered],
+        [psid for (_, _, psid), _ in ordered],
+        [as_timestamp(ms) for _, (ms, _) in ordered],
+        [event_id for _, (_, event_id) in ordered],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +392,7 @@ class _Session:
                                 copy.write_row(
                                     (page_id, psid, d.thread_id, d.n_msg, d.first_ms,
                                      d.last_ms, d.in_ms, d.out_ms, d.read_ms, d.deliv_ms,
-                                     d.last_event, d.recheck)
+                                     d.last_event, d.recheck, d.platform)
                                 )  # fmt: skip
                 with conn.cursor() as fold:
                     with conn.pipeline():
@@ -374,6 +402,9 @@ class _Session:
                             # 5. Fold the deltas into conversations; unchanged rows are
                             #    not touched.
                             fold.execute(st.FOLD_CONVERSATIONS, prepare=False)
+                        if folded.links:
+                            # 5b. Guests' user_refs linked to the PSIDs Meta revealed.
+                            conn.execute(st.UPSERT_USER_REFS, _link_columns(folded.links))
                         # 6. Move the resume cursor of every partition in the batch.
                         conn.execute(st.UPSERT_OFFSETS, (group, topic, parts, offsets))
                         # 7. Commit rows and offsets together (or neither: any error
