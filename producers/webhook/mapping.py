@@ -102,11 +102,16 @@ def _user(item: Item, page_id: str) -> str:
     return psid
 
 
-def _links(item: Item, side: str) -> dict[str, Any]:
-    # A user_ref next to an id: Meta revealed the PSID of a guest; the materializer
-    # records the link (user_refs).
-    ref = user_ref_of(item, side)
-    return {} if ref is None else {"user_ref": ref}
+def _with_link(fact: Fact, item: Item) -> Fact:
+    # A user_ref next to the user's id (either side): Meta revealed the PSID of a guest;
+    # the materializer records the link (user_refs).
+    if "user_ref" in fact.attrs:
+        return fact
+    for side in ("sender", "recipient"):
+        ref = user_ref_of(item, side)
+        if ref is not None and party(item, side) == fact.psid:
+            return msgspec.structs.replace(fact, attrs={**fact.attrs, "user_ref": ref})
+    return fact
 
 
 def _message(item: Item, message: dict[str, Any], page_id: str) -> Fact:
@@ -121,14 +126,14 @@ def _message(item: Item, message: dict[str, Any], page_id: str) -> Fact:
         if psid == page_id:
             raise ItemDefectError("the recipient of an echo is the page itself")
         direction = "outbound"
-        attrs = {**_links(item, "recipient"), "is_echo": True}
+        attrs = {"is_echo": True}
         for key in ("app_id", "metadata"):
             if message.get(key) is not None:
                 attrs[key] = message[key]
     else:
         psid = _user(item, page_id)
         direction = "inbound"
-        attrs = _links(item, "sender")
+        attrs = {}
     if message.get("is_deleted") is True:
         # Instagram's unsend: the message is marked deleted, never dropped.
         return Fact("unsend", psid, {**attrs, "is_deleted": True}, direction, mid)
@@ -278,8 +283,6 @@ def _optin(item: Item, body: dict[str, Any], page_id: str) -> Fact:
     # A user_ref next to a PSID (in the opt-in or beside the sender's id) is the link
     # between a guest and the PSID Meta revealed for it.
     attrs = _present(body, _OPTIN_ATTRS)
-    if "user_ref" not in attrs:
-        attrs.update(_links(item, "sender"))
     status = body.get("notification_messages_status")
     if body.get("type") == "notification_messages":
         # Opted in unless the user stopped them (STOP_NOTIFICATIONS).
@@ -377,7 +380,8 @@ def map_item(
     that is no fact of any conversation (to dead-letter); never raises for other bad
     items (they become ``unknown``).
     """
-    return _envelope(read_item(item, page_id), page_id, entry_time, item, channel, platform)
+    fact = _with_link(read_item(item, page_id), item)
+    return _envelope(fact, page_id, entry_time, item, channel, platform)
 
 
 def defect_item(
