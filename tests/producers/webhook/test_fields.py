@@ -7,10 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from deploy.simulator.webhooks import INSTAGRAM_KINDS, WebhookSender
 from producers.webhook.fields import ms
 from producers.webhook.mapping import NO_PSID_PREFIX, ItemDefectError, map_item
 from schemas.envelope import Envelope
@@ -286,3 +288,15 @@ def test_an_instagram_items_id_is_the_messenger_rule_on_the_account() -> None:
             raw={},
         ).event_id
     )
+
+
+@given(kind=st.sampled_from(INSTAGRAM_KINDS), seed=st.integers(0, 10_000))
+def test_any_instagram_item_is_its_messenger_counterpart_but_for_the_platform(
+    kind: str, seed: int
+) -> None:
+    item = WebhookSender("s", seed=seed).item(kind, ACCOUNT, USER)
+    on_ig = one(item, ACCOUNT, "instagram")
+    as_page = one(item, ACCOUNT, "messenger")
+    assert on_ig.platform == "instagram"
+    assert msgspec.structs.replace(on_ig, platform="messenger") == as_page
+    assert on_ig.kind == ("message" if kind == "echo" else kind)
