@@ -32,6 +32,8 @@ from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
 from deploy.ports import free_ports
 from deploy.simulator.graph_api import GraphApiServer, GraphWorld, token_for
+from deploy.simulator.instagram import ACCOUNT as INSTAGRAM_ACCOUNT
+from deploy.simulator.instagram import InstagramTraffic
 from deploy.simulator.webhooks import WebhookSender, page_body, post
 from schemas.migrate import apply_migrations
 
@@ -70,6 +72,7 @@ class WebhookTally:
     statuses: Counter[int] = field(default_factory=Counter)
     truth: set[TruthRow] = field(default_factory=set)
     read_watermarks: dict[tuple[str, str], int] = field(default_factory=dict)
+    instagram_messages: int = 0
     done: bool = False
     error: str | None = None
 
@@ -126,10 +129,13 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
     """Post signed webhook bodies for the simulated pages at about ``webhook_rate``/s.
 
     Mixes new messages from known and new users, page echoes, re-deliveries of messages
-    the crawler also sees (same mids), Meta-style retries of whole bodies, and reads.
-    Every body is retried until the gateway answers 200, like Meta does.
+    the crawler also sees (same mids), Meta-style retries of whole bodies, and reads;
+    every fifth body is one Instagram account's (messages, story replies, echoes,
+    unsends, reactions, messaging_seen). Every body is retried until the gateway answers
+    200, like Meta does.
     """
     sender = WebhookSender(APP_SECRET, seed=opts.seed)
+    instagram = InstagramTraffic(sender)
     rng = sender.rng
     pages = world.page_ids
     known = {p: [c for c in world.conversations[p] if c.psid] for p in pages}
@@ -138,6 +144,15 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
     last_body = None
     try:
         for n in range(opts.webhook_bodies):
+            if n % 5 == 4:
+                ig = instagram.body(n)
+                tally.truth.update(ig.messages)
+                tally.instagram_messages += len(ig.messages)
+                for key, mark in ig.reads.items():
+                    tally.read_watermarks[key] = max(tally.read_watermarks.get(key, 0), mark)
+                _post_until_ok(url, ig.signed, tally)
+                time.sleep(interval)
+                continue
             page = pages[n % len(pages)]
             items: list[dict[str, Any]] = []
             roll = rng.random()
@@ -227,6 +242,9 @@ class Comparison:
     conversation_set_mismatches: int
     count_mismatches: int
     watermark_mismatches: int
+    # Conversations whose platform is not their page's or account's.
+    platform_mismatches: int = 0
+    instagram_conversations: int = 0
 
     @property
     def ok(self) -> bool:
@@ -237,6 +255,7 @@ class Comparison:
             and self.conversations_expected == self.conversations_stored
             and self.count_mismatches == 0
             and self.watermark_mismatches == 0
+            and self.platform_mismatches == 0
         )
 
 
@@ -260,7 +279,8 @@ def compare(
         convs = conn.execute(
             sql.SQL(
                 "SELECT page_id, psid, message_count,"
-                " (extract(epoch FROM read_watermark) * 1000)::bigint FROM {}.conversations"
+                " (extract(epoch FROM read_watermark) * 1000)::bigint, platform"
+                " FROM {}.conversations"
             ).format(schema)
         ).fetchall()
     stored = {
@@ -268,7 +288,12 @@ def compare(
         for a, b, c, d, e in rows
     }
     expected_counts = Counter((p, u) for p, u, _, _, _ in truth)
-    conv_map = {(str(p), str(u)): (int(str(n)), w) for p, u, n, w in convs}
+    conv_map = {(str(p), str(u)): (int(str(n)), w) for p, u, n, w, _ in convs}
+    platform_of = {
+        str(p): "instagram" if str(p) == INSTAGRAM_ACCOUNT else "messenger" for p, *_ in convs
+    }
+    platform_mismatches = sum(1 for p, *_, f in convs if f != platform_of[str(p)])
+    instagram_conversations = sum(1 for p, *_ in convs if str(p) == INSTAGRAM_ACCOUNT)
     count_mismatches = sum(
         1 for k, n in expected_counts.items() if conv_map.get(k, (None,))[0] != n
     )
@@ -288,6 +313,8 @@ def compare(
         conversation_set_mismatches=len(set(conv_map) ^ set(expected_counts)),
         count_mismatches=count_mismatches,
         watermark_mismatches=watermark_mismatches,
+        platform_mismatches=platform_mismatches,
+        instagram_conversations=instagram_conversations,
     )
 
 
@@ -549,6 +576,11 @@ def _summary(
     t.add_row("missing / unexpected messages", f"{result.missing} / {result.unexpected}")
     t.add_row("message-count mismatches", str(result.count_mismatches))
     t.add_row("read-watermark mismatches", str(result.watermark_mismatches))
+    t.add_row(
+        "Instagram messages sent / conversations stored",
+        f"{tally.instagram_messages} / {result.instagram_conversations}",
+    )
+    t.add_row("platform mismatches", str(result.platform_mismatches))
     t.add_row("DLQ records", str(snap.dlq_records))
     t.add_row("Postgres vs the fake's truth", "[green]MATCH[/]" if result.ok else "[red]DIFFERS[/]")
     console.print(t)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -22,6 +23,7 @@ from convsync.settings import Settings
 from producers.webhook.mapping import map_body, map_item
 from producers.webhook.payload import parse_body
 from schemas.envelope import Envelope
+from schemas.migrate import apply_migrations, load_migrations
 from tests.corpus.golden import HERE
 from tests.fixtures.postgres import MakeSchema
 
@@ -154,3 +156,46 @@ def test_a_guest_is_its_own_conversation_and_its_psid_link_is_recorded(
         assert [link[:4] for link in links] == [(PAGE, ref, "6354927318804471", both.event_id)]
         results.append(links)
     assert results[0] == results[1]
+
+
+def test_rows_stored_before_0012_are_messengers_and_the_check_holds(
+    make_schema: MakeSchema,
+) -> None:
+    settings = make_schema(migrate=False)
+    (ig_event,) = corpus("instagram_message_text")
+    with connect(settings) as conn:
+        apply_migrations(conn, schema=settings.db_schema, up_to=11)
+    write_before = [Envelope.build(**{**BEFORE, "mid": "m_old"})]
+    store_rows = [stage_row(e, Position(TOPIC, 0, 0), 0) for e in write_before]
+    with connect(settings) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.db_schema)))
+        # The row as the materializer before 0012 wrote it (no platform column).
+        row = store_rows[0]
+        conn.execute(
+            "INSERT INTO events (event_id, page_id, psid, kind, mid, occurred_at, source,"
+            ' payload, topic, "partition", "offset") VALUES (%s, %s, %s, \'message\', %s,'
+            " now(), 'webhook', '{}', 't', 0, 0)",
+            (row[1], row[2], row[3], row[5]),
+        )
+        conn.execute("INSERT INTO conversations (page_id, psid) VALUES (%s, %s)", (PAGE, "u"))
+        applied = apply_migrations(conn, schema=settings.db_schema)
+        assert applied == ["0012_platform_guests_unsend.sql"]
+        # Run again after a crash midway: every statement is safe to repeat.
+        for statement in load_migrations()[-1].statements():
+            conn.execute(statement)
+        assert conn.execute("SELECT platform FROM events").fetchall() == [("messenger",)]
+        assert conn.execute("SELECT platform FROM conversations").fetchall() == [("messenger",)]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE conversations SET platform = 'whatsapp'")
+    write(settings, [[ig_event]])
+    assert ("instagram",) in rows(settings, "SELECT platform FROM events")
+
+
+BEFORE: dict[str, Any] = {
+    "kind": "message",
+    "page_id": PAGE,
+    "psid": "6354927318804471",
+    "occurred_at": 1,
+    "source": "webhook",
+    "raw": {},
+}
