@@ -19,6 +19,9 @@ SCHEMA_VERSION: Final = 1
 # The prefix of a guest's ``psid`` (a checkbox or chat plugin user known by ``user_ref``
 # only): a PSID is digits, so such a key never collides with one.
 USER_REF_PREFIX: Final = "user_ref:"
+# The attrs key of an ``unknown`` envelope kept for an item defect (an item whose user
+# would be the page itself), with the reason: the materializer dead-letters it.
+DEFECT_ATTR: Final = "defect"
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Ms = Annotated[int, msgspec.Meta(ge=0)]

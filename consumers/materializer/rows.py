@@ -8,7 +8,7 @@ import orjson
 
 from convsync.errors import PoisonError
 from schemas.copies import copy_digest, edit_number
-from schemas.envelope import USER_REF_PREFIX, Envelope
+from schemas.envelope import DEFECT_ATTR, USER_REF_PREFIX, Envelope
 
 # Postgres stores timestamps far beyond this, but a time after year 9999 is no fact
 # Meta can report: it is a broken producer, so the record is poison, not a batch killer.
@@ -92,9 +92,15 @@ def stage_row(envelope: Envelope, pos: Position, seq: int) -> StageRow:
     """Return the staging row of a decoded envelope (columns in ``STAGE_COLUMNS`` order).
 
     Raises :class:`PoisonError` for values Postgres cannot store (NUL characters, lone
-    surrogates, times past year 9999), so one such record never blocks a batch.
+    surrogates, times past year 9999), so one such record never blocks a batch, and for
+    an item defect (``attrs.defect``: see ``producers/webhook/mapping.py``).
     """
     e = envelope
+    if e.kind == "unknown" and DEFECT_ATTR in e.attrs:
+        # An item that is no fact of any conversation (its user would be the page
+        # itself), kept by a producer with no dead-letter path of its own: dead-lettered
+        # here with its reason, never a conversation row.
+        raise PoisonError(f"item defect: {e.attrs[DEFECT_ATTR]}")
     return (
         seq,
         e.event_id,

@@ -34,7 +34,7 @@ from producers.webhook.fields import (
     user_ref_of,
 )
 from producers.webhook.payload import Entry
-from schemas.envelope import Envelope
+from schemas.envelope import DEFECT_ATTR, Envelope
 from schemas.event_id import canonical_json, detail_digest, make_event_id
 from schemas.kinds import Direction, EventKind, Platform
 
@@ -395,7 +395,7 @@ def defect_item(
     """Return an :class:`ItemDefectError` item as kind ``unknown``, under a key of its own
     (never the page's), the reason in ``attrs.defect``: for a caller with no dead-letter
     path, so that the item is still kept."""
-    attrs = {"defect": _short(defect)}
+    attrs = {DEFECT_ATTR: _short(defect)}
     fact = Fact("unknown", _own_key(item), attrs, detail=detail_digest(item))
     return _envelope(fact, page_id, entry_time, item, channel, platform)
 

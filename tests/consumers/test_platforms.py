@@ -7,6 +7,7 @@ Meta's webhook reference), so these tests follow a real delivery into Postgres.
 
 from __future__ import annotations
 
+import hmac
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -19,12 +20,14 @@ from psycopg import sql
 from consumers.materializer.rows import Position, stage_row
 from consumers.materializer.store import Store
 from convsync.db import connect
+from convsync.errors import PoisonError
 from convsync.settings import Settings
-from producers.webhook.mapping import map_body, map_item
+from producers.webhook.admit import Accepted, admit
+from producers.webhook.mapping import ItemDefectError, map_body, map_item
 from producers.webhook.payload import parse_body
 from schemas.envelope import Envelope
 from schemas.migrate import apply_migrations, load_migrations
-from tests.corpus.golden import HERE
+from tests.corpus.golden import HERE, MAX_RECORD_BYTES, SECRET
 from tests.fixtures.postgres import MakeSchema
 
 TOPIC = "platforms.events"
@@ -199,3 +202,24 @@ BEFORE: dict[str, Any] = {
     "source": "webhook",
     "raw": {},
 }
+
+
+def test_an_item_defect_is_dead_lettered_with_its_reason_not_a_conversation() -> None:
+    # The gateway keeps an item whose sender is the account itself as unknown with the
+    # defect; the materializer refuses it as poison (the DLQ gets it with the reason).
+    raw = (HERE / "webhooks" / "instagram_sender_is_account.json").read_bytes()
+    with pytest.raises(ItemDefectError):
+        map_body(parse_body(raw))
+    decision = admit(
+        SECRET,
+        raw,
+        "sha256=" + hmac.new(SECRET, raw, "sha256").hexdigest(),
+        max_record_bytes=MAX_RECORD_BYTES,
+    )
+    assert isinstance(decision, Accepted)
+    ((_, value),) = decision.records
+    kept = Envelope.from_bytes(value)
+    assert kept.kind == "unknown"
+    assert kept.psid != ACCOUNT
+    with pytest.raises(PoisonError, match="item defect: the sender is the page itself"):
+        stage_row(kept, Position(TOPIC, 0, 0), 0)
