@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from consumers.materializer.rows import Position, stage_row
@@ -223,3 +225,82 @@ def test_an_item_defect_is_dead_lettered_with_its_reason_not_a_conversation() ->
     assert kept.psid != ACCOUNT
     with pytest.raises(PoisonError, match="item defect: the sender is the page itself"):
         stage_row(kept, Position(TOPIC, 0, 0), 0)
+
+
+_PAGES = itertools.count()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    plan=st.lists(
+        st.tuples(
+            st.sampled_from(["message", "unsend", "link"]),
+            st.integers(0, 3),  # which message (or which guest)
+            st.integers(0, 50),  # when
+        ),
+        max_size=14,
+    ),
+    order_seed=st.randoms(use_true_random=False),
+    cut=st.integers(1, 5),
+)
+def test_any_order_and_batching_gives_the_same_deletions_and_links(
+    make_schema: MakeSchema, plan: list[tuple[str, int, int]], order_seed: Any, cut: int
+) -> None:
+    # One schema for every example of this run (a page of its own per example).
+    if _SCHEMA.get(id(make_schema)) is None:
+        _SCHEMA.clear()
+        _SCHEMA[id(make_schema)] = make_schema()
+    settings = _SCHEMA[id(make_schema)]
+    account = f"178414{next(_PAGES):011d}"
+    events: list[Envelope] = []
+    for kind, n, at in plan:
+        t = T0 + at
+        if kind == "link":
+            sender = {"id": f"9{n}", "user_ref": f"ref-{n % 2}"}
+            item = {"sender": sender, "recipient": {"id": account}, "timestamp": t}
+            events.append(
+                map_item(
+                    account,
+                    None,
+                    {**item, "postback": {"payload": f"P{at}"}},
+                    "messaging",
+                    "instagram",
+                )
+            )
+            continue
+        body: dict[str, Any] = {"mid": f"aWdf{n}"}
+        body |= {"is_deleted": True} if kind == "unsend" else {"text": f"t{n}"}
+        item = {"sender": {"id": "1093847562019384"}, "recipient": {"id": account}, "timestamp": t}
+        events.append(map_item(account, None, {**item, "message": body}, "messaging", "instagram"))
+    shuffled = list(events)
+    order_seed.shuffle(shuffled)
+    write(settings, [shuffled[i : i + cut] for i in range(0, len(shuffled), cut)])
+    # The reference: an unsend is one event per mid, its copies merged to the greatest
+    # time (schemas.copies), and a message is deleted at it; links are the set of pairs.
+    merged_unsend: dict[str, int] = {}
+    for e in events:
+        if e.kind == "unsend" and e.mid is not None:
+            merged_unsend[e.mid] = max(merged_unsend.get(e.mid, 0), e.occurred_at)
+    stored = {
+        str(mid): (None if d is None else int(d.timestamp() * 1000))
+        for mid, d in rows(
+            settings, f"SELECT mid, deleted_at FROM messages WHERE page_id = '{account}'"
+        )
+    }
+    expected = {str(e.mid): merged_unsend.get(str(e.mid)) for e in events if e.kind == "message"}
+    assert stored == expected
+    links = {
+        (str(r), str(p))
+        for r, p in rows(
+            settings, f"SELECT user_ref, psid FROM user_refs WHERE page_id = '{account}'"
+        )
+    }
+    assert links == {(e.attrs["user_ref"], e.psid) for e in events if e.kind == "postback"}
+
+
+_SCHEMA: dict[int, Settings] = {}
+T0 = 1_764_840_000_000
