@@ -204,7 +204,9 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
 UPSERT_USER_REFS: Final = sql.SQL(
     """
     INSERT INTO user_refs AS u (page_id, user_ref, psid, first_seen_at, event_id)
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+    SELECT page_id, user_ref, psid, to_timestamp(0) + ms * interval '1 millisecond', event_id
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])
+        AS t(page_id, user_ref, psid, ms, event_id)
     ON CONFLICT (page_id, user_ref, psid) DO UPDATE
         SET first_seen_at = EXCLUDED.first_seen_at, event_id = EXCLUDED.event_id
         WHERE (EXCLUDED.first_seen_at, EXCLUDED.event_id COLLATE "C")

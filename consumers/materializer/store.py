@@ -19,6 +19,7 @@ from consumers.materializer.connections import (
     make_pool,
     translate_errors,
 )
+from consumers.materializer.links import guest_links, link_params
 from consumers.materializer.rows import STAGE_COLUMNS, StageRow
 from convsync.settings import Settings
 from schemas.copies import Merged, RestRank, rest_rank
@@ -38,7 +39,7 @@ _KIND, _MID, _DIRECTION = _COL["kind"], _COL["mid"], _COL["direction"]
 _SEQ, _PARTITION = _COL["seq"], _COL["partition"]
 _TEXT, _SOURCE = _COL["text"], _COL["source"]
 _NUM_EDIT, _DIGEST = _COL["num_edit"], _COL["copy_digest"]
-_PLATFORM, _USER_REF = _COL["platform"], _COL["user_ref"]
+_PLATFORM = _COL["platform"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -52,7 +53,7 @@ def event_row(row: StageRow) -> tuple[object, ...]:
     """The ``COPY_EVENTS`` columns of a staging row."""
     (_, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, watermark_ms,
      thread_id, source, attrs, payload, topic, partition, offset, num_edit,
-     digest, platform, _) = row  # fmt: skip
+     digest, platform, _user_ref) = row  # fmt: skip
     return (
         event_id, page_id, psid, kind, mid, as_timestamp(occurred_ms), direction, text,
         as_timestamp(watermark_ms), thread_id, source, attrs, payload, topic, partition, offset,
@@ -207,8 +208,6 @@ class FoldedBatch:
     # Stored rows the batch's copies change, by (event id, psid).
     upgrades: dict[RowKey, Upgrade]
     deltas: dict[tuple[str, str], ConversationDelta]
-    # (page, user_ref, psid) -> the earliest (time in ms, event id) that revealed it.
-    links: dict[tuple[str, str, str], tuple[int, str]]
 
 
 def fold_batch(rows: Sequence[StageRow], stored: Mapping[RowKey, Stored]) -> FoldedBatch:
@@ -218,15 +217,8 @@ def fold_batch(rows: Sequence[StageRow], stored: Mapping[RowKey, Stored]) -> Fol
     new: dict[RowKey, StageRow] = {}
     upgrades: dict[RowKey, Upgrade] = {}
     deltas: dict[tuple[str, str], ConversationDelta] = {}
-    links: dict[tuple[str, str, str], tuple[int, str]] = {}
     for row in rows:
         key = (row[_PAGE_ID], row[_PSID])
-        ref = row[_USER_REF]
-        if ref is not None:
-            link = (row[_PAGE_ID], ref, row[_PSID])
-            seen = (row[_OCCURRED], row[_EVENT_ID])
-            if link not in links or seen < links[link]:
-                links[link] = seen
         delta = deltas.get(key)
         if delta is None:
             delta = deltas[key] = ConversationDelta()
@@ -259,21 +251,7 @@ def fold_batch(rows: Sequence[StageRow], stored: Mapping[RowKey, Stored]) -> Fol
         else:
             new[row_key] = row
             delta.add(row)
-    return FoldedBatch(list(new.values()), upgrades, deltas, links)
-
-
-def _link_columns(
-    links: Mapping[tuple[str, str, str], tuple[int, str]],
-) -> tuple[list[object], ...]:
-    """The ``UPSERT_USER_REFS`` parameters: one array per column."""
-    ordered = sorted(links.items())
-    return (
-        [page for (page, _, _), _ in ordered],
-        [ref for (_, ref, _), _ in ordered],
-        [psid for (_, _, psid), _ in ordered],
-        [as_timestamp(ms) for _, (ms, _) in ordered],
-        [event_id for _, (_, event_id) in ordered],
-    )
+    return FoldedBatch(list(new.values()), upgrades, deltas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +347,7 @@ class _Session:
                             lookup.execute(st.EXISTING_EVENTS, (ids,), prepare=False)
                     stored = stored_rows(lookup.fetchall()) if rows else {}
                 folded = fold_batch(rows, stored)
+                links = guest_links(rows)
                 new, deltas = folded.new, folded.deltas
                 with conn.cursor() as cur:
                     if new:
@@ -402,9 +381,9 @@ class _Session:
                             # 5. Fold the deltas into conversations; unchanged rows are
                             #    not touched.
                             fold.execute(st.FOLD_CONVERSATIONS, prepare=False)
-                        if folded.links:
+                        if links:
                             # 5b. Guests' user_refs linked to the PSIDs Meta revealed.
-                            conn.execute(st.UPSERT_USER_REFS, _link_columns(folded.links))
+                            conn.execute(st.UPSERT_USER_REFS, link_params(links))
                         # 6. Move the resume cursor of every partition in the batch.
                         conn.execute(st.UPSERT_OFFSETS, (group, topic, parts, offsets))
                         # 7. Commit rows and offsets together (or neither: any error
