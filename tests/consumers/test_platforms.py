@@ -170,23 +170,21 @@ def test_rows_stored_before_0012_are_messengers_and_the_check_holds(
     (ig_event,) = corpus("instagram_message_text")
     with connect(settings) as conn:
         apply_migrations(conn, schema=settings.db_schema, up_to=11)
-    write_before = [Envelope.build(**{**BEFORE, "mid": "m_old"})]
-    store_rows = [stage_row(e, Position(TOPIC, 0, 0), 0) for e in write_before]
     with connect(settings) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.db_schema)))
-        # The row as the materializer before 0012 wrote it (no platform column).
-        row = store_rows[0]
+        # Rows as the materializer wrote them before 0012 (no platform column).
         conn.execute(
             "INSERT INTO events (event_id, page_id, psid, kind, mid, occurred_at, source,"
-            ' payload, topic, "partition", "offset") VALUES (%s, %s, %s, \'message\', %s,'
-            " now(), 'webhook', '{}', 't', 0, 0)",
-            (row[1], row[2], row[3], row[5]),
+            " payload, topic, \"partition\", \"offset\") VALUES ('ev1_old', %s, 'u',"
+            " 'message', 'm_old', now(), 'webhook', '{}', 't', 0, 0)",
+            (PAGE,),
         )
         conn.execute("INSERT INTO conversations (page_id, psid) VALUES (%s, %s)", (PAGE, "u"))
-        applied = apply_migrations(conn, schema=settings.db_schema)
+        applied = apply_migrations(conn, schema=settings.db_schema, up_to=12)
         assert applied == ["0012_platform_guests_unsend.sql"]
         # Run again after a crash midway: every statement is safe to repeat.
-        for statement in load_migrations()[-1].statements():
+        (mig,) = [m for m in load_migrations() if m.version == 12]
+        for statement in mig.statements():
             conn.execute(statement)
         assert conn.execute("SELECT platform FROM events").fetchall() == [("messenger",)]
         assert conn.execute("SELECT platform FROM conversations").fetchall() == [("messenger",)]
@@ -194,16 +192,6 @@ def test_rows_stored_before_0012_are_messengers_and_the_check_holds(
             conn.execute("UPDATE conversations SET platform = 'whatsapp'")
     write(settings, [[ig_event]])
     assert ("instagram",) in rows(settings, "SELECT platform FROM events")
-
-
-BEFORE: dict[str, Any] = {
-    "kind": "message",
-    "page_id": PAGE,
-    "psid": "6354927318804471",
-    "occurred_at": 1,
-    "source": "webhook",
-    "raw": {},
-}
 
 
 def test_an_item_defect_is_dead_lettered_with_its_reason_not_a_conversation() -> None:
