@@ -13,9 +13,15 @@ import msgspec
 
 from convsync.errors import PoisonError
 from schemas.event_id import make_event_id
-from schemas.kinds import Direction, EventKind, Source
+from schemas.kinds import Direction, EventKind, Platform, Source
 
 SCHEMA_VERSION: Final = 1
+# The prefix of a guest's ``psid`` (a checkbox or chat plugin user known by ``user_ref``
+# only): a PSID is digits, so such a key never collides with one.
+USER_REF_PREFIX: Final = "user_ref:"
+# The attrs key of an ``unknown`` envelope kept for an item defect (an item whose user
+# would be the page itself), with the reason: the materializer dead-letters it.
+DEFECT_ATTR: Final = "defect"
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Ms = Annotated[int, msgspec.Meta(ge=0)]
@@ -34,8 +40,22 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         str, msgspec.Meta(pattern=r"^ev1_[0-9a-f]{32}$", description="Deterministic id.")
     ]
     kind: EventKind
-    page_id: Id
-    psid: Annotated[Id, msgspec.Meta(description="The user's page-scoped id.")]
+    page_id: Annotated[
+        Id, msgspec.Meta(description="The Facebook page, or the Instagram account (entry.id).")
+    ]
+    platform: Annotated[
+        Platform,
+        msgspec.Meta(description="The inbox: messenger (a page) or instagram (an account)."),
+    ] = "messenger"
+    psid: Annotated[
+        Id,
+        msgspec.Meta(
+            description=(
+                "The user: a page-scoped (or Instagram-scoped) id, or user_ref:<ref> for a "
+                "guest known only by a plugin's user_ref."
+            )
+        ),
+    ]
     direction: Annotated[
         Direction | None,
         msgspec.Meta(description="inbound: user -> page; outbound: page -> user."),
@@ -71,6 +91,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         page_id: str,
         psid: str,
         occurred_at: int,
+        platform: Platform = "messenger",
         source: Source,
         raw: dict[str, Any],
         direction: Direction | None = None,
@@ -90,6 +111,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "event_id": make_event_id(kind, page_id, psid, mid, watermark, occurred_at, detail),
             "kind": kind,
             "page_id": page_id,
+            "platform": platform,
             "psid": psid,
             "direction": direction,
             "mid": mid,

@@ -15,6 +15,8 @@ kind           rest of the identity
 message        ``mid`` (Meta's message id is unique; the same for the webhook, its
                echo and the Graph API). Direction, text and source are *not* part of
                it: they describe the fact, they do not name it.
+unsend         ``mid`` of the message taken back (Instagram's ``is_deleted``): once per
+               message, whoever reports it
 edit           ``mid`` of the edited message, edit number (``num_edit``)
 reaction       ``psid``, target ``mid``, ``action`` (react/unreact), emoji, ``occurred_at``
 delivery       ``psid``, ``watermark``
@@ -73,7 +75,7 @@ def identity(
     Raises ``ValueError`` when a field that the kind's rule needs is missing.
     """
     page = str(page_id)
-    if kind == "message":
+    if kind == "message" or kind == "unsend":
         if not mid:
             raise _missing(kind, "mid")
         return [kind, page, mid]

@@ -11,6 +11,7 @@ from cli.demo.media import MediaComparison
 from cli.demo.options import TruthRow
 from convsync.db import connect
 from convsync.settings import Settings
+from deploy.simulator.instagram import ACCOUNT as INSTAGRAM_ACCOUNT
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,9 @@ class Comparison:
     conversation_set_mismatches: int
     count_mismatches: int
     watermark_mismatches: int
+    # Conversations whose platform is not their page's or account's.
+    platform_mismatches: int = 0
+    instagram_conversations: int = 0
     media: MediaComparison | None = None  # when the demo ran the archiver
 
     @property
@@ -38,6 +42,7 @@ class Comparison:
             and self.conversations_expected == self.conversations_stored
             and self.count_mismatches == 0
             and self.watermark_mismatches == 0
+            and self.platform_mismatches == 0
             and (self.media is None or self.media.ok)
         )
 
@@ -62,7 +67,8 @@ def compare(
         convs = conn.execute(
             sql.SQL(
                 "SELECT page_id, psid, message_count,"
-                " (extract(epoch FROM read_watermark) * 1000)::bigint FROM {}.conversations"
+                " (extract(epoch FROM read_watermark) * 1000)::bigint, platform"
+                " FROM {}.conversations"
             ).format(schema)
         ).fetchall()
     stored = {
@@ -70,7 +76,12 @@ def compare(
         for a, b, c, d, e in rows
     }
     expected_counts = Counter((p, u) for p, u, _, _, _ in truth)
-    conv_map = {(str(p), str(u)): (int(str(n)), w) for p, u, n, w in convs}
+    conv_map = {(str(p), str(u)): (int(str(n)), w) for p, u, n, w, _ in convs}
+    platform_of = {
+        str(p): "instagram" if str(p) == INSTAGRAM_ACCOUNT else "messenger" for p, *_ in convs
+    }
+    platform_mismatches = sum(1 for p, *_, f in convs if f != platform_of[str(p)])
+    instagram_conversations = sum(1 for p, *_ in convs if str(p) == INSTAGRAM_ACCOUNT)
     count_mismatches = sum(
         1 for k, n in expected_counts.items() if conv_map.get(k, (None,))[0] != n
     )
@@ -90,4 +101,6 @@ def compare(
         conversation_set_mismatches=len(set(conv_map) ^ set(expected_counts)),
         count_mismatches=count_mismatches,
         watermark_mismatches=watermark_mismatches,
+        platform_mismatches=platform_mismatches,
+        instagram_conversations=instagram_conversations,
     )

@@ -41,5 +41,6 @@ class WebhookTally:
     statuses: Counter[int] = field(default_factory=Counter)
     truth: set[TruthRow] = field(default_factory=set)
     read_watermarks: dict[tuple[str, str], int] = field(default_factory=dict)
+    instagram_messages: int = 0
     done: bool = False
     error: str | None = None

@@ -10,6 +10,7 @@ from typing import Any
 from cli.demo.options import APP_SECRET, DemoOptions, WebhookTally
 from convsync.errors import ConvsyncError
 from deploy.simulator.graph_api import GraphApiServer, GraphWorld
+from deploy.simulator.instagram import InstagramTraffic
 from deploy.simulator.media import MediaServer
 from deploy.simulator.webhooks import WebhookSender, page_body, post
 
@@ -48,10 +49,13 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
     """Post signed webhook bodies for the simulated pages at about ``webhook_rate``/s.
 
     Mixes new messages from known and new users, page echoes, re-deliveries of messages
-    the crawler also sees (same mids), Meta-style retries of whole bodies, and reads.
-    Every body is retried until the gateway answers 200, like Meta does.
+    the crawler also sees (same mids), Meta-style retries of whole bodies, and reads;
+    every fifth body is one Instagram account's (messages, story replies, echoes,
+    unsends, reactions, messaging_seen). Every body is retried until the gateway answers
+    200, like Meta does.
     """
     sender = WebhookSender(APP_SECRET, seed=opts.seed)
+    instagram = InstagramTraffic(sender)
     rng = sender.rng
     pages = world.page_ids
     known = {p: [c for c in world.conversations[p] if c.psid] for p in pages}
@@ -60,6 +64,15 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
     last_body = None
     try:
         for n in range(opts.webhook_bodies):
+            if n % 5 == 4:
+                ig = instagram.body(n)
+                tally.truth.update(ig.messages)
+                tally.instagram_messages += len(ig.messages)
+                for key, mark in ig.reads.items():
+                    tally.read_watermarks[key] = max(tally.read_watermarks.get(key, 0), mark)
+                _post_until_ok(url, ig.signed, tally)
+                time.sleep(interval)
+                continue
             page = pages[n % len(pages)]
             items: list[dict[str, Any]] = []
             roll = rng.random()

@@ -99,6 +99,11 @@ def summary(
     t.add_row("missing / unexpected messages", f"{result.missing} / {result.unexpected}")
     t.add_row("message-count mismatches", str(result.count_mismatches))
     t.add_row("read-watermark mismatches", str(result.watermark_mismatches))
+    t.add_row(
+        "Instagram messages sent / conversations stored",
+        f"{tally.instagram_messages} / {result.instagram_conversations}",
+    )
+    t.add_row("platform mismatches", str(result.platform_mismatches))
     t.add_row("DLQ records", str(snap.dlq_records))
     if result.media is not None:
         m = result.media

@@ -25,6 +25,7 @@ _KIND, _MID, _DIRECTION = _COL["kind"], _COL["mid"], _COL["direction"]
 _SEQ, _PARTITION = _COL["seq"], _COL["partition"]
 _TEXT, _SOURCE = _COL["text"], _COL["source"]
 _NUM_EDIT, _DIGEST = _COL["num_edit"], _COL["copy_digest"]
+_PLATFORM = _COL["platform"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -38,11 +39,11 @@ def event_row(row: StageRow) -> tuple[object, ...]:
     """The ``COPY_EVENTS`` columns of a staging row."""
     (_, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, watermark_ms,
      thread_id, source, attrs, payload, topic, partition, offset, num_edit,
-     digest) = row  # fmt: skip
+     digest, platform, _user_ref) = row  # fmt: skip
     return (
         event_id, page_id, psid, kind, mid, as_timestamp(occurred_ms), direction, text,
         as_timestamp(watermark_ms), thread_id, source, attrs, payload, topic, partition, offset,
-        num_edit, digest,
+        num_edit, digest, platform,
     )  # fmt: skip
 
 
@@ -142,10 +143,14 @@ class ConversationDelta:
     # A new edit of a message (with a mid) was stored, or a stored message was replaced
     # by a better copy: the last message's text may change.
     recheck: bool = False
+    # The least platform of its copies (FOLD_CONVERSATIONS keeps the least).
+    platform: str = "messenger"
 
     def add(self, row: StageRow, *, again: bool = False) -> None:
         """Add one event; ``again``: a copy of its id is stored or already added (then
         only a message copy adds anything: its times, not its count)."""
+        if row[_PLATFORM] < self.platform:
+            self.platform = row[_PLATFORM]
         kind = row[_KIND]
         if kind == "message":
             at: int = row[_OCCURRED]

@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 _CONVERSATION_COLUMNS: Final = (
     "page_id", "psid", "thread_id", "first_message_at", "last_message_at", "message_count",
     "last_message_text", "last_message_event", "last_inbound_at", "last_outbound_at",
-    "needs_reply", "read_watermark", "delivered_watermark",
+    "needs_reply", "read_watermark", "delivered_watermark", "platform",
 )  # fmt: skip
 _EVENT_COLUMNS: Final = (
     "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
     "watermark", "thread_id", "source", "attrs", "payload", "num_edit", "copy_digest",
+    "platform",
 )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import orjson
 
 from convsync.errors import PoisonError
 from schemas.copies import copy_digest, edit_number
-from schemas.envelope import Envelope
+from schemas.envelope import DEFECT_ATTR, USER_REF_PREFIX, Envelope
 
 # Postgres stores timestamps far beyond this, but a time after year 9999 is no fact
 # Meta can report: it is a broken producer, so the record is poison, not a batch killer.
@@ -34,6 +34,9 @@ STAGE_COLUMNS: Final = (
     "offset",
     "num_edit",
     "copy_digest",
+    "platform",
+    # A guest's user_ref when the row also names a PSID (the link for user_refs), else None.
+    "user_ref",
 )
 
 StageRow = tuple[Any, ...]
@@ -78,13 +81,26 @@ def _ms(value: int | None, field: str) -> int | None:
     return value
 
 
+def _user_ref(e: Envelope) -> str | None:
+    ref = e.attrs.get("user_ref")
+    if type(ref) is not str or not ref or e.psid.startswith(USER_REF_PREFIX):
+        return None
+    return _text(ref, "attrs.user_ref")
+
+
 def stage_row(envelope: Envelope, pos: Position, seq: int) -> StageRow:
     """Return the staging row of a decoded envelope (columns in ``STAGE_COLUMNS`` order).
 
     Raises :class:`PoisonError` for values Postgres cannot store (NUL characters, lone
-    surrogates, times past year 9999), so one such record never blocks a batch.
+    surrogates, times past year 9999), so one such record never blocks a batch, and for
+    an item defect (``attrs.defect``: see ``producers/webhook/mapping.py``).
     """
     e = envelope
+    if e.kind == "unknown" and DEFECT_ATTR in e.attrs:
+        # An item that is no fact of any conversation (its user would be the page
+        # itself), kept by a producer with no dead-letter path of its own: dead-lettered
+        # here with its reason, never a conversation row.
+        raise PoisonError(f"item defect: {e.attrs[DEFECT_ATTR]}")
     return (
         seq,
         e.event_id,
@@ -106,6 +122,8 @@ def stage_row(envelope: Envelope, pos: Position, seq: int) -> StageRow:
         edit_number(e) if e.kind == "edit" else None,
         # Which copy's source, payload and attrs a row keeps when copies differ.
         copy_digest(e),
+        e.platform,
+        _user_ref(e),
     )
 
 

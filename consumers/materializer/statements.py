@@ -17,7 +17,7 @@ CREATE_SCRATCH: Final = sql.SQL(
         page_id text NOT NULL, psid text NOT NULL, thread_id text,
         n_msg integer NOT NULL, first_ms bigint, last_ms bigint, in_ms bigint,
         out_ms bigint, read_ms bigint, deliv_ms bigint, last_event text,
-        recheck boolean NOT NULL
+        recheck boolean NOT NULL, platform text NOT NULL
     ) ON COMMIT DELETE ROWS
     """
 )
@@ -77,7 +77,8 @@ UPDATE_EVENT: Final = sql.SQL(
            topic = CASE WHEN %(rest)s THEN %(topic)s ELSE topic END,
            "partition" = CASE WHEN %(rest)s THEN %(partition)s ELSE "partition" END,
            "offset" = CASE WHEN %(rest)s THEN %(offset)s ELSE "offset" END,
-           copy_digest = CASE WHEN %(rest)s THEN %(copy_digest)s ELSE copy_digest END
+           copy_digest = CASE WHEN %(rest)s THEN %(copy_digest)s ELSE copy_digest END,
+           platform = CASE WHEN %(rest)s THEN %(platform)s ELSE platform END
     WHERE event_id = %(event_id)s AND psid = %(psid)s
     """
 )
@@ -87,7 +88,7 @@ UPDATE_EVENT: Final = sql.SQL(
 EVENT_COLUMNS: Final = (
     "event_id", "page_id", "psid", "kind", "mid", "occurred_at", "direction", "text",
     "watermark", "thread_id", "source", "attrs", "payload", "topic", "partition", "offset",
-    "num_edit", "copy_digest",
+    "num_edit", "copy_digest", "platform",
 )  # fmt: skip
 
 COPY_EVENTS: Final = sql.SQL("COPY events ({}) FROM STDIN").format(
@@ -96,7 +97,7 @@ COPY_EVENTS: Final = sql.SQL("COPY events ({}) FROM STDIN").format(
 
 COPY_TOUCHED: Final = sql.SQL(
     "COPY touched (page_id, psid, thread_id, n_msg, first_ms, last_ms, in_ms, out_ms, "
-    "read_ms, deliv_ms, last_event, recheck) FROM STDIN"
+    "read_ms, deliv_ms, last_event, recheck, platform) FROM STDIN"
 )
 
 # The fold of schemas/fold.py, set-based: merge what the batch's new events add to each
@@ -108,7 +109,7 @@ COPY_TOUCHED: Final = sql.SQL(
 FOLD_CONVERSATIONS: Final = sql.SQL(
     """
     WITH a AS (
-        SELECT page_id, psid, thread_id, n_msg, last_event, recheck,
+        SELECT page_id, psid, thread_id, n_msg, last_event, recheck, platform,
                to_timestamp(0) + first_ms * interval '1 millisecond' AS first_at,
                to_timestamp(0) + last_ms * interval '1 millisecond' AS last_at,
                to_timestamp(0) + in_ms * interval '1 millisecond' AS in_at,
@@ -119,6 +120,9 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
     ),
     merged AS (
         SELECT a.page_id, a.psid,
+               -- Of the two, instagram ('i' < 'm'): a page is one platform, and the
+               -- least is the same whatever order its events come in.
+               LEAST(c.platform, a.platform) AS platform,
                GREATEST(c.thread_id COLLATE "C", a.thread_id COLLATE "C") AS thread_id,
                LEAST(c.first_message_at, a.first_at) AS first_message_at,
                GREATEST(c.last_message_at, a.last_at) AS last_message_at,
@@ -158,15 +162,17 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
         FROM merged AS m
     )
     INSERT INTO conversations AS c (
-        page_id, psid, thread_id, first_message_at, last_message_at, message_count,
+        page_id, psid, platform, thread_id, first_message_at, last_message_at, message_count,
         last_message_text, last_message_event, last_inbound_at, last_outbound_at,
         needs_reply, read_watermark, delivered_watermark, version, updated_at)
-    SELECT page_id, psid, thread_id, first_message_at, last_message_at, message_count,
-           last_message_text, last_message_event, last_inbound_at, last_outbound_at,
+    SELECT page_id, psid, platform, thread_id, first_message_at, last_message_at,
+           message_count, last_message_text, last_message_event, last_inbound_at,
+           last_outbound_at,
            COALESCE(last_inbound_at > last_outbound_at, last_inbound_at IS NOT NULL),
            read_watermark, delivered_watermark, 1, now()
     FROM final
     ON CONFLICT (page_id, psid) DO UPDATE SET
+        platform = EXCLUDED.platform,
         thread_id = EXCLUDED.thread_id,
         first_message_at = EXCLUDED.first_message_at,
         last_message_at = EXCLUDED.last_message_at,
@@ -180,14 +186,31 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
         delivered_watermark = EXCLUDED.delivered_watermark,
         version = c.version + 1,
         updated_at = now()
-    WHERE (c.thread_id, c.first_message_at, c.last_message_at, c.message_count,
+    WHERE (c.platform, c.thread_id, c.first_message_at, c.last_message_at, c.message_count,
            c.last_message_text, c.last_message_event, c.last_inbound_at,
            c.last_outbound_at, c.needs_reply, c.read_watermark, c.delivered_watermark)
           IS DISTINCT FROM
-          (EXCLUDED.thread_id, EXCLUDED.first_message_at, EXCLUDED.last_message_at,
+          (EXCLUDED.platform, EXCLUDED.thread_id, EXCLUDED.first_message_at,
+           EXCLUDED.last_message_at,
            EXCLUDED.message_count, EXCLUDED.last_message_text, EXCLUDED.last_message_event,
            EXCLUDED.last_inbound_at, EXCLUDED.last_outbound_at, EXCLUDED.needs_reply,
            EXCLUDED.read_watermark, EXCLUDED.delivered_watermark)
+    """
+)
+
+# Links between a guest's user_ref and the PSID Meta revealed for it (user_refs): a set,
+# so any order of the events that reveal them gives the same rows; first_seen_at (and its
+# event) the earliest, ties by event id.
+UPSERT_USER_REFS: Final = sql.SQL(
+    """
+    INSERT INTO user_refs AS u (page_id, user_ref, psid, first_seen_at, event_id)
+    SELECT page_id, user_ref, psid, to_timestamp(0) + ms * interval '1 millisecond', event_id
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])
+        AS t(page_id, user_ref, psid, ms, event_id)
+    ON CONFLICT (page_id, user_ref, psid) DO UPDATE
+        SET first_seen_at = EXCLUDED.first_seen_at, event_id = EXCLUDED.event_id
+        WHERE (EXCLUDED.first_seen_at, EXCLUDED.event_id COLLATE "C")
+              < (u.first_seen_at, u.event_id COLLATE "C")
     """
 )
 

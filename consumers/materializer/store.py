@@ -25,6 +25,7 @@ from consumers.materializer.folding import (
     shard_batch,
     stored_rows,
 )
+from consumers.materializer.links import guest_links, link_params
 from consumers.materializer.rows import STAGE_COLUMNS, StageRow
 from schemas.migrate import validate_schema_name
 
@@ -126,6 +127,7 @@ class _Session:
                             lookup.execute(st.EXISTING_EVENTS, (ids,), prepare=False)
                     stored = stored_rows(lookup.fetchall()) if rows else {}
                 folded = fold_batch(rows, stored)
+                links = guest_links(rows)
                 new, deltas = folded.new, folded.deltas
                 with conn.cursor() as cur:
                     if new:
@@ -149,7 +151,7 @@ class _Session:
                                 copy.write_row(
                                     (page_id, psid, d.thread_id, d.n_msg, d.first_ms,
                                      d.last_ms, d.in_ms, d.out_ms, d.read_ms, d.deliv_ms,
-                                     d.last_event, d.recheck)
+                                     d.last_event, d.recheck, d.platform)
                                 )  # fmt: skip
                 with conn.cursor() as fold:
                     with conn.pipeline():
@@ -159,6 +161,9 @@ class _Session:
                             # 5. Fold the deltas into conversations; unchanged rows are
                             #    not touched.
                             fold.execute(st.FOLD_CONVERSATIONS, prepare=False)
+                        if links:
+                            # 5b. Guests' user_refs linked to the PSIDs Meta revealed.
+                            conn.execute(st.UPSERT_USER_REFS, link_params(links))
                         # 6. Move the resume cursor of every partition in the batch.
                         conn.execute(st.UPSERT_OFFSETS, (group, topic, parts, offsets))
                         # 7. Commit rows and offsets together (or neither: any error

@@ -23,6 +23,7 @@ from deploy.simulator.media import cdn_url
 
 Item = dict[str, Any]
 Style = Literal["meta", "utf8"]
+BodyObject = Literal["page", "instagram"]
 
 KINDS: Final = (
     "message",
@@ -35,6 +36,19 @@ KINDS: Final = (
     "referral",
     "handover",
     "optin",
+    "unknown",
+)
+# Instagram's kinds (an ``instagram`` body's items): Messenger's shapes without handover
+# and opt-ins, plus the unsend (``message.is_deleted``).
+INSTAGRAM_KINDS: Final = (
+    "message",
+    "echo",
+    "read",
+    "reaction",
+    "edit",
+    "postback",
+    "referral",
+    "unsend",
     "unknown",
 )
 TEXTS: Final = (
@@ -82,9 +96,13 @@ class SignedBody:
 
 
 def page_body(
-    entries: Iterable[tuple[str, Sequence[Item], Sequence[Item]]], *, time: int
+    entries: Iterable[tuple[str, Sequence[Item], Sequence[Item]]],
+    *,
+    time: int,
+    obj: BodyObject = "page",
 ) -> dict[str, Any]:
-    """Return ``{"object": "page", "entry": [...]}`` from ``(page, messaging, standby)`` rows."""
+    """Return ``{"object": obj, "entry": [...]}`` from ``(page, messaging, standby)`` rows
+    (``obj="instagram"``: the ids are Instagram accounts)."""
     out = []
     for page_id, messaging, standby in entries:
         entry: dict[str, Any] = {"id": page_id, "time": time}
@@ -93,7 +111,7 @@ def page_body(
         if standby:
             entry["standby"] = list(standby)
         out.append(entry)
-    return {"object": "page", "entry": out}
+    return {"object": obj, "entry": out}
 
 
 @dataclass
@@ -279,13 +297,19 @@ class WebhookSender:
         }
         return {**self._route(page_id, psid, self.now()), "optin": optin}
 
+    def unsend(self, page_id: str, psid: str, mid: str) -> Item:
+        """Return an Instagram unsend: the user took message ``mid`` back."""
+        message = {"mid": mid, "is_deleted": True}
+        return {**self._route(page_id, psid, self.now()), "message": message}
+
     def unknown(self, page_id: str, psid: str) -> Item:
         """Return an ``account_linking`` item, a kind convsync stores as ``unknown``."""
         linking = {"status": "linked", "authorization_code": "code-" + self.psid()}
         return {**self._route(page_id, psid, self.now()), "account_linking": linking}
 
     def item(self, kind: str, page_id: str, psid: str) -> Item:
-        """Return one item of ``kind`` (one of :data:`KINDS`) with realistic content."""
+        """Return one item of ``kind`` (one of :data:`KINDS` or :data:`INSTAGRAM_KINDS`)
+        with realistic content."""
         makers: dict[str, Callable[[], Item]] = {
             "message": lambda: self.message(
                 page_id,
@@ -307,6 +331,7 @@ class WebhookSender:
             ),
             "optin": lambda: self.optin(page_id, psid),
             "unknown": lambda: self.unknown(page_id, psid),
+            "unsend": lambda: self.unsend(page_id, psid, self.mid()),
         }
         return makers[kind]()
 
@@ -328,8 +353,10 @@ class WebhookSender:
         kinds: Sequence[str] = KINDS,
         standby_share: float = 0.0,
         style: Style = "meta",
+        obj: BodyObject = "page",
     ) -> SignedBody:
-        """Return one signed body with an entry per page, each with random items."""
+        """Return one signed body with an entry per page (or Instagram account, with
+        ``obj="instagram"``), each with random items."""
         rows = []
         for page_id in pages:
             messaging: list[Item] = []
@@ -338,7 +365,7 @@ class WebhookSender:
                 item = self.item(self.rng.choice(kinds), page_id, self.psid())
                 (standby if self.rng.random() < standby_share else messaging).append(item)
             rows.append((page_id, messaging, standby))
-        return self.sign(page_body(rows, time=self.now()), style=style)
+        return self.sign(page_body(rows, time=self.now(), obj=obj), style=style)
 
 
 @dataclass

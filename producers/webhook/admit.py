@@ -6,7 +6,7 @@ from typing import Final
 
 import msgspec
 
-from producers.webhook.mapping import map_item
+from producers.webhook.mapping import ItemDefectError, defect_item, map_item
 from producers.webhook.payload import BadBodyError, parse_body
 from producers.webhook.publisher import Record
 from producers.webhook.signature import Verdict, verify
@@ -69,7 +69,11 @@ def admit(
         key = entry.id.encode()
         for channel, items in (("messaging", entry.messaging), ("standby", entry.standby)):
             for item in items:
-                env = map_item(entry.id, entry.time, item, channel)
+                try:
+                    env = map_item(entry.id, entry.time, item, channel, entry.platform)
+                except ItemDefectError as e:
+                    # No dead-letter path here: kept as unknown under a key of its own.
+                    env = defect_item(entry.id, entry.time, item, channel, entry.platform, e)
                 value = env.to_bytes()
                 # 3. One oversized event refuses the body.
                 if len(key) + len(value) > limit:

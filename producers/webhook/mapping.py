@@ -6,36 +6,60 @@ a platform's variant of one, is a row and a reader. Ids follow :mod:`schemas.eve
 a reader's ``detail`` is the one the rule names for its kind. An item that cannot be
 read as its kind (a field missing or of the wrong type) becomes kind ``unknown`` with the
 reason in ``attrs``: it is never dropped, and its raw JSON always travels in ``raw``.
+
+Both platforms share the table: an ``instagram`` body's items have Messenger's shapes
+(the account id, ``entry.id``, plays the page id's role), plus Instagram's own fields
+(``is_deleted``: an unsend; ``reply_to.story``; ``read`` naming a ``mid``, not a
+watermark). A guest of a plugin, named by ``user_ref`` instead of an id, is a
+conversation of its own (:data:`~schemas.envelope.USER_REF_PREFIX`). An item
+whose user would be the page itself is a defect (:class:`ItemDefectError`), not a
+conversation of the page with itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from producers.webhook.fields import (
+    attachments,
+    ms,
+    number,
+    party,
+    user_ref_key,
+    user_ref_of,
+)
 from producers.webhook.payload import Entry
-from schemas.envelope import Envelope
-from schemas.event_id import detail_digest, make_event_id
-from schemas.kinds import Direction, EventKind
+from schemas.envelope import DEFECT_ATTR, Envelope
+from schemas.event_id import canonical_json, detail_digest, make_event_id
+from schemas.kinds import Direction, EventKind, Platform
 
 log = logging.getLogger(__name__)
 
 Item = dict[str, Any]
-# The user of an item that names none (a malformed item, ``app_roles``): still stored.
-NO_PSID: Final = "_"
+# The user of an item that names none (a malformed item, ``app_roles``) is a key of the
+# item's own: this prefix and the sha256 of the whole item, so unrelated items never
+# share a conversation, and Meta's retries of one item do.
+NO_PSID_PREFIX: Final = "item:"
 HANDOVER_ACTIONS: Final = {
     "pass_thread_control": "pass",
     "take_thread_control": "take",
     "request_thread_control": "request",
 }
-_MAX_MS: Final = 2**53
 
 
 class ItemError(ValueError):
     """An item lacks a field its kind needs; it is stored as ``unknown`` instead."""
+
+
+class ItemDefectError(ValueError):
+    """An item that cannot be a fact of any conversation of its page (its user would be
+    the page itself: sender and recipient swapped). Not stored as an event: the caller
+    dead-letters it with this reason."""
 
 
 class Fact(msgspec.Struct, frozen=True, gc=False):
@@ -57,31 +81,6 @@ class Fact(msgspec.Struct, frozen=True, gc=False):
 Reader = Callable[[Item, dict[str, Any], str], Fact]
 
 
-def ms(value: Any) -> int | None:
-    """Return ``value`` when it is a time in ms the envelope can hold, else None."""
-    if type(value) is int and 0 <= value < _MAX_MS:
-        return value
-    return None
-
-
-def _ident(value: Any) -> str | None:
-    if type(value) is int:
-        value = str(value)
-    if type(value) is str and 0 < len(value) <= 64:
-        return value
-    return None
-
-
-def _party(item: Item, side: str) -> str | None:
-    who = item.get(side)
-    if type(who) is not dict:
-        return None
-    value = who.get("id")
-    if type(value) is int:
-        value = str(value)
-    return value if type(value) is str and 0 < len(value) <= 64 else None
-
-
 def _str(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     return value if type(value) is str and value else None
@@ -94,77 +93,95 @@ def _need(obj: dict[str, Any], key: str) -> str:
     raise ItemError(f"{key} missing")
 
 
-def _user(item: Item) -> str:
-    psid = _party(item, "sender")
+def _user(item: Item, page_id: str) -> str:
+    psid = party(item, "sender")
     if psid is None:
         raise ItemError("sender.id missing")
+    if psid == page_id:
+        raise ItemDefectError("the sender is the page itself (sender and recipient swapped?)")
     return psid
 
 
-def _attachments(message: dict[str, Any]) -> list[dict[str, Any]]:
-    attachments = message.get("attachments")
-    if type(attachments) is not list:
-        return []
-    out = []
-    for att in attachments:
-        if type(att) is not dict:
-            continue
-        raw_payload = att.get("payload")
-        payload: dict[str, Any] = raw_payload if type(raw_payload) is dict else {}
-        summary = {
-            "type": att.get("type"),
-            "url": payload.get("url") or att.get("url"),
-            "title": payload.get("title") or att.get("title"),
-        }
-        if payload.get("sticker_id") is not None:
-            summary["sticker_id"] = payload["sticker_id"]
-        out.append({k: v for k, v in summary.items() if v is not None})
-    return out
+def _with_link(fact: Fact, item: Item) -> Fact:
+    # A user_ref next to the user's id (either side): Meta revealed the PSID of a guest;
+    # the materializer records the link (user_refs).
+    if "user_ref" in fact.attrs:
+        return fact
+    for side in ("sender", "recipient"):
+        ref = user_ref_of(item, side)
+        if ref is not None and party(item, side) == fact.psid:
+            return msgspec.structs.replace(fact, attrs={**fact.attrs, "user_ref": ref})
+    return fact
 
 
 def _message(item: Item, message: dict[str, Any], page_id: str) -> Fact:
     mid = _need(message, "mid")
-    attrs: dict[str, Any] = {}
+    attrs: dict[str, Any]
     direction: Direction
     if message.get("is_echo") is True:
         # The page sent it: the user is the recipient.
-        psid = _party(item, "recipient")
+        psid = party(item, "recipient")
         if psid is None:
             raise ItemError("recipient.id missing on echo")
+        if psid == page_id:
+            raise ItemDefectError("the recipient of an echo is the page itself")
         direction = "outbound"
-        attrs["is_echo"] = True
+        attrs = {"is_echo": True}
         for key in ("app_id", "metadata"):
             if message.get(key) is not None:
                 attrs[key] = message[key]
     else:
-        psid = _user(item)
+        psid = _user(item, page_id)
         direction = "inbound"
+        attrs = {}
+    if message.get("is_deleted") is True:
+        # Instagram's unsend: the message is marked deleted, never dropped.
+        return Fact("unsend", psid, {**attrs, "is_deleted": True}, direction, mid)
+    if message.get("is_unsupported") is True:
+        attrs["is_unsupported"] = True
     quick_reply = message.get("quick_reply")
     if type(quick_reply) is dict and quick_reply.get("payload") is not None:
         attrs["quick_reply_payload"] = quick_reply["payload"]
     reply_to = message.get("reply_to")
     if type(reply_to) is dict and reply_to.get("mid") is not None:
         attrs["reply_to_mid"] = reply_to["mid"]
+    if type(reply_to) is dict and type(reply_to.get("story")) is dict:
+        # A reply to the account's story (Instagram): the story's id and media url.
+        attrs["reply_to_story"] = _present(reply_to["story"], ("id", "url"))
+    referral = message.get("referral")
+    if type(referral) is dict:
+        # A message sent from an ad or a link: where the user came from.
+        attrs["referral"] = referral
     if "attachments" in message:
-        attachments = _attachments(message)
-        if attachments:
-            attrs["attachments"] = attachments
+        found = attachments(message)
+        if found:
+            attrs["attachments"] = found
     text = message.get("text")
     return Fact("message", psid, attrs, direction, mid, text if type(text) is str else None)
 
 
 def _watermarked(kind: EventKind) -> Reader:
     def read(item: Item, body: dict[str, Any], page_id: str) -> Fact:
-        watermark = ms(body.get("watermark"))
-        if watermark is None:
-            raise ItemError("watermark missing")
         attrs: dict[str, Any] = {}
         mids = body.get("mids")
         if type(mids) is list:
             attrs["mids"] = [m for m in mids if type(m) is str]
+        mid = _str(body, "mid")
+        if mid is not None and "mids" not in attrs:
+            # A delivery or read of one message (Instagram's messaging_seen).
+            attrs["mids"] = [mid]
+        timestamp = ms(item.get("timestamp"))
+        # Instagram's messaging_seen names the message seen, not a watermark: everything
+        # up to the moment it was seen is read.
+        watermark = ms(body.get("watermark"))
+        if watermark is None and mid is not None:
+            watermark = timestamp
+        if watermark is None:
+            raise ItemError("watermark missing")
         # Meta's delivery items may carry no timestamp of their own.
-        occurred_at = ms(item.get("timestamp")) or watermark
-        return Fact(kind, _user(item), attrs, None, None, None, watermark, occurred_at)
+        occurred_at = timestamp or watermark
+        psid = _user(item, page_id)
+        return Fact(kind, psid, attrs, None, mid, None, watermark, occurred_at)
 
     return read
 
@@ -172,7 +189,7 @@ def _watermarked(kind: EventKind) -> Reader:
 def _reaction(item: Item, body: dict[str, Any], page_id: str) -> Fact:
     action = _str(body, "action") or ""
     emoji = _str(body, "emoji") or ""
-    psid = _user(item)
+    psid = _user(item, page_id)
     attrs = {"action": action, "emoji": emoji}
     if body.get("reaction") is not None:
         attrs["reaction"] = body["reaction"]
@@ -181,11 +198,15 @@ def _reaction(item: Item, body: dict[str, Any], page_id: str) -> Fact:
 
 
 def _edit(item: Item, body: dict[str, Any], page_id: str) -> Fact:
-    num_edit = body.get("num_edit")
+    # Some senders write the edit number as a string of digits: the same number (and
+    # the same event id). A value of another shape is kept as it came.
+    sent = body.get("num_edit")
+    read = number(sent)
+    num_edit = sent if read is None else read
     text = body.get("text")
     return Fact(
         "edit",
-        _user(item),
+        _user(item, page_id),
         {"num_edit": num_edit} if num_edit is not None else {},
         "inbound",
         _need(body, "mid"),
@@ -199,7 +220,7 @@ def _postback(item: Item, body: dict[str, Any], page_id: str) -> Fact:
     title = body.get("title")
     return Fact(
         "postback",
-        _user(item),
+        _user(item, page_id),
         _present(body, ("title", "payload", "referral")),
         "inbound",
         _str(body, "mid"),
@@ -208,9 +229,23 @@ def _postback(item: Item, body: dict[str, Any], page_id: str) -> Fact:
     )
 
 
+# ads_context_data: the ad's title, photo, video, post; origin_domain: the site of a chat
+# plugin.
+_REFERRAL_ATTRS: Final = (
+    "ref",
+    "source",
+    "type",
+    "ad_id",
+    "referer_uri",
+    "ads_context_data",
+    "origin_domain",
+    "is_guest_user",
+)
+
+
 def _referral(item: Item, body: dict[str, Any], page_id: str) -> Fact:
-    psid = _user(item)
-    attrs = _present(body, ("ref", "source", "type", "ad_id", "referer_uri"))
+    psid = _user(item, page_id)
+    attrs = _present(body, _REFERRAL_ATTRS)
     return Fact("referral", psid, attrs, "inbound", detail=detail_digest(item))
 
 
@@ -219,7 +254,7 @@ def _handover(key: str) -> Reader:
 
     def read(item: Item, body: dict[str, Any], page_id: str) -> Fact:
         attrs: dict[str, Any] = {**body, "action": action}
-        return Fact("handover", _user(item), attrs, detail=detail_digest(item))
+        return Fact("handover", _user(item, page_id), attrs, detail=detail_digest(item))
 
     return read
 
@@ -232,20 +267,30 @@ _OPTIN_ATTRS: Final = (
     "user_ref",
     "title",
     "notification_messages_frequency",
+    "notification_messages_timezone",
+    "notification_messages_status",
+    "user_token_status",
 )
 
 
 def _optin(item: Item, body: dict[str, Any], page_id: str) -> Fact:
-    sender = item.get("sender")
     # The checkbox plugin's opt-in names the user by user_ref, not by a PSID.
-    psid = (
-        _party(item, "sender")
-        or (_ident(sender.get("user_ref")) if type(sender) is dict else None)
-        or _ident(body.get("user_ref"))
-    )
+    psid = party(item, "sender") or user_ref_key(body.get("user_ref"))
     if psid is None:
         raise ItemError("no sender id or user_ref")
-    return Fact("optin", psid, _present(body, _OPTIN_ATTRS), detail=detail_digest(item))
+    if psid == page_id:
+        raise ItemDefectError("the sender is the page itself (sender and recipient swapped?)")
+    # A user_ref next to a PSID (in the opt-in or beside the sender's id) is the link
+    # between a guest and the PSID Meta revealed for it.
+    attrs = _present(body, _OPTIN_ATTRS)
+    status = body.get("notification_messages_status")
+    if body.get("type") == "notification_messages":
+        # Opted in unless the user stopped them (STOP_NOTIFICATIONS).
+        attrs["notification_messages_opted_in"] = status != "STOP_NOTIFICATIONS"
+    expiry = ms(body.get("token_expiry_timestamp"))
+    if expiry is not None:
+        attrs["token_expiry_ms"] = expiry
+    return Fact("optin", psid, attrs, detail=detail_digest(item))
 
 
 def _present(body: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
@@ -281,14 +326,18 @@ _KEYS: Final = frozenset(_RANK)
 
 
 def _unknown(item: Item, page_id: str, attrs: dict[str, Any]) -> Fact:
-    # The user is whichever party is not the page.
-    parties = (_party(item, "sender"), _party(item, "recipient"))
-    psid = next((p for p in parties if p is not None and p != page_id), NO_PSID)
-    return Fact("unknown", psid, attrs, detail=detail_digest(item))
+    # The user is whichever party is not the page; else a key of the item's own.
+    parties = (party(item, "sender"), party(item, "recipient"))
+    psid = next((p for p in parties if p is not None and p != page_id), None)
+    return Fact("unknown", psid or _own_key(item), attrs, detail=detail_digest(item))
 
 
 def read_item(item: Item, page_id: str) -> Fact:
-    """Return what ``item`` is by :data:`KINDS`; never raises for bad items."""
+    """Return what ``item`` is by :data:`KINDS`.
+
+    Never raises for bad items but for :class:`ItemDefectError` (an item whose user would be
+    the page itself).
+    """
     present = _KEYS.intersection(item)
     if not present:
         return _unknown(item, page_id, {})
@@ -301,6 +350,8 @@ def read_item(item: Item, page_id: str) -> Fact:
         if type(body) is not dict:
             raise ItemError(f"{key} is not an object")
         return _READ[key](item, body, page_id)
+    except ItemDefectError:
+        raise
     except ValueError as e:
         log.info("page %s: %s item stored as unknown: %s", page_id, key, _short(e))
         return _unknown(item, page_id, {"intended_kind": key, "parse_error": _short(e)})
@@ -313,14 +364,54 @@ def read_item(item: Item, page_id: str) -> Fact:
         return _unknown(item, page_id, {"intended_kind": key, "parse_error": _short(e)})
 
 
-def map_item(page_id: str, entry_time: int | None, item: Item, channel: str) -> Envelope:
-    """Return the envelope of one ``messaging``/``standby`` item; never raises for bad items.
+def map_item(
+    page_id: str,
+    entry_time: int | None,
+    item: Item,
+    channel: str,
+    platform: Platform = "messenger",
+) -> Envelope:
+    """Return the envelope of one ``messaging``/``standby`` item.
 
     ``entry_time`` is the entry's time in ms (None when it has none), used when the item
     has no ``timestamp``; ``channel`` is ``"messaging"`` or ``"standby"`` (kept in
-    ``attrs`` for standby).
+    ``attrs`` for standby); ``platform`` is ``instagram`` for an ``instagram`` body's
+    items (``page_id`` is then the account id). Raises :class:`ItemDefectError` for an item
+    that is no fact of any conversation (to dead-letter); never raises for other bad
+    items (they become ``unknown``).
     """
-    fact = read_item(item, page_id)
+    fact = _with_link(read_item(item, page_id), item)
+    return _envelope(fact, page_id, entry_time, item, channel, platform)
+
+
+def defect_item(
+    page_id: str,
+    entry_time: int | None,
+    item: Item,
+    channel: str,
+    platform: Platform,
+    defect: ItemDefectError,
+) -> Envelope:
+    """Return an :class:`ItemDefectError` item as kind ``unknown``, under a key of its own
+    (never the page's), the reason in ``attrs.defect``: for a caller with no dead-letter
+    path, so that the item is still kept."""
+    attrs = {DEFECT_ATTR: _short(defect)}
+    fact = Fact("unknown", _own_key(item), attrs, detail=detail_digest(item))
+    return _envelope(fact, page_id, entry_time, item, channel, platform)
+
+
+def _own_key(item: Item) -> str:
+    return NO_PSID_PREFIX + hashlib.sha256(canonical_json(item)).hexdigest()[:32]
+
+
+def _envelope(
+    fact: Fact,
+    page_id: str,
+    entry_time: int | None,
+    item: Item,
+    channel: str,
+    platform: Platform,
+) -> Envelope:
     attrs = fact.attrs if channel == "messaging" else {**fact.attrs, "channel": channel}
     occurred_at = fact.occurred_at
     if occurred_at is None:
@@ -340,6 +431,7 @@ def map_item(page_id: str, entry_time: int | None, item: Item, channel: str) -> 
         ),
         kind=fact.kind,
         page_id=page_id,
+        platform=platform,
         psid=fact.psid,
         direction=fact.direction,
         mid=fact.mid,
@@ -358,9 +450,12 @@ def _short(e: Exception) -> str:
 
 
 def map_body(entries: list[Entry]) -> list[Envelope]:
-    """Return one envelope per item of a body's ``entries``, in the order Meta sent them."""
+    """Return one envelope per item of a body's ``entries``, in the order Meta sent them.
+
+    Raises :class:`ItemDefectError` for an item that is no fact of any conversation.
+    """
     return [
-        map_item(entry.id, entry.time, item, channel)
+        map_item(entry.id, entry.time, item, channel, entry.platform)
         for entry in entries
         for channel, items in (("messaging", entry.messaging), ("standby", entry.standby))
         for item in items

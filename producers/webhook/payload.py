@@ -1,4 +1,5 @@
-"""The edge model of a webhook POST body: a ``page`` object with ``entry[]`` lists.
+"""The edge model of a webhook POST body: a ``page`` or ``instagram`` object with
+``entry[]`` lists.
 
 The one definition of what a body must be for its items to be mapped, read from the JSON
 orjson decodes, without coercion: a value has the JSON type the rule names or the body is
@@ -15,6 +16,7 @@ import msgspec
 import orjson
 
 from convsync.errors import PoisonError
+from schemas.kinds import Platform
 from schemas.nesting import MAX_DEPTH, deeper_than
 
 Item = dict[str, Any]
@@ -23,6 +25,8 @@ _page_id: Final = re.compile(r"\S{1,64}").fullmatch
 _MAX_MS: Final = 2**53
 _CHANNELS: Final = ("messaging", "standby")
 _KNOWN: Final = frozenset({"id", "time", *_CHANNELS})
+# The body's ``object`` -> the platform of its entries' events.
+PLATFORM_OF: Final[dict[str, Platform]] = {"page": "messenger", "instagram": "instagram"}
 
 
 class Entry(msgspec.Struct, frozen=True, gc=False):
@@ -37,6 +41,9 @@ class Entry(msgspec.Struct, frozen=True, gc=False):
     messaging: list[Item]
     standby: list[Item]
     extra: list[str]
+    # messenger for a ``page`` body, instagram for an ``instagram`` body (the id is then
+    # the Instagram account's).
+    platform: Platform = "messenger"
 
 
 class BadBodyError(PoisonError):
@@ -51,7 +58,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """Return the JSON object of ``body`` once it looks like a page payload.
 
     Raises :class:`BadBodyError` when ``body`` is not JSON, nests too deep, or is not a
-    page payload (``object`` other than ``page``, no ``entry`` list). The entries
+    page payload (``object`` other than ``page`` or ``instagram``, no ``entry`` list). The entries
     themselves are checked by :func:`page_body_of`.
     """
     try:
@@ -63,8 +70,9 @@ def decode_body(body: bytes) -> dict[str, Any]:
     # Depth is at most the number of brackets: most bodies skip the walk.
     if body.count(b"{") + body.count(b"[") > MAX_DEPTH and deeper_than(decoded):
         raise BadBodyError(f"body nests deeper than {MAX_DEPTH} levels")
-    if decoded.get("object") != "page":
-        raise BadBodyError("object is not 'page'")
+    obj = decoded.get("object")
+    if type(obj) is not str or obj not in PLATFORM_OF:
+        raise BadBodyError("object is not 'page' or 'instagram'")
     if type(decoded.get("entry")) is not list:
         raise BadBodyError("no entry list")
     return decoded
@@ -92,6 +100,8 @@ def page_body_of(decoded: dict[str, Any]) -> list[Entry]:
     ``standby`` present but not a list of objects.
     """
     entries = []
+    # decode_body let only the objects of PLATFORM_OF through.
+    platform = PLATFORM_OF[str(decoded.get("object"))]
     for n, raw in enumerate(decoded["entry"]):
         if type(raw) is not dict:
             raise _refuse("entry", n)
@@ -110,6 +120,7 @@ def page_body_of(decoded: dict[str, Any]) -> list[Entry]:
                 _items(raw, n, "messaging") if "messaging" in raw else [],
                 _items(raw, n, "standby") if "standby" in raw else [],
                 [] if raw.keys() <= _KNOWN else [k for k in raw if k not in _KNOWN],
+                platform,
             )
         )
     return entries
@@ -119,6 +130,7 @@ def parse_body(body: bytes) -> list[Entry]:
     """Return the entries of the page body decoded from ``body``.
 
     Raises :class:`BadBodyError` with a short reason when ``body`` is not JSON or not a page
-    payload (``object`` other than ``page``, no ``entry`` list, malformed entries).
+    payload (``object`` other than ``page`` or ``instagram``, no ``entry`` list, malformed
+    entries).
     """
     return page_body_of(decode_body(body))

@@ -79,6 +79,7 @@ def test_the_wire_format_is_the_fields_in_order(fields: dict[str, Any]) -> None:
         "event_id",
         "kind",
         "page_id",
+        "platform",
         "psid",
         "direction",
         "mid",

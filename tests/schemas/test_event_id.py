@@ -156,6 +156,7 @@ def test_kinds_never_collide() -> None:
     ("kind", "kwargs"),
     [
         ("message", {}),
+        ("unsend", {"occurred_at": 1}),
         ("read", {"occurred_at": 1}),
         ("delivery", {}),
         ("reaction", {"mid": "m"}),
@@ -172,3 +173,13 @@ def test_id_format_is_stable() -> None:
     assert make_event_id("message", page_id="100", psid="200", mid="m_abc") == (
         "ev1_" + __import__("hashlib").sha256(b'["message","100","m_abc"]').hexdigest()[:32]
     )
+
+
+def test_an_unsend_is_one_event_per_message_whoever_and_whenever() -> None:
+    # Instagram's is_deleted: one per message; never the message's own id.
+    a = make_event_id("unsend", page_id="178", psid="2", mid="aWdf1", occurred_at=5)
+    b = make_event_id("unsend", page_id="178", psid="3", mid="aWdf1", occurred_at=9)
+    assert a == b
+    assert a != make_event_id("message", page_id="178", psid="2", mid="aWdf1")
+    assert a != make_event_id("unsend", page_id="178", psid="2", mid="aWdf2")
+    assert a == "ev1_" + __import__("hashlib").sha256(b'["unsend","178","aWdf1"]').hexdigest()[:32]

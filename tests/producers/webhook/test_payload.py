@@ -61,7 +61,7 @@ def test_bodies_the_rules_accept(body: dict[str, Any], entries: list[Entry]) -> 
     [
         (b"not json", "body is not valid JSON"),
         (b"[1]", "body is not a JSON object"),
-        (b'{"object": "instagram", "entry": []}', "object is not 'page'"),
+        (b'{"object": "user", "entry": []}', "object is not 'page' or 'instagram'"),
         (b'{"object": "page"}', "no entry list"),
         (b'{"object": "page", "entry": {}}', "no entry list"),
         (b'{"object": "page", "entry": ["x"]}', "not a page payload at entry.0"),

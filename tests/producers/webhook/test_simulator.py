@@ -7,6 +7,8 @@ import json
 import orjson
 import pytest
 
+from deploy.simulator.instagram import ACCOUNT as INSTAGRAM_ACCOUNT
+from deploy.simulator.instagram import InstagramTraffic
 from deploy.simulator.webhooks import KINDS, WebhookSender, encode
 from producers.webhook.mapping import map_body
 from producers.webhook.payload import parse_body
@@ -48,3 +50,26 @@ def test_bodies_are_deterministic_per_seed_and_ids_unique() -> None:
     ids = [e.event_id for e in map_body(parse_body(a.raw))]
     assert len(ids) == len(set(ids)) == 60
     assert any(entry.get("standby") for entry in a.body["entry"])
+
+
+def test_instagram_traffic_maps_to_its_truth() -> None:
+    sender = WebhookSender("s", seed=3)
+    traffic = InstagramTraffic(sender)
+    kinds: set[str] = set()
+    for n in range(300):
+        body = traffic.body(n)
+        assert orjson.loads(body.signed.raw)["object"] == "instagram"
+        envelopes = map_body(parse_body(body.signed.raw))
+        assert {e.platform for e in envelopes} == {"instagram"}
+        assert {e.page_id for e in envelopes} == {INSTAGRAM_ACCOUNT}
+        kinds.update(e.kind for e in envelopes)
+        made = {
+            (e.page_id, e.psid, e.mid, e.text, e.direction)
+            for e in envelopes
+            if e.kind == "message"
+        }
+        assert made == set(body.messages)
+        for e in envelopes:
+            if e.kind == "read":
+                assert body.reads == {(e.page_id, e.psid): e.watermark}
+    assert kinds == {"message", "unsend", "reaction", "read"}
