@@ -44,7 +44,7 @@ def corpus(name: str) -> list[Envelope]:
 
 def write(settings: Settings, batches: Sequence[Sequence[Envelope]]) -> None:
     """Write ``batches`` one after the other on partition 0, as the materializer would."""
-    store = Store(settings)
+    store = Store(settings.database_url, settings.db_schema)
     offset = 0
     try:
         for batch in batches:

@@ -160,7 +160,7 @@ def test_the_migration_fills_them_from_the_data_already_there(make_schema: MakeS
             " SELECT page_id, psid, ARRAY['vip'] FROM {s}.conversations ON CONFLICT DO NOTHING",
         )
         assert _q(conn, schema, "SELECT count(*) FROM {s}.conversations")[0][0] > 0
-        assert apply_migrations(conn, schema=schema) == ["0008_read_path.sql"]
+        assert apply_migrations(conn, schema=schema, up_to=8) == ["0008_read_path.sql"]
         kept, real = counts(conn, schema)
         assert kept == real and real
         kept_tags, real_tags = tag_rows(conn, schema)
