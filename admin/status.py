@@ -400,3 +400,20 @@ def _read_database(
             conn, status.db_schema, "events", inserted, started, rate_window
         )
         status.estimated.append("events_per_second")
+
+
+def kafka_group_lag(settings: Settings, suffix: str, group: str, *, timeout: float = 10.0) -> int:
+    """Return how many records of ``<prefix>.<suffix>`` lie past the offsets ``group``
+    committed to Kafka (a group that keeps its offsets there: the mappers on the
+    deliveries, ``convsync-mapper``). Raises :class:`RetryableError`."""
+    topic = settings.topic(suffix)
+    marks = watermarks(settings, [topic], timeout=timeout).get(topic, {})
+    consumer = Consumer({**settings.kafka_config(), "group.id": group, "log_level": 3})
+    try:
+        done = consumer.committed([TopicPartition(topic, p) for p in marks], timeout=timeout)
+    except KafkaException as e:
+        raise RetryableError(f"cannot read {group}'s offsets on {topic}: {e}") from e
+    finally:
+        consumer.close()
+    at = {tp.partition: max(tp.offset, 0) for tp in done}
+    return sum(max(0, hi - at.get(p, 0)) for p, (_lo, hi) in marks.items())

@@ -9,7 +9,7 @@ import uuid
 from confluent_kafka import TopicPartition
 from psycopg import sql
 
-from admin.status import watermarks
+from admin.status import kafka_group_lag, watermarks
 from convsync.db import connect
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
@@ -21,17 +21,9 @@ def mapper_group(settings: Settings) -> str:
 
 
 def mapper_lag(settings: Settings) -> int:
-    """Deliveries not yet mapped: the deliveries' high watermarks minus the mapper's
-    committed offsets (committed with its transactions)."""
-    topic = settings.topic("deliveries")
-    highs = watermarks(settings, [topic]).get(topic, {})
-    consumer = make_consumer(settings, mapper_group(settings))
-    try:
-        done = consumer.committed([TopicPartition(topic, p) for p in highs], timeout=10)
-    finally:
-        consumer.close()
-    at = {tp.partition: max(tp.offset, 0) for tp in done}
-    return sum(max(0, hi - at.get(p, 0)) for p, (_lo, hi) in highs.items())
+    """Deliveries not yet mapped: past the mapper's offsets, committed with its
+    transactions."""
+    return kafka_group_lag(settings, "deliveries", mapper_group(settings))
 
 
 def unread_events(settings: Settings, group: str) -> int:
