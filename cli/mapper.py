@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import faulthandler
 import logging
 import signal
 import threading
@@ -72,6 +73,9 @@ def mapper(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR1 PID` writes every thread's stack to stderr (its log): a loop that
+    # /healthz says is stuck can be looked into without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         totals = mapping_loop.Mapper(config).run(stop)
     except ConsumerFatalError as e:
