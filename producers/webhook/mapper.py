@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -77,6 +78,10 @@ class MapperConfig:
     max_wait: float = 0.05
     max_record_bytes: int = MAX_EVENT_BYTES
     lag_every: float = 5.0
+    # A transaction still open after this many seconds is stuck in librdkafka (seen in
+    # send_offsets_to_transaction after a lost group session): the process exits, its
+    # supervisor starts it again and the new instance aborts the transaction.
+    stuck_after: float = 120.0
 
     @classmethod
     def from_settings(
@@ -115,6 +120,7 @@ class Mapper:
         self._assigned: set[int] = set()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._open_since: float | None = None  # monotonic start of the open transaction
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self._assigned.update(p.partition for p in parts)
@@ -142,11 +148,9 @@ class Mapper:
             **{
                 "enable.partition.eof": False,
                 "log_level": 4,
-                # A killed member's partitions move on after 10 s (45 s by default): a
-                # page's events wait for no longer. (Static membership would hand them
-                # back faster but keeps a stopped member in the group for the session,
-                # so `mapper-rewind` could not move the group meanwhile.)
-                "session.timeout.ms": 10_000,
+                # librdkafka's 45 s session: a member's session lost to a short broker
+                # outage (10 s was tried) left send_offsets_to_transaction blocked for
+                # good (tests/fault/test_outages.py); the watchdog below covers the rest.
             },
         )
         producer = Producer(
@@ -163,6 +167,9 @@ class Mapper:
             )
         )
         self._consumer, self._producer = consumer, producer
+        threading.Thread(
+            target=self._watchdog, args=(stop,), name="mapper-watchdog", daemon=True
+        ).start()
         try:
             producer.init_transactions(30)
             consumer.subscribe(
@@ -190,9 +197,29 @@ class Mapper:
             producer.flush(5)
         return self.totals
 
+    def _watchdog(self, stop: threading.Event) -> None:
+        """Exit the process when a transaction stays open past ``stuck_after`` seconds."""
+        while not stop.wait(1.0):
+            since = self._open_since
+            if since is not None and time.monotonic() - since > self.config.stuck_after:
+                log.error(
+                    "mapper: a transaction open for %.0fs: librdkafka is stuck; exiting for "
+                    "a restart (the next instance aborts it)",
+                    time.monotonic() - since,
+                )
+                logging.shutdown()
+                os._exit(3)
+
     def _transact(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
         """Map ``msgs`` and commit their events, dead letters and offsets as one transaction;
         after an abort, seek back to the batch's first offsets (it is read again)."""
+        self._open_since = time.monotonic()
+        try:
+            self._transact_once(consumer, producer, msgs)
+        finally:
+            self._open_since = None
+
+    def _transact_once(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
         cfg = self.config
         started = time.perf_counter()
         producer.begin_transaction()
