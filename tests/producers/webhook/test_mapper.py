@@ -132,7 +132,8 @@ def kill_midway_and_restart(settings: Settings, log: Path, count: int) -> list[t
         assert 0 < partial < count, (partial, count)
         # The same instance again: it fences the dead one and aborts what it left open.
         proc = mapper_process(settings, log, "kill-test")
-        wait_for_events(settings, count)
+        # The dead member holds its partitions until its 45 s session expires.
+        wait_for_events(settings, count, timeout=120)
         time.sleep(2)  # anything more would be a copy
         return read_records(settings, "events")
     finally:
