@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 COMPONENT: Final = "mapper"
 GROUP: Final = "convsync-mapper"
+#: The exit code of a mapper whose watchdog found a transaction stuck in librdkafka.
+STUCK_EXIT: Final = 3
 
 DELIVERIES: Final = Counter("convsync_mapper_deliveries", "Deliveries read and mapped.")
 EVENTS: Final = Counter("convsync_mapper_events", "Events produced (committed), by kind.", ["kind"])
@@ -208,7 +210,7 @@ class Mapper:
                     time.monotonic() - since,
                 )
                 logging.shutdown()
-                os._exit(3)
+                os._exit(STUCK_EXIT)
 
     def _transact(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
         """Map ``msgs`` and commit their events, dead letters and offsets as one transaction;

@@ -33,6 +33,7 @@ from convsync.settings import Settings
 from deploy.ports import free_ports
 from deploy.simulator.graph_api import GraphWorld, token_for
 from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body
+from producers.webhook.mapper import STUCK_EXIT
 from tests.fault.settle import mapper_group, mapper_lag, unread_events
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,6 +269,8 @@ class Pipeline:
         self.extra_env = extra_env or {}
         self.env_for = env_for or {}
         self.sups: dict[str, Supervisor] = {}
+        self._halt = threading.Event()
+        self._reviver: threading.Thread | None = None
         self.comps: dict[str, Component] = {}
         self.restarts: Counter[str] = Counter()
         self.database_url = settings.database_url.get_secret_value()
@@ -361,6 +364,19 @@ class Pipeline:
             self.comps[name] = sup.start(name, *self.args(name))
             if name == "gateway":
                 wait_ready(self.gateway_url, timeout=60)
+            if name == "mapper" and self._reviver is None:
+                self._reviver = threading.Thread(target=self._revive_stuck_mapper, daemon=True)
+                self._reviver.start()
+
+    def _revive_stuck_mapper(self) -> None:
+        """Start the mapper again when its watchdog made it exit (code 3: a transaction
+        stuck in librdkafka after a broker outage), as `convsync run`'s supervisor or
+        Kubernetes would; a mapper a scenario kills is the scenario's to restart."""
+        while not self._halt.wait(1.0):
+            comp = self.comps.get("mapper")
+            if comp is not None and comp.proc is not None and comp.proc.poll() == STUCK_EXIT:
+                self.restarts["mapper (stuck, restarted)"] += 1
+                self.comps["mapper"] = self.sups["mapper"].start("mapper", *self.args("mapper"))
 
     def kill(self, name: str) -> None:
         """SIGKILL the component's whole process group (the gateway's workers too)."""
@@ -377,6 +393,9 @@ class Pipeline:
         return {n: rss_kb(c.proc.pid) for n, c in self.comps.items() if c.proc and c.alive()}
 
     def stop(self) -> None:
+        self._halt.set()
+        if self._reviver is not None:
+            self._reviver.join(10)
         for sup in self.sups.values():
             sup.stop(timeout=20)
         if self.graph is not None:
