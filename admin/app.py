@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from admin.api import AdminApi, BadRequestError, problem
 from admin.auth import Sessions, auth_middleware, check_token
 from admin.dashboard import Dashboard
+from admin.pages import PagesApi
 from admin.settings import AdminSettings
 from admin.store import AdminStore
 from convsync.errors import RetryableError
@@ -72,6 +73,11 @@ def make_admin_app(
         ],
     )
     r = app.router
+    pages = PagesApi(settings)
+    r.add_get("/pages", pages.list, name="pages")
+    r.add_put("/pages/{page_id}", pages.put, name="page:put")
+    r.add_get("/pages/{page_id}", pages.get, name="page")
+    r.add_delete("/pages/{page_id}", pages.delete, name="page:delete")
     r.add_post("/pages/{page_id}/sync", api.sync, name="sync")
     r.add_get("/pages/{page_id}/conversations", api.conversations, name="conversations")
     r.add_get("/conversations/{page_id}/{psid}", api.conversation, name="conversation")
@@ -97,6 +103,7 @@ def make_admin_app(
         await pool.open()
         store = AdminStore(pool, settings.db_schema)
         api.store = dash.store = store
+        pages.pool = pool
         config = asyncio.create_task(_write_auto_clear(store, admin.auto_clear_tags))
         yield
         config.cancel()

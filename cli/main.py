@@ -407,6 +407,7 @@ def run(
         for name, value in (
             ("CONVSYNC_APP_SECRET", settings.app_secret),
             ("CONVSYNC_VERIFY_TOKEN", settings.verify_token),
+            ("CONVSYNC_SECRET_KEY", settings.secret_key),
         )
         if not value.get_secret_value()
     ]
@@ -429,6 +430,7 @@ def run(
         "CONVSYNC_DATABASE_URL": settings.database_url.get_secret_value(),
         "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
         "CONVSYNC_KAFKA_EXTRA": json.dumps(settings.kafka_extra_values()),
+        "CONVSYNC_SECRET_KEY": settings.secret_key.get_secret_value(),
     }
     folder = state_folder(state_dir)
     sup = Supervisor(env, folder / "logs", state_file=folder / STATE_FILE)
@@ -470,12 +472,14 @@ def _register_components() -> None:
     from cli.gateway import register as register_gateway
     from cli.importer import register as register_importer
     from cli.materializer import register as register_consumers
+    from cli.pages import register as register_pages
     from cli.streams import register as register_streams
 
     for register in (register_gateway, register_crawler, register_consumers, register_streams):
         register(app)
     register_archiver(app)
     register_importer(app)
+    register_pages(app)
 
 
 _register_components()

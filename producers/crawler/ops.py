@@ -67,6 +67,9 @@ class Sources:
     partitions: Callable[[], int]
     limiter: AppLimiter
     reconciler: Reconciler | None
+    # Pages whose token does not work, at the current worker's last read of the pages
+    # table (None: not read yet).
+    reconnect: Callable[[], int | None] = lambda: None
 
 
 class CrawlerCollector(Collector):
@@ -108,6 +111,14 @@ class CrawlerCollector(Collector):
             for outcome in ("steps", "followed", "duplicates", "joined", "done", "failed"):
                 steps.add_metric([outcome], getattr(stats, outcome))
         yield steps
+        reconnect = s.reconnect()
+        if reconnect is not None:
+            need = GaugeMetricFamily(
+                "convsync_pages_needing_reconnect",
+                "Pages whose token Graph refused: their crawls are paused until a new token.",
+            )
+            need.add_metric([], reconnect)
+            yield need
         parts = GaugeMetricFamily("convsync_crawler_partitions", "Crawl partitions owned.")
         parts.add_metric([], s.partitions())
         yield parts
@@ -121,7 +132,7 @@ class CrawlerCollector(Collector):
         crawls = GaugeMetricFamily(
             "convsync_crawler_crawls", "Pages by the state of their latest crawl.", labels=["state"]
         )
-        for state in ("queued", "running", "done", "failed"):
+        for state in ("queued", "running", "done", "failed", "paused"):
             crawls.add_metric([state], f.crawls.get(state, 0))
         yield crawls
         ages = [a for a in f.ages.values() if a is not None]
@@ -228,6 +239,7 @@ async def process_services(
     stats: Callable[[], WorkerStats | None],
     partitions: Callable[[], int],
     stop: asyncio.Event,
+    reconnect: Callable[[], int | None] = lambda: None,
     metrics_addr: str | None = None,
     reconcile: ReconcileSettings | None = None,
     page_source: PageSource | None = None,
@@ -243,7 +255,13 @@ async def process_services(
     await pool.open(wait=False)
     pages = page_source or configured_pages(tokens)
     reconciler = Reconciler(settings, options, pages=pages, pool=pool)
-    sources = Sources(stats=stats, partitions=partitions, limiter=limiter, reconciler=reconciler)
+    sources = Sources(
+        stats=stats,
+        partitions=partitions,
+        limiter=limiter,
+        reconciler=reconciler,
+        reconnect=reconnect,
+    )
     task = asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")
     runner = await serve(sources, addr) if addr else None
     try:
