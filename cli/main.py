@@ -280,6 +280,12 @@ def status(
             )
         for stalled in snap.stalled:
             out.print(f"[yellow]stalled:[/] {stalled}")
+        for page in snap.pages_attention:
+            paused = ", its crawl paused (cursor kept)" if page.get("crawl_paused") else ""
+            out.print(
+                f"[yellow]page {page['page_id']} {page['status']}:[/] "
+                f"{page.get('status_message') or ''}{paused}"
+            )
         rows, convs = (
             ("~" if k in snap.estimated else "") + str(getattr(snap, k))
             for k in ("events_rows", "conversations_rows")

@@ -33,9 +33,9 @@ from producers.crawler.reconcile import (
     PageSource,
     Reconciler,
     ReconcileSettings,
-    configured_pages,
 )
 from producers.crawler.state import make_pool
+from producers.crawler.tokens import table_pages
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +247,15 @@ async def process_services(
     """Run what a ``convsync crawler`` process has once, beside its worker: the
     reconciler and the listener. Both stop when the block exits.
 
-    ``page_source`` names the pages to reconcile (default: those of ``tokens``).
+    ``page_source`` names the pages to reconcile (default: the active pages of the
+    ``pages`` table, and those of ``tokens`` not in it yet).
     """
     options = reconcile or ReconcileSettings()
     addr = OpsSettings().metrics_addr if metrics_addr is None else metrics_addr
     pool = make_pool(settings.database_url.get_secret_value(), size=1)
     await pool.open(wait=False)
-    pages = page_source or configured_pages(tokens)
+    # The pages table (what the API, the CLI and CONVSYNC_PAGE_TOKENS put there).
+    pages = page_source or table_pages(pool, settings.db_schema, tokens)
     reconciler = Reconciler(settings, options, pages=pages, pool=pool)
     sources = Sources(
         stats=stats,

@@ -17,16 +17,18 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import psycopg
+from psycopg import sql
 from pydantic import SecretStr
 
 from convsync import pages
 from convsync.errors import RetryableError
 from convsync.pages import PageToken, TokenCipher
 from producers.crawler._producer import AsyncProducer
+from producers.crawler.reconcile import PageSource
 from producers.crawler.state import CONNECT_TIMEOUT, Pool
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,29 @@ class PageTokens:
                 log.exception("pages not read")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.sleep(self.refresh)
+
+
+def table_pages(pool: Pool, schema: str, initial: Mapping[str, object]) -> PageSource:
+    """Return the reconciler's page source: the ``active`` pages of the table, and the
+    pages of the initial set not in the table yet (the worker adds them on its first
+    read). A page needing a new token, or removed, is not reconciled."""
+
+    async def source() -> Sequence[str]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> Sequence[str]:
+            cur = await conn.execute(
+                sql.SQL("SELECT page_id, status FROM {}.pages").format(sql.Identifier(schema))
+            )
+            rows = dict(await cur.fetchall())
+            active = {p for p, status in rows.items() if status == "active"}
+            return sorted(active | {p for p in initial if p not in rows})
+
+        try:
+            async with pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                return await read(conn)
+        except psycopg.Error as e:
+            raise RetryableError(f"pages: {e}") from e
+
+    return source
 
 
 async def _forget(

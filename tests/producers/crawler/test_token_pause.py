@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from psycopg import sql
 
+from admin.status import collect
 from convsync import pages
 from convsync.settings import Settings
 from deploy.simulator.graph_api import GraphWorld
@@ -113,6 +114,12 @@ def test_expired_token_pauses_then_a_new_token_resumes_from_the_cursor(
         assert state["conversations_cursor"] is not None  # the cursor is kept
         assert running.worker.needing_reconnect == 1
         assert "convsync_pages_needing_reconnect 1.0" in scrape(running.worker)
+        # `convsync status` and the dashboard name it, with what to do
+        attention = collect(settings).pages_attention
+        assert [(p["page_id"], p["status"], p["crawl_paused"]) for p in attention] == [
+            (page, "needs_reconnect", True)
+        ]
+        assert attention[0]["status_message"] == "the token expired: reconnect the page"
         # A request meanwhile joins the paused crawl; nothing is sent with the dead token
         # and the page is announced once, however long it waits.
         calls_before = graph.server.accepted[page]
@@ -145,5 +152,6 @@ def test_expired_token_pauses_then_a_new_token_resumes_from_the_cursor(
     assert row["token_last_success_at"] is not None
     assert running.worker.needing_reconnect == 0
     assert "convsync_pages_needing_reconnect 0.0" in scrape(running.worker)
+    assert collect(settings).pages_attention == []
     resumed = [r for r in caplog.records if "resumes from its cursor" in r.getMessage()]
     assert len(resumed) == 1
