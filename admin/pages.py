@@ -106,7 +106,7 @@ class PagesApi:
     async def list(self, request: web.Request) -> web.StreamResponse:
         """Return the pages by id, ``limit`` at a time after ``after`` (never tokens)."""
         after = request.query.get("after", "")
-        if after and not pages.PAGE_ID.fullmatch(after):
+        if "after" in request.query and not pages.PAGE_ID.fullmatch(after):
             raise BadRequestError("after must be a page id")
         try:
             limit = int(request.query.get("limit", str(LIST_LIMIT)))

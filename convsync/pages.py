@@ -31,6 +31,8 @@ PLATFORMS: Final = ("messenger", "instagram")
 PAGE_ID: Final = re.compile(r"^[0-9]{1,64}$")
 MAX_NAME: Final = 200
 MAX_TOKEN: Final = 4096
+# What an access token is made of (Meta's are letters and digits): nothing else is sent.
+TOKEN_TEXT: Final = re.compile(rf"[!-~]{{1,{MAX_TOKEN}}}")
 MAX_MESSAGE: Final = 1000
 # Read at most this many pages in one listing (the admin API pages through the rest).
 MAX_LIST: Final = 1000
@@ -133,8 +135,10 @@ def check_page(page_id: str, platform: str, name: str | None, token: str) -> Non
         raise ValueError("platform must be 'messenger' or 'instagram'")
     if name is not None and len(name) > MAX_NAME:
         raise ValueError(f"name is longer than {MAX_NAME} characters")
-    if not token or len(token) > MAX_TOKEN or token.strip() != token or "\n" in token:
-        raise ValueError(f"access_token must be 1 to {MAX_TOKEN} characters, no whitespace")
+    if not TOKEN_TEXT.fullmatch(token):
+        raise ValueError(
+            f"access_token must be 1 to {MAX_TOKEN} printable ASCII characters, no whitespace"
+        )
 
 
 _COLUMNS: Final = (

@@ -30,8 +30,10 @@ def test_schemathesis_finds_no_contract_violation(admin_env: AdminEnv, tmp_path:
         "all",
         # A missing If-Match is answered 428 Precondition Required (RFC 6585), which this
         # check does not list among the answers it accepts; test_api covers the 428.
+        # DELETE /pages/{id} stops syncing a page and keeps its data on purpose, so its
+        # conversations stay readable after it (use_after_free expects a 404 there).
         "--exclude-checks",
-        "missing_required_header",
+        "missing_required_header,use_after_free",
         "--max-examples",
         "15",
         "--max-time",
@@ -65,5 +67,5 @@ def test_schemathesis_finds_no_contract_violation(admin_env: AdminEnv, tmp_path:
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
-    assert "6 selected" in output or "6 total" in output, output[-3000:]
+    assert "10 selected" in output or "10 total" in output, output[-3000:]
     assert TOKEN not in output.replace(f"Bearer {TOKEN}", "")

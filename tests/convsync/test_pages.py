@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 import pytest
 from psycopg import sql
@@ -117,3 +118,37 @@ def test_key_rotation(settings: Settings) -> None:
     assert run(settings, lambda c: pages.rotate_keys(c, settings.db_schema, both)) == 1
     # the old key is no longer needed
     assert tokens(settings, pages.TokenCipher(new)) == {"1001": TOKEN}
+
+
+def test_a_refusal_of_a_replaced_token_changes_nothing(settings: Settings) -> None:
+    cipher = pages.TokenCipher(pages.TokenCipher.new_key())
+    put(settings, cipher, "1001", "old")
+    seen = run(settings, lambda c: pages.crawler_tokens(c, settings.db_schema, cipher))["1001"]
+    put(settings, cipher, "1001", "new")  # replaced while the old one's call was in flight
+
+    def refuse(version: Any) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[str | None]]:
+        return lambda c: pages.token_rejected(
+            c,
+            settings.db_schema,
+            "1001",
+            version=version,
+            message="the token expired: reconnect the page",
+            error="Graph said 190",
+            paused_crawl=b'{"seq": 1}',
+        )
+
+    assert run(settings, refuse(seen.version)) is None
+    info = run(settings, lambda c: pages.get_page(c, settings.db_schema, "1001"))
+    assert info is not None and info.status == "active" and not info.crawl_paused
+    current = run(settings, lambda c: pages.crawler_tokens(c, settings.db_schema, cipher))["1001"]
+    assert run(settings, refuse(current.version)) == "active"  # this call made the change
+    assert run(settings, refuse(current.version)) == "needs_reconnect"  # already said
+    info = run(settings, lambda c: pages.get_page(c, settings.db_schema, "1001"))
+    assert info is not None and info.status == "needs_reconnect" and info.crawl_paused
+    assert info.token_last_error == "Graph said 190"
+    # a new token makes it active again; the paused crawl waits to be resumed
+    put(settings, cipher, "1001", "newest")
+    due = run(settings, lambda c: pages.crawls_to_resume(c, settings.db_schema))
+    assert [(p, orjson.loads(r)) for p, r in due] == [("1001", {"seq": 1})]
+    run(settings, lambda c: pages.crawl_resumed(c, settings.db_schema, "1001", due[0][1]))
+    assert run(settings, lambda c: pages.crawls_to_resume(c, settings.db_schema)) == []

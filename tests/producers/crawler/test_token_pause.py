@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -18,6 +19,9 @@ from admin.status import collect
 from convsync import pages
 from convsync.settings import Settings
 from deploy.simulator.graph_api import GraphWorld
+from producers.crawler.exceptions import GraphPermanentError
+from producers.crawler.fetcher import token_trouble
+from producers.crawler.graph import Usage, classify
 from producers.crawler.ops import CrawlerCollector, Sources
 from producers.crawler.request import new_request, submit
 from producers.crawler.worker import CrawlWorker
@@ -155,3 +159,75 @@ def test_expired_token_pauses_then_a_new_token_resumes_from_the_cursor(
     assert collect(settings).pages_attention == []
     resumed = [r for r in caplog.records if "resumes from its cursor" in r.getMessage()]
     assert len(resumed) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "subcode", "told"),
+    [
+        (190, 463, "the token expired: reconnect the page"),
+        (190, 467, "the token expired: reconnect the page"),
+        (190, 460, "invalidated by a password change"),
+        (190, 458, "revoked"),
+        (190, None, "the token is invalid"),
+        (10, None, "lacks a permission"),
+        (200, None, "lacks a permission"),
+        (299, None, "lacks a permission"),
+        (100, None, None),
+        (300, None, None),
+        (None, None, None),
+    ],
+)
+def test_which_graph_errors_are_token_trouble(
+    code: int | None, subcode: int | None, told: str | None
+) -> None:
+    body: dict[str, Any] = {"error": {"message": "m", "code": code}}
+    if subcode is not None:
+        body["error"]["error_subcode"] = subcode
+    error = classify(400, orjson.dumps(body), Usage())
+    assert isinstance(error, GraphPermanentError)
+    assert error.subcode == subcode
+    said = token_trouble(error.code, error.subcode)
+    if told is None:
+        assert said is None
+    else:
+        assert said is not None and told in said
+
+
+def test_a_paused_crawl_survives_a_restart_without_saying_it_again(
+    settings: Settings, fake_graph: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    world = GraphWorld.generate(seed=12, conversations=12)
+    graph = fake_graph(world, conversations_cap=4, messages_cap=5)
+    page = world.page_ids[0]
+    graph.server.expire_after[page] = (3, 467)
+    crawler = fast_crawler(token_refresh=0.2)
+    running = start_worker(settings, graph, crawler)
+    try:
+        record = new_request(page, full=True)
+        submit(settings, record)
+        assert wait_status(settings, record.crawl_id, {"paused", "done", "failed"}).status == (
+            "paused"
+        )
+    finally:
+        running.stop()
+    # A new worker of the same group, started with the old CONVSYNC_PAGE_TOKENS: the
+    # stored (dead) token is kept, nothing is sent with it, nothing is said again.
+    running = start_worker(settings, graph, crawler)
+    try:
+        calls = graph.server.accepted[page]
+        time.sleep(2.0)
+        assert page_row(settings, page)["status"] == "needs_reconnect"
+        assert graph.server.accepted[page] == calls
+        told = [r for r in caplog.records if "reconnect the page" in r.getMessage()]
+        assert len(told) == 1
+        graph.server.rotate_token(page, "tok-2")
+        put_token(settings, page, "tok-2")
+        view = wait_status(settings, record.crawl_id, {"done", "failed"})
+        assert view.status == "done", view.last_error
+        want = expected_rows(world, page)
+        events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
+    finally:
+        running.stop()
+    assert as_rows(events) == want
+    assert crawl_state(settings, page)["messages_fetched"] == len(want)
