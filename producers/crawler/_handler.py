@@ -217,7 +217,12 @@ class RecordHandler:
         store = self.store
         limit = self.crawler.conversation_failures
         resumed = await self._until_done(
-            "crawl resume", lambda: store.resume(record, conversation_failures=limit)
+            "crawl resume",
+            lambda: store.resume(
+                record,
+                conversation_failures=limit,
+                refusal=lambda r: record_refusal(r, self.origin),
+            ),
         )
         if resumed is not None:
             self.stats.resumed += 1

@@ -24,6 +24,8 @@ metric) and logged, never silently dropped.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +37,8 @@ from psycopg.rows import dict_row
 from producers.crawler.exceptions import CrawlFailedError, GraphPermanentError
 from producers.crawler.step import StepOutcome
 from schemas.crawl import CrawlCounters, CrawlRequest, CrawlStep
+
+log = logging.getLogger(__name__)
 
 SKIP_REASON: Final = "conversation_failed"
 # Thread ids of skipped conversations kept per crawl (the count has no bound).
@@ -156,6 +160,7 @@ async def claim(
     record: CrawlRequest,
     *,
     conversation_failures: int,
+    refusal: Callable[[CrawlRequest], str | None],
 ) -> Resumed | None:
     """Claim the cursor of the page's last crawl for ``record`` (a new crawl) when that
     crawl failed and nobody else resumed it; return the record to run, or None.
@@ -163,7 +168,9 @@ async def claim(
     Runs in ``conn``'s transaction (the caller's). Claiming again for the same crawl
     (its first step run a second time after a kill) gives the same answer. A full
     request does not resume an incremental crawl (it would miss what is older than the
-    incremental cutoff); a cancelled or completed last crawl leaves nothing to resume.
+    incremental cutoff); a cancelled or completed last crawl leaves nothing to resume;
+    a cursor that ``refusal`` refuses (one naming another Graph version after
+    ``CONVSYNC_GRAPH_URL`` changed, say) is not resumed: the crawl starts afresh.
     """
     s = sql.Identifier(schema)
     cur = conn.cursor(row_factory=dict_row)
@@ -186,6 +193,23 @@ async def claim(
     ):
         skipped = step.queue[0].thread_id
         step = skip_head(step)
+    resumed = record.model_copy(
+        update={
+            "full": bool(kept.get("full")),
+            "since": kept.get("since"),
+            "step": resume_position(step) if step is not None else None,
+        }
+    )
+    refused = refusal(resumed)
+    if refused is not None:
+        log.warning(
+            "crawl %s of page %s starts afresh: the cursor of failed crawl %s is refused (%s)",
+            record.crawl_id,
+            record.page_id,
+            last["crawl_id"],
+            refused,
+        )
+        return None
     attempt = int(last["attempt"]) + 1
     await conn.execute(sql.SQL(_TAKEN).format(schema=s), (record.crawl_id, last["crawl_id"]))
     await conn.execute(
@@ -199,12 +223,5 @@ async def claim(
             "attempt": attempt,
             "threads": orjson.dumps([skipped] if skipped else []).decode(),
         },
-    )
-    resumed = record.model_copy(
-        update={
-            "full": bool(kept.get("full")),
-            "since": kept.get("since"),
-            "step": resume_position(step) if step is not None else None,
-        }
     )
     return Resumed(resumed, str(last["crawl_id"]), attempt, skipped)

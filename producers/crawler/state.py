@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -239,7 +240,11 @@ class CrawlStateStore:
             raise RetryableError(f"crawl state write failed: {e}") from e
 
     async def resume(
-        self, record: CrawlRequest, *, conversation_failures: int
+        self,
+        record: CrawlRequest,
+        *,
+        conversation_failures: int,
+        refusal: Callable[[CrawlRequest], str | None],
     ) -> resume.Resumed | None:
         """Claim the cursor of the page's failed last crawl for ``record`` (see
         :func:`resume.claim`). Raises like :meth:`project`."""
@@ -253,6 +258,7 @@ class CrawlStateStore:
                     self._schema_name,
                     record,
                     conversation_failures=conversation_failures,
+                    refusal=refusal,
                 )
         except _UNMIGRATED as e:
             raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e

@@ -4,6 +4,7 @@ the fake Graph API)."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -29,7 +30,8 @@ from tests.producers.crawler.test_worker import wait_status
 
 pytestmark = pytest.mark.integration
 
-CONVERSATIONS = 60
+# CONVSYNC_TEST_RESUME_PAGE sets another size for the figures in docs/crawler.md.
+CONVERSATIONS = int(os.environ.get("CONVSYNC_TEST_RESUME_PAGE", "60"))
 CAP = 5  # conversations per Graph page: 12 list calls + 60 message calls = 72 in all
 
 
@@ -85,6 +87,11 @@ def test_a_crawl_failing_at_90_percent_resumes_with_10_percent_more_work(
     finally:
         running.stop()
     assert again.status == "done"
+    print(  # the figures of docs/crawler.md (pytest -s)
+        f"conversations={CONVERSATIONS} full run={full_calls} calls,"
+        f" failed run={before} calls, resumed run={resumed_calls} calls"
+        f" ({resumed_calls / full_calls:.1%} of a full run)"
+    )
     assert full_calls == full_run
     # ~10 % of the work, not 100 %: the one step that failed plus what was left
     assert resumed_calls <= full_run * 0.1 + 2, (resumed_calls, full_run)
@@ -225,3 +232,30 @@ def test_the_retry_delay_doubles_is_capped_and_jittered() -> None:
     # a fixed jitter per crawl, different across crawls
     assert retry_delay("abc", 1, base=60, cap=3600) == delays[0]
     assert len({retry_delay(f"c{i}", 1, base=60, cap=3600) for i in range(20)}) > 10
+
+
+def test_a_cursor_the_graph_url_no_longer_takes_is_not_resumed(
+    settings: Settings, fake_graph: Any
+) -> None:
+    world = GraphWorld.generate(seed=16, conversations=20, max_messages=2)
+    page = world.page_ids[0]
+    world.faults.fail_after_calls = 8  # in the messages of the first listed page
+    graph = fake_graph(world, conversations_cap=CAP)
+    running = start_worker(settings, graph, fast_crawler(max_attempts=2))
+    try:
+        failed = crawl(settings, page)
+    finally:
+        running.stop()
+    assert failed.status == "failed"
+    # CONVSYNC_GRAPH_URL changed: the failed crawl's cursor names another origin
+    world.faults.fail_after_calls = None
+    graph.url = graph.url.replace("127.0.0.1", "localhost")
+    running = start_worker(settings, graph, fast_crawler())
+    try:
+        again = crawl(settings, page)
+    finally:
+        running.stop()
+    assert again.status == "done", again.last_error
+    row = history(settings, again.crawl_id)
+    assert row["resumed_from"] is None and row["attempt"] == 1
+    assert row["conversations_done"] == 20
