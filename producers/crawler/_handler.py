@@ -306,7 +306,9 @@ class RecordHandler:
             await self._fail(record, book, text)
 
     async def _run_step(self, record: CrawlRequest) -> StepOutcome:
-        fetch = self._fetcher(record.page_id)
+        # An Instagram account's calls go through its linked page: that page's token
+        # and pace (Graph counts them against the page).
+        fetch = self._fetcher(record.graph_page)
         attempts = 0
         while True:
             try:
