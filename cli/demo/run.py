@@ -44,6 +44,8 @@ from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
 from deploy.ports import free_ports
 from deploy.simulator.graph_api import GraphWorld, token_for
+from deploy.simulator.graph_instagram import instagram_inbox
+from deploy.simulator.instagram import ACCOUNT as INSTAGRAM_ACCOUNT
 from schemas.migrate import apply_migrations
 
 
@@ -82,6 +84,18 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         pages=opts.pages,
         conversations=opts.conversations,
         max_messages=opts.max_messages,
+    )
+    # The Instagram account whose webhooks the demo sends is linked to the first page:
+    # its conversations are crawled through that page too.
+    world.link_instagram(
+        world.page_ids[0],
+        INSTAGRAM_ACCOUNT,
+        instagram_inbox(
+            seed=opts.seed,
+            account_id=INSTAGRAM_ACCOUNT,
+            conversations=max(5, opts.conversations // 10),
+            max_messages=opts.max_messages,
+        ),
     )
     graph = GraphThread(world, media=opts.archive)
     graph_url = graph.start()
@@ -200,6 +214,11 @@ def run_demo(
         for p in pages:
             truth |= {tuple(r) for r in world.expected(p)["messages"]}
             submit(settings, new_request(p, full=True))
+        for p, account in world.linked.items():
+            truth |= {tuple(r) for r in world.expected(account)["messages"]}
+            submit(settings, new_request(account, full=True, via_page=p))
+        # What is crawled: the pages and the Instagram accounts (through their pages).
+        crawled = [*pages, *world.linked.values()]
         tally = WebhookTally()
         sender = threading.Thread(
             target=send_webhooks,
@@ -212,10 +231,10 @@ def run_demo(
             while True:
                 snap = collect(settings)
                 sup.watch()
-                live.update(progress(snap, pages, tally, sup, started))
+                live.update(progress(snap, crawled, tally, sup, started))
                 settled = (
                     tally.done
-                    and crawl_done(snap, pages)
+                    and crawl_done(snap, crawled)
                     and snap.errors == []
                     and snap.lags
                     and sum(snap.lag_by_group().values()) == 0

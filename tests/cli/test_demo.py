@@ -54,6 +54,8 @@ def test_small_demo_matches_the_truth(stack_settings: Settings) -> None:
     assert "MATCH" in out
     assert "duplicates" in out
     assert "attachments stored / failed / expected" in out
+    # The Instagram account's conversations were crawled through its page, and compared.
+    assert "Instagram messages sent / crawled / conversations stored" in out
     # The verdict on media can fail: a file changed on disk and a wrong outcome are seen.
     settings = demo_settings(stack_settings)
     media_dir = Path(state) / "demo-media"

@@ -18,13 +18,15 @@ from pydantic import ValidationError
 from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphWorld
 from deploy.simulator.graph_instagram import instagram_inbox
+from deploy.simulator.instagram import InstagramTraffic
 from deploy.simulator.webhooks import WebhookSender
 from producers.crawler.exceptions import CrawlFailedError
 from producers.crawler.parse import conversation_todo, message_envelope
 from producers.crawler.request import new_request, submit
 from producers.crawler.step import MESSAGE_FIELDS, platform_refusal, record_refusal, run_step
 from producers.crawler.urls import GraphOrigin
-from producers.webhook.mapping import map_item
+from producers.webhook.mapping import map_body, map_item
+from producers.webhook.payload import parse_body
 from schemas.copies import merged_rows
 from schemas.crawl import ConversationTodo, CrawlRequest, CrawlStep
 from tests.fixtures.kafka import MakeTopics
@@ -265,6 +267,34 @@ def test_a_crawled_message_and_its_webhook_copy_are_one_event() -> None:
         assert row["occurred_at"] == hook.occurred_at
         assert row["thread_id"] == by_mid[hook.mid].thread_id
         assert row["text"] == hook.text
+
+
+def test_the_simulated_webhooks_redeliver_crawled_messages_as_the_same_events() -> None:
+    world = linked_world(26, ig=10)
+    traffic = InstagramTraffic(WebhookSender("s", seed=4), ACCOUNT, known=world.instagram[ACCOUNT])
+    crawled = {}
+    for conv in world.instagram[ACCOUNT]:
+        assert conv.psid is not None
+        todo = ConversationTodo(thread_id=conv.thread_id, psid=conv.psid, updated_at=0)
+        for i in range(len(conv.messages)):
+            env = message_envelope(
+                world.message_json(conv, i), page_id=ACCOUNT, todo=todo, platform="instagram"
+            )
+            assert not isinstance(env, str)
+            crawled[env.mid] = env
+    again = 0
+    for n in range(200):
+        body = traffic.body(n)
+        for env in map_body(parse_body(body.signed.raw)):
+            if env.kind == "message" and env.mid in crawled:
+                again += 1
+                assert env.event_id == crawled[env.mid].event_id
+                assert (env.psid, env.text, env.direction) == (
+                    crawled[env.mid].psid,
+                    crawled[env.mid].text,
+                    crawled[env.mid].direction,
+                )
+    assert again > 5
 
 
 # -- the worker, real Kafka and Postgres ------------------------------------------------
