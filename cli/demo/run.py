@@ -119,6 +119,8 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(opts.calls_per_second),
         "CONVSYNC_RECONCILE_EVERY": str(opts.reconcile_every),
         "CONVSYNC_RECONCILE_TICK": "1",
+        # The linked Instagram account is reconciled too, through its page.
+        "CONVSYNC_RECONCILE_INSTAGRAM": json.dumps({a: p for p, a in world.linked.items()}),
     }
     if opts.archive:
         media_dir = state_dir / "demo-media"

@@ -10,7 +10,6 @@ from cli.demo.compare import Comparison
 from cli.demo.gap import Gap
 from cli.demo.options import ADMIN_TOKEN, DEMO_PREFIX, DEMO_SCHEMA, WebhookTally
 from cli.supervisor import Supervisor
-from deploy.simulator.instagram import ACCOUNT as INSTAGRAM_ACCOUNT
 
 
 def progress(
@@ -102,14 +101,10 @@ def summary(
     t.add_row("missing / unexpected messages", f"{result.missing} / {result.unexpected}")
     t.add_row("message-count mismatches", str(result.count_mismatches))
     t.add_row("read-watermark mismatches", str(result.watermark_mismatches))
-    crawled = sum(
-        int(c.get("messages_fetched") or 0)
-        for c in snap.crawls
-        if str(c.get("page_id")) == INSTAGRAM_ACCOUNT
-    )
     t.add_row(
         "Instagram messages sent / crawled / conversations stored",
-        f"{tally.instagram_messages} / {crawled} / {result.instagram_conversations}",
+        f"{tally.instagram_messages} / {result.instagram_crawled}"
+        f" / {result.instagram_conversations}",
     )
     t.add_row("platform mismatches", str(result.platform_mismatches))
     if gap is not None and gap.missed:
