@@ -111,8 +111,15 @@ class CrawlRequest(BaseModel):
         return self.via_page or self.page_id
 
     def to_bytes(self) -> bytes:
-        """Return the JSON bytes published as the Kafka record value."""
-        return orjson.dumps(self.model_dump(mode="json"))
+        """Return the JSON bytes published as the Kafka record value.
+
+        A Messenger record leaves out ``platform`` and ``via_page``: it stays what
+        workers from before Instagram crawls read (they refuse unknown fields).
+        """
+        data = self.model_dump(mode="json")
+        if self.platform == "messenger":
+            del data["platform"], data["via_page"]
+        return orjson.dumps(data)
 
     @classmethod
     def from_bytes(cls, value: bytes | None) -> CrawlRequest:

@@ -68,9 +68,14 @@ def test_an_instagram_request_names_the_account_and_its_linked_page() -> None:
         CrawlRequest(crawl_id="0" * 12, page_id="1", via_page="2", requested_at=0)
     with pytest.raises(ValidationError, match="not the Instagram account"):
         new_request(ACCOUNT, full=True, via_page=ACCOUNT)
-    # Old records (no platform, no via_page) still read as Messenger crawls.
+    # Old records (no platform, no via_page) still read as Messenger crawls, and a
+    # Messenger record is written as before (workers of before refuse unknown fields).
     old = b'{"schema_version":1,"crawl_id":"000000000000","page_id":"1","requested_at":0}'
     assert CrawlRequest.from_bytes(old).platform == "messenger"
+    messenger = new_request("100701", full=True)
+    assert b"platform" not in messenger.to_bytes() and b"via_page" not in messenger.to_bytes()
+    assert CrawlRequest.from_bytes(messenger.to_bytes()) == messenger
+    assert CrawlRequest.from_bytes(record.to_bytes()) == record
 
 
 def test_a_stored_cursor_of_the_other_inbox_is_refused() -> None:
