@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,6 +30,10 @@ from convsync.errors import ConfigError
 from convsync.settings import Settings
 from producers.crawler._handler import WorkerStats
 from producers.crawler.app_usage import AppLimiter
+from producers.crawler.config import CrawlerSettings
+from producers.crawler.contacts import ContactStore
+from producers.crawler.graph import GraphClient
+from producers.crawler.profiles import ContactSettings, ProfileFetcher
 from producers.crawler.reconcile import (
     PageSource,
     Reconciler,
@@ -36,6 +41,7 @@ from producers.crawler.reconcile import (
     configured_pages,
 )
 from producers.crawler.state import make_pool
+from producers.crawler.urls import GraphOrigin
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,7 @@ class Sources:
     partitions: Callable[[], int]
     limiter: AppLimiter
     reconciler: Reconciler | None
+    profiles: ProfileFetcher | None = None
 
 
 class CrawlerCollector(Collector):
@@ -112,6 +119,23 @@ class CrawlerCollector(Collector):
         parts.add_metric([], s.partitions())
         yield parts
         yield from self._reconcile()
+        yield from self._profiles()
+
+    def _profiles(self) -> Iterator[Metric]:
+        fetcher = self.sources.profiles
+        if fetcher is None:
+            return
+        f = fetcher.figures
+        profiles = CounterMetricFamily(
+            "convsync_crawler_profile_fetches",
+            "User Profile API asks: fetched, refused (recorded on the contact), or a page's"
+            " turn stopped (a token error or a transient failure).",
+            labels=["outcome"],
+        )
+        profiles.add_metric(["fetched"], f.fetched)
+        profiles.add_metric(["refused"], f.refused)
+        profiles.add_metric(["page_stopped"], f.page_failures)
+        yield profiles
 
     def _reconcile(self) -> Iterator[Metric]:
         rec = self.sources.reconciler
@@ -231,27 +255,55 @@ async def process_services(
     metrics_addr: str | None = None,
     reconcile: ReconcileSettings | None = None,
     page_source: PageSource | None = None,
+    crawler: CrawlerSettings | None = None,
+    contacts: ContactSettings | None = None,
+    graph_url: str | None = None,
 ) -> AsyncIterator[Sources]:
     """Run what a ``convsync crawler`` process has once, beside its worker: the
-    reconciler and the listener. Both stop when the block exits.
+    reconciler, the profile fetcher (``profiles.py``; with ``crawler`` settings only) and
+    the listener. All stop when the block exits.
 
-    ``page_source`` names the pages to reconcile (default: those of ``tokens``).
+    ``page_source`` names the pages to reconcile (default: those of ``tokens``);
+    ``tokens`` are the page tokens the profile fetcher uses too.
     """
     options = reconcile or ReconcileSettings()
     addr = OpsSettings().metrics_addr if metrics_addr is None else metrics_addr
-    pool = make_pool(settings.database_url.get_secret_value(), size=1)
+    pool = make_pool(settings.database_url.get_secret_value(), size=2)
     await pool.open(wait=False)
     pages = page_source or configured_pages(tokens)
     reconciler = Reconciler(settings, options, pages=pages, pool=pool)
     sources = Sources(stats=stats, partitions=partitions, limiter=limiter, reconciler=reconciler)
-    task = asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")
+    tasks = [asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")]
+    session: aiohttp.ClientSession | None = None
+    if crawler is not None:
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=crawler.request_timeout)
+        )
+        client = GraphClient(
+            session,
+            GraphOrigin(graph_url or settings.graph_url),
+            app_secret=settings.app_secret.get_secret_value(),
+        )
+        sources.profiles = ProfileFetcher(
+            contacts or ContactSettings(),
+            crawler,
+            client=client,
+            store=ContactStore(pool, settings.db_schema),
+            tokens=tokens,
+            app=limiter,
+        )
+        tasks.append(asyncio.create_task(sources.profiles.run(stop), name="crawler-profiles"))
     runner = await serve(sources, addr) if addr else None
     try:
         yield sources
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if session is not None:
+            await session.close()
         if runner is not None:
             await runner.cleanup()
         await pool.close(timeout=3)
