@@ -14,7 +14,8 @@ published as events and folded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -168,6 +169,10 @@ LIMIT %(limit)s
 """
 
 
+# The advisory lock of the profile fetchers (with the schema: one deployment's fetchers).
+_LOCK: Final = "convsync-contacts"
+
+
 @dataclass(frozen=True, slots=True)
 class DueContact:
     """A user whose profile is to be fetched."""
@@ -253,6 +258,32 @@ class ContactStore:
         except (psycopg.Error, TimeoutError) as e:
             raise RetryableError(f"cannot read due contacts: {e}") from e
         return [DueContact(str(p), str(u), platform_of(pl)) for p, u, pl in rows]
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        """Hold the profile fetchers' lock while the block runs; yield whether it was got.
+
+        One fetcher of the deployment fetches at a time (a session-level advisory lock
+        on a connection kept for the block, idle, not in a transaction), so that two
+        crawler processes, which have the same tokens, do not ask about the same users
+        twice. If the connection dies the lock goes with it: the worst case is then
+        that, one tick long, two fetchers ask about the same users (the upserts keep
+        one row each).
+        """
+        try:
+            async with self.pool.connection(timeout=5) as conn:
+                key = f"{_LOCK}:{self.schema}"
+                cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+                row = await cur.fetchone()
+                got = bool(row and row[0])
+                try:
+                    yield got
+                finally:
+                    if got:
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+        except (psycopg.Error, TimeoutError) as e:
+            raise RetryableError(f"cannot take the profile fetchers' lock: {e}") from e
 
     async def _execute(self, text: str, params: Any) -> None:
         try:

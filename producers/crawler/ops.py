@@ -129,12 +129,14 @@ class CrawlerCollector(Collector):
         profiles = CounterMetricFamily(
             "convsync_crawler_profile_fetches",
             "User Profile API asks: fetched, refused (recorded on the contact), or a page's"
-            " turn stopped (a token error or a transient failure).",
+            " turn stopped (a token error or a transient failure), or a tick skipped (another"
+            " process's fetcher held the turn).",
             labels=["outcome"],
         )
         profiles.add_metric(["fetched"], f.fetched)
         profiles.add_metric(["refused"], f.refused)
         profiles.add_metric(["page_stopped"], f.page_failures)
+        profiles.add_metric(["turn_skipped"], f.turns_skipped)
         yield profiles
 
     def _reconcile(self) -> Iterator[Metric]:
@@ -268,7 +270,8 @@ async def process_services(
     """
     options = reconcile or ReconcileSettings()
     addr = OpsSettings().metrics_addr if metrics_addr is None else metrics_addr
-    pool = make_pool(settings.database_url.get_secret_value(), size=2)
+    # the reconciler; the profile fetcher's lock and its reads and writes
+    pool = make_pool(settings.database_url.get_secret_value(), size=3)
     await pool.open(wait=False)
     pages = page_source or configured_pages(tokens)
     reconciler = Reconciler(settings, options, pages=pages, pool=pool)

@@ -19,6 +19,10 @@ again after ``backoff * 2^(attempts-1)`` seconds (at most ``backoff_max``) and n
 after ``max_attempts`` refusals in a row. A refused token (code 190) or a transient
 failure stops the page's turn (nothing recorded on the users: it is not about them);
 the next tick tries again. State is bounded: one fetcher per configured page.
+
+One fetcher of the deployment works at a time (``ContactStore.turn``, an advisory
+lock): every crawler process has the same tokens, and would otherwise ask about the
+same users; a process that finds the lock taken skips its tick.
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class ProfileFigures:
     # page turns stopped by a token error or a transient failure
     page_failures: int = 0
     tick_failures: int = 0
+    # ticks left to another process's fetcher (it held the lock)
+    turns_skipped: int = 0
     last_tick: float = 0.0
 
 
@@ -163,6 +169,14 @@ class ProfileFetcher:
             del self.fetchers[page]
         if not pages:
             return 0
+        async with self.store.turn() as mine:
+            if not mine:
+                # another process's fetcher is at it: its tick covers these users
+                self.figures.turns_skipped += 1
+                return 0
+            return await self._tick(pages)
+
+    async def _tick(self, pages: list[str]) -> int:
         o = self.options
         due = await self.store.due(
             pages,

@@ -105,3 +105,14 @@ def test_the_import_bench_prints_memory_and_rate_ratios(stack_settings: Settings
     for n in (20, 200, 2000):
         assert f"\n{n:>8} " in f"\n{out}", out
     assert out.count(", peak ") == 3 and out.count(", rate ") == 3, out
+
+
+def test_the_contacts_due_bench_times_the_query_and_drops_its_schema(
+    stack_settings: Settings,
+) -> None:
+    out = run_bench(
+        stack_settings, "bench_contacts_due", "--conversations", "2000", "--pages", "3",
+        "--rounds", "1",
+    )  # fmt: skip
+    assert "2000 conversations, 3 pages" in out and "query median" in out, out
+    assert "Limit" in out, out

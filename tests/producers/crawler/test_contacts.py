@@ -119,9 +119,12 @@ class Profiles:
     def __init__(self, settings: Settings, graph: FakeGraph, options: ContactSettings) -> None:
         self.settings, self.graph, self.options = settings, graph, options
 
-    def tick(self, times: int = 1) -> ProfileFetcher:
+    def tick(self, times: int = 1, *, while_held: bool = False) -> ProfileFetcher:
+        """Run ``times`` ticks of a new fetcher (``while_held``: while another process's
+        fetcher holds the turn)."""
+
         async def main() -> ProfileFetcher:
-            pool = make_pool(self.settings.database_url.get_secret_value(), size=1)
+            pool = make_pool(self.settings.database_url.get_secret_value(), size=2)
             await pool.open(wait=True, timeout=10)
             try:
                 async with aiohttp.ClientSession() as session:
@@ -132,8 +135,17 @@ class Profiles:
                         store=ContactStore(pool, self.settings.db_schema),
                         tokens=self.graph.tokens(),
                     )
-                    for _ in range(times):
-                        await fetcher.tick()
+                    other = make_pool(self.settings.database_url.get_secret_value(), size=1)
+                    await other.open(wait=True, timeout=10)
+                    async with ContactStore(other, self.settings.db_schema).turn() as got:
+                        assert got
+                        if while_held:
+                            for _ in range(times):
+                                await fetcher.tick()
+                    await other.close()
+                    if not while_held:
+                        for _ in range(times):
+                            await fetcher.tick()
                     return fetcher
             finally:
                 await pool.close()
@@ -166,6 +178,9 @@ def test_webhook_only_users_get_their_profile_and_refusals_stop_at_the_cap(
     add_conversation(settings, "777", "5550004")
     profiles = Profiles(settings, graph, ContactSettings(max_attempts=3, **FAST))
 
+    # one fetcher at a time: while another process's holds the turn, nothing is asked
+    fetcher = profiles.tick(times=2, while_held=True)
+    assert fetcher.figures.turns_skipped == 2 and world.profile_calls == {}
     fetcher = profiles.tick(times=5)
     got = contacts(settings)
     assert set(got) == {"5550001", "5550002", "5550003"}
