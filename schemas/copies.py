@@ -38,6 +38,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+import msgspec
+
 from schemas.envelope import Envelope
 from schemas.event_id import canonical_json
 
@@ -94,12 +96,9 @@ def edit_number(event: Envelope) -> int:
 def copy_digest(event: Envelope) -> str:
     """Return the sha256 (32 hex digits) of the copy's canonical JSON: every field of the
     envelope, object keys sorted. Two copies with any difference differ here."""
-    try:
-        fields: dict[str, Any] = vars(event)
-    except TypeError:  # an envelope type without __dict__: its published JSON
-        import orjson
-
-        fields = orjson.loads(event.to_bytes())
+    # The Struct's fields as they are (nested values are plain JSON values already): the
+    # same dict as its published JSON read back, without encoding and decoding it.
+    fields: dict[str, Any] = msgspec.structs.asdict(event)
     return hashlib.sha256(canonical_json(fields)).hexdigest()[:32]
 
 

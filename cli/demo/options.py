@@ -31,6 +31,11 @@ class DemoOptions:
     timeout: float = 900.0
     # Attachments of crawled messages point at a fake CDN and the archiver keeps them.
     archive: bool = True
+    # After the backfill: new messages whose webhooks Meta drops (a share of them), filled
+    # by the crawler's reconciliation every ``reconcile_every`` seconds, unasked.
+    gap_messages: int = 30
+    missed_share: float = 0.2
+    reconcile_every: float = 20.0
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from admin.status import Status, collect
 from cli.demo.compare import Comparison, compare
+from cli.demo.gap import Gap, open_gap, wait_filled
 from cli.demo.media import compare_media, media_env, pending_media
 from cli.demo.options import (
     ADMIN_TOKEN,
@@ -102,6 +103,8 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         "CONVSYNC_GRAPH_URL": graph_url,
         "CONVSYNC_PAGE_TOKENS": json.dumps(tokens),
         "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(opts.calls_per_second),
+        "CONVSYNC_RECONCILE_EVERY": str(opts.reconcile_every),
+        "CONVSYNC_RECONCILE_TICK": "1",
     }
     if opts.archive:
         media_dir = state_dir / "demo-media"
@@ -125,6 +128,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         )
         yield {
             "world": world,
+            "graph": graph,
             "supervisor": sup,
             "graph_url": graph_url,
             "gateway": f"http://127.0.0.1:{gateway_port}",
@@ -168,6 +172,32 @@ def crawl_done(snap: Status, pages: list[str]) -> bool:
     """Return True when every page's crawl finished (done or failed)."""
     states = {str(c.get("page_id")): str(c.get("status")) for c in snap.crawls}
     return all(states.get(p) in ("done", "failed") for p in pages)
+
+
+def fill_gap(
+    console: Any, settings: Settings, opts: DemoOptions, tally: WebhookTally, ctx: dict[str, Any]
+) -> Gap:
+    """Open the gap of :mod:`cli.demo.gap` and wait for reconciliation to fill it and for
+    the materializer to catch up. Raises :class:`ConvsyncError` when it does not."""
+    gap = open_gap(f"{ctx['gateway']}/webhook", ctx["graph"], opts, tally)
+    if not gap.missed:
+        return gap
+    console.print(
+        f"\nMeta never delivered {len(gap.missed)} of {gap.messages} new messages' webhooks;"
+        f" no crawl is asked for: reconciliation runs every {opts.reconcile_every:.0f}s"
+    )
+    timeout = 3 * opts.reconcile_every + 60
+    if not wait_filled(settings, gap, timeout):
+        raise ConvsyncError(
+            f"reconciliation stored {gap.filled} of {len(gap.missed)} missed messages"
+            f" in {timeout:.0f}s"
+        )
+    deadline = time.monotonic() + 60
+    while sum(collect(settings).lag_by_group().values()) != 0:
+        if time.monotonic() > deadline:
+            raise ConvsyncError("the materializer did not catch up after reconciliation")
+        time.sleep(0.5)
+    return gap
 
 
 def run_demo(
@@ -234,12 +264,14 @@ def run_demo(
                 time.sleep(0.5)
         if tally.error:
             raise ConvsyncError(f"webhook sender failed: {tally.error}")
+        gap = fill_gap(console, settings, opts, tally, ctx)
+        snap = collect(settings)
         truth |= tally.truth
         result = compare(settings, truth, tally.read_watermarks)
         if opts.archive:
             media = compare_media(settings, world, state_dir / "demo-media")
             result = replace(result, media=media)
-        summary(console, snap, result, tally, time.monotonic() - started, ctx)
+        summary(console, snap, result, tally, time.monotonic() - started, ctx, gap)
         if stay:
             console.print("still running for the dashboard; Ctrl-C stops everything")
             while True:

@@ -70,7 +70,7 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
                 tally.instagram_messages += len(ig.messages)
                 for key, mark in ig.reads.items():
                     tally.read_watermarks[key] = max(tally.read_watermarks.get(key, 0), mark)
-                _post_until_ok(url, ig.signed, tally)
+                post_until_ok(url, ig.signed, tally)
                 time.sleep(interval)
                 continue
             page = pages[n % len(pages)]
@@ -124,8 +124,8 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
                 continue
             signed = sender.sign(page_body([(page, items, [])], time=sender.now()))
             if last_body is not None and rng.random() < 0.1:
-                _post_until_ok(url, last_body, tally)  # Meta re-delivers a body it sent
-            _post_until_ok(url, signed, tally)
+                post_until_ok(url, last_body, tally)  # Meta re-delivers a body it sent
+            post_until_ok(url, signed, tally)
             last_body = signed
             time.sleep(interval)
     except Exception as e:  # noqa: BLE001 - the demo reports the failure in its summary
@@ -134,7 +134,8 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
         tally.done = True
 
 
-def _post_until_ok(url: str, signed: Any, tally: WebhookTally) -> None:
+def post_until_ok(url: str, signed: Any, tally: WebhookTally) -> None:
+    """POST ``signed`` until the gateway answers 200, backing off like Meta."""
     for attempt in range(50):
         try:
             status = post(url, signed, timeout=10)

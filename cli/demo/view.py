@@ -7,6 +7,7 @@ from typing import Any
 
 from admin.status import Status
 from cli.demo.compare import Comparison
+from cli.demo.gap import Gap
 from cli.demo.options import ADMIN_TOKEN, DEMO_PREFIX, DEMO_SCHEMA, WebhookTally
 from cli.supervisor import Supervisor
 
@@ -77,6 +78,7 @@ def summary(
     tally: WebhookTally,
     seconds: float,
     ctx: dict[str, Any],
+    gap: Gap | None = None,
 ) -> None:
     from rich.table import Table
 
@@ -104,6 +106,11 @@ def summary(
         f"{tally.instagram_messages} / {result.instagram_conversations}",
     )
     t.add_row("platform mismatches", str(result.platform_mismatches))
+    if gap is not None and gap.missed:
+        t.add_row(
+            "webhooks Meta never delivered / filled by reconciliation",
+            f"{len(gap.missed)} / {gap.filled} (in {gap.seconds or 0:.1f}s, unasked)",
+        )
     t.add_row("DLQ records", str(snap.dlq_records))
     if result.media is not None:
         m = result.media

@@ -169,8 +169,8 @@ class _Session:
                         # 7. Commit rows and offsets together (or neither: any error
                         #    above aborts the rest of the pipeline, COMMIT included).
                         conn.execute(st.COMMIT)
-                    # Read before the cursor closes: closing resets rowcount to -1 (so
-                    # until 2026-11-29 every batch reported 0 conversations changed).
+                    # Read before the cursor closes: closing resets rowcount to -1 (every
+                    # batch would report 0 conversations changed).
                     changed = max(fold.rowcount, 0) if deltas else 0
         except BaseException:
             # The connection is dropped, which rolls back whatever was not committed.

@@ -192,7 +192,7 @@ def serve_workers(
             w.start()
         return _supervise(workers, forward)
     finally:
-        # The workers' metric files; the directory was left behind until 2026-11-29.
+        # The workers' metric files: removed with the process, never left behind.
         try:
             shutil.rmtree(metrics_dir)
         except OSError as e:

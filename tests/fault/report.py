@@ -28,7 +28,7 @@ DOC = REPO / "docs" / "reliability.md"
 RESULTS = Path(__file__).parent / "results"
 SUITE = ["-m", "fault", "tests/fault", "--deselect", "tests/fault/test_three_brokers.py"]
 
-SCENARIOS = tuple(range(1, 14))
+SCENARIOS = tuple(range(1, 15))
 
 HEADER = """# Reliability: the end-to-end fault suite
 
