@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 import time
-import weakref
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any, Final, NoReturn
 
 import faust
 from faust.serializers import codecs
-from faust.streams import _current_event
 from prometheus_client import CollectorRegistry
 
 from convsync.errors import PoisonError
@@ -27,6 +25,7 @@ from streams.broker import broker_credentials, broker_urls
 from streams.change import StreamState, encode_change, step
 from streams.codec import encode_state
 from streams.deadletter import dead_letter, too_large
+from streams.faust_fixes import FixedApp, bind_event, send_batches, store_put
 from streams.held import track_partitions
 from streams.side import DecodedStates, TableSide
 from streams.stats import PageStats, StatsCollector
@@ -56,14 +55,6 @@ class StreamConfig:
 def app_id(settings: Settings) -> str:
     """Return the faust app id: consumer group and table-topic prefix, from the topic prefix."""
     return f"{settings.topic_prefix}.streams"
-
-
-def _bind(event: faust.EventT[bytes]) -> None:
-    # faust tables find the changelog partition (and windowed tables the event) through
-    # the "current event". A batch from take_events() leaves it at the batch's last
-    # event, which may be another partition: bind each event before its table writes so
-    # every key is written to the changelog partition of the page it came from.
-    _current_event.set(weakref.ref(event))
 
 
 def _encode(table: Any, queued: list[tuple[int, Any, Any]]) -> dict[int, list[tuple[bytes, bytes]]]:
@@ -148,7 +139,7 @@ class Folder:
         #    changelog is never ahead of the change records: a crash replays the batch
         #    from the recovered state and re-emits the same records with the same seq.
         #    _store returns once Kafka acknowledged those changelog writes too.
-        self.stats.write(lambda page: _bind(by_page[page]))
+        self.stats.write(lambda page: bind_event(by_page[page]))
         await self._store(pending)
         # 3. take_events() acks the batch when we return, and faust commits acked
         #    offsets: nothing of the batch is acked unless steps 1-2 are durable (an
@@ -171,26 +162,8 @@ class Folder:
                 for partition, records in outbox.items()
                 for key, value in records
             ]
-        return await self._send_batches(topic, outbox)
-
-    async def _send_batches(
-        self, topic: str, outbox: dict[int, list[tuple[bytes, bytes]]]
-    ) -> list[Any]:
-        # One aiokafka batch per partition. faust's per-record send path (Topic, Channel,
-        # FutureMessage, then aiokafka's own send) costs several times the fold itself
-        # per record; a BatchBuilder append costs a few microseconds.
-        transport: Any = self.app.producer  # faust's aiokafka driver (kafka:// broker)
-        producer = transport._ensure_producer()
-        futures = []
-        for partition, records in outbox.items():
-            batch = producer.create_batch()
-            for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+        # F6: one aiokafka batch per partition (streams/faust_fixes.py).
+        return await send_batches(self.app, topic, outbox)
 
     async def _store(self, pending: dict[str, tuple[faust.EventT[bytes], StreamState]]) -> None:
         """Write the batch's new states and statistics to their tables and changelogs;
@@ -217,7 +190,7 @@ class Folder:
         outbox: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, (event, state) in pending.items():
             value = encode_state(state)
-            self.states.data[key] = value
+            store_put(self.states, key, value)  # F7
             self._remember(key, event.message.partition)
             self._decoded.put(key, value, state)
             # "json": the serializer faust picks for key_type=str, used again on recovery.
@@ -334,115 +307,12 @@ async def fold_batch(folder: Folder, batch: Sequence[faust.EventT[bytes]]) -> No
         raise cancelled
 
 
-def seek_before_resume(consumer: Any) -> None:
-    """Patch three gaps in how faust's consumer hands stream partitions over.
-
-    faust-streaming drops records it fetched for a partition that is paused by the time
-    it iterates them (a rebalance, the end of table recovery) and relies on seeking every
-    partition back to its committed offset when the rebalance completes. Seen after a
-    SIGKILL and restart (issue 6), three ways this goes wrong, each fixed here:
-
-    1. ``Recovery.on_recovery_completed`` resumes the stream partitions *before* it
-       seeks them. Events fetched in between reach the stream, then the seek rewinds the
-       fetch position and resets faust's read and committed offsets under them: events
-       delivered and acked twice, an offset gap that faust counts as acked while those
-       events were still in the agent's buffer (a commit ahead of processing), and
-       partitions whose commits never advanced again. Here a stream partition that
-       faust resumes is held paused until the next seek has completed.
-    2. A partition without a committed offset is not moved by that seek (aiokafka's
-       ``seek_to_committed`` skips it), so records faust fetched and dropped there are
-       lost: a restarted worker whose predecessor died before its first commit sat at
-       the end of the topic and folded nothing. Here such partitions are rewound to
-       the start (``consumer_auto_offset_reset`` is "earliest"); the fold treats what
-       it sees again as duplicates.
-    3. faust passes its live set of active partitions to the fetching thread, and
-       aiokafka reads an empty set as "every partition": when the last active
-       partition is paused mid-call it drains all of them, and faust drops the lot.
-       Here the fetch gets a copy and is skipped when that copy is empty.
-    """
-    resume = consumer.resume_partitions
-    seek = consumer.perform_seek
-    getmany = consumer._getmany
-    held: set[Any] = set()
-
-    def streams_of(tps: Any) -> set[Any]:
-        return {tp for tp in tps if not consumer._is_changelog_tp(tp)}
-
-    def resume_partitions(tps: Any) -> None:
-        tps = set(tps)
-        streams = streams_of(tps)
-        held.update(streams)
-        resume(tps - streams)
-
-    async def perform_seek() -> None:
-        try:
-            await seek()
-            fresh = {
-                tp: 0
-                for tp in streams_of(consumer.assignment())
-                if consumer._committed_offset.get(tp) is None
-            }
-            if fresh:
-                await consumer.seek_wait(fresh)
-        finally:
-            ready = held & set(consumer.assignment())
-            held.clear()
-            resume(ready)
-
-    async def _getmany(active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109
-        if active_partitions is None:
-            return await getmany(active_partitions=None, timeout=timeout)
-        snapshot = set(active_partitions)
-        if not snapshot:
-            await asyncio.sleep(min(timeout, 0.1))
-            return {}
-        return await getmany(active_partitions=snapshot, timeout=timeout)
-
-    consumer.resume_partitions = resume_partitions
-    consumer.perform_seek = perform_seek
-    consumer._getmany = _getmany
-
-
-def ask_the_broker_for_highwaters(consumer: Any) -> None:
-    """Make faust's table recovery read each changelog partition's end from the broker.
-
-    Recovery asks the consumer for the end of every changelog partition it is about to
-    restore, and reads up to there. Under exactly_once faust answers with the last
-    stable offset that aiokafka cached from its latest *fetch* of the partition: nothing
-    for a partition just assigned and not fetched yet, which faust reads as an empty
-    changelog. Whether the fetcher got there first was a race: a worker that took over
-    partitions on a busy machine "recovered" empty tables in milliseconds, then found the
-    offsets committed at the end and folded nothing (its pages were gone from
-    ``/stats/``, and the states of its conversations with them). Here the end comes from
-    a ListOffsets request, as faust already does at least once; aiokafka sends it with
-    the consumer's isolation level, so under exactly_once (read_committed) it is the
-    last stable offset, known or not to the fetcher.
-    """
-    thread = consumer._thread
-
-    async def _highwaters(partitions: Any) -> Any:
-        return await thread._ensure_consumer().end_offsets(partitions)
-
-    thread._highwaters = _highwaters
-
-
-class _App(faust.App):
-    """faust's App with the consumer fixes of :func:`seek_before_resume` and
-    :func:`ask_the_broker_for_highwaters`."""
-
-    def _new_consumer(self) -> Any:
-        consumer = super()._new_consumer()
-        seek_before_resume(consumer)
-        ask_the_broker_for_highwaters(consumer)
-        return consumer
-
-
 def make_app(settings: Settings, config: StreamConfig) -> faust.App:
     """Return the faust app for ``settings`` (not started; run it with a faust Worker).
 
     Raises :class:`ConfigError` when ``settings.kafka_extra`` cannot be given to aiokafka.
     """
-    app = _App(
+    app = FixedApp(
         app_id(settings),
         broker=broker_urls(settings),
         # CONVSYNC_KAFKA_EXTRA (SASL/TLS) for every aiokafka client of the app.

@@ -14,22 +14,12 @@ store directly. The store's own clean-up then covers them too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from faust.streams import current_event
 
-
-def _partitions_of(table: Any) -> MutableMapping[Any, int]:
-    known = getattr(table.data, "_key_partition", None)
-    if not isinstance(known, MutableMapping):
-        # A faust upgrade moved the attribute: fail at start-up, not with stale pages.
-        raise TypeError(
-            f"table {table.name}: the store ({type(table.data).__name__}) keeps no "
-            "key -> partition map; streams/held.py needs faust-streaming 0.15's memory store"
-        )
-    return known
-
+from streams.faust_fixes import hook_keys, key_partitions
 
 # The map may hold this many more keys than the store before gone keys are swept out.
 SLACK = 1024
@@ -39,15 +29,16 @@ Remember = Callable[[Any, int], None]
 
 
 def track_partitions(table: Any) -> Remember:
-    """Record the partition of every key written or deleted through ``table``.
+    """Record the partition of every key written or deleted through ``table`` (F9 of
+    streams/faust_fixes.py).
 
     The partition is that of the current event (the fold binds each page's event before
     its table writes). Call after any other replacement of the table's key hooks.
     Returns the recorder for writes that go to the table's store directly.
+    Raises :class:`streams.faust_fixes.FaustFixError` if the store keeps no map.
     """
     store = table.data
-    known = _partitions_of(table)
-    key_set, key_del = table.on_key_set, table.on_key_del
+    known = key_partitions(table)
 
     def remember(key: Any, partition: int) -> None:
         known[key] = partition
@@ -58,17 +49,14 @@ def track_partitions(table: Any) -> Remember:
             for gone in [k for k in known if k not in store]:
                 del known[gone]
 
-    def on_key_set(key: Any, value: Any) -> None:
-        key_set(key, value)
+    def after_set(key: Any, value: Any) -> None:
         event = current_event()
         if event is None:
             raise RuntimeError(f"table {table.name} written outside of an event")
         remember(key, event.message.partition)
 
-    def on_key_del(key: Any) -> None:
-        key_del(key)
+    def after_del(key: Any) -> None:
         known.pop(key, None)
 
-    table.on_key_set = on_key_set
-    table.on_key_del = on_key_del
+    hook_keys(table, after_set, after_del)
     return remember

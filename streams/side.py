@@ -13,7 +13,7 @@ digests in all (an evicted one is rebuilt from its chunks when needed).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any, Final, Generic, TypeVar
 
 import faust
@@ -23,6 +23,7 @@ from faust.serializers import codecs
 from streams.change import Edit, Step, StreamState, edit_rank
 from streams.codec import Decoded, decode_edit, decode_state, encode_edit
 from streams.digests import DigestIndex
+from streams.faust_fixes import store_put
 from streams.held import Remember, track_partitions
 
 INDEX_DIGESTS: Final = 4_000_000  # ~36 MB of in-memory digest indexes
@@ -204,10 +205,9 @@ class TableSide:
         if not writes:
             return
         outbox: Outbox = {}
-        store: MutableMapping[str, bytes] = table.data
         remember = self._remember[table]
         for k, (partition, value) in writes.items():
-            store[k] = value
+            store_put(table, k, value)  # F7
             remember(k, partition)
             # "json": the serializer faust picks for key_type=str, used on recovery.
             raw_key = codecs.dumps("json", k)

@@ -19,12 +19,12 @@ from datetime import timedelta
 from typing import Any, Final
 
 import faust
-from faust.streams import current_event
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schemas.envelope import Envelope
 from streams.change import Step
+from streams.faust_fixes import queue_changelog
 from streams.held import track_partitions
 
 WINDOW_SECONDS: Final = 60.0
@@ -127,29 +127,12 @@ class PageStats:
             self._waiting[page] = self._waiting.get(page, 0) - 1
 
     def _collect_changelog(self, table: Any) -> None:
-        """Make ``table`` queue its changelog records in :attr:`changelog`.
-
-        faust sends a table's changelog record per write, through its producer buffer
-        and aiokafka's per-record path: a third of the worker's CPU went to the
-        statistics that way (docs/streams.md, "Speed"). Here a write does what faust's
-        ``Table.on_key_set`` does (remember the key's window for expiry, tell the
-        sensors) except the send; the app sends the queued records with the batch's other
-        changelog records, one batch per partition (under exactly_once: into the
-        partition's transaction), before the batch is acked.
-        """
-        queue = self.changelog.setdefault(table, [])
-        sensor = table.app.sensors.on_table_set
-
-        def on_key_set(key: Any, value: Any) -> None:
-            event = current_event()
-            if event is None:
-                raise RuntimeError("statistics written outside of the fold")
-            partition = event.message.partition
-            queue.append((partition, key, value))
-            table._maybe_set_key_ttl(key, partition)
-            sensor(table, key, value)
-
-        table.on_key_set = on_key_set
+        """Make ``table`` queue its changelog records in :attr:`changelog` (F8 of
+        streams/faust_fixes.py); the app sends them with the batch's other changelog
+        records, one batch per partition (under exactly_once: into the partition's
+        transaction), before the batch is acked. faust's own per-write send took a third
+        of the worker's CPU (docs/streams.md, "Speed") and is not awaited."""
+        queue_changelog(table, self.changelog.setdefault(table, []))
 
     def write(self, bind: Callable[[str], None]) -> None:
         """Add the counted batch to the tables, one write per page and minute.

@@ -10,7 +10,7 @@ when scraped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import faust
@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from convsync.observe import Heartbeat
+from streams.faust_fixes import read_offsets
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,16 @@ class LagCollector(Collector):
             "Records of the events partition past the last one this worker read.",
             labels=["group", "topic", "partition"],
         )
-        # faust creates its consumer on first use: never from a scrape.
-        consumer: Any = getattr(self.app, "_consumer", None)
-        if consumer is not None:
-            for tp, n in sorted(_lags(consumer, self.topic).items()):
+        read = read_offsets(self.app)  # F10; None before faust made its consumer
+        if read is not None:
+            for tp, n in sorted(_lags(*read, self.topic).items()):
                 lag.add_metric([self.group, self.topic, str(tp)], n)
         yield lag
 
 
-def _lags(consumer: Any, topic: str) -> dict[int, int]:
-    # faust keeps the offset of the last record read per partition (_read_offset, the
-    # same map its own monitor reads); the high watermark is aiokafka's latest fetch.
+def _lags(consumer: Any, offsets: Mapping[Any, int | None], topic: str) -> dict[int, int]:
+    # ``offsets``: the offset of the last record read per partition (F10); the high
+    # watermark is aiokafka's latest fetch.
     # A partition not fetched or not read yet has no lag to show.
     out: dict[int, int] = {}
     try:
@@ -58,7 +58,7 @@ def _lags(consumer: Any, topic: str) -> dict[int, int]:
     for tp in assigned:
         if tp.topic != topic:
             continue
-        read = consumer._read_offset.get(tp)
+        read = offsets.get(tp)
         try:
             high = consumer.highwater(tp)
         except Exception as e:  # noqa: BLE001 - an unknown partition (just revoked)

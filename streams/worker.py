@@ -10,6 +10,7 @@ import faust
 from convsync.kafka import TopicSpec, admin_client, check_reachable, ensure_topics, topic_specs
 from convsync.settings import Settings
 from streams.app import StreamConfig, app_id, make_app
+from streams.faust_fixes import check as check_faust_fixes
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,12 @@ def ensure_changelogs(app: faust.App, settings: Settings, config: StreamConfig) 
 
 
 def run_worker(settings: Settings, config: StreamConfig, *, log_level: str = "INFO") -> int:
-    """Run a worker until it is stopped (SIGINT/SIGTERM); return its exit code."""
+    """Run a worker until it is stopped (SIGINT/SIGTERM); return its exit code.
+
+    Raises :class:`streams.faust_fixes.FaustFixError` before anything starts when the
+    installed faust-streaming or aiokafka lacks a name a fix relies on.
+    """
+    check_faust_fixes()
     config = prepare(settings, config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     app = make_app(settings, config)

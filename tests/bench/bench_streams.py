@@ -18,6 +18,7 @@ side's CPU per event over the same span, and the load average before each run.
 
     .venv/bin/python -m tests.bench.bench_streams [--events 10000 --rounds 3]
     .venv/bin/python -m tests.bench.bench_streams --sides plain,faust,faust-eos,intake
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f6  # F6 pays?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -155,7 +156,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def through_faust(
-    settings: Settings, expected: int, n_events: int, *, guarantee: str
+    settings: Settings, expected: int, n_events: int, *, guarantee: str, without: str = ""
 ) -> tuple[float, float]:
     """Run `convsync streams` over the topic; return its events/s (first to last record)
     and the worker's CPU seconds per event over the same span.
@@ -168,7 +169,10 @@ def through_faust(
     with tempfile.TemporaryDirectory() as tmp:
         args = ["streams", "--web-port", str(free_ports()), "--data-dir", tmp]
         args += ["--guarantee", guarantee]
-        if os.environ.get("CONVSYNC_BENCH_PROFILE"):
+        if without:
+            # The worker with fixes of streams/faust_fixes.py switched off (see main).
+            cmd = [sys.executable, "-m", "tests.bench.bench_streams", WITHOUT, without, *args]
+        elif os.environ.get("CONVSYNC_BENCH_PROFILE"):
             cmd = [sys.executable, "-m", "tests.bench.profiled", *args]
         else:
             cmd = [str(Path(sys.executable).parent / "convsync"), *args]
@@ -242,7 +246,9 @@ LABELS: Final = {
     "quix": "(b) Quix Streams, RocksDB state, at-least-once (default)",
     "faust-eos": "convsync streams, exactly_once",
     "intake": "faust, no-op handler (intake ceiling)",
+    "faust-no-f6": "convsync streams, at_least_once, without F6 (faust's per-record send)",
 }
+WITHOUT: Final = "--worker-without"
 
 
 def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) -> Run:
@@ -256,7 +262,10 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
         rate, cpu = through_quix(settings, expected, len(evs))
     else:
         guarantee = "exactly_once" if name == "faust-eos" else "at_least_once"
-        rate, cpu = through_faust(settings, expected, len(evs), guarantee=guarantee)
+        without = "F6" if name == "faust-no-f6" else ""
+        rate, cpu = through_faust(
+            settings, expected, len(evs), guarantee=guarantee, without=without
+        )
     return Run(name, rate, cpu, load)
 
 
@@ -301,6 +310,7 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("quix", "plain", "")
     ratio("faust-eos", "plain", "")
     ratio("intake", "plain", "")
+    ratio("faust", "faust-no-f6", "(F6 pays if above 1)")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:
@@ -312,6 +322,15 @@ def summary(runs: list[Run], sides: list[str]) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == [WITHOUT]:
+        # (Subprocess mode) `convsync ARGS...` with fixes F<n>,... switched off.
+        from cli.main import main as convsync
+        from streams import faust_fixes
+
+        faust_fixes.DISABLED.update(sys.argv[2].split(","))
+        sys.argv = ["convsync", *sys.argv[3:]]
+        convsync()
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--intake-only", metavar="PREFIX", help=argparse.SUPPRESS)

@@ -41,6 +41,7 @@ def _main_cpu() -> float:
 def _trace_streams(out: Path) -> None:
     """Time each batch ``fold_batch`` gets and each fetch faust's consumer hands over."""
     import streams.app as streams_app
+    from streams.faust_fixes import FixedApp
 
     batches = (out / f"streams-{os.getpid()}.batches.tsv").open("w", buffering=1)
     batches.write("taken_at\twait_s\tevents\tfold_s\n")
@@ -57,7 +58,7 @@ def _trace_streams(out: Path) -> None:
     streams_app.fold_batch = timed_fold
     fetches = (out / f"streams-{os.getpid()}.fetches.tsv").open("w", buffering=1)
     fetches.write("at\trecords\tgetmany_s\n")
-    new_consumer = streams_app._App._new_consumer
+    new_consumer = FixedApp._new_consumer
 
     def traced_consumer(self: Any) -> Any:
         consumer = new_consumer(self)
@@ -75,7 +76,7 @@ def _trace_streams(out: Path) -> None:
         consumer._getmany = _getmany
         return consumer
 
-    streams_app._App._new_consumer = traced_consumer  # type: ignore[method-assign]
+    FixedApp._new_consumer = traced_consumer  # type: ignore[method-assign]
     _trace_queues(out)
 
 

@@ -1,4 +1,4 @@
-"""streams/app.py ask_the_broker_for_highwaters: table recovery learns where a changelog
+"""F5 of streams/faust_fixes.py: table recovery learns where a changelog
 partition ends from the broker, not from a fetch that may not have happened yet.
 
 Real Kafka and a real aiokafka consumer (the one faust's consumer thread holds), with
@@ -10,13 +10,15 @@ real workers (it failed in CI when a worker "recovered" empty tables).
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import Producer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from streams.app import ask_the_broker_for_highwaters
+from streams.faust_fixes import highwaters_from_the_broker
 from tests.fixtures.kafka import MakeTopics
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
@@ -65,8 +67,13 @@ async def test_the_end_of_an_unfetched_partition_is_its_last_stable_offset(
         aio.assign([tp])
         # What faust read under exactly_once: the fetcher has not fetched it yet.
         assert aio.last_stable_offset(tp) is None
+        # Without the fix: faust's own answer, read as an empty changelog.
+        faust_thread: Any = SimpleNamespace(
+            consumer=SimpleNamespace(in_transaction=True), _ensure_consumer=lambda: aio
+        )
+        assert await AIOKafkaConsumerThread._highwaters(faust_thread, [tp]) == {tp: None}
         consumer = _Consumer(_Thread(aio))
-        ask_the_broker_for_highwaters(consumer)
+        highwaters_from_the_broker(consumer)
         ends = await consumer._thread._highwaters([tp])
         # Five committed records and their commit marker; the open ones do not count.
         assert ends == {tp: 6}

@@ -1,0 +1,520 @@
+"""Every use of a private faust-streaming or aiokafka name in ``streams/``, and its check.
+
+The streams worker corrects or bypasses faust-streaming (and the aiokafka it drives) in
+ten places, numbered F1-F10 here and in docs/streams.md ("Framework fixes"), which says
+for each why, what breaks without it and the upstream issue. Each relies on names that
+are not part of faust's public API and may change in any release within the pin; the
+rest of ``streams/`` reaches them only through the functions below.
+
+:func:`check` verifies, before any consumer starts (``streams.worker.run_worker``), that
+every name each fix relies on is still there with the parameters it calls it with, and
+raises :class:`FaustFixError` naming the fix, the installed versions and what is missing:
+a release that moved one fails at start, not later as duplicates or losses.
+
+:data:`DISABLED` turns fixes off by number. Only the regression tests (each shows the
+bad behaviour with its fix off) and the streams bench (``--worker-without``) set it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import weakref
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from types import CodeType
+from typing import Any, Final
+
+import faust
+from faust.streams import current_event
+
+from convsync.errors import ConvsyncError
+
+Outbox = dict[int, list[tuple[bytes, bytes]]]
+"""Records by partition: ``{partition: [(key, value), ...]}``."""
+
+#: Fix numbers switched off (tests and benchmarks only; empty in production).
+DISABLED: set[str] = set()
+
+
+class FaustFixError(ConvsyncError):
+    """An installed faust-streaming or aiokafka lacks a name a fix of streams/ relies on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """One private (or relied-on) name: ``module:Class.attribute`` or ``module:name``.
+
+    ``params``: the leading parameter names (``self`` left out) of the callable, as the
+    fix calls it; further parameters must have defaults. ``field``: an instance
+    attribute, which the class's own code must read or write. ``kind``: the type the
+    object must have.
+    """
+
+    path: str
+    params: tuple[str, ...] | None = None
+    field: bool = False
+    kind: type | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    number: str
+    title: str
+    needs: tuple[Need, ...]
+
+
+_DRIVER: Final = "faust.transport.drivers.aiokafka"
+_CONSUMER: Final = f"{_DRIVER}:Consumer"
+
+FIXES: Final = (
+    Fix(
+        "F1",
+        "bind each event of a batch before its table writes",
+        (
+            Need("faust.streams:_current_event", kind=type(faust.streams._current_event)),
+            Need("faust.streams:current_event", params=()),
+        ),
+    ),
+    Fix(
+        "F2",
+        "stream partitions stay paused until the seek after a rebalance completed",
+        (
+            Need("faust:App._new_consumer", params=()),
+            Need(f"{_CONSUMER}.resume_partitions", params=("tps",)),
+            Need(f"{_CONSUMER}.perform_seek", params=()),
+            Need(f"{_CONSUMER}._is_changelog_tp", params=("tp",)),
+            Need(f"{_CONSUMER}.assignment", params=()),
+        ),
+    ),
+    Fix(
+        "F3",
+        "stream partitions without a committed offset are rewound to the start",
+        (
+            Need(f"{_CONSUMER}.perform_seek", params=()),
+            Need(f"{_CONSUMER}._committed_offset", field=True),
+            Need(f"{_CONSUMER}.seek_wait", params=("partitions",)),
+        ),
+    ),
+    Fix(
+        "F4",
+        "the fetch gets a copy of the active partitions, and no fetch when it is empty",
+        (
+            Need("faust:App._new_consumer", params=()),
+            Need(f"{_CONSUMER}._getmany", params=("active_partitions", "timeout")),
+        ),
+    ),
+    Fix(
+        "F5",
+        "table recovery reads where a changelog ends from the broker",
+        (
+            Need("faust:App._new_consumer", params=()),
+            Need(f"{_CONSUMER}._thread", field=True),
+            Need(f"{_DRIVER}:AIOKafkaConsumerThread._highwaters", params=("partitions",)),
+            Need(f"{_DRIVER}:AIOKafkaConsumerThread._ensure_consumer", params=()),
+            Need("aiokafka:AIOKafkaConsumer.end_offsets", params=("partitions",)),
+        ),
+    ),
+    Fix(
+        "F6",
+        "records sent as one aiokafka batch per partition (speed only)",
+        (
+            Need(f"{_DRIVER}:Producer._ensure_producer", params=()),
+            Need("aiokafka:AIOKafkaProducer.create_batch", params=()),
+            Need("aiokafka:AIOKafkaProducer.send_batch", params=("batch", "topic", "partition")),
+            Need(
+                "aiokafka.producer.message_accumulator:BatchBuilder.append",
+                params=("timestamp", "key", "value"),
+            ),
+        ),
+    ),
+    Fix(
+        "F7",
+        "states written to the store directly; their changelog sent and awaited by the fold",
+        (
+            Need("faust.tables.base:Collection.data"),
+            Need("faust.stores.memory:Store.__setitem__", params=("key", "value")),
+            Need("faust.tables.table:Table.on_key_set", params=("key", "value")),
+        ),
+    ),
+    Fix(
+        "F8",
+        "statistics tables queue their changelog records for the batch's own send",
+        (
+            Need("mode.utils.collections:ManagedUserDict.__setitem__", params=("key", "value")),
+            Need("faust.tables.table:Table.on_key_set", params=("key", "value")),
+            Need("faust.tables.base:Collection._maybe_set_key_ttl", params=("key", "partition")),
+            Need("faust.sensors:SensorDelegate.on_table_set", params=("table", "key", "value")),
+        ),
+    ),
+    Fix(
+        "F9",
+        "the store learns the partition of every key this worker writes",
+        (
+            Need("faust.stores.memory:Store._key_partition", field=True),
+            Need("faust.tables.table:Table.on_key_set", params=("key", "value")),
+            Need("faust.tables.table:Table.on_key_del", params=("key",)),
+        ),
+    ),
+    Fix(
+        "F10",
+        "the lag metric reads the offsets faust's consumer read",
+        (
+            Need("faust:App._consumer", field=True),
+            Need(f"{_CONSUMER}._read_offset", field=True),
+            Need(f"{_CONSUMER}.highwater", params=("tp",)),
+        ),
+    ),
+)
+
+
+# --- the check at start ----------------------------------------------------------------
+
+
+def versions() -> str:
+    """Return the installed faust-streaming and aiokafka versions, for messages."""
+    out = []
+    for dist in ("faust-streaming", "aiokafka"):
+        try:
+            out.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            out.append(f"{dist} (not installed)")
+    return ", ".join(out)
+
+
+def _code_names(code: CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _class_names(cls: type) -> set[str]:
+    """Attribute names the code of ``cls`` and its bases reads or writes."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        for member in vars(klass).values():
+            funcs = [member.fget] if isinstance(member, property) else [member]
+            for func in funcs:
+                func = getattr(func, "__func__", func)
+                code = getattr(func, "__code__", None)
+                if isinstance(code, CodeType):
+                    names |= _code_names(code)
+    return names
+
+
+def _problem(need: Need) -> str | None:
+    """Return what is wrong with ``need`` in the installed libraries, or None."""
+    module_name, _, dotted = need.path.partition(":")
+    try:
+        obj: Any = import_module(module_name)
+    except ImportError as e:
+        return f"{need.path}: cannot import {module_name} ({e})"
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if need.field and i == len(parts) - 1:
+            if not isinstance(obj, type) or part not in _class_names(obj):
+                return f"{need.path}: no attribute {part} in the code of {obj!r}"
+            return None
+        if isinstance(obj, type):
+            # The first implementation in the MRO; an abstract declaration (faust's
+            # ConsumerT, TableT) does not count: nothing would run.
+            found = next(
+                (
+                    vars(k)[part]
+                    for k in obj.__mro__
+                    if part in vars(k) and not getattr(vars(k)[part], "__isabstractmethod__", 0)
+                ),
+                None,
+            )
+        else:
+            found = getattr(obj, part, None)
+        if found is None:
+            return f"{need.path}: {part} is gone"
+        obj = found
+    if need.kind is not None and not isinstance(obj, need.kind):
+        return f"{need.path}: is a {type(obj).__name__}, not a {need.kind.__name__}"
+    if need.params is not None:
+        func = obj.__func__ if isinstance(obj, staticmethod | classmethod) else obj
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            return f"{need.path}: not a callable with a signature"
+        params = [p for p in sig.parameters.values() if p.name != "self"]
+        names = tuple(p.name for p in params[: len(need.params)])
+        rest = params[len(need.params) :]
+        extra = [
+            p.name
+            for p in rest
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if names != need.params or extra:
+            found_names = tuple(p.name for p in params)
+            return f"{need.path}: parameters {found_names}, expected {need.params}"
+    return None
+
+
+def check(fixes: tuple[Fix, ...] = FIXES) -> None:
+    """Verify every name each fix relies on; raise :class:`FaustFixError` otherwise.
+
+    The message names each fix concerned (number and title), what is missing or
+    changed, and the installed faust-streaming and aiokafka versions.
+    """
+    problems = [
+        f"{fix.number} ({fix.title}): {problem}"
+        for fix in fixes
+        for need in fix.needs
+        if (problem := _problem(need)) is not None
+    ]
+    if problems:
+        raise FaustFixError(
+            f"the streams worker's fixes of faust do not fit the installed {versions()} "
+            "(docs/streams.md, Framework fixes; pin the versions of pyproject.toml or port "
+            "the fix):\n  " + "\n  ".join(problems)
+        )
+
+
+@contextmanager
+def without(*numbers: str) -> Iterator[None]:
+    """Switch fixes off inside the block (regression tests and benchmarks only)."""
+    before = set(DISABLED)
+    DISABLED.update(numbers)
+    try:
+        yield
+    finally:
+        DISABLED.clear()
+        DISABLED.update(before)
+
+
+# --- F1 ---------------------------------------------------------------------------------
+
+
+def bind_event(event: faust.EventT[bytes]) -> None:
+    """F1: make ``event`` faust's current event, so table writes that follow go to the
+    changelog partition of its page (a batch leaves it at the batch's last event)."""
+    if "F1" not in DISABLED:
+        faust.streams._current_event.set(weakref.ref(event))
+
+
+# --- F2-F5: the consumer ----------------------------------------------------------------
+
+
+def fix_consumer(consumer: Any) -> None:
+    """Install F2-F5 on faust's (aiokafka driver) consumer, just made by the app."""
+    seek_before_resume(consumer)
+    highwaters_from_the_broker(consumer)
+
+
+class FixedApp(faust.App):
+    """faust's App with F2-F5 installed on its consumer as the app makes it."""
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        fix_consumer(consumer)
+        return consumer
+
+
+def seek_before_resume(consumer: Any) -> None:
+    """F2, F3 and F4: how faust hands stream partitions over after a rebalance.
+
+    faust drops records it fetched for a partition that is paused by the time it
+    iterates them, and relies on seeking every partition back to its committed offset
+    when the rebalance completes (docs/streams.md has the cases seen after a SIGKILL).
+    F2: ``Recovery.on_recovery_completed`` resumes the stream partitions before it
+    seeks them; a stream partition faust resumes is held paused here until the next
+    seek completed. F3: that seek skips a partition without a committed offset, so
+    records dropped there were lost; such partitions are rewound to the start (the fold
+    treats what it sees again as duplicates). F4: aiokafka reads an empty set of active
+    partitions as "every partition", and faust passes its live set, which a pause can
+    empty mid-call; the fetch gets a copy here and is skipped when that is empty.
+    """
+    resume = consumer.resume_partitions
+    seek = consumer.perform_seek
+    getmany = consumer._getmany
+    held: set[Any] = set()
+
+    def streams_of(tps: Any) -> set[Any]:
+        return {tp for tp in tps if not consumer._is_changelog_tp(tp)}
+
+    def resume_partitions(tps: Any) -> None:
+        tps = set(tps)
+        streams = streams_of(tps)
+        held.update(streams)
+        resume(tps - streams)
+
+    async def perform_seek() -> None:
+        try:
+            await seek()
+            if "F3" not in DISABLED:
+                committed = consumer._committed_offset
+                fresh = {
+                    tp: 0 for tp in streams_of(consumer.assignment()) if committed.get(tp) is None
+                }
+                if fresh:
+                    await consumer.seek_wait(fresh)
+        finally:
+            ready = held & set(consumer.assignment())
+            held.clear()
+            resume(ready)
+
+    async def _getmany(active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109
+        if active_partitions is None:
+            return await getmany(active_partitions=None, timeout=timeout)
+        snapshot = set(active_partitions)
+        if not snapshot:
+            await asyncio.sleep(min(timeout, 0.1))
+            return {}
+        return await getmany(active_partitions=snapshot, timeout=timeout)
+
+    if "F2" not in DISABLED:
+        consumer.resume_partitions = resume_partitions
+    if "F2" not in DISABLED or "F3" not in DISABLED:
+        consumer.perform_seek = perform_seek
+    if "F4" not in DISABLED:
+        consumer._getmany = _getmany
+
+
+def highwaters_from_the_broker(consumer: Any) -> None:
+    """F5: table recovery reads each changelog partition's end from the broker.
+
+    Under exactly_once faust answers with the last stable offset aiokafka cached from
+    its latest fetch: nothing for a partition not fetched yet, which faust reads as an
+    empty changelog (a worker that took partitions over "recovered" empty tables). A
+    ListOffsets request, sent with the consumer's isolation level, answers the last
+    stable offset whether fetched or not.
+    """
+    if "F5" in DISABLED:
+        return
+    thread = consumer._thread
+
+    async def _highwaters(partitions: Any) -> Any:
+        return await thread._ensure_consumer().end_offsets(partitions)
+
+    thread._highwaters = _highwaters
+
+
+# --- F6: sending ------------------------------------------------------------------------
+
+
+async def send_batches(app: faust.App, topic: str, outbox: Outbox) -> list[Any]:
+    """F6: send ``outbox`` to ``topic`` as one aiokafka batch per partition; return the
+    futures of their delivery (speed only: faust's per-record send path, Topic, Channel
+    and FutureMessage, costs several times the fold). Off, each record goes through
+    faust's ``Producer.send`` (public), in the same order."""
+    transport: Any = app.producer  # faust's aiokafka driver (kafka:// broker)
+    if "F6" in DISABLED:
+        return [
+            await transport.send(topic, key, value, partition, None, None)
+            for partition, records in outbox.items()
+            for key, value in records
+        ]
+    producer = transport._ensure_producer()
+    futures = []
+    for partition, records in outbox.items():
+        batch = producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
+
+
+# --- F7-F9: tables ----------------------------------------------------------------------
+
+
+def store_put(table: Any, key: Any, value: Any) -> None:
+    """F7: put ``value`` in ``table``'s store without faust's changelog send; the caller
+    sends the changelog record itself and awaits it (``Folder._store``).
+
+    faust's ``table[key] = value`` sends the record through its producer buffer, from a
+    background task its transactional commit does not wait for, and its at-least-once
+    commit does not look at whether the write failed. Off, the write goes through faust
+    (its buffered changelog record besides the caller's).
+    """
+    if "F7" in DISABLED:
+        table[key] = value
+    else:
+        table.data[key] = value
+
+
+def queue_changelog(table: Any, queue: list[tuple[int, Any, Any]]) -> None:
+    """F8: make writes to ``table`` queue ``(partition, key, value)`` in ``queue`` instead
+    of sending their changelog record; the fold sends the queue with its batch.
+
+    The same as faust's ``Table.on_key_set`` (remember the key's window for expiry, tell
+    the sensors) except the send, which costs a third of the worker's CPU and, through
+    faust's buffer, is neither awaited nor in the batch's transaction. The partition is
+    the current event's (F1).
+    """
+    if "F8" in DISABLED:
+        return
+    sensor = table.app.sensors.on_table_set
+
+    def on_key_set(key: Any, value: Any) -> None:
+        event = current_event()
+        if event is None:
+            raise RuntimeError(f"table {table.name} written outside of the fold")
+        partition = event.message.partition
+        queue.append((partition, key, value))
+        table._maybe_set_key_ttl(key, partition)
+        sensor(table, key, value)
+
+    table.on_key_set = on_key_set
+
+
+def key_partitions(table: Any) -> MutableMapping[Any, int]:
+    """F9: return the key -> changelog partition map of ``table``'s memory store.
+
+    The store drops, once recovery after a rebalance completes, the keys of partitions
+    no longer active here, but knows the partition only of keys it read from the
+    changelog. Off, a map the store does not read (the keys this worker wrote stay).
+    """
+    if "F9" in DISABLED:
+        return {}
+    known = getattr(table.data, "_key_partition", None)
+    if not isinstance(known, MutableMapping):
+        raise FaustFixError(
+            f"F9: table {table.name}: the store ({type(table.data).__name__}) keeps no "
+            f"key -> partition map (_key_partition) in {versions()}"
+        )
+    return known
+
+
+def hook_keys(
+    table: Any, after_set: Callable[[Any, Any], None], after_del: Callable[[Any], None]
+) -> None:
+    """F9: call ``after_set(key, value)`` / ``after_del(key)`` after faust's (or F8's)
+    key hooks of ``table``. Call after any other replacement of the hooks."""
+    if "F9" in DISABLED:
+        return
+    key_set, key_del = table.on_key_set, table.on_key_del
+
+    def on_key_set(key: Any, value: Any) -> None:
+        key_set(key, value)
+        after_set(key, value)
+
+    def on_key_del(key: Any) -> None:
+        key_del(key)
+        after_del(key)
+
+    table.on_key_set = on_key_set
+    table.on_key_del = on_key_del
+
+
+# --- F10: reading the consumer ----------------------------------------------------------
+
+
+def read_offsets(app: faust.App) -> tuple[Any, MutableMapping[Any, int | None]] | None:
+    """F10: return faust's consumer and its offsets of the last record read per
+    partition (the map faust's own monitor reads), or None before the consumer exists:
+    faust makes its consumer on first use, never from a scrape."""
+    consumer: Any = getattr(app, "_consumer", None)
+    if consumer is None:
+        return None
+    return consumer, consumer._read_offset

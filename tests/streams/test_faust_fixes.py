@@ -1,0 +1,299 @@
+"""streams/faust_fixes.py: the check at start, and one regression test per fix.
+
+Each regression test shows the fixed behaviour, then the bad one with the fix switched
+off (:func:`streams.faust_fixes.without`). Real faust tables and stores in process; the
+consumer fixes F2-F4 run on a stand-in for faust's consumer that records the calls
+faust's rebalance makes (the duplicates and losses they cause were seen end to end
+after a SIGKILL, test_kill.py, not deterministically). F5 runs against real Kafka in
+test_highwaters.py; F6 is for speed only and measured (docs/streams.md); F10 only reads.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import faust.stores.memory
+import faust.streams
+import pytest
+from faust.streams import _current_event
+from faust.transport import consumer as base_consumer
+from faust.transport.drivers import aiokafka as driver
+from faust.types import TP
+
+from convsync.settings import Settings
+from streams import faust_fixes
+from streams.app import Folder
+from streams.faust_fixes import FaustFixError, bind_event, check, seek_before_resume, without
+from streams.held import track_partitions
+from streams.stats import PageStats
+
+# --- check() -----------------------------------------------------------------------------
+
+
+def test_check_passes_on_the_pinned_versions() -> None:
+    check()
+    numbers = [fix.number for fix in faust_fixes.FIXES]
+    assert numbers == [f"F{n}" for n in range(1, 11)]
+
+
+async def _getmany_renamed(self: Any, partitions: Any, timeout_s: float) -> Any:
+    return {}
+
+
+def _ensure_producer_with_an_argument(self: Any, transactional_id: str) -> Any:
+    return None
+
+
+class _StoreWithoutMap:
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "replacement", "fix", "said"),
+    [
+        (driver.AIOKafkaConsumerThread, "_highwaters", None, "F5", "_highwaters is gone"),
+        (driver.Consumer, "_getmany", _getmany_renamed, "F4", "('partitions', 'timeout_s')"),
+        (driver.Producer, "_ensure_producer", _ensure_producer_with_an_argument, "F6", "param"),
+        (faust.stores.memory, "Store", _StoreWithoutMap, "F9", "no attribute _key_partition"),
+        (faust.streams, "_current_event", weakref.ref, "F1", "not a ContextVar"),
+        (base_consumer.Consumer, "perform_seek", None, "F3", "perform_seek is gone"),
+    ],
+)
+def test_check_fails_naming_the_fix_the_versions_and_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, replacement: Any, fix: str, said: str
+) -> None:
+    if replacement is None:
+        monkeypatch.delattr(owner, name)
+    else:
+        monkeypatch.setattr(owner, name, replacement)
+    with pytest.raises(FaustFixError) as caught:
+        check()
+    message = str(caught.value)
+    assert f"{fix} (" in message
+    assert said in message
+    assert "faust-streaming 0.15" in message and "aiokafka 0." in message
+    # Only the fixes that rely on the name are named.
+    assert message.count("\n  ") == sum(
+        1 for line in message.splitlines() if line.startswith("  F")
+    )
+
+
+def test_the_worker_checks_before_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams import worker
+
+    monkeypatch.delattr(base_consumer.Consumer, "resume_partitions")
+    with pytest.raises(FaustFixError, match="F2"):
+        worker.run_worker(Settings(kafka_bootstrap="127.0.0.1:1"), worker.StreamConfig())
+
+
+# --- F1, F7, F8, F9: tables ---------------------------------------------------------------
+
+
+class _Message:
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.topic = "fixes.events"
+
+
+class _Event:
+    """What the table hooks read of faust's event: its message's partition."""
+
+    def __init__(self, partition: int) -> None:
+        self.message = _Message(partition)
+
+
+@pytest.fixture
+def last_event() -> Iterator[_Event]:
+    """The current event as take_events() leaves it: the batch's last, on partition 1."""
+    event = _Event(1)
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    yield event
+    _current_event.reset(token)
+
+
+def _app(tmp_path: Path) -> faust.App:
+    return faust.App("fixes.streams", store="memory://", datadir=str(tmp_path))
+
+
+def _folder(tmp_path: Path) -> Folder:
+    app = _app(tmp_path)
+    return Folder(app, Settings(topic_prefix="fixes", partitions=2), PageStats(app, partitions=2))
+
+
+def _stats_partitions(stats: PageStats, page_event: _Event) -> list[int]:
+    bind_event(page_event)  # type: ignore[arg-type]
+    stats.needs_reply["p0"] += 1
+    return [partition for partition, _, _ in stats.changelog[stats.needs_reply]]
+
+
+@pytest.mark.asyncio
+async def test_f1_a_page_is_written_to_its_own_partition(
+    tmp_path: Path, last_event: _Event
+) -> None:
+    page_event = _Event(0)
+    stats = _folder(tmp_path).stats
+    assert _stats_partitions(stats, page_event) == [0]
+    stats.changelog[stats.needs_reply].clear()
+    _current_event.set(weakref.ref(last_event))  # type: ignore[arg-type]
+    with without("F1"):
+        assert _stats_partitions(stats, page_event) == [1]  # the other page's partition
+
+
+def _record_changelog_sends(monkeypatch: pytest.MonkeyPatch, table: Any) -> list[Any]:
+    sent: list[Any] = []
+
+    def send_changelog(partition: Any, key: Any, value: Any, **kwargs: Any) -> Any:
+        sent.append((partition, key, value))
+        return SimpleNamespace(message=SimpleNamespace(partition=1))
+
+    monkeypatch.setattr(table, "send_changelog", send_changelog)
+    # faust's own (would start a consumer to read the changelog's partitions).
+    monkeypatch.setattr(table, "partition_for_key", lambda key: None)
+    return sent
+
+
+@pytest.mark.asyncio
+async def test_f7_stored_states_leave_faust_s_unawaited_changelog_send_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last_event: _Event
+) -> None:
+    states = _folder(tmp_path).states
+    sent = _record_changelog_sends(monkeypatch, states)
+    faust_fixes.store_put(states, "p1:u", b"state")
+    assert states["p1:u"] == b"state" and sent == []
+    with without("F7"):
+        faust_fixes.store_put(states, "p1:u", b"state 2")
+    # faust's buffered send: neither awaited by the batch nor in its transaction.
+    assert [(key, value) for _, key, value in sent] == [("p1:u", b"state 2")]
+
+
+@pytest.mark.asyncio
+async def test_f8_statistics_queue_their_changelog_with_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last_event: _Event
+) -> None:
+    stats = _folder(tmp_path).stats
+    table = stats.messages_in.table
+    sent = _record_changelog_sends(monkeypatch, table)
+    with _minute():
+        stats.messages_in["p0"] += 1
+    assert [p for p, _, _ in stats.changelog[table]] == [1] and sent == []
+    assert table._partition_timestamps[1]  # the window is set to expire, as faust does
+
+    with without("F8"):
+        off = _folder(tmp_path / "off").stats
+    off_table = off.messages_in.table
+    off_sent = _record_changelog_sends(monkeypatch, off_table)
+    with _minute():
+        off.messages_in["p0"] += 1
+    assert off.changelog[off_table] == []  # nothing for the batch to send and await
+    assert len(off_sent) == 1
+
+
+def _minute() -> Any:
+    from streams.stats import _at
+
+    return _at(60)
+
+
+async def _completed(table: Any, *partitions: int) -> None:
+    active = {TP(table.changelog_topic.get_topic_name(), p) for p in partitions}
+    await table.on_recovery_completed(active, set())
+
+
+@pytest.mark.asyncio
+async def test_f9_written_keys_of_a_partition_moved_away_are_dropped(
+    tmp_path: Path, last_event: _Event
+) -> None:
+    for number, kept in (("none", {"p0:u"}), ("F9", {"p0:u", "p1:u"})):
+        with without(number):
+            table = _app(tmp_path / number).Table("t", default=None, partitions=2)
+            remember = track_partitions(table)
+        for key, partition in (("p0:u", 0), ("p1:u", 1)):
+            faust_fixes.store_put(table, key, b"v")
+            remember(key, partition)
+        await _completed(table, 0)
+        assert set(table.data) == kept, number
+
+
+# --- F2, F3, F4: the consumer -------------------------------------------------------------
+
+STREAM0, STREAM1 = TP("fixes.events", 0), TP("fixes.events", 1)
+CHANGELOG = TP("fixes.streams-conversations-changelog", 0)
+
+
+class _Consumer:
+    """faust's consumer as F2-F4 use it; records what reaches it, in order."""
+
+    def __init__(self, committed: dict[TP, int]) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self._committed_offset = committed
+        self.fetched: list[Any] = []
+
+    def resume_partitions(self, tps: Any) -> None:
+        self.calls.append(("resume", set(tps)))
+
+    async def perform_seek(self) -> None:
+        self.calls.append(("seek", None))
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.calls.append(("seek_wait", dict(partitions)))
+
+    def assignment(self) -> set[TP]:
+        return {STREAM0, STREAM1, CHANGELOG}
+
+    def _is_changelog_tp(self, tp: TP) -> bool:
+        return tp == CHANGELOG
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109
+        self.fetched.append(active_partitions)
+        return {}
+
+
+async def _rebalance(numbers: tuple[str, ...] = ()) -> _Consumer:
+    consumer = _Consumer({STREAM0: 5})
+    with without(*numbers):
+        seek_before_resume(consumer)
+        # What Recovery.on_recovery_completed does: resume, then seek.
+        consumer.resume_partitions({STREAM0, STREAM1, CHANGELOG})
+        await consumer.perform_seek()
+    return consumer
+
+
+def _resumed_before_seek(consumer: _Consumer) -> set[TP]:
+    seek = consumer.calls.index(("seek", None))
+    return set().union(*(tps for name, tps in consumer.calls[:seek] if name == "resume"))
+
+
+@pytest.mark.asyncio
+async def test_f2_stream_partitions_resume_only_after_the_seek() -> None:
+    fixed = await _rebalance()
+    assert _resumed_before_seek(fixed) == {CHANGELOG}
+    assert fixed.calls[-1] == ("resume", {STREAM0, STREAM1})
+    # Without: the stream partitions fetch before the seek rewinds them (duplicates).
+    assert _resumed_before_seek(await _rebalance(("F2",))) == {STREAM0, STREAM1, CHANGELOG}
+
+
+@pytest.mark.asyncio
+async def test_f3_a_partition_without_a_committed_offset_is_rewound() -> None:
+    assert ("seek_wait", {STREAM1: 0}) in (await _rebalance()).calls
+    # Without: records fetched and dropped there before the seek are lost.
+    assert all(name != "seek_wait" for name, _ in (await _rebalance(("F3",))).calls)
+
+
+@pytest.mark.asyncio
+async def test_f4_the_fetch_never_gets_an_empty_or_live_set() -> None:
+    for numbers, empty_fetched in (((), False), (("F4",), True)):
+        consumer = _Consumer({})
+        with without(*numbers):
+            seek_before_resume(consumer)
+        live = {STREAM0}
+        await consumer._getmany(live, 0.01)
+        live.clear()  # the last active partition paused
+        await consumer._getmany(live, 0.01)
+        # aiokafka reads an empty set as every partition, and faust drops the lot.
+        assert (set() in consumer.fetched) is empty_fetched
+        assert (consumer.fetched[0] is live) is empty_fetched
