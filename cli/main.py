@@ -447,6 +447,7 @@ def run(
                 admin=(admin_host, admin_port),
                 crawler_workers=crawler_workers,
                 archiver=with_archiver,
+                relay=bool(os.environ.get("CONVSYNC_RELAY_URL")),
             ),
         )
         console.print(
@@ -469,6 +470,7 @@ def _register_components() -> None:
     from cli.crawler import register as register_crawler
     from cli.gateway import register as register_gateway
     from cli.importer import register as register_importer
+    from cli.mapper import register as register_mapper
     from cli.materializer import register as register_consumers
     from cli.streams import register as register_streams
 
@@ -476,6 +478,7 @@ def _register_components() -> None:
         register(app)
     register_archiver(app)
     register_importer(app)
+    register_mapper(app)
 
 
 _register_components()

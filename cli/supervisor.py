@@ -235,6 +235,7 @@ class Pipeline:
     crawler_workers: int = 1
     streams_args: tuple[str, ...] = ()  # extra options of the streams worker
     archiver: bool = False
+    relay: bool = False  # `convsync relay` (CONVSYNC_RELAY_URL set: a move from another inbox)
 
 
 def start_pipeline(sup: Supervisor, pipeline: Pipeline) -> None:
@@ -246,6 +247,10 @@ def start_pipeline(sup: Supervisor, pipeline: Pipeline) -> None:
         *("--host", host, "--port", str(port)),
         *("--admin-host", admin_host, "--admin-port", str(admin_port)),
     )
+    # The gateway publishes deliveries; the mapper makes the events of them.
+    sup.start("mapper", "mapper")
+    if pipeline.relay:
+        sup.start("relay", "relay")
     for i in range(pipeline.crawler_workers):
         sup.start(f"crawler-{i + 1}", "crawler")
     sup.start("materializer", "materialize")

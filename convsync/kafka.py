@@ -17,7 +17,25 @@ from convsync.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TOPIC_SUFFIXES: Final = ("events", "crawl", "conversations", "dlq")
+# deliveries: the gateway's verified entries, mapped into events by `convsync mapper`;
+# relay: verified bodies for `convsync relay` (a move from another inbox), relay-dead
+# those it could not forward after its attempts.
+TOPIC_SUFFIXES: Final = (
+    "events",
+    "crawl",
+    "conversations",
+    "dlq",
+    "deliveries",
+    "relay",
+    "relay-dead",
+)
+
+#: The record limit of the topics holding whole webhook bodies or entries (deliveries,
+#: relay, relay-dead): a body of the gateway's 1 MiB limit is one entry of one page at
+#: worst, and the broker's default (~1 MB) would refuse it. Their topics are created
+#: with this ``max.message.bytes`` and the gateway's producer allows it.
+LARGE_RECORD_BYTES: Final = 4 * 1024 * 1024
+_LARGE: Final = frozenset({"deliveries", "relay", "relay-dead"})
 
 #: The librdkafka properties every client of one cluster shares (bootstrap servers,
 #: security, secrets included): what a component keeps of :class:`Settings` to reach
@@ -44,7 +62,7 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings, *, replication_factor: int = 1) -> list[TopicSpec]:
-    """Return the specs of the four convsync topics for ``settings``.
+    """Return the specs of the convsync topics (:data:`TOPIC_SUFFIXES`) for ``settings``.
 
     With three or more replicas, ``min.insync.replicas`` is 2 so an acks=all write
     survives the loss of any one broker.
@@ -57,6 +75,8 @@ def topic_specs(settings: Settings, *, replication_factor: int = 1) -> list[Topi
         config = dict(base)
         if suffix == "conversations":
             config["cleanup.policy"] = "compact"
+        if suffix in _LARGE:
+            config["max.message.bytes"] = str(LARGE_RECORD_BYTES)
         specs.append(
             TopicSpec(settings.topic(suffix), settings.partitions, replication_factor, config)
         )

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     graph_url: str = DEFAULT_GRAPH_URL
     page_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     admin_token: SecretStr = SecretStr("")
+    # The old inbox's webhook endpoint during a move (issue 25): when set, the gateway
+    # keeps every verified body on <prefix>.relay and `convsync relay` forwards it. A
+    # secret: such URLs often carry a token.
+    relay_url: SecretStr = SecretStr("")
     # Extra librdkafka properties (SASL/SSL for a managed cluster), a JSON object. Every
     # value is kept as a secret: some are passwords (see is_secret_kafka_key).
     kafka_extra: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
@@ -131,7 +135,7 @@ class Settings(BaseSettings):
         The app secret and tokens, the database password (as given and URL-encoded),
         and the secret librdkafka properties of ``kafka_extra``.
         """
-        values = [self.app_secret, self.verify_token, self.admin_token]
+        values = [self.app_secret, self.verify_token, self.admin_token, self.relay_url]
         out = [v.get_secret_value() for v in (*values, *self.page_tokens.values())]
         try:
             password = psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value())

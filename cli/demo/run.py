@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from pydantic import SecretStr
 
-from admin.status import Status, collect
+from admin.status import Status, collect, kafka_group_lag
 from cli.demo.compare import Comparison, compare
 from cli.demo.gap import Gap, open_gap, wait_filled
 from cli.demo.media import compare_media, media_env, pending_media
@@ -249,6 +249,8 @@ def run_demo(
                     and snap.errors == []
                     and snap.lags
                     and sum(snap.lag_by_group().values()) == 0
+                    # Every delivery mapped too (before that, events may be missing).
+                    and kafka_group_lag(settings, "deliveries", "convsync-mapper") == 0
                     and (not opts.archive or pending_media(settings) == 0)
                 )
                 if settled:

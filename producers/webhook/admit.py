@@ -1,15 +1,21 @@
-"""The admission of one webhook body: signature, parse, map, serialize; no I/O."""
+"""The admission of one webhook body: signature, parse, split by page; no I/O.
+
+An accepted body becomes one delivery per ``entry[]`` element (:mod:`schemas.delivery`),
+keyed by the entry's page id; the mapper turns deliveries into events
+(:mod:`producers.webhook.deliveries`).
+"""
 
 from __future__ import annotations
 
 from typing import Final
 
 import msgspec
+import orjson
 
-from producers.webhook.mapping import ItemDefectError, defect_item, map_item
-from producers.webhook.payload import BadBodyError, parse_body
+from producers.webhook.payload import BadBodyError, decode_body, page_body_of
 from producers.webhook.publisher import Record
 from producers.webhook.signature import Verdict, verify
+from schemas.delivery import encode_delivery
 
 # entry[] fields Meta sends besides messaging/standby (page feed changes, handover hops).
 _ENTRY_FIELDS: Final = frozenset({"changes", "hop_context"})
@@ -20,9 +26,10 @@ RECORD_OVERHEAD: Final = 512
 
 
 class Accepted(msgspec.Struct, frozen=True, gc=False):
-    """A body to publish: its records, the kind of each, and entry fields it ignored."""
+    """A body to publish: one delivery record per entry, the platform of each, and the
+    entry fields the mapping ignores (counted)."""
 
-    kinds: list[str]
+    platforms: list[str]
     records: list[Record]
     ignored: list[str]
 
@@ -46,42 +53,37 @@ def admit(
     *,
     legacy: str | None = None,
     max_record_bytes: int,
+    received_at: int = 0,
 ) -> Accepted | Refused:
     """Decide what ``body`` (with its signature headers) becomes; never raises for bad input.
 
     Every refusal is decided before anything could be published: a body is accepted
-    whole or not at all.
+    whole or not at all. ``received_at`` (ms) goes into every delivery.
     """
     # 1. Signature over the exact bytes; nothing unauthenticated is parsed.
     verdict = verify(secret, body, signature, legacy=legacy)
     if verdict != "ok":
         return Refused(403, f"signature {verdict}", verdict)
-    # 2. Parse, map and serialize every item, keyed by its page.
+    # 2. Parse and check every entry as the mapper will read it, then split by page.
     try:
-        entries = parse_body(body)
+        decoded = decode_body(body)
+        entries = page_body_of(decoded)
     except BadBodyError as e:
         return Refused(400, e.reason)
+    obj = decoded["object"]
     records: list[Record] = []
-    kinds: list[str] = []
+    platforms: list[str] = []
     ignored: list[str] = []
     limit = max_record_bytes - RECORD_OVERHEAD
-    for entry in entries:
+    for entry, raw in zip(entries, decoded["entry"], strict=True):
         key = entry.id.encode()
-        for channel, items in (("messaging", entry.messaging), ("standby", entry.standby)):
-            for item in items:
-                try:
-                    env = map_item(entry.id, entry.time, item, channel, entry.platform)
-                except ItemDefectError as e:
-                    # No dead-letter path here: kept as unknown under a key of its own.
-                    env = defect_item(entry.id, entry.time, item, channel, entry.platform, e)
-                value = env.to_bytes()
-                # 3. One oversized event refuses the body.
-                if len(key) + len(value) > limit:
-                    detail = f"{env.kind} event of {len(value)} bytes"
-                    return Refused(413, "event too large", detail=detail)
-                records.append((key, value))
-                kinds.append(env.kind)
+        value = encode_delivery(obj, received_at, orjson.dumps(raw))
+        # 3. One oversized entry refuses the body (only a body near the limit has one).
+        if len(key) + len(value) > limit:
+            return Refused(413, "entry too large", detail=f"entry of {len(value)} bytes")
+        records.append((key, value))
+        platforms.append(entry.platform)
         if entry.extra:
             # Body keys are not trusted as label values: unbounded series otherwise.
             ignored += [field if field in _ENTRY_FIELDS else "other" for field in entry.extra]
-    return Accepted(kinds, records, ignored)
+    return Accepted(platforms, records, ignored)

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -21,7 +22,7 @@ from convsync.http import Deadlines, make_runner, timed_out
 from convsync.settings import Settings
 from producers.webhook.admit import Refused, admit
 from producers.webhook.metrics import Metrics, sharing
-from producers.webhook.publisher import Publisher
+from producers.webhook.publisher import Extra, Headers, Publisher
 from producers.webhook.settings import GatewaySettings
 from producers.webhook.signature import HEADER, LEGACY_HEADER
 
@@ -56,6 +57,10 @@ class Gateway:
         self.publisher = publisher
         self.metrics = metrics
         self.received = 0
+        # The topic keeping every verified body for `convsync relay` (None: no relay).
+        self.relay_topic = (
+            settings.topic("relay") if settings.relay_url.get_secret_value() else None
+        )
         self._unready = "ok"  # the last reason logged for a 503 of /readyz
 
     async def handshake(self, request: web.Request) -> web.Response:
@@ -102,7 +107,8 @@ class Gateway:
         return b"".join(chunks)
 
     async def receive(self, request: web.BaseRequest) -> web.Response:
-        """POST /webhook: verify, map, publish; 200 only once Kafka confirmed every event."""
+        """POST /webhook: verify, parse, publish each entry as a delivery; 200 only once
+        Kafka confirmed every one (and the relay's copy of the body, when relaying)."""
         self.received += 1
         # 1. Size and time before anything else: an oversized body is not read to its
         #    end, a body trickling in past the deadline gets a 408 and the connection closes.
@@ -114,13 +120,17 @@ class Gateway:
         if body is None:
             return _reject(413, "body too large")
         self.metrics.body_bytes.observe(len(body))
-        # 2. Signature, parse, map, serialize: any refusal before anything is produced.
+        # 2. Signature, parse, split by page: any refusal before anything is produced.
+        signature = request.headers.get(HEADER)
+        legacy = request.headers.get(LEGACY_HEADER)
+        received_at = int(time.time() * 1000)
         decision = admit(
             self._secret,
             body,
-            request.headers.get(HEADER),
-            legacy=request.headers.get(LEGACY_HEADER),
+            signature,
+            legacy=legacy,
             max_record_bytes=self.gateway.max_record_bytes,
+            received_at=received_at,
         )
         if isinstance(decision, Refused):
             if decision.verdict is not None:
@@ -135,15 +145,24 @@ class Gateway:
         records = decision.records
         for field in decision.ignored:
             self.metrics.count_ignored(field)
+        extra: list[Extra] = []
+        if self.relay_topic is not None:
+            # The body as signed, with its signature headers, for the old inbox.
+            headers: Headers = [(HEADER, (signature or "").encode("utf-8", "surrogateescape"))]
+            if legacy is not None:
+                headers.append((LEGACY_HEADER, legacy.encode("utf-8", "surrogateescape")))
+            headers.append(("received-at", str(received_at).encode()))
+            key = records[0][0] if records else None
+            extra.append((self.relay_topic, key, body, headers))
         # 3. Publish and wait for Kafka's confirmation of every record.
         try:
-            took = await self.publisher.publish(records)
+            took = await self.publisher.publish(records, extra)
         except RetryableError as e:
-            log.warning("webhook not acknowledged (%d events): %s", len(records), e)
+            log.warning("webhook not acknowledged (%d deliveries): %s", len(records), e)
             return _reject(503, "events not durable yet, retry")
         self.metrics.produce_seconds.observe(took)
-        for kind in decision.kinds:
-            self.metrics.count_event(kind)
+        for platform in decision.platforms:
+            self.metrics.count_delivery(platform)
         return web.Response(text=EVENT_RECEIVED)
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -202,9 +221,10 @@ def make_app(
     metrics = metrics or Metrics()
     publisher = Publisher(
         settings,
-        settings.topic("events"),
+        settings.topic("deliveries"),
         confirm_timeout=gateway.produce_timeout,
         linger_ms=gateway.linger_ms,
+        max_record_bytes=gateway.max_record_bytes,
     )
     handlers = Gateway(settings, gateway, publisher, metrics)
     # aiohttp's own limit sits above ours, so ours (413, read no further) answers first.

@@ -62,7 +62,12 @@ _LABELLED: Final = (
         "HTTP requests by route and status.",
         ("route", "status"),
     ),
-    ("events", "convsync_gateway_events", "Events confirmed by Kafka, by kind.", ("kind",)),
+    (
+        "deliveries",
+        "convsync_gateway_deliveries",
+        "Entries (deliveries) confirmed by Kafka, by platform; the mapper makes the events.",
+        ("platform",),
+    ),
     (
         "signature_failures",
         "convsync_gateway_signature_failures",
@@ -116,7 +121,7 @@ class Metrics:
         # Label values as tuples -> count. Keys of requests, events and signature
         # failures come from fixed sets; ignored fields are bounded (MAX_IGNORED_FIELDS).
         self.requests: dict[tuple[str, ...], int] = {}
-        self.events: dict[tuple[str, ...], int] = {}
+        self.deliveries: dict[tuple[str, ...], int] = {}
         self.signature_failures: dict[tuple[str, ...], int] = {}
         self.ignored: dict[tuple[str, ...], int] = {}
         self.produce_seconds = Histogram(_LATENCY_BUCKETS)
@@ -127,10 +132,10 @@ class Metrics:
         key = (route, str(status))
         self.requests[key] = self.requests.get(key, 0) + 1
 
-    def count_event(self, kind: str) -> None:
-        """Count one event confirmed by Kafka."""
-        key = (kind,)
-        self.events[key] = self.events.get(key, 0) + 1
+    def count_delivery(self, platform: str) -> None:
+        """Count one delivery (an entry) confirmed by Kafka."""
+        key = (platform,)
+        self.deliveries[key] = self.deliveries.get(key, 0) + 1
 
     def count_signature_failure(self, reason: str) -> None:
         """Count one POST refused for its signature."""

@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 Record = tuple[bytes, bytes]
 """A Kafka record to publish: ``(key, value)``."""
 
+Headers = list[tuple[str, str | bytes | None]]
+Extra = tuple[str, bytes | None, bytes, Headers]
+"""A record for another topic, confirmed with the request's: ``(topic, key, value,
+headers)`` (the relay's copy of a body)."""
+
 
 class _Batch:
     """The records of one request; resolves its future when all are confirmed or one fails.
@@ -71,6 +76,7 @@ class Publisher:
         *,
         confirm_timeout: float = 5.0,
         linger_ms: float = 0.0,
+        max_record_bytes: int = 1_000_000,
         probe_timeout: float = 2.0,
         tick: float = 0.001,
     ) -> None:
@@ -82,6 +88,7 @@ class Publisher:
             settings,
             **{
                 "linger.ms": linger_ms,
+                "message.max.bytes": max_record_bytes,
                 "error_cb": self._on_error,
                 # Bounds memory while Kafka is down: callers get 503, Meta retries.
                 "queue.buffering.max.kbytes": 64 * 1024,
@@ -162,8 +169,8 @@ class Publisher:
         else:
             log.warning("Kafka producer error: %s", err.str())
 
-    async def publish(self, records: Sequence[Record]) -> float:
-        """Produce ``records`` and wait until Kafka confirmed all of them.
+    async def publish(self, records: Sequence[Record], extra: Sequence[Extra] = ()) -> float:
+        """Produce ``records`` (and ``extra``) and wait until Kafka confirmed all of them.
 
         Returns the seconds it took. Raises :class:`RetryableError` when the producer
         is not started or failed fatally, its queue is full, a record is refused, or
@@ -178,14 +185,18 @@ class Publisher:
         if self._pump_task is None or self._pump_task.done():
             # Nothing would confirm (or expire) the records: refuse before producing them.
             raise RetryableError("Kafka delivery pump is not running")
-        if not records:
+        if not records and not extra:
             return 0.0
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        batch = _Batch(loop, len(records))
+        batch = _Batch(loop, len(records) + len(extra))
         try:
             for key, value in records:
                 producer.produce(self.topic, value=value, key=key, on_delivery=batch.on_delivery)
+            for topic, xkey, xvalue, headers in extra:
+                producer.produce(
+                    topic, value=xvalue, key=xkey, headers=headers, on_delivery=batch.on_delivery
+                )
         except BufferError as e:
             raise RetryableError("Kafka producer queue is full") from e
         except KafkaException as e:

@@ -86,7 +86,7 @@ def serve(
         os.getpid(),
         gateway.host,
         gateway.port,
-        settings.topic("events"),
+        settings.topic("deliveries"),
     )
     # uvloop: aiohttp's own request path is half the gateway's CPU on asyncio's loop.
     uvloop.run(_run(app, gateway, reuse_port=reuse_port, private=private, private_app=private_app))

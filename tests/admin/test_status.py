@@ -117,3 +117,36 @@ def test_the_insert_rate_is_measured_from_the_statistics(make_schema: MakeSchema
         assert inserted_rows(conn, schema, "conversations") - first == 200
     snap = collect(settings, rate_window=0.3)
     assert snap.events_per_second == 0.0 and snap.estimated == ["events_per_second"]
+
+
+def test_a_transactions_commit_marker_is_no_lag(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    # The mapper writes events in Kafka transactions: after its records, a commit marker
+    # takes an offset no consumer reads. A group that stored the offset after its last
+    # record has read everything (lag 0); one record short is still lag 1.
+    settings = make_schema(base=make_topics(partitions=2))
+    producer = make_producer(settings, **{"transactional.id": f"{settings.topic_prefix}-t"})
+    producer.init_transactions(30)
+    for _ in range(2):  # two transactions: records 0-2, marker 3, records 4-6, marker 7
+        producer.begin_transaction()
+        for _ in range(3):
+            producer.produce(settings.topic("events"), value=b"x", partition=0)
+            producer.produce(settings.topic("events"), value=b"x", partition=1)
+        producer.commit_transaction(30)
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL(
+                'INSERT INTO {}.consumer_offsets ("group", topic, "partition", next_offset,'
+                " updated_at) VALUES ('g', %s, 0, 7, now() - interval '2 hours'),"
+                " ('g', %s, 1, 6, now() - interval '2 hours')"
+            ).format(sql.Identifier(settings.db_schema)),
+            (settings.topic("events"), settings.topic("events")),
+        )
+    snap = collect(settings, stall_after=3600)
+    assert snap.errors == []
+    assert snap.high_watermarks[settings.topic("events")] == {0: 8, 1: 8}
+    assert {(lag.partition, lag.lag) for lag in snap.lags} == {(0, 0), (1, 1)}
+    # Partition 0 is caught up, so not stalled; partition 1 is behind and idle.
+    [stalled] = snap.stalled
+    assert stalled.startswith(f"group g partition {settings.topic('events')}[1]:")

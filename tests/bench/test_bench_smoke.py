@@ -105,3 +105,9 @@ def test_the_import_bench_prints_memory_and_rate_ratios(stack_settings: Settings
     for n in (20, 200, 2000):
         assert f"\n{n:>8} " in f"\n{out}", out
     assert out.count(", peak ") == 3 and out.count(", rate ") == 3, out
+
+
+def test_the_mapper_bench_prints_events_per_second_and_cpu(stack_settings: Settings) -> None:
+    out = run_bench(stack_settings, "bench_mapper", "--bodies", "40", "--rounds", "1")
+    assert "events/s" in out and "µs/event" in out, out
+    assert "map_delivery alone" in out, out

@@ -25,6 +25,7 @@ from convsync.db import connect
 from convsync.errors import PoisonError
 from convsync.settings import Settings
 from producers.webhook.admit import Accepted, admit
+from producers.webhook.deliveries import map_delivery
 from producers.webhook.mapping import ItemDefectError, map_body, map_item
 from producers.webhook.payload import parse_body
 from schemas.envelope import Envelope
@@ -195,7 +196,7 @@ def test_rows_stored_before_0012_are_messengers_and_the_check_holds(
 
 
 def test_an_item_defect_is_dead_lettered_with_its_reason_not_a_conversation() -> None:
-    # The gateway keeps an item whose sender is the account itself as unknown with the
+    # The mapper keeps an item whose sender is the account itself as unknown with the
     # defect; the materializer refuses it as poison (the DLQ gets it with the reason).
     raw = (HERE / "webhooks" / "instagram_sender_is_account.json").read_bytes()
     with pytest.raises(ItemDefectError):
@@ -207,7 +208,8 @@ def test_an_item_defect_is_dead_lettered_with_its_reason_not_a_conversation() ->
         max_record_bytes=MAX_RECORD_BYTES,
     )
     assert isinstance(decision, Accepted)
-    ((_, value),) = decision.records
+    ((_, delivery),) = decision.records
+    ((_, value),) = map_delivery(delivery).records
     kept = Envelope.from_bytes(value)
     assert kept.kind == "unknown"
     assert kept.psid != ACCOUNT

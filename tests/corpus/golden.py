@@ -1,12 +1,16 @@
-"""What the gateway decides for each body of the webhook corpus, as golden-file bytes.
+"""What the gateway and the mapper decide for each body of the webhook corpus, as golden-file bytes.
 
 Run from the repository root to (re)write every golden file from the code as it is::
 
     .venv/bin/python -m tests.corpus.golden
 
 ``tests/producers/webhook/test_corpus.py`` compares the code's decisions with the
-committed files byte for byte. Rewrite them only for an intended change of what the
-gateway publishes, and say why in the commit message.
+committed files byte for byte, and ``tests/producers/webhook/test_mapper_corpus.py`` runs
+the corpus through a real gateway and mapper on Kafka against the same files. The gateway
+publishes deliveries (one per entry); the records here are the events the mapper makes of
+them (:func:`producers.webhook.deliveries.map_delivery`), which are what the gateway
+published when it mapped in place. Rewrite them only for an intended change of the events
+a body becomes, and say why in the commit message.
 
 A golden file is the decision's header as one JSON line (status, and the reason of a
 refusal or the kinds and ignored entry fields of an acceptance), then one line per record
@@ -25,6 +29,7 @@ from typing import Final
 import orjson
 
 from producers.webhook.admit import Accepted, admit
+from producers.webhook.deliveries import Mapped, map_delivery
 
 HERE: Final = Path(__file__).resolve().parent
 # webhooks/: realistic bodies of both platforms; edge/: odd items and entries (control
@@ -52,9 +57,20 @@ def decide(raw: bytes) -> bytes:
     if not isinstance(decision, Accepted):
         head = {"status": decision.status, "reason": decision.reason, "detail": decision.detail}
         return orjson.dumps(head) + b"\n"
-    head = {"status": 200, "kinds": decision.kinds, "ignored": decision.ignored}
+    return golden_bytes(
+        200, [map_delivery(value) for _key, value in decision.records], decision.ignored
+    )
+
+
+def golden_bytes(status: int, mapped: list[Mapped], ignored: list[str]) -> bytes:
+    """Return the golden-file bytes of an accepted body whose deliveries became ``mapped``."""
+    kinds = [kind for m in mapped for kind in m.kinds]
+    failures = [f.reason for m in mapped for f in m.failures]
+    head: dict[str, object] = {"status": status, "kinds": kinds, "ignored": ignored}
+    if failures:
+        head["failures"] = failures
     lines = [orjson.dumps(head)]
-    lines += [key + b"\t" + value for key, value in decision.records]
+    lines += [key + b"\t" + value for m in mapped for key, value in m.records]
     return b"\n".join(lines) + b"\n"
 
 

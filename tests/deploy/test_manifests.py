@@ -44,9 +44,9 @@ def test_k8s_manifest_is_well_formed(path: Path) -> None:
                 assert (K8S / resource).exists(), resource
             continue
         assert doc["metadata"]["name"]
-        if doc["kind"] in ("Deployment", "Job"):
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             spec = doc["spec"]["template"]["spec"]
-            if doc["kind"] == "Deployment":
+            if doc["kind"] in ("Deployment", "StatefulSet"):
                 labels = doc["spec"]["template"]["metadata"]["labels"]
                 for key, value in doc["spec"]["selector"]["matchLabels"].items():
                     assert labels[key] == value
@@ -61,8 +61,9 @@ def test_compose_services_run_existing_commands() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     commands = _commands()
     services = compose["services"]
-    assert {"kafka", "postgres", "gateway", "crawler", "materializer", "streams"} <= set(services)
-    for name in ("gateway", "crawler", "materializer", "streams"):
+    names = ("gateway", "mapper", "crawler", "materializer", "streams")
+    assert {"kafka", "postgres", *names} <= set(services)
+    for name in names:
         assert services[name]["command"][0] in commands, name
     init = services["init"]["entrypoint"][2]
     for part in init.split("&&"):
@@ -97,7 +98,9 @@ def test_the_admin_port_is_never_exposed() -> None:
     assert not any(p.endswith(":8081") and not p.startswith("127.0.0.1:") for p in gateway["ports"])
 
 
-@pytest.mark.parametrize(("name", "port"), [("materializer", 9463), ("streams", 9464)])
+@pytest.mark.parametrize(
+    ("name", "port"), [("materializer", 9463), ("streams", 9464), ("mapper", 9466)]
+)
 def test_metrics_and_healthz_are_served_in_the_cluster(name: str, port: int) -> None:
     [deployment] = _docs(K8S / f"{name}.yaml")
     pod = deployment["spec"]["template"]

@@ -22,6 +22,7 @@ from cli.supervisor import Supervisor
 from convsync.db import connect
 from convsync.settings import Settings
 from deploy.ports import free_ports
+from deploy.simulator.webhooks import WebhookSender, encode, page_body, signature
 from tests.consumers.helpers import produce, random_events, stored_rows
 from tests.consumers.procs import settings_env
 from tests.deploy.alerts import crawler_contract, metric_names, rules
@@ -72,6 +73,16 @@ def samples(url: str, name: str) -> list[float]:
     ]
 
 
+def page_body_json() -> bytes:
+    """A page body with one message of a user of page p0."""
+    return encode(
+        page_body(
+            [("p0", [WebhookSender("observe-app-secret", seed=1).item("message", "p0", "u1")], [])],
+            time=1,
+        )
+    )
+
+
 def scrape(url: str) -> set[str]:
     """Return the family and sample names of a /metrics page (parsed as Prometheus does)."""
     status, ctype, body = get(url)
@@ -97,6 +108,9 @@ def running(
     produce(settings, [b"not an envelope"], key=b"p0")  # one dead letter
     ports = {name: free_ports() for name in ("webhook", "gateway", "materializer", "streams")}
     ports["archiver"] = free_ports()
+    ports["mapper"] = free_ports()
+    ports["relay"] = free_ports()
+    ports["old_inbox"] = free_ports()  # nothing listens: the relay keeps retrying
     env = {
         **settings_env(settings),
         "CONVSYNC_PARTITIONS": "3",
@@ -105,6 +119,7 @@ def running(
         "CONVSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
         "CONVSYNC_STATE_DIR": str(tmp_path / "state"),
         "CONVSYNC_MEDIA_DIR": str(tmp_path / "media"),
+        "CONVSYNC_RELAY_URL": f"http://127.0.0.1:{ports['old_inbox']}/webhook",
     }
     sup = Supervisor(env, tmp_path / "logs")
     addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
@@ -125,6 +140,11 @@ def running(
             *("--data-dir", str(tmp_path / "streams"), "--replication-factor", "1"),
         )
         sup.start(
+            "mapper",
+            *("mapper", "--metrics-addr", addr["mapper"], "--instance", "observe-mapper"),
+        )
+        sup.start("relay", *("relay", "--metrics-addr", addr["relay"]))
+        sup.start(
             "archiver",
             *("archive", "--metrics-addr", addr["archiver"], "--group", "observe-archiver"),
         )
@@ -138,7 +158,7 @@ def test_each_component_serves_metrics_and_healthz_on_its_address(
 ) -> None:
     _settings, sup, ports = running
     scraped: dict[str, set[str]] = {}
-    for name in ("gateway", "materializer", "streams", "archiver"):
+    for name in ("gateway", "materializer", "streams", "archiver", "mapper", "relay"):
         base = f"http://127.0.0.1:{ports[name]}"
         wait_healthy(name, f"{base}/healthz", sup)
         scraped[name] = scrape(f"{base}/metrics")
@@ -150,6 +170,33 @@ def test_each_component_serves_metrics_and_healthz_on_its_address(
     assert get_status(req) == 403
     gateway = scrape(f"http://127.0.0.1:{ports['gateway']}/metrics")
     assert "convsync_gateway_requests_total" in gateway
+
+    # A signed POST: one delivery, which the mapper maps (its lag then reported, 0).
+    raw = page_body_json()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{ports['webhook']}/webhook",
+        data=raw,
+        method="POST",
+        headers={"X-Hub-Signature-256": signature("observe-app-secret", raw)},
+    )
+    assert get_status(req) == 200
+    mapper = f"http://127.0.0.1:{ports['mapper']}/metrics"
+    deadline = time.monotonic() + 60
+
+    def settled() -> bool:
+        done = samples(mapper, "convsync_mapper_deliveries_total") == [1.0]
+        return done and samples(mapper, "convsync_mapper_lag") == [0.0] * 3
+
+    while not settled() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert samples(mapper, "convsync_mapper_deliveries_total") == [1.0]
+    assert samples(mapper, "convsync_mapper_lag") == [0.0] * 3  # every partition it owns
+    # The relay tries the old inbox (nothing listens there) and counts the failures.
+    relay = f"http://127.0.0.1:{ports['relay']}/metrics"
+    deadline = time.monotonic() + 60
+    while not samples(relay, "convsync_relay_attempts_total") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert samples(relay, "convsync_relay_attempts_total")
 
     # Each component's own families, on its own address.
     assert "convsync_materializer_events_in_total" in scraped["materializer"]
@@ -169,9 +216,11 @@ def test_each_component_serves_metrics_and_healthz_on_its_address(
     # The streams worker read the events (one page: one partition) and caught up.
     streams = f"http://127.0.0.1:{ports['streams']}/metrics"
     deadline = time.monotonic() + 60
-    while samples(streams, "convsync_streams_lag") != [0.0] and time.monotonic() < deadline:
+    # The mapper's event came in a Kafka transaction: its commit marker takes an offset
+    # no consumer reads, so a worker that read everything counts 1 behind the watermark.
+    while samples(streams, "convsync_streams_lag") != [1.0] and time.monotonic() < deadline:
         time.sleep(1)
-    assert samples(streams, "convsync_streams_lag") == [0.0]
+    assert samples(streams, "convsync_streams_lag") == [1.0]
 
     # The alert rules read nothing that no component (nor the crawler's contract) shows.
     shown = set().union(*scraped.values(), gateway, crawler_contract())

@@ -164,23 +164,23 @@ def test_bad_input_never_5xx_never_produces(shared: Settings, scenario_logs: Pat
         warm = asyncio.run(fire(url, ((r, signed(r)) for r in pool[:300])))
         assert set(warm) == {200}
         rss_start = rss_kb(gw.proc.pid)
-        hw0 = high_watermark(shared)
+        hw0 = high_watermark(shared, "deliveries")
         answers: dict[str, Counter[int]] = {}
         for phase in ("signature", "broken"):
             answers[phase] = Counter(
                 asyncio.run(fire(url, requests(rng, pool, phase, sizes[phase])))
             )
-        hw1 = high_watermark(shared)
+        hw1 = high_watermark(shared, "deliveries")
         # Structurally mutated but signed bodies may be accepted. Send them, then send the
         # accepted ones again: if a refused body had produced records, the first pass
         # would have produced more than the second.
         bodies = list(requests(rng, pool, "mutated", sizes["mutated"]))
         statuses = asyncio.run(fire(url, iter(bodies)))
         answers["mutated"] = Counter(statuses)
-        hw2 = high_watermark(shared)
+        hw2 = high_watermark(shared, "deliveries")
         accepted = [b for b, s in zip(bodies, statuses, strict=True) if s == 200]
         again = asyncio.run(fire(url, iter(accepted)))
-        hw3 = high_watermark(shared)
+        hw3 = high_watermark(shared, "deliveries")
         rss_end = rss_kb(gw.proc.pid)
         alive = gw.alive()
         # Readiness still fine after the storm.

@@ -35,7 +35,7 @@ from tests.fault.harness import (
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.integration]
 
-VICTIMS = ("gateway", "crawler-1", "materializer", "streams")
+VICTIMS = ("gateway", "mapper", "crawler-1", "materializer", "streams")
 KILLS_EACH = 3
 
 
@@ -92,7 +92,8 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
         "Mixed run: SIGKILL gateway, crawler worker, materializer and streams worker",
         done=(
             "Fresh topics and schema on the shared stack, a fake Graph API with 3 pages x 300 "
-            "conversations, a gateway, one crawler worker (a run with two: docs/crawler.md), "
+            "conversations, a gateway, its mapper, one crawler worker "
+            "(a run with two: docs/crawler.md), "
             "a materializer and the faust "
             "streams worker as subprocesses. A full crawl of the 3 pages runs while signed "
             "webhooks for the same pages (same users too) flow at 150 bodies/s, retried "
@@ -101,7 +102,7 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
             "followed by a restart 0.2-2 s later."
         ),
         scale="9,000 bodies at 150/s (about 60 s) + a crawl of 900 conversations; "
-        "12 kills (issue: 'several times each')",
+        f"{len(plan)} kills (issue: 'several times each')",
         figures={
             **load_figures(load),
             "messages from the crawl": sum(len(world.expected(p)["messages"]) for p in pages),

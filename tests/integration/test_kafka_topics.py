@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from convsync.kafka import make_consumer, make_producer
+from convsync.kafka import TOPIC_SUFFIXES, make_consumer, make_producer
 from convsync.settings import Settings
 from schemas.envelope import Envelope
 
@@ -78,7 +78,7 @@ def test_topics_have_the_requested_shape(kafka_settings: Settings) -> None:
 
     admin = admin_client(kafka_settings)
     md = admin.list_topics(timeout=10)
-    for suffix in ("events", "crawl", "conversations", "dlq"):
+    for suffix in TOPIC_SUFFIXES:
         assert len(md.topics[kafka_settings.topic(suffix)].partitions) == 12
     from confluent_kafka.admin import ConfigResource
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 with atheris.instrument_imports(include=["producers", "schemas"]):
     from producers.webhook.admit import Accepted, Refused, admit
+    from producers.webhook.deliveries import map_delivery
     from producers.webhook.signature import sign
     from schemas.envelope import Envelope
 
@@ -62,10 +63,18 @@ def check(data: bytes) -> None:
         raise RuleBrokenError("an unsigned body was accepted")
     if SELFCHECK and decision.records:
         raise RuleBrokenError("selfcheck: every accepted body with events is a crash")
-    for kind, (key, value) in zip(decision.kinds, decision.records, strict=True):
-        env = Envelope.from_bytes(value)
-        if key != env.page_id.encode() or env.kind != kind or env.to_bytes() != value:
-            raise RuleBrokenError("a record does not round-trip to its envelope")
+    for delivery_key, delivery in decision.records:
+        # The mapper's side of the same rules: every delivery maps, every event
+        # round-trips to its envelope, keyed by its page.
+        mapped = map_delivery(delivery)
+        if any(f.error_type != "EventTooLarge" for f in mapped.failures):
+            raise RuleBrokenError(f"a delivery did not map: {mapped.failures}")
+        for kind, (key, value) in zip(mapped.kinds, mapped.records, strict=True):
+            env = Envelope.from_bytes(value)
+            if key != env.page_id.encode() or env.kind != kind or env.to_bytes() != value:
+                raise RuleBrokenError("a record does not round-trip to its envelope")
+            if key != delivery_key:
+                raise RuleBrokenError("an event is not keyed as its delivery")
     if decision != admit(SECRET, body, header, max_record_bytes=MAX_RECORD):
         raise RuleBrokenError("the same body admitted twice gave two decisions")
 

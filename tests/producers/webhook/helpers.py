@@ -27,6 +27,7 @@ from convsync.kafka import make_consumer, read_watermarks
 from convsync.settings import Settings
 from deploy.ports import free_ports
 from producers.webhook.app import install_fast_path
+from producers.webhook.deliveries import map_delivery
 from schemas.envelope import Envelope
 
 SECRET = "test-app-secret-0123456789"
@@ -55,8 +56,28 @@ async def start_test_server(app: web.Application) -> TestServer:
 
 
 def read_events(settings: Settings, *, timeout: float = 30.0) -> list[tuple[bytes, Envelope]]:
-    """Return every record of ``<prefix>.events`` as ``(key, envelope)``, partition order."""
-    topic = settings.topic("events")
+    """Return the events of every delivery the gateway published, as ``(key, envelope)``.
+
+    The gateway publishes deliveries (one per entry) to ``<prefix>.deliveries``; these
+    are mapped here with the mapper's own function (:func:`map_delivery`), in partition
+    order, so a test of the gateway sees the events the mapper makes of its records (the
+    mapper's own tests run it on Kafka: ``test_mapper.py``). A delivery the mapper could
+    not map fails the test.
+    """
+    out: list[tuple[bytes, Envelope]] = []
+    for key, value in read_records(settings, "deliveries", timeout=timeout):
+        mapped = map_delivery(value)
+        assert not mapped.failures, mapped.failures
+        out += [(k, Envelope.from_bytes(v)) for k, v in mapped.records]
+        assert all(k == key for k, _ in mapped.records)
+    return out
+
+
+def read_records(
+    settings: Settings, suffix: str, *, timeout: float = 30.0
+) -> list[tuple[bytes, bytes]]:
+    """Return every record of ``<prefix>.<suffix>`` as ``(key, value)``, partition order."""
+    topic = settings.topic(suffix)
     consumer = make_consumer(settings, f"read-{uuid.uuid4().hex[:8]}")
     try:
         md = consumer.list_topics(topic, timeout=10)
@@ -64,18 +85,22 @@ def read_events(settings: Settings, *, timeout: float = 30.0) -> list[tuple[byte
         high = {p: _high_watermark(consumer, topic, p) for p in partitions}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         position = dict.fromkeys(partitions, 0)
-        out: list[tuple[bytes, Envelope]] = []
+        out: list[tuple[bytes, bytes]] = []
         deadline = time.monotonic() + timeout
         while any(position[p] < high[p] for p in partitions):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"read {len(out)} records; positions {position} of {high}")
             msg = consumer.poll(0.5)
             if msg is None:
+                # Past a transaction's commit marker (the mapper's events): the consumer's
+                # position is beyond the last record.
+                for tp in consumer.position(consumer.assignment()):
+                    position[tp.partition] = max(position[tp.partition], tp.offset)
                 continue
             if msg.error() is not None:
                 raise RuntimeError(str(msg.error()))
-            out.append((msg.key() or b"", Envelope.from_bytes(msg.value())))
-            position[msg.partition()] = msg.offset() + 1
+            out.append((msg.key() or b"", msg.value() or b""))
+            position[msg.partition() or 0] = (msg.offset() or 0) + 1
         return out
     finally:
         consumer.close()

@@ -12,12 +12,20 @@ from aiohttp.test_utils import TestClient
 
 from convsync.settings import Settings
 from deploy.simulator.webhooks import KINDS, WebhookSender, encode, page_body, signature
-from producers.webhook.admit import RECORD_OVERHEAD
-from producers.webhook.app import GATEWAY
+from producers.webhook.admit import RECORD_OVERHEAD, Accepted, admit
+from producers.webhook.app import GATEWAY, make_app
+from producers.webhook.deliveries import MAX_EVENT_BYTES, map_delivery
 from producers.webhook.mapping import map_body
 from producers.webhook.payload import parse_body
 from producers.webhook.settings import GatewaySettings
-from tests.producers.webhook.helpers import SECRET, VERIFY_TOKEN, read_events
+from producers.webhook.signature import HEADER
+from tests.producers.webhook.helpers import (
+    SECRET,
+    VERIFY_TOKEN,
+    read_events,
+    read_records,
+    start_test_server,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -182,24 +190,81 @@ def sized_body(record_bytes: int) -> bytes:
     return raw
 
 
-async def test_an_event_kafka_would_refuse_is_413_and_nothing_is_produced(
+def sized_delivery(record_bytes: int) -> bytes:
+    """A body of one entry whose delivery record (key + value) is exactly ``record_bytes``."""
+
+    def build(pad: int) -> tuple[bytes, int]:
+        item = {"sender": {"id": "2"}, "recipient": {"id": "1"}, "timestamp": 7, "pad": "p" * pad}
+        raw = encode(page_body([("1", [item], [])], time=1))
+        # A received_at of today's 13 digits, as the gateway's clock gives.
+        decision = admit(
+            SECRET.encode(),
+            raw,
+            signed(raw)[HEADER],
+            max_record_bytes=10**9,
+            received_at=1_800_000_000_000,
+        )
+        assert isinstance(decision, Accepted)
+        [(key, value)] = decision.records
+        return raw, len(key) + len(value)
+
+    _, base = build(0)
+    raw, size = build(record_bytes - base)
+    assert size == record_bytes
+    return raw
+
+
+async def test_an_entry_kafka_would_refuse_is_413_and_nothing_is_produced(
+    gw_settings: Settings,
+) -> None:
+    # A body limit above the deliveries topic's record limit (max.message.bytes), the
+    # gateway's producer at that limit: the 413 answers before Kafka would refuse it.
+    gateway = GatewaySettings(max_body_bytes=5 * 1024 * 1024, produce_timeout=5.0)
+    limit = gateway.max_record_bytes
+    server = await start_test_server(make_app(gw_settings, gateway))
+    async with TestClient(server) as client:
+        # librdkafka counts the key and ~40 bytes of framing against message.max.bytes:
+        # 20 bytes under the limit, key and value together, cannot be produced. Until
+        # 2026-11-29 this passed the value-only check and produce() failed: a 503.
+        raw = sized_delivery(limit - 20)
+        resp = await client.post("/webhook", data=io.BytesIO(raw), headers=signed(raw))
+        assert resp.status == 413
+        assert (await resp.json())["error"] == "entry too large"
+        assert read_records(gw_settings, "deliveries") == []
+        # With the margin left, the same entry is produced and confirmed.
+        raw = sized_delivery(limit - RECORD_OVERHEAD)
+        resp = await client.post("/webhook", data=io.BytesIO(raw), headers=signed(raw))
+        assert resp.status == 200
+    [(key, value)] = read_records(gw_settings, "deliveries")
+    assert len(key) + len(value) == limit - RECORD_OVERHEAD
+
+
+async def test_an_event_too_large_for_kafka_is_accepted_and_becomes_a_dead_letter(
     client: Client, gw_settings: Settings
 ) -> None:
-    limit = GatewaySettings().max_record_bytes
-    # librdkafka counts the key and ~40 bytes of framing against message.max.bytes:
-    # 20 bytes under the limit, key and value together, cannot be produced. Until
-    # 2026-11-29 this passed the value-only check and produce() failed: a 503.
+    # No signed delivery is refused for its content: an event larger than Kafka takes
+    # (its text is in the envelope twice) is accepted as a delivery, and the mapper
+    # dead-letters it instead of producing it (the delivery stays on its topic).
+    limit = MAX_EVENT_BYTES  # the events topic's
     raw = sized_body(limit - 20)
-    resp = await client.post("/webhook", data=raw, headers=signed(raw))
-    assert resp.status == 413
-    assert (await resp.json())["error"] == "event too large"
-    assert read_events(gw_settings) == []
-    # With the margin left, the same event is produced and confirmed.
-    raw = sized_body(limit - RECORD_OVERHEAD)
-    resp = await client.post("/webhook", data=raw, headers=signed(raw))
+    resp = await client.post("/webhook", data=io.BytesIO(raw), headers=signed(raw))
     assert resp.status == 200
-    [(key, envelope)] = read_events(gw_settings)
-    assert len(key) + len(envelope.to_bytes()) == limit - RECORD_OVERHEAD
+    [(_key, value)] = read_records(gw_settings, "deliveries")
+    mapped = map_delivery(value, max_record_bytes=limit)
+    assert mapped.records == []
+    [failure] = mapped.failures
+    assert failure.error_type == "EventTooLarge"
+    assert "message event of" in failure.reason
+    # At the margin it is an event.
+    raw = sized_body(limit - RECORD_OVERHEAD)
+    assert map_delivery(_delivery_of(raw), max_record_bytes=limit).failures == []
+
+
+def _delivery_of(raw: bytes) -> bytes:
+    decision = admit(SECRET.encode(), raw, signed(raw)[HEADER], max_record_bytes=10**9)
+    assert isinstance(decision, Accepted)
+    [(_key, value)] = decision.records
+    return value
 
 
 async def test_exactly_one_mib_is_accepted(client: Client, gw_settings: Settings) -> None:
@@ -355,7 +420,7 @@ async def test_health_ready_and_metrics(client: Client, sender: WebhookSender) -
     text = metrics_text(client)
     assert 'convsync_gateway_requests_total{route="/webhook",status="200"} 1.0' in text
     assert 'convsync_gateway_requests_total{route="/webhook",status="403"} 1.0' in text
-    assert 'convsync_gateway_events_total{kind="read"} 1.0' in text
+    assert 'convsync_gateway_deliveries_total{platform="messenger"} 1.0' in text
     assert 'convsync_gateway_signature_failures_total{reason="missing"} 1.0' in text
     assert "convsync_gateway_produce_seconds_count 1.0" in text
     assert "convsync_gateway_body_bytes_count 2.0" in text
@@ -405,7 +470,7 @@ async def test_readyz_is_503_when_the_topic_is_missing(
             # The public port says no more than that: the reason goes to the log, once.
             assert await resp.json() == {"error": "not ready"}
     reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not ready")]
-    assert reasons == ["not ready: topic no-such-prefix-x.events unavailable"]
+    assert reasons == ["not ready: topic no-such-prefix-x.deliveries unavailable"]
 
 
 async def test_concurrent_readiness_checks_share_one_probe(kafka_settings: Settings) -> None:

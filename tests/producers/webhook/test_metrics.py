@@ -49,7 +49,7 @@ def apply(metrics: Metrics, ops: list[tuple[object, ...]]) -> None:
         if op == "request":
             metrics.count_request(str(args[0]), int(args[1]))  # type: ignore[call-overload]
         elif op == "event":
-            metrics.count_event(str(args[0]))
+            metrics.count_delivery(str(args[0]))
         elif op == "signature":
             metrics.count_signature_failure(str(args[0]))
         elif op == "ignored":
@@ -64,7 +64,7 @@ def oracle(ops: list[tuple[object, ...]]) -> str:
     """The same operations on prometheus_client's Counter and Histogram objects."""
     r = CollectorRegistry()
     requests = Counter("convsync_gateway_requests", "x", ["route", "status"], registry=r)
-    events = Counter("convsync_gateway_events", "x", ["kind"], registry=r)
+    events = Counter("convsync_gateway_deliveries", "x", ["platform"], registry=r)
     failures = Counter("convsync_gateway_signature_failures", "x", ["reason"], registry=r)
     ignored = Counter("convsync_gateway_ignored_entry_fields", "x", ["field"], registry=r)
     latency = Histogram(
@@ -149,18 +149,18 @@ def names(directory: Path) -> list[str]:
 @pytest.mark.asyncio
 async def test_sharing_writes_every_second_and_when_it_stops(tmp_path: Path) -> None:
     worker, reader = Metrics(tmp_path), Metrics(tmp_path)
-    line = 'convsync_gateway_events_total{kind="read"} 1.0'
+    line = 'convsync_gateway_deliveries_total{platform="read"} 1.0'
     async with sharing(worker):
-        worker.count_event("read")
+        worker.count_delivery("read")
         assert line not in reader.render().decode()
         await asyncio.sleep(1.3)
         assert line in reader.render().decode()
-        worker.count_event("read")
+        worker.count_delivery("read")
     # The last counts are written on the way out.
     assert line.replace("1.0", "2.0") in reader.render().decode()
     alone = Metrics()
     async with sharing(alone):  # without a shared directory nothing is written
-        alone.count_event("read")
+        alone.count_delivery("read")
     # One file, the worker's: no temporary left, none from the Metrics without a directory.
     [only] = names(tmp_path)
     assert only.endswith(".json")

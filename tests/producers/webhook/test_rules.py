@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from deploy.simulator.webhooks import INSTAGRAM_KINDS, KINDS, WebhookSender, signature
 from producers.webhook.admit import Accepted, Refused, admit
+from producers.webhook.deliveries import map_delivery
 from producers.webhook.mapping import KINDS as TABLE
 from schemas.envelope import Envelope
 from schemas.event_id import detail_digest, make_event_id
@@ -34,13 +35,17 @@ def _admit(raw: bytes) -> Accepted | Refused:
 
 
 def _records_are_envelopes(decision: Accepted) -> list[Envelope]:
+    """The events the mapper makes of the deliveries, every one checked."""
     envelopes = []
-    for kind, (key, value) in zip(decision.kinds, decision.records, strict=True):
-        env = Envelope.from_bytes(value)  # every field checked against its declaration
-        assert env.to_bytes() == value
-        assert key == env.page_id.encode()
-        assert env.kind == kind
-        envelopes.append(env)
+    for delivery_key, delivery in decision.records:
+        mapped = map_delivery(delivery, max_record_bytes=LIMIT)
+        assert mapped.failures == []
+        for kind, (key, value) in zip(mapped.kinds, mapped.records, strict=True):
+            env = Envelope.from_bytes(value)  # every field checked against its declaration
+            assert env.to_bytes() == value
+            assert key == env.page_id.encode() == delivery_key
+            assert env.kind == kind
+            envelopes.append(env)
     return envelopes
 
 
