@@ -166,20 +166,26 @@ class AdminApi:
                 running = await store.running_crawl(conn, page_id)
                 if running is not None:
                     log.info("sync of page %s joins crawl %s", page_id, running["crawl_id"])
-                    return self._accepted(page_id, running["crawl_id"], running["status"], True)
+                    crawl_id = running["crawl_id"]
+                    return self._accepted(request, page_id, crawl_id, running["status"], True)
                 # 3. ... or records and produces a new request before the lock is released.
                 record = new_request(page_id, full=body.full)
                 await asyncio.to_thread(submit, self.settings, record, timeout=self.submit_timeout)
         except psycopg.Error as e:
             raise RetryableError(f"sync request failed: {e}") from e
         log.info("sync of page %s requested: crawl %s", page_id, record.crawl_id)
-        return self._accepted(page_id, record.crawl_id, "queued", False)
+        return self._accepted(request, page_id, record.crawl_id, "queued", False)
 
     @staticmethod
-    def _accepted(page_id: str, crawl_id: str, status: str, joined: bool) -> web.Response:
+    def _accepted(
+        request: web.Request, page_id: str, crawl_id: str, status: str, joined: bool
+    ) -> web.Response:
+        # Location: the crawl's own resource (GET /crawls/{crawl_id}, admin/crawls.py).
+        location = str(request.app.router["crawl"].url_for(crawl_id=crawl_id))
         return json_response(
             {"page_id": page_id, "crawl_id": crawl_id, "status": status, "joined": joined},
             status=202,
+            Location=location,
         )
 
     async def conversations(self, request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from admin.api import AdminApi, BadRequestError, problem
 from admin.auth import Sessions, auth_middleware, check_token
+from admin.crawls import CrawlsApi
 from admin.dashboard import Dashboard
 from admin.settings import AdminSettings
 from admin.store import AdminStore
@@ -73,6 +74,10 @@ def make_admin_app(
     )
     r = app.router
     r.add_post("/pages/{page_id}/sync", api.sync, name="sync")
+    crawls = CrawlsApi(api.cursors)
+    r.add_get("/pages/{page_id}/crawls", crawls.page_crawls, name="page_crawls")
+    r.add_get("/crawls/{crawl_id}", crawls.crawl, name="crawl")
+    r.add_delete("/crawls/{crawl_id}", crawls.cancel, name="cancel_crawl")
     r.add_get("/pages/{page_id}/conversations", api.conversations, name="conversations")
     r.add_get("/conversations/{page_id}/{psid}", api.conversation, name="conversation")
     r.add_get("/conversations/{page_id}/{psid}/messages", api.timeline, name="messages")
@@ -96,7 +101,7 @@ def make_admin_app(
         )
         await pool.open()
         store = AdminStore(pool, settings.db_schema)
-        api.store = dash.store = store
+        api.store = dash.store = crawls.store = store
         config = asyncio.create_task(_write_auto_clear(store, admin.auto_clear_tags))
         yield
         config.cancel()

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from admin.api import json_response
 from admin.auth import COOKIE, Sessions, plain_localhost
+from admin.crawls import pages_needing_attention
 from admin.ratelimit import LoginLimiter
 from admin.settings import AdminSettings
 from admin.status import Status, StatusReader
@@ -191,6 +192,7 @@ class Dashboard:
         assert self.store is not None
         await self.sampler.ensure_running()
         overview = await self.store.overview()
+        overview["attention"] = await pages_needing_attention(self.store)
         status = self.sampler.status or {}
         return json_response(
             {

@@ -96,6 +96,9 @@ def _wait(settings: Settings, crawl_id: str, timeout: float | None, console: Con
     if final.status == "failed":
         console.print(f"[red]crawl {final.crawl_id} failed:[/] {final.last_error}")
         raise typer.Exit(1)
+    if final.status == "cancelled":
+        console.print(f"[red]crawl {final.crawl_id} was cancelled[/]")
+        raise typer.Exit(1)
     console.print(
         f"[green]crawl {final.crawl_id} done:[/] {final.conversations_done} conversations, "
         f"{final.messages} messages, {final.api_calls} calls, {final.skipped} skipped"

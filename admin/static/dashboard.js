@@ -68,6 +68,8 @@ async function refresh() {
   fill("recent-syncs", d.recent_syncs, ["page_id", "crawl_id", "status",
     (r) => bar(r.progress), "conversations_done", "messages_fetched", "finished_at"]);
   fill("needs-reply", d.needs_reply, ["page_id", "needs_reply"]);
+  fill("attention", d.attention, [(r) => pageLink(r.page_id), "reason", "detail", "since",
+    "crawl_id"]);
   fill("lags", d.lags, ["group", "topic", "partition", "next_offset", "high_watermark", "lag"]);
   fill("dlq", d.dlq_recent, [(r) => r.failed_at ? new Date(r.failed_at).toISOString() : "",
     "component", "error_type", "reason", (r) => (r.topic ?? "") + "[" + (r.partition ?? "") + "]@" + (r.source_offset ?? "")]);
@@ -75,6 +77,70 @@ async function refresh() {
   document.getElementById("updated").textContent = "updated " + new Date().toISOString();
   document.body.dataset.loaded = "true";
 }
+
+// A page id that shows the page's crawl history when clicked.
+function pageLink(pageId) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "link";
+  b.textContent = pageId;
+  b.addEventListener("click", () => {
+    document.getElementById("history-page").value = pageId;
+    showHistory(false).catch((e) => { document.getElementById("errors").textContent = String(e); });
+  });
+  return b;
+}
+
+let historyCursor = null;
+
+function cancelButton(r) {
+  if (!["queued", "running", "failed"].includes(r.status)) return "";
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = "cancel";
+  b.addEventListener("click", async () => {
+    const res = await fetch("crawls/" + encodeURIComponent(r.crawl_id),
+      { method: "DELETE", credentials: "same-origin" });
+    b.textContent = res.ok ? "cancelled" : "HTTP " + res.status;
+    b.disabled = true;
+  });
+  return b;
+}
+
+async function showHistory(more) {
+  const page = encodeURIComponent(document.getElementById("history-page").value.trim());
+  let url = "pages/" + page + "/crawls?limit=20";
+  if (more && historyCursor) url += "&cursor=" + encodeURIComponent(historyCursor);
+  const res = await fetch(url, { credentials: "same-origin" });
+  const table = document.getElementById("crawl-history");
+  if (!res.ok) { table.dataset.status = String(res.status); return; }
+  const d = await res.json();
+  const body = table.querySelector("tbody");
+  if (!more) body.replaceChildren();
+  for (const r of d.items) {
+    const tr = document.createElement("tr");
+    const p = r.progress;
+    for (const v of [r.crawl_id, r.status + (r.resumable ? " (resumable)" : ""), r.attempt,
+      bar(p.fraction), p.conversations_done + " / " + p.conversations_known,
+      p.messages_done + " / " + p.messages_known, r.calls.graph, r.throttle.pauses,
+      r.skipped.count, r.errors.last_error, r.timings.requested_at,
+      r.timings.seconds == null ? "" : r.timings.seconds.toFixed(1), cancelButton(r)]) {
+      cell(tr, v);
+    }
+    body.appendChild(tr);
+  }
+  historyCursor = d.next_cursor;
+  document.getElementById("history-more").hidden = !historyCursor;
+  table.dataset.status = "200";
+}
+
+document.getElementById("history").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  showHistory(false).catch((e) => { document.getElementById("errors").textContent = String(e); });
+});
+document.getElementById("history-more").addEventListener("click", () => {
+  showHistory(true).catch((e) => { document.getElementById("errors").textContent = String(e); });
+});
 
 document.getElementById("lookup").addEventListener("submit", async (ev) => {
   ev.preventDefault();

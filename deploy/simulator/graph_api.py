@@ -5,7 +5,9 @@ Deterministic from a seed. It serves ``/{page}/conversations`` and
 usage headers, and can inject faults: 5xx, broken JSON, throttling with a regain time,
 a per-page call-rate limit, permanent errors, conversations without a user participant,
 messages without text, old messages without details and malformed records, and hostile
-``paging.next`` links pointing at another host. Given the app secret, it refuses calls
+``paging.next`` links pointing at another host, an outage after a number of calls
+(``fail_after_calls``) and single conversations that keep failing (``failing_threads``,
+permanently or transiently). Given the app secret, it refuses calls
 without the right ``appsecret_proof``, like Meta with "Require App Secret" on.
 ``GET /_expected/{page}`` (and :meth:`GraphWorld.expected`) is the truth to compare with.
 """
@@ -91,6 +93,12 @@ class Faults:
     # is refused with code 4 ("Application request limit reached").
     app_budget: int | None = None
     app_rate: float = 1.0
+    # Every call of a page after its first fail_after_calls answers 500 (a Meta outage
+    # that outlasts the crawler's retries: the crawl fails partway and must resume).
+    fail_after_calls: int | None = None
+    # thread id -> "permanent" (code 100, as for a conversation Meta cannot read) or
+    # "transient" (500 every time): the messages of that one conversation keep failing.
+    failing_threads: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -426,6 +434,8 @@ class GraphApiServer:
         now = self.clock()
         if faults.permanent_code is not None:
             return _error(400, faults.permanent_code, f"(#{faults.permanent_code}) permanent fault")
+        if faults.fail_after_calls is not None and st.calls > faults.fail_after_calls:
+            return _error(500, 2, "Service temporarily unavailable (fail_after_calls)")
         app_pct = self._app_admit(now)
         if isinstance(app_pct, web.Response):
             st.throttled += 1
@@ -513,6 +523,15 @@ class GraphApiServer:
             if conv is None:
                 return _error(400, 100, f"Unsupported get request. Object {node} does not exist")
             page_id = conv.page_id
+            failing = self.world.faults.failing_threads.get(node)
+            if failing is not None:
+                st = self.world.calls.setdefault(page_id, _PageCalls())
+                st.calls += 1
+                if failing == "permanent":
+                    return _error(
+                        400, 100, f"(#100) Object {node} cannot be read (failing_threads)"
+                    )
+                return _error(500, 2, "Service temporarily unavailable (failing_threads)")
         else:
             return _error(400, 100, f"Unknown path components: /{edge}")
         if request.headers.get("Authorization") != f"Bearer {token_for(page_id)}":

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from convsync.errors import PoisonError, RetryableError
 from convsync.settings import Settings
+from producers.crawler import resume
 from producers.crawler._offsets import Mark, PartitionBook, decide
 from producers.crawler._producer import AsyncProducer
 from producers.crawler.app_usage import AppLimiter
@@ -48,6 +49,12 @@ class WorkerStats:
     joined: int = 0
     failed: int = 0
     done: int = 0
+    # crawls started from a failed crawl's cursor (resume.py)
+    resumed: int = 0
+    # crawls stopped because they were cancelled (DELETE /admin/crawls/{id})
+    cancelled: int = 0
+    # conversations skipped because reading them kept failing (resume.py)
+    skipped_conversations: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +151,13 @@ class RecordHandler:
             return Handled()
         if decision == "join":
             current = book.marks[record.page_id].crawl_id
+            if await self._cancelled(current):
+                # The running crawl was cancelled and has not noticed yet: it ends here
+                # and this request starts a crawl of its own.
+                self._end_cancelled(record.page_id, current, book.marks[record.page_id].seq, book)
+                decision = "start"
+        if decision == "join":
+            current = book.marks[record.page_id].crawl_id
             self.stats.joined += 1
             log.info("crawl request %s joins running crawl %s", record.crawl_id, current)
             await self._project(Progress(record, "joined", None, 0, joined=current))
@@ -154,6 +168,10 @@ class RecordHandler:
                 log.debug("dropping crawl request %s read again", record.crawl_id)
                 return Handled()
             record = await self._prepare(record)
+        elif await self._cancelled(record.crawl_id):
+            # a continuation of a crawl cancelled meanwhile: nothing more is fetched
+            self._end_cancelled(record.page_id, record.crawl_id, record.seq, book)
+            return Handled(ended=True)
         # A kill must cost at most the one step in flight. A step that produced a
         # continuation is proven handled by it (see worker._release); one that ended its
         # crawl is proven only by its commit, which the caller awaits here.
@@ -177,13 +195,56 @@ class RecordHandler:
         status = await self._until_done(
             "crawl state read", lambda: store.request_status(record.crawl_id)
         )
-        return status in ("joined", "done", "failed")
+        return status in ("joined", "done", "failed", "cancelled")
+
+    async def _cancelled(self, crawl_id: str) -> bool:
+        """Return True if ``crawl_id`` was cancelled (its history row says so)."""
+        store = self.store
+        status = await self._until_done("crawl state read", lambda: store.request_status(crawl_id))
+        return status == "cancelled"
+
+    def _end_cancelled(self, page_id: str, crawl_id: str, seq: int, book: PartitionBook) -> None:
+        """End the cancelled crawl ``crawl_id``: its finished mark, no continuation (its
+        rows say "cancelled" already; the canceller wrote them)."""
+        self.stats.cancelled += 1
+        log.info("crawl %s of page %s was cancelled; stopping it", crawl_id, page_id)
+        book.set_mark(page_id, Mark(crawl_id, seq, True))
+        self.projected_at.pop(page_id, None)
 
     async def _prepare(self, record: CrawlRequest) -> CrawlRequest:
-        """Fix the incremental cutoff of a new crawl from the last completed one."""
+        """Continue the page's failed last crawl from its cursor (resume.py), or fix the
+        incremental cutoff of a new crawl from the last completed one."""
+        store = self.store
+        limit = self.crawler.conversation_failures
+        resumed = await self._until_done(
+            "crawl resume",
+            lambda: store.resume(
+                record,
+                conversation_failures=limit,
+                refusal=lambda r: record_refusal(r, self.origin),
+            ),
+        )
+        if resumed is not None:
+            self.stats.resumed += 1
+            if resumed.skipped_thread is not None:
+                self.stats.skipped_conversations += 1
+                log.warning(
+                    "crawl %s of page %s skips conversation %s: reading it failed in %d crawls",
+                    record.crawl_id,
+                    record.page_id,
+                    resumed.skipped_thread,
+                    limit,
+                )
+            log.info(
+                "crawl %s of page %s resumes failed crawl %s (attempt %d)",
+                record.crawl_id,
+                record.page_id,
+                resumed.resumed_from,
+                resumed.attempt,
+            )
+            return resumed.record
         if record.full:
             return record
-        store = self.store
         last = await self._until_done(
             "crawl state read", lambda: store.last_completed_ms(record.page_id)
         )
@@ -210,11 +271,24 @@ class RecordHandler:
 
     async def _step(self, record: CrawlRequest, book: PartitionBook) -> CrawlRequest | None:
         """Run one step; return the continuation it produced (None: the crawl ended)."""
+        skipped: str | None = None
         try:
             outcome = await self._run_step(record)
         except CrawlFailedError as e:
-            await self._fail(record, book, str(e))
-            return None
+            skip = resume.skip_failed(record, e)
+            if skip is None:
+                await self._fail(record, book, str(e))
+                return None
+            # one conversation Meta cannot read: skipped and counted, the crawl goes on
+            outcome, skipped = skip
+            self.stats.skipped_conversations += 1
+            log.warning(
+                "crawl %s of page %s skips conversation %s: %s",
+                record.crawl_id,
+                record.page_id,
+                skipped,
+                e,
+            )
         key = record.page_id.encode()
         # 1. the step's events, confirmed by Kafka (acks=all)
         await self.producer.send_batch(
@@ -246,6 +320,7 @@ class RecordHandler:
         due = (
             outcome.done
             or record.seq == 0
+            or skipped is not None
             or last is None
             or now - last >= self.crawler.progress_interval
         )
@@ -258,6 +333,7 @@ class RecordHandler:
                     outcome.step,
                     record.seq + 1,
                     finished_ms=_now_ms() if outcome.done else None,
+                    skipped_thread=skipped,
                 )
             )
         # 4. the finished mark of a step that ended its crawl, only once "done" is in

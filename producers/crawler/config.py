@@ -20,6 +20,9 @@ class CrawlerSettings(BaseSettings):
     max_attempts: int = Field(default=6, ge=1, description="Tries of a transient failure.")
     backoff_base: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
+    # A conversation whose reading used up the retries in this many crawls in a row is
+    # skipped (and counted) by the next crawl resuming the page (resume.py).
+    conversation_failures: int = Field(default=2, ge=1)
     max_throttle_waits: int = Field(default=1000, ge=1, description="Per step, then fail.")
     request_timeout: float = Field(default=30.0, gt=0)
     # Incremental crawls re-read conversations updated this long before the last

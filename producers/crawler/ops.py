@@ -35,6 +35,7 @@ from producers.crawler.reconcile import (
     ReconcileSettings,
     configured_pages,
 )
+from producers.crawler.retry import Retrier, RetrySettings
 from producers.crawler.state import make_pool
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,17 @@ class CrawlerCollector(Collector):
         )
         stats = s.stats()
         if stats is not None:
-            for outcome in ("steps", "followed", "duplicates", "joined", "done", "failed"):
+            for outcome in (
+                "steps",
+                "followed",
+                "duplicates",
+                "joined",
+                "done",
+                "failed",
+                "resumed",
+                "cancelled",
+                "skipped_conversations",
+            ):
                 steps.add_metric([outcome], getattr(stats, outcome))
         yield steps
         parts = GaugeMetricFamily("convsync_crawler_partitions", "Crawl partitions owned.")
@@ -121,7 +132,7 @@ class CrawlerCollector(Collector):
         crawls = GaugeMetricFamily(
             "convsync_crawler_crawls", "Pages by the state of their latest crawl.", labels=["state"]
         )
-        for state in ("queued", "running", "done", "failed"):
+        for state in ("queued", "running", "done", "failed", "cancelled"):
             crawls.add_metric([state], f.crawls.get(state, 0))
         yield crawls
         ages = [a for a in f.ages.values() if a is not None]
@@ -231,6 +242,7 @@ async def process_services(
     metrics_addr: str | None = None,
     reconcile: ReconcileSettings | None = None,
     page_source: PageSource | None = None,
+    retry: RetrySettings | None = None,
 ) -> AsyncIterator[Sources]:
     """Run what a ``convsync crawler`` process has once, beside its worker: the
     reconciler and the listener. Both stop when the block exits.
@@ -245,13 +257,19 @@ async def process_services(
     reconciler = Reconciler(settings, options, pages=pages, pool=pool)
     sources = Sources(stats=stats, partitions=partitions, limiter=limiter, reconciler=reconciler)
     task = asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")
+    # failed crawls asked for again, resuming from their cursor (retry.py)
+    retrier = Retrier(settings, retry or RetrySettings())
+    retrying = asyncio.create_task(retrier.run(stop), name="crawler-retry")
     runner = await serve(sources, addr) if addr else None
     try:
         yield sources
     finally:
         task.cancel()
+        retrying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await retrying
         if runner is not None:
             await runner.cleanup()
         await pool.close(timeout=3)

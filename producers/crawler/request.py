@@ -114,7 +114,7 @@ class CrawlView:
     @property
     def finished(self) -> bool:
         """Return True when the crawl will not change any more."""
-        return self.status in ("done", "failed")
+        return self.status in ("done", "failed", "cancelled")
 
 
 _VIEW = """
@@ -165,3 +165,34 @@ def follow(
             if deadline is not None and time.monotonic() > deadline:
                 raise ConvsyncError(f"crawl {crawl_id} not finished after {timeout:.0f}s")
             time.sleep(interval)
+
+
+# Cancelling: the history row (and the page's crawl_state row, when it is that crawl's)
+# say "cancelled" at once; the worker reads it before each step and stops the crawl
+# (producers/crawler/_handler.py). A failed crawl can be cancelled too: its cursor is
+# then not resumed and it is not retried. Done, joined and cancelled crawls stay as
+# they are.
+CANCELLABLE = ("queued", "running", "failed")
+CANCEL_HISTORY = """
+UPDATE {schema}.crawl_history SET status = 'cancelled', finished_at = now(), updated_at = now()
+WHERE crawl_id = %s AND status = ANY(%s)
+RETURNING page_id
+"""
+CANCEL_STATE = """
+UPDATE {schema}.crawl_state SET status = 'cancelled', finished_at = now(), updated_at = now()
+WHERE page_id = %s AND crawl_id = %s AND status = ANY(%s)
+"""
+
+
+def cancel(conn: psycopg.Connection[Any], schema: str, crawl_id: str) -> bool:
+    """Cancel ``crawl_id`` (see :data:`CANCELLABLE`); return False when it was not
+    cancellable (unknown, or finished already)."""
+    s = sql.Identifier(schema)
+    with conn.transaction():
+        row = conn.execute(
+            sql.SQL(CANCEL_HISTORY).format(schema=s), (crawl_id, list(CANCELLABLE))
+        ).fetchone()
+        if row is None:
+            return False
+        conn.execute(sql.SQL(CANCEL_STATE).format(schema=s), (row[0], crawl_id, list(CANCELLABLE)))
+    return True

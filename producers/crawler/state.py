@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -14,11 +15,12 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from convsync.errors import ConfigError, RetryableError
+from producers.crawler import resume
 from schemas.crawl import CrawlRequest, CrawlStep
 
 log = logging.getLogger(__name__)
 
-Status = Literal["queued", "running", "done", "failed", "joined"]
+Status = Literal["queued", "running", "done", "failed", "joined", "cancelled"]
 
 # Seconds to wait for a connection per attempt (a new one, or one from the pool).
 CONNECT_TIMEOUT: Final = 5
@@ -80,7 +82,8 @@ ON CONFLICT (page_id) DO UPDATE SET
     throttle_seconds = EXCLUDED.throttle_seconds, skipped_reasons = EXCLUDED.skipped_reasons,
     joined_requests = CASE WHEN s.crawl_id IS DISTINCT FROM EXCLUDED.crawl_id
                            THEN 0 ELSE s.joined_requests END
-WHERE s.crawl_id IS DISTINCT FROM EXCLUDED.crawl_id OR s.step_seq <= EXCLUDED.step_seq
+WHERE s.crawl_id IS DISTINCT FROM EXCLUDED.crawl_id
+   OR (s.step_seq <= EXCLUDED.step_seq AND s.status <> 'cancelled')
 """
 
 _HISTORY = """
@@ -88,14 +91,24 @@ INSERT INTO {schema}.crawl_history AS h (
     crawl_id, page_id, full_crawl, status, joined_crawl_id, requested_at, started_at,
     finished_at, step_seq, conversations_done, messages_fetched, messages_no_details,
     api_calls, retries, throttle_waits, throttle_seconds, skipped, skipped_reasons,
-    last_error, updated_at)
+    last_error, updated_at, conversations_listed, messages_expected, skipped_threads)
 VALUES (%(crawl_id)s, %(page_id)s, %(full)s, %(status)s, %(joined)s, %(requested)s,
     %(started)s, %(finished)s, %(seq)s, %(conversations)s, %(messages)s, %(no_details)s,
     %(api_calls)s, %(retries)s, %(throttle_waits)s, %(throttle_seconds)s, %(skipped)s,
-    %(reasons)s, %(error)s, now())
+    %(reasons)s, %(error)s, now(), %(listed)s, %(expected)s,
+    CASE WHEN %(thread)s::text IS NULL THEN '[]'::jsonb
+         ELSE jsonb_build_array(%(thread)s::text) END)
 ON CONFLICT (crawl_id) DO UPDATE SET
     status = EXCLUDED.status, joined_crawl_id = EXCLUDED.joined_crawl_id,
-    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+    -- a resumed crawl started when it took over (resume.claim), not at the step's start
+    started_at = CASE WHEN h.resumed_from IS NULL THEN EXCLUDED.started_at ELSE h.started_at END,
+    finished_at = EXCLUDED.finished_at,
+    conversations_listed = EXCLUDED.conversations_listed,
+    messages_expected = EXCLUDED.messages_expected,
+    skipped_threads = CASE
+        WHEN %(thread)s::text IS NULL OR h.skipped_threads ? %(thread)s::text
+             OR jsonb_array_length(h.skipped_threads) >= %(max_threads)s
+        THEN h.skipped_threads ELSE h.skipped_threads || jsonb_build_array(%(thread)s::text) END,
     step_seq = EXCLUDED.step_seq, conversations_done = EXCLUDED.conversations_done,
     messages_fetched = EXCLUDED.messages_fetched,
     messages_no_details = EXCLUDED.messages_no_details, api_calls = EXCLUDED.api_calls,
@@ -140,6 +153,8 @@ class Progress:
     error: str | None = None
     finished_ms: int | None = None
     joined: str | None = None
+    # the conversation this step skipped (resume.skip_failed), if any
+    skipped_thread: str | None = None
 
 
 def _params(p: Progress) -> dict[str, Any]:
@@ -171,6 +186,8 @@ def _params(p: Progress) -> dict[str, Any]:
         "seq": p.seq,
         "requested": _ts(p.record.requested_at),
         "joined": p.joined,
+        "thread": p.skipped_thread,
+        "max_threads": resume.MAX_SKIPPED_THREADS,
     }
 
 
@@ -179,6 +196,7 @@ class CrawlStateStore:
 
     def __init__(self, pool: Pool, schema: str) -> None:
         self.pool = pool
+        self._schema_name = schema
         self.schema = sql.Identifier(schema)
 
     def _q(self, text: str) -> sql.Composed:
@@ -206,10 +224,46 @@ class CrawlStateStore:
                 else:
                     await conn.execute(self._q(_STATE), params)
                     await conn.execute(self._q(_HISTORY), params)
+                    if p.status == "failed":
+                        # the cursor the page's next crawl resumes from (resume.py)
+                        await conn.execute(
+                            self._q(resume.FAILED),
+                            {
+                                "crawl_id": p.record.crawl_id,
+                                "resume": resume.resume_json(p.record),
+                                "thread": resume.failed_thread(p.record),
+                            },
+                        )
         except _UNMIGRATED as e:
             raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
         except psycopg.Error as e:
             raise RetryableError(f"crawl state write failed: {e}") from e
+
+    async def resume(
+        self,
+        record: CrawlRequest,
+        *,
+        conversation_failures: int,
+        refusal: Callable[[CrawlRequest], str | None],
+    ) -> resume.Resumed | None:
+        """Claim the cursor of the page's failed last crawl for ``record`` (see
+        :func:`resume.claim`). Raises like :meth:`project`."""
+        try:
+            async with (
+                self.pool.connection(timeout=CONNECT_TIMEOUT) as conn,
+                conn.transaction(),
+            ):
+                return await resume.claim(
+                    conn,
+                    self._schema_name,
+                    record,
+                    conversation_failures=conversation_failures,
+                    refusal=refusal,
+                )
+        except _UNMIGRATED as e:
+            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
+        except psycopg.Error as e:
+            raise RetryableError(f"crawl resume failed: {e}") from e
 
     async def request_status(self, crawl_id: str) -> str | None:
         """Return the ``crawl_history`` status of ``crawl_id`` (None: no row).

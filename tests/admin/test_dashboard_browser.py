@@ -94,3 +94,57 @@ def test_dashboard_renders_live_figures(admin_env: AdminEnv, tmp_path: Path) -> 
             context.close()
         finally:
             browser.close()
+
+
+def test_dashboard_lists_pages_needing_attention_and_a_pages_crawls(
+    admin_env: AdminEnv,
+) -> None:
+    # Rows as the crawler writes them: an older crawl done, then one failed for good.
+    s = admin_env.settings
+    for crawl_id, status, minutes in (("c0000000000a", "done", 30), ("c0000000000b", "failed", 5)):
+        scalar(
+            s,
+            "INSERT INTO {s}.crawl_history (crawl_id, page_id, full_crawl, status, requested_at,"
+            " started_at, finished_at, last_error) VALUES (%s, 'p9', true, %s,"
+            " now() - make_interval(mins => %s), now() - make_interval(mins => %s), now(),"
+            " CASE WHEN %s = 'failed' THEN 'gave up after 6 transient errors' END)"
+            " RETURNING 1",
+            crawl_id,
+            status,
+            minutes,
+            minutes,
+            status,
+        )
+    scalar(
+        s,
+        "INSERT INTO {s}.crawl_state (page_id, status, crawl_id, last_error, finished_at)"
+        " VALUES ('p9', 'failed', 'c0000000000b', 'gave up after 6 transient errors', now())"
+        " RETURNING 1",
+    )
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {TOKEN}"})
+            page = context.new_page()
+            page.goto(admin_env.base + "/dashboard")
+            _loaded(page)
+            rows = page.locator("#attention tbody tr")
+            assert rows.count() == 1
+            assert rows.first.locator("td").nth(1).inner_text() == "crawl_failed"
+            assert "gave up" in rows.first.inner_text()
+            # The page's id opens its crawl history, newest first.
+            rows.first.locator("button.link").click()
+            page.wait_for_selector("#crawl-history[data-status='200']", timeout=10_000)
+            history = page.locator("#crawl-history tbody tr")
+            assert history.count() == 2
+            assert history.nth(0).locator("td").first.inner_text() == "c0000000000b"
+            assert history.nth(1).locator("td").first.inner_text() == "c0000000000a"
+            # The failed crawl can be cancelled from there (no resume, no retry).
+            history.nth(0).locator("button").click()
+            page.wait_for_selector("#crawl-history button:has-text('cancelled')", timeout=10_000)
+            context.close()
+        finally:
+            browser.close()
+    assert scalar(s, "SELECT status FROM {s}.crawl_history WHERE crawl_id = 'c0000000000b'") == (
+        "cancelled"
+    )

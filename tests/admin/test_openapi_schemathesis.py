@@ -30,8 +30,10 @@ def test_schemathesis_finds_no_contract_violation(admin_env: AdminEnv, tmp_path:
         "all",
         # A missing If-Match is answered 428 Precondition Required (RFC 6585), which this
         # check does not list among the answers it accepts; test_api covers the 428.
+        # DELETE /crawls/{id} cancels a crawl, whose history row stays readable (status
+        # "cancelled"): by design not the 404 after a DELETE this check wants.
         "--exclude-checks",
-        "missing_required_header",
+        "missing_required_header,use_after_free",
         "--max-examples",
         "15",
         "--max-time",
@@ -54,7 +56,7 @@ def test_schemathesis_finds_no_contract_violation(admin_env: AdminEnv, tmp_path:
     (tmp_path / "schemathesis.toml").write_text(
         "[[operations]]\n"
         'include-method = "GET"\n'
-        'include-path-regex = "/(conversations|messages|events)$"\n'
+        'include-path-regex = "/(conversations|messages|events|crawls)$"\n'
         "checks.positive_data_acceptance.expected-statuses = "
         '["2XX", 400, 401, 403, 404, 409, "5XX"]\n'
     )
@@ -65,5 +67,5 @@ def test_schemathesis_finds_no_contract_violation(admin_env: AdminEnv, tmp_path:
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
-    assert "6 selected" in output or "6 total" in output, output[-3000:]
+    assert "9 selected" in output or "9 total" in output, output[-3000:]
     assert TOKEN not in output.replace(f"Bearer {TOKEN}", "")

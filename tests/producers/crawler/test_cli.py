@@ -12,7 +12,7 @@ from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphWorld
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
-from tests.producers.crawler.conftest import start_worker
+from tests.producers.crawler.conftest import fast_crawler, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +61,49 @@ def test_crawl_wait_fails_with_the_reason(
         running.stop()
     assert result.exit_code == 1
     assert "failed" in result.output and "code 10" in result.output
+
+
+def test_crawl_wait_fails_when_the_crawl_is_cancelled(
+    make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any
+) -> None:
+    import threading
+    import time
+
+    import psycopg
+
+    from producers.crawler.request import cancel
+
+    settings = make_schema(base=make_topics(partitions=3))
+    world = GraphWorld.generate(seed=19, conversations=30)
+    graph = fake_graph(world)
+    page = world.page_ids[0]
+    running = start_worker(settings, graph, fast_crawler(calls_per_second=5.0))
+    out: list[Any] = []
+    cli = threading.Thread(
+        target=lambda: out.append(
+            CliRunner().invoke(
+                app, ["crawl", page, "--full", "--wait", "--timeout", "60"], env=env_of(settings)
+            )
+        )
+    )
+    try:
+        cli.start()
+        url = settings.database_url.get_secret_value()
+        deadline = time.monotonic() + 30
+        with psycopg.connect(url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    f'SELECT crawl_id FROM "{settings.db_schema}".crawl_history'
+                    " WHERE page_id = %s AND status = 'running'",
+                    (page,),
+                ).fetchone()
+                if row is not None:
+                    assert cancel(conn, settings.db_schema, str(row[0]))
+                    break
+                time.sleep(0.05)
+        cli.join(60)
+    finally:
+        running.stop()
+    (result,) = out
+    assert result.exit_code == 1, result.output
+    assert "cancelled" in result.output
