@@ -19,6 +19,7 @@ from admin.api import AdminApi, BadRequestError, problem
 from admin.auth import Sessions, auth_middleware, check_token
 from admin.crawls import CrawlsApi
 from admin.dashboard import Dashboard
+from admin.pages import PagesApi
 from admin.settings import AdminSettings
 from admin.store import AdminStore
 from convsync.errors import RetryableError
@@ -73,6 +74,12 @@ def make_admin_app(
         ],
     )
     r = app.router
+    pages = PagesApi(settings)
+    # (names starting with "page:" are HTML pages, answered with the login form)
+    r.add_get("/pages", pages.list, name="pages:list")
+    r.add_put("/pages/{page_id}", pages.put, name="pages:put")
+    r.add_get("/pages/{page_id}", pages.get, name="pages:get")
+    r.add_delete("/pages/{page_id}", pages.delete, name="pages:delete")
     r.add_post("/pages/{page_id}/sync", api.sync, name="sync")
     crawls = CrawlsApi(api.cursors)
     r.add_get("/pages/{page_id}/crawls", crawls.page_crawls, name="page_crawls")
@@ -102,6 +109,7 @@ def make_admin_app(
         await pool.open()
         store = AdminStore(pool, settings.db_schema)
         api.store = dash.store = crawls.store = store
+        pages.pool = pool
         config = asyncio.create_task(_write_auto_clear(store, admin.auto_clear_tags))
         yield
         config.cancel()

@@ -200,6 +200,7 @@ class Dashboard:
                 "lags": status.get("lags", []),
                 "lag_by_group": status.get("lag_by_group", {}),
                 "dlq_records": status.get("dlq_records", 0),
+                "pages_attention": status.get("pages_attention", []),
                 "events_rows": status.get("events_rows", 0),
                 "conversations_rows": status.get("conversations_rows", 0),
                 "rates": list(self.sampler.samples),

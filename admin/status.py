@@ -65,6 +65,8 @@ class Status:
     # Events stored per second over the window collect() was given; None without one.
     events_per_second: float | None = None
     stalled: list[str] = field(default_factory=list)
+    # Pages that are not syncing (a token Graph refused: needs_reconnect), with what to do.
+    pages_attention: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # What the supervisor of `convsync run` last wrote (components, restarts), if any:
     # filled in by the command, which knows the state folder.
@@ -380,6 +382,21 @@ def _read_database(
         idle = float(crawl.get("idle_seconds") or 0)
         if crawl.get("status") == "running" and idle > stall_after:
             status.stalled.append(f"crawl of page {crawl['page_id']}: no progress for {idle:.0f}s")
+    has_pages = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f"{status.db_schema}.pages",)
+    ).fetchone()
+    if has_pages and has_pages[0]:
+        # Bounded: the pages table is one row per page, and this reads the troubled ones.
+        status.pages_attention = _rows(
+            conn.execute(
+                sql.SQL(
+                    "SELECT page_id, platform, name, status, status_message,"
+                    " token_last_error_at, paused_crawl IS NOT NULL AS crawl_paused"
+                    " FROM {}.pages WHERE status NOT IN ('active', 'removed')"
+                    " ORDER BY page_id LIMIT 1000"
+                ).format(schema)
+            )
+        )
     has_views = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL",
         (f"{status.db_schema}.sync_statistics",),

@@ -68,13 +68,23 @@ def _wait(settings: Settings, crawl_id: str, timeout: float | None, console: Con
     with Progress(*columns, console=console) as bar:
         convs = bar.add_task("conversations", total=None, extra="")
         msgs = bar.add_task("messages", total=None, extra="")
-        said_join = False
+        said_join = said_pause = False
 
         def update(view: CrawlView, joined_from: str | None) -> None:
-            nonlocal said_join
+            nonlocal said_join, said_pause
             if joined_from and not said_join:
                 console.print(f"request {joined_from} joined the running crawl {view.crawl_id}")
                 said_join = True
+            if view.status == "paused" and not said_pause:
+                # Once: the crawl waits for a new page token, its cursor kept.
+                console.print(
+                    f"[yellow]crawl {view.crawl_id} paused:[/] {view.last_error}; it resumes"
+                    " once the page has a new token (convsync pages add)",
+                    highlight=False,
+                )
+                said_pause = True
+            elif view.status != "paused":
+                said_pause = False
             bar.update(
                 convs,
                 completed=view.conversations_done,

@@ -280,6 +280,12 @@ def status(
             )
         for stalled in snap.stalled:
             out.print(f"[yellow]stalled:[/] {stalled}")
+        for page in snap.pages_attention:
+            paused = ", its crawl paused (cursor kept)" if page.get("crawl_paused") else ""
+            out.print(
+                f"[yellow]page {page['page_id']} {page['status']}:[/] "
+                f"{page.get('status_message') or ''}{paused}"
+            )
         rows, convs = (
             ("~" if k in snap.estimated else "") + str(getattr(snap, k))
             for k in ("events_rows", "conversations_rows")
@@ -407,6 +413,7 @@ def run(
         for name, value in (
             ("CONVSYNC_APP_SECRET", settings.app_secret),
             ("CONVSYNC_VERIFY_TOKEN", settings.verify_token),
+            ("CONVSYNC_SECRET_KEY", settings.secret_key),
         )
         if not value.get_secret_value()
     ]
@@ -429,6 +436,7 @@ def run(
         "CONVSYNC_DATABASE_URL": settings.database_url.get_secret_value(),
         "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
         "CONVSYNC_KAFKA_EXTRA": json.dumps(settings.kafka_extra_values()),
+        "CONVSYNC_SECRET_KEY": settings.secret_key.get_secret_value(),
     }
     folder = state_folder(state_dir)
     sup = Supervisor(env, folder / "logs", state_file=folder / STATE_FILE)
@@ -472,6 +480,7 @@ def _register_components() -> None:
     from cli.importer import register as register_importer
     from cli.mapper import register as register_mapper
     from cli.materializer import register as register_consumers
+    from cli.pages import register as register_pages
     from cli.streams import register as register_streams
 
     for register in (register_gateway, register_crawler, register_consumers, register_streams):
@@ -479,6 +488,7 @@ def _register_components() -> None:
     register_archiver(app)
     register_importer(app)
     register_mapper(app)
+    register_pages(app)
 
 
 _register_components()

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # keeps every verified body on <prefix>.relay and `convsync relay` forwards it. A
     # secret: such URLs often carry a token.
     relay_url: SecretStr = SecretStr("")
+    # Fernet keys, comma-separated (the first encrypts, all decrypt): page tokens at rest.
+    secret_key: SecretStr = SecretStr("")
     # Extra librdkafka properties (SASL/SSL for a managed cluster), a JSON object. Every
     # value is kept as a secret: some are passwords (see is_secret_kafka_key).
     kafka_extra: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
@@ -135,7 +137,13 @@ class Settings(BaseSettings):
         The app secret and tokens, the database password (as given and URL-encoded),
         and the secret librdkafka properties of ``kafka_extra``.
         """
-        values = [self.app_secret, self.verify_token, self.admin_token, self.relay_url]
+        values = [
+            self.app_secret,
+            self.verify_token,
+            self.admin_token,
+            self.relay_url,
+            self.secret_key,
+        ]
         out = [v.get_secret_value() for v in (*values, *self.page_tokens.values())]
         try:
             password = psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value())

@@ -10,11 +10,13 @@ file of this user that nobody else can read.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from convsync.errors import StackError
@@ -134,8 +136,14 @@ def read_private(path: Path) -> str:
     return value
 
 
-def ensure_secret(path: Path) -> str:
-    """Return the secret in ``path``, generating it (0600, created exclusively) on first use.
+def fernet_key() -> str:
+    """Return a new key for ``CONVSYNC_SECRET_KEY`` (32 random bytes, url-safe base64)."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def ensure_secret(path: Path, make: Callable[[], str] | None = None) -> str:
+    """Return the secret in ``path``, generating it (0600, created exclusively) on first use
+    with ``make`` (default: a password).
 
     Raises :class:`StackError` as :func:`read_private` does.
     """
@@ -146,7 +154,7 @@ def ensure_secret(path: Path) -> str:
     except OSError as e:
         raise StackError(f"cannot create {path}: {e.strerror}") from e
     try:
-        os.write(fd, (new_password() + "\n").encode())
+        os.write(fd, ((make or new_password)() + "\n").encode())
     finally:
         os.close(fd)
     return read_private(path)

@@ -67,6 +67,8 @@ async function refresh() {
     (r) => bar(r.progress), "conversations_done", "messages_fetched"]);
   fill("recent-syncs", d.recent_syncs, ["page_id", "crawl_id", "status",
     (r) => bar(r.progress), "conversations_done", "messages_fetched", "finished_at"]);
+  fill("pages-attention", d.pages_attention, ["page_id", "platform", "name", "status",
+    "status_message", (r) => (r.crawl_paused ? "paused, cursor kept" : "")]);
   fill("needs-reply", d.needs_reply, ["page_id", "needs_reply"]);
   fill("attention", d.attention, [(r) => pageLink(r.page_id), "reason", "detail", "since",
     "crawl_id"]);

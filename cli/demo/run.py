@@ -93,6 +93,7 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
     env = {
         "CONVSYNC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
         "CONVSYNC_KAFKA_EXTRA": json.dumps(base.kafka_extra_values()),
+        "CONVSYNC_SECRET_KEY": base.secret_key.get_secret_value(),
         "CONVSYNC_DATABASE_URL": base.database_url.get_secret_value(),
         "CONVSYNC_TOPIC_PREFIX": base.topic_prefix,
         "CONVSYNC_DB_SCHEMA": base.db_schema,

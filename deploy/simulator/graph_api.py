@@ -338,14 +338,44 @@ class GraphApiServer:
         # With an app secret every call must carry appsecret_proof (checked, counted).
         self.app_secret = app_secret
         self.proofs_checked = 0
+        # Page tokens that differ from token_for(page), and tokens Meta no longer
+        # accepts: token -> Graph error subcode (463 expired, 460 password changed...).
+        self.tokens: dict[str, str] = {}
+        self.dead_tokens: dict[str, int] = {}
+        # page -> (n, subcode): the page's token dies after n accepted calls (mid-crawl).
+        self.expire_after: dict[str, tuple[int, int]] = {}
+        self.accepted: dict[str, int] = {}
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.router.add_get("/_expected/{page}", self._expected)
         app.router.add_post("/_faults", self._set_faults)
         app.router.add_get("/_calls", self._calls)
+        app.router.add_post("/_tokens/{page}", self._set_token)
         app.router.add_get("/{version}/{node}/{edge}", self._edge)
         self.app = app
+
+    def token(self, page_id: str) -> str:
+        """Return the token the fake accepts for ``page_id`` now."""
+        return self.tokens.get(page_id, token_for(page_id))
+
+    def expire_token(self, page_id: str, subcode: int = 463) -> None:
+        """Make the current token of ``page_id`` fail with code 190 / ``subcode``."""
+        self.dead_tokens[self.token(page_id)] = subcode
+
+    def rotate_token(self, page_id: str, new: str) -> None:
+        """Accept ``new`` as the token of ``page_id`` from now on."""
+        self.tokens[page_id] = new
+
+    async def _set_token(self, request: web.Request) -> web.Response:
+        # {"expire": subcode} or {"token": "..."} (the demo's way to expire and rotate)
+        body = orjson.loads(await request.read())
+        page = request.match_info["page"]
+        if "expire" in body:
+            self.expire_token(page, int(body["expire"]))
+        if "token" in body:
+            self.rotate_token(page, str(body["token"]))
+        return web.Response(status=204)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0 = any free port); return the versioned base URL."""
@@ -534,11 +564,30 @@ class GraphApiServer:
                 return _error(500, 2, "Service temporarily unavailable (failing_threads)")
         else:
             return _error(400, 100, f"Unknown path components: /{edge}")
-        if request.headers.get("Authorization") != f"Bearer {token_for(page_id)}":
+        planned = self.expire_after.get(page_id)
+        if planned is not None and self.accepted.get(page_id, 0) >= planned[0]:
+            del self.expire_after[page_id]
+            self.expire_token(page_id, planned[1])
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        dead = self.dead_tokens.get(sent)
+        if dead is not None:
+            expired = {
+                "error": {
+                    "message": "Error validating access token: Session has expired",
+                    "type": "OAuthException",
+                    "code": 190,
+                    "error_subcode": dead,
+                }
+            }
+            return web.Response(
+                status=400, body=orjson.dumps(expired), content_type="application/json"
+            )
+        if sent != self.token(page_id):
             return _error(400, 190, "Invalid OAuth access token - Cannot parse access token")
-        refused = self._check_proof(request, token_for(page_id))
+        refused = self._check_proof(request, self.token(page_id))
         if refused is not None:
             return refused
+        self.accepted[page_id] = self.accepted.get(page_id, 0) + 1
         admitted = self._admit(page_id)
         if isinstance(admitted, web.Response):
             return admitted

@@ -11,24 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pydantic import SecretStr
-
 from convsync.errors import PoisonError, RetryableError
+from convsync.pages import PageToken
 from convsync.settings import Settings
 from producers.crawler import resume
 from producers.crawler._offsets import Mark, PartitionBook, decide
 from producers.crawler._producer import AsyncProducer
 from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
-from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError
+from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError, PageTokenError
 from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import GraphClient, backoff
 from producers.crawler.state import CrawlStateStore, Progress, Status
 from producers.crawler.step import StepOutcome, record_refusal, run_step
+from producers.crawler.tokens import PageTokens
 from producers.crawler.urls import GraphOrigin
 from schemas.crawl import CrawlRequest
 from schemas.records import dead_letter
@@ -55,6 +55,8 @@ class WorkerStats:
     cancelled: int = 0
     # conversations skipped because reading them kept failing (resume.py)
     skipped_conversations: int = 0
+    # steps not run because the page's token does not work (the crawl waits)
+    paused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ class RecordHandler:
         crawler: CrawlerSettings,
         *,
         origin: GraphOrigin,
-        tokens: Mapping[str, SecretStr],
+        tokens: PageTokens,
         producer: AsyncProducer,
         store: CrawlStateStore,
         client: GraphClient,
@@ -253,42 +255,64 @@ class RecordHandler:
         since = max(0, last - int(self.crawler.incremental_margin * 1000))
         return record.model_copy(update={"since": since})
 
-    def _fetcher(self, page_id: str) -> PageFetcher:
+    def _fetcher(self, page_id: str, token: PageToken) -> PageFetcher:
         fetcher = self.fetchers.get(page_id)
         if fetcher is None:
-            token = self.tokens.get(page_id)
-            if token is None:
-                raise CrawlFailedError(f"no page token configured for page {page_id}")
             fetcher = PageFetcher(
                 self.client,
                 page_id=page_id,
-                token=token.get_secret_value(),
+                token=token.token.get_secret_value(),
                 settings=self.crawler,
                 app=self.app_limiter,
             )
             self.fetchers[page_id] = fetcher
+        # the token of the last read of the pages table (a new one set through the API)
+        fetcher.token = token.token.get_secret_value()
         return fetcher
 
+    async def _token(self, page_id: str) -> PageToken:
+        """Return the page's token; raise :class:`CrawlFailedError` if it has none."""
+        tokens = self.tokens
+        token = await self._until_done("pages read", lambda: tokens.get(page_id))
+        if token is None:
+            raise CrawlFailedError(f"no page token configured for page {page_id}")
+        return token
+
     async def _step(self, record: CrawlRequest, book: PartitionBook) -> CrawlRequest | None:
-        """Run one step; return the continuation it produced (None: the crawl ended)."""
+        """Run one step; return the continuation it produced (None: the crawl ended or
+        paused)."""
         skipped: str | None = None
-        try:
-            outcome = await self._run_step(record)
-        except CrawlFailedError as e:
-            skip = resume.skip_failed(record, e)
-            if skip is None:
+        while True:
+            try:
+                token = await self._token(record.page_id)
+            except CrawlFailedError as e:
                 await self._fail(record, book, str(e))
                 return None
-            # one conversation Meta cannot read: skipped and counted, the crawl goes on
-            outcome, skipped = skip
-            self.stats.skipped_conversations += 1
-            log.warning(
-                "crawl %s of page %s skips conversation %s: %s",
-                record.crawl_id,
-                record.page_id,
-                skipped,
-                e,
-            )
+            try:
+                _check_usable(token)
+                outcome = await self._run_step(record, token)
+                break
+            except PageTokenError as e:
+                if await self._pause(record, book, token, e):
+                    return None
+                # The token was replaced while this step ran: run it with the new one.
+            except CrawlFailedError as e:
+                skip = resume.skip_failed(record, e)
+                if skip is None:
+                    await self._fail(record, book, str(e))
+                    return None
+                # one conversation Meta cannot read: skipped and counted, the crawl goes on
+                outcome, skipped = skip
+                self.stats.skipped_conversations += 1
+                log.warning(
+                    "crawl %s of page %s skips conversation %s: %s",
+                    record.crawl_id,
+                    record.page_id,
+                    skipped,
+                    e,
+                )
+                break
+        await self.tokens.worked(record.page_id)
         key = record.page_id.encode()
         # 1. the step's events, confirmed by Kafka (acks=all)
         await self.producer.send_batch(
@@ -345,6 +369,53 @@ class RecordHandler:
             self.projected_at.pop(record.page_id, None)
         return nxt
 
+    async def _pause(
+        self, record: CrawlRequest, book: PartitionBook, token: PageToken, error: PageTokenError
+    ) -> bool:
+        """Pause the crawl of ``record`` because the page's token does not work: the page
+        goes to ``needs_reconnect`` and keeps the record that runs this step again (the
+        cursor); ``tokens.resume_forever`` produces it once a new token is set. Return
+        False if the token was replaced meanwhile (nothing paused: run the step again).
+
+        Said once: only the step that moves the page out of ``active`` logs a warning.
+        """
+        again = record.model_copy(update={"seq": record.seq + 1})
+        tokens = self.tokens
+        prior = await self._until_done(
+            "page status write",
+            lambda: tokens.rejected(
+                record.page_id,
+                token,
+                message=error.message,
+                error=str(error),
+                paused=again.to_bytes(),
+            ),
+        )
+        if prior is None:
+            return False
+        self.stats.paused += 1
+        if prior == "active":
+            log.warning(
+                "page %s: %s; crawl %s paused at step %d, its cursor kept (%s)",
+                record.page_id,
+                error.message,
+                record.crawl_id,
+                record.seq,
+                error,
+            )
+        else:
+            log.debug(
+                "crawl %s of page %s paused (page %s)", record.crawl_id, record.page_id, prior
+            )
+        await self._project(
+            Progress(record, "paused", record.step, record.seq, error=error.message)
+        )
+        # Not finished: the kept record (seq + 1) continues this crawl, and a request
+        # meanwhile joins it.
+        book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, False))
+        self.projected_at.pop(record.page_id, None)
+        return True
+
     async def _fail(self, record: CrawlRequest, book: PartitionBook, reason: str) -> None:
         """Write the crawl of ``record`` as failed with ``reason``, then its finished mark."""
         self.stats.failed += 1
@@ -381,8 +452,8 @@ class RecordHandler:
         if ends:
             await self._fail(record, book, text)
 
-    async def _run_step(self, record: CrawlRequest) -> StepOutcome:
-        fetch = self._fetcher(record.page_id)
+    async def _run_step(self, record: CrawlRequest, token: PageToken) -> StepOutcome:
+        fetch = self._fetcher(record.page_id, token)
         attempts = 0
         while True:
             try:
@@ -441,6 +512,14 @@ class RecordHandler:
         await self.producer.send_batch(
             self.settings.topic("dlq"), [(letter.key, letter.value)], headers=list(letter.headers)
         )
+
+
+def _check_usable(token: PageToken) -> None:
+    """Raise :class:`PageTokenError` for a token known not to work (nothing is sent to
+    Graph with it)."""
+    if token.status != "active":
+        message = token.status_message or f"the page is {token.status}"
+        raise PageTokenError(f"page is {token.status}", message=message)
 
 
 def _now_ms() -> int:

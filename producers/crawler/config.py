@@ -28,6 +28,9 @@ class CrawlerSettings(BaseSettings):
     # Incremental crawls re-read conversations updated this long before the last
     # completed crawl, so clock skew and late updates are not missed.
     incremental_margin: float = Field(default=3600.0, ge=0)
+    # How old the cached page tokens may be (a token set through the API or the CLI is
+    # used, and a paused crawl resumed, within this many seconds).
+    token_refresh: float = Field(default=5.0, gt=0, le=300)
     group: str = Field(default="convsync-crawler", min_length=1)
     # Static group membership: a restarted worker with the same id gets its partitions
     # back at once instead of after the dead member's session times out.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
 from convsync.errors import RetryableError, ThrottledError
 from producers.crawler.app_usage import AppLimiter
@@ -14,11 +14,36 @@ from producers.crawler.exceptions import (
     CrawlFailedError,
     ForeignUrlError,
     GraphPermanentError,
+    PageTokenError,
 )
 from producers.crawler.graph import GraphClient, PagePacer, backoff
 from producers.crawler.step import FetchStats
 
 log = logging.getLogger(__name__)
+
+
+# Graph code 190: the access token is invalid; its subcodes say why.
+TOKEN_INVALID: Final = 190
+EXPIRED_SUBCODES: Final = frozenset({463, 467})
+REVOKED_SUBCODES: Final = frozenset({458, 459, 460, 464})
+# Code 10 and 200-299: the token lacks a permission.
+PERMISSION_CODES: Final = frozenset({10, *range(200, 300)})
+
+
+def token_trouble(code: int | None, subcode: int | None) -> str | None:
+    """Return what a person is told when Graph's ``code``/``subcode`` says the page's
+    token does not work (None: it is another kind of error)."""
+    if code == TOKEN_INVALID:
+        if subcode in EXPIRED_SUBCODES:
+            return "the token expired: reconnect the page"
+        if subcode == 460:
+            return "the token was invalidated by a password change: reconnect the page"
+        if subcode in REVOKED_SUBCODES:
+            return "the token was revoked (the app was removed or logged out): reconnect the page"
+        return "the token is invalid: reconnect the page"
+    if code in PERMISSION_CODES:
+        return "the token lacks a permission convsync needs: reconnect the page and grant it"
+    return None
 
 
 class PageFetcher:
@@ -81,6 +106,9 @@ class PageFetcher:
                 self.pacer.pause(wait)
                 continue
             except GraphPermanentError as e:
+                told = token_trouble(e.code, e.subcode)
+                if told is not None:
+                    raise PageTokenError(str(e), message=told) from e
                 raise CrawlFailedError(str(e)) from e
             except ForeignUrlError as e:
                 raise CrawlFailedError(f"refused to fetch: {e}") from e

@@ -97,6 +97,7 @@ def classify(status: int, body: bytes, usage: Usage) -> Exception:
     and anything else (a 200 with an error object but no code) is retryable.
     """
     code: int | None = None
+    subcode: int | None = None
     message = body[:200].decode("utf-8", "replace")
     try:
         parsed = orjson.loads(body)
@@ -106,6 +107,8 @@ def classify(status: int, body: bytes, usage: Usage) -> Exception:
         err = parsed["error"]
         raw_code = err.get("code")
         code = raw_code if isinstance(raw_code, int) else None
+        raw_sub = err.get("error_subcode")
+        subcode = raw_sub if isinstance(raw_sub, int) else None
         message = str(err.get("message", ""))[:300]
     if code == APP_THROTTLE_CODE or (
         code in THROTTLE_CODES and (usage.app_percent or 0.0) >= 100 and usage.percent < 100
@@ -125,7 +128,11 @@ def classify(status: int, body: bytes, usage: Usage) -> Exception:
     if code is None and (status == HTTP_REQUEST_TIMEOUT or not 400 <= status < 500):
         return RetryableError(f"Graph API HTTP {status} (no code): {message}")
     return GraphPermanentError(
-        f"Graph API refused (HTTP {status}, code {code}): {message}", code=code, status=status
+        f"Graph API refused (HTTP {status}, code {code}"
+        f"{'' if subcode is None else f', subcode {subcode}'}): {message}",
+        code=code,
+        status=status,
+        subcode=subcode,
     )
 
 

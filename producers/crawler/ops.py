@@ -33,10 +33,10 @@ from producers.crawler.reconcile import (
     PageSource,
     Reconciler,
     ReconcileSettings,
-    configured_pages,
 )
 from producers.crawler.retry import Retrier, RetrySettings
 from producers.crawler.state import make_pool
+from producers.crawler.tokens import table_pages
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ class Sources:
     partitions: Callable[[], int]
     limiter: AppLimiter
     reconciler: Reconciler | None
+    # Pages whose token does not work, at the current worker's last read of the pages
+    # table (None: not read yet).
+    reconnect: Callable[[], int | None] = lambda: None
 
 
 class CrawlerCollector(Collector):
@@ -119,6 +122,14 @@ class CrawlerCollector(Collector):
             ):
                 steps.add_metric([outcome], getattr(stats, outcome))
         yield steps
+        reconnect = s.reconnect()
+        if reconnect is not None:
+            need = GaugeMetricFamily(
+                "convsync_pages_needing_reconnect",
+                "Pages whose token Graph refused: their crawls are paused until a new token.",
+            )
+            need.add_metric([], reconnect)
+            yield need
         parts = GaugeMetricFamily("convsync_crawler_partitions", "Crawl partitions owned.")
         parts.add_metric([], s.partitions())
         yield parts
@@ -132,7 +143,7 @@ class CrawlerCollector(Collector):
         crawls = GaugeMetricFamily(
             "convsync_crawler_crawls", "Pages by the state of their latest crawl.", labels=["state"]
         )
-        for state in ("queued", "running", "done", "failed", "cancelled"):
+        for state in ("queued", "running", "done", "failed", "cancelled", "paused"):
             crawls.add_metric([state], f.crawls.get(state, 0))
         yield crawls
         ages = [a for a in f.ages.values() if a is not None]
@@ -239,6 +250,7 @@ async def process_services(
     stats: Callable[[], WorkerStats | None],
     partitions: Callable[[], int],
     stop: asyncio.Event,
+    reconnect: Callable[[], int | None] = lambda: None,
     metrics_addr: str | None = None,
     reconcile: ReconcileSettings | None = None,
     page_source: PageSource | None = None,
@@ -247,15 +259,23 @@ async def process_services(
     """Run what a ``convsync crawler`` process has once, beside its worker: the
     reconciler and the listener. Both stop when the block exits.
 
-    ``page_source`` names the pages to reconcile (default: those of ``tokens``).
+    ``page_source`` names the pages to reconcile (default: the active pages of the
+    ``pages`` table, and those of ``tokens`` not in it yet).
     """
     options = reconcile or ReconcileSettings()
     addr = OpsSettings().metrics_addr if metrics_addr is None else metrics_addr
     pool = make_pool(settings.database_url.get_secret_value(), size=1)
     await pool.open(wait=False)
-    pages = page_source or configured_pages(tokens)
+    # The pages table (what the API, the CLI and CONVSYNC_PAGE_TOKENS put there).
+    pages = page_source or table_pages(pool, settings.db_schema, tokens)
     reconciler = Reconciler(settings, options, pages=pages, pool=pool)
-    sources = Sources(stats=stats, partitions=partitions, limiter=limiter, reconciler=reconciler)
+    sources = Sources(
+        stats=stats,
+        partitions=partitions,
+        limiter=limiter,
+        reconciler=reconciler,
+        reconnect=reconnect,
+    )
     task = asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")
     # failed crawls asked for again, resuming from their cursor (retry.py)
     retrier = Retrier(settings, retry or RetrySettings())

@@ -20,7 +20,7 @@ from schemas.crawl import CrawlRequest, CrawlStep
 
 log = logging.getLogger(__name__)
 
-Status = Literal["queued", "running", "done", "failed", "joined", "cancelled"]
+Status = Literal["queued", "running", "done", "failed", "joined", "cancelled", "paused"]
 
 # Seconds to wait for a connection per attempt (a new one, or one from the pool).
 CONNECT_TIMEOUT: Final = 5
@@ -116,7 +116,8 @@ ON CONFLICT (crawl_id) DO UPDATE SET
     throttle_seconds = EXCLUDED.throttle_seconds, skipped = EXCLUDED.skipped,
     skipped_reasons = EXCLUDED.skipped_reasons, last_error = EXCLUDED.last_error,
     updated_at = now()
-WHERE h.status IN ('queued', 'running') AND (h.status = 'queued' OR h.step_seq <= EXCLUDED.step_seq)
+WHERE h.status IN ('queued', 'running', 'paused')
+    AND (h.status = 'queued' OR h.step_seq <= EXCLUDED.step_seq)
 """
 
 # Appended to _HISTORY: a row comes back only if it was inserted or updated.

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from convsync.errors import ConsumerFatalError, PoisonError
 from convsync.kafka import is_fatal, make_consumer, make_producer, read_watermarks
+from convsync.pages import TokenCipher
 from convsync.settings import Settings
 from producers.crawler._commits import CommitQueue, in_thread, take
 from producers.crawler._handler import RecordHandler, WorkerStats
@@ -37,6 +38,7 @@ from producers.crawler.graph import GraphClient
 from producers.crawler.reconcile import ReconcileSettings
 from producers.crawler.state import CrawlStateStore, make_pool
 from producers.crawler.step import record_refusal
+from producers.crawler.tokens import PageTokens
 from producers.crawler.urls import GraphOrigin
 from schemas.crawl import CrawlRequest
 
@@ -67,7 +69,12 @@ class CrawlWorker:
         self.graph_url = graph_url or settings.graph_url
         # The one origin page tokens go to (ConfigError at once for an unusable URL).
         self.origin = GraphOrigin(self.graph_url)
+        # The initial set, added to the pages table where a page is not in it yet; the
+        # tokens used are the table's (producers/crawler/tokens.py).
         self.tokens = page_tokens if page_tokens is not None else settings.page_tokens
+        # ConfigError at once without CONVSYNC_SECRET_KEY: the table's tokens need it.
+        self.cipher = TokenCipher(settings.secret_key)
+        self.page_tokens: PageTokens | None = None
         self.crawl_topic = settings.topic("crawl")
         self.stats = WorkerStats()
         # Set up by run(): the record handler and the page runners.
@@ -83,6 +90,11 @@ class CrawlWorker:
         self._fatal: BaseException | None = None
         self._consumer: Consumer | None = None
         self._producer: AsyncProducer | None = None
+
+    @property
+    def needing_reconnect(self) -> int | None:
+        """Return how many pages need a new token (None: the pages are not read yet)."""
+        return None if self.page_tokens is None else self.page_tokens.needing_reconnect
 
     @property
     def assigned_partitions(self) -> int:
@@ -104,11 +116,18 @@ class CrawlWorker:
         # linger 1 ms: a step waits for its acks, so batching longer only adds latency.
         self._producer = AsyncProducer(make_producer(self.settings, **{"linger.ms": 1}))
         self._producer.start()
+        page_tokens = self.page_tokens = PageTokens(
+            pool,
+            self.settings.db_schema,
+            self.cipher,
+            refresh=self.crawler.token_refresh,
+            initial=self.tokens,
+        )
         self.handler = RecordHandler(
             self.settings,
             self.crawler,
             origin=self.origin,
-            tokens=self.tokens,
+            tokens=page_tokens,
             producer=self._producer,
             store=CrawlStateStore(pool, self.settings.db_schema),
             client=GraphClient(
@@ -151,6 +170,9 @@ class CrawlWorker:
             ),
             name="crawler-app-usage",
         )
+        resumer = asyncio.create_task(
+            page_tokens.resume_forever(self._producer, self.crawl_topic), name="crawler-pages"
+        )
         try:
             while self._fatal is None:
                 if stop.is_set():
@@ -168,6 +190,7 @@ class CrawlWorker:
                         self._dispatch(msg)
         finally:
             app_sync.cancel()
+            resumer.cancel()
             await self._shut_down(loop, polling, consumer, pages)
             await session.close()
             await pool.close(timeout=self.crawler.close_timeout)
@@ -434,6 +457,7 @@ def run_worker(
             tokens=kwargs.get("page_tokens") or settings.page_tokens,
             stats=lambda: current[0].stats if current else None,
             partitions=lambda: current[0].assigned_partitions if current else 0,
+            reconnect=lambda: current[0].needing_reconnect if current else None,
             stop=stop,
             metrics_addr=metrics_addr,
             reconcile=reconcile,

@@ -32,6 +32,8 @@ def test_schemathesis_finds_no_contract_violation(admin_env: AdminEnv, tmp_path:
         # check does not list among the answers it accepts; test_api covers the 428.
         # DELETE /crawls/{id} cancels a crawl, whose history row stays readable (status
         # "cancelled"): by design not the 404 after a DELETE this check wants.
+        # DELETE /pages/{id} stops syncing a page and keeps its data on purpose, so its
+        # conversations stay readable after it (use_after_free expects a 404 there).
         "--exclude-checks",
         "missing_required_header,use_after_free",
         "--max-examples",
@@ -67,5 +69,5 @@ def test_schemathesis_finds_no_contract_violation(admin_env: AdminEnv, tmp_path:
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
-    assert "9 selected" in output or "9 total" in output, output[-3000:]
+    assert "13 selected" in output or "13 total" in output, output[-3000:]
     assert TOKEN not in output.replace(f"Bearer {TOKEN}", "")

@@ -26,6 +26,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CONVSYNC_DATABASE_URL": settings.database_url.get_secret_value(),
         "CONVSYNC_TOPIC_PREFIX": settings.topic_prefix,
         "CONVSYNC_DB_SCHEMA": settings.db_schema,
+        "CONVSYNC_SECRET_KEY": settings.secret_key.get_secret_value(),
         "CONVSYNC_LOG_LEVEL": "INFO",
     }
 

@@ -105,6 +105,7 @@ def test_the_crawler_process_serves_metrics_health_and_status(
     assert figures["convsync_crawler_pages_never_crawled"] == 0
     assert 0 <= figures["convsync_crawler_reconcile_age_seconds"] < 60
     assert figures["convsync_crawler_pages_silent"] == 0
+    assert figures["convsync_pages_needing_reconnect"] == 0
     assert sorted(status["pages"]) == sorted(world.page_ids)
     assert all(p["reconcile_age_seconds"] is not None for p in status["pages"].values())
     assert proc.returncode == 0

@@ -95,7 +95,7 @@ def test_backfill_equals_the_fake(settings: Settings, fake_graph: Any) -> None:
 def test_permanent_error_fails_the_crawl_with_its_reason(
     settings: Settings, fake_graph: Any
 ) -> None:
-    world = GraphWorld.generate(seed=3, conversations=5, faults=Faults(permanent_code=190))
+    world = GraphWorld.generate(seed=3, conversations=5, faults=Faults(permanent_code=100))
     graph = fake_graph(world)
     running = start_worker(settings, graph)
     try:
@@ -105,11 +105,11 @@ def test_permanent_error_fails_the_crawl_with_its_reason(
     finally:
         running.stop()
     assert view.status == "failed"
-    assert "code 190" in (view.last_error or "")
+    assert "code 100" in (view.last_error or "")
     # no retry storm: the permanent error was met once
     assert world.calls[world.page_ids[0]].calls == 1
     state = crawl_state(settings, world.page_ids[0])
-    assert state["status"] == "failed" and "190" in state["last_error"]
+    assert state["status"] == "failed" and "100" in state["last_error"]
 
 
 def test_two_requests_for_one_page_make_one_crawl(settings: Settings, fake_graph: Any) -> None:
@@ -227,7 +227,7 @@ def test_an_end_postgres_did_not_take_is_written_by_the_next_owner(
     worker waits for it) and which a stop then abandons must stay unhandled: the next
     owner runs it again and writes the end, instead of dropping the record as a
     duplicate by a committed mark."""
-    faults = Faults(permanent_code=190) if ending == "failed" else Faults()
+    faults = Faults(permanent_code=100) if ending == "failed" else Faults()
     # no conversations: the first step lists an empty page and ends the crawl
     world = GraphWorld.generate(seed=29, conversations=0, faults=faults)
     graph = fake_graph(world)
