@@ -21,6 +21,7 @@ from admin.store import AdminStore, Page
 from convsync.errors import RetryableError
 from convsync.settings import Settings
 from producers.crawler.request import new_request, submit
+from producers.crawler.urls import GRAPH_ID
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class SyncBody(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     full: bool = False
+    # The page id is then an Instagram account's, crawled through this linked page.
+    via_page: str | None = None
 
 
 class TagsBody(BaseModel):
@@ -156,7 +159,12 @@ class AdminApi:
                 try:
                     body = SyncBody.model_validate_json(raw)
                 except ValidationError as e:
-                    raise BadRequestError('body must be {"full": boolean}') from e
+                    raise BadRequestError(
+                        'body must be {"full": boolean, "via_page": linked page id (Instagram)}'
+                    ) from e
+        via = body.via_page
+        if via is not None and (not GRAPH_ID.fullmatch(via) or via == page_id):
+            raise BadRequestError("via_page must be the id of the Instagram account's linked page")
         store = self._store()
         try:
             # 1. One sync request of a page at a time (across gateway workers) ...
@@ -169,7 +177,7 @@ class AdminApi:
                     crawl_id = running["crawl_id"]
                     return self._accepted(request, page_id, crawl_id, running["status"], True)
                 # 3. ... or records and produces a new request before the lock is released.
-                record = new_request(page_id, full=body.full)
+                record = new_request(page_id, full=body.full, via_page=via)
                 await asyncio.to_thread(submit, self.settings, record, timeout=self.submit_timeout)
         except psycopg.Error as e:
             raise RetryableError(f"sync request failed: {e}") from e

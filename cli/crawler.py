@@ -19,12 +19,25 @@ def register(app: typer.Typer) -> None:
 
 
 def crawl(
-    page_id: Annotated[str, typer.Argument(help="The Facebook Page id.")],
+    page_id: Annotated[
+        str, typer.Argument(help="The Page id (with --via-page: the Instagram account id).")
+    ],
+    via_page: Annotated[
+        str | None,
+        typer.Option(
+            "--via-page",
+            help="Crawl PAGE_ID as an Instagram account, through this linked Facebook Page.",
+        ),
+    ] = None,
     full: Annotated[bool, typer.Option("--full", help="Re-read everything.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until done.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Give up waiting after s.")] = None,
 ) -> None:
-    """Request a backfill crawl of PAGE_ID (run `convsync crawler` to do it)."""
+    """Request a backfill crawl of PAGE_ID (run `convsync crawler` to do it).
+
+    An Instagram account is crawled through its linked page: `convsync crawl ACCOUNT_ID
+    --via-page PAGE_ID` (the page's token in CONVSYNC_PAGE_TOKENS).
+    """
     from rich.console import Console
 
     from cli.common import load_settings
@@ -33,13 +46,18 @@ def crawl(
 
     console = Console(stderr=True)
     settings = load_settings()
-    record = new_request(page_id, full=full)
+    try:
+        record = new_request(page_id, full=full, via_page=via_page)
+    except ValueError as e:
+        console.print(f"[red]crawl request refused:[/] {e}")
+        raise typer.Exit(2) from e
     try:
         submit(settings, record)
     except ConvsyncError as e:
         console.print(f"[red]crawl request failed:[/] {e}")
         raise typer.Exit(1) from e
-    console.print(f"crawl {record.crawl_id} of page {page_id} requested (full={full})")
+    what = f"Instagram account {page_id} via page {via_page}" if via_page else f"page {page_id}"
+    console.print(f"crawl {record.crawl_id} of {what} requested (full={full})")
     if wait:
         _wait(settings, record.crawl_id, timeout, console)
 

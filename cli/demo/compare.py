@@ -31,6 +31,8 @@ class Comparison:
     # Conversations whose platform is not their page's or account's.
     platform_mismatches: int = 0
     instagram_conversations: int = 0
+    # Instagram message rows the crawler saw (a thread id: only Graph names it).
+    instagram_crawled: int = 0
     media: MediaComparison | None = None  # when the demo ran the archiver
 
     @property
@@ -62,6 +64,12 @@ def compare(
             sql.SQL(
                 "SELECT count(*) - count(DISTINCT (page_id, mid)) FROM {}.events"
                 " WHERE kind = 'message'"
+            ).format(schema)
+        ).fetchone()
+        crawled_row = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {}.events WHERE kind = 'message'"
+                " AND platform = 'instagram' AND thread_id IS NOT NULL"
             ).format(schema)
         ).fetchone()
         convs = conn.execute(
@@ -103,4 +111,5 @@ def compare(
         watermark_mismatches=watermark_mismatches,
         platform_mismatches=platform_mismatches,
         instagram_conversations=instagram_conversations,
+        instagram_crawled=int(str(crawled_row[0])) if crawled_row else 0,
     )

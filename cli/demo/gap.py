@@ -5,7 +5,9 @@ threads and sent by webhook, but Meta "gives up" on a share of those deliveries:
 never reach the gateway. No one asks for a crawl; the crawler's reconciler
 (``CONVSYNC_RECONCILE_EVERY``, short in the demo) crawls each page incrementally and the
 missing messages arrive from Graph. The demo waits for them and then compares Postgres
-with the truth, which includes every one of them.
+with the truth, which includes every one of them. The Instagram account linked to a page
+gets its share of the new messages (``object: instagram`` webhooks) and is reconciled
+through that page.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ def open_gap(url: str, graph: GraphThread, opts: DemoOptions, tally: WebhookTall
     n = opts.gap_messages
     missed_at = set(rng.sample(range(n), max(1, round(n * opts.missed_share)))) if n else set()
     gap = Gap(messages=n)
+    # The pages and the Instagram accounts linked to them (reconciled through the page).
+    inboxes = [*world.page_ids, *world.instagram]
     for i in range(n):
-        page = world.page_ids[i % len(world.page_ids)]
+        page = inboxes[i % len(inboxes)]
+        instagram = page in world.instagram
         text = f"after the backfill {i}"
 
         async def add(page: str = page, text: str = text) -> tuple[str, FakeMessage]:
             # On the fake's own loop: a crawl may be reading these threads right now.
-            conv = rng.choice([c for c in world.conversations[page] if c.psid])
+            threads = world.instagram.get(page) or world.conversations[page]
+            conv = rng.choice([c for c in threads if c.psid])
             assert conv.psid is not None
             return conv.psid, world.add_message(conv.thread_id, text=text)
 
@@ -59,7 +65,12 @@ def open_gap(url: str, graph: GraphThread, opts: DemoOptions, tally: WebhookTall
             gap.missed.append(msg.mid)
             continue
         item = sender.message(page, psid, text=text, mid=msg.mid, ts=msg.created_ms)
-        post_until_ok(url, sender.sign(page_body([(page, [item], [])], time=sender.now())), tally)
+        body = page_body(
+            [(page, [item], [])],
+            time=sender.now(),
+            obj="instagram" if instagram else "page",
+        )
+        post_until_ok(url, sender.sign(body), tally)
     return gap
 
 

@@ -45,6 +45,8 @@ from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
 from deploy.ports import free_ports
 from deploy.simulator.graph_api import GraphWorld, token_for
+from deploy.simulator.graph_instagram import instagram_inbox
+from deploy.simulator.instagram import ACCOUNT as INSTAGRAM_ACCOUNT
 from schemas.migrate import apply_migrations
 
 
@@ -84,6 +86,18 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         conversations=opts.conversations,
         max_messages=opts.max_messages,
     )
+    # The Instagram account whose webhooks the demo sends is linked to the first page:
+    # its conversations are crawled through that page too.
+    world.link_instagram(
+        world.page_ids[0],
+        INSTAGRAM_ACCOUNT,
+        instagram_inbox(
+            seed=opts.seed,
+            account_id=INSTAGRAM_ACCOUNT,
+            conversations=max(5, opts.conversations // 10),
+            max_messages=opts.max_messages,
+        ),
+    )
     graph = GraphThread(world, media=opts.archive)
     graph_url = graph.start()
     gateway_port = free_ports()
@@ -106,6 +120,8 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(opts.calls_per_second),
         "CONVSYNC_RECONCILE_EVERY": str(opts.reconcile_every),
         "CONVSYNC_RECONCILE_TICK": "1",
+        # The linked Instagram account is reconciled too, through its page.
+        "CONVSYNC_RECONCILE_INSTAGRAM": json.dumps({a: p for p, a in world.linked.items()}),
     }
     if opts.archive:
         media_dir = state_dir / "demo-media"
@@ -231,6 +247,11 @@ def run_demo(
         for p in pages:
             truth |= {tuple(r) for r in world.expected(p)["messages"]}
             submit(settings, new_request(p, full=True))
+        for p, account in world.linked.items():
+            truth |= {tuple(r) for r in world.expected(account)["messages"]}
+            submit(settings, new_request(account, full=True, via_page=p))
+        # What is crawled: the pages and the Instagram accounts (through their pages).
+        crawled = [*pages, *world.linked.values()]
         tally = WebhookTally()
         sender = threading.Thread(
             target=send_webhooks,
@@ -243,10 +264,10 @@ def run_demo(
             while True:
                 snap = collect(settings)
                 sup.watch()
-                live.update(progress(snap, pages, tally, sup, started))
+                live.update(progress(snap, crawled, tally, sup, started))
                 settled = (
                     tally.done
-                    and crawl_done(snap, pages)
+                    and crawl_done(snap, crawled)
                     and snap.errors == []
                     and snap.lags
                     and sum(snap.lag_by_group().values()) == 0

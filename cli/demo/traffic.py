@@ -51,11 +51,16 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
     Mixes new messages from known and new users, page echoes, re-deliveries of messages
     the crawler also sees (same mids), Meta-style retries of whole bodies, and reads;
     every fifth body is one Instagram account's (messages, story replies, echoes,
-    unsends, reactions, messaging_seen). Every body is retried until the gateway answers
+    unsends, reactions, messaging_seen, and re-deliveries of messages the crawler reads
+    through the account's linked page). Every body is retried until the gateway answers
     200, like Meta does.
     """
     sender = WebhookSender(APP_SECRET, seed=opts.seed)
-    instagram = InstagramTraffic(sender)
+    account = next(iter(world.instagram), None)
+    if account is None:
+        instagram = InstagramTraffic(sender)
+    else:
+        instagram = InstagramTraffic(sender, account, known=world.instagram[account])
     rng = sender.rng
     pages = world.page_ids
     known = {p: [c for c in world.conversations[p] if c.psid] for p in pages}

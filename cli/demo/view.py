@@ -102,8 +102,9 @@ def summary(
     t.add_row("message-count mismatches", str(result.count_mismatches))
     t.add_row("read-watermark mismatches", str(result.watermark_mismatches))
     t.add_row(
-        "Instagram messages sent / conversations stored",
-        f"{tally.instagram_messages} / {result.instagram_conversations}",
+        "Instagram messages sent / crawled / conversations stored",
+        f"{tally.instagram_messages} / {result.instagram_crawled}"
+        f" / {result.instagram_conversations}",
     )
     t.add_row("platform mismatches", str(result.platform_mismatches))
     if gap is not None and gap.missed:

@@ -10,6 +10,11 @@ messages without text, old messages without details and malformed records, and h
 permanently or transiently). Given the app secret, it refuses calls
 without the right ``appsecret_proof``, like Meta with "Require App Secret" on.
 ``GET /_expected/{page}`` (and :meth:`GraphWorld.expected`) is the truth to compare with.
+
+A page may have a linked Instagram account (:meth:`GraphWorld.link_instagram`, its inbox
+made by :mod:`deploy.simulator.graph_instagram`): ``/{page}/conversations?platform=instagram``
+lists the account's conversations with that page's token, participants and senders
+named by ``username``, shared posts in ``shares``.
 """
 
 from __future__ import annotations
@@ -62,9 +67,10 @@ class FakeConversation:
     """One thread; ``messages`` are newest first, like the Graph API returns them."""
 
     thread_id: str
-    page_id: str
+    page_id: str  # an Instagram conversation's: the account id
     psid: str | None
     messages: list[FakeMessage]
+    instagram: bool = False
 
     @property
     def updated_ms(self) -> int:
@@ -132,6 +138,11 @@ class GraphWorld:
     app_calls: _AppCalls = field(default_factory=_AppCalls)
     # Base URL of a deploy.simulator.media server: attachments then carry URLs there.
     media_base: str | None = None
+    # Instagram: account id -> its conversations (newest updated first), and the page
+    # each account is linked to (page id -> account id).
+    instagram: dict[str, list[FakeConversation]] = field(default_factory=dict)
+    linked: dict[str, str] = field(default_factory=dict)
+    _ig_threads: dict[str, FakeConversation] = field(default_factory=dict)
 
     @classmethod
     def generate(
@@ -187,8 +198,26 @@ class GraphWorld:
         """Return the page ids."""
         return list(self.conversations)
 
+    def link_instagram(
+        self, page_id: str, account_id: str, conversations: list[FakeConversation]
+    ) -> None:
+        """Link the Instagram account ``account_id`` with its inbox to ``page_id``."""
+        if page_id not in self.conversations:
+            raise KeyError(page_id)
+        self.linked[page_id] = account_id
+        self.instagram[account_id] = sorted(conversations, key=lambda c: -c.updated_ms)
+        self._ig_threads.update((c.thread_id, c) for c in conversations)
+
+    def token_page(self, conv: FakeConversation) -> str:
+        """Return the page whose token reads ``conv`` (an Instagram account's linked page)."""
+        if not conv.instagram:
+            return conv.page_id
+        return next(p for p, a in self.linked.items() if a == conv.page_id)
+
     def thread(self, thread_id: str) -> FakeConversation | None:
         """Return the conversation ``thread_id``."""
+        if thread_id in self._ig_threads:
+            return self._ig_threads[thread_id]
         page_id = thread_id.split("_")[1] if thread_id.startswith("t_") else ""
         for conv in self.conversations.get(page_id, []):
             if conv.thread_id == thread_id:
@@ -200,11 +229,12 @@ class GraphWorld:
         conv = self.thread(thread_id)
         if conv is None:
             raise KeyError(thread_id)
-        newest = max(cv.updated_ms for cv in self.conversations[conv.page_id])
+        pool = (self.instagram if conv.instagram else self.conversations)[conv.page_id]
+        newest = max(cv.updated_ms for cv in pool)
         at = max(int(time.time() * 1000), newest + 1000)
         msg = FakeMessage(f"m_{thread_id}_n{len(conv.messages)}", at, from_page, text)
         conv.messages.insert(0, msg)
-        self.conversations[conv.page_id].sort(key=lambda cv: cv.updated_ms, reverse=True)
+        pool.sort(key=lambda cv: cv.updated_ms, reverse=True)
         return msg
 
     def detailed(self, index: int) -> bool:
@@ -220,7 +250,8 @@ class GraphWorld:
         """
         rows: list[list[str | None]] = []
         skipped: dict[str, int] = {}
-        for conv in self.conversations[page_id]:
+        convs = self.instagram.get(page_id) or self.conversations[page_id]
+        for conv in convs:
             if conv.psid is None:
                 skipped["no_user_participant"] = skipped.get("no_user_participant", 0) + 1
                 continue
@@ -235,7 +266,7 @@ class GraphWorld:
                     rows.append([page_id, conv.psid, m.mid, None, None])
         return {
             "messages": rows,
-            "conversations": sum(1 for c in self.conversations[page_id] if c.psid),
+            "conversations": sum(1 for c in convs if c.psid),
             "skipped": skipped,
         }
 
@@ -243,9 +274,9 @@ class GraphWorld:
 
     def conversation_json(self, conv: FakeConversation) -> dict[str, Any]:
         """Return a conversation as the Graph API lists it."""
-        people = [{"id": conv.page_id, "name": f"Page {conv.page_id}"}]
+        people = [_person(conv, conv.page_id)]
         if conv.psid is not None:
-            people.insert(0, {"id": conv.psid, "name": f"User {conv.psid}"})
+            people.insert(0, _person(conv, conv.psid))
         return {
             "id": conv.thread_id,
             "updated_time": graph_time(conv.updated_ms),
@@ -259,8 +290,8 @@ class GraphWorld:
         created = "not-a-time" if m.malformed else graph_time(m.created_ms)
         if not self.detailed(index):
             return {"id": m.mid, "created_time": created}
-        user = {"id": conv.psid or "0", "name": f"User {conv.psid}"}
-        page = {"id": conv.page_id, "name": f"Page {conv.page_id}"}
+        user = _person(conv, conv.psid or "0")
+        page = _person(conv, conv.page_id)
         sender, receiver = (page, user) if m.from_page else (user, page)
         body: dict[str, Any] = {
             "id": m.mid,
@@ -270,6 +301,10 @@ class GraphWorld:
         }
         if m.text is not None:
             body["message"] = m.text
+        elif conv.instagram:
+            # A shared post: Graph gives its media URL in shares, the text is empty.
+            body["message"] = ""
+            body["shares"] = {"data": [{"link": f"https://cdn.invalid/ig/{m.mid}.jpg"}]}
         else:
             body["message"] = ""
             attachment: dict[str, Any] = {
@@ -297,6 +332,14 @@ class GraphWorld:
             return {"mime_type": "application/pdf", "name": "file.pdf", "file_url": url}
         url = cdn_url(self.media_base, f"{behaviour}-{mid}.jpg")
         return {"image_data": {"url": url, "width": 640, "height": 480}}
+
+
+def _person(conv: FakeConversation, who: str) -> dict[str, str]:
+    """Return a participant: Messenger gives a name, Instagram a username."""
+    if conv.instagram:
+        return {"username": f"ig_{who}", "id": who}
+    kind = "Page" if who == conv.page_id else "User"
+    return {"id": who, "name": f"{kind} {who}"}
 
 
 def _cursor(index: int) -> str:
@@ -546,13 +589,16 @@ class GraphApiServer:
             page_id = node
             if page_id not in self.world.conversations:
                 return _error(400, 100, f"Unsupported get request. Object {node} does not exist")
-            if request.query.get("platform") != "messenger":
-                return _error(400, 100, "platform=messenger is required")
+            platform = request.query.get("platform")
+            if platform not in ("messenger", "instagram"):
+                return _error(400, 100, "platform=messenger or platform=instagram is required")
+            if platform == "instagram" and page_id not in self.world.linked:
+                return _error(400, 100, f"Page {node} has no linked Instagram account")
         elif edge == "messages":
             conv = self.world.thread(node)
             if conv is None:
                 return _error(400, 100, f"Unsupported get request. Object {node} does not exist")
-            page_id = conv.page_id
+            page_id = self.world.token_page(conv)
             failing = self.world.faults.failing_threads.get(node)
             if failing is not None:
                 st = self.world.calls.setdefault(page_id, _PageCalls())
@@ -601,6 +647,8 @@ class GraphApiServer:
             limit = 1 + start % max(1, limit)
         if edge == "conversations":
             items = self.world.conversations[page_id]
+            if request.query.get("platform") == "instagram":
+                items = self.world.instagram[self.world.linked[page_id]]
             cap = self.conversations_cap
             limit = max(1, min(limit, cap))
             data = [self.world.conversation_json(c) for c in items[start : start + limit]]

@@ -3,8 +3,10 @@
 Items follow Meta's Instagram Messaging webhooks (``object: instagram``; the account id
 as ``entry.id`` and as the recipient): messages (some replying to a story), the
 account's echoes, unsends (``message.is_deleted``), reactions and ``messaging_seen``
-(``read`` naming a ``mid``, no watermark). Each body comes with what it makes true, so a
-caller (the demo) can compare Postgres with it.
+(``read`` naming a ``mid``, no watermark). Given the account's conversations that the
+simulated Graph API serves (``known``), some bodies re-deliver a message Graph also lists
+(same ``mid``): the crawled and the webhook copy must be one event. Each body comes with
+what it makes true, so a caller (the demo) can compare Postgres with it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from deploy.simulator.graph_api import FakeConversation
 from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body
 
 # An Instagram professional account id (17841... like Meta's): never one of the
@@ -41,6 +44,8 @@ class InstagramTraffic:
     sender: WebhookSender
     account: str = ACCOUNT
     users: int = 20
+    # The account's conversations on the simulated Graph API (crawled), for re-deliveries.
+    known: list[FakeConversation] = field(default_factory=list)
     # Each user's messages so far (mids), for echoes, unsends, reactions and seen.
     written: dict[str, list[str]] = field(default_factory=dict)
     _ids: list[str] = field(default_factory=list)
@@ -56,6 +61,12 @@ class InstagramTraffic:
     def body(self, n: int) -> InstagramBody:
         """Return the ``n``-th body: one item of a kind drawn by the sender's random."""
         rng, acct = self.sender.rng, self.account
+        if self.known and rng.random() < 0.15:
+            again = self._redelivery(rng.choice(self.known))
+            if again is not None:
+                item, row = again
+                raw = page_body([(acct, [item], [])], time=self.sender.now(), obj="instagram")
+                return InstagramBody(self.sender.sign(raw), [row], {})
         user = rng.choice(self._ids)
         mids = self.written.get(user, [])
         roll = rng.random()
@@ -90,3 +101,19 @@ class InstagramTraffic:
             reads[(acct, user)] = ts
         raw = page_body([(acct, [item], [])], time=self.sender.now(), obj="instagram")
         return InstagramBody(self.sender.sign(raw), messages, reads)
+
+    def _redelivery(self, conv: FakeConversation) -> tuple[Item, TruthRow] | None:
+        """Return the webhook item of ``conv``'s newest message, which Graph lists too
+        (None when it has no text: Graph's copy would be a shared post)."""
+        msg = conv.messages[0]
+        if msg.text is None or msg.malformed or conv.psid is None:
+            return None
+        if msg.from_page:
+            item = self.sender.echo(self.account, conv.psid, text=msg.text, mid=msg.mid)
+            del item["message"]["app_id"], item["message"]["metadata"]
+        else:
+            item = self.sender.message(self.account, conv.psid, text=msg.text, mid=msg.mid)
+        # Meta's webhook time is in ms; Graph's created_time of the same message in s.
+        item["timestamp"] = msg.created_ms
+        direction = "outbound" if msg.from_page else "inbound"
+        return item, (self.account, conv.psid, msg.mid, msg.text, direction)

@@ -284,7 +284,7 @@ class RecordHandler:
         skipped: str | None = None
         while True:
             try:
-                token = await self._token(record.page_id)
+                token = await self._token(record.graph_page)
             except CrawlFailedError as e:
                 await self._fail(record, book, str(e))
                 return None
@@ -293,6 +293,15 @@ class RecordHandler:
                 outcome = await self._run_step(record, token)
                 break
             except PageTokenError as e:
+                if record.page_id != record.graph_page:
+                    # An Instagram account's crawl: the token is its linked page's, whose
+                    # row keeps one paused crawl (the page's own). The page is marked;
+                    # this crawl fails with its cursor kept, resumed by the retrier or
+                    # the next request once the token works (resume.py).
+                    if await self._reject(record, token, e, None) is None:
+                        continue
+                    await self._fail(record, book, f"page {record.graph_page}: {e.message}")
+                    return None
                 if await self._pause(record, book, token, e):
                     return None
                 # The token was replaced while this step ran: run it with the new one.
@@ -312,7 +321,7 @@ class RecordHandler:
                     e,
                 )
                 break
-        await self.tokens.worked(record.page_id)
+        await self.tokens.worked(record.graph_page)
         key = record.page_id.encode()
         # 1. the step's events, confirmed by Kafka (acks=all)
         await self.producer.send_batch(
@@ -369,6 +378,19 @@ class RecordHandler:
             self.projected_at.pop(record.page_id, None)
         return nxt
 
+    async def _reject(
+        self, record: CrawlRequest, token: PageToken, error: PageTokenError, paused: bytes | None
+    ) -> str | None:
+        """Mark the page whose token ``record`` used as refused, keeping ``paused``; return
+        its status before, None if the token was replaced meanwhile."""
+        tokens = self.tokens
+        return await self._until_done(
+            "page status write",
+            lambda: tokens.rejected(
+                record.graph_page, token, message=error.message, error=str(error), paused=paused
+            ),
+        )
+
     async def _pause(
         self, record: CrawlRequest, book: PartitionBook, token: PageToken, error: PageTokenError
     ) -> bool:
@@ -380,17 +402,7 @@ class RecordHandler:
         Said once: only the step that moves the page out of ``active`` logs a warning.
         """
         again = record.model_copy(update={"seq": record.seq + 1})
-        tokens = self.tokens
-        prior = await self._until_done(
-            "page status write",
-            lambda: tokens.rejected(
-                record.page_id,
-                token,
-                message=error.message,
-                error=str(error),
-                paused=again.to_bytes(),
-            ),
-        )
+        prior = await self._reject(record, token, error, again.to_bytes())
         if prior is None:
             return False
         self.stats.paused += 1
@@ -453,7 +465,9 @@ class RecordHandler:
             await self._fail(record, book, text)
 
     async def _run_step(self, record: CrawlRequest, token: PageToken) -> StepOutcome:
-        fetch = self._fetcher(record.page_id, token)
+        # An Instagram account's calls go through its linked page: that page's token
+        # and pace (Graph counts them against the page).
+        fetch = self._fetcher(record.graph_page, token)
         attempts = 0
         while True:
             try:

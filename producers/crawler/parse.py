@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from producers.crawler.urls import GRAPH_ID
 from schemas.crawl import ConversationTodo
 from schemas.envelope import Envelope
-from schemas.kinds import Direction
+from schemas.kinds import Direction, Platform
 from schemas.nesting import deeper_than
 
 # The envelope's limit on a user id.
@@ -19,12 +19,14 @@ MAX_USER_ID: Final = 64
 
 
 class GraphParticipant(BaseModel):
-    """A participant, sender or recipient."""
+    """A participant, sender or recipient (Messenger names people, Instagram gives a
+    ``username``)."""
 
     model_config = ConfigDict(extra="allow")
 
     id: str = Field(min_length=1)
     name: str | None = None
+    username: str | None = None
 
 
 class _People(BaseModel):
@@ -61,8 +63,13 @@ def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def conversation_todo(item: Any, page_id: str) -> ConversationTodo | str:
+def conversation_todo(
+    item: Any, page_id: str, *, also_not: str | None = None
+) -> ConversationTodo | str:
     """Return the todo of a listed conversation, or the reason it is skipped.
+
+    The user is the first participant that is neither ``page_id`` (the page, or the
+    Instagram account) nor ``also_not`` (an Instagram account's linked page).
 
     The thread id goes into a URL path (``/{thread}/messages``) and the user id into
     every event, so both must be Graph ids (:data:`GRAPH_ID`): anything else is skipped
@@ -74,7 +81,7 @@ def conversation_todo(item: Any, page_id: str) -> ConversationTodo | str:
         return "invalid_conversation"
     if not GRAPH_ID.fullmatch(conv.id):
         return "invalid_thread_id"
-    users = [p.id for p in conv.participants.data if p.id != page_id]
+    users = [p.id for p in conv.participants.data if p.id not in (page_id, also_not)]
     if not users:
         return "no_user_participant"
     if not GRAPH_ID.fullmatch(users[0]) or len(users[0]) > MAX_USER_ID:
@@ -105,8 +112,13 @@ _UTC: Final = UTC
 def _person_ok(value: Any) -> bool:
     if not isinstance(value, dict):
         return False
-    pid, name = value.get("id"), value.get("name")
-    return isinstance(pid, str) and bool(pid) and (name is None or isinstance(name, str))
+    pid, name, username = value.get("id"), value.get("name"), value.get("username")
+    return (
+        isinstance(pid, str)
+        and bool(pid)
+        and (name is None or isinstance(name, str))
+        and (username is None or isinstance(username, str))
+    )
 
 
 def _fast_message(item: dict[str, Any]) -> _Message | None:
@@ -166,12 +178,18 @@ def message_time(item: Any) -> int | None:
     return None if msg is None else msg.created_ms
 
 
-def message_envelope(item: Any, *, page_id: str, todo: ConversationTodo) -> Envelope | str:
+def message_envelope(
+    item: Any, *, page_id: str, todo: ConversationTodo, platform: Platform = "messenger"
+) -> Envelope | str:
     """Return the message envelope of a Graph message, or the reason it is skipped.
 
     A message without details (no ``from``) is still kept: its id, time and thread are
     facts; direction and text stay unknown (``attrs.details`` is false). A message nested
-    deeper than :data:`schemas.nesting.MAX_DEPTH` is skipped as ``too_deep``.
+    deeper than :data:`schemas.nesting.MAX_DEPTH` is skipped as ``too_deep``. What a
+    message holds besides its text goes to ``attrs`` (:func:`content_attrs`), so a shared
+    link or a sticker is not an empty message. ``page_id`` is the page, or for an
+    Instagram crawl the account (what its webhooks name ``entry.id``): the event id is
+    then the webhook copy's.
     """
     if not isinstance(item, dict):
         return "invalid_message"
@@ -188,10 +206,12 @@ def message_envelope(item: Any, *, page_id: str, todo: ConversationTodo) -> Enve
     attrs: dict[str, Any] = {"details": msg.sender_id is not None}
     if msg.attachments is not None:
         attrs["attachments"] = msg.attachments.get("data", msg.attachments)
+    attrs.update(content_attrs(item))
     try:
         return Envelope.build(
             kind="message",
             page_id=page_id,
+            platform=platform,
             psid=todo.psid,
             occurred_at=msg.created_ms,
             source="crawler",
@@ -204,3 +224,44 @@ def message_envelope(item: Any, *, page_id: str, todo: ConversationTodo) -> Enve
         )
     except (ValueError, ValidationError):
         return "invalid_message"
+
+
+def _edge_data(value: Any) -> list[Any] | None:
+    """Return the items of a Graph edge (``{"data": [...]}``; a bare list is read too)."""
+    if isinstance(value, dict):
+        value = value.get("data")
+    return value if isinstance(value, list) else None
+
+
+def content_attrs(item: dict[str, Any]) -> dict[str, Any]:
+    """Return what a Graph message holds besides its text and attachments, for ``attrs``.
+
+    ``shares``: the shared links and posts (Graph's ``shares`` edge, each share's
+    ``link``, ``name``, ``description``, ``id`` and ``template`` as sent); ``sticker``:
+    the sticker's image URL; ``tags``: the tag names (``inbox``, ``read``, ``source:...``).
+    A field of an unexpected shape is left in ``raw`` only (the envelope keeps the item).
+    """
+    out: dict[str, Any] = {}
+    shares = _edge_data(item.get("shares"))
+    if shares:
+        kept = [
+            {k: v for k, v in s.items() if k in _SHARE_KEYS and v is not None}
+            for s in shares
+            if isinstance(s, dict)
+        ]
+        if any(kept):
+            out["shares"] = [s for s in kept if s]
+    sticker = item.get("sticker")
+    if isinstance(sticker, str) and sticker:
+        out["sticker"] = sticker
+    tags = _edge_data(item.get("tags"))
+    if tags:
+        names = [t.get("name") if isinstance(t, dict) else t for t in tags]
+        kept_names = [n for n in names if isinstance(n, str)]
+        if kept_names:
+            out["tags"] = kept_names
+    return out
+
+
+# The fields of a share kept in ``attrs.shares``.
+_SHARE_KEYS: Final = ("link", "name", "description", "id", "template")

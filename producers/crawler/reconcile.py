@@ -16,6 +16,11 @@ turn counts from it. Requests go out at most ``max_per_tick`` at a time, so a cr
 starting with many overdue pages does not burst; the crawls themselves keep to the
 page and app rate limits (``graph.PagePacer``, ``app_usage.AppLimiter``).
 
+Instagram accounts named in ``CONVSYNC_RECONCILE_INSTAGRAM`` (a JSON object, account
+id -> linked page id) are reconciled like pages, through their linked page, while that
+page is one the page source names (it holds the token): their schedule, claim, ages and
+silence are the account's, as their crawls' are.
+
 Each tick also runs the silence check (:mod:`producers.crawler.silence`) and refreshes
 the figures the crawler's metrics read (:class:`ReconcileFigures`). State is bounded by
 the page source: one due time per page it names.
@@ -80,11 +85,24 @@ class ReconcileSettings(BaseSettings):
     max_per_tick: int = Field(default=50, ge=1)
     # The silence check's window (None: 2 * every); see silence.py.
     silence_window: float | None = Field(default=None, gt=0)
+    # Instagram accounts to reconcile: account id -> the linked Facebook Page's id.
+    instagram: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("every", "tick", "silence_window", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value)
+
+    @field_validator("instagram", mode="after")
+    @classmethod
+    def _linked(cls, value: dict[str, str]) -> dict[str, str]:
+        for account, page in value.items():
+            if not account or not page or account == page:
+                raise ValueError(
+                    "CONVSYNC_RECONCILE_INSTAGRAM maps Instagram account ids to the ids of"
+                    f" their linked pages; {account!r} -> {page!r} is not that"
+                )
+        return value
 
     @property
     def tick_seconds(self) -> float:
@@ -202,12 +220,16 @@ class Reconciler:
         """Request the crawls that are due; return their page ids."""
         now = self.clock()
         pages = list(await self.pages())
+        # An account's linked page must be one of ours: its token makes the calls.
+        linked = self.options.instagram
+        known = set(pages)
+        pages += sorted(a for a, p in linked.items() if p in known and a not in known)
         self.schedule.sync(pages, now)
         asked: list[str] = []
         records: list[CrawlRequest] = []
         failure: Exception | None = None
         for page in self.schedule.take(now, self.options.max_per_tick):
-            record = new_request(page, full=False).model_copy(
+            record = new_request(page, full=False, via_page=linked.get(page)).model_copy(
                 update={"requested_at": int(now * 1000)}
             )
             try:

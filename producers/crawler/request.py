@@ -20,11 +20,18 @@ from producers.crawler.state import record_queued
 from schemas.crawl import CrawlRequest
 
 
-def new_request(page_id: str, *, full: bool) -> CrawlRequest:
-    """Return a fresh crawl request for ``page_id``."""
+def new_request(page_id: str, *, full: bool, via_page: str | None = None) -> CrawlRequest:
+    """Return a fresh crawl request for ``page_id``.
+
+    With ``via_page``, ``page_id`` is an Instagram professional account and ``via_page``
+    its linked Facebook Page: the crawl reads the account's Instagram conversations
+    through that page (see :class:`CrawlRequest`).
+    """
     return CrawlRequest(
         crawl_id=uuid.uuid4().hex[:12],
         page_id=page_id,
+        platform="instagram" if via_page is not None else "messenger",
+        via_page=via_page,
         full=full,
         requested_at=int(time.time() * 1000),
     )

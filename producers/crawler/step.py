@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from yarl import URL
+
 from convsync.errors import RetryableError
 from producers.crawler.exceptions import CrawlFailedError
 from producers.crawler.parse import conversation_todo, message_envelope, message_time
@@ -15,7 +17,9 @@ from schemas.crawl import CrawlCounters, CrawlRequest, CrawlStep
 from schemas.envelope import Envelope
 
 CONVERSATION_FIELDS: Final = "id,updated_time,participants,message_count"
-MESSAGE_FIELDS: Final = "id,created_time,from,to,message,attachments,sticker,tags"
+# One Message node for both platforms: ``shares`` (shared links and posts), ``sticker``
+# (its image URL) and ``tags`` are absent where a message has none.
+MESSAGE_FIELDS: Final = "id,created_time,from,to,message,attachments,shares,sticker,tags"
 
 
 @dataclass(slots=True)
@@ -64,6 +68,8 @@ def record_refusal(record: CrawlRequest, origin: GraphOrigin) -> str | None:
     """
     if not GRAPH_ID.fullmatch(record.page_id):
         return f"its page id {record.page_id[:80]!r} is not a Graph id"
+    if record.via_page is not None and not GRAPH_ID.fullmatch(record.via_page):
+        return f"its linked page id {record.via_page[:80]!r} is not a Graph id"
     step = record.step
     if step is None:
         return None
@@ -71,15 +77,36 @@ def record_refusal(record: CrawlRequest, origin: GraphOrigin) -> str | None:
         if not GRAPH_ID.fullmatch(todo.thread_id):
             return f"its queue holds {todo.thread_id[:80]!r}, which is not a Graph thread id"
     if step.conversations_url is not None:
-        reason = origin.refusal(step.conversations_url, node=record.page_id, edge="conversations")
+        reason = origin.refusal(
+            step.conversations_url, node=record.graph_page, edge="conversations"
+        )
         if reason is not None:
             return f"its conversations_url may not receive a page token: {reason}"
+        reason = platform_refusal(step.conversations_url, record.platform)
+        if reason is not None:
+            return f"its conversations_url {reason}"
     if step.messages_url is not None:
         if not step.queue:
             return "it has a messages_url but no queued conversation"
         reason = origin.refusal(step.messages_url, node=step.queue[0].thread_id, edge="messages")
         if reason is not None:
             return f"its messages_url may not receive a page token: {reason}"
+    return None
+
+
+def platform_refusal(url: str, platform: str) -> str | None:
+    """Return why a conversations URL does not list ``platform`` (None: it does).
+
+    ``/{page}/conversations`` lists one platform's inbox; a cursor naming the other would
+    store one inbox's conversations as the other's. Without the parameter Graph lists
+    Messenger's.
+    """
+    try:
+        got = URL(url, encoded=True).query.getall("platform", [])
+    except ValueError:
+        return "has an unreadable query"
+    if got != [platform] and not (platform == "messenger" and not got):
+        return f"lists platform {got!r}, not [{platform!r}]"
     return None
 
 
@@ -169,7 +196,9 @@ async def run_step(
             if since is not None and created is not None and created < since:
                 reached_old = True
                 break
-            env = message_envelope(item, page_id=record.page_id, todo=todo)
+            env = message_envelope(
+                item, page_id=record.page_id, todo=todo, platform=record.platform
+            )
             if isinstance(env, str):
                 tally.skip(env)
                 continue
@@ -184,17 +213,28 @@ async def run_step(
             messages_url = None
             tally.add("conversations_done")
     elif not exhausted:
+        # An Instagram account's conversations are listed by its linked page.
+        node = record.graph_page
         url = conversations_url or origin.url(
-            record.page_id,
+            node,
             "conversations",
-            {"platform": "messenger", "fields": CONVERSATION_FIELDS, "limit": conversations_limit},
+            {
+                "platform": record.platform,
+                "fields": CONVERSATION_FIELDS,
+                "limit": conversations_limit,
+            },
         )
         body, stats = await fetch(url)
         account(stats)
-        data, nxt = _data_and_next(body, url, origin, node=record.page_id, edge="conversations")
+        data, nxt = _data_and_next(body, url, origin, node=node, edge="conversations")
+        if nxt is not None and (wrong := platform_refusal(nxt, record.platform)) is not None:
+            raise CrawlFailedError(
+                f"the Graph response for /{node}/conversations has a paging.next that {wrong};"
+                " the crawl stops here"
+            )
         reached_old = False
         for item in data:
-            todo_or_reason = conversation_todo(item, record.page_id)
+            todo_or_reason = conversation_todo(item, record.page_id, also_not=record.via_page)
             if isinstance(todo_or_reason, str):
                 tally.skip(todo_or_reason)
                 continue

@@ -102,7 +102,7 @@ class PageTokens:
         return self._tokens.get(page_id)
 
     async def rejected(
-        self, page_id: str, token: PageToken, *, message: str, error: str, paused: bytes
+        self, page_id: str, token: PageToken, *, message: str, error: str, paused: bytes | None
     ) -> str | None:
         """Record that Graph refused ``token`` of ``page_id`` and keep the crawl record
         ``paused`` to run once a new token arrives. Return the page's status before

@@ -110,6 +110,18 @@ def test_dashboard_login_sets_an_httponly_cookie(admin_env: AdminEnv) -> None:
     assert r.status_code == 302
 
 
+def test_sync_of_an_instagram_account_names_its_linked_page(admin_env: AdminEnv) -> None:
+    account = "17841400000000001"
+    for bad in ({"via_page": "a/b"}, {"via_page": account}, {"via_page": 7}):
+        r = admin_env.post(f"/pages/{account}/sync", json=bad)
+        assert r.status_code == 400, (bad, r.text)
+    assert admin_env.crawl_records() == 0
+    r = admin_env.post(f"/pages/{account}/sync", json={"via_page": "123", "full": True})
+    assert r.status_code == 202, r.text
+    assert r.json()["page_id"] == account and r.json()["joined"] is False
+    assert admin_env.crawl_records() == 1
+
+
 def test_sync_is_accepted_and_joins_a_running_crawl(admin_env: AdminEnv) -> None:
     r = admin_env.post("/pages/123/sync", json={"full": True})
     assert r.status_code == 202, r.text

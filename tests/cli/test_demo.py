@@ -55,6 +55,9 @@ def test_small_demo_matches_the_truth(stack_settings: Settings) -> None:
     assert "MATCH" in out
     assert "duplicates" in out
     assert "attachments stored / failed / expected" in out
+    # The Instagram account's conversations were crawled through its page, and compared.
+    ig = re.search(r"Instagram messages sent / crawled / conversations stored\W+(\d+) / (\d+)", out)
+    assert ig is not None and int(ig[1]) > 0 and int(ig[2]) > 0, out[-4000:]
     # Webhooks Meta never delivered came back through reconciliation, from the crawler.
     gap = re.search(r"never delivered / filled by reconciliation\W+(\d+) / (\d+)", out)
     assert gap is not None, out[-4000:]

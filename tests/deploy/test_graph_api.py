@@ -12,6 +12,7 @@ import pytest_asyncio
 from yarl import URL
 
 from deploy.simulator.graph_api import Faults, GraphApiServer, GraphWorld, token_for
+from deploy.simulator.graph_instagram import instagram_inbox
 from producers.crawler.graph import parse_usage
 from producers.crawler.parse import GraphConversation, GraphMessage
 
@@ -207,3 +208,54 @@ async def test_a_hostile_next_link_points_elsewhere_from_the_page_asked(
     thread = next(c for c in world.conversations[page] if len(c.messages) == 30).thread_id
     _, msgs, _ = await get(session, f"{server.base_url}/{thread}/messages", page)
     assert msgs["paging"]["next"].startswith(server.base_url)
+
+
+@pytest.mark.asyncio
+async def test_a_linked_instagram_inbox_is_listed_through_its_page() -> None:
+    world = GraphWorld.generate(seed=2, pages=2, conversations=3)
+    page, other = world.page_ids
+    account = "17841400000000009"
+    world.link_instagram(page, account, instagram_inbox(seed=2, account_id=account))
+    server = GraphApiServer(world, conversations_cap=4, messages_cap=3)
+    base = await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            ig = f"{base}/{page}/conversations?platform=instagram&fields=x"
+            convs = await walk(session, ig, page)
+            assert [c["id"] for c in convs] == [c.thread_id for c in world.instagram[account]]
+            for listed in convs:
+                people = listed["participants"]["data"]
+                assert {p["id"] for p in people} == {
+                    account,
+                    world.thread(listed["id"]).psid,  # type: ignore[union-attr]
+                }
+                assert all(set(p) == {"id", "username"} for p in people)
+                GraphConversation.model_validate(listed)
+            rows = []
+            for listed in convs:
+                conv = world.thread(listed["id"])
+                assert conv is not None and conv.instagram
+                for m in await walk(session, f"{base}/{listed['id']}/messages", page):
+                    GraphMessage.model_validate(m)
+                    if "shares" in m:
+                        assert m["message"] == "" and m["shares"]["data"][0]["link"]
+                    inbound = m["from"]["id"] != account
+                    text = m["message"] or None
+                    direction = "inbound" if inbound else "outbound"
+                    rows.append([account, conv.psid, m["id"], text, direction])
+            assert sorted(rows, key=str) == sorted(world.expected(account)["messages"], key=str)
+            # The page's Messenger inbox is unchanged; the account is no node of its own,
+            # a page without a linked account has no Instagram inbox, and the messages of
+            # an Instagram thread need the linked page's token.
+            messenger = await walk(session, f"{base}/{page}/conversations?platform=messenger", page)
+            assert [c["id"] for c in messenger] == [c.thread_id for c in world.conversations[page]]
+            listing = "conversations?platform=instagram"
+            status, _, _ = await get(session, f"{base}/{account}/{listing}", account)
+            assert status == 400
+            status, body, _ = await get(session, f"{base}/{other}/{listing}", other)
+            assert status == 400 and "no linked Instagram" in body["error"]["message"]
+            status, body, _ = await get(session, f"{base}/{convs[0]['id']}/messages", other)
+            assert status == 400 and body["error"]["code"] == 190
+            assert set(world.calls) == {page}  # refused before they count
+    finally:
+        await server.stop()

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphWorld
+from deploy.simulator.graph_instagram import instagram_inbox
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 from tests.producers.crawler.conftest import fast_crawler, start_worker
@@ -107,3 +108,31 @@ def test_crawl_wait_fails_when_the_crawl_is_cancelled(
     (result,) = out
     assert result.exit_code == 1, result.output
     assert "cancelled" in result.output
+
+
+def test_crawl_via_page_crawls_the_instagram_account(
+    make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any
+) -> None:
+    settings = make_schema(base=make_topics(partitions=3))
+    world = GraphWorld.generate(seed=19, conversations=3)
+    page, account = world.page_ids[0], "17841400000000077"
+    world.link_instagram(page, account, instagram_inbox(seed=19, account_id=account))
+    graph = fake_graph(world)
+    running = start_worker(settings, graph)
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["crawl", account, "--via-page", page, "--full", "--wait", "--timeout", "60"],
+            env=env_of(settings),
+        )
+    finally:
+        running.stop()
+    assert result.exit_code == 0, result.output
+    assert f"Instagram account {account} via page {page}" in result.output
+    n = len(world.expected(account)["messages"])
+    assert f"{n} messages" in result.output and "done" in result.output
+    # The account is not its own page: no linked page, no crawl.
+    refused = CliRunner().invoke(
+        app, ["crawl", account, "--via-page", account], env=env_of(settings)
+    )
+    assert refused.exit_code == 2 and "not the Instagram account" in refused.output

@@ -18,6 +18,7 @@ from consumers.materializer import Materializer
 from convsync.db import connect
 from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphWorld
+from deploy.simulator.graph_instagram import instagram_inbox
 from producers.crawler.request import new_request, submit
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
@@ -254,3 +255,49 @@ def test_fenced_static_member_rejoins_and_completes(
     want = expected_rows(world, page)
     events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
     assert as_rows(events) == want
+
+
+def test_sigkilled_worker_resumes_an_instagram_crawl(
+    make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any, tmp_path: Path
+) -> None:
+    """The account's crawl goes through its page: killed three times, it resumes from its
+    own steps, at most one Graph page again per kill, and equals the account's truth."""
+    settings = make_schema(base=make_topics(partitions=3))
+    world = GraphWorld.generate(seed=22, conversations=3)
+    page, account = world.page_ids[0], "17841400000000033"
+    inbox = instagram_inbox(seed=22, account_id=account, conversations=60, max_messages=25)
+    world.link_instagram(page, account, inbox)
+    graph = fake_graph(world, conversations_cap=10, messages_cap=10)
+    group = f"crawler-kill-ig-{time.monotonic_ns()}"
+    log = tmp_path / "worker.log"
+    record = new_request(account, full=True, via_page=page)
+    submit(settings, record)
+    kills = 0
+    proc = spawn_worker(settings, graph, group, log)
+    try:
+        for delay in (0.3, 0.5, 0.2):
+            before = world.calls[page].calls if page in world.calls else 0
+            deadline = time.monotonic() + 60
+            while (world.calls[page].calls if page in world.calls else 0) <= before:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "worker made no Graph call"
+                time.sleep(0.02)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            calls_at_last_kill = world.calls[page].calls
+            kills += 1
+            proc = spawn_worker(settings, graph, group, log)
+        view = wait_status(settings, record.crawl_id, {"done", "failed"}, timeout=120)
+    finally:
+        terminate(proc)
+    assert view.status == "done", view.last_error
+    want = expected_rows(world, account)
+    events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
+    assert as_rows(events) == want
+    assert {(e.platform, e.page_id) for e in events} == {("instagram", account)}
+    needed = -(-len(inbox) // 10) + sum(-(-len(c.messages) // 10) for c in inbox)
+    # Every call was the page's (the account is no Graph node of its own).
+    assert set(world.calls) == {page}
+    assert needed <= world.calls[page].calls <= needed + kills
+    assert calls_at_last_kill < needed, "the crawl had finished before the last kill"

@@ -60,7 +60,14 @@ times = st.one_of(
 ids = st.one_of(st.text(max_size=5), st.integers(), st.none())
 people = st.one_of(
     st.none(),
-    st.fixed_dictionaries({"id": ids}, optional={"name": st.one_of(st.text(), st.integers())}),
+    st.fixed_dictionaries(
+        {"id": ids},
+        optional={
+            "name": st.one_of(st.text(), st.integers()),
+            # Instagram's participants and senders: a username instead of a name.
+            "username": st.one_of(st.text(), st.integers(), st.none()),
+        },
+    ),
     st.integers(),
 )
 messages = st.fixed_dictionaries(

@@ -210,3 +210,56 @@ def test_a_page_claimed_by_another_process_meanwhile_is_not_requested_again(
 
     assert asyncio.run(main()) == []
     assert history(settings) == [("701", "queued")]
+
+
+def test_instagram_accounts_to_reconcile_are_read_as_account_to_page(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVSYNC_RECONCILE_INSTAGRAM", '{"17841400000000001": "601"}')
+    assert ReconcileSettings().instagram == {"17841400000000001": "601"}
+    monkeypatch.setenv("CONVSYNC_RECONCILE_INSTAGRAM", '{"601": "601"}')
+    with pytest.raises(ValueError, match="linked pages"):
+        ReconcileSettings()
+
+
+@pytest.mark.integration
+def test_a_linked_instagram_account_is_reconciled_through_its_page(
+    make_topics: MakeTopics, make_schema: MakeSchema
+) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.crawl import CrawlRequest
+
+    settings = make_schema(base=make_topics(partitions=3))
+    now = [time.time()]
+    linked = {"17841400000000001": "601", "17841400000000002": "699"}  # 699: no token
+
+    async def main() -> list[str]:
+        pool = make_pool(settings.database_url.get_secret_value(), size=1)
+        await pool.open(wait=True, timeout=10)
+        options = ReconcileSettings(every=PERIOD, jitter=0.1, instagram=linked)
+        pages = configured_pages({"601": "token"})
+        one = Reconciler(settings, options, pages=pages, pool=pool, clock=lambda: now[0])
+        try:
+            assert await one.tick() == []
+            now[0] += PERIOD * 1.2
+            return sorted(await one.tick())
+        finally:
+            await pool.close()
+
+    assert asyncio.run(main()) == ["17841400000000001", "601"]
+    topic = settings.topic("crawl")
+    group = f"t-{time.monotonic_ns()}"
+    consumer = Consumer({**settings.kafka_config(), "group.id": group, "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])
+    records: list[CrawlRequest] = []
+    deadline = time.monotonic() + 20
+    while len(records) < 2 and time.monotonic() < deadline:
+        for m in consumer.consume(10, 0.5):
+            if m.error() is None:
+                records.append(CrawlRequest.from_bytes(m.value()))
+    consumer.close()
+    by_page = {r.page_id: r for r in records}
+    assert by_page["17841400000000001"].via_page == "601"
+    assert by_page["17841400000000001"].platform == "instagram"
+    assert by_page["601"].platform == "messenger" and by_page["601"].since is None

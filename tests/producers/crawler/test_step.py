@@ -32,7 +32,10 @@ async def crawl_all(
             client = GraphClient(session, server.base_url)
             settings = CrawlerSettings(calls_per_second=1000, backoff_base=0.01)
             fetch = PageFetcher(
-                client, page_id=record.page_id, token=token_for(record.page_id), settings=settings
+                client,
+                page_id=record.graph_page,
+                token=token_for(record.graph_page),
+                settings=settings,
             )
             while True:
                 calls_before = sum(c.calls for c in world.calls.values())

@@ -231,3 +231,49 @@ def test_a_paused_crawl_survives_a_restart_without_saying_it_again(
         running.stop()
     assert as_rows(events) == want
     assert crawl_state(settings, page)["messages_fetched"] == len(want)
+
+
+def test_an_instagram_crawl_refused_by_its_pages_token_fails_resumable_and_resumes(
+    settings: Settings, fake_graph: Any
+) -> None:
+    """The token of an account's crawl is its linked page's: a token error marks the page
+    (its own paused-crawl slot untouched) and fails the account's crawl with its cursor
+    kept; with a new token the next request continues from that cursor."""
+    from deploy.simulator.graph_instagram import instagram_inbox
+
+    world = GraphWorld.generate(seed=13, conversations=3)
+    page, account = world.page_ids[0], "17841400000000091"
+    world.link_instagram(
+        page, account, instagram_inbox(seed=13, account_id=account, conversations=30)
+    )
+    graph = fake_graph(world, conversations_cap=5, messages_cap=5)
+    graph.server.expire_after[page] = (6, 463)
+    running = start_worker(settings, graph, fast_crawler(token_refresh=0.2))
+    try:
+        first = new_request(account, full=True, via_page=page)
+        submit(settings, first)
+        view = wait_status(settings, first.crawl_id, {"paused", "done", "failed"})
+        assert view.status == "failed", view.status
+        assert "reconnect" in (view.last_error or "")
+        row = page_row(settings, page)
+        assert row["status"] == "needs_reconnect" and row["paused_crawl"] is None
+        graph.server.rotate_token(page, "tok-rotated")
+        put_token(settings, page, "tok-rotated")
+        second = new_request(account, full=True, via_page=page)
+        submit(settings, second)
+        view = wait_status(settings, second.crawl_id, {"done", "failed"})
+        assert view.status == "done", view.last_error
+        want = expected_rows(world, account)
+        events = read_events(settings, until=lambda evs: len(as_rows(evs)) >= len(want))
+    finally:
+        running.stop()
+    assert as_rows(events) == want
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        resumed_from = conn.execute(
+            sql.SQL("SELECT resumed_from FROM {}.crawl_history WHERE crawl_id = %s").format(
+                sql.Identifier(settings.db_schema)
+            ),
+            (second.crawl_id,),
+        ).fetchone()
+    assert resumed_from == (first.crawl_id,)
+    assert page_row(settings, page)["status"] == "active"
