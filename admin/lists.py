@@ -1,12 +1,12 @@
 """The SQL of the admin API's lists, one keyset page at a time.
 
 Three lists: a page's conversations (newest last message first, filtered by needs-reply,
-a tag or a time), a conversation's messages and its events (newest first). Each page of
-results continues from the sort key of the previous page's last row (a row comparison
-that the indexes take as a range), never with OFFSET, so page 1,000 costs what page 1
-does. The statement text differs per filter (a filter left out is not in the text,
-rather than ``%s IS NULL OR ...``): a prepared generic plan then still sees the literal
-``needs_reply`` a partial index is defined by.
+a tag or a time; each with its user's contact), a conversation's messages and its events
+(newest first). Each page of results continues from the sort key of the previous page's
+last row (a row comparison that the indexes take as a range), never with OFFSET, so page
+1,000 costs what page 1 does. The statement text differs per filter (a filter left out is
+not in the text, rather than ``%s IS NULL OR ...``): a prepared generic plan then still
+sees the literal ``needs_reply`` a partial index is defined by.
 
 The benchmark (tests/bench/read_path) runs these same statements as plain SQL.
 """
@@ -28,8 +28,18 @@ CONVERSATION_COLUMNS: Final = """
     c.page_id, c.psid, c.thread_id, c.first_message_at, c.last_message_at, c.message_count,
     c.last_message_text, c.last_inbound_at, c.last_outbound_at, c.needs_reply,
     c.read_watermark, c.delivered_watermark, c.version AS projection_version,
-    COALESCE(t.tags, '{{}}') AS tags, COALESCE(t.version, 0) AS tags_version
+    COALESCE(t.tags, '{{}}') AS tags, COALESCE(t.version, 0) AS tags_version,
+    k.name AS contact_name, k.first_name AS contact_first_name,
+    k.last_name AS contact_last_name, k.username AS contact_username,
+    k.profile_pic AS contact_profile_pic, k.source AS contact_source,
+    k.fetched_at AS contact_fetched_at, k.error AS contact_error
 """
+# The conversation's contact (migration 0015), one primary-key lookup per row listed.
+CONTACT_JOIN: Final = "LEFT JOIN {s}.contacts AS k USING (page_id, psid)"
+CONTACT_FIELDS: Final = (
+    "name", "first_name", "last_name", "username", "profile_pic", "source", "fetched_at",
+    "error",
+)  # fmt: skip
 
 _CONVERSATIONS: Final = (
     "SELECT"
@@ -38,6 +48,9 @@ _CONVERSATIONS: Final = (
     (EXTRACT(EPOCH FROM c.last_message_at) * 1000000)::bigint AS sort_us
 FROM {source}
 LEFT JOIN {s}.conversation_tags AS t USING (page_id, psid)
+"""
+    + CONTACT_JOIN
+    + """
 WHERE {o}.page_id = %(page)s {filters}
 ORDER BY COALESCE({o}.last_message_at, '-infinity'::timestamptz) DESC, {o}.psid DESC
 LIMIT %(limit)s
@@ -154,6 +167,14 @@ def timeline_query(
         filters=sql.SQL(_TIMELINE_AFTER if after is not None else ""),
     )
     return stmt, params
+
+
+def nest_contact(row: Row) -> Row:
+    """Move the ``contact_*`` columns of a conversation row into ``row["contact"]`` (None
+    when the user has no contact: no name known yet); return the row."""
+    fields = {name: row.pop(f"contact_{name}") for name in CONTACT_FIELDS}
+    row["contact"] = fields if fields["source"] is not None else None
+    return row
 
 
 def split_page(rows: list[Row], limit: int, id_column: str) -> tuple[list[Row], SortKey | None]:

@@ -11,12 +11,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from admin.lists import (
+    CONTACT_JOIN,
     CONVERSATION_COLUMNS,
     ConversationFilter,
     Row,
     SortKey,
     Timeline,
     conversations_query,
+    nest_contact,
     split_page,
     timeline_query,
 )
@@ -28,6 +30,9 @@ _ONE = (
     + """
 FROM {s}.conversations AS c
 LEFT JOIN {s}.conversation_tags AS t USING (page_id, psid)
+"""
+    + CONTACT_JOIN
+    + """
 WHERE c.page_id = %s AND c.psid = %s
 """
 )
@@ -145,7 +150,8 @@ class AdminStore:
     ) -> Page:
         """Return up to ``limit`` conversations after ``after``, newest last message first."""
         stmt, params = conversations_query(self.schema_name, page_id, f, limit + 1, after)
-        return Page(*split_page(await self._rows(stmt, params, prepare=False), limit, "psid"))
+        items, next_after = split_page(await self._rows(stmt, params, prepare=False), limit, "psid")
+        return Page([nest_contact(r) for r in items], next_after)
 
     async def timeline(
         self, which: Timeline, page_id: str, psid: str, *, limit: int, after: SortKey | None
@@ -156,9 +162,9 @@ class AdminStore:
         return Page(*split_page(await self._rows(stmt, params, prepare=False), limit, "event_id"))
 
     async def conversation(self, page_id: str, psid: str) -> Row | None:
-        """Return the conversation with its tags and tags version, or None."""
+        """Return the conversation with its tags, tags version and contact, or None."""
         rows = await self._all(_ONE, (page_id, psid))
-        return rows[0] if rows else None
+        return nest_contact(rows[0]) if rows else None
 
     async def set_tags(
         self, page_id: str, psid: str, tags: list[str], expected: int

@@ -144,13 +144,32 @@ document.getElementById("history-more").addEventListener("click", () => {
   showHistory(true).catch((e) => { document.getElementById("errors").textContent = String(e); });
 });
 
+// The name Meta gave the conversation's user (contacts): the name, else @username.
+function contactName(contact) {
+  if (!contact) return "";
+  return contact.name || (contact.username ? "@" + contact.username : "");
+}
+
+document.getElementById("page-list").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const page = encodeURIComponent(document.getElementById("page-list-page").value.trim());
+  const res = await fetch("pages/" + page + "/conversations?limit=50", { credentials: "same-origin" });
+  const table = document.getElementById("conversations");
+  const items = res.ok ? (await res.json()).items : [];
+  fill("conversations", items, [(r) => contactName(r.contact), "psid", "last_message_at",
+    (r) => (r.needs_reply ? "yes" : ""), "last_message_text"]);
+  table.dataset.status = String(res.status);
+});
+
 document.getElementById("lookup").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const page = encodeURIComponent(document.getElementById("lookup-page").value.trim());
   const psid = encodeURIComponent(document.getElementById("lookup-psid").value.trim());
   const res = await fetch("conversations/" + page + "/" + psid + "?limit=20", { credentials: "same-origin" });
   const out = document.getElementById("lookup-result");
-  out.textContent = res.ok ? JSON.stringify(await res.json(), null, 2) : "HTTP " + res.status;
+  const body = res.ok ? await res.json() : null;
+  document.getElementById("lookup-contact").textContent = body ? contactName(body.contact) : "";
+  out.textContent = body ? JSON.stringify(body, null, 2) : "HTTP " + res.status;
   out.dataset.status = String(res.status);
 });
 

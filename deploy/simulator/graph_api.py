@@ -1,7 +1,8 @@
 """A fake Meta Graph API (aiohttp) serving seeded pages, conversations and messages.
 
 Deterministic from a seed. It serves ``/{page}/conversations`` and
-``/{thread}/messages`` with cursors, absolute ``paging.next`` URLs, ``limit`` caps and
+``/{thread}/messages`` with cursors, the User Profile API (``/{user}?fields=``, some
+users' profiles refused with a permission error), absolute ``paging.next`` URLs, ``limit`` caps and
 usage headers, and can inject faults: 5xx, broken JSON, throttling with a regain time,
 a per-page call-rate limit, permanent errors, conversations without a user participant,
 messages without text, old messages without details and malformed records, and hostile
@@ -105,6 +106,9 @@ class Faults:
     # thread id -> "permanent" (code 100, as for a conversation Meta cannot read) or
     # "transient" (500 every time): the messages of that one conversation keep failing.
     failing_threads: dict[str, str] = field(default_factory=dict)
+    # Users whose User Profile API answer is a permission error (code 230, like a user
+    # Meta will not describe to this app); their calls are counted all the same.
+    denied_profiles: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -143,6 +147,11 @@ class GraphWorld:
     instagram: dict[str, list[FakeConversation]] = field(default_factory=dict)
     linked: dict[str, str] = field(default_factory=dict)
     _ig_threads: dict[str, FakeConversation] = field(default_factory=dict)
+    # User Profile API answers beyond the threads' users (e.g. users seen only through
+    # webhooks): user id -> (page id, fields); see add_profile and profile_json.
+    profiles: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    # User Profile API calls per user id (refused ones too).
+    profile_calls: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def generate(
@@ -236,6 +245,27 @@ class GraphWorld:
         conv.messages.insert(0, msg)
         pool.sort(key=lambda cv: cv.updated_ms, reverse=True)
         return msg
+
+    def add_profile(self, page_id: str, user_id: str, **fields: str) -> None:
+        """Give the User Profile API an answer about ``user_id`` for ``page_id``'s token
+        (Messenger: ``first_name``, ``last_name``, ``profile_pic``; Instagram: ``name``,
+        ``username``, ``profile_pic``)."""
+        self.profiles[user_id] = (page_id, dict(fields))
+
+    def profile(self, user_id: str) -> tuple[str, dict[str, str]] | None:
+        """Return (page id, fields) of ``user_id``: an added profile, else the thread
+        user's default one (``User`` and the id, as the participants name them)."""
+        if user_id in self.profiles:
+            return self.profiles[user_id]
+        for page_id, convs in self.conversations.items():
+            for conv in convs:
+                if conv.psid == user_id:
+                    return page_id, {
+                        "first_name": "User",
+                        "last_name": user_id,
+                        "profile_pic": f"https://platform-lookaside.fbsbx.com/p/{user_id}.jpg",
+                    }
+        return None
 
     def detailed(self, index: int) -> bool:
         """Return whether the ``index``-th newest message of a thread has details."""
@@ -396,6 +426,7 @@ class GraphApiServer:
         app.router.add_get("/_calls", self._calls)
         app.router.add_post("/_tokens/{page}", self._set_token)
         app.router.add_get("/{version}/{node}/{edge}", self._edge)
+        app.router.add_get("/{version}/{node}", self._profile)
         self.app = app
 
     def token(self, page_id: str) -> str:
@@ -582,6 +613,33 @@ class GraphApiServer:
         pct = 100 * (1 - app.tokens / budget)
         app.peak_percent = max(app.peak_percent, pct)
         return int(pct)
+
+    async def _profile(self, request: web.Request) -> web.Response:
+        """GET /{user id}?fields=...: the User Profile API, the fields asked for only."""
+        node = request.match_info["node"]
+        self.world.profile_calls[node] = self.world.profile_calls.get(node, 0) + 1
+        found = self.world.profile(node)
+        if found is None:
+            return _error(400, 100, f"Unsupported get request. Object {node} does not exist")
+        page_id, fields = found
+        if request.headers.get("Authorization") != f"Bearer {token_for(page_id)}":
+            return _error(400, 190, "Invalid OAuth access token - Cannot parse access token")
+        refused = self._check_proof(request, token_for(page_id))
+        if refused is not None:
+            return refused
+        admitted = self._admit(page_id)
+        if isinstance(admitted, web.Response):
+            return admitted
+        if node in self.world.faults.denied_profiles:
+            return _error(
+                400, 230, "(#230) Requires pages_messaging permission to manage the object"
+            )
+        asked = [f for f in request.query.get("fields", "").split(",") if f]
+        body: dict[str, Any] = {k: fields[k] for k in asked if k in fields}
+        body["id"] = node
+        return web.Response(
+            body=orjson.dumps(body), content_type="application/json", headers=admitted
+        )
 
     async def _edge(self, request: web.Request) -> web.Response:
         node, edge = request.match_info["node"], request.match_info["edge"]

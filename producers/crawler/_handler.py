@@ -23,6 +23,7 @@ from producers.crawler._offsets import Mark, PartitionBook, decide
 from producers.crawler._producer import AsyncProducer
 from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
+from producers.crawler.contacts import ContactStore
 from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError, PageTokenError
 from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import GraphClient, backoff
@@ -101,6 +102,8 @@ class RecordHandler:
         self.crawl_topic = settings.topic("crawl")
         self.events_topic = settings.topic("events")
         self.fetchers: dict[str, PageFetcher] = {}
+        # Names of the users a conversations listing gave (contacts.py), on the same pool.
+        self.contacts = ContactStore(store.pool, settings.db_schema)
         # When crawl_state was last written per running crawl's page (progress_interval).
         self.projected_at: dict[str, float] = {}
 
@@ -327,6 +330,13 @@ class RecordHandler:
         await self.producer.send_batch(
             self.events_topic, ((key, env.to_bytes()) for env in outcome.envelopes)
         )
+        # 1b. the names the listing gave (an idempotent upsert: a step run again writes
+        #     the same rows)
+        if outcome.contacts:
+            contacts = self.contacts
+            await self._until_done(
+                "contacts write", lambda: contacts.from_participants(outcome.contacts)
+            )
         # 2. the continuation, confirmed, so a crash after this resumes from it
         nxt = None
         if not outcome.done:

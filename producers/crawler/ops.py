@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,9 +27,14 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from convsync.errors import ConfigError
+from convsync.pages import TokenCipher
 from convsync.settings import Settings
 from producers.crawler._handler import WorkerStats
 from producers.crawler.app_usage import AppLimiter
+from producers.crawler.config import CrawlerSettings
+from producers.crawler.contacts import ContactStore
+from producers.crawler.graph import GraphClient
+from producers.crawler.profiles import ContactSettings, ProfileFetcher
 from producers.crawler.reconcile import (
     PageSource,
     Reconciler,
@@ -36,7 +42,8 @@ from producers.crawler.reconcile import (
 )
 from producers.crawler.retry import Retrier, RetrySettings
 from producers.crawler.state import make_pool
-from producers.crawler.tokens import table_pages
+from producers.crawler.tokens import table_pages, table_tokens
+from producers.crawler.urls import GraphOrigin
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class Sources:
     # Pages whose token does not work, at the current worker's last read of the pages
     # table (None: not read yet).
     reconnect: Callable[[], int | None] = lambda: None
+    profiles: ProfileFetcher | None = None
 
 
 class CrawlerCollector(Collector):
@@ -134,6 +142,25 @@ class CrawlerCollector(Collector):
         parts.add_metric([], s.partitions())
         yield parts
         yield from self._reconcile()
+        yield from self._profiles()
+
+    def _profiles(self) -> Iterator[Metric]:
+        fetcher = self.sources.profiles
+        if fetcher is None:
+            return
+        f = fetcher.figures
+        profiles = CounterMetricFamily(
+            "convsync_crawler_profile_fetches",
+            "User Profile API asks: fetched, refused (recorded on the contact), or a page's"
+            " turn stopped (a token error or a transient failure), or a tick skipped (another"
+            " process's fetcher held the turn).",
+            labels=["outcome"],
+        )
+        profiles.add_metric(["fetched"], f.fetched)
+        profiles.add_metric(["refused"], f.refused)
+        profiles.add_metric(["page_stopped"], f.page_failures)
+        profiles.add_metric(["turn_skipped"], f.turns_skipped)
+        yield profiles
 
     def _reconcile(self) -> Iterator[Metric]:
         rec = self.sources.reconciler
@@ -255,16 +282,22 @@ async def process_services(
     reconcile: ReconcileSettings | None = None,
     page_source: PageSource | None = None,
     retry: RetrySettings | None = None,
+    crawler: CrawlerSettings | None = None,
+    contacts: ContactSettings | None = None,
+    graph_url: str | None = None,
 ) -> AsyncIterator[Sources]:
     """Run what a ``convsync crawler`` process has once, beside its worker: the
-    reconciler and the listener. Both stop when the block exits.
+    reconciler, the profile fetcher (``profiles.py``; with ``crawler`` settings only) and
+    the listener. All stop when the block exits.
 
     ``page_source`` names the pages to reconcile (default: the active pages of the
-    ``pages`` table, and those of ``tokens`` not in it yet).
+    ``pages`` table, and those of ``tokens`` not in it yet) (those are the pages whose
+    profiles the profile fetcher asks for too).
     """
     options = reconcile or ReconcileSettings()
     addr = OpsSettings().metrics_addr if metrics_addr is None else metrics_addr
-    pool = make_pool(settings.database_url.get_secret_value(), size=1)
+    # the reconciler; the profile fetcher's lock and its reads and writes
+    pool = make_pool(settings.database_url.get_secret_value(), size=3)
     await pool.open(wait=False)
     # The pages table (what the API, the CLI and CONVSYNC_PAGE_TOKENS put there).
     pages = page_source or table_pages(pool, settings.db_schema, tokens)
@@ -276,20 +309,40 @@ async def process_services(
         reconciler=reconciler,
         reconnect=reconnect,
     )
-    task = asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")
+    tasks = [asyncio.create_task(reconciler.run(stop), name="crawler-reconcile")]
     # failed crawls asked for again, resuming from their cursor (retry.py)
     retrier = Retrier(settings, retry or RetrySettings())
-    retrying = asyncio.create_task(retrier.run(stop), name="crawler-retry")
+    tasks.append(asyncio.create_task(retrier.run(stop), name="crawler-retry"))
+    session: aiohttp.ClientSession | None = None
+    if crawler is not None:
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=crawler.request_timeout)
+        )
+        client = GraphClient(
+            session,
+            GraphOrigin(graph_url or settings.graph_url),
+            app_secret=settings.app_secret.get_secret_value(),
+        )
+        sources.profiles = ProfileFetcher(
+            contacts or ContactSettings(),
+            crawler,
+            client=client,
+            store=ContactStore(pool, settings.db_schema),
+            tokens=table_tokens(pool, settings.db_schema, TokenCipher(settings.secret_key)),
+            app=limiter,
+        )
+        tasks.append(asyncio.create_task(sources.profiles.run(stop), name="crawler-profiles"))
     runner = await serve(sources, addr) if addr else None
     try:
         yield sources
     finally:
-        task.cancel()
-        retrying.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        with contextlib.suppress(asyncio.CancelledError):
-            await retrying
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if session is not None:
+            await session.close()
         if runner is not None:
             await runner.cleanup()
         await pool.close(timeout=3)

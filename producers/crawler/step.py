@@ -10,6 +10,7 @@ from typing import Any, Final
 from yarl import URL
 
 from convsync.errors import RetryableError
+from producers.crawler.contacts import Contact, participant_contacts, platform_of
 from producers.crawler.exceptions import CrawlFailedError
 from producers.crawler.parse import conversation_todo, message_envelope, message_time
 from producers.crawler.urls import GRAPH_ID, GraphOrigin, strip_secrets
@@ -37,11 +38,13 @@ Fetch = Callable[[str], Awaitable[tuple[dict[str, Any], FetchStats]]]
 
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
-    """The envelopes one step produced and where the crawl stands after it."""
+    """The envelopes one step produced and where the crawl stands after it, and the
+    names its conversations listing gave (``contacts``, recorded by the worker)."""
 
     envelopes: list[Envelope]
     step: CrawlStep
     done: bool
+    contacts: list[Contact] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -172,6 +175,7 @@ async def run_step(
     exhausted = step.conversations_exhausted
     messages_url = step.messages_url
     envelopes: list[Envelope] = []
+    contacts: list[Contact] = []
     since = record.since
 
     def account(stats: FetchStats) -> None:
@@ -243,6 +247,11 @@ async def run_step(
                 reached_old = True
                 break
             queue.append(todo_or_reason)
+            contacts.extend(
+                participant_contacts(
+                    item, record.page_id, platform=platform_of(getattr(record, "platform", None))
+                )
+            )
             tally.add("conversations_listed")
             tally.add("messages_expected", todo_or_reason.message_count)
         conversations_url = nxt
@@ -256,4 +265,4 @@ async def run_step(
         counters=tally.freeze(),
         started_at=step.started_at,
     )
-    return StepOutcome(envelopes, new_step, done)
+    return StepOutcome(envelopes, new_step, done, contacts)

@@ -170,6 +170,10 @@ class PageTokens:
                 await asyncio.sleep(self.refresh)
 
 
+# The page tokens to use now, page id -> token.
+TokenSource = Callable[[], Awaitable[Mapping[str, str]]]
+
+
 def table_pages(pool: Pool, schema: str, initial: Mapping[str, object]) -> PageSource:
     """Return the reconciler's page source: the ``active`` pages of the table, and the
     pages of the initial set not in the table yet (the worker adds them on its first
@@ -189,6 +193,22 @@ def table_pages(pool: Pool, schema: str, initial: Mapping[str, object]) -> PageS
                 return await read(conn)
         except psycopg.Error as e:
             raise RetryableError(f"pages: {e}") from e
+
+    return source
+
+
+def table_tokens(pool: Pool, schema: str, cipher: TokenCipher) -> TokenSource:
+    """Return a source of the ``active`` pages' tokens, read from the table at each call
+    (the profile fetcher asks once per tick). A page needing a new token, or removed, is
+    left out: nothing is sent with a token Graph refused."""
+
+    async def source() -> dict[str, str]:
+        try:
+            async with pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                read = await pages.crawler_tokens(conn, schema, cipher)
+        except psycopg.Error as e:
+            raise RetryableError(f"pages: {e}") from e
+        return {p: t.token.get_secret_value() for p, t in read.items() if t.status == "active"}
 
     return source
 

@@ -461,6 +461,8 @@ def run_worker(
             stop=stop,
             metrics_addr=metrics_addr,
             reconcile=reconcile,
+            crawler=crawler,
+            graph_url=kwargs.get("graph_url"),
         ):
             while True:
                 worker = CrawlWorker(settings, crawler, app_limiter=limiter, **kwargs)

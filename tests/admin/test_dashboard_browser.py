@@ -39,6 +39,12 @@ def test_dashboard_renders_live_figures(admin_env: AdminEnv, tmp_path: Path) -> 
         lambda: scalar(admin_env.settings, "SELECT count(*) FROM {s}.events") == 5, "5 events"
     )
     crawl_id = admin_env.post("/pages/p7/sync").json()["crawl_id"]
+    # u0's name, as a crawl's participants give it (contacts)
+    scalar(
+        admin_env.settings,
+        "INSERT INTO {s}.contacts (page_id, psid, name, source, fetched_at)"
+        " VALUES ('p7', 'u0', 'Ann Lee', 'participants', now()) RETURNING 1",
+    )
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
@@ -69,6 +75,15 @@ def test_dashboard_renders_live_figures(admin_env: AdminEnv, tmp_path: Path) -> 
             page.click("#lookup button")
             page.wait_for_selector("#lookup-result[data-status='200']", timeout=10_000)
             assert "answer" in (page.text_content("#lookup-result") or "")
+            assert page.text_content("#lookup-contact") == "Ann Lee"
+            # 2b. A page's conversations, each with its user's name when one is known.
+            page.fill("#page-list-page", "p7")
+            page.click("#page-list button")
+            page.wait_for_selector("#conversations[data-status='200']", timeout=10_000)
+            listed = page.locator("#conversations tbody tr")
+            assert listed.count() == 4
+            names = [listed.nth(i).locator("td").first.inner_text() for i in range(4)]
+            assert sorted(names) == ["", "", "", "Ann Lee"]
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             # 3. New figures show up on the next poll, without a reload.
             admin_env.produce([message("p8", "u9", "m9", now_ms(), text="new")])

@@ -111,3 +111,14 @@ def test_the_mapper_bench_prints_events_per_second_and_cpu(stack_settings: Setti
     out = run_bench(stack_settings, "bench_mapper", "--bodies", "40", "--rounds", "1")
     assert "events/s" in out and "µs/event" in out, out
     assert "map_delivery alone" in out, out
+
+
+def test_the_contacts_due_bench_times_the_query_and_drops_its_schema(
+    stack_settings: Settings,
+) -> None:
+    out = run_bench(
+        stack_settings, "bench_contacts_due", "--conversations", "2000", "--pages", "3",
+        "--rounds", "1",
+    )  # fmt: skip
+    assert "2000 conversations, 3 pages" in out and "query median" in out, out
+    assert "Limit" in out, out

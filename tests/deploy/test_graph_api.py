@@ -259,3 +259,28 @@ async def test_a_linked_instagram_inbox_is_listed_through_its_page() -> None:
             assert set(world.calls) == {page}  # refused before they count
     finally:
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_user_profile_api_answers_the_fields_asked_and_denies_some(
+    served: tuple[GraphApiServer, aiohttp.ClientSession],
+) -> None:
+    server, session = served
+    world = server.world
+    page = world.page_ids[0]
+    user = next(c.psid for c in world.conversations[page] if c.psid is not None)
+    base = server.base_url
+    status, body, _ = await get(session, f"{base}/{user}?fields=first_name,last_name", page)
+    assert status == 200 and body == {"first_name": "User", "last_name": user, "id": user}
+    world.add_profile(page, "123456", name="Ig User", username="ig.user", profile_pic="p")
+    status, body, _ = await get(session, f"{base}/123456?fields=name,username", page)
+    assert body == {"name": "Ig User", "username": "ig.user", "id": "123456"}
+    # another page's token: code 190; an unknown user: code 100; a denied one: code 230
+    status, body, _ = await get(session, f"{base}/123456?fields=name", "999")
+    assert status == 400 and body["error"]["code"] == 190
+    status, body, _ = await get(session, f"{base}/424242?fields=name", page)
+    assert body["error"]["code"] == 100
+    world.faults.denied_profiles = ["123456"]
+    status, body, _ = await get(session, f"{base}/123456?fields=name", page)
+    assert status == 400 and body["error"]["code"] == 230
+    assert world.profile_calls == {user: 1, "123456": 3, "424242": 1}

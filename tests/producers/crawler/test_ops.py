@@ -20,6 +20,7 @@ from producers.crawler.ops import split_addr
 from tests.consumers.procs import REPO, settings_env
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
+from tests.producers.crawler.test_contacts import add_conversation, contacts
 
 
 def test_addresses_are_host_and_port() -> None:
@@ -68,6 +69,9 @@ def test_the_crawler_process_serves_metrics_health_and_status(
     settings = make_schema(base=make_topics(partitions=3))
     world = GraphWorld.generate(seed=31, pages=2, conversations=6)
     graph = fake_graph(world)
+    # a user seen only through webhooks: named by the process's profile fetcher
+    world.add_profile(world.page_ids[0], "4440001", first_name="Web", last_name="Hook")
+    add_conversation(settings, world.page_ids[0], "4440001")
     port = free_ports()
     base = f"http://127.0.0.1:{port}"
     env = {
@@ -78,6 +82,8 @@ def test_the_crawler_process_serves_metrics_health_and_status(
         # every page is due within the first 2 s: reconciliation crawls them unasked
         "CONVSYNC_RECONCILE_EVERY": "2",
         "CONVSYNC_RECONCILE_TICK": "0.2",
+        "CONVSYNC_CONTACT_TICK": "0.2",
+        "CONVSYNC_CONTACT_CALLS_PER_SECOND": "100",
     }
     log = (tmp_path / "crawler.log").open("wb")
     proc = subprocess.Popen(
@@ -91,8 +97,11 @@ def test_the_crawler_process_serves_metrics_health_and_status(
     try:
         wait_until(lambda: fetch(f"{base}/healthz")[0] == 200, 60, "a healthy crawler")
         done = 'convsync_crawler_crawls{state="done"}'
+        fetched = 'convsync_crawler_profile_fetches_total{outcome="fetched"}'
         figures = wait_until(
-            lambda: (m := metrics(f"{base}/metrics")).get(done) == 2 and m, 90, "2 crawls done"
+            lambda: (m := metrics(f"{base}/metrics")).get(done) == 2 and m.get(fetched) and m,
+            90,
+            "2 crawls done and a profile fetched",
         )
         status = json.loads(fetch(f"{base}/status")[1])
     finally:
@@ -109,3 +118,9 @@ def test_the_crawler_process_serves_metrics_health_and_status(
     assert sorted(status["pages"]) == sorted(world.page_ids)
     assert all(p["reconcile_age_seconds"] is not None for p in status["pages"].values())
     assert proc.returncode == 0
+    # names: the crawls' participants, and the profile API for the webhook-only user
+    names = {psid: row["name"] for psid, row in contacts(settings).items()}
+    assert names.pop("4440001") == "Web Hook"
+    users = {c.psid for convs in world.conversations.values() for c in convs}
+    assert names == {psid: f"User {psid}" for psid in users}
+    assert figures[fetched] == 1 and world.profile_calls == {"4440001": 1}

@@ -1,0 +1,84 @@
+"""The admin API shows each conversation's contact (migration 0015): the user's name."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.admin.conftest import AdminEnv, message, now_ms
+from tests.consumers.helpers import scalar
+
+pytestmark = pytest.mark.integration
+
+_CONTACT = """
+INSERT INTO {s}.contacts (page_id, psid, platform, name, first_name, last_name, username,
+                          profile_pic, source, fetched_at, error, error_at, attempts)
+VALUES (%s, %s, 'messenger', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+
+def add_contact(env: AdminEnv, page: str, psid: str, **values: object) -> None:
+    row = {
+        "name": None,
+        "first_name": None,
+        "last_name": None,
+        "username": None,
+        "profile_pic": None,
+        "source": "profile_api",
+        "fetched_at": None,
+        "error": None,
+        "error_at": None,
+        "attempts": 0,
+        **values,
+    }
+    scalar(env.settings, _CONTACT + " RETURNING 1", page, psid, *row.values())
+
+
+def test_the_list_and_the_detail_show_the_users_name(admin_env: AdminEnv) -> None:
+    t0 = now_ms() - 600_000
+    admin_env.produce(
+        [message("p5", f"u{i}", f"m{i}", t0 + i * 60_000, text=f"hi {i}") for i in range(4)]
+    )
+    admin_env.wait_rows(
+        lambda: scalar(admin_env.settings, "SELECT count(*) FROM {s}.conversations") == 4,
+        "4 conversations",
+    )
+    add_contact(admin_env, "p5", "u0", name="Ann Lee", source="participants", fetched_at="now")
+    add_contact(
+        admin_env,
+        "p5",
+        "u1",
+        name="Bo Chan",
+        first_name="Bo",
+        last_name="Chan",
+        profile_pic="https://cdn.example/bo.jpg",
+        fetched_at="now",
+    )
+    add_contact(admin_env, "p5", "u2", error="(#230) permission", error_at="now", attempts=3)
+    # another page's contact of the same user id is not this conversation's
+    add_contact(admin_env, "p6", "u3", name="Elsewhere", fetched_at="now")
+    r = admin_env.get("/pages/p5/conversations")
+    assert r.status_code == 200, r.text
+    items = {c["psid"]: c["contact"] for c in r.json()["items"]}
+    assert items["u0"]["name"] == "Ann Lee" and items["u0"]["source"] == "participants"
+    assert items["u1"] == {
+        "name": "Bo Chan",
+        "first_name": "Bo",
+        "last_name": "Chan",
+        "username": None,
+        "profile_pic": "https://cdn.example/bo.jpg",
+        "source": "profile_api",
+        "fetched_at": items["u1"]["fetched_at"],
+        "error": None,
+    }
+    assert items["u1"]["fetched_at"] is not None
+    assert items["u2"]["name"] is None and items["u2"]["error"] == "(#230) permission"
+    assert items["u3"] is None  # no name known yet
+    # the tag list reads through the same columns
+    assert admin_env.patch(
+        "/conversations/p5/u1", json={"tags": ["vip"]}, headers={"If-Match": "0"}
+    ).ok
+    r = admin_env.get("/pages/p5/conversations", params={"tag": "vip"})
+    assert [c["contact"]["name"] for c in r.json()["items"]] == ["Bo Chan"]
+    detail = admin_env.get("/conversations/p5/u0").json()
+    assert detail["contact"]["name"] == "Ann Lee" and "contact_name" not in detail
+    assert admin_env.get("/conversations/p5/u3").json()["contact"] is None
