@@ -36,6 +36,9 @@ class DemoOptions:
     gap_messages: int = 30
     missed_share: float = 0.2
     reconcile_every: float = 20.0
+    # Then one page's token expires and is rotated through the admin API: messages
+    # written meanwhile (no webhooks) come with the paused crawl once it resumes.
+    reconnect_messages: int = 5
 
 
 @dataclass

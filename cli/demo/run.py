@@ -36,6 +36,7 @@ from cli.demo.options import (
     TruthRow,
     WebhookTally,
 )
+from cli.demo.reconnect import Reconnect, expire_and_reconnect
 from cli.demo.traffic import GraphThread, send_webhooks
 from cli.demo.view import progress, summary
 from cli.supervisor import STATE_FILE, Pipeline, Supervisor, start_pipeline
@@ -120,6 +121,8 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         "CONVSYNC_CRAWL_CALLS_PER_SECOND": str(opts.calls_per_second),
         "CONVSYNC_RECONCILE_EVERY": str(opts.reconcile_every),
         "CONVSYNC_RECONCILE_TICK": "1",
+        # A token set through the admin API is read within a second (default 5 s).
+        "CONVSYNC_CRAWL_TOKEN_REFRESH": "1",
         # The linked Instagram account is reconciled too, through its page.
         "CONVSYNC_RECONCILE_INSTAGRAM": json.dumps({a: p for p, a in world.linked.items()}),
     }
@@ -217,6 +220,30 @@ def fill_gap(
     return gap
 
 
+def reconnect(
+    console: Any, settings: Settings, opts: DemoOptions, tally: WebhookTally, ctx: dict[str, Any]
+) -> Reconnect | None:
+    """Expire a page's token, rotate it through the admin API, wait for the paused crawl
+    to finish (:mod:`cli.demo.reconnect`) and for the materializer to catch up."""
+    if opts.reconnect_messages <= 0:
+        return None
+    console.print(
+        "\nthe token of a page expires at Meta; a sync is asked for through the admin API"
+    )
+    back = expire_and_reconnect(settings, ctx["graph"], ctx["admin"], opts, tally)
+    console.print(
+        f"page {back.page} went to needs_reconnect in {back.refused_after:.1f}s"
+        f" ({back.told!r}); a new token through PUT /admin/pages/{back.page}:"
+        f" active again and its paused crawl done in {back.back_after:.1f}s"
+    )
+    deadline = time.monotonic() + opts.timeout
+    while sum(collect(settings).lag_by_group().values()) != 0:
+        if time.monotonic() > deadline:
+            raise ConvsyncError("the materializer did not catch up after the reconnect")
+        time.sleep(0.5)
+    return back
+
+
 def run_demo(
     opts: DemoOptions, *, base: Settings, state_dir: Path, stay: bool = False
 ) -> Comparison:
@@ -289,13 +316,14 @@ def run_demo(
         if tally.error:
             raise ConvsyncError(f"webhook sender failed: {tally.error}")
         gap = fill_gap(console, settings, opts, tally, ctx)
+        back = reconnect(console, settings, opts, tally, ctx)
         snap = collect(settings)
         truth |= tally.truth
         result = compare(settings, truth, tally.read_watermarks)
         if opts.archive:
             media = compare_media(settings, world, state_dir / "demo-media")
             result = replace(result, media=media)
-        summary(console, snap, result, tally, time.monotonic() - started, ctx, gap)
+        summary(console, snap, result, tally, time.monotonic() - started, ctx, gap, back)
         if stay:
             console.print("still running for the dashboard; Ctrl-C stops everything")
             while True:

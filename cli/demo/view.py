@@ -9,6 +9,7 @@ from admin.status import Status
 from cli.demo.compare import Comparison
 from cli.demo.gap import Gap
 from cli.demo.options import ADMIN_TOKEN, DEMO_PREFIX, DEMO_SCHEMA, WebhookTally
+from cli.demo.reconnect import Reconnect
 from cli.supervisor import Supervisor
 
 
@@ -79,6 +80,7 @@ def summary(
     seconds: float,
     ctx: dict[str, Any],
     gap: Gap | None = None,
+    back: Reconnect | None = None,
 ) -> None:
     from rich.table import Table
 
@@ -111,6 +113,12 @@ def summary(
         t.add_row(
             "webhooks Meta never delivered / filled by reconciliation",
             f"{len(gap.missed)} / {gap.filled} (in {gap.seconds or 0:.1f}s, unasked)",
+        )
+    if back is not None:
+        t.add_row(
+            "page token expired, then replaced via the admin API: messages stored",
+            f"{back.stored} / {len(back.messages)} (needs_reconnect in {back.refused_after:.1f}s,"
+            f" active and crawl done {back.back_after:.1f}s after the PUT)",
         )
     t.add_row("DLQ records", str(snap.dlq_records))
     if result.media is not None:

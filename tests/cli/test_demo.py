@@ -62,6 +62,12 @@ def test_small_demo_matches_the_truth(stack_settings: Settings) -> None:
     gap = re.search(r"never delivered / filled by reconciliation\W+(\d+) / (\d+)", out)
     assert gap is not None, out[-4000:]
     assert int(gap[1]) > 0 and gap[1] == gap[2]
+    # A page's token expired: the page went to needs_reconnect, a new token set through
+    # the admin API brought it back, and its paused crawl brought what was written meanwhile.
+    assert re.search(r"page \d+ went to needs_reconnect in [\d.]+s", out), out[-4000:]
+    back = re.search(r"replaced via the admin API: messages stored\W+(\d+) / (\d+)", out)
+    assert back is not None, out[-4000:]
+    assert int(back[2]) > 0 and back[1] == back[2]
     # The verdict on media can fail: a file changed on disk and a wrong outcome are seen.
     settings = demo_settings(stack_settings)
     media_dir = Path(state) / "demo-media"
