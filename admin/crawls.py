@@ -75,6 +75,12 @@ ATTENTION_RULES: list[tuple[str, str]] = [
                   h.silent_since AS since, NULL::text AS crawl_id
            FROM {s}.page_health AS h WHERE h.silent_since IS NOT NULL""",
     ),
+    (
+        "needs_reconnect",
+        """SELECT p.page_id, 'needs_reconnect' AS reason, p.status_message AS detail,
+                  p.token_last_error_at AS since, p.paused_crawl ->> 'crawl_id' AS crawl_id
+           FROM {s}.pages AS p WHERE p.status = 'needs_reconnect'""",
+    ),
 ]
 ATTENTION_LIMIT: Final = 100
 

@@ -104,6 +104,9 @@ class AdminEnv:
     def patch(self, path: str, token: str | None = TOKEN, **kwargs: Any) -> requests.Response:
         return requests.patch(self.base + path, headers=auth(token, kwargs), timeout=30, **kwargs)
 
+    def put(self, path: str, token: str | None = TOKEN, **kwargs: Any) -> requests.Response:
+        return requests.put(self.base + path, headers=auth(token, kwargs), timeout=30, **kwargs)
+
     def produce(self, events: list[Envelope]) -> None:
         produce(self.settings, events)
 

@@ -154,3 +154,30 @@ def test_a_failed_crawl_needs_attention_until_a_sync_resumes_it(admin_env: Admin
     assert admin_env.get(f"/crawls/{failed_id}").json()["resumed_by"] == resumed["crawl_id"]
     assert resumed["progress"]["conversations_done"] == 20
     assert admin_env.get("/dashboard/data").json()["attention"] == []
+
+
+def test_a_page_whose_token_expired_needs_attention_until_a_new_token(
+    admin_env: AdminEnv,
+) -> None:
+    world = GraphWorld.generate(seed=25, pages=1, conversations=20, max_messages=2)
+    page = world.page_ids[0]
+    graph = FakeGraph(world, conversations_cap=5)
+    graph.server.expire_after[page] = (3, 463)
+    worker = start_worker(admin_env.settings, graph, fast_crawler(token_refresh=0.2))
+    try:
+        crawl_id = admin_env.post(f"/pages/{page}/sync").json()["crawl_id"]
+        wait_crawl(admin_env, crawl_id, {"paused", "done", "failed"})
+        attention = admin_env.get("/dashboard/data").json()["attention"]
+        assert [(a["page_id"], a["reason"], a["crawl_id"]) for a in attention] == [
+            (page, "needs_reconnect", crawl_id)
+        ]
+        assert attention[0]["detail"] == "the token expired: reconnect the page"
+        graph.server.rotate_token(page, "tok-new")
+        r = admin_env.put(f"/pages/{page}", json={"access_token": "tok-new"})
+        assert r.status_code == 204, r.text
+        done = wait_crawl(admin_env, crawl_id, {"done", "failed"})
+    finally:
+        worker.stop()
+        graph.stop()
+    assert done["status"] == "done"
+    assert admin_env.get("/dashboard/data").json()["attention"] == []
