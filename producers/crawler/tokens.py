@@ -175,14 +175,18 @@ TokenSource = Callable[[], Awaitable[Mapping[str, str]]]
 
 
 def table_pages(pool: Pool, schema: str, initial: Mapping[str, object]) -> PageSource:
-    """Return the reconciler's page source: the ``active`` pages of the table, and the
-    pages of the initial set not in the table yet (the worker adds them on its first
-    read). A page needing a new token, or removed, is not reconciled."""
+    """Return the reconciler's page source: the ``active`` Messenger pages of the table,
+    and the pages of the initial set not in the table yet (the worker adds them on its
+    first read). A page needing a new token, or removed, is not reconciled. An Instagram
+    account is crawled through its linked page (``CONVSYNC_RECONCILE_INSTAGRAM``), never
+    as a page of its own."""
 
     async def source() -> Sequence[str]:
         async def read(conn: psycopg.AsyncConnection[Any]) -> Sequence[str]:
             cur = await conn.execute(
-                sql.SQL("SELECT page_id, status FROM {}.pages").format(sql.Identifier(schema))
+                sql.SQL("SELECT page_id, status FROM {}.pages WHERE platform = 'messenger'").format(
+                    sql.Identifier(schema)
+                )
             )
             rows = dict(await cur.fetchall())
             active = {p for p, status in rows.items() if status == "active"}

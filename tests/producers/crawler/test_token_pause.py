@@ -277,3 +277,30 @@ def test_an_instagram_crawl_refused_by_its_pages_token_fails_resumable_and_resum
         ).fetchone()
     assert resumed_from == (first.crawl_id,)
     assert page_row(settings, page)["status"] == "active"
+
+
+def test_the_reconciler_crawls_messenger_pages_of_the_table_never_an_account(
+    settings: Settings,
+) -> None:
+    """An Instagram row is no page to crawl as one (its crawls go through a linked page,
+    CONVSYNC_RECONCILE_INSTAGRAM); a page needing a reconnect waits for its token."""
+    from producers.crawler.state import make_pool
+    from producers.crawler.tokens import table_pages
+
+    async def main() -> list[str]:
+        url = settings.database_url.get_secret_value()
+        cipher = pages.TokenCipher(settings.secret_key)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for page_id, platform in [("501", "messenger"), ("17841400000000502", "instagram")]:
+                await pages.put_page(
+                    conn, settings.db_schema, cipher, page_id=page_id, platform=platform,
+                    name=None, token="tok",
+                )  # fmt: skip
+        pool = make_pool(url, size=1)
+        await pool.open(wait=True, timeout=10)
+        try:
+            return list(await table_pages(pool, settings.db_schema, {"503": "tok"})())
+        finally:
+            await pool.close()
+
+    assert asyncio.run(main()) == ["501", "503"]
