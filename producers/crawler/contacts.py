@@ -17,18 +17,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from convsync.errors import ConfigError, RetryableError
 from producers.crawler.urls import GRAPH_ID
-
-if TYPE_CHECKING:
-    # state.py imports resume.py, which imports step.py, which imports this module
-    from producers.crawler.state import Pool
 
 Platform = Literal["messenger", "instagram"]
 # A missing table is not an outage: waiting for it would hide the mistake.
@@ -192,7 +189,7 @@ class ContactStore:
     :class:`ConfigError` when the table is missing (migration 0015 not applied).
     """
 
-    def __init__(self, pool: Pool, schema: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], schema: str) -> None:
         self.pool = pool
         self.schema = schema
 
