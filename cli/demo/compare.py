@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -34,6 +35,8 @@ class Comparison:
     # Instagram message rows the crawler saw (a thread id: only Graph names it).
     instagram_crawled: int = 0
     media: MediaComparison | None = None  # when the demo ran the archiver
+    # Conversations of chat-plugin guests (a user_ref, no PSID) stored under their own key.
+    guest_conversations: int = 0
 
     @property
     def ok(self) -> bool:
@@ -50,7 +53,10 @@ class Comparison:
 
 
 def compare(
-    settings: Settings, truth: set[TruthRow], read_watermarks: dict[tuple[str, str], int]
+    settings: Settings,
+    truth: set[TruthRow],
+    read_watermarks: dict[tuple[str, str], int],
+    guests: AbstractSet[tuple[str, str]] = frozenset(),
 ) -> Comparison:
     """Compare the demo schema with the truth (messages, conversations, watermarks)."""
     schema = sql.Identifier(settings.db_schema)
@@ -112,4 +118,5 @@ def compare(
         platform_mismatches=platform_mismatches,
         instagram_conversations=instagram_conversations,
         instagram_crawled=int(str(crawled_row[0])) if crawled_row else 0,
+        guest_conversations=len(guests & set(conv_map)),
     )

@@ -50,5 +50,6 @@ class WebhookTally:
     truth: set[TruthRow] = field(default_factory=set)
     read_watermarks: dict[tuple[str, str], int] = field(default_factory=dict)
     instagram_messages: int = 0
+    guests: set[tuple[str, str]] = field(default_factory=set)  # (page, user_ref key)
     done: bool = False
     error: str | None = None

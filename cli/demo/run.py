@@ -319,7 +319,7 @@ def run_demo(
         back = reconnect(console, settings, opts, tally, ctx)
         snap = collect(settings)
         truth |= tally.truth
-        result = compare(settings, truth, tally.read_watermarks)
+        result = compare(settings, truth, tally.read_watermarks, tally.guests)
         if opts.archive:
             media = compare_media(settings, world, state_dir / "demo-media")
             result = replace(result, media=media)

@@ -13,6 +13,7 @@ from deploy.simulator.graph_api import GraphApiServer, GraphWorld
 from deploy.simulator.instagram import InstagramTraffic
 from deploy.simulator.media import MediaServer
 from deploy.simulator.webhooks import WebhookSender, page_body, post
+from producers.webhook.fields import user_ref_key
 
 
 class GraphThread:
@@ -48,7 +49,8 @@ class GraphThread:
 def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: WebhookTally) -> None:
     """Post signed webhook bodies for the simulated pages at about ``webhook_rate``/s.
 
-    Mixes new messages from known and new users, page echoes, re-deliveries of messages
+    Mixes new messages from known and new users and from chat-plugin guests (a
+    ``user_ref``, no PSID: a conversation of its own each), page echoes, re-deliveries of messages
     the crawler also sees (same mids), Meta-style retries of whole bodies, and reads;
     every fifth body is one Instagram account's (messages, story replies, echoes,
     unsends, reactions, messaging_seen, and re-deliveries of messages the crawler reads
@@ -88,11 +90,21 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
                 item = sender.message(page, conv.psid, text=text)
                 tally.truth.add((page, conv.psid, item["message"]["mid"], text, "inbound"))
                 items.append(item)
-            elif roll < 0.55:  # a new user writes
+            elif roll < 0.50:  # a new user writes
                 psid = rng.choice(new_users[page])
                 text = f"new user {n}"
                 item = sender.message(page, psid, text=text)
                 tally.truth.add((page, psid, item["message"]["mid"], text, "inbound"))
+                items.append(item)
+            elif roll < 0.55:  # a chat-plugin guest, known by a user_ref only
+                ref = f"guest-{page}-{rng.randrange(5)}"
+                guest = user_ref_key(ref)
+                assert guest is not None
+                text = f"guest {n}"
+                item = sender.message(page, "0", text=text)
+                item["sender"] = {"user_ref": ref}
+                tally.truth.add((page, guest, item["message"]["mid"], text, "inbound"))
+                tally.guests.add((page, guest))
                 items.append(item)
             elif roll < 0.70:  # the page answers (an echo)
                 conv = rng.choice(known[page])

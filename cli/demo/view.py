@@ -109,6 +109,10 @@ def summary(
         f" / {result.instagram_conversations}",
     )
     t.add_row("platform mismatches", str(result.platform_mismatches))
+    t.add_row(
+        "chat-plugin guests (user_ref, no PSID): conversations sent / stored",
+        f"{len(tally.guests)} / {result.guest_conversations}",
+    )
     if gap is not None and gap.missed:
         t.add_row(
             "webhooks Meta never delivered / filled by reconciliation",

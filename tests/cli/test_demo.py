@@ -58,6 +58,11 @@ def test_small_demo_matches_the_truth(stack_settings: Settings) -> None:
     # The Instagram account's conversations were crawled through its page, and compared.
     ig = re.search(r"Instagram messages sent / crawled / conversations stored\W+(\d+) / (\d+)", out)
     assert ig is not None and int(ig[1]) > 0 and int(ig[2]) > 0, out[-4000:]
+    # Guests of the chat plugin (a user_ref, no PSID) are conversations of their own.
+    guests = re.search(
+        r"guests \(user_ref, no PSID\): conversations sent / stored\W+(\d+) / (\d+)", out
+    )
+    assert guests is not None and int(guests[1]) > 0 and guests[1] == guests[2], out[-4000:]
     # Webhooks Meta never delivered came back through reconciliation, from the crawler.
     gap = re.search(r"never delivered / filled by reconciliation\W+(\d+) / (\d+)", out)
     assert gap is not None, out[-4000:]
