@@ -51,7 +51,9 @@ def test_crawl_wait_fails_with_the_reason(
     make_topics: MakeTopics, make_schema: MakeSchema, fake_graph: Any
 ) -> None:
     settings = make_schema(base=make_topics(partitions=3))
-    world = GraphWorld.generate(seed=18, conversations=3, faults=Faults(permanent_code=10))
+    # code 100: a permanent error of the request (code 10 would be a permission the page
+    # lacks: it pauses the crawl, test_token_pause.py)
+    world = GraphWorld.generate(seed=18, conversations=3, faults=Faults(permanent_code=100))
     graph = fake_graph(world)
     running = start_worker(settings, graph)
     try:
@@ -61,7 +63,7 @@ def test_crawl_wait_fails_with_the_reason(
     finally:
         running.stop()
     assert result.exit_code == 1
-    assert "failed" in result.output and "code 10" in result.output
+    assert "failed" in result.output and "code 100" in result.output
 
 
 def test_crawl_wait_fails_when_the_crawl_is_cancelled(
