@@ -49,7 +49,7 @@ NO_KAFKA_GATEWAY = """
 import sys
 from producers.webhook.publisher import Publisher
 
-async def publish(self, records):
+async def publish(self, records, extra=()):
     return 0.0
 
 Publisher.publish = publish
