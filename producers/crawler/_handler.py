@@ -4,6 +4,9 @@ The effects of a step, in this order (the order is what makes a kill cost at mos
 step in flight; docs/crawler.md, *Order of a step*): its events in Kafka, its
 continuation in Kafka, the page's mark, its progress in Postgres, and for a step that
 ended its crawl the finished mark only once the end is in Postgres.
+
+The other endings of a crawl (failed, paused on a token, refused, cancelled), the
+Postgres writes waited out through an outage and the counts are in ``_effects.py``.
 """
 
 from __future__ import annotations
@@ -13,18 +16,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from convsync.errors import PoisonError, RetryableError
 from convsync.pages import PageToken
 from convsync.settings import Settings
 from producers.crawler import resume
+from producers.crawler._effects import CrawlEffects, WorkerStats, now_ms, until_done
 from producers.crawler._offsets import Mark, PartitionBook, decide
 from producers.crawler._producer import AsyncProducer
 from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.contacts import ContactStore
-from producers.crawler.exceptions import CrawlFailedError, ForeignUrlError, PageTokenError
+from producers.crawler.exceptions import CrawlFailedError, PageTokenError
 from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import GraphClient, backoff
 from producers.crawler.state import CrawlStateStore, Progress, Status
@@ -32,32 +35,8 @@ from producers.crawler.step import StepOutcome, record_refusal, run_step
 from producers.crawler.tokens import PageTokens
 from producers.crawler.urls import GraphOrigin
 from schemas.crawl import CrawlRequest
-from schemas.records import dead_letter
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """Counts since start, for logs and tests."""
-
-    steps: int = 0
-    # steps run from this worker's own continuation, without reading it back from Kafka
-    followed: int = 0
-    duplicates: int = 0
-    joined: int = 0
-    failed: int = 0
-    done: int = 0
-    # crawls started from a failed crawl's cursor (resume.py)
-    resumed: int = 0
-    # crawls stopped because they were cancelled (DELETE /admin/crawls/{id})
-    cancelled: int = 0
-    # conversations skipped because reading them kept failing (resume.py)
-    skipped_conversations: int = 0
-    # steps not run because the page's token does not work (the crawl waits)
-    paused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +83,10 @@ class RecordHandler:
         self.fetchers: dict[str, PageFetcher] = {}
         # Names of the users a conversations listing gave (contacts.py), on the same pool.
         self.contacts = ContactStore(store.pool, settings.db_schema)
-        # When crawl_state was last written per running crawl's page (progress_interval).
-        self.projected_at: dict[str, float] = {}
+        # The crawl's state in Postgres and the endings other than by its last step.
+        self.effects = CrawlEffects(
+            settings, tokens=tokens, producer=producer, store=store, stats=stats
+        )
 
     async def handle(
         self,
@@ -130,7 +111,7 @@ class RecordHandler:
                 record = CrawlRequest.from_bytes(value)
             except PoisonError as e:
                 assert offset is not None
-                await self._dead_letter(page, partition, offset, value, e)
+                await self.effects.dead_letter(page, partition, offset, value, e)
                 return Handled()
         if book is None:
             return Handled()
@@ -142,7 +123,9 @@ class RecordHandler:
         if refused is not None:
             # Poison: dead-lettered, and the crawl it would run fails; nothing is fetched.
             ends = decision in ("start", "continue")
-            await self._refuse(page, record, book, partition, offset, value, refused, ends=ends)
+            await self.effects.refuse(
+                page, record, book, partition, offset, value, refused, ends=ends
+            )
             return Handled(ended=True if ends else None)
         if decision in ("duplicate", "stale"):
             self.stats.duplicates += 1
@@ -159,13 +142,15 @@ class RecordHandler:
             if await self._cancelled(current):
                 # The running crawl was cancelled and has not noticed yet: it ends here
                 # and this request starts a crawl of its own.
-                self._end_cancelled(record.page_id, current, book.marks[record.page_id].seq, book)
+                self.effects.end_cancelled(
+                    record.page_id, current, book.marks[record.page_id].seq, book
+                )
                 decision = "start"
         if decision == "join":
             current = book.marks[record.page_id].crawl_id
             self.stats.joined += 1
             log.info("crawl request %s joins running crawl %s", record.crawl_id, current)
-            await self._project(Progress(record, "joined", None, 0, joined=current))
+            await self.effects.project(Progress(record, "joined", None, 0, joined=current))
             return Handled()
         if decision == "start":
             if await self._handled_before(record):
@@ -175,7 +160,7 @@ class RecordHandler:
             record = await self._prepare(record)
         elif await self._cancelled(record.crawl_id):
             # a continuation of a crawl cancelled meanwhile: nothing more is fetched
-            self._end_cancelled(record.page_id, record.crawl_id, record.seq, book)
+            self.effects.end_cancelled(record.page_id, record.crawl_id, record.seq, book)
             return Handled(ended=True)
         # A kill must cost at most the one step in flight. A step that produced a
         # continuation is proven handled by it (see worker._release); one that ended its
@@ -197,31 +182,21 @@ class RecordHandler:
         ``crawl_history`` row has left ``queued`` for good by then.
         """
         store = self.store
-        status = await self._until_done(
-            "crawl state read", lambda: store.request_status(record.crawl_id)
-        )
+        status = await until_done("crawl state read", lambda: store.request_status(record.crawl_id))
         return status in ("joined", "done", "failed", "cancelled")
 
     async def _cancelled(self, crawl_id: str) -> bool:
         """Return True if ``crawl_id`` was cancelled (its history row says so)."""
         store = self.store
-        status = await self._until_done("crawl state read", lambda: store.request_status(crawl_id))
+        status = await until_done("crawl state read", lambda: store.request_status(crawl_id))
         return status == "cancelled"
-
-    def _end_cancelled(self, page_id: str, crawl_id: str, seq: int, book: PartitionBook) -> None:
-        """End the cancelled crawl ``crawl_id``: its finished mark, no continuation (its
-        rows say "cancelled" already; the canceller wrote them)."""
-        self.stats.cancelled += 1
-        log.info("crawl %s of page %s was cancelled; stopping it", crawl_id, page_id)
-        book.set_mark(page_id, Mark(crawl_id, seq, True))
-        self.projected_at.pop(page_id, None)
 
     async def _prepare(self, record: CrawlRequest) -> CrawlRequest:
         """Continue the page's failed last crawl from its cursor (resume.py), or fix the
         incremental cutoff of a new crawl from the last completed one."""
         store = self.store
         limit = self.crawler.conversation_failures
-        resumed = await self._until_done(
+        resumed = await until_done(
             "crawl resume",
             lambda: store.resume(
                 record,
@@ -250,9 +225,7 @@ class RecordHandler:
             return resumed.record
         if record.full:
             return record
-        last = await self._until_done(
-            "crawl state read", lambda: store.last_completed_ms(record.page_id)
-        )
+        last = await until_done("crawl state read", lambda: store.last_completed_ms(record.page_id))
         if last is None:
             return record
         since = max(0, last - int(self.crawler.incremental_margin * 1000))
@@ -276,7 +249,7 @@ class RecordHandler:
     async def _token(self, page_id: str) -> PageToken:
         """Return the page's token; raise :class:`CrawlFailedError` if it has none."""
         tokens = self.tokens
-        token = await self._until_done("pages read", lambda: tokens.get(page_id))
+        token = await until_done("pages read", lambda: tokens.get(page_id))
         if token is None:
             raise CrawlFailedError(f"no page token configured for page {page_id}")
         return token
@@ -289,7 +262,7 @@ class RecordHandler:
             try:
                 token = await self._token(record.graph_page)
             except CrawlFailedError as e:
-                await self._fail(record, book, str(e))
+                await self.effects.fail(record, book, str(e))
                 return None
             try:
                 _check_usable(token)
@@ -301,17 +274,17 @@ class RecordHandler:
                     # row keeps one paused crawl (the page's own). The page is marked;
                     # this crawl fails with its cursor kept, resumed by the retrier or
                     # the next request once the token works (resume.py).
-                    if await self._reject(record, token, e, None) is None:
+                    if await self.effects.reject(record, token, e, None) is None:
                         continue
-                    await self._fail(record, book, f"page {record.graph_page}: {e.message}")
+                    await self.effects.fail(record, book, f"page {record.graph_page}: {e.message}")
                     return None
-                if await self._pause(record, book, token, e):
+                if await self.effects.pause(record, book, token, e):
                     return None
                 # The token was replaced while this step ran: run it with the new one.
             except CrawlFailedError as e:
                 skip = resume.skip_failed(record, e)
                 if skip is None:
-                    await self._fail(record, book, str(e))
+                    await self.effects.fail(record, book, str(e))
                     return None
                 # one conversation Meta cannot read: skipped and counted, the crawl goes on
                 outcome, skipped = skip
@@ -334,9 +307,7 @@ class RecordHandler:
         #     the same rows)
         if outcome.contacts:
             contacts = self.contacts
-            await self._until_done(
-                "contacts write", lambda: contacts.from_participants(outcome.contacts)
-            )
+            await until_done("contacts write", lambda: contacts.from_participants(outcome.contacts))
         # 2. the continuation, confirmed, so a crash after this resumes from it
         nxt = None
         if not outcome.done:
@@ -359,7 +330,7 @@ class RecordHandler:
                 outcome.step.counters.api_calls,
             )
         now = time.monotonic()
-        last = self.projected_at.get(record.page_id)
+        last = self.effects.projected_at.get(record.page_id)
         due = (
             outcome.done
             or record.seq == 0
@@ -368,14 +339,14 @@ class RecordHandler:
             or now - last >= self.crawler.progress_interval
         )
         if due:
-            self.projected_at[record.page_id] = now
-            await self._project(
+            self.effects.projected_at[record.page_id] = now
+            await self.effects.project(
                 Progress(
                     record,
                     status,
                     outcome.step,
                     record.seq + 1,
-                    finished_ms=_now_ms() if outcome.done else None,
+                    finished_ms=now_ms() if outcome.done else None,
                     skipped_thread=skipped,
                 )
             )
@@ -385,94 +356,8 @@ class RecordHandler:
         #    cancelled by a stop or a revoke) must stay unhandled and run again
         if outcome.done:
             book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, True))
-            self.projected_at.pop(record.page_id, None)
+            self.effects.projected_at.pop(record.page_id, None)
         return nxt
-
-    async def _reject(
-        self, record: CrawlRequest, token: PageToken, error: PageTokenError, paused: bytes | None
-    ) -> str | None:
-        """Mark the page whose token ``record`` used as refused, keeping ``paused``; return
-        its status before, None if the token was replaced meanwhile."""
-        tokens = self.tokens
-        return await self._until_done(
-            "page status write",
-            lambda: tokens.rejected(
-                record.graph_page, token, message=error.message, error=str(error), paused=paused
-            ),
-        )
-
-    async def _pause(
-        self, record: CrawlRequest, book: PartitionBook, token: PageToken, error: PageTokenError
-    ) -> bool:
-        """Pause the crawl of ``record`` because the page's token does not work: the page
-        goes to ``needs_reconnect`` and keeps the record that runs this step again (the
-        cursor); ``tokens.resume_forever`` produces it once a new token is set. Return
-        False if the token was replaced meanwhile (nothing paused: run the step again).
-
-        Said once: only the step that moves the page out of ``active`` logs a warning.
-        """
-        again = record.model_copy(update={"seq": record.seq + 1})
-        prior = await self._reject(record, token, error, again.to_bytes())
-        if prior is None:
-            return False
-        self.stats.paused += 1
-        if prior == "active":
-            log.warning(
-                "page %s: %s; crawl %s paused at step %d, its cursor kept (%s)",
-                record.page_id,
-                error.message,
-                record.crawl_id,
-                record.seq,
-                error,
-            )
-        else:
-            log.debug(
-                "crawl %s of page %s paused (page %s)", record.crawl_id, record.page_id, prior
-            )
-        await self._project(
-            Progress(record, "paused", record.step, record.seq, error=error.message)
-        )
-        # Not finished: the kept record (seq + 1) continues this crawl, and a request
-        # meanwhile joins it.
-        book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, False))
-        self.projected_at.pop(record.page_id, None)
-        return True
-
-    async def _fail(self, record: CrawlRequest, book: PartitionBook, reason: str) -> None:
-        """Write the crawl of ``record`` as failed with ``reason``, then its finished mark."""
-        self.stats.failed += 1
-        log.error("crawl %s of page %s failed: %s", record.crawl_id, record.page_id, reason)
-        # The finished mark only after "failed" is in Postgres (see step 4 of _step).
-        await self._project(
-            Progress(
-                record, "failed", record.step, record.seq + 1, error=reason, finished_ms=_now_ms()
-            )
-        )
-        book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, True))
-        self.projected_at.pop(record.page_id, None)
-
-    async def _refuse(
-        self,
-        page: str,
-        record: CrawlRequest,
-        book: PartitionBook,
-        partition: int,
-        offset: int | None,
-        value: bytes | CrawlRequest | None,
-        reason: str,
-        *,
-        ends: bool,
-    ) -> None:
-        """Dead-letter a record that points where a page token may not go and, when it
-        would have started or continued a crawl (``ends``), fail that crawl. A request
-        joining a running crawl, or a step of a crawl that is not the page's, fails
-        nothing: it would not have run."""
-        text = f"crawl record refused: {reason}; no request was sent"
-        if offset is not None:
-            raw = value.to_bytes() if isinstance(value, CrawlRequest) else value
-            await self._dead_letter(page, partition, offset, raw, ForeignUrlError(text))
-        if ends:
-            await self._fail(record, book, text)
 
     async def _run_step(self, record: CrawlRequest, token: PageToken) -> StepOutcome:
         # An Instagram account's calls go through its linked page: that page's token
@@ -496,47 +381,6 @@ class RecordHandler:
                     backoff(attempts, base=self.crawler.backoff_base, cap=self.crawler.backoff_max)
                 )
 
-    async def _project(self, progress: Progress) -> None:
-        store = self.store
-        await self._until_done("crawl state write", lambda: store.project(progress))
-
-    async def _until_done(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
-        """Run ``action`` until Postgres takes it and return its result.
-
-        An outage is waited out with capped, jittered backoff, never raised: the step
-        waits (its record stays uncommitted) and goes on once Postgres is back. A stop
-        or a revoke cancels the wait; the next owner then runs the step again.
-        """
-        attempt = 0
-        while True:
-            try:
-                return await action()
-            except RetryableError as e:
-                attempt += 1
-                delay = backoff(attempt, base=0.2, cap=5.0)
-                log.warning("%s failed (%s); retry %d in %.1fs", what, e, attempt, delay)
-                await asyncio.sleep(delay)
-
-    async def _dead_letter(
-        self, page: str, partition: int, offset: int, value: bytes | None, error: PoisonError
-    ) -> None:
-        log.error("poison crawl record on partition %d: %s", partition, error)
-        # Bounded: a crawl record near Kafka's limit must not make a letter over it.
-        letter = dead_letter(
-            component="crawler",
-            topic=self.crawl_topic,
-            partition=partition,
-            offset=offset,
-            key=page.encode(),
-            value=value,
-            reason=str(error),
-            error_type=type(error).__name__,
-            failed_at=_now_ms(),
-        )
-        await self.producer.send_batch(
-            self.settings.topic("dlq"), [(letter.key, letter.value)], headers=list(letter.headers)
-        )
-
 
 def _check_usable(token: PageToken) -> None:
     """Raise :class:`PageTokenError` for a token known not to work (nothing is sent to
@@ -544,7 +388,3 @@ def _check_usable(token: PageToken) -> None:
     if token.status != "active":
         message = token.status_message or f"the page is {token.status}"
         raise PageTokenError(f"page is {token.status}", message=message)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

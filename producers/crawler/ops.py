@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from convsync.errors import ConfigError
 from convsync.pages import TokenCipher
 from convsync.settings import Settings
-from producers.crawler._handler import WorkerStats
+from producers.crawler._effects import WorkerStats
 from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.contacts import ContactStore

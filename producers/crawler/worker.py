@@ -28,7 +28,8 @@ from convsync.kafka import is_fatal, make_consumer, make_producer, read_watermar
 from convsync.pages import TokenCipher
 from convsync.settings import Settings
 from producers.crawler._commits import CommitQueue, in_thread, take
-from producers.crawler._handler import RecordHandler, WorkerStats
+from producers.crawler._effects import WorkerStats
+from producers.crawler._handler import RecordHandler
 from producers.crawler._offsets import PartitionBook, Seen, resume_marks
 from producers.crawler._pages import PageRunners
 from producers.crawler._producer import AsyncProducer

@@ -1,4 +1,4 @@
-"""streams/faust_fixes.py: the check at start, and one regression test per fix.
+"""streams/faust_fixes.py: the check at start (faust_check.py), one regression test per fix.
 
 Each regression test shows the fixed behaviour, then the bad one with the fix switched
 off (:func:`streams.faust_fixes.without`). Real faust tables and stores in process; the

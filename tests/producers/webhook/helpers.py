@@ -26,6 +26,7 @@ from convsync.http import SafeAccessLogger
 from convsync.kafka import make_consumer, read_watermarks
 from convsync.settings import Settings
 from deploy.ports import free_ports
+from deploy.simulator.webhooks import signature
 from producers.webhook.app import install_fast_path
 from producers.webhook.deliveries import map_delivery
 from schemas.envelope import Envelope
@@ -40,6 +41,11 @@ def with_secrets(settings: Settings) -> Settings:
     return settings.model_copy(
         update={"app_secret": SecretStr(SECRET), "verify_token": SecretStr(VERIFY_TOKEN)}
     )
+
+
+def signed(raw: bytes) -> dict[str, str]:
+    """The headers of a POST of ``raw`` signed with the test secret."""
+    return {"X-Hub-Signature-256": signature(SECRET, raw), "Content-Type": "application/json"}
 
 
 async def start_test_server(app: web.Application) -> TestServer:
