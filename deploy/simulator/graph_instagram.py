@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import Final
 
-from deploy.simulator.graph_api import BASE_MS, FakeConversation, FakeMessage
+from deploy.simulator.graph_world import BASE_MS, FakeConversation, FakeMessage
 
 # Prefixes of the fake's Instagram ids ("ig_..." in base64, as Meta's look).
 THREAD_PREFIX: Final = "aWdfZAG06"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from deploy.simulator.graph_api import FakeConversation
+from deploy.simulator.graph_world import FakeConversation
 from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body
 
 # An Instagram professional account id (17841... like Meta's): never one of the

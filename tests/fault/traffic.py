@@ -1,0 +1,215 @@
+"""Webhook traffic of the fault suite and the truth it makes.
+
+:func:`make_bodies` signs webhook bodies (user messages, page echoes, reads) with the
+facts each carries (:class:`Body`); :class:`Load` posts them at a rate from a thread of
+its own, retried like Meta until answered 200, counting answers and latencies;
+:class:`Truth` (:func:`truth_of`, :func:`crawl_and_webhook_truth`) is what Postgres must
+end up holding from the bodies acknowledged and the pages crawled. Separate from the
+components' processes (:mod:`tests.fault.pipeline`) and from settling, comparing and
+writing results (:mod:`tests.fault.harness`): this is the input side of a scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from cli.demo import TruthRow
+from deploy.simulator.graph_api import GraphWorld
+from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body
+
+
+# --- truth ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Body:
+    """One signed webhook POST and the facts it carries."""
+
+    signed: SignedBody
+    items: int
+    messages: tuple[TruthRow, ...]
+    reads: tuple[tuple[str, str, int], ...]
+
+
+@dataclass
+class Truth:
+    """What Postgres must end up holding."""
+
+    messages: set[TruthRow] = field(default_factory=set)
+    reads: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, body: Body) -> None:
+        self.messages.update(body.messages)
+        for page, psid, mark in body.reads:
+            self.reads[(page, psid)] = max(self.reads.get((page, psid), 0), mark)
+
+
+def make_bodies(
+    sender: WebhookSender,
+    pages: Sequence[str],
+    n: int,
+    *,
+    known: dict[str, list[str]] | None = None,
+    users_per_page: int = 200,
+) -> list[Body]:
+    """Return ``n`` signed bodies of 1-3 items: user messages, page echoes and reads.
+
+    Reads only go to conversations that already got a message in an earlier body, so
+    every conversation of the truth has messages. ``known`` psids (e.g. the crawled
+    pages' users) are mixed with fresh ones.
+    """
+    rng = sender.rng
+    users = {
+        p: list((known or {}).get(p, [])) + [sender.psid() for _ in range(users_per_page)]
+        for p in pages
+    }
+    talked: dict[str, list[str]] = {p: [] for p in pages}
+    out: list[Body] = []
+    for i in range(n):
+        page = pages[i % len(pages)]
+        items: list[dict[str, Any]] = []
+        msgs: list[TruthRow] = []
+        reads: list[tuple[str, str, int]] = []
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            psid = rng.choice(users[page])
+            roll = rng.random()
+            if roll < 0.15 and talked[page]:
+                psid = rng.choice(talked[page])
+                item = sender.read(page, psid)
+                reads.append((page, psid, int(item["read"]["watermark"])))
+            elif roll < 0.35:
+                text = f"reply {i}"
+                item = sender.echo(page, psid, text=text)
+                msgs.append((page, psid, item["message"]["mid"], text, "outbound"))
+            else:
+                text = f"hello {i} ✓"
+                item = sender.message(page, psid, text=text)
+                msgs.append((page, psid, item["message"]["mid"], text, "inbound"))
+            items.append(item)
+        for page_, psid, *_ in msgs:
+            talked[page_].append(psid)
+        signed = sender.sign(page_body([(page, items, [])], time=sender.now()))
+        out.append(Body(signed, len(items), tuple(msgs), tuple(reads)))
+    return out
+
+
+def truth_of(bodies: Iterable[Body]) -> Truth:
+    truth = Truth()
+    for b in bodies:
+        truth.add(b)
+    return truth
+
+
+def crawl_and_webhook_truth(world: GraphWorld, accepted: Iterable[Body]) -> Truth:
+    """The truth of a run that crawls every page of ``world`` while ``accepted`` bodies
+    are acknowledged: every crawled message, every webhook message and read."""
+    truth = truth_of(accepted)
+    for page in world.page_ids:
+        truth.messages |= {(a, b, c, d, e) for a, b, c, d, e in world.expected(page)["messages"]}
+    return truth
+
+
+# --- load -------------------------------------------------------------------------------
+@dataclass
+class Load:
+    """Posts bodies at ``rate``/s; each is retried like Meta until answered 200."""
+
+    url: str
+    bodies: Sequence[Body]
+    rate: float
+    concurrency: int = 64
+    give_up_after: float = 180.0
+    posts: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    first_answers: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # of every POST, in seconds
+    accepted: list[Body] = field(default_factory=list)
+    retried_to_200: int = 0
+    gave_up: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    error: str | None = None
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Run the load in a background thread with its own event loop."""
+        self.thread = threading.Thread(target=self._main, daemon=True)
+        self.thread.start()
+
+    def run_blocking(self, timeout: float) -> None:
+        """Start and join."""
+        self.start()
+        self.join(timeout)
+
+    def join(self, timeout: float) -> None:
+        assert self.thread is not None
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise AssertionError(f"the load did not finish in {timeout:.0f}s")
+        if self.error:
+            raise AssertionError(f"the load failed: {self.error}")
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except Exception as e:  # noqa: BLE001 - reported by join()
+            self.error = f"{type(e).__name__}: {e}"
+
+    async def _run(self) -> None:
+        self.started = time.monotonic()
+        sem = asyncio.Semaphore(self.concurrency)
+        timeout = aiohttp.ClientTimeout(total=15)
+        conn = aiohttp.TCPConnector(limit=self.concurrency)
+        async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
+            tasks = []
+            for i, body in enumerate(self.bodies):
+                delay = self.started + i / self.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await sem.acquire()
+                tasks.append(asyncio.create_task(self._deliver(session, body, sem)))
+            await asyncio.gather(*tasks)
+        self.finished = time.monotonic()
+
+    async def _deliver(
+        self, session: aiohttp.ClientSession, body: Body, sem: asyncio.Semaphore
+    ) -> None:
+        try:
+            deadline = time.monotonic() + self.give_up_after
+            attempt = 0
+            while True:
+                began = time.monotonic()
+                status = await post_once(session, self.url, body.signed)
+                self.latencies.append(time.monotonic() - began)
+                self.posts += 1
+                self.statuses[status] += 1
+                if attempt == 0:
+                    self.first_answers[status] += 1
+                if status == 200:
+                    self.accepted.append(body)
+                    if attempt:
+                        self.retried_to_200 += 1
+                    return
+                if time.monotonic() > deadline:
+                    self.gave_up += 1
+                    return
+                await asyncio.sleep(min(3.0, 0.1 * 2**attempt))
+                attempt += 1
+        finally:
+            sem.release()
+
+
+async def post_once(session: aiohttp.ClientSession, url: str, signed: SignedBody) -> int:
+    """POST once; a connection failure is status 0."""
+    try:
+        async with session.post(url, data=signed.raw, headers=signed.headers) as resp:
+            await resp.read()
+            return resp.status
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return 0
