@@ -295,6 +295,9 @@ async def process_services(
     profiles the profile fetcher asks for too).
     """
     options = reconcile or ReconcileSettings()
+    # Before anything starts: without CONVSYNC_SECRET_KEY this raises ConfigError, which
+    # must end the process with its message, not leave tasks and a pool running.
+    cipher = TokenCipher(settings.secret_key) if crawler is not None else None
     addr = OpsSettings().metrics_addr if metrics_addr is None else metrics_addr
     # the reconciler; the profile fetcher's lock and its reads and writes
     pool = make_pool(settings.database_url.get_secret_value(), size=3)
@@ -314,7 +317,7 @@ async def process_services(
     retrier = Retrier(settings, retry or RetrySettings())
     tasks.append(asyncio.create_task(retrier.run(stop), name="crawler-retry"))
     session: aiohttp.ClientSession | None = None
-    if crawler is not None:
+    if crawler is not None and cipher is not None:
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=crawler.request_timeout)
         )
@@ -328,7 +331,7 @@ async def process_services(
             crawler,
             client=client,
             store=ContactStore(pool, settings.db_schema),
-            tokens=table_tokens(pool, settings.db_schema, TokenCipher(settings.secret_key)),
+            tokens=table_tokens(pool, settings.db_schema, cipher),
             app=limiter,
         )
         tasks.append(asyncio.create_task(sources.profiles.run(stop), name="crawler-profiles"))

@@ -109,7 +109,14 @@ class Pipeline:
 
     def secrets(self) -> list[str]:
         """Every secret that must never appear in a log."""
-        return [SECRET, VERIFY_TOKEN, ADMIN_TOKEN, *self.page_tokens().values()]
+        key = self.settings.secret_key.get_secret_value()
+        return [
+            SECRET,
+            VERIFY_TOKEN,
+            ADMIN_TOKEN,
+            *self.page_tokens().values(),
+            *([key] if key else []),
+        ]
 
     def __enter__(self) -> Pipeline:
         if self.graph is not None:
@@ -130,6 +137,8 @@ class Pipeline:
             "CONVSYNC_VERIFY_TOKEN": VERIFY_TOKEN,
             "CONVSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
             "CONVSYNC_PAGE_TOKENS": json.dumps(self.page_tokens()),
+            # Page tokens are kept encrypted in Postgres: the crawler needs the key.
+            "CONVSYNC_SECRET_KEY": self.settings.secret_key.get_secret_value(),
             "CONVSYNC_CRAWL_CALLS_PER_SECOND": "200",
             "CONVSYNC_CRAWL_GROUP": f"{self.settings.topic_prefix}-crawler",
             "CONVSYNC_MAPPER_METRICS_ADDR": "off",

@@ -124,3 +124,23 @@ def test_the_crawler_process_serves_metrics_health_and_status(
     users = {c.psid for convs in world.conversations.values() for c in convs}
     assert names == {psid: f"User {psid}" for psid in users}
     assert figures[fetched] == 1 and world.profile_calls == {"4440001": 1}
+
+
+def test_a_crawler_without_the_secret_key_exits_with_the_reason(tmp_path: Path) -> None:
+    """Page tokens are stored encrypted: without CONVSYNC_SECRET_KEY the crawler process
+    ends at once with what to do, instead of hanging with its services half started."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "CONVSYNC_SECRET_KEY"}
+    env["CONVSYNC_STATE_DIR"] = str(tmp_path)  # no secret.key there either
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "crawler"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert proc.returncode != 0
+    assert "CONVSYNC_SECRET_KEY is not set" in proc.stdout + proc.stderr
