@@ -15,7 +15,7 @@ import orjson
 import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from admin.api import BadRequestError, json_response, problem
 from convsync import pages
@@ -35,6 +35,14 @@ class PageBody(BaseModel):
     access_token: str = Field(min_length=1, max_length=pages.MAX_TOKEN)
     platform: Literal["messenger", "instagram"] = "messenger"
     name: str | None = Field(default=None, max_length=pages.MAX_NAME)
+
+    @field_validator("access_token", "name")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # Postgres text cannot hold NUL: refused as bad input, not a 503.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class PagesApi:

@@ -119,3 +119,14 @@ def test_not_json_unknown_and_unauthenticated(client: Client) -> None:
     r = requests.put(client.base + "/1001", json={"access_token": SECRET}, timeout=30)
     assert r.status_code == 401
     assert client.call("GET", "").json()["pages"] == []
+
+
+def test_a_token_with_a_nul_character_is_refused_as_bad_input() -> None:
+    """Postgres text cannot hold NUL: such a body is a 400, never a 503 (schemathesis)."""
+    from pydantic import ValidationError
+
+    from admin.pages import PageBody
+
+    with pytest.raises(ValidationError):
+        PageBody(access_token="tok\x00en")
+    assert PageBody(access_token="token").access_token == "token"
