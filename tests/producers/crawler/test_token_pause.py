@@ -74,7 +74,7 @@ def scrape(worker: CrawlWorker) -> str:
     return generate_latest(registry).decode()
 
 
-def put_token(settings: Settings, page_id: str, token: str) -> None:
+def put_token(settings: Settings, page_id: str, token: str, platform: str = "messenger") -> None:
     async def put() -> None:
         async with await psycopg.AsyncConnection.connect(
             settings.database_url.get_secret_value(), autocommit=True
@@ -84,7 +84,7 @@ def put_token(settings: Settings, page_id: str, token: str) -> None:
                 settings.db_schema,
                 pages.TokenCipher(settings.secret_key),
                 page_id=page_id,
-                platform="messenger",
+                platform=platform,
                 name=None,
                 token=token,
             )
@@ -288,19 +288,13 @@ def test_the_reconciler_crawls_messenger_pages_of_the_table_never_an_account(
     from producers.crawler.tokens import table_pages
 
     async def main() -> list[str]:
-        url = settings.database_url.get_secret_value()
-        cipher = pages.TokenCipher(settings.secret_key)
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            for page_id, platform in [("501", "messenger"), ("17841400000000502", "instagram")]:
-                await pages.put_page(
-                    conn, settings.db_schema, cipher, page_id=page_id, platform=platform,
-                    name=None, token="tok",
-                )  # fmt: skip
-        pool = make_pool(url, size=1)
+        pool = make_pool(settings.database_url.get_secret_value(), size=1)
         await pool.open(wait=True, timeout=10)
         try:
             return list(await table_pages(pool, settings.db_schema, {"503": "tok"})())
         finally:
             await pool.close()
 
+    put_token(settings, "501", "tok")
+    put_token(settings, "17841400000000502", "tok", platform="instagram")
     assert asyncio.run(main()) == ["501", "503"]
