@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 
 from convsync.settings import Settings
 
 console = Console(stderr=True)
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="Folder for the local stack (default .convsync/)."),
+]
 
 
 def state_folder(value: Path | None = None) -> Path:
