@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from cli.demo.contacts import ContactComparison
 from cli.demo.media import MediaComparison
 from cli.demo.options import TruthRow
 from convsync.db import connect
@@ -37,6 +38,7 @@ class Comparison:
     media: MediaComparison | None = None  # when the demo ran the archiver
     # Conversations of chat-plugin guests (a user_ref, no PSID) stored under their own key.
     guest_conversations: int = 0
+    contacts: ContactComparison | None = None  # users' names from Graph
 
     @property
     def ok(self) -> bool:
@@ -49,6 +51,7 @@ class Comparison:
             and self.watermark_mismatches == 0
             and self.platform_mismatches == 0
             and (self.media is None or self.media.ok)
+            and (self.contacts is None or self.contacts.ok)
         )
 
 

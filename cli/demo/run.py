@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from admin.status import Status, collect, kafka_group_lag
 from cli.demo.compare import Comparison, compare
+from cli.demo.contacts import compare_contacts, pending_contacts
 from cli.demo.gap import Gap, open_gap, wait_filled
 from cli.demo.media import compare_media, media_env, pending_media
 from cli.demo.options import (
@@ -36,7 +37,7 @@ from cli.demo.options import (
     TruthRow,
     WebhookTally,
 )
-from cli.demo.reconnect import Reconnect, expire_and_reconnect
+from cli.demo.reconnect import Reconnect, admin_call, expire_and_reconnect
 from cli.demo.traffic import GraphThread, send_webhooks
 from cli.demo.view import progress, summary
 from cli.supervisor import STATE_FILE, Pipeline, Supervisor, start_pipeline
@@ -125,6 +126,9 @@ def running(opts: DemoOptions, base: Settings, state_dir: Path) -> Iterator[dict
         "CONVSYNC_CRAWL_TOKEN_REFRESH": "1",
         # The linked Instagram account is reconciled too, through its page.
         "CONVSYNC_RECONCILE_INSTAGRAM": json.dumps({a: p for p, a in world.linked.items()}),
+        # Users seen only through webhooks are named by the User Profile API within the run.
+        "CONVSYNC_CONTACT_TICK": "1",
+        "CONVSYNC_CONTACT_CALLS_PER_SECOND": "20",
     }
     if opts.archive:
         media_dir = state_dir / "demo-media"
@@ -270,6 +274,15 @@ def run_demo(
         sup: Supervisor = ctx["supervisor"]
         wait_ready(ctx["gateway"])
         pages = world.page_ids
+        # The Instagram account is added as an operator would, with its linked page's
+        # token: the profile fetcher then names its users too.
+        for p, account in world.linked.items():
+            admin_call(
+                ctx["admin"],
+                "PUT",
+                f"/pages/{account}",
+                {"access_token": token_for(p), "platform": "instagram", "name": "demo account"},
+            )
         truth: set[TruthRow] = set()
         for p in pages:
             truth |= {tuple(r) for r in world.expected(p)["messages"]}
@@ -301,6 +314,7 @@ def run_demo(
                     # Every delivery mapped too (before that, events may be missing).
                     and kafka_group_lag(settings, "deliveries", "convsync-mapper") == 0
                     and (not opts.archive or pending_media(settings) == 0)
+                    and pending_contacts(settings) == 0
                 )
                 if settled:
                     break
@@ -320,6 +334,9 @@ def run_demo(
         snap = collect(settings)
         truth |= tally.truth
         result = compare(settings, truth, tally.read_watermarks, tally.guests)
+        users = {(p, u) for p, u, *_ in truth}
+        contacts = compare_contacts(settings, users, set(world.linked.values()))
+        result = replace(result, contacts=contacts)
         if opts.archive:
             media = compare_media(settings, world, state_dir / "demo-media")
             result = replace(result, media=media)

@@ -67,6 +67,13 @@ def send_webhooks(url: str, world: GraphWorld, opts: DemoOptions, tally: Webhook
     pages = world.page_ids
     known = {p: [c for c in world.conversations[p] if c.psid] for p in pages}
     new_users = {p: [sender.psid() for _ in range(20)] for p in pages}
+    # Meta's User Profile API knows the users who write only through webhooks too.
+    for p, users in new_users.items():
+        for user in users:
+            world.add_user(p, user)
+    if account is not None:
+        for user in instagram.user_ids:
+            world.add_user(account, user)
     interval = 1.0 / opts.webhook_rate
     last_body = None
     try:

@@ -124,6 +124,12 @@ def summary(
             f"{back.stored} / {len(back.messages)} (needs_reconnect in {back.refused_after:.1f}s,"
             f" active and crawl done {back.back_after:.1f}s after the PUT)",
         )
+    if result.contacts is not None:
+        k = result.contacts
+        t.add_row(
+            "contacts named as Meta names them / users with a PSID",
+            f"{k.expected - k.wrong} / {k.expected} ({k.unexpected} unexpected rows)",
+        )
     t.add_row("DLQ records", str(snap.dlq_records))
     if result.media is not None:
         m = result.media

@@ -178,19 +178,27 @@ class GraphWorld:
         ``username``, ``profile_pic``)."""
         self.profiles[user_id] = (page_id, dict(fields))
 
+    def add_user(self, owner: str, user_id: str) -> None:
+        """Give the User Profile API its default answer about ``user_id``, a user of the
+        page or Instagram account ``owner`` (one the threads do not know, such as a user
+        seen only through webhooks)."""
+        instagram = owner in self.instagram
+        page = next(p for p, a in self.linked.items() if a == owner) if instagram else owner
+        self.profiles[user_id] = (page, default_profile(user_id, instagram=instagram))
+
     def profile(self, user_id: str) -> tuple[str, dict[str, str]] | None:
-        """Return (page id, fields) of ``user_id``: an added profile, else the thread
-        user's default one (``User`` and the id, as the participants name them)."""
+        """Return (page id whose token may ask, fields) of ``user_id``: an added profile,
+        else the thread user's default one (named as the participants name them)."""
         if user_id in self.profiles:
             return self.profiles[user_id]
         for page_id, convs in self.conversations.items():
             for conv in convs:
                 if conv.psid == user_id:
-                    return page_id, {
-                        "first_name": "User",
-                        "last_name": user_id,
-                        "profile_pic": f"https://platform-lookaside.fbsbx.com/p/{user_id}.jpg",
-                    }
+                    return page_id, default_profile(user_id, instagram=False)
+        for convs in self.instagram.values():
+            for conv in convs:
+                if conv.psid == user_id:
+                    return self.token_page(conv), default_profile(user_id, instagram=True)
         return None
 
     def detailed(self, index: int) -> bool:
@@ -288,6 +296,16 @@ class GraphWorld:
             return {"mime_type": "application/pdf", "name": "file.pdf", "file_url": url}
         url = cdn_url(self.media_base, f"{behaviour}-{mid}.jpg")
         return {"image_data": {"url": url, "width": 640, "height": 480}}
+
+
+def default_profile(user_id: str, *, instagram: bool) -> dict[str, str]:
+    """Return the User Profile API's fields of a user: Messenger's first and last name
+    (``User`` and the id, as the participants name them), Instagram's name and username
+    (``ig_`` and the id, the participants' username)."""
+    pic = f"https://platform-lookaside.fbsbx.com/p/{user_id}.jpg"
+    if instagram:
+        return {"name": f"User {user_id}", "username": f"ig_{user_id}", "profile_pic": pic}
+    return {"first_name": "User", "last_name": user_id, "profile_pic": pic}
 
 
 def _person(conv: FakeConversation, who: str) -> dict[str, str]:

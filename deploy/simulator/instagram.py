@@ -54,6 +54,11 @@ class InstagramTraffic:
         # Instagram-scoped ids are digits too, of another range than the pages' users.
         self._ids = [str(self.sender.rng.randint(10**15, 10**16 - 1)) for _ in range(self.users)]
 
+    @property
+    def user_ids(self) -> list[str]:
+        """Return the Instagram-scoped ids of the users who write."""
+        return list(self._ids)
+
     def _mid(self) -> str:
         # Instagram's mids are base64 (aWdf... "ig_..."), unlike Messenger's m_....
         return "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQx" + self.sender.mid()[2:44]

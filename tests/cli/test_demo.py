@@ -63,6 +63,10 @@ def test_small_demo_matches_the_truth(stack_settings: Settings) -> None:
         r"guests \(user_ref, no PSID\): conversations sent / stored\W+(\d+) / (\d+)", out
     )
     assert guests is not None and int(guests[1]) > 0 and guests[1] == guests[2], out[-4000:]
+    # Every user with a PSID (webhook-only ones too) is a contact named as Meta names them.
+    contacts = re.search(r"users with a PSID\W+(\d+) / (\d+) \((\d+) unexpected", out)
+    assert contacts is not None, out[-4000:]
+    assert int(contacts[2]) > 0 and contacts[1] == contacts[2] and contacts[3] == "0"
     # Webhooks Meta never delivered came back through reconciliation, from the crawler.
     gap = re.search(r"never delivered / filled by reconciliation\W+(\d+) / (\d+)", out)
     assert gap is not None, out[-4000:]
