@@ -169,7 +169,7 @@ def dlq_count(settings: Settings) -> int:
 
 
 def check(settings: Settings, truth: Truth) -> Comparison:
-    return compare(settings, truth.messages, truth.reads)
+    return compare(settings, truth.messages, truth.reads, truth.guests)
 
 
 def assert_exact(result: Comparison) -> None:
@@ -215,6 +215,9 @@ def comparison_figures(result: Comparison) -> dict[str, Any]:
         "duplicates": result.duplicates,
         "conversations expected / stored": (
             f"{result.conversations_expected} / {result.conversations_stored}"
+        ),
+        "Instagram / guest conversations stored": (
+            f"{result.instagram_conversations} / {result.guest_conversations}"
         ),
         "conversation row mismatches": result.count_mismatches
         + result.watermark_mismatches

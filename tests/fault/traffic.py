@@ -23,7 +23,14 @@ import aiohttp
 
 from cli.demo import TruthRow
 from deploy.simulator.graph_api import GraphWorld
+from deploy.simulator.instagram import ACCOUNT as INSTAGRAM_ACCOUNT
 from deploy.simulator.webhooks import SignedBody, WebhookSender, page_body
+from producers.webhook.fields import user_ref_key
+
+# Every INSTAGRAM_EVERY-th body is the Instagram account's; a Messenger item is a
+# chat-plugin guest's (a user_ref, no PSID) with this chance.
+INSTAGRAM_EVERY = 10
+GUEST_SHARE = 0.05
 
 
 # --- truth ------------------------------------------------------------------------------
@@ -35,6 +42,7 @@ class Body:
     items: int
     messages: tuple[TruthRow, ...]
     reads: tuple[tuple[str, str, int], ...]
+    guests: tuple[tuple[str, str], ...] = ()  # (page, user_ref key)
 
 
 @dataclass
@@ -43,9 +51,11 @@ class Truth:
 
     messages: set[TruthRow] = field(default_factory=set)
     reads: dict[tuple[str, str], int] = field(default_factory=dict)
+    guests: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, body: Body) -> None:
         self.messages.update(body.messages)
+        self.guests.update(body.guests)
         for page, psid, mark in body.reads:
             self.reads[(page, psid)] = max(self.reads.get((page, psid), 0), mark)
 
@@ -62,23 +72,41 @@ def make_bodies(
 
     Reads only go to conversations that already got a message in an earlier body, so
     every conversation of the truth has messages. ``known`` psids (e.g. the crawled
-    pages' users) are mixed with fresh ones.
+    pages' users) are mixed with fresh ones. Some user messages are chat-plugin guests'
+    (a ``user_ref``: a conversation of its own each), and every ``INSTAGRAM_EVERY``-th
+    body is an ``instagram`` one (messages and the account's echoes).
     """
     rng = sender.rng
     users = {
         p: list((known or {}).get(p, [])) + [sender.psid() for _ in range(users_per_page)]
         for p in pages
     }
+    ig_users = [sender.psid() for _ in range(users_per_page)]
     talked: dict[str, list[str]] = {p: [] for p in pages}
     out: list[Body] = []
     for i in range(n):
+        if i % INSTAGRAM_EVERY == INSTAGRAM_EVERY - 1:
+            out.append(_instagram_body(sender, ig_users, i))
+            continue
         page = pages[i % len(pages)]
         items: list[dict[str, Any]] = []
         msgs: list[TruthRow] = []
         reads: list[tuple[str, str, int]] = []
+        guests: list[tuple[str, str]] = []
         for _ in range(rng.choice((1, 1, 2, 3))):
             psid = rng.choice(users[page])
             roll = rng.random()
+            if roll < GUEST_SHARE:
+                ref = f"guest-{page}-{rng.randrange(50)}"
+                guest = user_ref_key(ref)
+                assert guest is not None
+                text = f"guest {i}"
+                item = sender.message(page, "0", text=text)
+                item["sender"] = {"user_ref": ref}
+                msgs.append((page, guest, item["message"]["mid"], text, "inbound"))
+                guests.append((page, guest))
+                items.append(item)
+                continue
             if roll < 0.15 and talked[page]:
                 psid = rng.choice(talked[page])
                 item = sender.read(page, psid)
@@ -93,10 +121,33 @@ def make_bodies(
                 msgs.append((page, psid, item["message"]["mid"], text, "inbound"))
             items.append(item)
         for page_, psid, *_ in msgs:
-            talked[page_].append(psid)
+            if psid.isdigit():  # a guest's read is not one of these items
+                talked[page_].append(psid)
         signed = sender.sign(page_body([(page, items, [])], time=sender.now()))
-        out.append(Body(signed, len(items), tuple(msgs), tuple(reads)))
+        out.append(Body(signed, len(items), tuple(msgs), tuple(reads), tuple(guests)))
     return out
+
+
+def _instagram_body(sender: WebhookSender, users: Sequence[str], i: int) -> Body:
+    """Return an ``instagram`` body of 1-2 items: a user's message or the account's echo."""
+    rng, acct = sender.rng, INSTAGRAM_ACCOUNT
+    items: list[dict[str, Any]] = []
+    msgs: list[TruthRow] = []
+    for _ in range(rng.choice((1, 1, 2))):
+        user = rng.choice(users)
+        if rng.random() < 0.3:
+            text = f"ig reply {i}"
+            item = sender.echo(acct, user, text=text)
+            # Instagram's echoes carry neither app_id nor metadata.
+            del item["message"]["app_id"], item["message"]["metadata"]
+            msgs.append((acct, user, item["message"]["mid"], text, "outbound"))
+        else:
+            text = f"instagram {i}"
+            item = sender.message(acct, user, text=text)
+            msgs.append((acct, user, item["message"]["mid"], text, "inbound"))
+        items.append(item)
+    raw = page_body([(acct, items, [])], time=sender.now(), obj="instagram")
+    return Body(sender.sign(raw), len(items), tuple(msgs), ())
 
 
 def truth_of(bodies: Iterable[Body]) -> Truth:
