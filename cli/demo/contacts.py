@@ -9,6 +9,7 @@ user is named ``User <psid>`` and an Instagram user has the username ``ig_<id>``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from convsync.settings import Settings
 _PENDING = """
 SELECT count(*) FROM {s}.conversations AS c
 LEFT JOIN {s}.contacts AS k USING (page_id, psid)
-WHERE c.psid ~ '^[0-9]+$'
+WHERE c.psid ~ '^[0-9]+$' AND (%(pages)s::text[] IS NULL OR c.page_id = ANY(%(pages)s))
   AND (k.page_id IS NULL OR (k.fetched_at IS NULL AND k.error IS NULL))
 """
 
@@ -41,11 +42,13 @@ class ContactComparison:
         return self.wrong == 0 and self.unexpected == 0
 
 
-def pending_contacts(settings: Settings) -> int:
-    """Return how many users of stored conversations have no contact yet."""
+def pending_contacts(settings: Settings, pages: Sequence[str] | None = None) -> int:
+    """Return how many users of stored conversations (of ``pages``, else of all) have no
+    contact yet."""
     with connect(settings) as conn:
         row = conn.execute(
-            sql.SQL(_PENDING).format(s=sql.Identifier(settings.db_schema))
+            sql.SQL(_PENDING).format(s=sql.Identifier(settings.db_schema)),
+            {"pages": None if pages is None else list(pages)},
         ).fetchone()
     return int(str(row[0])) if row else 0
 

@@ -211,9 +211,7 @@ class GraphApiServer:
         if found is None:
             return graph_error(400, 100, f"Unsupported get request. Object {node} does not exist")
         page_id, fields = found
-        if request.headers.get("Authorization") != f"Bearer {token_for(page_id)}":
-            return graph_error(400, 190, "Invalid OAuth access token - Cannot parse access token")
-        refused = self._check_proof(request, token_for(page_id))
+        refused = self._token_refusal(request, page_id)
         if refused is not None:
             return refused
         admitted = self._admit(page_id)
@@ -229,6 +227,27 @@ class GraphApiServer:
         return web.Response(
             body=orjson.dumps(body), content_type="application/json", headers=admitted
         )
+
+    def _token_refusal(self, request: web.Request, page_id: str) -> web.Response | None:
+        """Return Graph's answer to a call with an expired, wrong or unproven token of
+        ``page_id``; None when the token is the page's current one."""
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        dead = self.dead_tokens.get(sent)
+        if dead is not None:
+            expired = {
+                "error": {
+                    "message": "Error validating access token: Session has expired",
+                    "type": "OAuthException",
+                    "code": 190,
+                    "error_subcode": dead,
+                }
+            }
+            return web.Response(
+                status=400, body=orjson.dumps(expired), content_type="application/json"
+            )
+        if sent != self.token(page_id):
+            return graph_error(400, 190, "Invalid OAuth access token - Cannot parse access token")
+        return self._check_proof(request, self.token(page_id))
 
     async def _edge(self, request: web.Request) -> web.Response:
         node, edge = request.match_info["node"], request.match_info["edge"]
@@ -265,23 +284,7 @@ class GraphApiServer:
         if planned is not None and self.accepted.get(page_id, 0) >= planned[0]:
             del self.expire_after[page_id]
             self.expire_token(page_id, planned[1])
-        sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        dead = self.dead_tokens.get(sent)
-        if dead is not None:
-            expired = {
-                "error": {
-                    "message": "Error validating access token: Session has expired",
-                    "type": "OAuthException",
-                    "code": 190,
-                    "error_subcode": dead,
-                }
-            }
-            return web.Response(
-                status=400, body=orjson.dumps(expired), content_type="application/json"
-            )
-        if sent != self.token(page_id):
-            return graph_error(400, 190, "Invalid OAuth access token - Cannot parse access token")
-        refused = self._check_proof(request, self.token(page_id))
+        refused = self._token_refusal(request, page_id)
         if refused is not None:
             return refused
         self.accepted[page_id] = self.accepted.get(page_id, 0) + 1

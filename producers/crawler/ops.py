@@ -42,7 +42,7 @@ from producers.crawler.reconcile import (
 )
 from producers.crawler.retry import Retrier, RetrySettings
 from producers.crawler.state import make_pool
-from producers.crawler.tokens import table_pages, table_tokens
+from producers.crawler.tokens import table_pages, table_rejecter, table_tokens
 from producers.crawler.urls import GraphOrigin
 
 log = logging.getLogger(__name__)
@@ -333,6 +333,7 @@ async def process_services(
             store=ContactStore(pool, settings.db_schema),
             tokens=table_tokens(pool, settings.db_schema, cipher),
             app=limiter,
+            rejected=table_rejecter(pool, settings.db_schema, cipher),
         )
         tasks.append(asyncio.create_task(sources.profiles.run(stop), name="crawler-profiles"))
     runner = await serve(sources, addr) if addr else None

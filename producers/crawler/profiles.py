@@ -16,9 +16,11 @@ request timeout and retries. A refusal about the user (any permanent Graph error
 token's: a permission error such as code 10, 230 or 200-299, a user that does not
 exist) is recorded on the contact, with ``attempts`` counting them; the user is asked
 again after ``backoff * 2^(attempts-1)`` seconds (at most ``backoff_max``) and never
-after ``max_attempts`` refusals in a row. A refused token (code 190) or a transient
-failure stops the page's turn (nothing recorded on the users: it is not about them);
-the next tick tries again. State is bounded: one fetcher per configured page.
+after ``max_attempts`` refusals in a row. A refused token (code 190) stops the page's
+turn and, through ``rejected``, sends the page to ``needs_reconnect`` (said once), so
+the token source leaves it out until a new token is set; a transient failure stops the
+turn and the next tick tries again. Nothing is recorded on the users for either: it is
+not about them. State is bounded: one fetcher per configured page.
 
 One fetcher of the deployment works at a time (``ContactStore.turn``, an advisory
 lock): every crawler process has the same tokens, and would otherwise ask about the
@@ -44,11 +46,11 @@ from convsync.errors import ConvsyncError
 from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.contacts import ContactStore, DueContact, from_profile
-from producers.crawler.exceptions import CrawlFailedError, GraphPermanentError
+from producers.crawler.exceptions import CrawlFailedError, GraphPermanentError, PageTokenError
 from producers.crawler.fetcher import PageFetcher
 from producers.crawler.graph import GraphClient
 from producers.crawler.reconcile import parse_duration
-from producers.crawler.tokens import TokenSource
+from producers.crawler.tokens import TokenRejecter, TokenSource
 from producers.crawler.urls import GRAPH_ID, GraphOrigin
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class ProfileFetcher:
         store: ContactStore,
         tokens: TokenSource,
         app: AppLimiter | None = None,
+        rejected: TokenRejecter | None = None,
     ) -> None:
         self.options = options
         # The crawler's retries and timeouts, at the fetcher's own per-page rate.
@@ -130,6 +133,9 @@ class ProfileFetcher:
         self.store = store
         self.tokens = tokens
         self.app = app
+        # Where a refused token is recorded (the page then needs a reconnect and is left
+        # out of the next ticks); None: only logged, and asked again next tick.
+        self.rejected = rejected
         self.fetchers: dict[str, PageFetcher] = {}
         self.figures = ProfileFigures()
 
@@ -193,6 +199,18 @@ class ProfileFetcher:
         self.figures.last_tick = time.time()
         return sum(asked)
 
+    async def _token_refused(self, page_id: str, token: str, error: PageTokenError) -> None:
+        """Put the page in ``needs_reconnect`` (said once: by the call that changed it);
+        the token source then leaves it out until a new token is set."""
+        assert self.rejected is not None
+        prior = await self.rejected(page_id, token, error)
+        if prior == "active":
+            log.warning(
+                "page %s: %s (a profile fetch was refused: %s)", page_id, error.message, error
+            )
+        else:
+            log.debug("profile fetch of page %s refused (page %s): %s", page_id, prior, error)
+
     async def _page(self, page_id: str, users: list[DueContact], token: str) -> int:
         """Ask about ``users`` of one page; stop at the first error not about a user."""
         fetch = self._fetcher(page_id, token)
@@ -210,7 +228,10 @@ class ProfileFetcher:
                     await self.store.refused(user, str(cause))
                     continue
                 self.figures.page_failures += 1
-                log.warning("profile fetch of page %s stopped: %s", page_id, e)
+                if isinstance(e, PageTokenError) and self.rejected is not None:
+                    await self._token_refused(page_id, token, e)
+                else:
+                    log.warning("profile fetch of page %s stopped: %s", page_id, e)
                 break
             await self.store.from_profile(from_profile(page_id, user.psid, user.platform, body))
             self.figures.fetched += 1

@@ -28,6 +28,7 @@ from convsync import pages
 from convsync.errors import RetryableError
 from convsync.pages import PageToken, TokenCipher
 from producers.crawler._producer import AsyncProducer
+from producers.crawler.exceptions import PageTokenError
 from producers.crawler.reconcile import PageSource
 from producers.crawler.state import CONNECT_TIMEOUT, Pool
 
@@ -215,6 +216,39 @@ def table_tokens(pool: Pool, schema: str, cipher: TokenCipher) -> TokenSource:
         return {p: t.token.get_secret_value() for p, t in read.items() if t.status == "active"}
 
     return source
+
+
+# Record that Graph refused a page's token: (page id, the token sent, the error) -> the
+# page's status before (``active``: this call made the change, the one to announce), or
+# None when the token was replaced (or the page removed) meanwhile.
+TokenRejecter = Callable[[str, str, PageTokenError], Awaitable[str | None]]
+
+
+def table_rejecter(pool: Pool, schema: str, cipher: TokenCipher) -> TokenRejecter:
+    """Return a :data:`TokenRejecter` writing to the table: the page goes to
+    ``needs_reconnect`` with the error's message (its paused crawl, if any, kept), but
+    only while the token sent is still the page's (a token replaced since is news the
+    refusal must not undo)."""
+
+    async def rejected(page_id: str, token: str, error: PageTokenError) -> str | None:
+        try:
+            async with pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                now = (await pages.crawler_tokens(conn, schema, cipher)).get(page_id)
+                if now is None or now.token.get_secret_value() != token:
+                    return None
+                return await pages.token_rejected(
+                    conn,
+                    schema,
+                    page_id,
+                    version=now.version,
+                    message=error.message,
+                    error=str(error),
+                    paused_crawl=None,
+                )
+        except psycopg.Error as e:
+            raise RetryableError(f"pages: {e}") from e
+
+    return rejected
 
 
 async def _forget(

@@ -1,13 +1,13 @@
 """The convsync components of a fault scenario as child processes, and their secrets.
 
 :class:`Pipeline` starts, restarts, kills and stops the gateway, mapper, materializer,
-streams and crawler (each under a :class:`cli.supervisor.Supervisor`, with its own log),
-serves the fake Graph API of a scenario's world, revives a mapper its watchdog stopped,
-and measures resident memory (:func:`rss_kb`). The suite's secrets (``SECRET``,
-``VERIFY_TOKEN``, ``ADMIN_TOKEN``, every one handed out in ``SECRETS_SEEN``) live here
-because the pipeline hands them to the components. Separate from the webhook traffic
-(:mod:`tests.fault.traffic`) and from settling, comparing and results
-(:mod:`tests.fault.harness`).
+streams, crawler and media archiver (each under a :class:`cli.supervisor.Supervisor`,
+with its own log), serves the fake Graph API of a scenario's world (and its media CDN),
+revives a mapper its watchdog stopped, and measures resident memory (:func:`rss_kb`).
+The suite's secrets (``SECRET``, ``VERIFY_TOKEN``, ``ADMIN_TOKEN``, every one handed out
+in ``SECRETS_SEEN``) live here because the pipeline hands them to the components.
+Separate from the webhook traffic (:mod:`tests.fault.traffic`) and from settling,
+comparing and results (:mod:`tests.fault.harness`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from cli.demo import GraphThread, wait_ready
+from cli.demo.media import media_env
 from cli.supervisor import Component, Supervisor
 from convsync.settings import Settings
 from deploy.ports import free_ports
@@ -75,12 +76,14 @@ class Pipeline:
         group: str | None = None,
         extra_env: dict[str, str] | None = None,
         env_for: dict[str, dict[str, str]] | None = None,
+        media: bool = False,
     ) -> None:
         self.settings = settings
         self.log_dir = log_dir
         self.world = world
         self.group = group or f"{settings.topic_prefix}-materializer"
-        self.graph = GraphThread(world) if world is not None else None
+        # With ``media``, attachments point at a fake CDN the archiver reads.
+        self.graph = GraphThread(world, media=media) if world is not None else None
         self.gateway_port = free_ports()
         self.admin_port = free_ports()
         self.streams_port = free_ports()
@@ -149,7 +152,15 @@ class Pipeline:
         }
         if self.graph is not None:
             env["CONVSYNC_GRAPH_URL"] = self.graph.url
+        if name == "archiver":
+            assert self.world is not None and self.world.media_base is not None, "media=True"
+            env |= media_env(self.media_dir, self.world.media_base)
         return env
+
+    @property
+    def media_dir(self) -> Path:
+        """Where the archiver keeps the attachments' files."""
+        return self.log_dir / "media"
 
     def args(self, name: str) -> list[str]:
         if name == "gateway":
@@ -174,6 +185,8 @@ class Pipeline:
             ]
         if name.startswith("crawler"):
             return ["crawler"]
+        if name == "archiver":
+            return ["archive"]
         raise ValueError(name)
 
     def start(self, *names: str) -> None:

@@ -1,4 +1,9 @@
-"""Scenario 2: webhooks and a crawl at once; SIGKILL every component several times."""
+"""Scenario 2: webhooks and a crawl at once; SIGKILL every component several times.
+
+Beside the messages, the verdict covers the media archiver (killed too: every
+attachment stored once with the CDN's sha256, none missing) and the contacts (every
+page user named as Meta names them: crawled users by the participants, webhook-only
+users by the crawler's profile fetcher, which is killed with the crawler)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import pytest
 
 from admin.status import collect
 from cli.demo import crawl_done
+from cli.demo.contacts import compare_contacts, pending_contacts
+from cli.demo.media import compare_media, pending_media
 from convsync.settings import Settings
 from deploy.simulator.graph_api import GraphWorld
 from deploy.simulator.webhooks import WebhookSender
@@ -35,7 +42,9 @@ from tests.fault.harness import (
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.integration]
 
-VICTIMS = ("gateway", "mapper", "crawler-1", "materializer", "streams")
+VICTIMS = ("gateway", "mapper", "crawler-1", "materializer", "streams", "archiver")
+# The profile fetcher names webhook-only users within the run.
+CONTACTS_ENV = {"CONVSYNC_CONTACT_TICK": "1", "CONVSYNC_CONTACT_CALLS_PER_SECOND": "20"}
 KILLS_EACH = 3
 
 
@@ -46,16 +55,21 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
     pages = world.page_ids
     known = {p: [c.psid for c in world.conversations[p] if c.psid] for p in pages}
     bodies = make_bodies(WebhookSender(SECRET, seed=2), pages, 9000, known=known)
+    # Meta's User Profile API knows the users who write only through webhooks too.
+    for body in bodies:
+        for page, user, *_ in body.messages:
+            if page in pages and user.isdigit():
+                world.add_user(page, user)
     settings = shared.model_copy(update={"page_tokens": {}})
-    with Pipeline(settings, scenario_logs, world=world) as pipe:
-        pipe.start("gateway", "crawler-1", "materializer", "streams")
+    with Pipeline(settings, scenario_logs, world=world, media=True, extra_env=CONTACTS_ENV) as pipe:
+        pipe.start("gateway", "crawler-1", "materializer", "streams", "archiver")
         progress = Progress(settings, pipe.group)
         progress.start()
         for p in pages:
             submit(settings, new_request(p, full=True))
         load = Load(f"{pipe.gateway_url}/webhook", bodies, rate=150, give_up_after=300)
         load.start()
-        # 12 kills at random moments over the load's 60 s, in random order.
+        # 18 kills (3 per component) at random moments during and after the load, in random order.
         plan = [v for v in VICTIMS for _ in range(KILLS_EACH)]
         rng.shuffle(plan)
         kills: list[dict[str, object]] = []
@@ -72,6 +86,11 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
             lambda: crawl_done(collect(settings), pages), timeout=240, what="the crawls to finish"
         )
         wait_caught_up(settings, pipe.group, timeout=180)
+        wait_for(
+            lambda: pending_media(settings) == 0 and pending_contacts(settings, pages) == 0,
+            timeout=180,
+            what="every attachment archived and every user named",
+        )
         progress.stop()
         rss = {n: round(rss_kb(c.proc.pid) / 1024) for n, c in pipe.comps.items() if c.proc}
         dead = pipe.dead()
@@ -82,7 +101,11 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
         webhook = truth_of(load.accepted)
         truth.messages |= webhook.messages
         truth.reads = webhook.reads
+        truth.guests = webhook.guests
         result = check(settings, truth)
+        media = compare_media(settings, world, pipe.media_dir)
+        users = {(p, u) for p, u, *_ in truth.messages if p in pages}
+        contacts = compare_contacts(settings, users, set())
     files, _lines, hits = scan_secrets(pipe.logs(), pipe.secrets())
     recoveries = [
         progress.recovery(float(str(k["up"]))) for k in kills if k["victim"] == "materializer"
@@ -92,12 +115,13 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
         "Mixed run: SIGKILL gateway, crawler worker, materializer and streams worker",
         done=(
             "Fresh topics and schema on the shared stack, a fake Graph API with 3 pages x 300 "
-            "conversations, a gateway, its mapper, one crawler worker "
-            "(a run with two: docs/crawler.md), "
-            "a materializer and the faust "
-            "streams worker as subprocesses. A full crawl of the 3 pages runs while signed "
-            "webhooks for the same pages (same users too) flow at 150 bodies/s, retried "
-            f"like Meta. {len(plan)} SIGKILLs ({KILLS_EACH} per component, random order, "
+            "conversations (attachments on a fake CDN), a gateway, its mapper, one crawler "
+            "worker (a run with two: docs/crawler.md), a materializer, the faust streams "
+            "worker and the media archiver as subprocesses. A full crawl of the 3 pages runs "
+            "while signed webhooks for the same pages (same users too, chat-plugin guests, "
+            "and an Instagram account's bodies) flow at 150 bodies/s, retried like Meta; the "
+            "crawler's profile fetcher names the users seen only through webhooks. "
+            f"{len(plan)} SIGKILLs ({KILLS_EACH} per component, random order, "
             "1.5-4.5 s apart; the whole process group, so the gateway's worker too), each "
             "followed by a restart 0.2-2 s later."
         ),
@@ -113,6 +137,14 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
             "components dead at the end": dead,
             "RSS at the end (MB)": rss,
             **comparison_figures(result),
+            "attachments stored / failed / expected (missing, unexpected, wrong, bad files)": (
+                f"{media.stored} / {media.failed} / {media.expected} ({media.missing},"
+                f" {media.unexpected}, {media.wrong}, {media.bad_files})"
+            ),
+            "contacts named as Meta names them / page users (unexpected rows)": (
+                f"{contacts.expected - contacts.wrong} / {contacts.expected}"
+                f" ({contacts.unexpected})"
+            ),
             "log files scanned / secret hits": f"{files} / {len(hits)}",
         },
         seconds=time.monotonic() - began,
@@ -122,3 +154,5 @@ def test_sigkill_every_component(shared: Settings, scenario_logs: Path) -> None:
     assert set(crawls.values()) == {"done"}
     assert hits == []
     assert_exact(result)
+    assert media.ok, media
+    assert contacts.ok, contacts
