@@ -25,6 +25,7 @@ from convsync.pages import PageToken
 from convsync.settings import Settings
 from producers.crawler._offsets import Mark, PartitionBook
 from producers.crawler._producer import AsyncProducer
+from producers.crawler._progress import ProgressBuffer
 from producers.crawler.exceptions import ForeignUrlError, PageTokenError
 from producers.crawler.graph import backoff
 from producers.crawler.state import CrawlStateStore, Progress
@@ -70,6 +71,7 @@ class CrawlEffects:
         producer: AsyncProducer,
         store: CrawlStateStore,
         stats: WorkerStats,
+        progress_interval: float = 0.0,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
@@ -77,13 +79,20 @@ class CrawlEffects:
         self.store = store
         self.stats = stats
         self.crawl_topic = settings.topic("crawl")
-        # When crawl_state was last written per running crawl's page (progress_interval).
+        # Pages whose running crawl has had its first progress written (by this worker).
         self.projected_at: dict[str, float] = {}
+        # Running crawls' progress, written for all pages at once (_progress.py).
+        self.progress = ProgressBuffer(store, progress_interval)
 
     async def project(self, progress: Progress) -> None:
-        """Write ``progress`` to ``crawl_state``/``crawl_history``, waiting out an outage."""
+        """Write ``progress`` to ``crawl_state``/``crawl_history`` now, waiting out an
+        outage (after any progress flush in progress, instead of the page's pending
+        entry)."""
         store = self.store
-        await until_done("crawl state write", lambda: store.project(progress))
+        await self.progress.write(
+            progress.record.page_id,
+            lambda: until_done("crawl state write", lambda: store.project(progress)),
+        )
 
     def end_cancelled(self, page_id: str, crawl_id: str, seq: int, book: PartitionBook) -> None:
         """End the cancelled crawl ``crawl_id``: its finished mark, no continuation (its

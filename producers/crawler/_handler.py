@@ -85,7 +85,12 @@ class RecordHandler:
         self.contacts = ContactStore(store.pool, settings.db_schema)
         # The crawl's state in Postgres and the endings other than by its last step.
         self.effects = CrawlEffects(
-            settings, tokens=tokens, producer=producer, store=store, stats=stats
+            settings,
+            tokens=tokens,
+            producer=producer,
+            store=store,
+            stats=stats,
+            progress_interval=crawler.progress_interval,
         )
 
     async def handle(
@@ -329,27 +334,22 @@ class RecordHandler:
                 outcome.step.counters.messages,
                 outcome.step.counters.api_calls,
             )
-        now = time.monotonic()
-        last = self.effects.projected_at.get(record.page_id)
-        due = (
-            outcome.done
-            or record.seq == 0
-            or skipped is not None
-            or last is None
-            or now - last >= self.crawler.progress_interval
+        progress = Progress(
+            record,
+            status,
+            outcome.step,
+            record.seq + 1,
+            finished_ms=now_ms() if outcome.done else None,
+            skipped_thread=skipped,
         )
-        if due:
-            self.effects.projected_at[record.page_id] = now
-            await self.effects.project(
-                Progress(
-                    record,
-                    status,
-                    outcome.step,
-                    record.seq + 1,
-                    finished_ms=now_ms() if outcome.done else None,
-                    skipped_thread=skipped,
-                )
-            )
+        # A crawl's start, end and skips are written now; the progress of a running
+        # crawl goes with the next flush of all pages' (_progress.py).
+        first = record.page_id not in self.effects.projected_at
+        if outcome.done or record.seq == 0 or skipped is not None or first:
+            self.effects.projected_at[record.page_id] = time.monotonic()
+            await self.effects.project(progress)
+        else:
+            await self.effects.progress.offer(progress)
         # 4. the finished mark of a step that ended its crawl, only once "done" is in
         #    Postgres: nothing writes "done" after the mark is committed (a copy read
         #    again is a duplicate), so a step that dies in the write (Postgres down,

@@ -36,8 +36,9 @@ class CrawlerSettings(BaseSettings):
     # back at once instead of after the dead member's session times out.
     instance_id: str | None = None
     session_timeout: float = Field(default=10.0, ge=6.0)
-    # crawl_state is written at most this often per crawl while it runs (always at the
-    # start, the end and on failure): each write is the full cumulative state.
+    # Running crawls' progress (crawl_state, crawl_history) is written this often, for
+    # all the worker's pages in one transaction (_progress.py); a crawl's start, end,
+    # failure, pause and skips at once. 0: every step's at once.
     progress_interval: float = Field(default=0.5, ge=0)
     max_pages_in_flight: int = Field(default=64, ge=1)
     # Postgres connections of one worker (a pool; progress writes are small and brief).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -235,6 +235,26 @@ class CrawlStateStore:
                                 "thread": resume.failed_thread(p.record),
                             },
                         )
+        except _UNMIGRATED as e:
+            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
+        except psycopg.Error as e:
+            raise RetryableError(f"crawl state write failed: {e}") from e
+
+    async def project_running(self, batch: Sequence[Progress]) -> None:
+        """Upsert the ``running`` progress of several crawls in one transaction (the
+        statements of :meth:`project`, pipelined). Raises like :meth:`project`."""
+        if not batch:
+            return
+        assert all(p.status == "running" for p in batch)
+        params = [_params(p) for p in batch]
+        try:
+            async with (
+                self.pool.connection(timeout=CONNECT_TIMEOUT) as conn,
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
+                await cur.executemany(self._q(_STATE), params)
+                await cur.executemany(self._q(_HISTORY), params)
         except _UNMIGRATED as e:
             raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
         except psycopg.Error as e:

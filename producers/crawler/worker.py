@@ -23,7 +23,7 @@ import aiohttp
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import SecretStr
 
-from convsync.errors import ConsumerFatalError, PoisonError
+from convsync.errors import ConsumerFatalError, ConvsyncError, PoisonError
 from convsync.kafka import is_fatal, make_consumer, make_producer, read_watermarks
 from convsync.pages import TokenCipher
 from convsync.settings import Settings
@@ -174,6 +174,8 @@ class CrawlWorker:
         resumer = asyncio.create_task(
             page_tokens.resume_forever(self._producer, self.crawl_topic), name="crawler-pages"
         )
+        progress = self.handler.effects.progress
+        flusher = asyncio.create_task(progress.run_forever(), name="crawler-progress")
         try:
             while self._fatal is None:
                 if stop.is_set():
@@ -192,7 +194,11 @@ class CrawlWorker:
         finally:
             app_sync.cancel()
             resumer.cancel()
+            flusher.cancel()
             await self._shut_down(loop, polling, consumer, pages)
+            # the last running progress, if Postgres takes it (it is only progress)
+            with contextlib.suppress(ConvsyncError):
+                await progress.flush()
             await session.close()
             await pool.close(timeout=self.crawler.close_timeout)
         if self._fatal is not None:
