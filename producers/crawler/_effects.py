@@ -80,7 +80,7 @@ class CrawlEffects:
         self.stats = stats
         self.crawl_topic = settings.topic("crawl")
         # Pages whose running crawl has had its first progress written (by this worker).
-        self.projected_at: dict[str, float] = {}
+        self.projected: set[str] = set()
         # Running crawls' progress, written for all pages at once (_progress.py).
         self.progress = ProgressBuffer(store, progress_interval)
 
@@ -100,7 +100,7 @@ class CrawlEffects:
         self.stats.cancelled += 1
         log.info("crawl %s of page %s was cancelled; stopping it", crawl_id, page_id)
         book.set_mark(page_id, Mark(crawl_id, seq, True))
-        self.projected_at.pop(page_id, None)
+        self.projected.discard(page_id)
 
     async def reject(
         self, record: CrawlRequest, token: PageToken, error: PageTokenError, paused: bytes | None
@@ -147,7 +147,7 @@ class CrawlEffects:
         # Not finished: the kept record (seq + 1) continues this crawl, and a request
         # meanwhile joins it.
         book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, False))
-        self.projected_at.pop(record.page_id, None)
+        self.projected.discard(record.page_id)
         return True
 
     async def fail(self, record: CrawlRequest, book: PartitionBook, reason: str) -> None:
@@ -162,7 +162,7 @@ class CrawlEffects:
             )
         )
         book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, True))
-        self.projected_at.pop(record.page_id, None)
+        self.projected.discard(record.page_id)
 
     async def refuse(
         self,

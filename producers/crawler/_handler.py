@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -344,9 +343,9 @@ class RecordHandler:
         )
         # A crawl's start, end and skips are written now; the progress of a running
         # crawl goes with the next flush of all pages' (_progress.py).
-        first = record.page_id not in self.effects.projected_at
+        first = record.page_id not in self.effects.projected
         if outcome.done or record.seq == 0 or skipped is not None or first:
-            self.effects.projected_at[record.page_id] = time.monotonic()
+            self.effects.projected.add(record.page_id)
             await self.effects.project(progress)
         else:
             await self.effects.progress.offer(progress)
@@ -356,7 +355,7 @@ class RecordHandler:
         #    cancelled by a stop or a revoke) must stay unhandled and run again
         if outcome.done:
             book.set_mark(record.page_id, Mark(record.crawl_id, record.seq, True))
-            self.effects.projected_at.pop(record.page_id, None)
+            self.effects.projected.discard(record.page_id)
         return nxt
 
     async def _run_step(self, record: CrawlRequest, token: PageToken) -> StepOutcome:

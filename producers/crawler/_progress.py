@@ -39,7 +39,6 @@ class ProgressBuffer:
         self.pending: dict[str, Progress] = {}
         self.lock = asyncio.Lock()
         self.flushes = 0
-        self.dropped = 0
 
     async def offer(self, progress: Progress) -> None:
         """Keep ``progress`` (a running crawl's) for the next flush."""
@@ -54,10 +53,6 @@ class ProgressBuffer:
         async with self.lock:
             self.pending.pop(page_id, None)
             await action()
-
-    def forget(self, page_id: str) -> None:
-        """Drop the page's pending entry (its crawl ended or moved to another worker)."""
-        self.pending.pop(page_id, None)
 
     async def flush(self) -> None:
         """Write every pending entry in one transaction. Raises like ``project``."""
@@ -78,5 +73,4 @@ class ProgressBuffer:
             try:
                 await self.flush()
             except ConvsyncError as e:
-                self.dropped += 1
                 log.warning("crawl progress not written (the next steps write it): %s", e)
