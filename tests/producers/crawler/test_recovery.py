@@ -120,7 +120,7 @@ def test_a_page_costs_no_runner_once_its_records_are_handled(
         assert worker.pages is not None and worker.handler is not None
         pages, handler = worker.pages, worker.handler
         wait_until("the runners to retire", lambda: not pages.runners, timeout=30)
-        assert not handler.effects.projected_at
+        assert not handler.effects.projected
         assert worker.stats.failed == 40 and worker.stats.done == 1
     finally:
         running.stop()
