@@ -221,7 +221,7 @@ def crawler(base: Settings, n: int) -> Cost:
     logs = Path(tempfile.mkdtemp(prefix="bench-cost-crawler-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs = start_workers(settings, graph, f"cost-{uuid.uuid4().hex[:6]}", 2, 1000.0, logs)
+        start_workers(settings, graph, f"cost-{uuid.uuid4().hex[:6]}", 2, 1000.0, logs, procs)
         load = os.getloadavg()[0]
         startup = sum(cpu_seconds(p.pid) for p in procs)
         cpu0, start = startup, time.monotonic()

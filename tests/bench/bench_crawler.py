@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from confluent_kafka import KafkaError, KafkaException
 from psycopg import sql
 
 from convsync.db import connect
@@ -219,9 +220,16 @@ def bench_c() -> dict[str, Any]:
 
 
 def start_workers(
-    settings: Settings, graph: FakeGraph, group: str, n: int, rate: float, logs: Path
-) -> list[subprocess.Popen[bytes]]:
-    """Start ``n`` ``convsync crawler`` processes in ``group``; return once the group's
+    settings: Settings,
+    graph: FakeGraph,
+    group: str,
+    n: int,
+    rate: float,
+    logs: Path,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """Start ``n`` ``convsync crawler`` processes in ``group`` (added to ``procs`` as each
+    starts, so the caller stops them whatever happens); return once the group's
     partitions are all assigned."""
     env = {
         **settings_env(settings),
@@ -234,7 +242,6 @@ def start_workers(
     }
     # With CONVSYNC_BENCH_PROFILE=DIR the workers run under tests.bench.profiled.
     profiled = ["tests.bench.profiled"] if os.environ.get("CONVSYNC_BENCH_PROFILE") else ["cli"]
-    procs = []
     for i in range(n):
         out = (logs / f"crawler-{i}.log").open("ab")
         procs.append(
@@ -251,10 +258,17 @@ def start_workers(
     while True:
         assert time.monotonic() < deadline, "the crawler group never settled"
         assert all(p.poll() is None for p in procs), "a crawler exited"
-        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        except KafkaException as e:
+            # A fresh broker answers NOT_COORDINATOR until the group's coordinator loaded.
+            if not e.args[0].retriable() and e.args[0].code() != KafkaError.NOT_COORDINATOR:
+                raise
+            time.sleep(0.2)
+            continue
         owned = [len(m.assignment.topic_partitions) for m in desc.members]
         if len(owned) == n and sum(owned) == settings.partitions and all(owned):
-            return procs
+            return
         time.sleep(0.2)
 
 
@@ -281,7 +295,7 @@ def bench_d(pages: int, conversations: int, workers: int) -> dict[str, Any]:
     group = f"bench-{uuid.uuid4().hex[:6]}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs = start_workers(settings, graph, group, workers, rate, logs)
+        start_workers(settings, graph, group, workers, rate, logs, procs)
         load = os.getloadavg()[0]
         cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         threads0 = [thread_cpu(p.pid) for p in procs]
