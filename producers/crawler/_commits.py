@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -18,12 +19,26 @@ class CommitQueue:
     The commit itself is issued by the poll thread (:meth:`issue`): a consumer call from
     the loop thread can block inside librdkafka while a rebalance callback on the poll
     thread waits for the loop, a deadlock seen under load.
+
+    One commit request is in flight at a time, carrying the latest queued position of
+    every partition: a page's step queues a commit, and at 400 steps/s one request each
+    queued up behind each other on the group coordinator's connection until the group's
+    heartbeats waited past the session timeout (both workers lost their partitions in
+    the 200-page benchmark). The latest position of a partition covers every earlier one
+    (its offset and marks are the book's state when it was queued), so its answer
+    resolves them all (:meth:`release`).
     """
+
+    # A request unanswered this long no longer holds the next one back (librdkafka
+    # answers every commit, with an error if need be; this only bounds a lost answer).
+    STALE_AFTER = 10.0
 
     def __init__(self) -> None:
         self._waiters: dict[int, list[tuple[int, str, asyncio.Future[None]]]] = {}
-        self._outbox: list[TopicPartition] = []
+        self._outbox: dict[int, TopicPartition] = {}
         self._lock = threading.Lock()
+        self._in_flight_since: float | None = None
+        self.requests = 0  # commit requests issued (the coalescing's measure)
 
     def put(self, tp: TopicPartition) -> asyncio.Future[None]:
         """Queue ``tp`` (loop thread); the future resolves when Kafka answered it."""
@@ -32,21 +47,41 @@ class CommitQueue:
         # offset: a commit is told apart by its offset AND its metadata.
         self._waiters.setdefault(tp.partition, []).append((tp.offset, tp.metadata or "", done))
         with self._lock:
-            self._outbox.append(tp)
+            self._outbox[tp.partition] = tp  # the latest position of the partition
         return done
 
     def issue(self, consumer: Consumer) -> list[int]:
-        """Issue the queued commits (poll thread); return the partitions that failed."""
+        """Issue the queued commits in one request unless one is still unanswered (poll
+        thread); return the partitions whose commit could not be issued."""
+        now = time.monotonic()
         with self._lock:
-            outbox, self._outbox = self._outbox, []
-        failed = []
-        for tp in outbox:
-            try:
-                consumer.commit(offsets=[tp], asynchronous=True)
-            except KafkaException as e:
-                log.warning("commit of crawl partition %d failed (will retry): %s", tp.partition, e)
-                failed.append(tp.partition)
-        return failed
+            since = self._in_flight_since
+            if not self._outbox or (since is not None and now - since < self.STALE_AFTER):
+                return []
+            outbox = list(self._outbox.values())
+            self._outbox = {}
+            self._in_flight_since = now
+        try:
+            consumer.commit(offsets=outbox, asynchronous=True)
+        except KafkaException as e:
+            with self._lock:
+                self._in_flight_since = None
+            parts = [tp.partition for tp in outbox]
+            log.warning("commit of crawl partitions %s failed (will retry): %s", parts, e)
+            return parts
+        self.requests += 1
+        return []
+
+    def discard(self, partition: int) -> None:
+        """Drop the queued position of a partition this worker no longer owns (a commit
+        issued after the revoke could overwrite the new owner's)."""
+        with self._lock:
+            self._outbox.pop(partition, None)
+
+    def answered(self) -> None:
+        """Note that Kafka answered a commit request (poll thread): the next may go."""
+        with self._lock:
+            self._in_flight_since = None
 
     def release(self, partition: int, upto: tuple[int, str] | None) -> None:
         """Resolve the futures of ``partition`` up to the commit ``upto`` (its offset and

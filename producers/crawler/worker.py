@@ -312,6 +312,7 @@ class CrawlWorker:
             offset = book.commit_offset() if book is not None else None
             if book is not None and offset is not None and book.dirty:
                 out.append(TopicPartition(self.crawl_topic, tp.partition, offset, book.metadata()))
+            self._commits.discard(tp.partition)
             self._commits.release(tp.partition, None)
             if self.pages is not None:
                 self.pages.drop(tp.partition)
@@ -423,6 +424,7 @@ class CrawlWorker:
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the poll thread.
+        self._commits.answered()
         if self._loop is None:
             return
         for tp in partitions:
