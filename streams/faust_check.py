@@ -1,6 +1,6 @@
 """The check at start of streams/faust_fixes.py: the names each fix relies on, looked up.
 
-:data:`FIXES` lists, for each numbered fix F1-F10 (docs/streams.md, "Framework fixes"),
+:data:`FIXES` lists, for each numbered fix F1-F11 (docs/streams.md, "Framework fixes"),
 every private (or relied-on) faust-streaming or aiokafka name it uses, as a path string
 with the parameters it calls it with. :func:`check` verifies, before any consumer starts
 (``streams.worker.run_worker``), that every such name is still there with those
@@ -46,6 +46,8 @@ class Need:
     params: tuple[str, ...] | None = None
     field: bool = False
     kind: type | None = None
+    # Names the function's own code must use (how it calls what the fix replaces).
+    uses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,23 @@ FIXES: Final = (
             Need(f"{_CONSUMER}.highwater", params=("tp",)),
         ),
     ),
+    Fix(
+        "F11",
+        "a fetched record is handed on without wait_first when nothing can block (speed only)",
+        (
+            Need(f"{_CONSUMER}._drain_messages", params=("fetcher",), uses=("wait_first",)),
+            Need("mode:Service.wait_first", params=()),
+            Need(f"{_CONSUMER}.callback", field=True),
+            Need(f"{_CONSUMER}.suspend_flow", field=True),
+            Need("faust.transport.conductor:Conductor._compile_message_handler", params=()),
+            Need("faust.transport.conductor:Conductor._tp_to_callback_lock", field=True),
+            Need("faust.transport.conductor:Conductor._topic_name_index", field=True),
+            Need("faust.channels:Channel._queue", field=True),
+            Need("faust.transport.producer:ProducerBuffer.max_messages", kind=int),
+            Need("faust.transport.producer:ProducerBuffer.size"),
+            Need("mode.utils.queues:FlowControlEvent.is_active", params=()),
+        ),
+    ),
 )
 
 
@@ -226,6 +245,13 @@ def _problem(need: Need) -> str | None:
         obj = found
     if need.kind is not None and not isinstance(obj, need.kind):
         return f"{need.path}: is a {type(obj).__name__}, not a {need.kind.__name__}"
+    if need.uses:
+        code = getattr(obj, "__code__", None)
+        missing = [
+            n for n in need.uses if not isinstance(code, CodeType) or n not in _code_names(code)
+        ]
+        if missing:
+            return f"{need.path}: no longer uses {', '.join(missing)}"
     if need.params is not None:
         func = obj.__func__ if isinstance(obj, staticmethod | classmethod) else obj
         try:

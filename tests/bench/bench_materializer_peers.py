@@ -235,13 +235,16 @@ def summary(runs: list[Run]) -> None:
     med: dict[str, float] = {}
     for side in SIDES:
         mine = [r for r in runs if r.side == side]
-        rates = [r.rate for r in mine]
-        med[side] = statistics.median(rates)
+        # A round whose every row arrived between two polls has no rate (nan): left out.
+        rates = [r.rate for r in mine if r.rate == r.rate]
+        med[side] = statistics.median(rates) if rates else float("nan")
+        untimed = len(mine) - len(rates)
         line = (
             f"{LABELS[side]}: median {med[side]:,.0f} events/s "
-            f"(min {min(rates):,.0f}, max {max(rates):,.0f}, n={len(rates)})"
+            f"(min {min(rates, default=med[side]):,.0f}, max {max(rates, default=med[side]):,.0f}, "
+            f"n={len(rates)}{f', {untimed} round(s) not timed' if untimed else ''})"
         )
-        cpus = [r.cpu_us for r in mine if r.cpu_us is not None]
+        cpus = [r.cpu_us for r in mine if r.cpu_us is not None and r.cpu_us == r.cpu_us]
         srvs = [r.server_us for r in mine if r.server_us is not None]
         if cpus:
             line += f"; CPU/event: process {statistics.median(cpus):.0f} us"

@@ -5,11 +5,13 @@ off (:func:`streams.faust_fixes.without`). Real faust tables and stores in proce
 consumer fixes F2-F4 run on a stand-in for faust's consumer that records the calls
 faust's rebalance makes (the duplicates and losses they cause were seen end to end
 after a SIGKILL, test_kill.py, not deterministically). F5 runs against real Kafka in
-test_highwaters.py; F6 is for speed only and measured (docs/streams.md); F10 only reads.
+test_highwaters.py; F6 is for speed only and measured (docs/streams.md); F10 only reads;
+F11 (speed only) is shown to take faust's way whenever the hand-on could block.
 """
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,14 @@ from faust.types import TP
 from convsync.settings import Settings
 from streams import faust_fixes
 from streams.app import Folder
-from streams.faust_fixes import FaustFixError, bind_event, check, seek_before_resume, without
+from streams.faust_fixes import (
+    FaustFixError,
+    FixedApp,
+    bind_event,
+    check,
+    seek_before_resume,
+    without,
+)
 from streams.held import track_partitions
 from streams.stats import PageStats
 
@@ -38,7 +47,7 @@ from streams.stats import PageStats
 def test_check_passes_on_the_pinned_versions() -> None:
     check()
     numbers = [fix.number for fix in faust_fixes.FIXES]
-    assert numbers == [f"F{n}" for n in range(1, 11)]
+    assert numbers == [f"F{n}" for n in range(1, 12)]
 
 
 async def _getmany_renamed(self: Any, partitions: Any, timeout_s: float) -> Any:
@@ -297,3 +306,66 @@ async def test_f4_the_fetch_never_gets_an_empty_or_live_set() -> None:
         # aiokafka reads an empty set as every partition, and faust drops the lot.
         assert (set() in consumer.fetched) is empty_fetched
         assert (consumer.fetched[0] is live) is empty_fetched
+
+
+# --- F11 ---------------------------------------------------------------------------------
+
+
+def _handed_on_directly(consumer: Any, message: Any) -> bool:
+    """Ask the consumer's wait_first as faust's drain loop does; return True if it gave
+    back the callback itself (the direct way), False if faust's ``wait_first``."""
+    callback = consumer.callback(message)
+    suspend = consumer.suspend_flow.wait()
+    waiting = consumer.wait_first(callback, suspend)
+    direct = waiting is callback
+    for coro in {callback, suspend, waiting}:
+        coro.close()
+    return direct
+
+
+@pytest.mark.asyncio
+async def test_f11_a_record_is_handed_on_directly_only_when_nothing_can_block(
+    tmp_path: Path,
+) -> None:
+    app = FixedApp("fixes.streams", store="memory://", datadir=str(tmp_path))
+    topic = app.topic("fixes.events", key_serializer="raw", value_serializer="raw")
+    channel = topic.clone(maxsize=2)
+    app.topics.add(channel)
+    app.topics._topic_name_index["fixes.events"].add(channel)
+    consumer = app.consumer
+    try:
+        app.flow_control.resume()  # as the started app's flow is
+        message = _Message(0)
+        assert _handed_on_directly(consumer, message)
+        with without("F11"):
+            assert not _handed_on_directly(consumer, message)
+
+        # Each thing the callback could wait for sends the record faust's way.
+        consumer.suspend_flow.set()  # a rebalance stopped the flow
+        assert not _handed_on_directly(consumer, message)
+        consumer.suspend_flow.clear()
+        app.flow_control.suspend()
+        assert not _handed_on_directly(consumer, message)
+        app.flow_control.resume()
+        channel.queue.put_nowait(1)
+        channel.queue.put_nowait(2)  # the stream's buffer is full
+        assert not _handed_on_directly(consumer, message)
+        channel.queue.get_nowait()
+        async with app.topics._tp_to_callback_lock:  # the conductor's index being rebuilt
+            assert not _handed_on_directly(consumer, message)
+        buffer = app.producer.buffer
+        for _ in range(buffer.max_messages + 1):
+            buffer.pending.put_nowait(None)  # faust's producer buffer past its mark
+        assert not _handed_on_directly(consumer, message)
+        while not buffer.pending.empty():
+            buffer.pending.get_nowait()
+        assert _handed_on_directly(consumer, message)
+        # Any other wait_first of the consumer is faust's own.
+        other = asyncio.sleep(0)
+        suspend = consumer.suspend_flow.wait()
+        waiting = consumer.wait_first(other, suspend)
+        assert waiting is not other
+        for coro in (other, suspend, waiting):
+            coro.close()
+    finally:
+        consumer._thread.thread_loop.close()  # the consumer thread's own loop, never started
