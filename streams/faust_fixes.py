@@ -166,11 +166,14 @@ def hand_on_directly(consumer: Any) -> None:
     faust's drain loop hands each record on as ``wait_first(callback(message),
     suspend_flow.wait())``: two tasks, an ``asyncio.wait`` and its cancellations per
     record, which cost the worker more CPU than the fold (docs/performance.md). Watching
-    ``suspend_flow`` matters only while the callback can block: on a paused flow, on
-    faust's producer buffer past its mark, on a full stream buffer, or on the
-    conductor's lock held by a rebalance. When none of these holds, the callback runs to
-    its end without suspending, so it is awaited directly; otherwise faust's way is
-    taken. Recognised by the callback's code: any other ``wait_first`` is faust's own.
+    ``suspend_flow`` matters only while the callback could wait for the flow to resume:
+    on a paused flow, on faust's producer buffer past its mark, or on the conductor's
+    lock held by a rebalance. When none of these holds, the callback is awaited
+    directly; otherwise faust's way is taken. A full stream buffer is no exception: the
+    callback then waits for room, and a rebalance's ``flow_control.clear()`` cancels
+    that wait (``ThrowableQueue.clear`` cancels its putters), as it cancels it under
+    ``wait_first``, so no record of a revoked partition is delivered after the clear.
+    Recognised by the callback's code: any other ``wait_first`` is faust's own.
     """
     wait_first = consumer.wait_first
     on_message = consumer.callback.__code__
@@ -186,11 +189,6 @@ def hand_on_directly(consumer: Any) -> None:
             and flow.is_active()
             and not conductor._tp_to_callback_lock.locked()
             and buffer.size <= buffer.max_messages
-            and not any(
-                chan._queue is not None and chan._queue.full()
-                for chans in conductor._topic_name_index.values()
-                for chan in chans
-            )
         )
 
     def direct_wait_first(*coros: Any, timeout: float | None = None) -> Any:

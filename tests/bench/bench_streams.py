@@ -19,6 +19,7 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams [--events 10000 --rounds 3]
     .venv/bin/python -m tests.bench.bench_streams --sides plain,faust,faust-eos,intake
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f6  # F6 pays?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f11  # F11 pays?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -247,6 +248,7 @@ LABELS: Final = {
     "faust-eos": "convsync streams, exactly_once",
     "intake": "faust, no-op handler (intake ceiling)",
     "faust-no-f6": "convsync streams, at_least_once, without F6 (faust's per-record send)",
+    "faust-no-f11": "convsync streams, at_least_once, without F11 (faust's wait_first hand-on)",
 }
 WITHOUT: Final = "--worker-without"
 
@@ -262,7 +264,7 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
         rate, cpu = through_quix(settings, expected, len(evs))
     else:
         guarantee = "exactly_once" if name == "faust-eos" else "at_least_once"
-        without = "F6" if name == "faust-no-f6" else ""
+        without = {"faust-no-f6": "F6", "faust-no-f11": "F11"}.get(name, "")
         rate, cpu = through_faust(
             settings, expected, len(evs), guarantee=guarantee, without=without
         )
@@ -311,6 +313,7 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("faust-eos", "plain", "")
     ratio("intake", "plain", "")
     ratio("faust", "faust-no-f6", "(F6 pays if above 1)")
+    ratio("faust", "faust-no-f11", "(F11 pays if above 1)")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:

@@ -348,9 +348,22 @@ async def test_f11_a_record_is_handed_on_directly_only_when_nothing_can_block(
         assert not _handed_on_directly(consumer, message)
         app.flow_control.resume()
         channel.queue.put_nowait(1)
-        channel.queue.put_nowait(2)  # the stream's buffer is full
-        assert not _handed_on_directly(consumer, message)
-        channel.queue.get_nowait()
+        channel.queue.put_nowait(2)
+        # A full stream buffer: the callback waits for room, directly (see below).
+        assert _handed_on_directly(consumer, message)
+        # A rebalance's clear cancels that wait, so nothing of a revoked partition
+        # lands after it (faust's wait_first relied on the same cancellation).
+        blocked = asyncio.ensure_future(channel.queue.put(3))
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        consumer.stop_flow()
+        app.flow_control.suspend()
+        app.flow_control.clear()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        assert channel.queue.empty()
+        consumer.resume_flow()
+        app.flow_control.resume()
         async with app.topics._tp_to_callback_lock:  # the conductor's index being rebuilt
             assert not _handed_on_directly(consumer, message)
         buffer = app.producer.buffer
