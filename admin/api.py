@@ -31,6 +31,8 @@ ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
 _ID: Final = re.compile(ID_PATTERN)
 _VERSION: Final = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
 MAX_LIMIT: Final = 500
+# The longest name prefix: as long as the longest name a contact keeps (its MAX_TEXT).
+MAX_NAME_PREFIX: Final = 256
 # A cursor's sort key: µs since the epoch (None: a conversation never messaged), an id.
 _KEY_SHAPE: Final = ((int, type(None)), (str,))
 
@@ -119,6 +121,14 @@ def _since(value: str) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
+def _name(value: str) -> str:
+    if not 1 <= len(value) <= MAX_NAME_PREFIX or "\x00" in value:
+        raise BadRequestError(
+            f"name must be 1 to {MAX_NAME_PREFIX} characters (a prefix of the user's name)"
+        )
+    return value
+
+
 def _etag(version: int) -> str:
     return f'"{version}"'
 
@@ -200,7 +210,7 @@ class AdminApi:
         """GET /pages/{page_id}/conversations: filters and keyset pagination."""
         (page_id,) = _ids(request, "page_id")
         q = request.query
-        _known(q, "needs_reply", "since", "tag", "limit", "cursor")
+        _known(q, "needs_reply", "since", "tag", "name", "limit", "cursor")
         tag = q.get("tag")
         if tag is not None and not TAG.fullmatch(tag):
             raise BadRequestError(f"tag must match {TAG_PATTERN}")
@@ -208,6 +218,7 @@ class AdminApi:
             needs_reply=_bool(q["needs_reply"]) if "needs_reply" in q else None,
             since=_since(q["since"]) if "since" in q else None,
             tag=tag,
+            name=_name(q["name"]) if "name" in q else None,
         )
         scope = f.scope(page_id)
         page = await self._store().conversations(

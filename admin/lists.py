@@ -1,12 +1,13 @@
 """The SQL of the admin API's lists, one keyset page at a time.
 
 Three lists: a page's conversations (newest last message first, filtered by needs-reply,
-a tag or a time; each with its user's contact), a conversation's messages and its events
-(newest first). Each page of results continues from the sort key of the previous page's
-last row (a row comparison that the indexes take as a range), never with OFFSET, so page
-1,000 costs what page 1 does. The statement text differs per filter (a filter left out is
-not in the text, rather than ``%s IS NULL OR ...``): a prepared generic plan then still
-sees the literal ``needs_reply`` a partial index is defined by.
+a tag, a time or a prefix of the user's name; each with its user's contact), a
+conversation's messages and its events (newest first). Each page of results continues
+from the sort key of the previous page's last row (a row comparison that the indexes
+take as a range), never with OFFSET, so page 1,000 costs what page 1 does. The statement
+text differs per filter (a filter left out is not in the text, rather than ``%s IS NULL
+OR ...``): a prepared generic plan then still sees the literal ``needs_reply`` a partial
+index is defined by.
 
 The benchmark (tests/bench/read_path) runs these same statements as plain SQL.
 """
@@ -72,6 +73,18 @@ _BY_TAG: Final = """(
 JOIN {s}.conversations AS c USING (page_id, psid)"""
 _BY_TAG_JOINED: Final = """{s}.conversation_tag_index AS x
 JOIN {s}.conversations AS c USING (page_id, psid)"""
+# A name's list starts from the page's contacts whose full name, last name or username
+# starts with the prefix (case-insensitive: ``lower`` on both sides, so the database's
+# own case rules apply to both), three ranges of migration 0016's indexes OR-ed as
+# bitmaps; the matches (a few per prefix on a page) are joined and sorted. The prefix's
+# LIKE metacharacters are escaped (:func:`like_prefix`).
+_BY_NAME: Final = """(
+    SELECT m.page_id, m.psid FROM {s}.contacts AS m
+    WHERE m.page_id = %(page)s
+      AND (lower(m.name) LIKE lower(%(name)s) OR lower(m.last_name) LIKE lower(%(name)s)
+           OR lower(m.username) LIKE lower(%(name)s))
+) AS m
+JOIN {s}.conversations AS c USING (page_id, psid)"""
 _CONVERSATIONS_AFTER: Final = """
   AND (COALESCE({o}.last_message_at, '-infinity'::timestamptz), {o}.psid)
       < (COALESCE('epoch'::timestamptz + %(cur_us)s::bigint * interval '1 microsecond',
@@ -105,11 +118,20 @@ class ConversationFilter:
     needs_reply: bool | None = None
     since: datetime | None = None
     tag: str | None = None
+    name: str | None = None  # a prefix of the contact's name, last name or username
 
     def scope(self, page_id: str) -> str:
         """What a cursor of this list is bound to (see admin/cursors.py)."""
         since = "" if self.since is None else self.since.isoformat()
-        return "\x1f".join(("conversations", page_id, str(self.needs_reply), since, self.tag or ""))
+        parts = ("conversations", page_id, str(self.needs_reply), since, self.tag or "")
+        return "\x1f".join(parts if self.name is None else (*parts, "name", self.name))
+
+
+def like_prefix(prefix: str) -> str:
+    """Return the LIKE pattern of the values starting with ``prefix`` (its ``\\``, ``%``
+    and ``_`` matched as themselves)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def timeline_scope(which: Timeline, page_id: str, psid: str) -> str:
@@ -136,9 +158,14 @@ def conversations_query(
         params["cur_us"], params["cur_key"] = after
     if f.tag is not None:
         params["tag"] = f.tag
-    o = sql.Identifier("x" if f.tag is not None else "c")
+    o = sql.Identifier("x" if f.tag is not None and f.name is None else "c")
     s = sql.Identifier(schema)
-    if f.tag is None:
+    if f.name is not None:
+        params["name"] = like_prefix(f.name)
+        source = sql.SQL(_BY_NAME).format(s=s)
+        tagged = [] if f.tag is None else ["AND %(tag)s = ANY(t.tags)"]
+        outer = ordered + on_conversation + tagged
+    elif f.tag is None:
         source = sql.SQL("{s}.conversations AS c").format(s=s)
         outer = ordered + on_conversation
     elif f.needs_reply is None:

@@ -79,7 +79,13 @@ def test_the_read_path_bench_prints_its_queries_and_ratios(stack_settings: Setti
         assert "migrations 0008_read_path.sql" in out, out
         assert "B/event" in out, out
         out = run_bench(stack_settings, "read_path", "--schema", schema, "queries", "--n", "3")
-        for kind in ("needs_reply_first", "needs_reply_deep", "messages_before", "tag"):
+        for kind in (
+            "needs_reply_first",
+            "needs_reply_deep",
+            "messages_before",
+            "tag",
+            "name_prefix",
+        ):
             assert f"SQL {kind}" in out and f"API {kind}" in out, out
         assert "CLI status (collect)" in out, out
         out = run_bench(

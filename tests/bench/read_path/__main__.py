@@ -4,6 +4,7 @@
     .venv/bin/python -m tests.bench.read_path sizes
     .venv/bin/python -m tests.bench.read_path queries
     .venv/bin/python -m tests.bench.read_path load
+    .venv/bin/python -m tests.bench.read_path contacts
     .venv/bin/python -m tests.bench.read_path drop
 
 ``generate`` writes the data set (docs/performance.md, "The read path") into the schema
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--jobs", type=int, default=2)
     sub.add_parser("sizes", help="bytes on disk, per table part and per event")
     sub.add_parser("drop", help="drop the data set's schema")
+    sub.add_parser("contacts", help="write the contacts of a data set made without them")
     from tests.bench.read_path import load, queries, readers, server
 
     queries.add_parser(sub)
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(sizes.report(settings, args.schema))
     elif args.command == "sizes":
         print(sizes.report(settings, args.schema))
+    elif args.command == "contacts":
+        dataset.fill_contacts(settings, args.schema, dataset.stored_shape(settings, args.schema))
     elif args.command == "drop":
         dataset.drop(settings, args.schema)
         print(f"dropped schema {args.schema}")

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -41,6 +42,7 @@ KINDS: Final = (
     "messages_last",
     "messages_before",
     "tag",
+    "name_prefix",
     "dashboard",
     "status",
 )
@@ -59,6 +61,7 @@ class Targets:
     long: list[tuple[str, str, SortKey]]  # >= 100 messages: page, psid, 50th message's key
     short: list[tuple[str, str]]
     tagged: list[tuple[str, str]]  # page, tag
+    named: list[tuple[str, str]]  # page, the first letters of a user's first or last name
 
 
 def _one(conn: Conn, text: str, params: Any = None) -> Any:
@@ -137,7 +140,22 @@ def draw_targets(conn: Conn, schema: str, seed: int = 7) -> Targets:
         ).fetchall()
     ]
     rng.shuffle(short)
-    return Targets(schema, big, pages, deep, after, long, short, [(big, "vip"), *tagged])
+    # What a person types to find someone: three to five letters of a first or last name,
+    # half of them of the largest page's users.
+    named = [
+        (str(p), str(first if rng.random() < 0.5 else last)[: rng.choice((3, 4, 5))])
+        for p, first, last in conn.execute(
+            q(
+                "(SELECT page_id, first_name, last_name FROM {s}.contacts"
+                " WHERE page_id = %s AND first_name IS NOT NULL ORDER BY md5(psid) LIMIT 250)"
+                " UNION ALL (SELECT page_id, first_name, last_name FROM {s}.contacts"
+                " TABLESAMPLE SYSTEM (1) WHERE first_name IS NOT NULL LIMIT 250)"
+            ),
+            (big,),
+        ).fetchall()
+    ]
+    tagged = [(big, "vip"), *tagged]
+    return Targets(schema, big, pages, deep, after, long, short, tagged, named)
 
 
 @dataclass(frozen=True)
@@ -183,6 +201,12 @@ def request(kind: str, t: Targets, rng: random.Random, cursors: Cursors) -> Requ
         f = ConversationFilter(tag=tag)
         stmt = conversations_query(s, page, f, PAGE + 1, None)
         return Request(kind, [stmt], f"/pages/{page}/conversations?tag={tag}&limit={PAGE}")
+    if kind == "name_prefix":
+        page, prefix = rng.choice(t.named)
+        f = ConversationFilter(name=prefix)
+        stmt = conversations_query(s, page, f, PAGE + 1, None)
+        path = f"/pages/{page}/conversations?name={quote(prefix)}&limit={PAGE}"
+        return Request(kind, [stmt], path)
     if kind == "dashboard":
         ident = sql.Identifier(s)
         stmts: list[tuple[sql.Composable, Any]] = [

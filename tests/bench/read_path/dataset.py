@@ -11,7 +11,8 @@ are kept in ``readpath_meta``), autovacuum and the tag triggers are off while th
 are written; ``finish`` builds the indexes again from the kept definitions, turns
 everything back on, writes the crawl tables, runs ``VACUUM (ANALYZE)``, and then applies
 the remaining migrations the way a live database is upgraded (0008 builds its indexes
-CONCURRENTLY and fills its tables from the data: the time it takes is printed).
+CONCURRENTLY and fills its tables from the data: the time it takes is printed); the
+users' contacts are written last, into the table those migrations made.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from psycopg import sql
 from convsync.db import connect
 from convsync.settings import Settings
 from schemas.migrate import apply_migrations
+from tests.bench.read_path import people
 from tests.bench.read_path.gen import (
     CONVERSATION_COLUMNS,
     EVENT_COLUMNS,
@@ -80,6 +82,15 @@ def exists(settings: Settings, schema: str) -> bool:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.readpath_meta",))
         found = row.fetchone()
     return bool(found and found[0])
+
+
+def stored_shape(settings: Settings, schema: str) -> Shape:
+    """Return the shape of the data set in ``schema``. Raises :class:`DatasetError` when
+    there is none."""
+    if not exists(settings, schema):
+        raise DatasetError(f"schema {schema} holds no read-path data set: run generate first")
+    with connect(settings) as conn:
+        return Shape(**_meta(conn, schema, "shape"))
 
 
 def prepare(settings: Settings, schema: str, shape: Shape) -> None:
@@ -267,6 +278,24 @@ def finish(
         for table in ("events", "conversations"):
             conn.execute(_q(schema, "ANALYZE {s}.{t}", t=table))
         _set_meta(conn, schema, "finished", True)
+    fill_contacts(settings, schema, shape, report)
+
+
+def fill_contacts(
+    settings: Settings, schema: str, shape: Shape, report: Callable[[str], None] = print
+) -> None:
+    """Write the users' contacts (tests/bench/read_path/people.py) once, into the table
+    of the last migrations, with its indexes in place as on a live database; ANALYZE."""
+    started = time.monotonic()
+    with connect(settings) as conn:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_q(schema, "LOCK TABLE {s}.contacts IN EXCLUSIVE MODE"))
+            if cur.execute(_q(schema, "SELECT 1 FROM {s}.contacts LIMIT 1")).fetchone():
+                return
+            _copy(cur, schema, "contacts", people.COLUMNS, people.contact_rows(shape))
+        conn.autocommit = True
+        conn.execute(_q(schema, "ANALYZE {s}.contacts"))
+    report(f"{time.monotonic() - started:7.1f} s  contacts")
 
 
 def _crawl_tables(conn: Conn, schema: str, shape: Shape) -> None:

@@ -42,6 +42,7 @@ from convsync.settings import Settings
 from producers.webhook.mapping import map_item
 from tests.bench.bench_materializer import Child
 from tests.bench.procstat import ServerCpu, cpu_seconds, peak_rss_mb
+from tests.bench.read_path.dataset import stored_shape
 from tests.bench.read_path.gen import OTHER_KINDS, FastSender
 from tests.bench.read_path.queries import percentiles
 from tests.bench.read_path.server import AdminServer
@@ -204,14 +205,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         update={"db_schema": args.schema, "topic_prefix": f"rpload{uuid.uuid4().hex[:8]}"}
     )
     s = base_settings
-    with connect(s) as conn:
-        row = conn.execute(
-            sql.SQL("SELECT value FROM {}.readpath_meta WHERE key = 'shape'").format(
-                sql.Identifier(args.schema)
-            )
-        ).fetchone()
-    assert row is not None, "no data set: run generate first"
-    shape = Shape(**row[0])
+    shape = stored_shape(s, args.schema)
     ensure_topics(admin_client(s), topic_specs(s))
     n_ingest = int(args.rate * args.seconds) * 3 + 2 * args.backlog + 1000
     print(f"making {n_ingest} events ...", flush=True)

@@ -33,7 +33,8 @@ MIX: Final = {
     "needs_reply_deep": 10,
     "messages_last": 25,
     "messages_before": 15,
-    "tag": 15,
+    "tag": 10,
+    "name_prefix": 5,
     "dashboard": 5,
     "status": 5,
 }
