@@ -105,7 +105,11 @@ COPY_TOUCHED: Final = sql.SQL(
 # every copy in the batch (duplicates included), recompute the last message's edited text
 # only where the last message, its stored copy or its edits may have changed, and write
 # only rows that really change (so a duplicate-only batch bumps no version). Text
-# comparisons use "C" (code point) order, which is Python's str order.
+# comparisons use "C" (code point) order, which is Python's str order. The last message's
+# edit is found by (page, mid, kind) in events_target_idx; its psid is compared in "C"
+# (the same equality) so that no index on psid can serve it: the planner, which takes
+# (page_id, psid) for one row, would otherwise read the conversation's every event through
+# events_conversation_idx for each lookup (docs/performance.md, "The read path").
 FOLD_CONVERSATIONS: Final = sql.SQL(
     """
     WITH a AS (
@@ -153,7 +157,8 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
                               SELECT e.event_id, e.text
                               FROM events AS e
                               WHERE e.kind = 'edit' AND e.page_id = msg.page_id
-                                AND e.mid = msg.mid AND e.psid = m.psid AND msg.mid <> ''
+                                AND e.mid = msg.mid AND msg.mid <> ''
+                                AND e.psid = m.psid COLLATE "C"
                               ORDER BY e.num_edit DESC, e.event_id COLLATE "C" DESC
                               LIMIT 1
                           ) AS ed ON true
