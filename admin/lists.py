@@ -76,8 +76,9 @@ JOIN {s}.conversations AS c USING (page_id, psid)"""
 # A name's list starts from the page's contacts whose full name, last name or username
 # starts with the prefix (case-insensitive: ``lower`` on both sides, so the database's
 # own case rules apply to both), three ranges of migration 0016's indexes OR-ed as
-# bitmaps; the matches (a few per prefix on a page) are joined and sorted. The prefix's
-# LIKE metacharacters are escaped (:func:`like_prefix`).
+# bitmaps; every match is joined and sorted before the first page is known (thousands
+# for a common prefix on a large page: docs/performance.md, "The read path"). The
+# prefix's LIKE metacharacters are escaped (:func:`like_prefix`).
 _BY_NAME: Final = """(
     SELECT m.page_id, m.psid FROM {s}.contacts AS m
     WHERE m.page_id = %(page)s
