@@ -90,7 +90,8 @@ class Sampler:
 
     async def sample(self) -> None:
         """Take one sample: status (lag, row counts), events offsets, DLQ tail."""
-        status: Status = await asyncio.to_thread(self.reader.collect)
+        # The page shows crawls and statistics from their own paged queries: none listed.
+        status: Status = await asyncio.to_thread(self.reader.collect, listed_pages=0)
         errors = list(status.errors)
         try:
             self.dlq = await asyncio.to_thread(self.reader.dlq_tail, self.admin.dlq_tail)

@@ -25,6 +25,10 @@ from convsync.kafka import read_watermarks
 from convsync.settings import Settings
 
 Marks = dict[str, dict[int, tuple[int, int]]]
+# How many pages' crawls and sync statistics a status lists unless asked otherwise: the
+# ones worth a look first. Every page is still counted (crawl_counts, sync_totals); a
+# list of every page is the paged admin API's job (docs/performance.md, "The read path").
+LISTED_PAGES: Final = 50
 # A slow count(*) on a large table gives up rather than holding the sampler's thread.
 _STATEMENT_TIMEOUT: Final = "SET statement_timeout = '10s'"
 
@@ -55,9 +59,17 @@ class Status:
     db_schema: str
     high_watermarks: dict[str, dict[int, int]] = field(default_factory=dict)
     lags: list[PartitionLag] = field(default_factory=list)
+    # At most ``listed_pages`` crawls: not done first, then the latest; counted by status
+    # over every page in crawl_counts.
     crawls: list[dict[str, Any]] = field(default_factory=list)
+    crawl_counts: dict[str, int] = field(default_factory=dict)
     dlq_records: int = 0
+    # At most ``listed_pages`` pages: the latest failure first; summed over every page in
+    # sync_totals.
     sync_statistics: list[dict[str, Any]] = field(default_factory=list)
+    sync_totals: dict[str, Any] = field(default_factory=dict)
+    # None: every page listed.
+    listed_pages: int | None = LISTED_PAGES
     events_rows: int = 0
     conversations_rows: int = 0
     # Which of events_rows, conversations_rows, events_per_second are estimates.
@@ -191,7 +203,13 @@ class StatusReader:
         out.sort(key=lambda e: (e.get("failed_at") or 0, e["offset"]), reverse=True)
         return out[:n]
 
-    def collect(self, *, stall_after: float = 300.0, rate_window: float = 0.0) -> Status:
+    def collect(
+        self,
+        *,
+        stall_after: float = 300.0,
+        rate_window: float = 0.0,
+        listed_pages: int | None = LISTED_PAGES,
+    ) -> Status:
         """Return the current status; unreachable parts are listed in ``errors``.
 
         A consumer is *stalled* when a partition has lag but its stored offset has not
@@ -199,10 +217,15 @@ class StatusReader:
         progress has not changed for that long. Row counts of large tables are estimates
         (named in ``estimated``, see admin/counts.py); with ``rate_window`` > 0 the events
         stored per second are measured over that many seconds (this call then lasts at
-        least as long), otherwise ``events_per_second`` is None.
+        least as long), otherwise ``events_per_second`` is None. Crawls and sync statistics
+        are listed for ``listed_pages`` pages at most (None: all), every page counted.
         """
         settings = self.settings
-        status = Status(kafka_bootstrap=settings.kafka_bootstrap, db_schema=settings.db_schema)
+        status = Status(
+            kafka_bootstrap=settings.kafka_bootstrap,
+            db_schema=settings.db_schema,
+            listed_pages=listed_pages,
+        )
         topics = [settings.topic(s) for s in ("events", "crawl", "conversations", "dlq")]
         try:
             marks = self.watermarks(topics)
@@ -330,10 +353,18 @@ def watermarks(settings: Settings, topics: list[str], *, timeout: float = 10.0) 
         return reader.watermarks(topics)
 
 
-def collect(settings: Settings, *, stall_after: float = 300.0, rate_window: float = 0.0) -> Status:
+def collect(
+    settings: Settings,
+    *,
+    stall_after: float = 300.0,
+    rate_window: float = 0.0,
+    listed_pages: int | None = LISTED_PAGES,
+) -> Status:
     """Return the current status once (see :meth:`StatusReader.collect`)."""
     with StatusReader(settings) as reader:
-        return reader.collect(stall_after=stall_after, rate_window=rate_window)
+        return reader.collect(
+            stall_after=stall_after, rate_window=rate_window, listed_pages=listed_pages
+        )
 
 
 def _rows(cur: Any) -> list[dict[str, Any]]:
@@ -370,18 +401,35 @@ def _read_database(
                 f"group {lag.group} partition {lag.topic}[{lag.partition}]: lag "
                 f"{lag.lag}, no progress for {float(str(idle)):.0f}s"
             )
+    limit = status.listed_pages
     status.crawls = _rows(
         conn.execute(
             sql.SQL(
                 "SELECT *, extract(epoch FROM now() - updated_at) AS idle_seconds"
-                " FROM {}.crawl_state ORDER BY page_id"
-            ).format(schema)
+                " FROM {}.crawl_state ORDER BY status = 'done', updated_at DESC, page_id"
+                " LIMIT %s"
+            ).format(schema),
+            (limit,),
         )
     )
-    for crawl in status.crawls:
-        idle = float(crawl.get("idle_seconds") or 0)
-        if crawl.get("status") == "running" and idle > stall_after:
-            status.stalled.append(f"crawl of page {crawl['page_id']}: no progress for {idle:.0f}s")
+    status.crawl_counts = {
+        str(state): int(n)
+        for state, n in conn.execute(
+            sql.SQL("SELECT status, count(*) FROM {}.crawl_state GROUP BY 1 ORDER BY 1").format(
+                schema
+            )
+        ).fetchall()
+    }
+    # Every stalled crawl, listed or not (bounded like pages_attention).
+    for page_id, idle in conn.execute(
+        sql.SQL(
+            "SELECT page_id, extract(epoch FROM now() - updated_at) FROM {}.crawl_state"
+            " WHERE status = 'running' AND updated_at < now() - make_interval(secs => %s)"
+            " ORDER BY page_id LIMIT 1000"
+        ).format(schema),
+        (stall_after,),
+    ).fetchall():
+        status.stalled.append(f"crawl of page {page_id}: no progress for {float(idle):.0f}s")
     has_pages = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL", (f"{status.db_schema}.pages",)
     ).fetchone()
@@ -404,9 +452,25 @@ def _read_database(
     if has_views and has_views[0]:
         status.sync_statistics = _rows(
             conn.execute(
-                sql.SQL("SELECT * FROM {}.sync_statistics ORDER BY page_id").format(schema)
+                sql.SQL(
+                    "SELECT * FROM {}.sync_statistics"
+                    " ORDER BY last_failure_at DESC NULLS LAST, page_id LIMIT %s"
+                ).format(schema),
+                (limit,),
             )
         )
+        (totals,) = _rows(
+            conn.execute(
+                sql.SQL(
+                    "SELECT count(*) AS pages, coalesce(sum(crawls), 0) AS crawls,"
+                    " coalesce(sum(succeeded), 0) AS succeeded,"
+                    " coalesce(sum(failed), 0) AS failed, coalesce(sum(joined), 0) AS joined,"
+                    " coalesce(sum(messages_fetched), 0) AS messages_fetched"
+                    " FROM {}.sync_statistics"
+                ).format(schema)
+            )
+        )
+        status.sync_totals = {k: int(v) for k, v in totals.items()}
     for table, attr in (("events", "events_rows"), ("conversations", "conversations_rows")):
         counted = count_rows(conn, status.db_schema, table)
         setattr(status, attr, counted.rows)

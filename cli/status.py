@@ -27,15 +27,28 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(help="Seconds over which the events stored per second are measured."),
         ] = 2.0,
+        pages: Annotated[
+            int | None,
+            typer.Option(
+                min=0,
+                help="Pages whose crawl and sync statistics are listed (the ones needing a"
+                " look first; every page is counted); 0 lists every page.  [default: 50]",
+            ),
+        ] = None,
         state_dir: StateDir = None,
     ) -> None:
         """Lag per group and partition, crawls, sync statistics, throughput, DLQ, stalls, and
         the components `convsync run` supervises (restarts, last exit)."""
-        from admin.status import collect
+        from admin.status import LISTED_PAGES, collect
         from cli.supervisor import STATE_FILE, read_state
 
         settings = load_settings()
-        snap = collect(settings, stall_after=stall_after, rate_window=rate_window)
+        snap = collect(
+            settings,
+            stall_after=stall_after,
+            rate_window=rate_window,
+            listed_pages=LISTED_PAGES if pages is None else pages or None,
+        )
         snap.supervisor = read_state(state_folder(state_dir) / STATE_FILE)
         if as_json:
             sys.stdout.write(json.dumps(snap.as_json(), indent=2, default=str) + "\n")
@@ -50,7 +63,10 @@ def register(app: typer.Typer) -> None:
             for group, total in snap.lag_by_group().items():
                 groups.add_row(group, str(parts[group]), str(total))
             out.print(groups)
-            crawls = Table(title="crawls")
+            total = sum(snap.crawl_counts.values())
+            counts = ", ".join(f"{n} {state}" for state, n in snap.crawl_counts.items())
+            shown = f"{len(snap.crawls)} of {total} pages, not done first" if total else "none"
+            crawls = Table(title=f"crawls ({shown}; {counts or 'no crawl yet'})")
             for col in ("page", "status", "conversations", "messages", "api calls", "last error"):
                 crawls.add_column(col)
             for c in snap.crawls:
@@ -64,7 +80,13 @@ def register(app: typer.Typer) -> None:
                 )
             out.print(crawls)
             if snap.sync_statistics:
-                stats = Table(title="sync statistics")
+                t = snap.sync_totals
+                stats = Table(
+                    title=f"sync statistics ({len(snap.sync_statistics)} of {t.get('pages')}"
+                    f" pages, latest failure first; all: {t.get('crawls')} crawls,"
+                    f" {t.get('succeeded')} ok, {t.get('failed')} failed,"
+                    f" {t.get('messages_fetched')} messages)"
+                )
                 for col in ("page", "crawls", "ok", "failed", "joined", "messages", "avg s"):
                     stats.add_column(col)
                 for st in snap.sync_statistics:

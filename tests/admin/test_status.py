@@ -75,6 +75,51 @@ def test_stalled_consumer_and_crawl_are_reported(
     assert collect(settings, stall_after=7200).stalled == []
 
 
+def test_crawls_and_statistics_are_listed_for_a_bounded_number_of_pages(
+    make_schema: MakeSchema,
+) -> None:
+    # 120 pages: the 3 failed, the 2 running (one stalled) and the 2 with a failure in
+    # their statistics come first; every page is counted, whatever is listed.
+    settings = make_schema()
+    schema = sql.Identifier(settings.db_schema)
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.crawl_state (page_id, status, updated_at)"
+                " SELECT 'p' || i, CASE WHEN i IN (7, 70, 107) THEN 'failed'"
+                " WHEN i IN (11, 111) THEN 'running' ELSE 'done' END,"
+                " CASE WHEN i = 111 THEN now() - interval '1 hour' ELSE now() END"
+                " FROM generate_series(1, 120) AS i"
+            ).format(schema)
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.sync_statistics_pages (page_id, crawls, succeeded, failed,"
+                " joined, active, conversations_done, messages_fetched, api_calls,"
+                " throttle_waits, done_timed, last_failure_at)"
+                " SELECT 'p' || i, 2, 2 - (i % 50 = 0)::int, (i % 50 = 0)::int, 0, 0, 1,"
+                " 10, 3, 0, 0, CASE WHEN i % 50 = 0 THEN now() - i * interval '1 s' END"
+                " FROM generate_series(1, 120) AS i"
+            ).format(schema)
+        )
+    snap = collect(settings, stall_after=600)
+    assert snap.listed_pages == 50
+    assert len(snap.crawls) == 50 and len(snap.sync_statistics) == 50
+    assert snap.crawl_counts == {"done": 115, "failed": 3, "running": 2}
+    assert {c["page_id"] for c in snap.crawls[:5]} == {"p7", "p70", "p107", "p11", "p111"}
+    assert [s["page_id"] for s in snap.sync_statistics[:2]] == ["p50", "p100"]
+    assert snap.sync_totals == {
+        "pages": 120, "crawls": 240, "succeeded": 238, "failed": 2, "joined": 0,
+        "messages_fetched": 1200,
+    }  # fmt: skip
+    assert [s.split(":")[0] for s in snap.stalled] == ["crawl of page p111"]
+    # A stalled crawl is reported even when it is not listed.
+    one = collect(settings, stall_after=600, listed_pages=1)
+    assert len(one.crawls) == 1 and [s.split(":")[0] for s in one.stalled] == ["crawl of page p111"]
+    everything = collect(settings, listed_pages=None)
+    assert len(everything.crawls) == 120 and len(everything.sync_statistics) == 120
+
+
 def _conversations(settings: Settings, n: int) -> None:
     # Its own connection, closed at once: a backend publishes its statistics on exit.
     with connect(settings) as conn:

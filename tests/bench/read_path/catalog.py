@@ -134,8 +134,9 @@ def draw_targets(conn: Conn, schema: str, seed: int = 7) -> Targets:
         (str(p), str(t))
         for p, t in conn.execute(
             q(
+                # a conversation whose tags were all removed keeps an empty row
                 "SELECT page_id, tags[1] FROM {s}.conversation_tags"
-                " TABLESAMPLE SYSTEM (10) LIMIT 500"
+                " TABLESAMPLE SYSTEM (10) WHERE cardinality(tags) > 0 LIMIT 500"
             )
         ).fetchall()
     ]
