@@ -25,7 +25,7 @@ from streams.broker import broker_credentials, broker_urls
 from streams.change import StreamState, encode_change, step
 from streams.codec import encode_state
 from streams.deadletter import dead_letter, too_large
-from streams.faust_fixes import FixedApp, bind_event, send_batches, store_put
+from streams.faust_fixes import FixedApp, bind_event, send_batches, store_put, take_batches
 from streams.held import track_partitions
 from streams.side import DecodedStates, TableSide
 from streams.stats import PageStats, StatsCollector
@@ -348,9 +348,9 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
 
     @app.agent(source, name="fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
-        # take_events() is on the concrete Stream, not on the StreamT interface.
+        # The batch intake works on the concrete Stream, not on the StreamT interface.
         assert isinstance(stream, faust.Stream)
-        async for batch in stream.take_events(config.batch_size, within=config.batch_within):
+        async for batch in take_batches(stream, config.batch_size, config.batch_within):
             folding[0] = True
             await fold_batch(folder, batch)
             folding[0] = False

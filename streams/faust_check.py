@@ -1,6 +1,6 @@
 """The check at start of streams/faust_fixes.py: the names each fix relies on, looked up.
 
-:data:`FIXES` lists, for each numbered fix F1-F11 (docs/streams.md, "Framework fixes"),
+:data:`FIXES` lists, for each numbered fix F1-F12 (docs/streams.md, "Framework fixes"),
 every private (or relied-on) faust-streaming or aiokafka name it uses, as a path string
 with the parameters it calls it with. :func:`check` verifies, before any consumer starts
 (``streams.worker.run_worker``), that every such name is still there with those
@@ -173,6 +173,21 @@ FIXES: Final = (
             Need("faust.transport.producer:ProducerBuffer.max_messages", kind=int),
             Need("faust.transport.producer:ProducerBuffer.size"),
             Need("mode.utils.queues:FlowControlEvent.is_active", params=()),
+        ),
+    ),
+    Fix(
+        "F12",
+        "the next batch gathers while a batch folds (speed only)",
+        (
+            Need("faust.streams:Stream._enable_passive", params=("channel",)),
+            Need("faust.streams:Stream.add_processor", params=("processor",)),
+            Need("faust.streams:Stream._processors", field=True),
+            Need("faust.streams:Stream.enable_acks", field=True),
+            Need("faust.streams:Stream.current_event", field=True),
+            Need("faust.streams:Stream.ack", params=("event",)),
+            Need("faust.streams:Stream._py_aiter", uses=("_processors", "enable_acks")),
+            Need("mode:Service.wait", params=()),
+            Need("mode:Service.wait_for_stopped", params=()),
         ),
     ),
 )

@@ -20,6 +20,7 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams --sides plain,faust,faust-eos,intake
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f6  # F6 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f11  # F11 pays?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f12  # F12 pays?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -38,11 +39,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
 
 from convsync.kafka import (
     TopicSpec,
@@ -56,6 +58,7 @@ from convsync.settings import Settings
 from deploy.ports import free_ports
 from schemas.conversation import conversation_key
 from schemas.envelope import Envelope
+from streams.app import app_id
 from streams.change import MemorySide, StreamState, encode_change, step
 from tests.bench import peers_venv
 from tests.bench.procstat import cpu_seconds, thread_cpu
@@ -146,6 +149,44 @@ def readback(
     return n_events / (last - first), (cpu_last - cpu_first) / n_events
 
 
+def settle(settings: Settings, proc: subprocess.Popen[bytes], group: str) -> None:
+    """Wait until the side ``proc`` has started: it made its topics (faust's table
+    changelogs, Quix's), its consumer ``group`` is stable with partitions assigned, and
+    the broker serves every partition of every topic of the run. The caller produces the
+    events only then, so the timed span is the processing, not the start.
+
+    Why: a side creates its changelog topics as it starts (ten of 12 partitions for the
+    convsync worker), and the broker makes each partition's files after the create
+    returns. On this machine's ext4 without a journal, with thousands of inodes freed by
+    earlier runs, that costs the broker seconds of system CPU (ext4's inode allocator
+    skips recently freed inodes one by one), during which produce requests wait hundreds
+    of ms. With the events loaded before the start, a run whose processing overlapped
+    that was 2-3x slower: the bimodality of docs/performance.md (2026-12-06).
+    """
+    admin = admin_client(settings)
+    probe = Consumer({**settings.kafka_config(), "group.id": "bench-settle"})
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the side exited with {proc.returncode} before it started")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the side did not start within 120 s (group {group})")
+            described = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            assigned = any(m.assignment.topic_partitions for m in described.members)
+            if described.state == ConsumerGroupState.STABLE and assigned:
+                break
+            time.sleep(0.2)
+        topics = admin.list_topics(timeout=10).topics
+        for name, meta in topics.items():
+            if settings.topic_prefix in name:
+                for partition in meta.partitions:
+                    # Answers once the partition's log exists on the broker.
+                    probe.get_watermark_offsets(TopicPartition(name, partition), timeout=30)
+    finally:
+        probe.close()
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,
@@ -157,10 +198,16 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def through_faust(
-    settings: Settings, expected: int, n_events: int, *, guarantee: str, without: str = ""
+    settings: Settings,
+    expected: int,
+    feed: Callable[[], int],
+    *,
+    guarantee: str,
+    without: str = "",
 ) -> tuple[float, float]:
-    """Run `convsync streams` over the topic; return its events/s (first to last record)
-    and the worker's CPU seconds per event over the same span.
+    """Run `convsync streams`, then ``feed`` the events topic once it started (:func:`settle`);
+    return its events/s (first to last record) and the worker's CPU seconds per event over
+    the same span.
 
     Each run starts over (fresh consumer group via a fresh faust data dir is not enough:
     the group and tables derive from the prefix), so the caller uses a fresh prefix.
@@ -181,16 +228,33 @@ def through_faust(
             # An analysis aid: the worker at another priority (root may pass -15).
             cmd = ["nice", "-n", os.environ["CONVSYNC_BENCH_NICE"], *cmd]
         proc = subprocess.Popen(cmd, env=worker_env(settings))
-        return readback(proc, settings, expected, n_events)
+        return fed(proc, settings, app_id(settings), expected, feed)
 
 
-def through_quix(settings: Settings, expected: int, n_events: int) -> tuple[float, float]:
-    """Run the Quix Streams fold (``quix_apps fold``) over the topic; same figures."""
+def through_quix(settings: Settings, expected: int, feed: Callable[[], int]) -> tuple[float, float]:
+    """Run the Quix Streams fold (``quix_apps fold``), then ``feed``; same figures."""
     with tempfile.TemporaryDirectory() as tmp:
         group = f"{settings.topic_prefix}.quix"
         args = [peers_venv.python(), "-m", "tests.bench.quix_apps", "fold", group, tmp]
         proc = subprocess.Popen(args, env=worker_env(settings))
-        return readback(proc, settings, expected, n_events)
+        return fed(proc, settings, group, expected, feed)
+
+
+def fed(
+    proc: subprocess.Popen[bytes],
+    settings: Settings,
+    group: str,
+    expected: int,
+    feed: Callable[[], int],
+) -> tuple[float, float]:
+    """Wait for the side ``proc`` to start, feed it, and read its records back."""
+    try:
+        settle(settings, proc, group)
+    except BaseException:
+        proc.kill()
+        proc.wait(60)
+        raise
+    return readback(proc, settings, expected, feed())
 
 
 def intake_only(prefix: str, n_events: int) -> None:
@@ -249,25 +313,32 @@ LABELS: Final = {
     "intake": "faust, no-op handler (intake ceiling)",
     "faust-no-f6": "convsync streams, at_least_once, without F6 (faust's per-record send)",
     "faust-no-f11": "convsync streams, at_least_once, without F11 (faust's wait_first hand-on)",
+    "faust-no-f12": "convsync streams, at_least_once, without F12 (faust's take_events)",
 }
 WITHOUT: Final = "--worker-without"
 
 
 def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) -> Run:
+    """Run one side on fresh topics. The plain loop and the intake ceiling get the events
+    before they start (they create no topics); the workers once they started (settle)."""
+
+    def feed() -> int:
+        produce(make_producer(settings), settings.topic("events"), evs)
+        return len(evs)
+
     load = os.getloadavg()[0]
     cpu: float | None = None
     if name == "plain":
+        feed()
         rate, cpu = baseline(settings, expected)
     elif name == "intake":
-        rate = faust_intake(settings, len(evs))
+        rate = faust_intake(settings, feed())
     elif name == "quix":
-        rate, cpu = through_quix(settings, expected, len(evs))
+        rate, cpu = through_quix(settings, expected, feed)
     else:
         guarantee = "exactly_once" if name == "faust-eos" else "at_least_once"
-        without = {"faust-no-f6": "F6", "faust-no-f11": "F11"}.get(name, "")
-        rate, cpu = through_faust(
-            settings, expected, len(evs), guarantee=guarantee, without=without
-        )
+        without = {"faust-no-f6": "F6", "faust-no-f11": "F11", "faust-no-f12": "F12"}.get(name, "")
+        rate, cpu = through_faust(settings, expected, feed, guarantee=guarantee, without=without)
     return Run(name, rate, cpu, load)
 
 
@@ -314,6 +385,7 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("intake", "plain", "")
     ratio("faust", "faust-no-f6", "(F6 pays if above 1)")
     ratio("faust", "faust-no-f11", "(F11 pays if above 1)")
+    ratio("faust", "faust-no-f12", "(F12 pays if above 1)")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:
@@ -367,7 +439,6 @@ def main() -> None:
             for name in sides:
                 settings, specs = fresh(base, ["baseline"])
                 made.append((settings, specs))
-                produce(make_producer(settings), settings.topic("events"), evs)
                 run = run_side(name, settings, expected, evs)
                 runs.append(run)
                 cpu = "" if run.cpu is None else f", {run.cpu * 1e6:.0f} us CPU/event"

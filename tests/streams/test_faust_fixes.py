@@ -47,7 +47,7 @@ from streams.stats import PageStats
 def test_check_passes_on_the_pinned_versions() -> None:
     check()
     numbers = [fix.number for fix in faust_fixes.FIXES]
-    assert numbers == [f"F{n}" for n in range(1, 12)]
+    assert numbers == [f"F{n}" for n in range(1, 13)]
 
 
 async def _getmany_renamed(self: Any, partitions: Any, timeout_s: float) -> Any:
@@ -382,3 +382,81 @@ async def test_f11_a_record_is_handed_on_directly_only_when_nothing_can_block(
             coro.close()
     finally:
         consumer._thread.thread_loop.close()  # the consumer thread's own loop, never started
+
+
+# --- F12 ---------------------------------------------------------------------------------
+
+
+async def _gathering(tmp_path: Path, name: str) -> tuple[Any, faust.Stream[bytes]]:
+    """An in-memory channel holding 25 events and a started stream over it."""
+    app = faust.App(name, store="memory://", datadir=str(tmp_path))
+    channel = app.channel(maxsize=100)
+    stream = channel.stream()
+    assert isinstance(stream, faust.Stream)
+    await stream.maybe_start()
+    app.flow_control.resume()  # as the started app's flow is
+    for i in range(25):
+        await channel.send(value=b"%d" % i)
+    return stream.channel, stream  # the stream reads a clone of the channel: its queue
+
+
+def _close_consumer(stream: faust.Stream[bytes]) -> None:
+    """Close the loop of the consumer thread the acks made the app create (never started)."""
+    stream.app.consumer._thread.thread_loop.close()
+
+
+def _values(batch: list[Any]) -> list[int]:
+    return [int(event.value) for event in batch]
+
+
+async def _until(condition: Any, seconds: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_f12_the_next_batch_gathers_while_a_batch_folds(tmp_path: Path) -> None:
+    channel, stream = await _gathering(tmp_path, "fixes.f12")
+    batches = faust_fixes.take_batches(stream, 10, 0.2)
+    try:
+        first = await anext(batches)
+        assert _values(first) == list(range(10))
+        # While the caller holds the first batch, the stream takes the next ten, and no
+        # more: the processor waits for room once the gathering batch is full.
+        await _until(lambda: channel.queue.qsize() == 25 - 10 - 10)
+        await asyncio.sleep(0.05)
+        assert channel.queue.qsize() == 5
+        assert not any(event.message.acked for event in first)
+        second = await anext(batches)  # the first batch's loop body ended: acked
+        assert all(event.message.acked for event in first)
+        assert _values(second) == list(range(10, 20))
+        assert not any(event.message.acked for event in second)
+        # The last five close the batch `within` after its first event.
+        third = await anext(batches)
+        assert _values(third) == list(range(20, 25))
+        assert all(event.message.acked for event in second)
+    finally:
+        await batches.aclose()
+        await stream.stop()
+        _close_consumer(stream)
+
+
+@pytest.mark.asyncio
+async def test_f12_off_faust_stops_its_intake_while_a_batch_folds(tmp_path: Path) -> None:
+    channel, stream = await _gathering(tmp_path, "fixes.no-f12")
+    with without("F12"):
+        batches = faust_fixes.take_batches(stream, 10, 0.2)
+        try:
+            first = await anext(batches)
+            assert _values(first) == list(range(10))
+            # take_events takes no record while the caller holds the batch.
+            await asyncio.sleep(0.3)
+            assert channel.queue.qsize() == 25 - 10
+            assert _values(await anext(batches)) == list(range(10, 20))
+        finally:
+            await batches.aclose()
+            await stream.stop()
+            _close_consumer(stream)
