@@ -11,9 +11,11 @@ the same change records, by:
 
 and optionally ``faust-eos`` (the worker under exactly_once) and ``intake`` (faust with a
 no-op handler). Rounds alternate the sides (a, b, c, a, b, c, ...); each run gets its own
-topics. Timing starts at a side's first change record and ends at its last (read back
-from ``<prefix>.conversations``; the plain loop times itself from its first record to
-its last acknowledged one), so start-up and recovery are excluded. Also printed: each
+topics. A worker (a, b) gets the events once it has started (:func:`settle`: its topics
+made, its group stable, every partition served); the plain loop finds them there.
+Timing starts at a side's first change record and ends at its last (read back from
+``<prefix>.conversations``; the plain loop times itself from its first record to its
+last acknowledged one), so start-up and recovery are excluded. Also printed: each
 side's CPU per event over the same span, and the load average before each run.
 
     .venv/bin/python -m tests.bench.bench_streams [--events 10000 --rounds 3]
