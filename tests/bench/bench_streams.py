@@ -159,11 +159,9 @@ def settle(settings: Settings, proc: subprocess.Popen[bytes], group: str) -> Non
 
     Why: a side creates its changelog topics as it starts (ten of 12 partitions for the
     convsync worker), and the broker makes each partition's files after the create
-    returns. On this machine's ext4 without a journal, with thousands of inodes freed by
-    earlier runs, that costs the broker seconds of system CPU (ext4's inode allocator
-    skips recently freed inodes one by one), during which produce requests wait hundreds
-    of ms. With the events loaded before the start, a run whose processing overlapped
-    that was 2-3x slower: the bimodality of docs/performance.md (2026-12-06).
+    returns; with the events loaded before the start, the first batches were timed while
+    the broker was still doing that. This does not remove the slow rounds
+    (docs/performance.md, "2026-12-06": the broker answering produce requests late).
     """
     admin = admin_client(settings)
     probe = Consumer({**settings.kafka_config(), "group.id": "bench-settle"})
