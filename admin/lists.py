@@ -46,7 +46,7 @@ _CONVERSATIONS: Final = (
     "SELECT"
     + CONVERSATION_COLUMNS
     + """,
-    (EXTRACT(EPOCH FROM c.last_message_at) * 1000000)::bigint AS sort_us
+    (EXTRACT(EPOCH FROM {o}.last_message_at) * 1000000)::bigint AS sort_us
 FROM {source}
 LEFT JOIN {s}.conversation_tags AS t USING (page_id, psid)
 """
@@ -73,18 +73,23 @@ _BY_TAG: Final = """(
 JOIN {s}.conversations AS c USING (page_id, psid)"""
 _BY_TAG_JOINED: Final = """{s}.conversation_tag_index AS x
 JOIN {s}.conversations AS c USING (page_id, psid)"""
-# A name's list starts from the page's contacts whose full name, last name or username
-# starts with the prefix (case-insensitive: ``lower`` on both sides, so the database's
-# own case rules apply to both), three ranges of migration 0016's indexes OR-ed as
-# bitmaps; every match is joined and sorted before the first page is known (thousands
-# for a common prefix on a large page: docs/performance.md, "The read path"). The
-# prefix's LIKE metacharacters are escaped (:func:`like_prefix`).
+# A name's list reads conversation_name_index (migration 0018): one row per contact and
+# lowercased name (full name, last name, Instagram username), with the conversation's
+# last_message_at. The prefix is one range of its key in "C" (bytes; written as two
+# comparisons, so a generic plan takes it too), read from the index alone; a user matched
+# by two names is one row after the GROUP BY. The rows come sorted in the list's order and
+# are joined one by one until the page is full, so a common prefix (thousands of users on
+# a large page) costs a sort of index entries, not a join of each (docs/performance.md,
+# "The read path"). A contact without a conversation has no time; the join leaves it out.
 _BY_NAME: Final = """(
-    SELECT m.page_id, m.psid FROM {s}.contacts AS m
-    WHERE m.page_id = %(page)s
-      AND (lower(m.name) LIKE lower(%(name)s) OR lower(m.last_name) LIKE lower(%(name)s)
-           OR lower(m.username) LIKE lower(%(name)s))
-) AS m
+    SELECT x.page_id, x.psid, x.last_message_at FROM {s}.conversation_name_index AS x
+    WHERE x.page_id = %(page)s
+      AND x.name_key >= lower(%(name)s) COLLATE "C"
+      AND x.name_key < (lower(%(name)s) || chr(1114111)) COLLATE "C"
+      AND starts_with(x.name_key, lower(%(name)s) COLLATE "C") {filters}
+    GROUP BY x.page_id, x.psid, x.last_message_at
+    ORDER BY COALESCE(x.last_message_at, '-infinity'::timestamptz) DESC, x.psid DESC
+) AS x
 JOIN {s}.conversations AS c USING (page_id, psid)"""
 _CONVERSATIONS_AFTER: Final = """
   AND (COALESCE({o}.last_message_at, '-infinity'::timestamptz), {o}.psid)
@@ -128,13 +133,6 @@ class ConversationFilter:
         return "\x1f".join(parts if self.name is None else (*parts, "name", self.name))
 
 
-def like_prefix(prefix: str) -> str:
-    """Return the LIKE pattern of the values starting with ``prefix`` (its ``\\``, ``%``
-    and ``_`` matched as themselves)."""
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
-
-
 def timeline_scope(which: Timeline, page_id: str, psid: str) -> str:
     """What a cursor of a conversation's messages or events is bound to."""
     return "\x1f".join((which, page_id, psid))
@@ -159,13 +157,13 @@ def conversations_query(
         params["cur_us"], params["cur_key"] = after
     if f.tag is not None:
         params["tag"] = f.tag
-    o = sql.Identifier("x" if f.tag is not None and f.name is None else "c")
+    o = sql.Identifier("x" if f.tag is not None or f.name is not None else "c")
     s = sql.Identifier(schema)
     if f.name is not None:
-        params["name"] = like_prefix(f.name)
-        source = sql.SQL(_BY_NAME).format(s=s)
-        tagged = [] if f.tag is None else ["AND %(tag)s = ANY(t.tags)"]
-        outer = ordered + on_conversation + tagged
+        params["name"] = f.name
+        inner = sql.SQL("\n      ".join(ordered)).format(o=o)
+        source = sql.SQL(_BY_NAME).format(s=s, filters=inner)
+        outer = on_conversation + ([] if f.tag is None else ["AND %(tag)s = ANY(t.tags)"])
     elif f.tag is None:
         source = sql.SQL("{s}.conversations AS c").format(s=s)
         outer = ordered + on_conversation

@@ -119,7 +119,8 @@ def test_a_name_prefix_lists_its_users_conversations_newest_first(admin_env: Adm
         add_contact(admin_env, "p7", f"u{i}", name=name, first_name=first, last_name=last)
     add_contact(admin_env, "p7", "u6", username="annika.ig", source="participants")
     add_contact(admin_env, "p8", "u0", name="Anna Other")  # another page's user
-    # u7 has no contact: never listed under a name
+    add_contact(admin_env, "p7", "u9", name="Anne Ghost")  # no conversation (yet)
+    # u7 has no contact: never listed under a name; u9 has no conversation: not listed
     # full name, last name or username; any case; newest message first, across cursors
     assert _names(admin_env, "p7", name="ANN", limit="2") == [
         "annika.ig", "Ärger Ann", "Bob Annan", "anneliese Roe", "Anna Smith",
