@@ -73,24 +73,59 @@ _BY_TAG: Final = """(
 JOIN {s}.conversations AS c USING (page_id, psid)"""
 _BY_TAG_JOINED: Final = """{s}.conversation_tag_index AS x
 JOIN {s}.conversations AS c USING (page_id, psid)"""
-# A name's list reads conversation_name_index (migration 0018): one row per contact and
-# lowercased name (full name, last name, Instagram username), with the conversation's
-# last_message_at. The prefix is one range of its key in "C" (bytes; written as two
-# comparisons, so a generic plan takes it too), read from the index alone; a user matched
-# by two names is one row after the GROUP BY. The rows come sorted in the list's order and
-# are joined one by one until the page is full, so a common prefix (thousands of users on
-# a large page) costs a sort of index entries, not a join of each (docs/performance.md,
-# "The read path"). A contact without a conversation has no time; the join leaves it out.
-_BY_NAME: Final = """(
-    SELECT x.page_id, x.psid, x.last_message_at FROM {s}.conversation_name_index AS x
+# A name's list reads conversation_name_index (migration 0018): a contact's lowercased
+# names (full name, last name, Instagram username) grouped by their first three
+# characters (key3), one row per contact and group with the conversation's last message
+# time (sort_at: -infinity for none), indexed on (page, key3, sort_at, psid). A prefix of
+# three characters or more reads its group newest first, skips the users none of whose
+# names start with the whole prefix, and joins the rows one by one until the page of
+# results is full: a common prefix costs the page's rows, not a join of every match
+# (docs/performance.md, "The read path"). A shorter prefix spans groups, where a user can
+# be twice: its rows are made unique and sorted first. A contact without a conversation
+# (no time) is left out by the join. The keys compare in "C" (bytes), which makes a prefix
+# a range; starts_with gives the planner that range.
+_NAME_MATCH: Final = """
+  AND EXISTS (SELECT FROM unnest(x.names) AS n(v)
+              WHERE starts_with(n.v, lower(%(name)s) COLLATE "C"))"""
+# Fewer than three characters: the groups starting with them, each user once.
+_NAME_GROUPS: Final = (
+    """(
+    SELECT DISTINCT ON (x.sort_at, x.psid) x.page_id, x.psid, x.sort_at
+    FROM {s}.conversation_name_index AS x
     WHERE x.page_id = %(page)s
-      AND x.name_key >= lower(%(name)s) COLLATE "C"
-      AND x.name_key < (lower(%(name)s) || chr(1114111)) COLLATE "C"
-      AND starts_with(x.name_key, lower(%(name)s) COLLATE "C") {filters}
-    GROUP BY x.page_id, x.psid, x.last_message_at
-    ORDER BY COALESCE(x.last_message_at, '-infinity'::timestamptz) DESC, x.psid DESC
-) AS x
-JOIN {s}.conversations AS c USING (page_id, psid)"""
+      AND starts_with(x.key3, left(lower(%(name)s), 3) COLLATE "C") """
+    + _NAME_MATCH
+    + """ {filters}
+    ORDER BY x.sort_at DESC, x.psid DESC
+) AS x"""
+)
+_BY_NAME: Final = (
+    "SELECT"
+    + CONVERSATION_COLUMNS
+    + """,
+    (EXTRACT(EPOCH FROM NULLIF(x.sort_at, '-infinity'::timestamptz)) * 1000000)::bigint AS sort_us
+FROM {source}
+JOIN {s}.conversations AS c USING (page_id, psid)
+LEFT JOIN {s}.conversation_tags AS t USING (page_id, psid)
+"""
+    + CONTACT_JOIN
+    + """
+WHERE x.page_id = %(page)s {outer}
+ORDER BY x.sort_at DESC, x.psid DESC
+LIMIT %(limit)s
+"""
+)
+# Three characters or more: one group, read in the list's order.
+_NAME_GROUP: Final = (
+    """
+  AND x.key3 = left(lower(%(name)s), 3) COLLATE "C" """
+    + _NAME_MATCH
+)
+_NAME_AFTER: Final = """
+      AND (x.sort_at, x.psid)
+          < (COALESCE('epoch'::timestamptz + %(cur_us)s::bigint * interval '1 microsecond',
+                      '-infinity'::timestamptz),
+             %(cur_key)s::text)"""
 _CONVERSATIONS_AFTER: Final = """
   AND (COALESCE({o}.last_message_at, '-infinity'::timestamptz), {o}.psid)
       < (COALESCE('epoch'::timestamptz + %(cur_us)s::bigint * interval '1 microsecond',
@@ -144,7 +179,7 @@ def conversations_query(
     """Return the statement and parameters of one page of ``limit`` conversations."""
     params: dict[str, Any] = {"page": page_id, "limit": limit}
     # Conditions on the row the list is read in order from (o: the tag's row, or the
-    # conversation), and on the conversation.
+    # conversation; a name's list has its own statement), and on the conversation.
     ordered: list[str] = []
     on_conversation: list[str] = []
     if f.needs_reply is not None:
@@ -157,14 +192,11 @@ def conversations_query(
         params["cur_us"], params["cur_key"] = after
     if f.tag is not None:
         params["tag"] = f.tag
-    o = sql.Identifier("x" if f.tag is not None or f.name is not None else "c")
     s = sql.Identifier(schema)
     if f.name is not None:
-        params["name"] = f.name
-        inner = sql.SQL("\n      ".join(ordered)).format(o=o)
-        source = sql.SQL(_BY_NAME).format(s=s, filters=inner)
-        outer = on_conversation + ([] if f.tag is None else ["AND %(tag)s = ANY(t.tags)"])
-    elif f.tag is None:
+        return _name_query(s, f.name, f, params, after, on_conversation)
+    o = sql.Identifier("x" if f.tag is not None else "c")
+    if f.tag is None:
         source = sql.SQL("{s}.conversations AS c").format(s=s)
         outer = ordered + on_conversation
     elif f.needs_reply is None:
@@ -176,6 +208,36 @@ def conversations_query(
         outer = ["AND x.tag = %(tag)s", *ordered, *on_conversation]
     stmt = sql.SQL(_CONVERSATIONS).format(
         source=source, s=s, o=o, filters=sql.SQL("\n  ".join(outer)).format(o=o)
+    )
+    return stmt, params
+
+
+def _name_query(
+    s: sql.Identifier,
+    name: str,
+    f: ConversationFilter,
+    params: dict[str, Any],
+    after: SortKey | None,
+    on_conversation: list[str],
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The statement of one page of a name's list (see ``_BY_NAME``)."""
+    params["name"] = name
+    on_index: list[str] = []
+    if f.since is not None:
+        on_index.append("AND x.sort_at >= %(since)s")
+    if after is not None:
+        on_index.append(_NAME_AFTER)
+    outer = list(on_conversation)
+    if f.tag is not None:
+        outer.append("AND %(tag)s = ANY(t.tags)")
+    if len(name) >= 3:
+        source = "{s}.conversation_name_index AS x"
+        where = [_NAME_GROUP, *on_index, *outer]
+    else:
+        source = _NAME_GROUPS.replace("{filters}", "\n  ".join(on_index))
+        where = outer
+    stmt = sql.SQL(_BY_NAME).format(
+        source=sql.SQL(source).format(s=s), s=s, outer=sql.SQL("\n  ".join(where))
     )
     return stmt, params
 

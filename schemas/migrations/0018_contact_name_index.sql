@@ -1,10 +1,15 @@
 -- convsync: no-transaction
 -- A page's conversations by a prefix of their user's name, newest first (admin/lists.py,
 -- the `name` filter of GET /pages/{page_id}/conversations), from one narrow table in the
--- list's terms: one row per contact and distinct lowercased name (full name, last name,
--- Instagram username), with the conversation's last_message_at. A prefix is one range of
--- its primary key, read from the index alone (the time is INCLUDEd), sorted, and only the
--- rows of the page of results are joined to their conversations.
+-- list's terms. A contact's names (full name, last name, Instagram username), lowercased,
+-- are grouped by their first three characters (key3): one row per contact and group, with
+-- the group's names and the conversation's last message time (sort_at, -infinity for
+-- none). The index on (page, key3, sort_at, psid) holds each group in the list's order, so
+-- a prefix of three characters or more is read newest first straight from its group, the
+-- users none of whose names start with the whole prefix skipped, and joined to their
+-- conversations until the page of results is full; each user is in a group once, so
+-- nothing needs to be sorted or made unique. A prefix of one or two characters spans
+-- groups: its rows are read from the index, made unique per user and sorted.
 --
 -- Before (0016: three indexes on contacts OR-ed as bitmaps), every match was joined to its
 -- conversation for its time before the first 50 were known: a common prefix ("Mar")
@@ -16,23 +21,22 @@
 -- them, a few rows a statement) rewrites a contact's rows when a name changes, taking the
 -- conversation's time as it reads it; statement triggers on conversations (the
 -- materializer's batches) move the time of the named ones. A contact without a
--- conversation has rows with no time; the list joins them away. The same window as the
--- tag index's: a contact written while its conversation's first or newest message is
+-- conversation has rows with no time; the list's join leaves them out. The same window as
+-- the tag index's: a contact written while its conversation's first or newest message is
 -- being written (both transactions open at once) keeps the time before that message
 -- until the conversation's next one, so it is listed lower; it is never missed.
 --
--- name_key is compared in "C" (bytes): a prefix is then a plain range of the key, which a
--- generic (prepared) plan can also use. The keys are lowercased by lower() in the
--- database's collation, as the prefix is, so its case rules apply to both.
+-- The keys are compared in "C" (bytes), so a prefix is a plain range; they are lowercased
+-- by lower() in the database's collation, as the prefix is, so its case rules apply to
+-- both.
 CREATE TABLE IF NOT EXISTS conversation_name_index (
-    page_id          text                 NOT NULL,
-    name_key         text COLLATE "C"     NOT NULL,
-    psid             text                 NOT NULL,
-    last_message_at  timestamptz,
-    PRIMARY KEY (page_id, name_key, psid) INCLUDE (last_message_at)
+    page_id  text                NOT NULL,
+    psid     text                NOT NULL,
+    key3     text COLLATE "C"    NOT NULL,
+    names    text[] COLLATE "C"  NOT NULL,
+    sort_at  timestamptz         NOT NULL,
+    PRIMARY KEY (page_id, psid, key3)
 );
-CREATE INDEX CONCURRENTLY IF NOT EXISTS conversation_name_index_conversation_idx
-    ON conversation_name_index (page_id, psid);
 
 -- The keys of a contact: its names lowercased, each once, empty ones left out (no prefix
 -- of at least one character matches them).
@@ -54,11 +58,13 @@ BEGIN
         WHERE page_id = OLD.page_id AND psid = OLD.psid;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO conversation_name_index (page_id, name_key, psid, last_message_at)
-        SELECT NEW.page_id, k, NEW.psid,
-               (SELECT c.last_message_at FROM conversations AS c
-                WHERE c.page_id = NEW.page_id AND c.psid = NEW.psid)
-        FROM contact_name_keys(NEW.name, NEW.last_name, NEW.username) AS k;
+        INSERT INTO conversation_name_index (page_id, psid, key3, names, sort_at)
+        SELECT NEW.page_id, NEW.psid, left(k, 3), array_agg(k ORDER BY k COLLATE "C"),
+               COALESCE((SELECT c.last_message_at FROM conversations AS c
+                         WHERE c.page_id = NEW.page_id AND c.psid = NEW.psid),
+                        '-infinity'::timestamptz)
+        FROM contact_name_keys(NEW.name, NEW.last_name, NEW.username) AS k
+        GROUP BY left(k, 3);
     END IF;
     RETURN NULL;
 END
@@ -68,17 +74,18 @@ CREATE OR REPLACE FUNCTION conversation_name_index_times() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        UPDATE conversation_name_index SET last_message_at = NULL
-        WHERE last_message_at IS NOT NULL;
+        UPDATE conversation_name_index SET sort_at = '-infinity'
+        WHERE sort_at <> '-infinity';
     ELSIF TG_OP = 'DELETE' THEN
-        UPDATE conversation_name_index AS x SET last_message_at = NULL
+        UPDATE conversation_name_index AS x SET sort_at = '-infinity'
         FROM old_rows AS o
-        WHERE x.page_id = o.page_id AND x.psid = o.psid AND x.last_message_at IS NOT NULL;
+        WHERE x.page_id = o.page_id AND x.psid = o.psid AND x.sort_at <> '-infinity';
     ELSE
-        UPDATE conversation_name_index AS x SET last_message_at = n.last_message_at
+        UPDATE conversation_name_index AS x
+        SET sort_at = COALESCE(n.last_message_at, '-infinity')
         FROM new_rows AS n
         WHERE x.page_id = n.page_id AND x.psid = n.psid
-          AND x.last_message_at IS DISTINCT FROM n.last_message_at;
+          AND x.sort_at <> COALESCE(n.last_message_at, '-infinity');
     END IF;
     RETURN NULL;
 END
@@ -91,11 +98,13 @@ BEGIN
         LOCK TABLE contacts IN SHARE ROW EXCLUSIVE MODE;
         LOCK TABLE conversations IN SHARE ROW EXCLUSIVE MODE;
         DELETE FROM conversation_name_index;
-        INSERT INTO conversation_name_index (page_id, name_key, psid, last_message_at)
-        SELECT k.page_id, n.key, k.psid, c.last_message_at
+        INSERT INTO conversation_name_index (page_id, psid, key3, names, sort_at)
+        SELECT k.page_id, k.psid, left(n.key, 3), array_agg(n.key ORDER BY n.key COLLATE "C"),
+               COALESCE(c.last_message_at, '-infinity')
         FROM contacts AS k
         CROSS JOIN LATERAL contact_name_keys(k.name, k.last_name, k.username) AS n(key)
-        LEFT JOIN conversations AS c USING (page_id, psid);
+        LEFT JOIN conversations AS c USING (page_id, psid)
+        GROUP BY k.page_id, k.psid, left(n.key, 3), c.last_message_at;
         CREATE TRIGGER contacts_name_index_insert
             AFTER INSERT OR DELETE ON contacts
             FOR EACH ROW EXECUTE FUNCTION conversation_name_index_contacts();
@@ -126,7 +135,12 @@ BEGIN
 END
 $$;
 
-ANALYZE conversation_name_index;
+-- Built after the fill (a sorted build, compact), while the triggers keep the table.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS conversation_name_index_recent_idx
+    ON conversation_name_index (page_id, key3, sort_at DESC, psid DESC) INCLUDE (names);
+
+-- The visibility map set, so a short prefix's rows are read from the index alone.
+VACUUM (ANALYZE) conversation_name_index;
 
 DROP INDEX CONCURRENTLY IF EXISTS contacts_name_prefix_idx;
 DROP INDEX CONCURRENTLY IF EXISTS contacts_last_name_prefix_idx;

@@ -127,6 +127,12 @@ def test_a_name_prefix_lists_its_users_conversations_newest_first(admin_env: Adm
     ]  # fmt: skip
     assert _names(admin_env, "p7", name="anna") == ["Bob Annan", "Anna Smith"]
     assert _names(admin_env, "p7", name="ärg") == ["Ärger Ann"]
+    # shorter than three characters: read across the groups of names, the same order
+    assert _names(admin_env, "p7", name="An", limit="2") == [
+        "annika.ig", "Ärger Ann", "Bob Annan", "anneliese Roe", "Anna Smith",
+    ]  # fmt: skip
+    assert _names(admin_env, "p7", name="z", limit="1") == ["Zoe 1000", "Zoe 100%"]
+    assert _names(admin_env, "p7", name="Ä") == ["Ärger Ann"]
     # LIKE's metacharacters are the characters themselves
     assert _names(admin_env, "p7", name="zoe 100%") == ["Zoe 100%"]
     assert _names(admin_env, "p7", name="a_n") == []

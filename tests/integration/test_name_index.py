@@ -27,15 +27,21 @@ USERS = tuple(f"u{i}" for i in range(10))
 NAMES = (None, "", "Ann Lee", "ANN LEE", "Lee", "lee", "Ärger Öl", "ann.ig", "Zoë", "Bo")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
-KEPT = "SELECT page_id, name_key, psid, last_message_at FROM {s}.conversation_name_index"
-# What the index should hold, from the tables themselves (lower() in the database's
-# collation, as the migration's function does it; each key once per contact).
+# sort_at as text: -infinity has no Python datetime
+KEPT = "SELECT page_id, psid, key3, names, sort_at::text FROM {s}.conversation_name_index"
+# What the index should hold, from the tables themselves: each contact's names lowercased
+# (lower() in the database's collation, as the migration's function does it), each once,
+# grouped by their first three characters, sorted in "C".
 REAL = """
-SELECT DISTINCT k.page_id, lower(n.v) COLLATE "C", k.psid, c.last_message_at
-FROM {s}.contacts AS k
-CROSS JOIN LATERAL unnest(ARRAY[k.name, k.last_name, k.username]) AS n(v)
-LEFT JOIN {s}.conversations AS c USING (page_id, psid)
-WHERE n.v <> ''
+SELECT page_id, psid, left(v, 3), array_agg(v ORDER BY v), at FROM (
+    SELECT DISTINCT k.page_id, k.psid, lower(n.v) COLLATE "C" AS v,
+           COALESCE(c.last_message_at, '-infinity')::text AS at
+    FROM {s}.contacts AS k
+    CROSS JOIN LATERAL unnest(ARRAY[k.name, k.last_name, k.username]) AS n(v)
+    LEFT JOIN {s}.conversations AS c USING (page_id, psid)
+    WHERE n.v <> ''
+) AS named
+GROUP BY page_id, psid, left(v, 3), at
 """
 
 
@@ -44,9 +50,13 @@ def _q(conn: Conn, schema: str, text: str, params: Any = None) -> list[tuple[Any
     return cur.fetchall() if cur.description else []
 
 
+def _rows(conn: Conn, schema: str, text: str) -> list[tuple[Any, ...]]:
+    return [(*r[:3], tuple(r[3]), r[4]) for r in _q(conn, schema, text)]
+
+
 def name_rows(conn: Conn, schema: str) -> tuple[list[Any], set[Any]]:
     """(the index's rows as a list, so a duplicate shows; what it should hold)."""
-    return _q(conn, schema, KEPT), set(_q(conn, schema, REAL))
+    return _rows(conn, schema, KEPT), set(_rows(conn, schema, REAL))
 
 
 def _conversation_write(conn: Conn, schema: str, rng: random.Random) -> None:
