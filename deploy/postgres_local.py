@@ -308,7 +308,13 @@ class LocalPostgres:
             "max_connections = 200\n"
             "shared_buffers = 256MB\n"
             "wal_level = replica\n"
-            "max_wal_size = 2GB\n",
+            # Checkpoints far apart and full-page images compressed: with 2GB a
+            # materializer at a few thousand events/s forced a checkpoint every ~20 s,
+            # and the first write of each page after one went to the WAL whole (30-44 KB
+            # of WAL per event; docs/performance.md, "Checkpoints and the WAL").
+            "max_wal_size = 16GB\n"
+            "checkpoint_timeout = 15min\n"
+            "wal_compression = lz4\n",
             uid=uid,
             gid=gid,
         )

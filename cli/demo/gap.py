@@ -32,6 +32,7 @@ class Gap:
 
     messages: int = 0
     missed: list[str] = field(default_factory=list)  # mids whose webhook never came
+    inboxes: list[str] = field(default_factory=list)  # the pages and accounts written to
     filled: int = 0  # of ``missed``, stored from a crawl
     seconds: float | None = None  # from the last webhook to the last missed one stored
 
@@ -47,6 +48,7 @@ def open_gap(url: str, graph: GraphThread, opts: DemoOptions, tally: WebhookTall
     gap = Gap(messages=n)
     # The pages and the Instagram accounts linked to them (reconciled through the page).
     inboxes = [*world.page_ids, *world.instagram]
+    gap.inboxes = inboxes
     for i in range(n):
         page = inboxes[i % len(inboxes)]
         instagram = page in world.instagram
@@ -74,15 +76,16 @@ def open_gap(url: str, graph: GraphThread, opts: DemoOptions, tally: WebhookTall
     return gap
 
 
-def crawled(settings: Settings, mids: list[str]) -> int:
-    """How many of ``mids`` are stored from a crawl (``source = 'crawler'``)."""
+def crawled(settings: Settings, pages: list[str], mids: list[str]) -> int:
+    """How many of ``mids``, messages of ``pages``, are stored from a crawl (``source =
+    'crawler'``). The pages make it a lookup of events_target_idx (page, mid, kind)."""
     with connect(settings) as conn:
         row = conn.execute(
             sql.SQL(
                 "SELECT count(DISTINCT mid) FROM {}.events"
-                " WHERE mid = ANY(%s) AND source = 'crawler'"
+                " WHERE page_id = ANY(%s) AND mid = ANY(%s) AND source = 'crawler'"
             ).format(sql.Identifier(settings.db_schema)),
-            (mids,),
+            (pages, mids),
         ).fetchone()
     return int(str(row[0])) if row else 0
 
@@ -92,7 +95,7 @@ def wait_filled(settings: Settings, gap: Gap, timeout: float) -> bool:
     Return False when ``timeout`` passed first."""
     began = time.monotonic()
     while True:
-        gap.filled = crawled(settings, gap.missed)
+        gap.filled = crawled(settings, gap.inboxes, gap.missed)
         if gap.filled == len(gap.missed):
             gap.seconds = time.monotonic() - began
             return True

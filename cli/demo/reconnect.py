@@ -116,7 +116,7 @@ def expire_and_reconnect(
             return False
         if admin_call(admin, "GET", f"/crawls/{crawl}")["status"] != "done":
             return False
-        out.stored = crawled(settings, mids)
+        out.stored = crawled(settings, [page], mids)
         return out.stored == len(mids)
 
     out.back_after = _wait("the page active again and its crawl done", opts.timeout, back)

@@ -62,10 +62,11 @@ class ServerCpu:
         try:
             # The backend serving this connection is a child of the postmaster (the app
             # role may not read the data_directory setting, which names its pid file).
+            # Read while the connection is open: the backend exits when it closes.
             with connect(settings) as conn:
                 row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            if row is not None:
-                self.postmaster = int(_stat(int(str(row[0])))[1])
+                if row is not None:
+                    self.postmaster = int(_stat(int(str(row[0])))[1])
         except (OSError, ValueError):
             self.postmaster = None
 

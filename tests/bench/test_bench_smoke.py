@@ -7,6 +7,7 @@ change): each benchmark must finish, and print its sides and the ratios it exist
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -95,6 +96,13 @@ def test_the_read_path_bench_prints_its_queries_and_ratios(stack_settings: Setti
         assert "ingest under read load / alone (ingest + SQL readers) = " in out, out
         assert "drain capacity with SQL readers / alone = " in out, out
         assert "p99 ms by query:" in out, out
+        for toggle in ("name-index", "dropped-indexes"):
+            out = run_bench(
+                stack_settings, "read_path", "--schema", schema, "drain", "--rounds", "2",
+                "--backlog", "500", "--toggle", toggle,
+            )  # fmt: skip
+            assert re.search(r"as built / .+ = \d+\.\d\d", out), out
+            assert "WAL" in out, out
     finally:
         run_bench(stack_settings, "read_path", "--schema", schema, "drop")
 

@@ -4,6 +4,7 @@
     .venv/bin/python -m tests.bench.read_path sizes
     .venv/bin/python -m tests.bench.read_path queries
     .venv/bin/python -m tests.bench.read_path load
+    .venv/bin/python -m tests.bench.read_path drain [--rounds 4] [--toggle VARIANT]
     .venv/bin/python -m tests.bench.read_path contacts
     .venv/bin/python -m tests.bench.read_path drop
 
@@ -47,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sizes", help="bytes on disk, per table part and per event")
     sub.add_parser("drop", help="drop the data set's schema")
     sub.add_parser("contacts", help="write the contacts of a data set made without them")
-    from tests.bench.read_path import load, queries, readers, server
+    from tests.bench.read_path import drain, load, queries, readers, server
 
     queries.add_parser(sub)
     load.add_parser(sub)
+    drain.add_parser(sub)
     server.add_parser(sub)
     readers.add_parser(sub)
     args = parser.parse_args(argv)

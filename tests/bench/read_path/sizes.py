@@ -16,6 +16,8 @@ TABLES = (
     "needs_reply_counts",
     "conversation_tag_index",
     "sync_statistics_pages",
+    "contacts",
+    "conversation_name_index",
 )
 
 

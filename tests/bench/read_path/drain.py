@@ -1,0 +1,184 @@
+"""`drain`: what a stored event costs on the data set, round by round, with no readers.
+
+Each round produces a backlog of new facts of the data set's conversations (``load``'s
+events) at once and times ``convsync materialize`` (a child process, default settings)
+draining it: events/s, CPU per event of the materializer and of Postgres, WAL bytes
+per event. With ``--toggle``, every second round runs with one thing changed, so the
+two variants alternate in one run:
+
+* ``name-index``: the triggers that keep ``conversation_name_index`` (migration 0018) on
+  ``conversations`` disabled; the index's times are brought up to date after the round;
+* ``dropped-indexes``: the two indexes of ``events`` that migration 0019 dropped built
+  again before the round (not timed) and dropped after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from consumers.materializer.config import BatchConfig
+from convsync.db import connect
+from convsync.kafka import admin_client, ensure_topics, topic_specs
+from convsync.settings import Settings
+from tests.bench.bench_materializer import Child
+from tests.bench.procstat import ServerCpu, cpu_seconds
+from tests.bench.read_path.dataset import stored_shape
+from tests.bench.read_path.load import Producer, new_events, stored, wait_stored
+
+VARIANTS = {
+    None: "as built",
+    "name-index": "without the name index's triggers",
+    "dropped-indexes": "with the indexes 0019 dropped",
+}
+NAME_TRIGGERS = ("conversations_name_index_update", "conversations_name_index_insert")
+
+# The name index's times, as its triggers would have left them.
+_RESYNC = """
+UPDATE {s}.conversation_name_index AS x
+SET sort_at = COALESCE(c.last_message_at, '-infinity')
+FROM {s}.conversations AS c
+WHERE x.page_id = c.page_id AND x.psid = c.psid
+  AND x.sort_at <> COALESCE(c.last_message_at, '-infinity')
+"""
+
+
+DROPPED = (
+    "CREATE INDEX events_mid_idx ON {s}.events (mid) WHERE mid IS NOT NULL",
+    "CREATE INDEX events_message_changes_idx ON {s}.events (page_id, psid, mid, kind)"
+    " WHERE kind IN ('edit', 'reaction')",
+)
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``drain`` subcommand."""
+    p = sub.add_parser("drain", help="the materializer draining backlogs, no readers")
+    p.add_argument("--backlog", type=int, default=100_000, help="events a round")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument(
+        "--toggle",
+        choices=("name-index", "dropped-indexes"),
+        default=None,
+        help="every second round without the name index's triggers, or with the indexes"
+        " migration 0019 dropped",
+    )
+    p.set_defaults(run=run)
+
+
+def name_triggers(settings: Settings, enabled: bool) -> None:
+    """Enable or disable the name index's triggers on ``conversations``; on enabling,
+    bring the index's times up to date first (same transaction)."""
+    s = sql.Identifier(settings.db_schema)
+    verb = sql.SQL("ENABLE" if enabled else "DISABLE")
+    with connect(settings) as conn, conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '30s'")
+        if enabled:
+            conn.execute(
+                sql.SQL("LOCK TABLE {}.conversations IN SHARE ROW EXCLUSIVE MODE").format(s)
+            )
+            conn.execute(sql.SQL(_RESYNC).format(s=s))
+        for name in NAME_TRIGGERS:
+            conn.execute(
+                sql.SQL("ALTER TABLE {}.conversations {} TRIGGER {}").format(
+                    s, verb, sql.Identifier(name)
+                )
+            )
+
+
+def dropped_indexes(settings: Settings, built: bool) -> None:
+    """Build the indexes migration 0019 dropped, or drop them again."""
+    s = sql.Identifier(settings.db_schema)
+    with connect(settings) as conn:
+        conn.autocommit = True
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        for stmt in DROPPED:
+            name = stmt.split()[2]
+            if built:
+                conn.execute(sql.SQL(stmt).format(s=s))  # type: ignore[arg-type]
+            else:
+                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(s, sql.Identifier(name)))
+
+
+def _variant(settings: Settings, toggle: str | None, on: bool) -> None:
+    """Enter (``on``) or leave the changed variant of ``toggle``."""
+    if toggle == "name-index":
+        name_triggers(settings, enabled=not on)
+    elif toggle == "dropped-indexes":
+        dropped_indexes(settings, built=on)
+
+
+def wal_bytes(settings: Settings) -> int:
+    """The server's WAL position in bytes (every database's writes, the checkpoints')."""
+    with connect(settings) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").fetchone()
+    return int(str(row[0])) if row else 0
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """The ``drain`` subcommand."""
+    s = settings.model_copy(
+        update={"db_schema": args.schema, "topic_prefix": f"rpdrain{uuid.uuid4().hex[:8]}"}
+    )
+    shape = stored_shape(s, args.schema)
+    ensure_topics(admin_client(s), topic_specs(s))
+    n = args.rounds * args.backlog + 1000
+    print(f"making {n} events ...", flush=True)
+    producer = Producer(s, new_events(shape, n, 9, int(time.time() * 1000), 5000))
+    group = f"rpdrain-{uuid.uuid4().hex[:8]}"
+    log = Path(tempfile.mkstemp(prefix="read-path-drain-", suffix=".log")[1])
+    child = Child(s, group, BatchConfig().max_records, log, None)
+    pid, server_cpu = child.proc.pid, ServerCpu(s)
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    try:
+        producer.burst(1000)  # joins the group, warms up: not timed
+        wait_stored(s, group, 1000, 120)
+        for i in range(args.rounds):
+            changed = args.toggle is not None and i % 2 == 1
+            variant = VARIANTS[args.toggle] if changed else "as built"
+            if changed:
+                _variant(s, args.toggle, on=True)
+            try:
+                load = os.getloadavg()[0]
+                start_at, t0 = stored(s, group), time.monotonic()
+                cpu0, srv0, wal0 = cpu_seconds(pid), server_cpu.seconds(), wal_bytes(s)
+                producer.burst(args.backlog)
+                t1 = wait_stored(s, group, start_at + args.backlog, 1800)
+                cpu1, srv1, wal1 = cpu_seconds(pid), server_cpu.seconds(), wal_bytes(s)
+            finally:
+                if changed:
+                    _variant(s, args.toggle, on=False)
+            rate = args.backlog / (t1 - t0)
+            per = 1e6 / args.backlog
+            pg = (srv1 - srv0) * per if srv0 is not None and srv1 is not None else float("nan")
+            wal = (wal1 - wal0) / args.backlog
+            rows.setdefault(variant, []).append((rate, (cpu1 - cpu0) * per, pg, wal))
+            print(
+                f"round {i + 1} ({variant}), load {load:.1f}: {rate:,.0f} events/s;"
+                f" CPU µs/event: materializer {(cpu1 - cpu0) * per:.0f}, Postgres {pg:.0f};"
+                f" WAL {wal:,.0f} bytes/event",
+                flush=True,
+            )
+    finally:
+        child.stop()
+        log.unlink()
+    medians = {}
+    for variant, values in rows.items():
+        medians[variant] = [statistics.median(v[j] for v in values) for j in range(4)]
+        rate, mat, pg, wal = medians[variant]
+        print(
+            f"{variant}: median {rate:,.0f} events/s over {len(values)} rounds;"
+            f" CPU µs/event: materializer {mat:.0f}, Postgres {pg:.0f}; WAL {wal:,.0f} bytes/event"
+        )
+    if args.toggle is not None and len(medians) == 2:
+        ratio = medians["as built"][0] / medians[VARIANTS[args.toggle]][0]
+        print(f"as built / {VARIANTS[args.toggle]} = {ratio:.2f}")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    return 0
