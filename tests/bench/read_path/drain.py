@@ -51,10 +51,10 @@ WHERE x.page_id = c.page_id AND x.psid = c.psid
 """
 
 
+# The indexes migration 0019 dropped: name, what it was built on.
 DROPPED = (
-    "CREATE INDEX events_mid_idx ON {s}.events (mid) WHERE mid IS NOT NULL",
-    "CREATE INDEX events_message_changes_idx ON {s}.events (page_id, psid, mid, kind)"
-    " WHERE kind IN ('edit', 'reaction')",
+    ("events_mid_idx", "(mid) WHERE mid IS NOT NULL"),
+    ("events_message_changes_idx", "(page_id, psid, mid, kind) WHERE kind IN ('edit', 'reaction')"),
 )
 
 
@@ -99,12 +99,13 @@ def dropped_indexes(settings: Settings, built: bool) -> None:
     with connect(settings) as conn:
         conn.autocommit = True
         conn.execute("SET maintenance_work_mem = '512MB'")
-        for stmt in DROPPED:
-            name = stmt.split()[2]
+        for name, definition in DROPPED:
+            index = sql.Identifier(name)
             if built:
-                conn.execute(sql.SQL(stmt).format(s=s))  # type: ignore[arg-type]
+                on = sql.SQL(definition)
+                conn.execute(sql.SQL("CREATE INDEX {} ON {}.events {}").format(index, s, on))
             else:
-                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(s, sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(s, index))
 
 
 def _variant(settings: Settings, toggle: str | None, on: bool) -> None:
@@ -136,7 +137,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     log = Path(tempfile.mkstemp(prefix="read-path-drain-", suffix=".log")[1])
     child = Child(s, group, BatchConfig().max_records, log, None)
     pid, server_cpu = child.proc.pid, ServerCpu(s)
-    rows: dict[str, list[tuple[float, float, float]]] = {}
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}  # rate, CPU x2, WAL
     try:
         producer.burst(1000)  # joins the group, warms up: not timed
         wait_stored(s, group, 1000, 120)
