@@ -230,13 +230,20 @@ class Archiver:
             metrics.ATTACHMENTS.labels("reused").inc()
             self.totals.reused += 1
             return
+        # A download of the URL may have started while we asked; it stays listed until
+        # its owner has recorded it, so a row asking between the download's end and
+        # that record shares it instead of fetching again.
         task = self._fetching.get(url)
+        owner = task is None
         if task is None:
             task = asyncio.create_task(self._fetch(fetcher, url))
             self._fetching[url] = task
-            task.add_done_callback(lambda _t: self._fetching.pop(url, None))
-        outcome = await asyncio.shield(task)
-        await self._record(job, url, outcome)
+        try:
+            outcome = await asyncio.shield(task)
+            await self._record(job, url, outcome)
+        finally:
+            if owner and self._fetching.get(url) is task:
+                del self._fetching[url]
 
     async def _fetch(self, fetcher: Fetcher, url: str) -> Outcome:
         metrics.DOWNLOADS.inc()

@@ -4,11 +4,14 @@ hosts are never reached, oversized files are refused, permanent errors are not r
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from consumers.archiver.queue import ArchiveQueue, FileInfo, Key
 from deploy.simulator.graph_api import GraphWorld
 from deploy.simulator.media import MediaServer
 from deploy.simulator.webhooks import WebhookSender
@@ -83,6 +86,40 @@ def test_a_url_is_fetched_once_and_identical_content_stored_once(
     assert media.requests["/media/ok-twice.jpg"] == 1
     assert media.requests["/media/same-7-x.jpg"] == media.requests["/media/same-7-y.jpg"] == 1
     assert len(files_on_disk(media_dir)) == 3
+
+
+def test_a_row_asking_after_a_download_but_before_its_record_shares_it(
+    pipeline: Pipeline, media: MediaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The window CI once hit by chance, held open: the first row's record is slow, the
+    # second row asks for the URL after the download has ended.
+    sender = WebhookSender("secret", seed=7, media_base=media.base_url)
+    once = webhook_message(sender, [media.url("ok-window.jpg")], psid="3333")
+    pipeline.store([once, msgspec.structs.replace(once, psid="4444")])
+    asked: list[str] = []
+    lock = threading.Lock()
+    by_url, mark_stored = ArchiveQueue.stored_by_url, ArchiveQueue.mark_stored
+
+    def late_lookup(queue: ArchiveQueue, url: str) -> FileInfo | None:
+        with lock:
+            asked.append(url)
+            late = len(asked) > 1
+        if late:
+            time.sleep(0.5)
+        return by_url(queue, url)
+
+    def slow_record(queue: ArchiveQueue, key: Key, info: FileInfo, *, fetched: bool) -> None:
+        time.sleep(1.5)
+        mark_stored(queue, key, info, fetched=fetched)
+
+    monkeypatch.setattr(ArchiveQueue, "stored_by_url", late_lookup)
+    monkeypatch.setattr(ArchiveQueue, "mark_stored", slow_record)
+    media_dir = tmp_path / "media"
+    pipeline.archive(media_settings(media, media_dir))
+
+    assert len(asked) == 2
+    assert media.requests["/media/ok-window.jpg"] == 1
+    assert {r["status"] for r in check_truth(pipeline, media_dir)} == {"stored"}
 
 
 def test_permanent_errors_are_recorded_and_not_retried(
