@@ -338,6 +338,18 @@ def lag(
     return out
 
 
+def behind(consumer: Consumer, topic: str, ends: Mapping[int, int]) -> dict[int, int]:
+    """Return how many records of each partition of ``ends`` (its known high watermarks)
+    lie past ``consumer``'s position; no query to the broker. A partition whose position
+    is unknown (no record consumed yet) is left out."""
+    if not ends:
+        return {}
+    positions = consumer.position([TopicPartition(topic, p) for p in sorted(ends)])
+    return {
+        tp.partition: max(0, ends[tp.partition] - tp.offset) for tp in positions if tp.offset >= 0
+    }
+
+
 def read_record(
     source: Settings | ClientConfig,
     position: TopicPartition,

@@ -11,9 +11,10 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumers.materializer.config import MaterializerConfig
+from consumers.materializer.ends import EndsProbe
 from consumers.materializer.metrics import Tally
 from consumers.materializer.retry import Stop
-from convsync.kafka import check_record_error, lag, make_consumer
+from convsync.kafka import behind, check_record_error, make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Member:
         self.consumer: Consumer | None = None
         self.owned: set[int] = set()
         self._last_lag = 0.0
+        self._probe: EndsProbe | None = None
 
     def open(self) -> Consumer:
         """Create the consumer (not yet subscribed or assigned) and return it."""
@@ -68,10 +70,20 @@ class Member:
             **CONSUMER_TUNING,
             **extra,
         )
+        if self._config.report_lag and self._probe is None:
+            self._probe = EndsProbe(
+                self._config.kafka,
+                self._config.group,
+                (self.topic, self._config.dlq_topic),
+                interval=self._config.batch.lag_interval,
+            )
         return self.consumer
 
     def close(self) -> None:
         """Leave the group and close the consumer."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close()
         consumer, self.consumer = self.consumer, None
         if consumer is None:
             return
@@ -101,17 +113,17 @@ class Member:
 
     def refresh_lag(self) -> None:
         """Set the lag gauges of the owned partitions, at most every ``lag_interval``
-        seconds and only when the config asks for it (one quick query per partition)."""
-        if self.consumer is None or not self._config.report_lag:
+        seconds and only when the config asks for it, from the end offsets the probe's
+        thread last learned (no query to Kafka here: see consumers/materializer/ends.py)."""
+        consumer, probe = self.consumer, self._probe
+        if consumer is None or probe is None:
             return
         if time.monotonic() - self._last_lag < self._config.batch.lag_interval:
             return
         self._last_lag = time.monotonic()
-        owned = sorted(self.owned)
-        self._tally.lag(self.topic, lag(self.consumer, self.topic, owned))
-        self._tally.dlq_ends(
-            self._config.dlq_topic, _ends(self.consumer, self._config.dlq_topic, owned)
-        )
+        probe.want(self.owned)
+        self._tally.lag(self.topic, behind(consumer, self.topic, probe.ends(self.topic)))
+        self._tally.dlq_ends(self._config.dlq_topic, probe.ends(self._config.dlq_topic))
 
     def serve(self, seconds: float) -> None:
         """Wait ``seconds`` while staying in the group: fetching paused, the consumer
@@ -149,22 +161,3 @@ def _on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None
 
 def _on_error(err: KafkaError) -> None:
     log.warning("kafka: %s", err)
-
-
-def _ends(
-    consumer: Consumer, topic: str, partitions: list[int], *, timeout: float = 1.0
-) -> dict[int, int]:
-    """Return the high watermark of each of ``partitions`` of ``topic``; one quick query
-    each, for monitoring: a partition that does not answer (or exist) is left out."""
-    out: dict[int, int] = {}
-    for p in partitions:
-        try:
-            marks = consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=timeout, cached=False
-            )
-        except KafkaException as e:
-            log.info("end offset of %s[%s] unknown: %s", topic, p, e)
-            continue
-        if marks is not None:
-            out[p] = int(marks[1])
-    return out

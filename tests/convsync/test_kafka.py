@@ -17,6 +17,7 @@ from convsync.errors import ConsumerFatalError, RetryableError
 from convsync.kafka import (
     TopicSpec,
     admin_client,
+    behind,
     check_record_error,
     ensure_topics,
     lag,
@@ -197,6 +198,10 @@ def test_lag_counts_records_past_the_position_of_consumed_partitions_only(
         assert msg is not None and msg.error() is None and msg.offset() == 2
         # Partition 0: 5 records, position 3. Partition 1: nothing consumed, no position.
         assert lag(consumer, name, [0, 1]) == {0: 2}
+        # The same from known ends, without asking the broker.
+        assert behind(consumer, name, {0: 5, 1: 5}) == {0: 2}
+        assert behind(consumer, name, {0: 9}) == {0: 6}
+        assert behind(consumer, name, {}) == {}
     finally:
         consumer.close()
 

@@ -1,0 +1,84 @@
+"""The lag gauges' end offsets come from a thread of their own (consumers/materializer/
+ends.py): it learns them from the real broker, and while it waits for an answer the
+materializer goes on storing batches."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+
+import pytest
+
+from consumers.materializer import BatchConfig, Materializer
+from consumers.materializer.ends import EndsProbe
+from convsync.kafka import make_producer
+from tests.consumers.helpers import conversations, expected, produce, random_events, wait_for
+from tests.consumers.test_materializer import running, stored_end
+from tests.fixtures.kafka import MakeTopics
+from tests.fixtures.postgres import MakeSchema
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_probe_learns_the_ends_of_the_partitions_it_is_asked_for(
+    make_topics: MakeTopics,
+) -> None:
+    settings = make_topics(partitions=2)
+    events, dlq = settings.topic("events"), settings.topic("dlq")
+    producer = make_producer(settings)
+    for topic, partition, n in ((events, 0, 3), (events, 1, 1), (dlq, 0, 2)):
+        for i in range(n):
+            producer.produce(topic, value=b"x%d" % i, partition=partition)
+    assert producer.flush(30) == 0
+
+    probe = EndsProbe(settings.kafka_config(), "g-probe", (events, dlq), interval=0.05)
+    try:
+        assert probe.ends(events) == {}  # nothing wanted yet
+        probe.want({0})
+        wait_for(lambda: probe.ends(dlq) == {0: 2}, timeout=30, what="the DLQ end")
+        assert probe.ends(events) == {0: 3}
+        probe.want({0, 1})
+        wait_for(lambda: probe.ends(events) == {0: 3, 1: 1}, timeout=30, what="both ends")
+        assert probe.ends(dlq) == {0: 2, 1: 0}
+        probe.want({1})  # partition 0 given away: its figures go at once
+        assert probe.ends(events) == {1: 1}
+        assert probe.ends(dlq) == {1: 0}
+    finally:
+        started = time.monotonic()
+        probe.close()
+    assert time.monotonic() - started < 10
+
+
+def test_a_probe_waiting_for_the_broker_holds_up_no_batch(
+    make_topics: MakeTopics, make_schema: MakeSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker never answers the end-offset queries (until the end): the consume loop,
+    # which once asked them itself, stores every event meanwhile.
+    settings = make_schema(base=make_topics(partitions=2))
+    asked, answer = threading.Event(), threading.Event()
+
+    def unanswered(_probe: EndsProbe, _topic: str, _partition: int) -> int | None:
+        asked.set()
+        answer.wait(60)
+        return None
+
+    monkeypatch.setattr(EndsProbe, "_ask", unanswered)
+    events = random_events(random.Random(23), pages=4, users=10, n=300)
+    group = f"g-{uuid.uuid4().hex[:12]}"
+    batch = BatchConfig(max_records=50, max_wait=0.05, idle_poll=0.2, lag_interval=0.01)
+    mat = Materializer.from_settings(settings, group=group, batch=batch, report_lag=True)
+    try:
+        with running(mat):
+            produce(settings, events)
+            wait_for(
+                lambda: stored_end(settings, group) == len(events),
+                timeout=60,
+                what="every event stored while the probe waits",
+            )
+            assert asked.is_set() and not answer.is_set()
+            answer.set()
+    finally:
+        answer.set()
+    assert conversations(settings) == expected(events)
