@@ -9,7 +9,12 @@ two variants alternate in one run:
 * ``name-index``: the triggers that keep ``conversation_name_index`` (migration 0018) on
   ``conversations`` disabled; the index's times are brought up to date after the round;
 * ``dropped-indexes``: the two indexes of ``events`` that migration 0019 dropped built
-  again before the round (not timed) and dropped after it.
+  again before the round (not timed) and dropped after it;
+* ``shared-buffers``: the local stack's Postgres with ``shared_buffers`` at a quarter of
+  the machine's memory instead of its 256MB; Postgres is restarted before every round
+  of both variants (``ALTER SYSTEM`` through its socket, as the OS user the stack maps
+  to its superuser), then warmed up with 1,000 untimed events. Each round therefore
+  starts cold, right after a checkpoint.
 """
 
 from __future__ import annotations
@@ -23,21 +28,32 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from consumers.materializer.config import BatchConfig
 from convsync.db import connect
 from convsync.kafka import admin_client, ensure_topics, topic_specs
 from convsync.settings import Settings
+from deploy.postgres_local import SUPERUSER, LocalPostgres
+from deploy.stack import load_info
 from tests.bench.bench_materializer import Child
 from tests.bench.procstat import ServerCpu, cpu_seconds
 from tests.bench.read_path.dataset import stored_shape
-from tests.bench.read_path.load import Producer, new_events, stored, wait_stored
+from tests.bench.read_path.load import (
+    Producer,
+    add_seed,
+    new_events,
+    run_seed,
+    stored,
+    wait_stored,
+)
 
 VARIANTS = {
     None: "as built",
     "name-index": "without the name index's triggers",
     "dropped-indexes": "with the indexes 0019 dropped",
+    "shared-buffers": "with shared_buffers at a quarter of memory",
 }
 NAME_TRIGGERS = ("conversations_name_index_update", "conversations_name_index_insert")
 
@@ -63,12 +79,14 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("drain", help="the materializer draining backlogs, no readers")
     p.add_argument("--backlog", type=int, default=100_000, help="events a round")
     p.add_argument("--rounds", type=int, default=4)
+    add_seed(p)
     p.add_argument(
         "--toggle",
-        choices=("name-index", "dropped-indexes"),
+        choices=("name-index", "dropped-indexes", "shared-buffers"),
         default=None,
-        help="every second round without the name index's triggers, or with the indexes"
-        " migration 0019 dropped",
+        help="every second round without the name index's triggers, with the indexes"
+        " migration 0019 dropped, or with a quarter of memory as shared_buffers"
+        " (Postgres restarted before every round)",
     )
     p.set_defaults(run=run)
 
@@ -108,12 +126,41 @@ def dropped_indexes(settings: Settings, built: bool) -> None:
                 conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(s, index))
 
 
+def quarter_of_memory_mb() -> int:
+    """A quarter of the machine's memory (``MemTotal``), in MB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024 // 4
+    raise SystemExit("no MemTotal in /proc/meminfo")
+
+
+def shared_buffers(settings: Settings, value: str | None) -> None:
+    """Set ``shared_buffers`` of the local stack's Postgres to ``value`` (None: its own
+    setting again) and restart it."""
+    state = Path(settings.state_dir)
+    info = load_info(state)
+    if info is None:
+        raise SystemExit(f"no local stack in {state}: --toggle shared-buffers restarts it")
+    pg = LocalPostgres(state, info.pg_port)
+    with psycopg.connect(
+        host=str(pg.root), port=pg.port, user=SUPERUSER, dbname="postgres", autocommit=True,
+        connect_timeout=10,
+    ) as conn:  # fmt: skip
+        if value is None:
+            conn.execute("ALTER SYSTEM RESET shared_buffers")
+        else:
+            conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(value))
+    pg.restart()
+
+
 def _variant(settings: Settings, toggle: str | None, on: bool) -> None:
     """Enter (``on``) or leave the changed variant of ``toggle``."""
     if toggle == "name-index":
         name_triggers(settings, enabled=not on)
     elif toggle == "dropped-indexes":
         dropped_indexes(settings, built=on)
+    elif toggle == "shared-buffers":
+        shared_buffers(settings, f"{quarter_of_memory_mb()}MB" if on else None)
 
 
 def wal_bytes(settings: Settings) -> int:
@@ -130,9 +177,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     )
     shape = stored_shape(s, args.schema)
     ensure_topics(admin_client(s), topic_specs(s))
-    n = args.rounds * args.backlog + 1000
+    n = args.rounds * (args.backlog + 1000) + 1000  # a warm-up before each round at most
     print(f"making {n} events ...", flush=True)
-    producer = Producer(s, new_events(shape, n, 9, int(time.time() * 1000), 5000))
+    seed = run_seed(args)
+    producer = Producer(s, new_events(shape, n, seed, int(time.time() * 1000), 5000))
     group = f"rpdrain-{uuid.uuid4().hex[:8]}"
     log = Path(tempfile.mkstemp(prefix="read-path-drain-", suffix=".log")[1])
     child = Child(s, group, BatchConfig().max_records, log, None)
@@ -146,6 +194,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             variant = VARIANTS[args.toggle] if changed else "as built"
             if changed:
                 _variant(s, args.toggle, on=True)
+            if args.toggle == "shared-buffers":
+                if not changed:
+                    shared_buffers(s, None)  # a restart before every round
+                server_cpu = ServerCpu(s)  # the restarted server's postmaster
+                warm = stored(s, group) + 1000
+                producer.burst(1000)
+                wait_stored(s, group, warm, 300)
             try:
                 load = os.getloadavg()[0]
                 start_at, t0 = stored(s, group), time.monotonic()

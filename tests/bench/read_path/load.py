@@ -24,6 +24,7 @@ import argparse
 import bisect
 import os
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -59,12 +60,33 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=60, help="length of an ingest phase")
     p.add_argument("--read-seconds", type=float, default=30, help="length of a read phase")
     p.add_argument("--backlog", type=int, default=150_000, help="events of a capacity phase")
+    add_seed(p)
     p.set_defaults(run=run)
+
+
+def add_seed(parser: Any) -> None:
+    """Add ``--seed``: the events' seed, new for every run unless given."""
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the events (default: a new one each run; the same seed twice sends"
+        " the same messages again, which the materializer then merges as copies)",
+    )
+
+
+def run_seed(args: Any) -> int:
+    """Return the run's seed (``--seed`` or a new one) and print it."""
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    print(f"seed {seed}", flush=True)
+    return int(seed)
 
 
 def new_events(shape: Shape, n: int, seed: int, t0_ms: int, rate: int) -> list[tuple[bytes, bytes]]:
     """Return ``n`` (key, value) records: new events of the data set's conversations,
-    timed ``rate`` per second from ``t0_ms``."""
+    timed ``rate`` per second from ``t0_ms``. Their messages are new only for a seed not
+    used on the data set before: with the same seed the mids repeat, and the events are
+    copies of stored ones, merged row by row (a slower path the rates would then show)."""
     rng = random.Random(seed)
     sender = FastSender(app_secret="read-path-load", seed=seed)
     starts = []
@@ -97,6 +119,9 @@ def new_events(shape: Shape, n: int, seed: int, t0_ms: int, rate: int) -> list[t
     return out
 
 
+TICK = 0.02  # seconds between a paced producer's bursts
+
+
 class Producer:
     """Produces records at a rate in a thread, from a shared list, phase by phase."""
 
@@ -108,13 +133,19 @@ class Producer:
         self.producer.list_topics(self.topic, timeout=30)
 
     def run_for(self, rate: int, seconds: float) -> int:
-        """Produce ``rate`` records/s for ``seconds`` (in this thread); return how many."""
-        start, n = time.monotonic(), int(rate * seconds)
-        for i in range(n):
-            due = start + i / rate
-            while (delay := due - time.monotonic()) > 0:
-                self.producer.poll(min(delay, 0.005))
-            self._one()
+        """Produce ``rate`` records/s for ``seconds`` (in this thread); return how many.
+
+        The records due are produced every ``TICK`` seconds, then the thread sleeps:
+        pacing each record alone spun on sub-millisecond polls and took half a core of
+        the two that the materializer and Postgres share here."""
+        start, n, sent = time.monotonic(), int(rate * seconds), 0
+        while sent < n:
+            due = min(n, int((time.monotonic() - start) * rate) + 1)
+            for _ in range(due - sent):
+                self._one()
+            sent = due
+            self.producer.poll(0)  # delivery reports
+            time.sleep(TICK)
         self.producer.flush(60)
         return n
 
@@ -209,7 +240,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     ensure_topics(admin_client(s), topic_specs(s))
     n_ingest = int(args.rate * args.seconds) * 3 + 2 * args.backlog + 1000
     print(f"making {n_ingest} events ...", flush=True)
-    records = new_events(shape, n_ingest, 5, int(time.time() * 1000), args.rate)
+    records = new_events(shape, n_ingest, run_seed(args), int(time.time() * 1000), args.rate)
     producer = Producer(s, records)
     group = f"rpload-{uuid.uuid4().hex[:8]}"
     log = Path(tempfile.mkstemp(prefix="read-path-materializer-", suffix=".log")[1])
