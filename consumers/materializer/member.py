@@ -122,7 +122,10 @@ class Member:
             return
         self._last_lag = time.monotonic()
         probe.want(self.owned)
-        self._tally.lag(self.topic, behind(consumer, self.topic, probe.ends(self.topic)))
+        try:
+            self._tally.lag(self.topic, behind(consumer, self.topic, probe.ends(self.topic)))
+        except KafkaException as e:
+            log.info("lag of %s unknown: %s", self.topic, e)
         self._tally.dlq_ends(self._config.dlq_topic, probe.ends(self._config.dlq_topic))
 
     def serve(self, seconds: float) -> None:
