@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from convsync.kafka import ClientConfig, make_consumer
+from convsync.kafka import ClientConfig, make_consumer, read_watermarks
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,9 @@ class EndsProbe:
             log.exception("end-offset thread stopped; the lag gauges no longer move")
 
     def _ask(self, topic: str, partition: int) -> int | None:
+        tp = TopicPartition(topic, partition)
         try:
-            marks = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=self._timeout, cached=False
-            )
+            return read_watermarks(self._consumer, tp, timeout=self._timeout)[1]
         except KafkaException as e:
             log.info("end offset of %s[%s] unknown: %s", topic, partition, e)
             return None
-        return None if marks is None else int(marks[1])
