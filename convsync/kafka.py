@@ -315,29 +315,6 @@ def watermarks(
         raise RetryableError(f"cannot read end offsets of {topic}[{partition}]: {e}") from e
 
 
-def lag(
-    consumer: Consumer, topic: str, partitions: Iterable[int], *, timeout: float = 1.0
-) -> dict[int, int]:
-    """Return how many records of each partition lie past ``consumer``'s position (the
-    high watermark minus the position), for monitoring.
-
-    One quick query per partition, no retries: a partition whose watermark or position
-    is unknown (no record consumed yet, the broker not answering) is left out.
-    """
-    out: dict[int, int] = {}
-    for p in partitions:
-        tp = TopicPartition(topic, p)
-        try:
-            marks = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-            (pos,) = consumer.position([tp])
-        except KafkaException as e:
-            log.info("lag of %s[%s] unknown: %s", topic, p, e)
-            continue
-        if marks is not None and pos.offset >= 0:
-            out[p] = max(0, marks[1] - pos.offset)
-    return out
-
-
 def behind(consumer: Consumer, topic: str, ends: Mapping[int, int]) -> dict[int, int]:
     """Return how many records of each partition of ``ends`` (its known high watermarks)
     lie past ``consumer``'s position; no query to the broker. A partition whose position

@@ -11,9 +11,9 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumers.materializer.config import MaterializerConfig
-from consumers.materializer.ends import EndsProbe
 from consumers.materializer.metrics import Tally
 from consumers.materializer.retry import Stop
+from convsync.ends import EndsProbe
 from convsync.kafka import behind, check_record_error, make_consumer
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class Member:
                 self._config.group,
                 (self.topic, self._config.dlq_topic),
                 interval=self._config.batch.lag_interval,
+                name="materializer-ends",
             )
         return self.consumer
 
@@ -114,7 +115,7 @@ class Member:
     def refresh_lag(self) -> None:
         """Set the lag gauges of the owned partitions, at most every ``lag_interval``
         seconds and only when the config asks for it, from the end offsets the probe's
-        thread last learned (no query to Kafka here: see consumers/materializer/ends.py)."""
+        thread last learned (no query to Kafka here: see convsync/ends.py)."""
         consumer, probe = self.consumer, self._probe
         if consumer is None or probe is None:
             return

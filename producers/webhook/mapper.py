@@ -28,6 +28,7 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from convsync.ends import EndsProbe
 from convsync.errors import ConsumerFatalError
 from convsync.kafka import ClientConfig, check_record_error, make_consumer, producer_config
 from convsync.observe import Heartbeat
@@ -169,6 +170,16 @@ class Mapper:
             )
         )
         self._consumer, self._producer = consumer, producer
+        # The lag's offsets come from a thread of its own: a broker slow to answer them
+        # never holds a transaction.
+        probe = EndsProbe(
+            cfg.kafka,
+            cfg.group,
+            (cfg.deliveries,),
+            interval=cfg.lag_every,
+            name="mapper-ends",
+            committed=True,
+        )
         threading.Thread(
             target=self._watchdog, args=(stop,), name="mapper-watchdog", daemon=True
         ).start()
@@ -188,13 +199,14 @@ class Mapper:
                     break
                 now = time.monotonic()
                 if now >= next_lag:
-                    self._report_lag(consumer)
+                    self._report_lag(probe)
                     next_lag = now + cfg.lag_every
         except KafkaException as e:
             err = e.args[0] if e.args else None
             raise ConsumerFatalError(f"mapper: {err}") from e
         finally:
             self._consumer = self._producer = None
+            probe.close()
             consumer.close()
             producer.flush(5)
         return self.totals
@@ -286,30 +298,16 @@ class Mapper:
         t.dead_letters += letters
         t.transactions += 1
 
-    def _report_lag(self, consumer: Consumer) -> None:
+    def _report_lag(self, probe: EndsProbe) -> None:
         """Set the lag of every assigned partition: its high watermark minus the offset
         the group committed (with the last transaction), or minus its low watermark
-        when nothing was committed yet. One query per partition, no retries."""
+        when nothing was committed yet; both as the probe's thread last learned them (no
+        query to Kafka here: convsync/ends.py)."""
         cfg = self.config
-        parts = [TopicPartition(cfg.deliveries, p) for p in sorted(self._assigned)]
-        if not parts:
-            return
-        try:
-            committed = consumer.committed(parts, timeout=2)
-        except KafkaException as e:
-            log.info("mapper: lag unknown: %s", e)
-            return
-        for tp in committed:
-            try:
-                marks = consumer.get_watermark_offsets(tp, timeout=1, cached=False)
-            except KafkaException as e:
-                log.info("mapper: lag of %s unknown: %s", tp.partition, e)
-                continue
-            if marks is None:
-                continue
-            low, high = marks
-            done = tp.offset if tp.offset >= 0 else low
-            LAG.labels(cfg.group, cfg.deliveries, str(tp.partition)).set(max(0, high - done))
+        probe.want(self._assigned)
+        ends, done = probe.ends(cfg.deliveries), probe.done(cfg.deliveries)
+        for p in sorted(self._assigned & ends.keys() & done.keys()):
+            LAG.labels(cfg.group, cfg.deliveries, str(p)).set(max(0, ends[p] - done[p]))
 
 
 def _usable(msg: Message) -> bool:

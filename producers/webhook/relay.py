@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 
+from convsync.ends import EndsProbe
 from convsync.errors import ConfigError, RetryableError
-from convsync.kafka import ClientConfig, check_record_error, lag, make_consumer, make_producer
+from convsync.kafka import ClientConfig, behind, check_record_error, make_consumer, make_producer
 from convsync.observe import Heartbeat
 from convsync.settings import Settings
 from producers.webhook.signature import HEADER, LEGACY_HEADER
@@ -52,6 +53,8 @@ LAG: Final = Gauge(
     "convsync_relay_lag", "Bodies behind the partition's high watermark.", ["group", "partition"]
 )
 HEARTBEAT: Heartbeat = Heartbeat(stale_after=600.0)
+# Seconds between two settings of the lag gauges (and two end-offset queries).
+LAG_INTERVAL: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ class Relay:
         self.config = config
         self.totals = Totals()
         self._dead: Producer | None = None
+        self._gauged: set[int] = set()  # partitions with a lag gauge set by this relay
 
     async def run(self, stop: asyncio.Event) -> Totals:
         """Forward records until ``stop`` is set."""
@@ -117,6 +121,10 @@ class Relay:
         timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         loop = asyncio.get_running_loop()
         next_lag = 0.0
+        # The ends come from a thread of its own: a broker slow to answer never holds a body.
+        probe = EndsProbe(
+            cfg.kafka, cfg.group, (cfg.topic,), interval=LAG_INTERVAL, name="relay-ends"
+        )
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while not stop.is_set():
@@ -140,9 +148,10 @@ class Relay:
                             asynchronous=False,
                         )
                     if loop.time() >= next_lag:
-                        await asyncio.to_thread(self._report_lag, consumer)
-                        next_lag = loop.time() + 5.0
+                        self._report_lag(consumer, probe)
+                        next_lag = loop.time() + LAG_INTERVAL
         finally:
+            probe.close()
             consumer.close()
             if self._dead is not None:
                 self._dead.flush(10)
@@ -232,10 +241,24 @@ class Relay:
             cfg.dead_topic,
         )
 
-    def _report_lag(self, consumer: Consumer) -> None:
-        parts = [tp.partition for tp in consumer.assignment()]
-        for partition, behind in lag(consumer, self.config.topic, parts, timeout=0.5).items():
-            LAG.labels(self.config.group, str(partition)).set(behind)
+    def _report_lag(self, consumer: Consumer, probe: EndsProbe) -> None:
+        """Set the lag gauges of the assigned partitions from the ends the probe last
+        learned and the consumer's own positions (no query to Kafka here)."""
+        cfg = self.config
+        owned = {tp.partition for tp in consumer.assignment()}
+        probe.want(owned)
+        for partition in self._gauged - owned:  # given away: another relay reports it
+            with contextlib.suppress(KeyError):
+                LAG.remove(cfg.group, str(partition))
+        self._gauged &= owned
+        try:
+            lags = behind(consumer, cfg.topic, probe.ends(cfg.topic))
+        except KafkaException as e:
+            log.info("relay lag of %s unknown: %s", cfg.topic, e)
+            return
+        for partition, n in lags.items():
+            LAG.labels(cfg.group, str(partition)).set(n)
+            self._gauged.add(partition)
 
 
 def _headers(msg: Message) -> list[tuple[str, bytes]]:

@@ -1,6 +1,6 @@
-"""The lag gauges' end offsets come from a thread of their own (consumers/materializer/
-ends.py): it learns them from the real broker, and while it waits for an answer the
-materializer goes on storing batches."""
+"""The lag gauges' end offsets come from a thread of their own (convsync/ends.py): it
+learns them from the real broker, and while it waits for an answer the materializer goes
+on storing batches."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import time
 import uuid
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from consumers.materializer import BatchConfig, Materializer
-from consumers.materializer.ends import EndsProbe
-from convsync.kafka import make_producer
+from convsync.ends import EndsProbe
+from convsync.kafka import make_consumer, make_producer
 from tests.consumers.helpers import conversations, expected, produce, random_events, wait_for
 from tests.consumers.test_materializer import running, stored_end
 from tests.fixtures.kafka import MakeTopics
@@ -51,6 +52,32 @@ def test_the_probe_learns_the_ends_of_the_partitions_it_is_asked_for(
     assert time.monotonic() - started < 10
 
 
+def test_the_probe_learns_how_far_the_group_committed(make_topics: MakeTopics) -> None:
+    # The mapper's lag is the end minus the group's committed offset (its transactions'),
+    # or minus the low watermark where the group committed nothing.
+    settings = make_topics(partitions=2)
+    topic = settings.topic("deliveries")
+    producer = make_producer(settings)
+    for partition, n in ((0, 5), (1, 3)):
+        for i in range(n):
+            producer.produce(topic, value=b"d%d" % i, partition=partition)
+    assert producer.flush(30) == 0
+    group = f"g-{uuid.uuid4().hex[:12]}"
+    committer = make_consumer(settings, group)
+    try:
+        committer.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
+    finally:
+        committer.close()
+
+    probe = EndsProbe(settings.kafka_config(), group, (topic,), interval=0.05, committed=True)
+    try:
+        probe.want({0, 1})
+        wait_for(lambda: probe.done(topic) == {0: 2, 1: 0}, timeout=30, what="committed")
+        assert probe.ends(topic) == {0: 5, 1: 3}
+    finally:
+        probe.close()
+
+
 def test_a_probe_waiting_for_the_broker_holds_up_no_batch(
     make_topics: MakeTopics, make_schema: MakeSchema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,7 +86,7 @@ def test_a_probe_waiting_for_the_broker_holds_up_no_batch(
     settings = make_schema(base=make_topics(partitions=2))
     asked, answer = threading.Event(), threading.Event()
 
-    def unanswered(_probe: EndsProbe, _topic: str, _partition: int) -> int | None:
+    def unanswered(_probe: EndsProbe, _topic: str, _partition: int) -> tuple[int, int] | None:
         asked.set()
         answer.wait(60)
         return None

@@ -10,6 +10,7 @@ order the gateway took them, with the ids unchanged.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from confluent_kafka import Producer
 
+from convsync.ends import EndsProbe
 from convsync.settings import Settings
 from deploy.simulator.webhooks import WebhookSender
 from producers.webhook.admit import Accepted, admit
@@ -79,6 +81,33 @@ async def test_the_mapper_writes_every_event_once_in_page_order(
     assert totals.events == count
     assert totals.dead_letters == 0
     assert totals.transactions >= 80 // 7
+
+
+async def test_a_lag_probe_the_broker_never_answers_holds_up_no_transaction(
+    client: Client, gw_settings: Settings, sender: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The end-offset queries hang until the end of the test (the mapper once asked them
+    # in its own loop, up to a second each): every delivery is mapped meanwhile.
+    asked, answer = threading.Event(), threading.Event()
+
+    def unanswered(_probe: EndsProbe, _topic: str, _partition: int) -> tuple[int, int] | None:
+        asked.set()
+        answer.wait(60)
+        return None
+
+    monkeypatch.setattr(EndsProbe, "_ask", unanswered)
+    await post_bodies(client, sender, 12)
+    want = expected(gw_settings)
+    try:
+        with mapper_thread(gw_settings, max_records=5, lag_every=0.01) as mapper:
+            totals = wait_totals(mapper, 24)
+            events = wait_for_events(gw_settings, sum(map(len, want.values())))
+            assert asked.is_set() and not answer.is_set()
+            answer.set()  # (so that the probe's thread ends at once with the mapper)
+    finally:
+        answer.set()
+    assert by_page(events) == want
+    assert totals.deliveries == 24
 
 
 async def test_a_record_that_is_no_delivery_is_dead_lettered_and_the_next_mapped(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,12 +20,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
+from convsync.ends import EndsProbe
 from convsync.settings import Settings
 from deploy.simulator.webhooks import WebhookSender
 from producers.webhook.app import make_app
-from producers.webhook.relay import Relay, RelayConfig, Totals
+from producers.webhook.relay import LAG, Relay, RelayConfig, Totals
 from producers.webhook.settings import GatewaySettings
 from producers.webhook.signature import HEADER
 from tests.producers.webhook.helpers import read_records, start_test_server, with_secrets
@@ -136,3 +140,81 @@ async def test_without_a_relay_url_the_gateway_keeps_no_copy(
     await post(with_secrets(kafka_settings), [sender.batch(["3"], items_per_page=1)])
     assert read_records(kafka_settings, "relay") == []
     assert len(read_records(kafka_settings, "deliveries")) == 1
+
+
+def lag_gauges(group: str) -> dict[int, float]:
+    """The relay lag gauges of ``group`` that are set, by partition."""
+    out: dict[int, float] = {}
+    for metric in REGISTRY.collect():
+        if metric.name != "convsync_relay_lag":
+            continue
+        for sample in metric.samples:
+            if sample.labels["group"] == group:
+                out[int(sample.labels["partition"])] = sample.value
+    return out
+
+
+async def test_the_lag_gauges_count_from_the_ends_the_probe_learned(
+    kafka_settings: Settings, sender: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every partition's end is said to be 100: each gauge is 100 minus the relay's own
+    # position there, so over the partitions the relay read, the gauges fall short of
+    # 100 by exactly the bodies it forwarded.
+    monkeypatch.setattr(EndsProbe, "_ask", lambda _probe, _topic, _partition: (0, 100))
+    inbox = OldInbox(failures=0)
+    bodies = [sender.batch([str(page)], items_per_page=1) for page in range(6)]
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    async with old_inbox(inbox) as url:
+        settings = with_secrets(kafka_settings).model_copy(update={"relay_url": SecretStr(url)})
+        await post(settings, bodies)
+
+        def counted() -> bool:
+            gauges = lag_gauges(group)
+            return len(inbox.taken) == 6 and sum(100 - v for v in gauges.values()) == 6
+
+        totals = await relay_until(config_of(settings, group=group), counted, seconds=30)
+    assert totals.forwarded == 6
+    gauges = lag_gauges(group)
+    assert gauges and all(v <= 100 for v in gauges.values())
+    assert sum(100 - v for v in gauges.values()) == 6
+    for partition in gauges:
+        LAG.remove(group, str(partition))
+
+
+async def test_a_probe_the_broker_never_answers_holds_up_no_body(
+    kafka_settings: Settings, sender: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The end-offset queries hang until the end of the test: the relay forwards every
+    # body meanwhile (its loop reads what the probe learned, it never waits for it).
+    asked, answer = threading.Event(), threading.Event()
+
+    def unanswered(_probe: EndsProbe, _topic: str, _partition: int) -> tuple[int, int] | None:
+        asked.set()
+        answer.wait(60)
+        return None
+
+    monkeypatch.setattr(EndsProbe, "_ask", unanswered)
+    inbox = OldInbox(failures=0)
+    bodies = [sender.batch([str(page)], items_per_page=1) for page in range(6)]
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    held: list[bool] = []
+
+    def forwarded() -> bool:
+        if len(inbox.taken) < 6:
+            return False
+        held.append(asked.is_set() and not answer.is_set())  # all forwarded, still unasked
+        answer.set()
+        return True
+
+    try:
+        async with old_inbox(inbox) as url:
+            settings = with_secrets(kafka_settings).model_copy(update={"relay_url": SecretStr(url)})
+            await post(settings, bodies)
+            totals = await relay_until(config_of(settings, group=group), forwarded, seconds=30)
+    finally:
+        answer.set()
+    assert held == [True]
+    assert totals.forwarded == 6
+    # (Pages on several partitions: forwarded in order within each, not across them.)
+    assert sorted(body for body, _ in inbox.taken) == sorted(b.raw for b in bodies)
+    assert lag_gauges(group) == {}  # no end learned, no gauge
