@@ -1,7 +1,7 @@
 """The end offsets a consumer's lag gauges need, asked by a thread of its own.
 
-Until 2026-12-06 the materializer's consume loop (and the webhook relay's) asked them
-itself: one query per owned partition, in turn, each waiting up to a second. When the
+Until 2026-12-06 the materializer's consume loop (and the webhook relay's and mapper's)
+asked them itself: one query per owned partition, in turn, each waiting up to a second. When the
 broker answered them late the loop stood still for seconds at a time with a backlog
 waiting (docs/performance.md, "Lag queries in the consume loop"). Now a thread with a
 client of its own asks, and the loop reads what it last learned (with

@@ -5,7 +5,6 @@ on storing batches."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 
@@ -17,6 +16,7 @@ from convsync.ends import EndsProbe
 from convsync.kafka import make_consumer, make_producer
 from tests.consumers.helpers import conversations, expected, produce, random_events, wait_for
 from tests.consumers.test_materializer import running, stored_end
+from tests.fixtures.ends import unanswered_probe
 from tests.fixtures.kafka import MakeTopics
 from tests.fixtures.postgres import MakeSchema
 
@@ -84,14 +84,7 @@ def test_a_probe_waiting_for_the_broker_holds_up_no_batch(
     # The broker never answers the end-offset queries (until the end): the consume loop,
     # which once asked them itself, stores every event meanwhile.
     settings = make_schema(base=make_topics(partitions=2))
-    asked, answer = threading.Event(), threading.Event()
-
-    def unanswered(_probe: EndsProbe, _topic: str, _partition: int) -> tuple[int, int] | None:
-        asked.set()
-        answer.wait(60)
-        return None
-
-    monkeypatch.setattr(EndsProbe, "_ask", unanswered)
+    probe = unanswered_probe(monkeypatch)
     events = random_events(random.Random(23), pages=4, users=10, n=300)
     group = f"g-{uuid.uuid4().hex[:12]}"
     batch = BatchConfig(max_records=50, max_wait=0.05, idle_poll=0.2, lag_interval=0.01)
@@ -104,8 +97,8 @@ def test_a_probe_waiting_for_the_broker_holds_up_no_batch(
                 timeout=60,
                 what="every event stored while the probe waits",
             )
-            assert asked.is_set() and not answer.is_set()
-            answer.set()
+            assert probe.asked.is_set() and not probe.answer.is_set()
+            probe.answer.set()
     finally:
-        answer.set()
+        probe.answer.set()
     assert conversations(settings) == expected(events)

@@ -10,7 +10,6 @@ order the gateway took them, with the ids unchanged.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from confluent_kafka import Producer
 
-from convsync.ends import EndsProbe
 from convsync.settings import Settings
 from deploy.simulator.webhooks import WebhookSender
 from producers.webhook.admit import Accepted, admit
@@ -30,6 +28,7 @@ from producers.webhook.rewind import rewind
 from producers.webhook.signature import HEADER
 from schemas.envelope import Envelope
 from schemas.records import DeadLetter
+from tests.fixtures.ends import unanswered_probe
 from tests.producers.webhook.helpers import SECRET, read_events, read_records
 from tests.producers.webhook.mapping_runs import (
     mapper_process,
@@ -88,24 +87,17 @@ async def test_a_lag_probe_the_broker_never_answers_holds_up_no_transaction(
 ) -> None:
     # The end-offset queries hang until the end of the test (the mapper once asked them
     # in its own loop, up to a second each): every delivery is mapped meanwhile.
-    asked, answer = threading.Event(), threading.Event()
-
-    def unanswered(_probe: EndsProbe, _topic: str, _partition: int) -> tuple[int, int] | None:
-        asked.set()
-        answer.wait(60)
-        return None
-
-    monkeypatch.setattr(EndsProbe, "_ask", unanswered)
+    probe = unanswered_probe(monkeypatch)
     await post_bodies(client, sender, 12)
     want = expected(gw_settings)
     try:
         with mapper_thread(gw_settings, max_records=5, lag_every=0.01) as mapper:
             totals = wait_totals(mapper, 24)
             events = wait_for_events(gw_settings, sum(map(len, want.values())))
-            assert asked.is_set() and not answer.is_set()
-            answer.set()  # (so that the probe's thread ends at once with the mapper)
+            assert probe.asked.is_set() and not probe.answer.is_set()
+            probe.answer.set()  # (so that the probe's thread ends at once with the mapper)
     finally:
-        answer.set()
+        probe.answer.set()
     assert by_page(events) == want
     assert totals.deliveries == 24
 

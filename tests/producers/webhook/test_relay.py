@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from producers.webhook.app import make_app
 from producers.webhook.relay import LAG, Relay, RelayConfig, Totals
 from producers.webhook.settings import GatewaySettings
 from producers.webhook.signature import HEADER
+from tests.fixtures.ends import unanswered_probe
 from tests.producers.webhook.helpers import read_records, start_test_server, with_secrets
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -186,14 +186,7 @@ async def test_a_probe_the_broker_never_answers_holds_up_no_body(
 ) -> None:
     # The end-offset queries hang until the end of the test: the relay forwards every
     # body meanwhile (its loop reads what the probe learned, it never waits for it).
-    asked, answer = threading.Event(), threading.Event()
-
-    def unanswered(_probe: EndsProbe, _topic: str, _partition: int) -> tuple[int, int] | None:
-        asked.set()
-        answer.wait(60)
-        return None
-
-    monkeypatch.setattr(EndsProbe, "_ask", unanswered)
+    probe = unanswered_probe(monkeypatch)
     inbox = OldInbox(failures=0)
     bodies = [sender.batch([str(page)], items_per_page=1) for page in range(6)]
     group = f"relay-{uuid.uuid4().hex[:8]}"
@@ -202,8 +195,9 @@ async def test_a_probe_the_broker_never_answers_holds_up_no_body(
     def forwarded() -> bool:
         if len(inbox.taken) < 6:
             return False
-        held.append(asked.is_set() and not answer.is_set())  # all forwarded, still unasked
-        answer.set()
+        # All forwarded while the probe still waits.
+        held.append(probe.asked.is_set() and not probe.answer.is_set())
+        probe.answer.set()
         return True
 
     try:
@@ -212,7 +206,7 @@ async def test_a_probe_the_broker_never_answers_holds_up_no_body(
             await post(settings, bodies)
             totals = await relay_until(config_of(settings, group=group), forwarded, seconds=30)
     finally:
-        answer.set()
+        probe.answer.set()
     assert held == [True]
     assert totals.forwarded == 6
     # (Pages on several partitions: forwarded in order within each, not across them.)
