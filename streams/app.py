@@ -25,8 +25,15 @@ from streams.broker import broker_credentials, broker_urls
 from streams.change import StreamState, encode_change, step
 from streams.codec import encode_state
 from streams.deadletter import dead_letter, too_large
-from streams.faust_fixes import FixedApp, bind_event, send_batches, store_put, take_batches
+from streams.faust_fixes import (
+    DISABLED,
+    FixedApp,
+    bind_event,
+    store_put,
+    take_batches,
+)
 from streams.held import track_partitions
+from streams.sender import RdSender
 from streams.side import DecodedStates, TableSide
 from streams.stats import PageStats, StatsCollector
 from streams.web import LagCollector, add_views
@@ -90,6 +97,8 @@ class Folder:
         self.app = app
         self.sink_name = settings.topic("conversations")
         self.dlq = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
+        # The change records and changelogs under at_least_once (streams/sender.py).
+        self.sender = RdSender(settings)
         self.emitted = 0
 
     async def process(self, events: Sequence[faust.EventT[bytes]]) -> None:
@@ -154,6 +163,7 @@ class Folder:
         Under exactly_once each record joins the open transaction of its partition, the
         one that also commits that partition's offsets; it is in the transactional
         producer before this returns, so no commit of the batch's offsets can miss it.
+        Under at_least_once they go through librdkafka (streams/sender.py).
         """
         if self.app.in_transaction:
             manager = await self.app.maybe_start_producer()
@@ -162,8 +172,14 @@ class Folder:
                 for partition, records in outbox.items()
                 for key, value in records
             ]
-        # F6: one aiokafka batch per partition (streams/faust_fixes.py).
-        return await send_batches(self.app, topic, outbox)
+        if "F13" not in DISABLED:
+            return self.sender.send(topic, outbox)
+        # F13 off (bench and tests): faust's per-record send through aiokafka.
+        return [
+            await self.app.producer.send(topic, key, value, partition, None, None)
+            for partition, records in outbox.items()
+            for key, value in records
+        ]
 
     async def _store(self, pending: dict[str, tuple[faust.EventT[bytes], StreamState]]) -> None:
         """Write the batch's new states and statistics to their tables and changelogs;
@@ -339,6 +355,11 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
     )
     stats = PageStats(app, partitions=settings.partitions)
     folder = Folder(app, settings, stats)
+
+    @app.on_before_shutdown.connect
+    def close_sender(_app: Any, /, *_: Any, signal: Any, **__: Any) -> Awaitable[None]:
+        return folder.sender.close()
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats))
     registry.register(LagCollector(app, app_id(settings), settings.topic("events")))

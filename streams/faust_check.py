@@ -1,6 +1,7 @@
 """The check at start of streams/faust_fixes.py: the names each fix relies on, looked up.
 
-:data:`FIXES` lists, for each numbered fix F1-F12 (docs/streams.md, "Framework fixes"),
+:data:`FIXES` lists, for each numbered fix F1-F12 but F6 (retired) (docs/streams.md,
+"Framework fixes"),
 every private (or relied-on) faust-streaming or aiokafka name it uses, as a path string
 with the parameters it calls it with. :func:`check` verifies, before any consumer starts
 (``streams.worker.run_worker``), that every such name is still there with those
@@ -106,19 +107,6 @@ FIXES: Final = (
             Need(f"{_DRIVER}:AIOKafkaConsumerThread._highwaters", params=("partitions",)),
             Need(f"{_DRIVER}:AIOKafkaConsumerThread._ensure_consumer", params=()),
             Need("aiokafka:AIOKafkaConsumer.end_offsets", params=("partitions",)),
-        ),
-    ),
-    Fix(
-        "F6",
-        "records sent as one aiokafka batch per partition (speed only)",
-        (
-            Need(f"{_DRIVER}:Producer._ensure_producer", params=()),
-            Need("aiokafka:AIOKafkaProducer.create_batch", params=()),
-            Need("aiokafka:AIOKafkaProducer.send_batch", params=("batch", "topic", "partition")),
-            Need(
-                "aiokafka.producer.message_accumulator:BatchBuilder.append",
-                params=("timestamp", "key", "value"),
-            ),
         ),
     ),
     Fix(

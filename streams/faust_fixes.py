@@ -1,8 +1,10 @@
 """Every use of a private faust-streaming or aiokafka name in ``streams/``: the fixes.
 
 The streams worker corrects or bypasses faust-streaming (and the aiokafka it drives) in
-twelve places, numbered F1-F12 here and in docs/streams.md ("Framework fixes"), which says
-for each why, what breaks without it and the upstream issue. Each relies on names that
+twelve places, numbered F1-F13 in docs/streams.md ("Framework fixes"), which says for each
+why, what breaks without it and the upstream issue. Eleven are here; F13 (the fold's
+writes through librdkafka) uses no private name and lives in ``streams/sender.py``; F6
+was retired when F13 replaced it. Each relies on names that
 are not part of faust's public API and may change in any release within the pin; the
 rest of ``streams/`` reaches them only through the functions below.
 
@@ -275,34 +277,6 @@ async def take_batches(
     finally:
         stream.enable_acks = acks
         stream._processors.remove(gather)
-
-
-# --- F6: sending ------------------------------------------------------------------------
-
-
-async def send_batches(app: faust.App, topic: str, outbox: Outbox) -> list[Any]:
-    """F6: send ``outbox`` to ``topic`` as one aiokafka batch per partition; return the
-    futures of their delivery (speed only: faust's per-record send path, Topic, Channel
-    and FutureMessage, costs several times the fold). Off, each record goes through
-    faust's ``Producer.send`` (public), in the same order."""
-    transport: Any = app.producer  # faust's aiokafka driver (kafka:// broker)
-    if "F6" in DISABLED:
-        return [
-            await transport.send(topic, key, value, partition, None, None)
-            for partition, records in outbox.items()
-            for key, value in records
-        ]
-    producer = transport._ensure_producer()
-    futures = []
-    for partition, records in outbox.items():
-        batch = producer.create_batch()
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
 
 
 # --- F7-F9: tables ----------------------------------------------------------------------

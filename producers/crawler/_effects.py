@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from convsync.aproducer import AsyncProducer
 from convsync.errors import PoisonError, RetryableError
 from convsync.pages import PageToken
 from convsync.settings import Settings
 from producers.crawler._offsets import Mark, PartitionBook
-from producers.crawler._producer import AsyncProducer
 from producers.crawler._progress import ProgressBuffer
 from producers.crawler.exceptions import ForeignUrlError, PageTokenError
 from producers.crawler.graph import backoff

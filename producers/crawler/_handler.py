@@ -16,13 +16,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from convsync.aproducer import AsyncProducer
 from convsync.errors import PoisonError, RetryableError
 from convsync.pages import PageToken
 from convsync.settings import Settings
 from producers.crawler import resume
 from producers.crawler._effects import CrawlEffects, WorkerStats, now_ms, until_done
 from producers.crawler._offsets import Mark, PartitionBook, decide
-from producers.crawler._producer import AsyncProducer
 from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.contacts import ContactStore

@@ -25,9 +25,9 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from convsync import pages
+from convsync.aproducer import AsyncProducer
 from convsync.errors import RetryableError
 from convsync.pages import PageToken, TokenCipher
-from producers.crawler._producer import AsyncProducer
 from producers.crawler.exceptions import PageTokenError
 from producers.crawler.reconcile import PageSource
 from producers.crawler.state import CONNECT_TIMEOUT, Pool

@@ -23,6 +23,7 @@ import aiohttp
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import SecretStr
 
+from convsync.aproducer import AsyncProducer
 from convsync.errors import ConsumerFatalError, ConvsyncError, PoisonError
 from convsync.kafka import is_fatal, make_consumer, make_producer, read_watermarks
 from convsync.pages import TokenCipher
@@ -32,7 +33,6 @@ from producers.crawler._effects import WorkerStats
 from producers.crawler._handler import RecordHandler
 from producers.crawler._offsets import PartitionBook, Seen, resume_marks
 from producers.crawler._pages import PageRunners
-from producers.crawler._producer import AsyncProducer
 from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.graph import GraphClient

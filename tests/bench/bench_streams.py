@@ -20,9 +20,9 @@ side's CPU per event over the same span, and the load average before each run.
 
     .venv/bin/python -m tests.bench.bench_streams [--events 10000 --rounds 3]
     .venv/bin/python -m tests.bench.bench_streams --sides plain,faust,faust-eos,intake
-    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f6  # F6 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f11  # F11 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f12  # F12 pays?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f13  # F13 pays?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -311,9 +311,9 @@ LABELS: Final = {
     "quix": "(b) Quix Streams, RocksDB state, at-least-once (default)",
     "faust-eos": "convsync streams, exactly_once",
     "intake": "faust, no-op handler (intake ceiling)",
-    "faust-no-f6": "convsync streams, at_least_once, without F6 (faust's per-record send)",
     "faust-no-f11": "convsync streams, at_least_once, without F11 (faust's wait_first hand-on)",
     "faust-no-f12": "convsync streams, at_least_once, without F12 (faust's take_events)",
+    "faust-no-f13": "convsync streams, at_least_once, without F13 (aiokafka, per record)",
 }
 WITHOUT: Final = "--worker-without"
 
@@ -337,7 +337,11 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
         rate, cpu = through_quix(settings, expected, feed)
     else:
         guarantee = "exactly_once" if name == "faust-eos" else "at_least_once"
-        without = {"faust-no-f6": "F6", "faust-no-f11": "F11", "faust-no-f12": "F12"}.get(name, "")
+        without = {
+            "faust-no-f11": "F11",
+            "faust-no-f12": "F12",
+            "faust-no-f13": "F13",
+        }.get(name, "")
         rate, cpu = through_faust(settings, expected, feed, guarantee=guarantee, without=without)
     return Run(name, rate, cpu, load)
 
@@ -383,9 +387,9 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("quix", "plain", "")
     ratio("faust-eos", "plain", "")
     ratio("intake", "plain", "")
-    ratio("faust", "faust-no-f6", "(F6 pays if above 1)")
     ratio("faust", "faust-no-f11", "(F11 pays if above 1)")
     ratio("faust", "faust-no-f12", "(F12 pays if above 1)")
+    ratio("faust", "faust-no-f13", "(F13 pays if above 1)")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from convsync.aproducer import AsyncProducer
 from convsync.kafka import producer_config
 from convsync.settings import Settings
-from producers.crawler._producer import AsyncProducer
 
 PARTITIONS = 3
 RECORD = b"x" * 600  # about one message envelope

@@ -1,4 +1,9 @@
-"""A confluent-kafka producer awaited from asyncio: produce a batch, await every ack."""
+"""A confluent-kafka producer awaited from asyncio: produce a batch, await every ack.
+
+Used by the crawler (its envelopes and requests) and by the streams worker (its change
+records and changelogs under at_least_once): librdkafka keeps up to five requests in
+flight per broker, in order (idempotence), where aiokafka keeps one.
+"""
 
 from __future__ import annotations
 
@@ -39,9 +44,10 @@ class AsyncProducer:
         records: Iterable[tuple[bytes | None, bytes]],
         *,
         headers: list[tuple[str, str | bytes | None]] | None = None,
+        partition: int | None = None,
     ) -> int:
-        """Produce ``(key, value)`` records (each with ``headers``); return how many once
-        all are acknowledged.
+        """Produce ``(key, value)`` records (each with ``headers``) to ``partition`` (None:
+        the partitioner's choice by key); return how many once all are acknowledged.
 
         Raises :class:`RetryableError` if any record could not be delivered.
         """
@@ -71,9 +77,19 @@ class AsyncProducer:
                 try:
                     with lock:
                         state["left"] += 1
-                    self.producer.produce(
-                        topic, value=value, key=key, headers=headers, on_delivery=on_delivery
-                    )
+                    if partition is None:
+                        self.producer.produce(
+                            topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                        )
+                    else:
+                        self.producer.produce(
+                            topic,
+                            value=value,
+                            key=key,
+                            headers=headers,
+                            partition=partition,
+                            on_delivery=on_delivery,
+                        )
                     break
                 except BufferError:
                     with lock:
