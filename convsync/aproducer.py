@@ -24,14 +24,15 @@ class AsyncProducer:
     so waiting for acks costs no busy polling on the event loop.
     """
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, *, name: str = "producer-acks") -> None:
         self.producer = producer
+        self.name = name  # the poll thread's name (seen in profiles and thread dumps)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start serving delivery callbacks."""
-        self._thread = threading.Thread(target=self._poll, name="crawler-acks", daemon=True)
+        self._thread = threading.Thread(target=self._poll, name=self.name, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:

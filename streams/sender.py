@@ -49,7 +49,9 @@ class RdSender:
             # linger.ms 5 (the default of the durable producer): the fold sends a batch's
             # records at once and then waits for them, so little is gained by waiting
             # longer, and librdkafka sends what lingers while earlier requests are out.
-            producer = self._producer = AsyncProducer(make_producer(self.settings))
+            producer = self._producer = AsyncProducer(
+                make_producer(self.settings), name="streams-acks"
+            )
             producer.start()
         return [
             asyncio.ensure_future(producer.send_batch(topic, records, partition=partition))
