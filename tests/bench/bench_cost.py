@@ -57,6 +57,7 @@ from tests.bench.bench_streams import worker_env
 from tests.bench.procstat import ServerCpu, cpu_seconds, peak_rss_mb
 from tests.bench.read_path.gen import FastSender, conversation_events
 from tests.bench.read_path.shape import HISTORY_MS, NOW_MS, Shape
+from tests.fixtures.kafka import delete_topics_of
 from tests.fixtures.stack import _stack_settings
 from tests.producers.crawler.conftest import FakeGraph
 
@@ -166,6 +167,7 @@ def materializer(base: Settings, n: int) -> Cost:
     finally:
         child.stop()
         drop_schema(settings)
+        delete_topics_of(settings)
         log.unlink()
     server_cpu = None if srv0 is None or srv1 is None else srv1 - srv0
     return Cost("materializer", n, cpu, cpu0, [rss], wall, load, server_cpu)
@@ -205,6 +207,7 @@ def streams(base: Settings, n: int) -> Cost:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+            delete_topics_of(settings)
     return Cost("streams", n, cpu, cpu0, [rss], wall, load)
 
 

@@ -48,6 +48,7 @@ from tests.bench.read_path.load import (
     stored,
     wait_stored,
 )
+from tests.fixtures.kafka import delete_topics_of
 
 VARIANTS = {
     None: "as built",
@@ -224,6 +225,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )
     finally:
         child.stop()
+        delete_topics_of(s)
         log.unlink()
     medians = {}
     for variant, values in rows.items():

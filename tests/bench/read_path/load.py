@@ -49,6 +49,7 @@ from tests.bench.read_path.queries import percentiles
 from tests.bench.read_path.server import AdminServer
 from tests.bench.read_path.shape import Shape
 from tests.consumers.procs import REPO, settings_env
+from tests.fixtures.kafka import delete_topics_of
 
 
 def add_parser(sub: Any) -> None:
@@ -306,6 +307,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"materializer peak RSS {peak_rss_mb(pid):.0f} MB")
         finally:
             child.stop()
+            delete_topics_of(s)
     alone = rates["ingest alone"]
     for phase in ("ingest + SQL readers", "ingest + API readers"):
         print(f"ingest under read load / alone ({phase}) = {rates[phase] / alone:.2f}")
