@@ -72,25 +72,17 @@ class AsyncProducer:
             if finished:
                 loop.call_soon_threadsafe(resolve)
 
+        # No partition argument at all when None: librdkafka's partitioner picks by key.
+        to: dict[str, Any] = {} if partition is None else {"partition": partition}
         count = 0
         for key, value in records:
             while True:
                 try:
                     with lock:
                         state["left"] += 1
-                    if partition is None:
-                        self.producer.produce(
-                            topic, value=value, key=key, headers=headers, on_delivery=on_delivery
-                        )
-                    else:
-                        self.producer.produce(
-                            topic,
-                            value=value,
-                            key=key,
-                            headers=headers,
-                            partition=partition,
-                            on_delivery=on_delivery,
-                        )
+                    self.producer.produce(
+                        topic, value=value, key=key, headers=headers, on_delivery=on_delivery, **to
+                    )
                     break
                 except BufferError:
                     with lock:

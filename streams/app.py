@@ -25,13 +25,7 @@ from streams.broker import broker_credentials, broker_urls
 from streams.change import StreamState, encode_change, step
 from streams.codec import encode_state
 from streams.deadletter import dead_letter, too_large
-from streams.faust_fixes import (
-    DISABLED,
-    FixedApp,
-    bind_event,
-    store_put,
-    take_batches,
-)
+from streams.faust_fixes import DISABLED, FixedApp, bind_event, store_put, take_batches
 from streams.held import track_partitions
 from streams.sender import RdSender
 from streams.side import DecodedStates, TableSide

@@ -1,13 +1,12 @@
 """The check at start of streams/faust_fixes.py: the names each fix relies on, looked up.
 
-:data:`FIXES` lists, for each numbered fix F1-F12 but F6 (retired) (docs/streams.md,
-"Framework fixes"),
-every private (or relied-on) faust-streaming or aiokafka name it uses, as a path string
-with the parameters it calls it with. :func:`check` verifies, before any consumer starts
-(``streams.worker.run_worker``), that every such name is still there with those
-parameters, and raises :class:`FaustFixError` naming the fix, the installed versions and
-what is missing: a release that moved one fails at start, not later as duplicates or
-losses.
+:data:`FIXES` lists, for each numbered fix F1-F12 (F6 retired; docs/streams.md,
+"Framework fixes"), every private (or relied-on) faust-streaming or aiokafka name it
+uses, as a path string with the parameters it calls it with. :func:`check` verifies,
+before any consumer starts (``streams.worker.run_worker``), that every such name is
+still there with those parameters, and raises :class:`FaustFixError` naming the fix,
+the installed versions and what is missing: a release that moved one fails at start,
+not later as duplicates or losses.
 
 Separate from ``faust_fixes.py``, which holds the fixes themselves: this module only
 reads the installed libraries (by import and introspection) and changes nothing in

@@ -4,9 +4,9 @@ The streams worker corrects or bypasses faust-streaming (and the aiokafka it dri
 twelve places, numbered F1-F13 in docs/streams.md ("Framework fixes"), which says for each
 why, what breaks without it and the upstream issue. Eleven are here; F13 (the fold's
 writes through librdkafka) uses no private name and lives in ``streams/sender.py``; F6
-was retired when F13 replaced it. Each relies on names that
-are not part of faust's public API and may change in any release within the pin; the
-rest of ``streams/`` reaches them only through the functions below.
+was retired when F13 replaced it. Each fix here relies on names that are not part of
+faust's public API and may change in any release within the pin; the rest of
+``streams/`` reaches them only through the functions below.
 
 The names each fix relies on are listed and checked at start in ``faust_check.py``
 (:data:`FIXES`, :func:`check`, :class:`FaustFixError`, re-exported here): a release that

@@ -115,9 +115,8 @@ class CrawlWorker:
         timeout = aiohttp.ClientTimeout(total=self.crawler.request_timeout)
         session = aiohttp.ClientSession(timeout=timeout)
         # linger 1 ms: a step waits for its acks, so batching longer only adds latency.
-        self._producer = AsyncProducer(
-            make_producer(self.settings, **{"linger.ms": 1}), name="crawler-acks"
-        )
+        producer = make_producer(self.settings, **{"linger.ms": 1})
+        self._producer = AsyncProducer(producer, name="crawler-acks")
         self._producer.start()
         page_tokens = self.page_tokens = PageTokens(
             pool,
