@@ -25,7 +25,14 @@ from streams.broker import broker_credentials, broker_urls
 from streams.change import StreamState, encode_change, step
 from streams.codec import encode_state
 from streams.deadletter import dead_letter, too_large
-from streams.faust_fixes import DISABLED, FixedApp, bind_event, store_put, take_batches
+from streams.faust_fixes import (
+    DISABLED,
+    FixedApp,
+    RawSchema,
+    bind_event,
+    store_put,
+    take_batches,
+)
 from streams.held import track_partitions
 from streams.sender import RdSender
 from streams.side import DecodedStates, TableSide
@@ -357,7 +364,10 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats))
     registry.register(LagCollector(app, app_id(settings), settings.topic("events")))
-    source = app.topic(settings.topic("events"), key_serializer="raw", value_serializer="raw")
+    source = app.topic(
+        settings.topic("events"),
+        schema=RawSchema(key_serializer="raw", value_serializer="raw"),  # F14
+    )
     health = Heartbeat(config.stale_after)
     folding = [False]
 

@@ -1,6 +1,6 @@
 """The check at start of streams/faust_fixes.py: the names each fix relies on, looked up.
 
-:data:`FIXES` lists, for each numbered fix F1-F12 (F6 retired; docs/streams.md,
+:data:`FIXES` lists, for each numbered fix F1-F14 (F6 retired, F13 needs none; docs/streams.md,
 "Framework fixes"), every private (or relied-on) faust-streaming or aiokafka name it
 uses, as a path string with the parameters it calls it with. :func:`check` verifies,
 before any consumer starts (``streams.worker.run_worker``), that every such name is
@@ -159,6 +159,7 @@ FIXES: Final = (
             Need("mode.utils.queues:ThrowableQueue.clear", params=(), uses=("_putters", "cancel")),
             Need("faust.transport.producer:ProducerBuffer.max_messages", kind=int),
             Need("faust.transport.producer:ProducerBuffer.size"),
+            Need("faust.transport.producer:ProducerBuffer.pending", field=True),
             Need("mode.utils.queues:FlowControlEvent.is_active", params=()),
         ),
     ),
@@ -175,6 +176,21 @@ FIXES: Final = (
             Need("faust.streams:Stream._py_aiter", uses=("_processors", "enable_acks")),
             Need("mode:Service.wait", params=()),
             Need("mode:Service.wait_for_stopped", params=()),
+        ),
+    ),
+    Fix(
+        "F14",
+        "records decoded, evented and watched without faust's per-record lookups (speed only)",
+        (
+            Need(
+                "faust.serializers.schemas:Schema.compile",
+                uses=("loads_key", "loads_value", "create_event"),
+            ),
+            Need("faust.serializers.schemas:Schema.loads_key", params=("app", "message")),
+            Need("faust.serializers.schemas:Schema.loads_value", params=("app", "message")),
+            Need("faust:App.create_event", params=("key", "value", "headers", "message")),
+            Need("faust:App.on_init_dependencies", params=(), uses=("monitor", "sensors")),
+            Need("faust.sensors.base:SensorDelegate.remove", params=("sensor",)),
         ),
     ),
 )

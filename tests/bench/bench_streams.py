@@ -23,6 +23,7 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f11  # F11 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f12  # F12 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f13  # F13 pays?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f14  # F14 pays?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -314,6 +315,7 @@ LABELS: Final = {
     "faust-no-f11": "convsync streams, at_least_once, without F11 (faust's wait_first hand-on)",
     "faust-no-f12": "convsync streams, at_least_once, without F12 (faust's take_events)",
     "faust-no-f13": "convsync streams, at_least_once, without F13 (aiokafka, per record)",
+    "faust-no-f14": "convsync streams, at_least_once, without F14 (faust's codecs, monitor)",
 }
 WITHOUT: Final = "--worker-without"
 
@@ -341,6 +343,7 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
             "faust-no-f11": "F11",
             "faust-no-f12": "F12",
             "faust-no-f13": "F13",
+            "faust-no-f14": "F14",
         }.get(name, "")
         rate, cpu = through_faust(settings, expected, feed, guarantee=guarantee, without=without)
     return Run(name, rate, cpu, load)
@@ -390,6 +393,7 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("faust", "faust-no-f11", "(F11 pays if above 1)")
     ratio("faust", "faust-no-f12", "(F12 pays if above 1)")
     ratio("faust", "faust-no-f13", "(F13 pays if above 1)")
+    ratio("faust", "faust-no-f14", "(F14 pays if above 1)")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:

@@ -9,8 +9,10 @@ thread (wall clock, 1 ms samples). With ``CONVSYNC_BENCH_PROFILER=cprofile`` it 
 exact calls and CPU, about 2x slower); with ``none``, no profile (the timings below only).
 For ``streams`` it also writes ``DIR/streams-<pid>.batches.tsv``: one line per folded
 batch (when it was taken, the wait for it since the last batch ended, its events, how
-long folding it took), and ``DIR/streams-<pid>.fetches.tsv``: one line per non-empty
-aiokafka fetch handed to faust (when, records, the wait inside ``getmany``).
+long folding it took, the main thread's CPU meanwhile, and the seconds from each of its
+librdkafka sends to that send's last ack, summed), and
+``DIR/streams-<pid>.fetches.tsv``: one line per non-empty aiokafka fetch handed to
+faust (when, records, the wait inside ``getmany``).
 """
 
 from __future__ import annotations
@@ -44,15 +46,38 @@ def _trace_streams(out: Path) -> None:
     from streams.faust_fixes import FixedApp
 
     batches = (out / f"streams-{os.getpid()}.batches.tsv").open("w", buffering=1)
-    batches.write("taken_at\twait_s\tevents\tfold_s\n")
+    batches.write("taken_at\twait_s\tevents\tfold_s\tmain_cpu_s\tacks_s\n")
     fold_batch = streams_app.fold_batch
     last_end = [time.monotonic()]
+    acks = [0.0]  # seconds from each send to its last ack, summed over the batch's sends
+    send = streams_app.RdSender.send
+
+    def timed_send(self: Any, topic: str, outbox: Any) -> Any:
+        started = time.monotonic()
+        futures = send(self, topic, outbox)
+        left = [len(futures)]
+
+        def done(_: Any) -> None:
+            left[0] -= 1
+            if not left[0]:
+                acks[0] += time.monotonic() - started
+
+        for future in futures:
+            future.add_done_callback(done)
+        return futures
+
+    streams_app.RdSender.send = timed_send  # type: ignore[method-assign]
 
     async def timed_fold(folder: Any, batch: Any) -> None:
         taken = time.monotonic()
+        cpu = _main_cpu()
+        acks[0] = 0.0
         await fold_batch(folder, batch)
         end = time.monotonic()
-        batches.write(f"{taken:.4f}\t{taken - last_end[0]:.4f}\t{len(batch)}\t{end - taken:.4f}\n")
+        batches.write(
+            f"{taken:.4f}\t{taken - last_end[0]:.4f}\t{len(batch)}\t{end - taken:.4f}"
+            f"\t{_main_cpu() - cpu:.2f}\t{acks[0]:.4f}\n"
+        )
         last_end[0] = end
 
     streams_app.fold_batch = timed_fold

@@ -48,7 +48,7 @@ def test_check_passes_on_the_pinned_versions() -> None:
     check()
     numbers = [fix.number for fix in faust_fixes.FIXES]
     # F6 retired (replaced by F13, which uses no private name: streams/sender.py).
-    assert numbers == [f"F{n}" for n in range(1, 13) if n != 6]
+    assert numbers == [f"F{n}" for n in range(1, 13) if n != 6] + ["F14"]
 
 
 async def _getmany_renamed(self: Any, partitions: Any, timeout_s: float) -> Any:
@@ -467,3 +467,80 @@ async def test_f12_off_faust_stops_its_intake_while_a_batch_folds(tmp_path: Path
             await batches.aclose()
             await stream.stop()
             _close_consumer(stream)
+
+
+# --- F14 ---------------------------------------------------------------------------------
+
+
+def _kafka_message(key: bytes | None, value: bytes | None) -> faust.types.Message:
+    return faust.types.Message(
+        topic="fixes.events",
+        partition=3,
+        offset=17,
+        timestamp=0.0,
+        timestamp_type=0,
+        headers=[("h", b"1")],
+        key=key,
+        value=value,
+        checksum=None,
+    )
+
+
+@pytest.mark.asyncio
+async def test_f14_records_decode_to_the_same_events_without_faust_s_codecs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = FixedApp("fixes.streams", store="memory://", datadir=str(tmp_path))
+    topic = app.topic(
+        "fixes.events",
+        schema=faust_fixes.RawSchema(key_serializer="raw", value_serializer="raw"),
+    )
+    cases = [(b"page-1", b'{"v": 1}'), (None, b"x"), (b"k", None)]
+
+    async def decoded() -> list[tuple[Any, Any, Any]]:
+        out = []
+        for key, value in cases:
+            message = _kafka_message(key, value)
+            event = await topic.decode(message, propagate=True)
+            assert isinstance(event, faust.Event) and event.app is app
+            assert event.message is message
+            out.append((event.key, event.value, event.headers))
+        return out
+
+    with without("F14"):
+        through_faust = await decoded()
+    assert await decoded() == through_faust  # the same events ...
+    assert [(k, v) for k, v, _ in through_faust] == cases
+
+    def no_codec(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a codec lookup")
+
+    # ... without the codec registry, and without reading the Event setting per record.
+    monkeypatch.setattr(app.serializers, "loads_key", no_codec)
+    monkeypatch.setattr(app.serializers, "loads_value", no_codec)
+    monkeypatch.setattr(type(app), "conf", property(no_codec))
+    assert await decoded() == through_faust
+    with without("F14"), pytest.raises(AssertionError, match="codec"):
+        await decoded()
+
+
+def test_f14_faust_s_monitor_is_left_out_and_rebalances_stay_quiet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def sensors(app: faust.App) -> list[Any]:
+        app.on_init_dependencies()  # where faust adds its monitor, as the app starts
+        app.consumer._thread.thread_loop.close()  # its consumer's loop, never started
+        return list(app.sensors)
+
+    with without("F14"):
+        kept = FixedApp("fixes.streams", store="memory://", datadir=str(tmp_path))
+        assert kept.monitor in sensors(kept)
+    app = FixedApp("fixes.streams", store="memory://", datadir=str(tmp_path))
+    left = sensors(app)
+    assert app.monitor not in left
+    assert [type(s) for s in left] == [faust.Sensor]  # does nothing
+    caplog.set_level("WARNING")
+    app.on_rebalance_start()
+    app.on_rebalance_return()
+    app.on_rebalance_end()
+    assert "Missing sensor state" not in caplog.text
