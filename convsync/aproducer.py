@@ -63,7 +63,8 @@ class AsyncProducer:
                 done.set_result(None)
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            # Runs on the poll thread.
+            # Runs on the poll thread. ``left`` may go below zero while records are still
+            # being produced: only the count added once all are produced can end the batch.
             with lock:
                 if err is not None:
                     errors.append(err)
@@ -78,20 +79,17 @@ class AsyncProducer:
         for key, value in records:
             while True:
                 try:
-                    with lock:
-                        state["left"] += 1
                     self.producer.produce(
                         topic, value=value, key=key, headers=headers, on_delivery=on_delivery, **to
                     )
                     break
                 except BufferError:
-                    with lock:
-                        state["left"] -= 1
                     await asyncio.sleep(0.005)
                 except KafkaException as e:
                     raise RetryableError(f"produce to {topic} failed: {e}") from e
             count += 1
         with lock:
+            state["left"] += count  # one lock for the batch, not one per record
             state["sent"] = True
             finished = state["left"] == 0
         if finished:

@@ -1,0 +1,91 @@
+"""convsync/aproducer.py: a batch ends once every record of it was acknowledged.
+
+The counting is tested with a stand-in for confluent-kafka's ``Producer`` that reports
+deliveries when the test says so (on the poll thread's behalf, any time, even before the
+batch is fully produced); the real producer against the real broker is exercised by the
+crawler's and the streams worker's tests (tests/streams/test_sender.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError
+
+from convsync.aproducer import AsyncProducer
+from convsync.errors import RetryableError
+
+
+class _Producer:
+    """Records produced records; ``deliver_at_once`` reports each inside ``produce``."""
+
+    def __init__(self, *, deliver_at_once: bool = False, full_every: int = 0) -> None:
+        self.pending: list[Any] = []
+        self.produced = 0
+        self.deliver_at_once = deliver_at_once
+        self.full_every = full_every  # raise BufferError on every n-th call
+        self.calls = 0
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.full_every and self.calls % self.full_every == 0:
+            raise BufferError("queue full")
+        self.produced += 1
+        if self.deliver_at_once:
+            kwargs["on_delivery"](None, None)
+        else:
+            self.pending.append(kwargs["on_delivery"])
+
+    def deliver(self, n: int, err: KafkaError | None = None) -> None:
+        for callback in self.pending[:n]:
+            callback(err, None)
+        del self.pending[:n]
+
+
+def _records(n: int) -> list[tuple[bytes, bytes]]:
+    return [(b"k%d" % i, b"v%d" % i) for i in range(n)]
+
+
+@pytest.mark.asyncio
+async def test_a_batch_ends_only_when_its_last_record_is_acknowledged() -> None:
+    fake = _Producer()
+    producer = AsyncProducer(fake)  # type: ignore[arg-type]
+    sending = asyncio.ensure_future(producer.send_batch("t", _records(5)))
+    await asyncio.sleep(0)
+    assert fake.produced == 5
+    fake.deliver(4)
+    await asyncio.sleep(0.01)
+    assert not sending.done()
+    fake.deliver(1)
+    assert await asyncio.wait_for(sending, 1) == 5
+
+
+@pytest.mark.asyncio
+async def test_acks_that_come_before_the_batch_is_produced_are_counted() -> None:
+    # Every ack arrives while the batch is still being produced (the poll thread is
+    # faster than the loop), and some produce calls find librdkafka's queue full.
+    fake = _Producer(deliver_at_once=True, full_every=3)
+    producer = AsyncProducer(fake)  # type: ignore[arg-type]
+    assert await asyncio.wait_for(producer.send_batch("t", _records(7)), 1) == 7
+    assert fake.produced == 7
+
+
+@pytest.mark.asyncio
+async def test_a_record_not_delivered_fails_the_batch() -> None:
+    fake = _Producer()
+    producer = AsyncProducer(fake)  # type: ignore[arg-type]
+    sending = asyncio.ensure_future(producer.send_batch("t", _records(3)))
+    await asyncio.sleep(0)
+    fake.deliver(1)
+    fake.deliver(1, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    fake.deliver(1)
+    with pytest.raises(RetryableError, match="1 records to t not delivered"):
+        await asyncio.wait_for(sending, 1)
+
+
+@pytest.mark.asyncio
+async def test_an_empty_batch_ends_at_once() -> None:
+    producer = AsyncProducer(_Producer())  # type: ignore[arg-type]
+    assert await asyncio.wait_for(producer.send_batch("t", []), 1) == 0
