@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
@@ -28,12 +28,15 @@ from streams.deadletter import dead_letter, too_large
 from streams.faust_fixes import (
     DISABLED,
     FixedApp,
+    Outbox,
     RawSchema,
+    ack_batch,
     bind_event,
     store_put,
     take_batches,
 )
 from streams.held import track_partitions
+from streams.pipeline import Pipeline
 from streams.sender import RdSender
 from streams.side import DecodedStates, TableSide
 from streams.stats import PageStats, StatsCollector
@@ -76,6 +79,18 @@ def _encode(table: Any, queued: list[tuple[int, Any, Any]]) -> dict[int, list[tu
     return outbox
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One folded batch's writes (:meth:`Folder.fold`), serialized, in their order."""
+
+    changes: Outbox  # the change records, by partition of <prefix>.conversations
+    letters: list[tuple[faust.EventT[bytes], PoisonError, Awaitable[Any]]]  # sent
+    emitted: int
+    before_states: list[tuple[str, Outbox]]  # digest chunks, carried-over edits
+    states: list[tuple[str, Outbox]]  # the states' and statistics' changelogs
+    after_states: list[tuple[str, Outbox]]  # the batch's edits
+
+
 class Folder:
     """Folds batches of events: emits change records, then stores the states."""
 
@@ -100,6 +115,7 @@ class Folder:
         self.dlq = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
         # The change records and changelogs under at_least_once (streams/sender.py).
         self.sender = RdSender(settings)
+        self._states_topic = self.states.changelog_topic.get_topic_name()
         self.emitted = 0
 
     async def process(self, events: Sequence[faust.EventT[bytes]]) -> None:
@@ -109,6 +125,17 @@ class Folder:
         changelog record (states, statistics) of the batch: only then may its events be
         acked. Raises whatever the producer raises (a record Kafka refused or did not
         confirm); the caller must then not let the batch be acked (:func:`fold_batch`).
+        """
+        await self.write(await self.fold(events))
+
+    async def fold(self, events: Sequence[faust.EventT[bytes]]) -> Plan:
+        """Fold one batch into the worker's memory (states, side tables, statistics);
+        return its writes, serialized, for :meth:`write`.
+
+        The next batch may be folded before this one's writes are durable (it reads the
+        states this fold left: :class:`streams.pipeline.Pipeline`), but no event of the
+        batch may be acked before :meth:`write` returned. Sends the dead letters (their
+        acks are awaited by :meth:`write`).
         """
         pending: dict[str, tuple[faust.EventT[bytes], StreamState]] = {}
         by_page: dict[str, faust.EventT[bytes]] = {}
@@ -139,21 +166,70 @@ class Folder:
                 out = outbox.setdefault(event.message.partition, [])
                 out.append((key.encode(), encode_change(result, envelope)))
                 emitted += 1
+        # The sealed digest chunks (and edits carried over from old records): sent first.
+        before_states = list(self.side.drain_before())
+        states: list[tuple[str, Outbox]] = [(self._states_topic, self._put_states(pending))]
+        self.stats.write(lambda page: bind_event(by_page[page]))
+        for table, queued in self.stats.changelog.items():
+            if queued:
+                states.append((table.changelog_topic.get_topic_name(), _encode(table, queued)))
+                queued.clear()
+        after_states = list(self.side.drain_after())
+        return Plan(outbox, letters, emitted, before_states, states, after_states)
+
+    def _put_states(self, pending: dict[str, tuple[faust.EventT[bytes], StreamState]]) -> Outbox:
+        """Put the batch's new states in the table's store; return their changelog records.
+
+        The same as ``self.states[key] = value`` (which sets the store and sends one
+        changelog record through faust's producer buffer), with the records sent by
+        :meth:`write`: under exactly_once into the transaction before the batch is acked,
+        and awaited under both guarantees. faust's buffer sends from a background task,
+        and its transactional commit does not wait for it: a record still buffered at a
+        commit went into the next transaction, which a rebalance or crash then aborted
+        while the offsets of the events that wrote it stayed committed, so the next owner
+        of the partition recovered a state without them (seen as a worker that took over
+        pages and showed none of them). faust's at-least-once commit flushes the producer
+        but does not look at whether a write failed, so a refused write would otherwise
+        be committed past.
+        """
+        outbox: Outbox = {}
+        for key, (event, state) in pending.items():
+            value = encode_state(state)
+            store_put(self.states, key, value)  # F7
+            self._remember(key, event.message.partition)
+            self._decoded.put(key, value, state)
+            # "json": the serializer faust picks for key_type=str, used again on recovery.
+            raw_key = codecs.dumps("json", key)
+            outbox.setdefault(event.message.partition, []).append((raw_key, value))
+        return outbox
+
+    async def write(self, plan: Plan) -> None:
+        """Make one folded batch's writes durable, in the order a crash needs; return
+        once Kafka acknowledged every one of them. Raises what the producer raises.
+        """
         # 1. Kafka acknowledges every change record and dead letter of the batch
         #    (acks=all) ...
-        await asyncio.gather(*await self._send(self.sink_name, outbox))
-        for event, error, delivery in letters:
+        await asyncio.gather(*await self._send(self.sink_name, plan.changes))
+        for event, error, delivery in plan.letters:
             await self._confirm_dead_letter(event, error, delivery)
-        self.emitted += emitted
+        self.emitted += plan.emitted
         # 2. ... before the states that produced them go to the changelog, so the
         #    changelog is never ahead of the change records: a crash replays the batch
         #    from the recovered state and re-emits the same records with the same seq.
-        #    _store returns once Kafka acknowledged those changelog writes too.
-        self.stats.write(lambda page: bind_event(by_page[page]))
-        await self._store(pending)
-        # 3. take_events() acks the batch when we return, and faust commits acked
-        #    offsets: nothing of the batch is acked unless steps 1-2 are durable (an
+        #    The sealed digest chunks go first: a record that counts a chunk must never
+        #    be durable without it.
+        await self._send_all(plan.before_states)
+        await self._send_all(plan.states)
+        # 3. ... and then the edits, which a replayed batch must not read ahead of its
+        #    records (TableSide.drain_after).
+        await self._send_all(plan.after_states)
+        # 4. The caller acks the batch once this returns, and faust commits acked
+        #    offsets: nothing of the batch is acked unless steps 1-3 are durable (an
         #    error raised above crashes the worker before the ack, see fold_batch).
+
+    async def _send_all(self, boxes: list[tuple[str, Outbox]]) -> None:
+        """Send records to their topics and wait until Kafka acknowledged them all."""
+        await asyncio.gather(*[f for topic, box in boxes for f in await self._send(topic, box)])
 
     async def _send(self, topic: str, outbox: dict[int, list[tuple[bytes, bytes]]]) -> list[Any]:
         """Send records to ``topic`` by partition; return the futures of their delivery.
@@ -181,49 +257,6 @@ class Folder:
             for partition, records in outbox.items()
             for key, value in records
         ]
-
-    async def _store(self, pending: dict[str, tuple[faust.EventT[bytes], StreamState]]) -> None:
-        """Write the batch's new states and statistics to their tables and changelogs;
-        return once Kafka acknowledged those writes. Raises what the producer raises.
-
-        The same as ``self.states[key] = value`` (which sets the store and sends one
-        changelog record through faust's producer buffer), with the records sent by
-        :meth:`_send`: as one aiokafka batch per partition (faust's per-record path costs
-        several times the fold), and, under exactly_once, into the transaction before the
-        batch is acked. faust's buffer sends from a background task, and its transactional
-        commit does not wait for it: a record still buffered at a commit went into the next
-        transaction, which a rebalance or crash then aborted while the offsets of the
-        events that wrote it stayed committed, so the next owner of the partition
-        recovered a state without them (seen as a worker that took over pages and
-        showed none of them). Delivery is awaited here: faust's at-least-once commit flushes
-        the producer but does not look at whether a write failed, so a refused write
-        would otherwise be committed past.
-        """
-        # 1. The sealed digest chunks (and edits carried over from old records) first: a
-        #    record that counts a chunk must never be durable without it.
-        side = self.side.drain_before()
-        await asyncio.gather(*[f for topic, box in side for f in await self._send(topic, box)])
-        # 2. Then the conversation records and the statistics ...
-        outbox: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, (event, state) in pending.items():
-            value = encode_state(state)
-            store_put(self.states, key, value)  # F7
-            self._remember(key, event.message.partition)
-            self._decoded.put(key, value, state)
-            # "json": the serializer faust picks for key_type=str, used again on recovery.
-            raw_key = codecs.dumps("json", key)
-            outbox.setdefault(event.message.partition, []).append((raw_key, value))
-        sent = await self._send(self.states.changelog_topic.get_topic_name(), outbox)
-        for table, queued in self.stats.changelog.items():
-            if queued:
-                topic = table.changelog_topic.get_topic_name()
-                sent += await self._send(topic, _encode(table, queued))
-                queued.clear()
-        await asyncio.gather(*sent)
-        # 3. ... and then the edits, which a replayed batch must not read ahead of its
-        #    records (TableSide.drain_after).
-        side = self.side.drain_after()
-        await asyncio.gather(*[f for topic, box in side for f in await self._send(topic, box)])
 
     async def _forget_decoded(self) -> None:
         """After a rebalance: drop the decoded states and digest indexes of conversations
@@ -302,19 +335,27 @@ async def fold_batch(folder: Folder, batch: Sequence[faust.EventT[bytes]]) -> No
     :meth:`Folder.process` would skip the batch, offsets committed past events that
     produced nothing. So an error crashes the worker (:func:`crash`) before the ack. A
     cancellation (a stop or rebalance mid-batch) lets the batch finish first, shielded,
-    then propagates: the ack that follows is then true. Further cancellations meanwhile
-    (a stop that cancels the agent again) are waited out the same way; until 2026-12-02
-    a second one crashed a clean stop with exit 70. If the batch fails, or is itself
-    cancelled, the worker crashes.
+    then propagates: the ack that follows is then true (:func:`finish`).
     """
-    task = asyncio.ensure_future(folder.process(batch))
+    await finish(folder.process(batch))
+
+
+async def finish(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end whatever cancellations come meanwhile; then raise the
+    cancellation, if one came. Crash the worker (:func:`crash`) if ``work`` fails.
+
+    Further cancellations meanwhile (a stop that cancels the agent again) are waited out
+    the same way; until 2026-12-02 a second one crashed a clean stop with exit 70. If the
+    work fails, or is itself cancelled, the worker crashes.
+    """
+    task = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None
     while True:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError as e:
             if task.cancelled():
-                crash(e)  # the batch itself was cancelled: its effects are unknown
+                crash(e)  # the work itself was cancelled: its effects are unknown
             cancelled = e
             continue
         except Exception as e:  # noqa: BLE001 - any error: the batch must not be acked
@@ -322,6 +363,18 @@ async def fold_batch(folder: Folder, batch: Sequence[faust.EventT[bytes]]) -> No
         break
     if cancelled is not None:
         raise cancelled
+
+
+def pipelined(config: StreamConfig) -> bool:
+    """Whether the agent folds a batch while the one before is written
+    (streams/pipeline.py): under at_least_once, with F12's intake. ``"pipeline" in
+    DISABLED`` (bench and tests only) folds and writes each batch in turn, as
+    exactly_once does."""
+    return (
+        config.processing_guarantee == "at_least_once"
+        and "F12" not in DISABLED
+        and "pipeline" not in DISABLED
+    )
 
 
 def make_app(settings: Settings, config: StreamConfig) -> faust.App:
@@ -370,22 +423,48 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
     )
     health = Heartbeat(config.stale_after)
     folding = [False]
+    # While a batch's writes are out, /healthz follows them too (streams/pipeline.py).
+    writing: list[Callable[[], bool]] = [lambda: False]
 
     @app.agent(source, name="fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
         # The batch intake works on the concrete Stream, not on the StreamT interface.
         assert isinstance(stream, faust.Stream)
+        if pipelined(config):
+            await fold_pipelined(stream)
+            return
         async for batch in take_batches(stream, config.batch_size, config.batch_within):
             folding[0] = True
             await fold_batch(folder, batch)
             folding[0] = False
             health.beat("folding")
 
+    async def fold_pipelined(stream: faust.Stream[bytes]) -> None:
+        async def ack(batch: list[faust.EventT[bytes]]) -> None:
+            await ack_batch(stream, batch)
+
+        line: Pipeline[list[faust.EventT[bytes]], Plan] = Pipeline(
+            fold=folder.fold,
+            write=folder.write,
+            ack=ack,
+            finish=finish,
+            on_written=lambda: health.beat("folding"),
+        )
+        writing[0] = line.writing
+        try:
+            batches = take_batches(stream, config.batch_size, config.batch_within, caller_acks=True)
+            async for batch in batches:
+                folding[0] = True
+                await line.add(batch)
+                folding[0] = False
+        finally:
+            await line.drain()
+
     add_views(
         app,
         registry=registry,
         health=health,
-        folding=lambda: folding[0],
+        folding=lambda: folding[0] or writing[0](),
         stats=lambda: {"emitted": folder.emitted, **stats.snapshot()},
     )
     return app

@@ -265,7 +265,7 @@ def hand_on_directly(consumer: Any) -> None:
 
 
 async def take_batches(
-    stream: faust.Stream[bytes], size: int, within: float
+    stream: faust.Stream[bytes], size: int, within: float, *, caller_acks: bool = False
 ) -> AsyncIterator[list[faust.EventT[bytes]]]:
     """F12 (speed only): yield the stream's events in batches of up to ``size``; the next
     batch gathers while the caller folds one.
@@ -280,9 +280,14 @@ async def take_batches(
     that got it ends, and only they: the gathering events are acked with their own batch.
     A rebalance waits for the consumer's unacked events (faust's ``wait_empty``), which
     the gathering batch is yielded to within ``within``, as ``take_events``' buffer was.
-    Off, ``take_events`` itself.
+    With ``caller_acks`` a batch is not acked when the loop body ends: the caller acks it
+    (:func:`ack_batch`) once its writes are durable, possibly after the next batch came.
+    Off, ``take_events`` itself (which acks at the loop body's end: ``caller_acks`` is
+    refused).
     """
     if "F12" in DISABLED:
+        if caller_acks:
+            raise RuntimeError("take_events acks each batch itself (F12 is off)")
         async for batch in stream.take_events(size, within=within):
             yield list(batch)
         return
@@ -325,11 +330,17 @@ async def take_batches(
             try:
                 yield batch
             finally:
-                for event in batch:
-                    await stream.ack(event)
+                if not caller_acks:
+                    await ack_batch(stream, batch)
     finally:
         stream.enable_acks = acks
         stream._processors.remove(gather)
+
+
+async def ack_batch(stream: faust.Stream[bytes], batch: list[faust.EventT[bytes]]) -> None:
+    """F12: ack the events of a batch :func:`take_batches` yielded, as its loop does."""
+    for event in batch:
+        await stream.ack(event)
 
 
 # --- F7-F9: tables ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f12  # F12 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f13  # F13 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f14  # F14 pays?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-serial  # pipeline pays?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -316,6 +317,7 @@ LABELS: Final = {
     "faust-no-f12": "convsync streams, at_least_once, without F12 (faust's take_events)",
     "faust-no-f13": "convsync streams, at_least_once, without F13 (aiokafka, per record)",
     "faust-no-f14": "convsync streams, at_least_once, without F14 (faust's codecs, monitor)",
+    "faust-serial": "convsync streams, at_least_once, each batch folded and written in turn",
 }
 WITHOUT: Final = "--worker-without"
 
@@ -344,6 +346,7 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
             "faust-no-f12": "F12",
             "faust-no-f13": "F13",
             "faust-no-f14": "F14",
+            "faust-serial": "pipeline",
         }.get(name, "")
         rate, cpu = through_faust(settings, expected, feed, guarantee=guarantee, without=without)
     return Run(name, rate, cpu, load)
@@ -394,6 +397,8 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("faust", "faust-no-f12", "(F12 pays if above 1)")
     ratio("faust", "faust-no-f13", "(F13 pays if above 1)")
     ratio("faust", "faust-no-f14", "(F14 pays if above 1)")
+    ratio("faust", "faust-serial", "(the pipeline pays if above 1)")
+    ratio("faust-serial", "quix", "")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:

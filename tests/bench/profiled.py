@@ -7,10 +7,10 @@ or ``os._exit``), ``DIR/<command>-<pid>.txt``: pyinstrument's call tree of the m
 thread (wall clock, 1 ms samples). With ``CONVSYNC_BENCH_PROFILER=cprofile`` it writes
 ``DIR/<command>-<pid>.prof`` instead (cProfile timed by the main thread's CPU clock:
 exact calls and CPU, about 2x slower); with ``none``, no profile (the timings below only).
-For ``streams`` it also writes ``DIR/streams-<pid>.batches.tsv``: one line per folded
-batch (when it was taken, the wait for it since the last batch ended, its events, how
-long folding it took, the main thread's CPU meanwhile, and the seconds from each of its
-librdkafka sends to that send's last ack, summed), and
+For ``streams`` it also writes ``DIR/streams-<pid>.batches.tsv``: one line per written
+batch (when its fold began, the wait since the fold before ended, its events, how long
+the fold took and the main thread's CPU meanwhile, how long its writes took, and the
+seconds from each of its librdkafka sends to that send's last ack, summed), and
 ``DIR/streams-<pid>.fetches.tsv``: one line per non-empty aiokafka fetch handed to
 faust (when, records, the wait inside ``getmany``).
 """
@@ -41,14 +41,15 @@ def _main_cpu() -> float:
 
 
 def _trace_streams(out: Path) -> None:
-    """Time each batch ``fold_batch`` gets and each fetch faust's consumer hands over."""
+    """Time each batch's fold and writes, and each fetch faust's consumer hands over."""
     import streams.app as streams_app
     from streams.faust_fixes import FixedApp
 
     batches = (out / f"streams-{os.getpid()}.batches.tsv").open("w", buffering=1)
-    batches.write("taken_at\twait_s\tevents\tfold_s\tmain_cpu_s\tacks_s\n")
-    fold_batch = streams_app.fold_batch
-    last_end = [time.monotonic()]
+    batches.write("taken_at\twait_s\tevents\tfold_s\tfold_cpu_s\twrite_s\tacks_s\n")
+    last_fold_end = [time.monotonic()]
+    # The batch being written: (fold start, wait before it, events, fold s, fold CPU s).
+    folded: list[tuple[float, float, int, float, float]] = []
     acks = [0.0]  # seconds from each send to its last ack, summed over the batch's sends
     send = streams_app.RdSender.send
 
@@ -67,20 +68,28 @@ def _trace_streams(out: Path) -> None:
         return futures
 
     streams_app.RdSender.send = timed_send  # type: ignore[method-assign]
+    fold, write = streams_app.Folder.fold, streams_app.Folder.write
 
-    async def timed_fold(folder: Any, batch: Any) -> None:
-        taken = time.monotonic()
-        cpu = _main_cpu()
-        acks[0] = 0.0
-        await fold_batch(folder, batch)
+    async def timed_fold(self: Any, batch: Any) -> Any:
+        taken, cpu = time.monotonic(), _main_cpu()
+        plan = await fold(self, batch)
         end = time.monotonic()
-        batches.write(
-            f"{taken:.4f}\t{taken - last_end[0]:.4f}\t{len(batch)}\t{end - taken:.4f}"
-            f"\t{_main_cpu() - cpu:.2f}\t{acks[0]:.4f}\n"
-        )
-        last_end[0] = end
+        folded.append((taken, taken - last_fold_end[0], len(batch), end - taken, _main_cpu() - cpu))
+        last_fold_end[0] = end
+        return plan
 
-    streams_app.fold_batch = timed_fold
+    async def timed_write(self: Any, plan: Any) -> None:
+        started = time.monotonic()
+        acks[0] = 0.0
+        await write(self, plan)
+        taken, wait, events, fold_s, fold_cpu = folded.pop(0)
+        batches.write(
+            f"{taken:.4f}\t{wait:.4f}\t{events}\t{fold_s:.4f}\t{fold_cpu:.2f}"
+            f"\t{time.monotonic() - started:.4f}\t{acks[0]:.4f}\n"
+        )
+
+    streams_app.Folder.fold = timed_fold  # type: ignore[method-assign]
+    streams_app.Folder.write = timed_write  # type: ignore[method-assign]
     fetches = (out / f"streams-{os.getpid()}.fetches.tsv").open("w", buffering=1)
     fetches.write("at\trecords\tgetmany_s\n")
     new_consumer = FixedApp._new_consumer

@@ -1,0 +1,136 @@
+"""streams/pipeline.py: the next batch folds while the one before waits for its acks.
+
+The fold, the writes and the acks are stand-ins recording what happened when; the
+shielded run is the worker's own (``streams.app.finish``) with its crash patched to
+raise. The worker on the real broker runs this path in every at-least-once test of
+tests/streams (test_failures: a refused write crashes it with nothing acked past it;
+test_kill: kills and rebalances lose and double nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NoReturn
+
+import pytest
+
+import streams.app as app
+from streams.pipeline import Pipeline
+
+pytestmark = pytest.mark.asyncio
+
+
+class CrashedError(Exception):
+    """What the patched crash() raises instead of ending the process."""
+
+
+@pytest.fixture
+def crashes(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
+    seen: list[BaseException] = []
+
+    def crash(error: BaseException) -> NoReturn:
+        seen.append(error)
+        raise CrashedError from error
+
+    monkeypatch.setattr(app, "crash", crash)
+    return seen
+
+
+class Worker:
+    """Records the order of folds, writes and acks; each write waits for its release."""
+
+    def __init__(self, *, failing: str = "") -> None:
+        self.log: list[str] = []
+        self.acks: dict[str, asyncio.Event] = {}
+        self.failing = failing
+
+    async def fold(self, batch: str) -> str:
+        self.log.append(f"fold {batch}")
+        self.acks[batch] = asyncio.Event()
+        return f"plan {batch}"
+
+    async def write(self, plan: str) -> None:
+        batch = plan.removeprefix("plan ")
+        self.log.append(f"write {batch}")
+        await self.acks[batch].wait()
+        if batch == self.failing:
+            raise RuntimeError(f"Kafka refused a record of {batch}")
+        self.log.append(f"durable {batch}")
+
+    async def ack(self, batch: str) -> None:
+        self.log.append(f"ack {batch}")
+
+    def pipeline(self) -> Pipeline[str, str]:
+        return Pipeline(fold=self.fold, write=self.write, ack=self.ack, finish=app.finish)
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_the_next_batch_folds_while_the_one_before_is_written(
+    crashes: list[BaseException],
+) -> None:
+    worker = Worker()
+    line = worker.pipeline()
+    await line.add("a")
+    await _settle()
+    assert worker.log == ["fold a", "write a"]
+    assert line.writing()
+    adding = asyncio.ensure_future(line.add("b"))
+    await _settle()
+    # b is folded while a's writes are out, but its writes wait for a's acks ...
+    assert worker.log == ["fold a", "write a", "fold b"]
+    assert not adding.done()
+    worker.acks["a"].set()
+    await adding
+    await _settle()
+    # ... and a is acked only once its writes are durable.
+    assert worker.log == ["fold a", "write a", "fold b", "durable a", "ack a", "write b"]
+    worker.acks["b"].set()
+    await line.drain()
+    assert worker.log[-2:] == ["durable b", "ack b"]
+    assert not line.writing()
+    assert crashes == []
+
+
+async def test_a_stop_waits_for_the_folded_batch_to_be_written_and_acked(
+    crashes: list[BaseException],
+) -> None:
+    worker = Worker()
+    line = worker.pipeline()
+    await line.add("a")
+    adding = asyncio.ensure_future(line.add("b"))
+    await _settle()
+    adding.cancel()  # a stop while b, folded, waits for a's writes
+    await _settle()
+    assert not adding.done(), "a folded batch must be written before the stop propagates"
+    worker.acks["a"].set()
+    with pytest.raises(asyncio.CancelledError):
+        await adding
+    assert worker.log[-1] == "write b"  # b's writes started before the cancellation rose
+    draining = asyncio.ensure_future(line.drain())
+    await _settle()
+    draining.cancel()  # stopped again while the agent drains: still waited out
+    worker.acks["b"].set()
+    with pytest.raises(asyncio.CancelledError):
+        await draining
+    assert worker.log[-2:] == ["durable b", "ack b"]
+    assert crashes == []
+
+
+async def test_a_failed_write_crashes_before_its_batch_or_a_later_one_is_acked(
+    crashes: list[BaseException],
+) -> None:
+    worker = Worker(failing="a")
+    line = worker.pipeline()
+    await line.add("a")
+    adding = asyncio.ensure_future(line.add("b"))
+    await _settle()
+    worker.acks["a"].set()
+    with pytest.raises(CrashedError):
+        await adding
+    assert isinstance(crashes[0], RuntimeError)
+    assert not any(entry.startswith("ack") for entry in worker.log)
+    assert "write b" not in worker.log
