@@ -45,6 +45,12 @@ from streams.web import LagCollector, add_views
 log = logging.getLogger(__name__)
 
 CRASH_EXIT_CODE: Final = 70  # EX_SOFTWARE: a batch failed; its events were not acked
+# Batches folded and not yet acknowledged, at most (streams/pipeline.py): a broker that
+# answers late for a while holds up the writes, not the folds behind them.
+PIPELINE_DEPTH: Final = 4
+# Events folded between two turns of the event loop: a batch's fold is ~0.1 s of CPU,
+# and the writes of the batches before it each wait for the loop between their steps.
+FOLD_SLICE: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +148,11 @@ class Folder:
         letters: list[tuple[faust.EventT[bytes], PoisonError, Awaitable[Any]]] = []
         outbox: dict[int, list[tuple[bytes, bytes]]] = {}
         emitted = 0
-        for event in events:
+        for i, event in enumerate(events):
+            if i % FOLD_SLICE == FOLD_SLICE - 1:
+                # Let the writes of the batches before this one go on (their acks are
+                # answered between two slices), and the intake too.
+                await asyncio.sleep(0)
             try:
                 envelope = Envelope.from_bytes(event.value)
             except PoisonError as e:
@@ -449,6 +459,7 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
             ack=ack,
             finish=finish,
             on_written=lambda: health.beat("folding"),
+            depth=1 if "deep-pipeline" in DISABLED else PIPELINE_DEPTH,
         )
         writing[0] = line.writing
         try:

@@ -2,11 +2,12 @@
 
 A batch's writes (:meth:`streams.app.Folder.write`) are four ordered sends, each waiting
 for Kafka's acks (acks=all); most of that time the worker had nothing to do but take in
-the next batch. Here the next batch is folded into memory meanwhile
-(:meth:`streams.app.Folder.fold`), and its writes start once the batch before it was
-acknowledged: at most one batch's writes are out, and they are sent in batch order, so
-each partition's changelog keeps its order and the order of a batch's writes (change
-records, then states, then edits) holds as before.
+the next batch. Here the next batches are folded into memory meanwhile
+(:meth:`streams.app.Folder.fold`), and each batch's writes start once the batch before
+it was acknowledged: they are sent in batch order, so each partition's changelog keeps
+its order and the order of a batch's writes (change records, then states, then edits)
+holds as before. At most ``depth`` batches are folded and not yet acknowledged (a
+broker that answers late for a second holds up the writes, not the folds behind them).
 
 What must hold, and how:
 
@@ -16,9 +17,10 @@ What must hold, and how:
 - *A batch whose fold began is written, whatever comes.* Its states are in memory: if it
   were dropped while the worker kept its partitions, faust would hand its events over
   again, the fold would take them for copies already folded in and emit nothing. So the
-  fold, the wait for the batch before and the start of the writes run to their end
-  under ``finish`` (the shielded run of :func:`streams.app.finish`, which crashes the
-  worker when the work fails), and the agent drains the last writes before it stops.
+  fold and the queueing of its writes run to their end under ``finish`` (the shielded
+  run of :func:`streams.app.finish`, which crashes the worker when the work fails), the
+  writes themselves run under ``finish`` in tasks of their own, and the agent drains
+  them all before it stops.
 - *A failed write stops everything.* The writes run under ``finish`` too: a refused
   record crashes the worker before the batch (or any later one) is acked.
 - *A rebalance waits.* faust's revocation waits for every event handed out to be acked
@@ -32,6 +34,7 @@ schedule with the acked offsets.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -40,7 +43,11 @@ Plan = TypeVar("Plan")
 
 
 class Pipeline(Generic[Batch, Plan]):
-    """Fold a batch while the batch before it is written; write in batch order."""
+    """Fold batches while the ones before are written; write in batch order.
+
+    At most ``depth`` batches are folded and not yet acknowledged: :meth:`add` waits for
+    the oldest one's writes beyond that.
+    """
 
     def __init__(
         self,
@@ -50,42 +57,56 @@ class Pipeline(Generic[Batch, Plan]):
         ack: Callable[[Batch], Awaitable[None]],
         finish: Callable[[Coroutine[Any, Any, None]], Awaitable[None]],
         on_written: Callable[[], None] = lambda: None,
+        depth: int = 1,
     ) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
         self._fold = fold
         self._write = write
         self._ack = ack
         self._finish = finish
         self._on_written = on_written
-        self._writing: asyncio.Future[None] | None = None
+        self.depth = depth
+        self._out: deque[asyncio.Future[None]] = deque()  # writes not done, oldest first
 
     def writing(self) -> bool:
         """True while a batch's writes are out (not yet acknowledged by Kafka)."""
-        return self._writing is not None and not self._writing.done()
+        return any(not w.done() for w in self._out)
 
     async def add(self, batch: Batch) -> None:
-        """Fold ``batch``, wait for the writes of the batch before, start its own.
+        """Fold ``batch`` and queue its writes after those of the batches before it.
 
-        Returns once its writes started (not once they are durable). A cancellation
-        meanwhile is held until then, and raised after.
+        Returns once its writes are queued (not once they are durable), after waiting
+        for the oldest batch's writes if ``depth`` batches' writes are out. A
+        cancellation meanwhile is held until then, and raised after.
         """
         await self._finish(self._add(batch))
 
     async def _add(self, batch: Batch) -> None:
         plan = await self._fold(batch)
-        if self._writing is not None:
-            await self._writing
-        self._writing = asyncio.ensure_future(self._finish(self._write_and_ack(batch, plan)))
+        previous = self._out[-1] if self._out else None
+        self._out.append(
+            asyncio.ensure_future(self._finish(self._write_and_ack(previous, batch, plan)))
+        )
+        while self._out and self._out[0].done():
+            self._out.popleft().result()
+        while len(self._out) > self.depth:
+            await self._out.popleft()
 
-    async def _write_and_ack(self, batch: Batch, plan: Plan) -> None:
+    async def _write_and_ack(
+        self, previous: asyncio.Future[None] | None, batch: Batch, plan: Plan
+    ) -> None:
+        if previous is not None:
+            await previous  # the writes of every batch before this one are durable
         await self._write(plan)
         await self._ack(batch)
         self._on_written()
 
     async def drain(self) -> None:
-        """Wait until the last batch's writes are durable and it is acked."""
-        if self._writing is not None:
-            await self._finish(self._drained(self._writing))
+        """Wait until every batch's writes are durable and every batch is acked."""
+        if self._out:
+            await self._finish(self._drained(self._out[-1]))
 
     @staticmethod
-    async def _drained(writing: asyncio.Future[None]) -> None:
-        await writing
+    async def _drained(last: asyncio.Future[None]) -> None:
+        await last

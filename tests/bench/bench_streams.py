@@ -25,6 +25,7 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f13  # F13 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f14  # F14 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-serial  # pipeline pays?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-depth1  # depth 4 pays?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -318,6 +319,7 @@ LABELS: Final = {
     "faust-no-f13": "convsync streams, at_least_once, without F13 (aiokafka, per record)",
     "faust-no-f14": "convsync streams, at_least_once, without F14 (faust's codecs, monitor)",
     "faust-serial": "convsync streams, at_least_once, each batch folded and written in turn",
+    "faust-depth1": "convsync streams, at_least_once, one batch folded ahead at most",
 }
 WITHOUT: Final = "--worker-without"
 
@@ -347,6 +349,7 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
             "faust-no-f13": "F13",
             "faust-no-f14": "F14",
             "faust-serial": "pipeline",
+            "faust-depth1": "deep-pipeline",
         }.get(name, "")
         rate, cpu = through_faust(settings, expected, feed, guarantee=guarantee, without=without)
     return Run(name, rate, cpu, load)
@@ -399,6 +402,7 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("faust", "faust-no-f14", "(F14 pays if above 1)")
     ratio("faust", "faust-serial", "(the pipeline pays if above 1)")
     ratio("faust-serial", "quix", "")
+    ratio("faust", "faust-depth1", "(depth 4 pays if above 1)")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:

@@ -60,8 +60,10 @@ class Worker:
     async def ack(self, batch: str) -> None:
         self.log.append(f"ack {batch}")
 
-    def pipeline(self) -> Pipeline[str, str]:
-        return Pipeline(fold=self.fold, write=self.write, ack=self.ack, finish=app.finish)
+    def pipeline(self, depth: int = 1) -> Pipeline[str, str]:
+        return Pipeline(
+            fold=self.fold, write=self.write, ack=self.ack, finish=app.finish, depth=depth
+        )
 
 
 async def _settle() -> None:
@@ -134,3 +136,33 @@ async def test_a_failed_write_crashes_before_its_batch_or_a_later_one_is_acked(
     assert isinstance(crashes[0], RuntimeError)
     assert not any(entry.startswith("ack") for entry in worker.log)
     assert "write b" not in worker.log
+    with pytest.raises(CrashedError):  # b's writes, queued behind a's, crashed too
+        await line.drain()
+
+
+async def test_deeper_the_folds_go_on_while_writes_wait_and_writes_keep_their_order(
+    crashes: list[BaseException],
+) -> None:
+    worker = Worker()
+    line = worker.pipeline(depth=2)
+    await line.add("a")
+    await line.add("b")  # folded while a's writes are out; its writes queued behind
+    await _settle()
+    assert worker.log == ["fold a", "write a", "fold b"]
+    adding = asyncio.ensure_future(line.add("c"))
+    await _settle()
+    assert worker.log[-1] == "fold c"
+    assert not adding.done(), "three batches out: c waits for a's writes"
+    worker.acks["b"].set()  # b's acks come first: b still waits for a
+    await _settle()
+    assert "write b" not in worker.log
+    worker.acks["a"].set()
+    await adding
+    worker.acks["c"].set()
+    await line.drain()
+    assert [e for e in worker.log if not e.startswith("fold")] == [
+        "write a", "durable a", "ack a",
+        "write b", "durable b", "ack b",
+        "write c", "durable c", "ack c",
+    ]  # fmt: skip
+    assert crashes == []
