@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
@@ -217,25 +218,37 @@ class Folder:
         """Make one folded batch's writes durable, in the order a crash needs; return
         once Kafka acknowledged every one of them. Raises what the producer raises.
         """
-        # 1. Kafka acknowledges every change record and dead letter of the batch
-        #    (acks=all) ...
-        await asyncio.gather(*await self._send(self.sink_name, plan.changes))
-        for event, error, delivery in plan.letters:
-            await self._confirm_dead_letter(event, error, delivery)
-        self.emitted += plan.emitted
+        for stage in self.stages(plan):
+            await stage()
+        # The caller acks the batch once this returns, and faust commits acked offsets:
+        # nothing of the batch is acked unless every stage is durable (an error raised
+        # above crashes the worker before the ack, see fold_batch).
+
+    def stages(self, plan: Plan) -> list[Callable[[], Awaitable[None]]]:
+        """A folded batch's writes as stages to run in turn, each returning once Kafka
+        acknowledged (acks=all) what it sent (streams/pipeline.py overlaps the stages of
+        successive batches, in order)."""
+
+        async def changes() -> None:
+            # 1. Kafka acknowledges every change record and dead letter of the batch ...
+            await asyncio.gather(*await self._send(self.sink_name, plan.changes))
+            for event, error, delivery in plan.letters:
+                await self._confirm_dead_letter(event, error, delivery)
+            self.emitted += plan.emitted
+
         # 2. ... before the states that produced them go to the changelog, so the
         #    changelog is never ahead of the change records: a crash replays the batch
         #    from the recovered state and re-emits the same records with the same seq.
         #    The sealed digest chunks go first: a record that counts a chunk must never
         #    be durable without it.
-        await self._send_all(plan.before_states)
-        await self._send_all(plan.states)
         # 3. ... and then the edits, which a replayed batch must not read ahead of its
         #    records (TableSide.drain_after).
-        await self._send_all(plan.after_states)
-        # 4. The caller acks the batch once this returns, and faust commits acked
-        #    offsets: nothing of the batch is acked unless steps 1-3 are durable (an
-        #    error raised above crashes the worker before the ack, see fold_batch).
+        return [
+            changes,
+            partial(self._send_all, plan.before_states),
+            partial(self._send_all, plan.states),
+            partial(self._send_all, plan.after_states),
+        ]
 
     async def _send_all(self, boxes: list[tuple[str, Outbox]]) -> None:
         """Send records to their topics and wait until Kafka acknowledged them all."""
@@ -455,7 +468,13 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
 
         line: Pipeline[list[faust.EventT[bytes]], Plan] = Pipeline(
             fold=folder.fold,
-            write=folder.write,
+            # "staged" off (bench only): a batch's writes start once the batch before
+            # is acked, one stage.
+            stages=(
+                (lambda plan: [partial(folder.write, plan)])
+                if "staged" in DISABLED
+                else folder.stages
+            ),
             ack=ack,
             finish=finish,
             on_written=lambda: health.beat("folding"),

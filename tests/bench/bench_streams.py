@@ -26,6 +26,7 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f14  # F14 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-serial  # pipeline pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-depth1  # depth 4 pays?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-unstaged  # stages pay?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -320,6 +321,9 @@ LABELS: Final = {
     "faust-no-f14": "convsync streams, at_least_once, without F14 (faust's codecs, monitor)",
     "faust-serial": "convsync streams, at_least_once, each batch folded and written in turn",
     "faust-depth1": "convsync streams, at_least_once, one batch folded ahead at most",
+    "faust-unstaged": (
+        "convsync streams, at_least_once, a batch written once the one before is acked"
+    ),
 }
 WITHOUT: Final = "--worker-without"
 
@@ -350,6 +354,7 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
             "faust-no-f14": "F14",
             "faust-serial": "pipeline",
             "faust-depth1": "deep-pipeline",
+            "faust-unstaged": "staged",
         }.get(name, "")
         rate, cpu = through_faust(settings, expected, feed, guarantee=guarantee, without=without)
     return Run(name, rate, cpu, load)
@@ -403,6 +408,7 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("faust", "faust-serial", "(the pipeline pays if above 1)")
     ratio("faust-serial", "quix", "")
     ratio("faust", "faust-depth1", "(depth 4 pays if above 1)")
+    ratio("faust", "faust-unstaged", "(overlapping stages pay if above 1)")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:

@@ -9,8 +9,8 @@ thread (wall clock, 1 ms samples). With ``CONVSYNC_BENCH_PROFILER=cprofile`` it 
 exact calls and CPU, about 2x slower); with ``none``, no profile (the timings below only).
 For ``streams`` it also writes ``DIR/streams-<pid>.batches.tsv``: one line per written
 batch (when its fold began, the wait since the fold before ended, its events, how long
-the fold took and the main thread's CPU meanwhile, how long its writes took, and the
-seconds from each of its librdkafka sends to that send's last ack, summed), and
+the fold took and the main thread's CPU meanwhile, the seconds from its first write
+stage's start to its last one's end, and each stage's seconds, send to last ack), and
 ``DIR/streams-<pid>.fetches.tsv``: one line per non-empty aiokafka fetch handed to
 faust (when, records, the wait inside ``getmany``).
 """
@@ -46,29 +46,11 @@ def _trace_streams(out: Path) -> None:
     from streams.faust_fixes import FixedApp
 
     batches = (out / f"streams-{os.getpid()}.batches.tsv").open("w", buffering=1)
-    batches.write("taken_at\twait_s\tevents\tfold_s\tfold_cpu_s\twrite_s\tacks_s\n")
+    batches.write("taken_at\twait_s\tevents\tfold_s\tfold_cpu_s\twrite_s\tstages_s\n")
     last_fold_end = [time.monotonic()]
     # The batch being written: (fold start, wait before it, events, fold s, fold CPU s).
     folded: list[tuple[float, float, int, float, float]] = []
-    acks = [0.0]  # seconds from each send to its last ack, summed over the batch's sends
-    send = streams_app.RdSender.send
-
-    def timed_send(self: Any, topic: str, outbox: Any) -> Any:
-        started = time.monotonic()
-        futures = send(self, topic, outbox)
-        left = [len(futures)]
-
-        def done(_: Any) -> None:
-            left[0] -= 1
-            if not left[0]:
-                acks[0] += time.monotonic() - started
-
-        for future in futures:
-            future.add_done_callback(done)
-        return futures
-
-    streams_app.RdSender.send = timed_send  # type: ignore[method-assign]
-    fold, write = streams_app.Folder.fold, streams_app.Folder.write
+    fold, stages = streams_app.Folder.fold, streams_app.Folder.stages
 
     async def timed_fold(self: Any, batch: Any) -> Any:
         taken, cpu = time.monotonic(), _main_cpu()
@@ -78,18 +60,34 @@ def _trace_streams(out: Path) -> None:
         last_fold_end[0] = end
         return plan
 
-    async def timed_write(self: Any, plan: Any) -> None:
-        started = time.monotonic()
-        acks[0] = 0.0
-        await write(self, plan)
-        taken, wait, events, fold_s, fold_cpu = folded.pop(0)
-        batches.write(
-            f"{taken:.4f}\t{wait:.4f}\t{events}\t{fold_s:.4f}\t{fold_cpu:.2f}"
-            f"\t{time.monotonic() - started:.4f}\t{acks[0]:.4f}\n"
-        )
+    def timed_stages(self: Any, plan: Any) -> list[Callable[[], Any]]:
+        # Stages of successive batches overlap (streams/pipeline.py); batches are
+        # folded and written in the same order, so the oldest fold is this plan's.
+        seen = folded.pop(0)
+        inner = stages(self, plan)
+        began: list[float] = []
+        took: list[float] = []
+
+        def timed(j: int, stage: Callable[[], Any]) -> Callable[[], Any]:
+            async def run() -> None:
+                started = time.monotonic()
+                began.append(started)
+                await stage()
+                took.append(time.monotonic() - started)
+                if j == len(inner) - 1:
+                    taken, wait, events, fold_s, fold_cpu = seen
+                    batches.write(
+                        f"{taken:.4f}\t{wait:.4f}\t{events}\t{fold_s:.4f}\t{fold_cpu:.2f}"
+                        f"\t{time.monotonic() - began[0]:.4f}"
+                        f"\t{','.join(f'{t:.4f}' for t in took)}\n"
+                    )
+
+            return run
+
+        return [timed(j, stage) for j, stage in enumerate(inner)]
 
     streams_app.Folder.fold = timed_fold  # type: ignore[method-assign]
-    streams_app.Folder.write = timed_write  # type: ignore[method-assign]
+    streams_app.Folder.stages = timed_stages  # type: ignore[method-assign]
     fetches = (out / f"streams-{os.getpid()}.fetches.tsv").open("w", buffering=1)
     fetches.write("at\trecords\tgetmany_s\n")
     new_consumer = FixedApp._new_consumer

@@ -10,6 +10,8 @@ test_kill: kills and rebalances lose and double nothing).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import NoReturn
 
 import pytest
@@ -60,10 +62,34 @@ class Worker:
     async def ack(self, batch: str) -> None:
         self.log.append(f"ack {batch}")
 
+    def stages(self, plan: str) -> list[Callable[[], Awaitable[None]]]:
+        return [partial(self.write, plan)]
+
     def pipeline(self, depth: int = 1) -> Pipeline[str, str]:
         return Pipeline(
-            fold=self.fold, write=self.write, ack=self.ack, finish=app.finish, depth=depth
+            fold=self.fold, stages=self.stages, ack=self.ack, finish=app.finish, depth=depth
         )
+
+
+class Staged(Worker):
+    """Each batch written in two stages, each waiting for its own release."""
+
+    async def fold(self, batch: str) -> str:
+        self.log.append(f"fold {batch}")
+        for j in (1, 2):
+            self.acks[f"{batch}.{j}"] = asyncio.Event()
+        return f"plan {batch}"
+
+    async def send(self, name: str) -> None:
+        self.log.append(f"send {name}")
+        await self.acks[name].wait()
+        if name == self.failing:
+            raise RuntimeError(f"Kafka refused a record of {name}")
+        self.log.append(f"durable {name}")
+
+    def stages(self, plan: str) -> list[Callable[[], Awaitable[None]]]:
+        batch = plan.removeprefix("plan ")
+        return [partial(self.send, f"{batch}.1"), partial(self.send, f"{batch}.2")]
 
 
 async def _settle() -> None:
@@ -166,3 +192,47 @@ async def test_deeper_the_folds_go_on_while_writes_wait_and_writes_keep_their_or
         "write c", "durable c", "ack c",
     ]  # fmt: skip
     assert crashes == []
+
+
+async def test_stages_of_successive_batches_overlap_each_in_batch_order(
+    crashes: list[BaseException],
+) -> None:
+    worker = Staged()
+    line = worker.pipeline(depth=4)
+    await line.add("a")
+    await line.add("b")
+    await _settle()
+    assert worker.log == ["fold a", "send a.1", "fold b"]  # b.1 waits for a.1
+    worker.acks["a.1"].set()
+    await _settle()
+    # b's first stage goes out while a's second is out ...
+    assert worker.log[-3:] == ["durable a.1", "send a.2", "send b.1"]
+    worker.acks["b.1"].set()
+    await _settle()
+    # ... but b's second stage waits for a's second one, durable first.
+    assert worker.log[-1] == "durable b.1"
+    assert "send b.2" not in worker.log
+    worker.acks["b.2"].set()  # b.2's ack may come early: b.2 is not even sent
+    worker.acks["a.2"].set()
+    await line.drain()
+    assert worker.log[-5:] == ["durable a.2", "ack a", "send b.2", "durable b.2", "ack b"]
+    assert crashes == []
+
+
+async def test_a_failed_stage_stops_the_later_stages_and_acks_of_every_batch_behind(
+    crashes: list[BaseException],
+) -> None:
+    worker = Staged(failing="a.2")
+    line = worker.pipeline(depth=4)
+    await line.add("a")
+    await line.add("b")
+    for name in ("a.1", "b.1", "b.2"):
+        worker.acks[name].set()
+        await _settle()
+    assert "durable b.1" in worker.log
+    worker.acks["a.2"].set()
+    with pytest.raises(CrashedError):
+        await line.drain()
+    assert isinstance(crashes[0], RuntimeError)  # a's own failure crashes first
+    assert "send b.2" not in worker.log
+    assert not any(entry.startswith("ack") for entry in worker.log)
