@@ -51,10 +51,10 @@ Stage = Callable[[], Awaitable[None]]
 class _Written:
     """One batch's writes in flight: when each of its stages and its ack are done."""
 
-    def __init__(self) -> None:
-        self.stages: list[asyncio.Future[None]] = []
-        self.acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.task: asyncio.Future[None] | None = None
+    def __init__(self, n_stages: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.stages: list[asyncio.Future[None]] = [loop.create_future() for _ in range(n_stages)]
+        self.acked: asyncio.Future[None] = loop.create_future()
 
     def stage(self, j: int) -> asyncio.Future[None]:
         """Done once this batch's stage ``j`` is durable (or its last, if it has fewer)."""
@@ -100,11 +100,12 @@ class Pipeline(Generic[Batch, Plan]):
         self._finish = finish
         self._on_written = on_written
         self.depth = depth
-        self._out: deque[_Written] = deque()  # batches not yet acked, oldest first
+        self._out: deque[asyncio.Future[None]] = deque()  # writing tasks, oldest first
+        self._last: _Written | None = None  # the batch the next one's stages wait for
 
     def writing(self) -> bool:
         """True while a batch's writes are out (not yet acknowledged by Kafka)."""
-        return any(w.task is not None and not w.task.done() for w in self._out)
+        return any(not task.done() for task in self._out)
 
     async def add(self, batch: Batch) -> None:
         """Fold ``batch`` and queue its writes behind those of the batches before it.
@@ -117,18 +118,18 @@ class Pipeline(Generic[Batch, Plan]):
 
     async def _add(self, batch: Batch) -> None:
         plan = await self._fold(batch)
-        previous = self._out[-1] if self._out else None
-        written = _Written()
         stages = self._stages(plan)
-        written.stages = [asyncio.get_running_loop().create_future() for _ in stages]
-        written.task = asyncio.ensure_future(
-            self._finish(self._write_and_ack(previous, written, stages, batch))
+        previous, written = self._last, _Written(len(stages))
+        self._last = written
+        self._out.append(
+            asyncio.ensure_future(
+                self._finish(self._write_and_ack(previous, written, stages, batch))
+            )
         )
-        self._out.append(written)
-        while self._out and _done(self._out[0]):
-            _result(self._out.popleft())
+        while self._out and self._out[0].done():
+            self._out.popleft().result()
         while len(self._out) > self.depth:
-            await _wait(self._out.popleft())
+            await self._out.popleft()
 
     async def _write_and_ack(
         self,
@@ -158,23 +159,9 @@ class Pipeline(Generic[Batch, Plan]):
             await self._finish(self._drained())
 
     async def _drained(self) -> None:
-        tasks = [w.task for w in self._out if w.task is not None]
+        tasks = list(self._out)
         self._out.clear()
         # Every batch awaited, oldest first: the first failure is the batch it hit.
         for outcome in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
-
-
-def _done(written: _Written) -> bool:
-    return written.task is not None and written.task.done()
-
-
-def _result(written: _Written) -> None:
-    if written.task is not None:
-        written.task.result()
-
-
-async def _wait(written: _Written) -> None:
-    if written.task is not None:
-        await written.task
