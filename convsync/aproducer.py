@@ -3,41 +3,77 @@
 Used by the crawler (its envelopes and requests) and by the streams worker (its change
 records and changelogs under at_least_once): librdkafka keeps up to five requests in
 flight per broker, in order (idempotence), where aiokafka keeps one.
+
+The delivery reports are served on the event loop's own thread, by a task that polls the
+producer every :data:`POLL_INTERVAL` while a batch waits for its acks. A thread blocked
+in ``poll`` (``poll_thread=True``, what this was until 2026-12-07) must take the GIL back
+for every report: with the loop busy, each report waited for the interpreter's switch
+interval (5 ms) and cost both threads a hand-over (docs/performance.md, "Delivery
+reports on the loop").
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from convsync.errors import RetryableError
 
+log = logging.getLogger(__name__)
+
+#: Seconds between two polls of the delivery reports while a batch waits for its acks:
+#: at most this late an ack is seen (a broker's round trip here is 1-3 ms).
+POLL_INTERVAL: Final = 0.001
+
 
 class AsyncProducer:
-    """Wraps a durable producer; :meth:`send_batch` returns once Kafka confirmed all.
+    """Wraps a durable producer; :meth:`send_batch` returns once Kafka confirmed all."""
 
-    A thread of its own blocks in ``poll`` and hands each batch's outcome to the loop,
-    so waiting for acks costs no busy polling on the event loop.
-    """
-
-    def __init__(self, producer: Producer, *, name: str = "producer-acks") -> None:
+    def __init__(
+        self, producer: Producer, *, name: str = "producer-acks", poll_thread: bool = False
+    ) -> None:
         self.producer = producer
-        self.name = name  # the poll thread's name (seen in profiles and thread dumps)
+        self.name = name  # the poll thread's or task's name (profiles, thread dumps)
+        self._poll_thread = poll_thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Batches waiting for their acks, and the task polling for them (loop mode).
+        self._waiting = 0
+        self._pump: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start serving delivery callbacks."""
-        self._thread = threading.Thread(target=self._poll, name=self.name, daemon=True)
-        self._thread.start()
+        """Start the poll thread (``poll_thread``); a no-op otherwise: the loop's polling
+        task runs while batches wait."""
+        if self._poll_thread:
+            self._thread = threading.Thread(target=self._poll, name=self.name, daemon=True)
+            self._thread.start()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
             self.producer.poll(0.05)
+
+    def _serve(self) -> None:
+        """Serve the delivery reports ready now, on the loop's thread."""
+        try:
+            self.producer.poll(0)
+        except Exception:  # the polling must go on for the batches waiting
+            log.exception("%s: serving delivery reports failed", self.name)
+
+    async def _pump_reports(self) -> None:
+        while self._waiting:
+            self._serve()
+            await asyncio.sleep(POLL_INTERVAL)
+
+    def _ensure_pump(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(
+                self._pump_reports(), name=self.name
+            )
 
     async def send_batch(
         self,
@@ -57,21 +93,26 @@ class AsyncProducer:
         errors: list[KafkaError] = []
         lock = threading.Lock()
         state = {"left": 0, "sent": False}
+        threaded = self._poll_thread
 
         def resolve() -> None:
             if not done.done():
                 done.set_result(None)
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            # Runs on the poll thread. ``left`` may go below zero while records are still
-            # being produced: only the count added once all are produced can end the batch.
+            # On the poll thread, or on the loop's (inside poll). ``left`` may go below
+            # zero while records are still being produced: only the count added once all
+            # are produced can end the batch.
             with lock:
                 if err is not None:
                     errors.append(err)
                 state["left"] -= 1
                 finished = state["sent"] and state["left"] == 0
             if finished:
-                loop.call_soon_threadsafe(resolve)
+                if threaded:
+                    loop.call_soon_threadsafe(resolve)
+                else:
+                    resolve()
 
         # No partition argument at all when None: librdkafka's partitioner picks by key.
         to: dict[str, Any] = {} if partition is None else {"partition": partition}
@@ -84,6 +125,8 @@ class AsyncProducer:
                     )
                     break
                 except BufferError:
+                    if not threaded:
+                        self._serve()  # the reports free the queue
                     await asyncio.sleep(0.005)
                 except KafkaException as e:
                     raise RetryableError(f"produce to {topic} failed: {e}") from e
@@ -94,14 +137,29 @@ class AsyncProducer:
             finished = state["left"] == 0
         if finished:
             resolve()
-        await done
+        self._waiting += 1
+        try:
+            if not threaded:
+                self._ensure_pump()
+            await done
+        finally:
+            self._waiting -= 1
         if errors:
             raise RetryableError(f"{len(errors)} records to {topic} not delivered: {errors[0]}")
         return count
 
     async def close(self, flush_seconds: float = 10.0) -> None:
-        """Flush what is left and stop the poll thread."""
-        await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, flush_seconds)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        """Flush what is left (for at most ``flush_seconds``) and stop polling."""
+        if self._poll_thread:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.producer.flush, flush_seconds)
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(5)
+            return
+        # On the loop: the reports' callbacks resolve futures of this loop.
+        deadline = asyncio.get_running_loop().time() + flush_seconds
+        while len(self.producer) > 0 and asyncio.get_running_loop().time() < deadline:
+            self._serve()
+            await asyncio.sleep(POLL_INTERVAL)
+        self._serve()

@@ -23,7 +23,7 @@ from typing import Final
 from convsync.aproducer import AsyncProducer
 from convsync.kafka import make_producer
 from convsync.settings import Settings
-from streams.faust_fixes import Outbox
+from streams.faust_fixes import DISABLED, Outbox
 
 #: How long a stopping worker waits for writes still unacknowledged (those of a batch
 #: that will not be acked: its events are folded again by the next owner).
@@ -49,8 +49,12 @@ class RdSender:
             # linger.ms 5 (the default of the durable producer): the fold sends a batch's
             # records at once and then waits for them, so little is gained by waiting
             # longer, and librdkafka sends what lingers while earlier requests are out.
+            # Its delivery reports are served on the loop; ``"loop-acks" in DISABLED``
+            # (bench only: the side faust-thread-acks) serves them on a thread of their own.
             producer = self._producer = AsyncProducer(
-                make_producer(self.settings), name="streams-acks"
+                make_producer(self.settings),
+                name="streams-acks",
+                poll_thread="loop-acks" in DISABLED,
             )
             producer.start()
         return [
@@ -60,7 +64,7 @@ class RdSender:
         ]
 
     async def close(self) -> None:
-        """Flush what is left (bounded by :data:`CLOSE_SECONDS`) and stop the poll thread."""
+        """Flush what is left (bounded by :data:`CLOSE_SECONDS`) and stop polling."""
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.close(CLOSE_SECONDS)

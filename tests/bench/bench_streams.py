@@ -27,6 +27,7 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-serial  # pipeline pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-depth1  # depth 4 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-unstaged  # stages pay?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-thread-acks  # loop acks?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -324,6 +325,9 @@ LABELS: Final = {
     "faust-unstaged": (
         "convsync streams, at_least_once, a batch written once the one before is acked"
     ),
+    "faust-thread-acks": (
+        "convsync streams, at_least_once, delivery reports served on a thread of their own"
+    ),
 }
 WITHOUT: Final = "--worker-without"
 
@@ -355,6 +359,7 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
             "faust-serial": "pipeline",
             "faust-depth1": "deep-pipeline",
             "faust-unstaged": "staged",
+            "faust-thread-acks": "loop-acks",
         }.get(name, "")
         rate, cpu = through_faust(settings, expected, feed, guarantee=guarantee, without=without)
     return Run(name, rate, cpu, load)
@@ -409,6 +414,7 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("faust-serial", "quix", "")
     ratio("faust", "faust-depth1", "(depth 4 pays if above 1)")
     ratio("faust", "faust-unstaged", "(overlapping stages pay if above 1)")
+    ratio("faust", "faust-thread-acks", "(reports served on the loop pay if above 1)")
     if "plain" in med:
         plain_cpu = statistics.median([r.cpu for r in runs if r.side == "plain" and r.cpu])
         for name in sides:
