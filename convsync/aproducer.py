@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -45,6 +46,7 @@ class AsyncProducer:
         # Batches waiting for their acks, and the task polling for them (loop mode).
         self._waiting = 0
         self._pump: asyncio.Task[None] | None = None
+        self._logged_at = float("-inf")  # when a failed poll was last logged (monotonic)
 
     def start(self) -> None:
         """Start the poll thread (``poll_thread``); a no-op otherwise: the loop's polling
@@ -62,7 +64,10 @@ class AsyncProducer:
         try:
             self.producer.poll(0)
         except Exception:  # the polling must go on for the batches waiting
-            log.exception("%s: serving delivery reports failed", self.name)
+            now = time.monotonic()
+            if now - self._logged_at >= 1.0:  # at most one line a second
+                self._logged_at = now
+                log.exception("%s: serving delivery reports failed", self.name)
 
     async def _pump_reports(self) -> None:
         while self._waiting:
