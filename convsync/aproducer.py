@@ -144,7 +144,7 @@ class AsyncProducer:
             resolve()
         self._waiting += 1
         try:
-            if not threaded:
+            if not threaded and not done.done():
                 self._ensure_pump()
             await done
         finally:
@@ -155,16 +155,16 @@ class AsyncProducer:
 
     async def close(self, flush_seconds: float = 10.0) -> None:
         """Flush what is left (for at most ``flush_seconds``) and stop polling."""
+        loop = asyncio.get_running_loop()
         if self._poll_thread:
-            loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, self.producer.flush, flush_seconds)
             self._stop.set()
             if self._thread is not None:
                 self._thread.join(5)
             return
         # On the loop: the reports' callbacks resolve futures of this loop.
-        deadline = asyncio.get_running_loop().time() + flush_seconds
-        while len(self.producer) > 0 and asyncio.get_running_loop().time() < deadline:
+        deadline = loop.time() + flush_seconds
+        while len(self.producer) > 0 and loop.time() < deadline:
             self._serve()
             await asyncio.sleep(POLL_INTERVAL)
         self._serve()
