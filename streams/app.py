@@ -36,6 +36,7 @@ from streams.faust_fixes import (
     store_put,
     take_batches,
 )
+from streams.faust_intake import Intake
 from streams.held import track_partitions
 from streams.pipeline import Pipeline
 from streams.sender import RdSender
@@ -444,6 +445,9 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
         settings.topic("events"),
         schema=RawSchema(key_serializer="raw", value_serializer="raw"),  # F14
     )
+    # F15: the fold's events a fetch at a time (streams/faust_intake.py).
+    intake = Intake(app, settings.topic("events"), config.batch_size)
+    app.consumer_hooks = [intake.install]
     health = Heartbeat(config.stale_after)
     folding = [False]
     # While a batch's writes are out, /healthz follows them too (streams/pipeline.py).
@@ -456,11 +460,21 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
         if pipelined(config):
             await fold_pipelined(stream)
             return
-        async for batch in take_batches(stream, config.batch_size, config.batch_within):
-            folding[0] = True
-            await fold_batch(folder, batch)
-            folding[0] = False
-            health.beat("folding")
+        if not intake.installed:
+            async for batch in take_batches(stream, config.batch_size, config.batch_within):
+                await fold_one(batch)
+            return
+        async for batch in intake.batches(stream, config.batch_within):
+            try:
+                await fold_one(batch)
+            finally:  # as take_batches: on success, or a cancellation once folded
+                await ack_batch(stream, batch)
+
+    async def fold_one(batch: list[faust.EventT[bytes]]) -> None:
+        folding[0] = True
+        await fold_batch(folder, batch)
+        folding[0] = False
+        health.beat("folding")
 
     async def fold_pipelined(stream: faust.Stream[bytes]) -> None:
         async def ack(batch: list[faust.EventT[bytes]]) -> None:
@@ -482,7 +496,11 @@ def make_app(settings: Settings, config: StreamConfig) -> faust.App:
         )
         writing[0] = line.writing
         try:
-            batches = take_batches(stream, config.batch_size, config.batch_within, caller_acks=True)
+            batches = (
+                intake.batches(stream, config.batch_within)
+                if intake.installed
+                else take_batches(stream, config.batch_size, config.batch_within, caller_acks=True)
+            )
             async for batch in batches:
                 folding[0] = True
                 await line.add(batch)

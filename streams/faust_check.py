@@ -1,6 +1,6 @@
 """The check at start of streams/faust_fixes.py: the names each fix relies on, looked up.
 
-:data:`FIXES` lists, for each numbered fix F1-F14 (F6 retired, F13 needs none; docs/streams.md,
+:data:`FIXES` lists, for each numbered fix F1-F15 (F6 retired, F13 needs none; docs/streams.md,
 "Framework fixes"), every private (or relied-on) faust-streaming or aiokafka name it
 uses, as a path string with the parameters it calls it with. :func:`check` verifies,
 before any consumer starts (``streams.worker.run_worker``), that every such name is
@@ -191,6 +191,33 @@ FIXES: Final = (
             Need("faust:App.create_event", params=("key", "value", "headers", "message")),
             Need("faust:App.on_init_dependencies", params=(), uses=("monitor", "sensors")),
             Need("faust.sensors.base:SensorDelegate.remove", params=("sensor",)),
+        ),
+    ),
+    Fix(
+        "F15",
+        "the fold's records handed over a fetch at a time (speed only)",
+        (
+            Need(f"{_CONSUMER}._drain_messages", params=("fetcher",), uses=("getmany",)),
+            Need(f"{_CONSUMER}.getmany", params=("timeout",), uses=("_wait_next_records",)),
+            Need(f"{_CONSUMER}._wait_next_records", params=("timeout",)),
+            Need(f"{_CONSUMER}._to_message", params=("tp", "record")),
+            Need(f"{_CONSUMER}._add_gap", params=("tp", "offset_from", "offset_to")),
+            Need(f"{_CONSUMER}.commit", params=()),
+            Need(f"{_CONSUMER}.perform_seek", params=()),
+            Need(f"{_CONSUMER}.flow_active", field=True),
+            Need(f"{_CONSUMER}.scheduler", field=True),
+            Need(f"{_CONSUMER}._buffered_partitions", field=True),
+            Need(f"{_CONSUMER}._read_offset", field=True),
+            Need(f"{_CONSUMER}._commit_every", field=True),
+            Need(f"{_CONSUMER}._n_acked", field=True),
+            Need(f"{_CONSUMER}._unacked_messages", field=True),
+            Need(f"{_CONSUMER}._on_message_in", field=True),
+            Need("faust.types.app:AppT.consumer_generation_id", kind=int),
+            Need("mode.utils.queues:FlowControlEvent.manage_queue", params=("queue",)),
+            Need("mode.utils.queues:FlowControlEvent.clear", params=(), uses=("_queues",)),
+            Need("mode.utils.queues:FlowControlEvent.acquire", params=()),
+            Need("faust.types.tuples:Message.incref", params=()),
+            Need("faust.types.tuples:Message.tracked", field=True),
         ),
     ),
 )

@@ -77,9 +77,14 @@ class FixedApp(faust.App):
     F14's two per-record savings (its events made without a settings lookup, no
     monitor)."""
 
+    #: Called with the consumer once the app made it (F15's intake installs itself).
+    consumer_hooks: list[Callable[[Any], None]]
+
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
         fix_consumer(consumer)
+        for hook in getattr(self, "consumer_hooks", ()):
+            hook(consumer)
         return consumer
 
     @cached_property

@@ -28,6 +28,7 @@ side's CPU per event over the same span, and the load average before each run.
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-depth1  # depth 4 pays?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-unstaged  # stages pay?
     .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-thread-acks  # loop acks?
+    .venv/bin/python -m tests.bench.bench_streams --sides faust,faust-no-f15  # F15 pays?
 
 With ``CONVSYNC_BENCH_PROFILE=DIR`` the faust worker runs under ``tests.bench.profiled``
 (profile, per-batch timings and the worker's CPU by thread written to DIR and printed);
@@ -320,6 +321,7 @@ LABELS: Final = {
     "faust-no-f12": "convsync streams, at_least_once, without F12 (faust's take_events)",
     "faust-no-f13": "convsync streams, at_least_once, without F13 (aiokafka, per record)",
     "faust-no-f14": "convsync streams, at_least_once, without F14 (faust's codecs, monitor)",
+    "faust-no-f15": "convsync streams, at_least_once, without F15 (faust's per-record hand-on)",
     "faust-serial": "convsync streams, at_least_once, each batch folded and written in turn",
     "faust-depth1": "convsync streams, at_least_once, one batch folded ahead at most",
     "faust-unstaged": (
@@ -356,6 +358,7 @@ def run_side(name: str, settings: Settings, expected: int, evs: list[Envelope]) 
             "faust-no-f12": "F12",
             "faust-no-f13": "F13",
             "faust-no-f14": "F14",
+            "faust-no-f15": "F15",
             "faust-serial": "pipeline",
             "faust-depth1": "deep-pipeline",
             "faust-unstaged": "staged",
@@ -410,6 +413,7 @@ def summary(runs: list[Run], sides: list[str]) -> None:
     ratio("faust", "faust-no-f12", "(F12 pays if above 1)")
     ratio("faust", "faust-no-f13", "(F13 pays if above 1)")
     ratio("faust", "faust-no-f14", "(F14 pays if above 1)")
+    ratio("faust", "faust-no-f15", "(F15 pays if above 1)")
     ratio("faust", "faust-serial", "(the pipeline pays if above 1)")
     ratio("faust-serial", "quix", "")
     ratio("faust", "faust-depth1", "(depth 4 pays if above 1)")
