@@ -137,11 +137,16 @@ class Intake:
             last = read[tp]
             if last is not None and offset < last:
                 continue  # read before (faust's drain drops it too)
+            awaited = False
             if last and offset - last > 1 and acking:
                 await consumer._add_gap(tp, last + 1, offset)
+                awaited = True
             if commit_every is not None and consumer._n_acked >= commit_every:
                 consumer._n_acked = 0
                 await consumer.commit()
+                awaited = True
+            if awaited and self._stopped(consumer, generation):
+                return False  # a rebalance began meanwhile (faust's getmany checks too)
             message = to_message(tp, record)
             message.incref()
             if not self.gathering:

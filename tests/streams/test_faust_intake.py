@@ -180,3 +180,21 @@ def test_a_batch_holds_at_least_one_event(tmp_path: Path) -> None:
     app = FixedApp("intake.streams", store="memory://", datadir=str(tmp_path))
     with pytest.raises(ValueError, match="at least one event"):
         Intake(app, SOURCE, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_rebalance_during_the_drain_s_commit_stops_the_fetch(setup: _Setup) -> None:
+    setup.consumer._commit_every = 2
+    setup.consumer._n_acked = 2
+
+    async def commit() -> bool:  # the rebalance begins while faust's drain commits
+        setup.consumer.stop_flow()
+        setup.app.flow_control.suspend()
+        setup.app.flow_control.clear()
+        return True
+
+    setup.consumer.commit = commit
+    setup.fetch({SOURCE_TP: [_record(SOURCE_TP, i) for i in range(3)]})
+    assert await setup.drain() == []
+    assert setup.intake.gathering == []
+    assert setup.consumer._read_offset[SOURCE_TP] is None
