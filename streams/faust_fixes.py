@@ -1,12 +1,13 @@
 """Every use of a private faust-streaming or aiokafka name in ``streams/``: the fixes.
 
 The streams worker corrects or bypasses faust-streaming (and the aiokafka it drives) in
-twelve places, numbered F1-F13 in docs/streams.md ("Framework fixes"), which says for each
-why, what breaks without it and the upstream issue. Eleven are here; F13 (the fold's
-writes through librdkafka) uses no private name and lives in ``streams/sender.py``; F6
-was retired when F13 replaced it. Each fix here relies on names that are not part of
+fourteen places, numbered F1-F15 in docs/streams.md ("Framework fixes"), which says for
+each why, what breaks without it and the upstream issue. Twelve are here; F13 (the fold's
+writes through librdkafka) uses no private name and lives in ``streams/sender.py``, F15
+(the fold's events a fetch at a time) in ``streams/faust_intake.py``; F6 was retired when
+F13 replaced it. Each fix here relies on names that are not part of
 faust's public API and may change in any release within the pin; the rest of
-``streams/`` reaches them only through the functions below.
+``streams/`` reaches them only through the functions below and F15's ``Intake``.
 
 The names each fix relies on are listed and checked at start in ``faust_check.py``
 (:data:`FIXES`, :func:`check`, :class:`FaustFixError`, re-exported here): a release that
