@@ -21,6 +21,7 @@ from convsync.errors import PoisonError, RetryableError
 from convsync.pages import PageToken
 from convsync.settings import Settings
 from producers.crawler import resume
+from producers.crawler._cancels import CancelWatch
 from producers.crawler._effects import CrawlEffects, WorkerStats, now_ms, until_done
 from producers.crawler._offsets import Mark, PartitionBook, decide
 from producers.crawler.app_usage import AppLimiter
@@ -80,6 +81,8 @@ class RecordHandler:
         self.crawl_topic = settings.topic("crawl")
         self.events_topic = settings.topic("events")
         self.fetchers: dict[str, PageFetcher] = {}
+        # Which running crawls were cancelled, read for all of them at once (_cancels.py).
+        self.cancels = CancelWatch(store, crawler.cancel_check_interval)
         # Names of the users a conversations listing gave (contacts.py), on the same pool.
         self.contacts = ContactStore(store.pool, settings.db_schema)
         # The crawl's state in Postgres and the endings other than by its last step.
@@ -143,7 +146,7 @@ class RecordHandler:
             return Handled()
         if decision == "join":
             current = book.marks[record.page_id].crawl_id
-            if await self._cancelled(current):
+            if await self._cancelled(current, now=True):
                 # The running crawl was cancelled and has not noticed yet: it ends here
                 # and this request starts a crawl of its own.
                 self.effects.end_cancelled(
@@ -189,8 +192,12 @@ class RecordHandler:
         status = await until_done("crawl state read", lambda: store.request_status(record.crawl_id))
         return status in ("joined", "done", "failed", "cancelled")
 
-    async def _cancelled(self, crawl_id: str) -> bool:
-        """Return True if ``crawl_id`` was cancelled (its history row says so)."""
+    async def _cancelled(self, crawl_id: str, *, now: bool = False) -> bool:
+        """Return True if ``crawl_id`` was cancelled (its history row says so): read now,
+        or as of the worker's last read of its running crawls (_cancels.py)."""
+        if not now:
+            cancels = self.cancels
+            return await until_done("crawl state read", lambda: cancels.cancelled(crawl_id))
         store = self.store
         status = await until_done("crawl state read", lambda: store.request_status(crawl_id))
         return status == "cancelled"

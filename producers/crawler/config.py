@@ -40,6 +40,10 @@ class CrawlerSettings(BaseSettings):
     # all the worker's pages in one transaction (_progress.py); a crawl's start, end,
     # failure, pause and skips at once. 0: every step's at once.
     progress_interval: float = Field(default=0.5, ge=0)
+    # How often a worker reads which of its running crawls were cancelled, for all of
+    # them in one query (_cancels.py): a cancel stops a crawl within this plus one step.
+    # 0: read before every step.
+    cancel_check_interval: float = Field(default=0.5, ge=0)
     max_pages_in_flight: int = Field(default=64, ge=1)
     # Postgres connections of one worker (a pool; progress writes are small and brief).
     db_connections: int = Field(default=2, ge=1)

@@ -296,6 +296,24 @@ class CrawlStateStore:
         )
         return None if row is None else str(row[0])
 
+    async def cancelled_among(self, crawl_ids: list[str]) -> set[str]:
+        """Return which of ``crawl_ids`` are cancelled (their ``crawl_history`` rows say
+        so). Raises like :meth:`project`."""
+        try:
+            async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                cur = await conn.execute(
+                    self._q(
+                        "SELECT crawl_id FROM {schema}.crawl_history"
+                        " WHERE crawl_id = ANY(%s) AND status = 'cancelled'"
+                    ),
+                    (crawl_ids,),
+                )
+                return {str(row[0]) for row in await cur.fetchall()}
+        except _UNMIGRATED as e:
+            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
+        except psycopg.Error as e:
+            raise RetryableError(f"crawl state read failed: {e}") from e
+
     async def last_completed_ms(self, page_id: str) -> int | None:
         """Return when the last completed crawl of ``page_id`` started (ms), if any.
 

@@ -177,6 +177,7 @@ class CrawlWorker:
         )
         progress = self.handler.effects.progress
         flusher = asyncio.create_task(progress.run_forever(), name="crawler-progress")
+        watcher = asyncio.create_task(self.handler.cancels.run_forever(), name="crawler-cancels")
         try:
             while self._fatal is None:
                 if stop.is_set():
@@ -196,6 +197,7 @@ class CrawlWorker:
             app_sync.cancel()
             resumer.cancel()
             flusher.cancel()
+            watcher.cancel()
             await self._shut_down(loop, polling, consumer, pages)
             # the last running progress, if Postgres takes it (it is only progress)
             with contextlib.suppress(ConvsyncError):
