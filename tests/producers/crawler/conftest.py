@@ -6,20 +6,33 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from convsync.settings import Settings
 from deploy.simulator.graph_api import Faults, GraphApiServer, GraphWorld, token_for
 from producers.crawler.config import CrawlerSettings
+from producers.crawler.state import CrawlStateStore, make_pool
 from producers.crawler.worker import CrawlWorker
 from schemas.envelope import Envelope
+
+
+@pytest_asyncio.fixture
+async def store(settings: Settings) -> AsyncIterator[CrawlStateStore]:
+    """The crawl state store on a pool of two connections to the module's schema."""
+    pool = make_pool(settings.database_url.get_secret_value(), size=2)
+    await pool.open()
+    try:
+        yield CrawlStateStore(pool, settings.db_schema)
+    finally:
+        await pool.close()
 
 
 class FakeGraph:

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
-import pytest_asyncio
 
 from convsync.errors import RetryableError
 from convsync.settings import Settings
 from producers.crawler import _cancels
 from producers.crawler._cancels import CancelWatch
 from producers.crawler.request import cancel, new_request
-from producers.crawler.state import CrawlStateStore, Progress, make_pool
+from producers.crawler.state import CrawlStateStore, Progress
 from schemas.crawl import CrawlCounters, CrawlRequest, CrawlStep
 from tests.fixtures.postgres import MakeSchema
 
@@ -27,16 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 @pytest.fixture
 def settings(make_schema: MakeSchema) -> Settings:
     return make_schema()
-
-
-@pytest_asyncio.fixture
-async def store(settings: Settings) -> AsyncIterator[CrawlStateStore]:
-    pool = make_pool(settings.database_url.get_secret_value(), size=2)
-    await pool.open()
-    try:
-        yield CrawlStateStore(pool, settings.db_schema)
-    finally:
-        await pool.close()
 
 
 async def running(store: CrawlStateStore, page: str) -> CrawlRequest:

@@ -4,18 +4,16 @@ never overwritten by a stale entry."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
-import pytest_asyncio
 from psycopg import sql
 
 from convsync.settings import Settings
 from producers.crawler._progress import ProgressBuffer
 from producers.crawler.request import new_request
-from producers.crawler.state import CrawlStateStore, Progress, make_pool
+from producers.crawler.state import CrawlStateStore, Progress
 from schemas.crawl import CrawlCounters, CrawlRequest, CrawlStep
 from tests.fixtures.postgres import MakeSchema
 
@@ -25,16 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 @pytest.fixture
 def settings(make_schema: MakeSchema) -> Settings:
     return make_schema()
-
-
-@pytest_asyncio.fixture
-async def store(settings: Settings) -> AsyncIterator[CrawlStateStore]:
-    pool = make_pool(settings.database_url.get_secret_value(), size=2)
-    await pool.open()
-    try:
-        yield CrawlStateStore(pool, settings.db_schema)
-    finally:
-        await pool.close()
 
 
 def states(settings: Settings) -> dict[str, tuple[Any, ...]]:
