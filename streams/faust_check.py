@@ -219,6 +219,8 @@ FIXES: Final = (
             Need("faust.types.tuples:Message.refcount", field=True),
             Need("faust.sensors.base:SensorDelegate.__iter__", params=()),
             Need("faust.types.tuples:Message.tracked", field=True),
+            Need("faust.sensors.monitor:Monitor.stream_inbound_time", field=True),
+            Need(f"{_DRIVER}:AIOKafkaConsumerThread.verify_event_path", params=("now", "tp")),
         ),
     ),
 )

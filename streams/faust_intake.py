@@ -33,6 +33,7 @@ faust's stream (F12's :func:`streams.faust_fixes.take_batches`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -179,6 +180,11 @@ class Intake:
         on_message_in = consumer._on_message_in
         # The sensors that do something (F14 leaves only faust's base Sensor, a no-op).
         watched = any(type(sensor) is not faust.Sensor for sensor in self.app.sensors)
+        # When a stream last took an event of each partition: faust's check for stalled
+        # streams (every 2.5 s) reads it from its monitor, which no longer hears of the
+        # events (F14, and no stream here); without it a backlog older than
+        # stream_processing_timeout (5 min) logged errors that the stream had never begun.
+        inbound = self.app.monitor.stream_inbound_time
         while not stream.should_stop:
             if not self.full.is_set():
                 wait = within if not self.gathering else self.opened + within - loop.time()
@@ -191,6 +197,7 @@ class Intake:
             self.full.clear()
             self.room.set()
             generation = self.app.consumer_generation_id
+            now = time.monotonic()
             taken = []
             for event in batch:
                 message = event.message
@@ -198,6 +205,7 @@ class Intake:
                     continue  # an older generation's, read again after the seek
                 message.tracked = True
                 unacked.add(message)
+                inbound[message.tp] = now
                 if watched:
                     on_message_in(message.tp, message.offset, message)
                 taken.append(event)

@@ -9,6 +9,7 @@ runs with F15 in test_app.py, test_failures.py and test_kill.py.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,18 @@ async def test_a_rebalance_during_the_drain_s_commit_stops_the_fetch(setup: _Set
     assert await setup.drain() == []
     assert setup.intake.gathering == []
     assert setup.consumer._read_offset[SOURCE_TP] is None
+
+
+@pytest.mark.asyncio
+async def test_a_taken_batch_tells_faust_s_stalled_stream_check(setup: _Setup) -> None:
+    setup.fetch({SOURCE_TP: [_record(SOURCE_TP, i) for i in range(3)]})
+    assert await setup.drain() == []
+    inbound = setup.app.monitor.stream_inbound_time
+    assert SOURCE_TP not in inbound  # gathered, not taken yet
+    batches: AsyncIterator[list[Any]] = setup.intake.batches(setup.stream, 0.01)
+    try:
+        before = time.monotonic()
+        assert _offsets(await anext(batches)) == [0, 1, 2]
+        assert before <= inbound[SOURCE_TP] <= time.monotonic()
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
