@@ -299,20 +299,12 @@ class CrawlStateStore:
     async def cancelled_among(self, crawl_ids: list[str]) -> set[str]:
         """Return which of ``crawl_ids`` are cancelled (their ``crawl_history`` rows say
         so). Raises like :meth:`project`."""
-        try:
-            async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
-                cur = await conn.execute(
-                    self._q(
-                        "SELECT crawl_id FROM {schema}.crawl_history"
-                        " WHERE crawl_id = ANY(%s) AND status = 'cancelled'"
-                    ),
-                    (crawl_ids,),
-                )
-                return {str(row[0]) for row in await cur.fetchall()}
-        except _UNMIGRATED as e:
-            raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
-        except psycopg.Error as e:
-            raise RetryableError(f"crawl state read failed: {e}") from e
+        rows = await self._read(
+            "SELECT crawl_id FROM {schema}.crawl_history"
+            " WHERE crawl_id = ANY(%s) AND status = 'cancelled'",
+            crawl_ids,
+        )
+        return {str(row[0]) for row in rows}
 
     async def last_completed_ms(self, page_id: str) -> int | None:
         """Return when the last completed crawl of ``page_id`` started (ms), if any.
@@ -330,10 +322,15 @@ class CrawlStateStore:
 
     async def _read_one(self, query: str, key: str) -> tuple[Any, ...] | None:
         """Return the first row of ``query`` for ``key``. Raises like :meth:`project`."""
+        rows = await self._read(query, key)
+        return rows[0] if rows else None
+
+    async def _read(self, query: str, param: Any) -> list[tuple[Any, ...]]:
+        """Return the rows of ``query`` for its one parameter. Raises like :meth:`project`."""
         try:
             async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
-                cur = await conn.execute(self._q(query), (key,))
-                return await cur.fetchone()
+                cur = await conn.execute(self._q(query), (param,))
+                return await cur.fetchall()
         except _UNMIGRATED as e:
             raise ConfigError(f"crawl state: the schema is not migrated ({e})") from e
         except psycopg.Error as e:
