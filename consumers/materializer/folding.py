@@ -27,6 +27,10 @@ _TEXT, _SOURCE = _COL["text"], _COL["source"]
 _NUM_EDIT, _DIGEST = _COL["num_edit"], _COL["copy_digest"]
 _PLATFORM = _COL["platform"]
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Postgres's own epoch (2000-01-01 UTC) in ms since the Unix epoch.
+_PG_EPOCH_MS: Final = 946_684_800_000
+# What a jsonb value starts with in binary COPY: the version of its format.
+_JSONB_V1: Final = "\x01"
 
 
 def as_timestamp(ms: int | None) -> datetime | None:
@@ -35,8 +39,26 @@ def as_timestamp(ms: int | None) -> datetime | None:
     return None if ms is None else _EPOCH + timedelta(milliseconds=ms)
 
 
+def pg_time(ms: int | None) -> int | None:
+    """A ``timestamptz`` in binary COPY's format: microseconds since 2000-01-01 UTC."""
+    return None if ms is None else (ms - _PG_EPOCH_MS) * 1000
+
+
+def copy_row(row: StageRow) -> tuple[object, ...]:
+    """The ``COPY_EVENTS`` values of a staging row, for ``EVENT_COPY_TYPES``' dumpers."""
+    (_, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, watermark_ms,
+     thread_id, source, attrs, payload, topic, partition, offset, num_edit,
+     digest, platform, _user_ref) = row  # fmt: skip
+    return (
+        event_id, page_id, psid, kind, mid, pg_time(occurred_ms), direction, text,
+        pg_time(watermark_ms), thread_id, source, _JSONB_V1 + attrs, _JSONB_V1 + payload,
+        topic, partition, offset, num_edit, digest, platform,
+    )  # fmt: skip
+
+
 def event_row(row: StageRow) -> tuple[object, ...]:
-    """The ``COPY_EVENTS`` columns of a staging row."""
+    """The ``EVENT_COLUMNS`` values of a staging row as query parameters (times as
+    datetimes, JSON as text)."""
     (_, event_id, page_id, psid, kind, mid, occurred_ms, direction, text, watermark_ms,
      thread_id, source, attrs, payload, topic, partition, offset, num_edit,
      digest, platform, _user_ref) = row  # fmt: skip

@@ -20,7 +20,7 @@ from consumers.materializer.connections import (
     translate_errors,
 )
 from consumers.materializer.folding import (
-    event_row,
+    copy_row,
     fold_batch,
     shard_batch,
     stored_rows,
@@ -134,8 +134,9 @@ class _Session:
                         # 3. The new events straight into `events` (the merge of the
                         #    batch's copies of each).
                         with cur.copy(st.COPY_EVENTS) as copy:
+                            copy.set_types(st.EVENT_COPY_TYPES)
                             for row in new:
-                                copy.write_row(event_row(row))
+                                copy.write_row(copy_row(row))
                     if folded.upgrades:
                         # 3b. Stored rows merged with the batch's copies of them (rare:
                         #     the webhook's copy of a message the crawler stored first).
@@ -147,6 +148,7 @@ class _Session:
                     if deltas:
                         # 4. One row per conversation: what the batch adds to it.
                         with cur.copy(st.COPY_TOUCHED) as copy:
+                            copy.set_types(st.TOUCHED_COPY_TYPES)
                             for (page_id, psid), d in deltas.items():
                                 copy.write_row(
                                     (page_id, psid, d.thread_id, d.n_msg, d.first_ms,

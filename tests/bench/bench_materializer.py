@@ -53,9 +53,9 @@ import psycopg
 from psycopg import sql
 
 from consumers.materializer.config import BatchConfig
-from consumers.materializer.folding import as_timestamp, event_row
+from consumers.materializer.folding import as_timestamp, copy_row, event_row
 from consumers.materializer.rows import Position, stage_row
-from consumers.materializer.statements import EVENT_COLUMNS
+from consumers.materializer.statements import EVENT_COLUMNS, EVENT_COPY_TYPES
 from consumers.materializer.store import Store
 from convsync.db import connect
 from convsync.kafka import admin_client, ensure_topics, make_producer, topic_specs
@@ -197,16 +197,24 @@ def run_materializer(
 
 
 def raw_copy(
-    settings: Settings, events: list[Envelope], topic: str, cpu: dict[str, float] | None = None
+    settings: Settings,
+    events: list[Envelope],
+    topic: str,
+    cpu: dict[str, float] | None = None,
+    *,
+    binary: bool = False,
 ) -> float:
     """(b): COPY the distinct event rows and the final conversation rows; return rows/s.
     With ``cpu``, also put there the CPU seconds of this process (``client``) and of the
-    Postgres server (``server``, when it runs on this machine) over the COPY."""
+    Postgres server (``server``, when it runs on this machine) over the COPY.
+
+    Text COPY (the default, what ``COPY ... FROM STDIN`` is by hand) or, with ``binary``,
+    binary COPY: the event rows as the materializer writes them (``copy_row`` with its
+    dumpers), the conversation rows with the dumpers of their columns' types."""
     target = fresh_schema(settings, "copy")
-    rows = []
     unique = list({ev.event_id: ev for ev in reversed(events)}.values())
-    for i, ev in enumerate(unique):
-        rows.append(event_row(stage_row(ev, Position(topic, 0, i), i)))
+    staged = [stage_row(ev, Position(topic, 0, i), i) for i, ev in enumerate(unique)]
+    rows = [copy_row(r) if binary else event_row(r) for r in staged]
     convs = []
     ts = as_timestamp
     for state in project(events).values():
@@ -220,23 +228,28 @@ def raw_copy(
             )
         )  # fmt: skip
     ident = sql.Identifier(target.db_schema)
+    fmt = sql.SQL(" (FORMAT BINARY)" if binary else "")
     try:
         server = ServerCpu(target) if cpu is not None else None
         with connect(target) as conn:
+            conv_types = _column_types(conn, target.db_schema, "conversations", CONV_COLUMNS)
             srv0 = server.seconds() if server is not None else None
             own0 = time.process_time()
             started = time.perf_counter()
             with conn.transaction(), conn.cursor() as cur:
-                for table, cols, data in (
-                    ("events", EVENT_COLUMNS, rows),
-                    ("conversations", CONV_COLUMNS, convs),
+                for table, cols, types, data in (
+                    ("events", EVENT_COLUMNS, EVENT_COPY_TYPES, rows),
+                    ("conversations", CONV_COLUMNS, conv_types, convs),
                 ):
-                    stmt = sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+                    stmt = sql.SQL("COPY {}.{} ({}) FROM STDIN{}").format(
                         ident,
                         sql.Identifier(table),
                         sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+                        fmt,
                     )
                     with cur.copy(stmt) as copy:
+                        if binary:
+                            copy.set_types(types)
                         for row in data:
                             copy.write_row(row)
             elapsed = time.perf_counter() - started
@@ -248,6 +261,19 @@ def raw_copy(
     finally:
         drop_schema(target)
     return len(unique) / elapsed
+
+
+def _column_types(
+    conn: psycopg.Connection[Any], schema: str, table: str, columns: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The type names of ``columns`` of ``schema.table``."""
+    rows = conn.execute(
+        "SELECT column_name, udt_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s",
+        (schema, table),
+    ).fetchall()
+    named = {str(c): str(t) for c, t in rows}
+    return tuple(named[c] for c in columns)
 
 
 def per_event(settings: Settings, events: list[Envelope], topic: str, sample: int) -> float:

@@ -15,7 +15,9 @@ side alike:
     without their schema, and every migrated schema has an ``events_pkey``;
 (c) a raw COPY of the distinct event rows and the final conversation rows into a fresh
     schema's tables, one transaction (``bench_materializer.raw_copy``, that bench's
-    baseline): what any design is bounded by.
+    baseline): what any design is bounded by, in COPY's default text format;
+(d) the same in binary COPY, the format (a) writes its rows in since 2026-12-07: the
+    tighter bound.
 
 (a) and (b) are timed the same way, from their first durable progress to the last
 (start-up, group join and what the first commit covered are left out): (a) by the
@@ -60,11 +62,12 @@ from tests.consumers.helpers import produce
 from tests.consumers.procs import REPO, settings_env
 from tests.fixtures.stack import _stack_settings
 
-SIDES = ("convsync", "quix", "copy")
+SIDES = ("convsync", "quix", "copy", "copy-binary")
 LABELS = {
     "convsync": "(a) convsync materialize",
     "quix": "(b) Quix Streams + PostgreSQLSink",
     "copy": "(c) raw COPY",
+    "copy-binary": "(d) raw binary COPY",
 }
 # The columns a row can lose (see check_quix_rows) and the values they should hold.
 CHECKED = ("mid", "direction", "text", "watermark", "thread_id", "num_edit")
@@ -214,15 +217,15 @@ def check_quix_rows(target: Settings, table: str, events: list[Envelope]) -> Non
     )
 
 
-def run_copy(settings: Settings, events: list[Envelope]) -> Run:
-    """(c): its figures; CPU per row written (the distinct events), as its rate."""
+def run_copy(settings: Settings, events: list[Envelope], *, binary: bool) -> Run:
+    """(c) or (d): its figures; CPU per row written (the distinct events), as its rate."""
     load = os.getloadavg()[0]
     cpu: dict[str, float] = {}
-    rate = raw_copy(settings, events, settings.topic("events"), cpu)
+    rate = raw_copy(settings, events, settings.topic("events"), cpu, binary=binary)
     rows = len({e.event_id for e in events})
     server = cpu.get("server")
     return Run(
-        "copy",
+        "copy-binary" if binary else "copy",
         rate,
         load,
         cpu["client"] / rows * 1e6,
@@ -230,10 +233,10 @@ def run_copy(settings: Settings, events: list[Envelope]) -> Run:
     )
 
 
-def summary(runs: list[Run]) -> None:
+def summary(runs: list[Run], sides: tuple[str, ...]) -> None:
     print()
     med: dict[str, float] = {}
-    for side in SIDES:
+    for side in sides:
         mine = [r for r in runs if r.side == side]
         # A round whose every row arrived between two polls has no rate (nan): left out.
         rates = [r.rate for r in mine if r.rate == r.rate]
@@ -254,20 +257,19 @@ def summary(runs: list[Run]) -> None:
         if rss:
             line += f"; peak RSS {max(rss):.0f} MB"
         print(line)
-    rounds = len([r for r in runs if r.side == "convsync"])
-    per_round = [
-        (runs[3 * i].rate / runs[3 * i + 1].rate, runs[3 * i].rate / runs[3 * i + 2].rate)
-        for i in range(rounds)
-    ]
+    rounds = [runs[i : i + len(sides)] for i in range(0, len(runs), len(sides))]
     print()
-    print(
-        f"convsync / Quix sink = {med['convsync'] / med['quix']:.2f} "
-        f"(per round: {', '.join(f'{q:.2f}' for q, _ in per_round)})   (target >= 2.5)"
-    )
-    print(
-        f"convsync / raw COPY  = {med['convsync'] / med['copy']:.2f} "
-        f"(per round: {', '.join(f'{c:.2f}' for _, c in per_round)})   (target >= 0.8)"
-    )
+    names = {"quix": "Quix sink", "copy": "raw COPY", "copy-binary": "raw binary COPY"}
+    for side, target in (("quix", "2.5"), ("copy", "0.8"), ("copy-binary", "0.8")):
+        if side not in sides or "convsync" not in sides:
+            continue
+        a, b = sides.index("convsync"), sides.index(side)
+        per_round = ", ".join(f"{r[a].rate / r[b].rate:.2f}" for r in rounds)
+        name = f"{names[side]:<15}"
+        print(
+            f"convsync / {name} = {med['convsync'] / med[side]:.2f} "
+            f"(per round: {per_round})   (target >= {target})"
+        )
     loads = [r.load for r in runs]
     print(f"load average (1 min) before the runs: {min(loads):.1f}-{max(loads):.1f}")
 
@@ -279,7 +281,15 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--sides",
+        default=",".join(SIDES),
+        help="which sides to run, in this order each round (default: all three)",
+    )
     args = parser.parse_args()
+    sides = tuple(args.sides.split(","))
+    if not sides or set(sides) - set(SIDES):
+        parser.error(f"--sides: a comma-separated subset of {', '.join(SIDES)}")
 
     base = _stack_settings()
     events = realistic_events(
@@ -301,7 +311,7 @@ def main() -> None:
     try:
         produce(settings, events)
         for i in range(args.rounds):
-            for side in SIDES:
+            for side in sides:
                 # Every run starts after a CHECKPOINT, as in bench_materializer.
                 with connect(settings) as conn:
                     conn.execute("CHECKPOINT")
@@ -310,7 +320,7 @@ def main() -> None:
                 elif side == "quix":
                     run = run_quix(settings, events, tmp / f"b{i}.log", server, check=i == 0)
                 else:
-                    run = run_copy(settings, events)
+                    run = run_copy(settings, events, binary=side == "copy-binary")
                 runs.append(run)
                 extra = "" if run.cpu_us is None else f", {run.cpu_us:.0f} us CPU/event"
                 if run.server_us is not None:
@@ -320,7 +330,7 @@ def main() -> None:
                     f"(load {run.load:.1f})",
                     flush=True,
                 )
-        summary(runs)
+        summary(runs, sides)
     finally:
         names = [s.name for s in specs]
         for fut in admin.delete_topics(names, operation_timeout=30).values():
