@@ -53,3 +53,6 @@ def decode_delivery(value: bytes) -> Delivery:
         return _DECODER.decode(value)
     except msgspec.DecodeError as e:
         raise BadDeliveryError(f"not a delivery: {e}") from e
+    except UnicodeDecodeError as e:
+        # msgspec raises this one, not a DecodeError, for a string that is not UTF-8.
+        raise BadDeliveryError(f"not a delivery: a string is not UTF-8 ({e.reason})") from e

@@ -144,6 +144,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         except msgspec.DecodeError as e:
             # ValidationError is a DecodeError: its text names the field ($.psid).
             raise PoisonError(f"not a valid envelope ({e})") from e
+        except UnicodeDecodeError as e:
+            # msgspec raises this one, not a DecodeError, for a string that is not UTF-8.
+            raise PoisonError(f"not a valid envelope (a string is not UTF-8: {e.reason})") from e
         except RecursionError as e:
             # msgspec nests as deep as Python's recursion limit (~1,000 levels) allows.
             raise PoisonError("not a valid envelope (nested too deep)") from e

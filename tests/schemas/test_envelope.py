@@ -40,6 +40,21 @@ def test_bad_bytes_are_poison(value: bytes | None) -> None:
         Envelope.from_bytes(value)
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b'"psid":"', b'"psid":"\xed\xa0\x80'),  # a lone surrogate, UTF-8 encoded
+        (b'"text":"', b'"text":"\xff'),
+        (b'"raw":{', b'"raw":{"x":"\xc3",'),  # cut in the middle of a character
+    ],
+)
+def test_strings_that_are_not_utf8_are_poison(old: bytes, new: bytes) -> None:
+    data = _env().to_bytes().replace(old, new, 1)
+    assert data != _env().to_bytes()
+    with pytest.raises(PoisonError, match="not UTF-8"):
+        Envelope.from_bytes(data)
+
+
 def test_values_nested_too_deep_are_poison() -> None:
     data = (
         _env().to_bytes().replace(b'"raw":{', b'"raw":{"x":' + b"[" * 5000 + b"]" * 5000 + b",", 1)
