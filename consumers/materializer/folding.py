@@ -80,6 +80,7 @@ class Stored:
     kind: str
     merged: Merged
     rank: RestRank
+    mid: str | None = None  # of the copy whose other fields the row keeps
 
 
 def merged_of(row: StageRow) -> Merged:
@@ -103,7 +104,8 @@ def with_merged(row: StageRow, m: Merged) -> StageRow:
 def stored_rows(records: Iterable[Sequence[object]]) -> dict[RowKey, Stored]:
     """The ``EXISTING_EVENTS`` result as :func:`fold_batch` takes it."""
     out: dict[RowKey, Stored] = {}
-    for event_id, psid, kind, ms, text, direction, thread_id, num_edit, source, digest in records:
+    for (event_id, psid, kind, ms, text, direction, thread_id, num_edit, source, digest,
+         mid) in records:  # fmt: skip
         out[(str(event_id), str(psid))] = Stored(
             str(kind),
             Merged(
@@ -114,6 +116,7 @@ def stored_rows(records: Iterable[Sequence[object]]) -> dict[RowKey, Stored]:
                 None if num_edit is None else int(num_edit),  # type: ignore[call-overload]
             ),
             rest_rank(str(source), cast(str | None, digest)),
+            cast(str | None, mid),
         )
     return out
 
@@ -160,8 +163,11 @@ class ConversationDelta:
     out_ms: int | None = None
     read_ms: int | None = None
     deliv_ms: int | None = None
-    # The last message copy by (occurred_at, event id).
+    # The last message copy by (occurred_at, event id), and (set by fold_batch once the
+    # batch is folded) the text and mid its row has after this batch.
     last_event: str | None = None
+    last_mid: str | None = None
+    last_text: str | None = None
     # A new edit of a message (with a mid) was stored, or a stored message was replaced
     # by a better copy: the last message's text may change.
     recheck: bool = False
@@ -259,6 +265,18 @@ def fold_batch(rows: Sequence[StageRow], stored: Mapping[RowKey, Stored]) -> Fol
         else:
             new[row_key] = row
             delta.add(row)
+    for (_, psid), delta in deltas.items():
+        if delta.last_event is not None:
+            # The row of the batch's last message as this batch leaves it: new, upgraded,
+            # or stored unchanged (every row of the batch is one of them).
+            key = (delta.last_event, psid)
+            if key in new:
+                delta.last_text, delta.last_mid = new[key][_TEXT], new[key][_MID]
+            else:
+                was, up = stored[key], upgrades.get(key)
+                delta.last_text = was.merged.text if up is None else up.merged.text
+                rest = None if up is None else up.rest
+                delta.last_mid = was.mid if rest is None else rest[_MID]
     return FoldedBatch(list(new.values()), upgrades, deltas)
 
 

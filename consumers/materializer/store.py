@@ -153,7 +153,8 @@ class _Session:
                                 copy.write_row(
                                     (page_id, psid, d.thread_id, d.n_msg, d.first_ms,
                                      d.last_ms, d.in_ms, d.out_ms, d.read_ms, d.deliv_ms,
-                                     d.last_event, d.recheck, d.platform)
+                                     d.last_event, d.recheck, d.platform, d.last_text,
+                                     d.last_mid)
                                 )  # fmt: skip
                 with conn.cursor() as fold:
                     with conn.pipeline():

@@ -72,7 +72,7 @@ def test_shard_batch_keeps_every_partition_whole_and_in_order(
 def _stored(*copies: Envelope) -> dict[RowKey, Stored]:
     """What EXISTING_EVENTS returns once ``copies`` are stored."""
     return {
-        key: Stored(row.copy.kind, row.merged, rest_rank(row.copy.source, row.digest))
+        key: Stored(row.copy.kind, row.merged, rest_rank(row.copy.source, row.digest), row.copy.mid)
         for key, row in merged_rows(copies).items()
     }
 
