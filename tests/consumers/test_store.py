@@ -110,11 +110,20 @@ def test_fold_batch_merges_the_copies_and_reads_every_copys_times() -> None:
         20_000,
     )
     assert (d.last_event, d.thread_id, d.recheck) == (b.event_id, "t_z", True)
+    # The last message's text and mid as the batch leaves its row (a new row here): the
+    # fold reads only its edits.
+    assert (d.last_text, d.last_mid) == ("b", "b")
     # Copies that add nothing to the stored rows change nothing, and the text needs no
     # second look.
     again = fold_batch(rows[:1] + rows[4:], _stored(a, a_bare, b, b_crawled))
     assert again.new == [] and again.upgrades == {}
     assert (again.deltas["p", "u"].n_msg, again.deltas["p", "u"].recheck) == (0, False)
+    # A stored last message: its stored text and mid.
+    assert (again.deltas["p", "u"].last_text, again.deltas["p", "u"].last_mid) == ("b", "b")
+    # A stored last message the batch upgrades (the crawler's bare copy, then Meta's):
+    # the merged text.
+    up_only = fold_batch(_rows([a], 1)[0], _stored(a_bare))
+    assert (up_only.deltas["p", "u"].last_text, up_only.deltas["p", "u"].last_mid) == ("a", "a")
 
 
 @pytest.mark.integration
