@@ -91,7 +91,11 @@ def test_binary_copy_stores_what_the_parameters_store(make_schema: MakeSchema) -
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in st.EVENT_COLUMNS)
     schema = sql.Identifier(settings.db_schema)
     with connect(settings) as conn:
-        conn.execute(sql.SQL("CREATE TABLE {}.ref (LIKE {}.events INCLUDING DEFAULTS)").format(schema, schema))
+        conn.execute(
+            sql.SQL("CREATE TABLE {}.ref (LIKE {}.events INCLUDING DEFAULTS)").format(
+                schema, schema
+            )
+        )
         with conn.cursor() as cur:
             cur.executemany(
                 sql.SQL("INSERT INTO {}.ref ({}) VALUES ({})").format(
