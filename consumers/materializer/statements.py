@@ -180,33 +180,28 @@ FOLD_CONVERSATIONS: Final = sql.SQL(
     final AS (
         SELECT m.*,
                CASE WHEN m.last_message_event IS DISTINCT FROM m.old_last_event OR m.recheck
-                    THEN CASE WHEN m.last_message_event = m.batch_event
-                    -- The batch's last message: its text from the batch, its edits read.
-                    THEN (SELECT CASE WHEN ed.event_id IS NULL THEN m.batch_text ELSE ed.text END
-                          FROM (SELECT 1) AS one
+                    THEN (SELECT CASE WHEN ed.event_id IS NULL THEN msg.text ELSE ed.text END
+                          FROM (
+                              -- The batch's own last message: its row as the batch leaves
+                              -- it (folding.fold_batch), not read again.
+                              SELECT m.batch_text AS text, m.batch_mid AS mid
+                              WHERE m.last_message_event = m.batch_event
+                              UNION ALL
+                              -- A stored last message (a copy or an edit of it changed).
+                              SELECT s.text, s.mid
+                              FROM events AS s
+                              WHERE m.last_message_event IS DISTINCT FROM m.batch_event
+                                AND s.event_id = m.last_message_event AND s.psid = m.psid
+                          ) AS msg
                           LEFT JOIN LATERAL (
                               SELECT e.event_id, e.text
                               FROM events AS e
                               WHERE e.kind = 'edit' AND e.page_id = m.page_id
-                                AND e.mid = m.batch_mid AND m.batch_mid <> ''
-                                AND e.psid = m.psid COLLATE "C"
-                              ORDER BY e.num_edit DESC, e.event_id COLLATE "C" DESC
-                              LIMIT 1
-                          ) AS ed ON true)
-                    -- A stored last message (a copy or an edit of it changed): read it.
-                    ELSE (SELECT CASE WHEN ed.event_id IS NULL THEN msg.text ELSE ed.text END
-                          FROM events AS msg
-                          LEFT JOIN LATERAL (
-                              SELECT e.event_id, e.text
-                              FROM events AS e
-                              WHERE e.kind = 'edit' AND e.page_id = msg.page_id
                                 AND e.mid = msg.mid AND msg.mid <> ''
                                 AND e.psid = m.psid COLLATE "C"
                               ORDER BY e.num_edit DESC, e.event_id COLLATE "C" DESC
                               LIMIT 1
-                          ) AS ed ON true
-                          WHERE msg.event_id = m.last_message_event AND msg.psid = m.psid)
-                    END
+                          ) AS ed ON true)
                     ELSE m.old_text END AS last_message_text
         FROM merged AS m
     )
