@@ -257,7 +257,10 @@ def report(c: Cost, previous: Cost | None) -> str:
     what = "messages" if c.component == "crawler" else "events"
     growth = ""
     if previous is not None:
-        growth = f"; growth {c.per_100k(c.cpu) / previous.per_100k(previous.cpu):.2f}"
+        before = previous.per_100k(previous.cpu)
+        # A tiny size can measure no CPU at all (the clock ticks in 10 ms): no ratio then.
+        ratio = f"{c.per_100k(c.cpu) / before:.2f}" if before > 0 else "n/a (no CPU measured)"
+        growth = f"; growth {ratio}"
     server = "" if c.server is None else f" + Postgres {c.per_100k(c.server):.2f} s"
     rss = " / ".join(f"{r:.0f}" for r in c.rss_mb)
     return (
