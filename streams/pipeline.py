@@ -1,11 +1,11 @@
 """Under at_least_once, the next batches fold while the ones before wait for their acks.
 
-A batch's writes are four stages (:meth:`streams.app.Folder.stages`: change records and
+A batch's writes are four stages (:meth:`streams.folder.Folder.stages`: change records and
 dead letters, sealed digest chunks, states, edits), each sent and then awaited until
 Kafka acknowledged it (acks=all); a stage goes only once the one before is durable, the
 order a crash needs. Before, the worker had nothing to do meanwhile but take in the next
 batch. Here the next batches are folded into memory meanwhile
-(:meth:`streams.app.Folder.fold`), and the stages of successive batches overlap as a
+(:meth:`streams.folder.Folder.fold`), and the stages of successive batches overlap as a
 wavefront: a batch's stage ``j`` starts once its own stage ``j - 1`` and the batch
 before's stage ``j`` are durable. So each topic's records are sent in batch order (each
 partition keeps batch order), a batch's states never go out before the change records
@@ -22,7 +22,7 @@ What must hold, and how:
   were dropped while the worker kept its partitions, faust would hand its events over
   again, the fold would take them for copies already folded in and emit nothing. So the
   fold and the queueing of its writes run to their end under ``finish`` (the shielded
-  run of :func:`streams.app.finish`, which crashes the worker when the work fails), the
+  run of :func:`streams.agent.finish`, which crashes the worker when the work fails), the
   writes themselves run under ``finish`` in tasks of their own, and the agent drains
   them all before it stops.
 - *A failed write stops everything.* The writes run under ``finish`` too: a refused

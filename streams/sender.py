@@ -4,7 +4,7 @@ aiokafka, which faust drives, keeps one produce request in flight per broker: ea
 fold's writes waits for the broker's answer to the one before (docs/performance.md,
 "2026-12-06, late"). librdkafka keeps up to five in flight per broker, in order, with
 idempotence on (``convsync.kafka.producer_config``, as the other components write). The
-fold's ordering rules do not depend on the client: :class:`streams.app.Folder` awaits
+fold's ordering rules do not depend on the client: :class:`streams.folder.Folder` awaits
 every ack of one step before the next step sends, and acks no event before all of its
 batch's writes are acknowledged.
 

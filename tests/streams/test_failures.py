@@ -24,7 +24,8 @@ from convsync.kafka import TopicSpec, admin_client, ensure_topics, make_producer
 from convsync.settings import Settings
 from schemas.envelope import Envelope
 from schemas.records import DeadLetter
-from streams.app import CRASH_EXIT_CODE, app_id
+from streams.agent import CRASH_EXIT_CODE
+from streams.app import app_id
 from streams.change import MemorySide, StreamState, step
 from streams.deadletter import TRUNCATED_HEADER, VALUE_BYTES_HEADER, VALUE_COPY_LIMIT
 from tests.fixtures.kafka import MakeTopics

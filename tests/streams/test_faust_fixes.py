@@ -29,7 +29,6 @@ from faust.types import TP
 
 from convsync.settings import Settings
 from streams import faust_fixes
-from streams.app import Folder
 from streams.faust_fixes import (
     FaustFixError,
     FixedApp,
@@ -38,6 +37,7 @@ from streams.faust_fixes import (
     seek_before_resume,
     without,
 )
+from streams.folder import Folder
 from streams.held import track_partitions
 from streams.stats import PageStats
 

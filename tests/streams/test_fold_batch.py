@@ -1,4 +1,4 @@
-"""streams.app.fold_batch: a batch is acked only once its effects are durable."""
+"""streams.agent.fold_batch: a batch is acked only once its effects are durable."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-import streams.app as app
+import streams.agent as app
 
 pytestmark = pytest.mark.asyncio
 

@@ -19,10 +19,10 @@ from faust.types import TP
 
 from convsync.settings import Settings
 from streams import held
-from streams.app import Folder
 from streams.change import MemorySide, step
 from streams.codec import encode_state
 from streams.digests import DigestIndex
+from streams.folder import Folder
 from streams.side import side_key
 from streams.stats import PageStats
 from tests.streams.events import conversation_events

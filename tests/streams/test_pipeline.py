@@ -1,7 +1,7 @@
 """streams/pipeline.py: the next batch folds while the one before waits for its acks.
 
 The fold, the writes and the acks are stand-ins recording what happened when; the
-shielded run is the worker's own (``streams.app.finish``) with its crash patched to
+shielded run is the worker's own (``streams.agent.finish``) with its crash patched to
 raise. The worker on the real broker runs this path in every at-least-once test of
 tests/streams (test_failures: a refused write crashes it with nothing acked past it;
 test_kill: kills and rebalances lose and double nothing).
@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import pytest
 
-import streams.app as app
+import streams.agent as app
 from streams.pipeline import Pipeline
 
 pytestmark = pytest.mark.asyncio

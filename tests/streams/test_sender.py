@@ -13,9 +13,10 @@ from confluent_kafka import TopicPartition
 from convsync.errors import RetryableError
 from convsync.kafka import make_consumer
 from convsync.settings import Settings
-from streams.app import Folder, app_id
+from streams.app import app_id
 from streams.broker import broker_urls
 from streams.faust_fixes import FixedApp
+from streams.folder import Folder
 from streams.sender import RdSender
 from streams.stats import PageStats
 from tests.fixtures.kafka import MakeTopics
