@@ -40,6 +40,47 @@ PASSWORD_FILE: Final = "postgres.password"  # noqa: S105 - a file name
 #: Where the cluster lives when it cannot live in the state folder (root, see ``root``).
 LOCATION_FILE: Final = "postgres.location"
 INCLUDE: Final = "include_if_exists = 'convsync.conf'"
+#: shared_buffers where the machine's memory is not known (no /proc/meminfo).
+DEFAULT_SHARED_BUFFERS_MB: Final = 256
+#: A container's memory limit: cgroup v2, then v1 (no limit: "max", or a huge number).
+CGROUP_LIMITS: Final = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def memory_mb(
+    meminfo: Path = Path("/proc/meminfo"), limits: tuple[Path, ...] = CGROUP_LIMITS
+) -> int | None:
+    """Return the memory this machine (or the container it runs in, if less) has, in MB;
+    None when ``meminfo`` cannot be read."""
+    total = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    for path in limits:
+        try:
+            limit = int(path.read_text().strip()) // (1024 * 1024)
+        except (OSError, ValueError):
+            continue
+        if total is not None and limit < total:
+            total = limit
+    return total
+
+
+def shared_buffers_mb(memory: int | None) -> int:
+    """Return the local stack's ``shared_buffers`` in MB for ``memory`` MB: a quarter
+    (Postgres's own advice for a dedicated server), at least 128; 256 when unknown.
+
+    With 256MB the materializer's index pages on a large data set went in and out of
+    Postgres's buffers from the OS cache at every event, and its Postgres cost 1.4x the CPU
+    per event (docs/performance.md, "Postgres's buffers"). Shared memory is taken as pages
+    are used, so a small database costs no more than before.
+    """
+    return DEFAULT_SHARED_BUFFERS_MB if memory is None else max(128, memory // 4)
 
 
 def pg_bin_dir() -> Path:
@@ -306,7 +347,7 @@ class LocalPostgres:
             "unix_socket_permissions = 0700\n"
             "password_encryption = 'scram-sha-256'\n"
             "max_connections = 200\n"
-            "shared_buffers = 256MB\n"
+            f"shared_buffers = {shared_buffers_mb(memory_mb())}MB\n"
             "wal_level = replica\n"
             # Checkpoints far apart and full-page images compressed: with 2GB a
             # materializer at a few thousand events/s forced a checkpoint every ~20 s,

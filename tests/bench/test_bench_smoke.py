@@ -97,6 +97,7 @@ def test_the_read_path_bench_prints_its_queries_and_ratios(stack_settings: Setti
         assert "ingest under read load / alone (ingest + SQL readers) = " in out, out
         assert "drain capacity with SQL readers / alone = " in out, out
         assert "p99 ms by query:" in out, out
+        assert "CPU ms/read: readers " in out and ", admin API " in out, out
         for toggle in ("name-index", "dropped-indexes"):
             out = run_bench(
                 stack_settings, "read_path", "--schema", schema, "drain", "--rounds", "2",
@@ -104,6 +105,12 @@ def test_the_read_path_bench_prints_its_queries_and_ratios(stack_settings: Setti
             )  # fmt: skip
             assert re.search(r"as built / .+ = \d+\.\d\d", out), out
             assert "WAL" in out, out
+        out = run_bench(
+            stack_settings, "read_path", "--schema", schema, "drain", "--rounds", "1",
+            "--warm", "1", "--backlog", "500",
+        )  # fmt: skip
+        assert "round 1 (warm-up, not counted)" in out, out
+        assert "as built: median " in out and "over 1 rounds" in out, out
     finally:
         run_bench(stack_settings, "read_path", "--schema", schema, "drop")
 

@@ -79,6 +79,17 @@ def test_the_password_is_in_a_private_file_and_required(private_postgres: LocalP
     assert "no pg_hba.conf entry" in refused(pg.url.replace("/convsync", "/postgres"))
 
 
+def test_the_server_gets_a_quarter_of_memory_as_shared_buffers(
+    private_postgres: LocalPostgres,
+) -> None:
+    with psycopg.connect(private_postgres.url) as conn:
+        row = conn.execute(
+            "SELECT setting::bigint * 8192 / 1048576 FROM pg_settings WHERE name = 'shared_buffers'"
+        ).fetchone()
+    assert row is not None
+    assert row[0] == postgres_local.shared_buffers_mb(postgres_local.memory_mb())
+
+
 def test_the_application_role_cannot_run_programs_or_read_files(
     private_postgres: LocalPostgres,
 ) -> None:

@@ -10,11 +10,16 @@ two variants alternate in one run:
   ``conversations`` disabled; the index's times are brought up to date after the round;
 * ``dropped-indexes``: the two indexes of ``events`` that migration 0019 dropped built
   again before the round (not timed) and dropped after it;
-* ``shared-buffers``: the local stack's Postgres with ``shared_buffers`` at a quarter of
-  the machine's memory instead of its 256MB; Postgres is restarted before every round
-  of both variants (``ALTER SYSTEM`` through its socket, as the OS user the stack maps
-  to its superuser), then warmed up with 1,000 untimed events. Each round therefore
-  starts cold, right after a checkpoint.
+* ``shared-buffers``: the local stack's Postgres with ``shared_buffers`` at 256MB (its
+  setting until 2026-12-08) instead of a quarter of the machine's memory; Postgres is
+  restarted before every round of both variants (``ALTER SYSTEM`` through its socket, as
+  the OS user the stack maps to its superuser), then warmed up with 1,000 untimed
+  events. Each round therefore starts cold, right after a checkpoint.
+
+``--shared-buffers VALUE`` runs every round with that setting instead (Postgres restarted
+once before the first round, and once more after the last with the stack's own), and
+``--warm N`` drains N rounds first that no figure counts: with both, two runs compare
+settings on a warm server.
 """
 
 from __future__ import annotations
@@ -50,11 +55,12 @@ from tests.bench.read_path.load import (
 )
 from tests.fixtures.kafka import delete_topics_of
 
+OLD_SHARED_BUFFERS = "256MB"  # the local stack's setting until 2026-12-08
 VARIANTS = {
     None: "as built",
     "name-index": "without the name index's triggers",
     "dropped-indexes": "with the indexes 0019 dropped",
-    "shared-buffers": "with shared_buffers at a quarter of memory",
+    "shared-buffers": f"with shared_buffers at {OLD_SHARED_BUFFERS}",
 }
 NAME_TRIGGERS = ("conversations_name_index_update", "conversations_name_index_insert")
 
@@ -86,9 +92,16 @@ def add_parser(sub: Any) -> None:
         choices=("name-index", "dropped-indexes", "shared-buffers"),
         default=None,
         help="every second round without the name index's triggers, with the indexes"
-        " migration 0019 dropped, or with a quarter of memory as shared_buffers"
+        f" migration 0019 dropped, or with shared_buffers at {OLD_SHARED_BUFFERS}"
         " (Postgres restarted before every round)",
     )
+    p.add_argument(
+        "--shared-buffers",
+        default=None,
+        help="every round with this shared_buffers (Postgres restarted before the first"
+        " round and after the last)",
+    )
+    p.add_argument("--warm", type=int, default=0, help="untimed rounds before the first")
     p.set_defaults(run=run)
 
 
@@ -127,14 +140,6 @@ def dropped_indexes(settings: Settings, built: bool) -> None:
                 conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(s, index))
 
 
-def quarter_of_memory_mb() -> int:
-    """A quarter of the machine's memory (``MemTotal``), in MB."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024 // 4
-    raise SystemExit("no MemTotal in /proc/meminfo")
-
-
 def shared_buffers(settings: Settings, value: str | None) -> None:
     """Set ``shared_buffers`` of the local stack's Postgres to ``value`` (None: its own
     setting again) and restart it."""
@@ -161,7 +166,7 @@ def _variant(settings: Settings, toggle: str | None, on: bool) -> None:
     elif toggle == "dropped-indexes":
         dropped_indexes(settings, built=on)
     elif toggle == "shared-buffers":
-        shared_buffers(settings, f"{quarter_of_memory_mb()}MB" if on else None)
+        shared_buffers(settings, OLD_SHARED_BUFFERS if on else None)
 
 
 def wal_bytes(settings: Settings) -> int:
@@ -178,21 +183,30 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     )
     shape = stored_shape(s, args.schema)
     ensure_topics(admin_client(s), topic_specs(s))
-    n = args.rounds * (args.backlog + 1000) + 1000  # a warm-up before each round at most
+    if args.toggle == "shared-buffers" and args.shared_buffers is not None:
+        raise SystemExit("--toggle shared-buffers and --shared-buffers both set the setting")
+    rounds = args.warm + args.rounds
+    n = rounds * (args.backlog + 1000) + 1000  # a warm-up before each round at most
     print(f"making {n} events ...", flush=True)
     seed = run_seed(args)
     producer = Producer(s, new_events(shape, n, seed, int(time.time() * 1000), 5000))
     group = f"rpdrain-{uuid.uuid4().hex[:8]}"
     log = Path(tempfile.mkstemp(prefix="read-path-drain-", suffix=".log")[1])
+    if args.shared_buffers is not None:
+        shared_buffers(s, args.shared_buffers)
+        print(f"shared_buffers {args.shared_buffers} (Postgres restarted)", flush=True)
     child = Child(s, group, BatchConfig().max_records, log, None)
     pid, server_cpu = child.proc.pid, ServerCpu(s)
     rows: dict[str, list[tuple[float, float, float, float]]] = {}  # rate, CPU x2, WAL
     try:
         producer.burst(1000)  # joins the group, warms up: not timed
         wait_stored(s, group, 1000, 120)
-        for i in range(args.rounds):
-            changed = args.toggle is not None and i % 2 == 1
+        for i in range(rounds):
+            warming = i < args.warm
+            changed = args.toggle is not None and not warming and (i - args.warm) % 2 == 1
             variant = VARIANTS[args.toggle] if changed else "as built"
+            if args.shared_buffers is not None:
+                variant = f"shared_buffers {args.shared_buffers}"
             if changed:
                 _variant(s, args.toggle, on=True)
             if args.toggle == "shared-buffers":
@@ -216,9 +230,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             per = 1e6 / args.backlog
             pg = (srv1 - srv0) * per if srv0 is not None and srv1 is not None else float("nan")
             wal = (wal1 - wal0) / args.backlog
-            rows.setdefault(variant, []).append((rate, (cpu1 - cpu0) * per, pg, wal))
+            if not warming:
+                rows.setdefault(variant, []).append((rate, (cpu1 - cpu0) * per, pg, wal))
+            label = "warm-up, not counted" if warming else variant
             print(
-                f"round {i + 1} ({variant}), load {load:.1f}: {rate:,.0f} events/s;"
+                f"round {i + 1} ({label}), load {load:.1f}: {rate:,.0f} events/s;"
                 f" CPU µs/event: materializer {(cpu1 - cpu0) * per:.0f}, Postgres {pg:.0f};"
                 f" WAL {wal:,.0f} bytes/event",
                 flush=True,
@@ -227,6 +243,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         child.stop()
         delete_topics_of(s)
         log.unlink()
+        if args.shared_buffers is not None:
+            shared_buffers(s, None)
     medians = {}
     for variant, values in rows.items():
         medians[variant] = [statistics.median(v[j] for v in values) for j in range(4)]

@@ -211,11 +211,16 @@ def finish_readers(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     return dict(orjson.loads(out.strip().splitlines()[-1]))
 
 
-def report_readers(label: str, result: dict[str, Any]) -> None:
+def report_readers(label: str, result: dict[str, Any], api_cpu: float | None = None) -> None:
+    """Print a readers phase: reads, errors, the CPU per read of the readers' process and
+    (``api_cpu``, seconds) of the admin API's, and each query's percentiles."""
     total = sum(len(v) for v in result["latencies"].values())
+    per_read = 1000 / max(1, total)
+    api = "" if api_cpu is None else f", admin API {api_cpu * per_read:.2f}"
     print(
         f"  {label}: {total} reads in {result['seconds']:.0f} s"
-        f" ({total / result['seconds']:.0f}/s), {result['error_count']} errors"
+        f" ({total / result['seconds']:.0f}/s), {result['error_count']} errors;"
+        f" CPU ms/read: readers {result['cpu_seconds'] * per_read:.2f}{api}"
     )
     for err in result["errors"][:3]:
         print(f"    error: {err}")
@@ -250,12 +255,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         results: dict[str, dict[str, Any]] = {}
         # 1. Readers alone.
         for mode in ("sql", "api"):
-            load = os.getloadavg()[0]
+            load, api0 = os.getloadavg()[0], cpu_seconds(server.proc.pid)
             results[f"{mode} alone"] = finish_readers(
                 start_readers(s, args, mode, args.read_seconds, server.base)
             )
             print(f"readers alone ({mode}), load {load:.1f}:")
-            report_readers(mode, results[f"{mode} alone"])
+            api_cpu = cpu_seconds(server.proc.pid) - api0
+            report_readers(mode, results[f"{mode} alone"], api_cpu if mode == "api" else None)
         child = Child(s, group, BatchConfig().max_records, log, None)
         pid = child.proc.pid
         server_cpu = ServerCpu(s)
@@ -271,6 +277,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 readers = start_readers(s, args, mode, args.seconds, server.base) if mode else None
                 before, t0 = stored(s, group), time.monotonic()
                 cpu0, srv0 = cpu_seconds(pid), server_cpu.seconds()
+                api0 = cpu_seconds(server.proc.pid)
                 sent = producer.run_for(args.rate, args.seconds)
                 after, t1 = stored(s, group), time.monotonic()
                 cpu1, srv1 = cpu_seconds(pid), server_cpu.seconds()
@@ -287,7 +294,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 )
                 if readers is not None:
                     results[phase] = finish_readers(readers)
-                    report_readers(mode or "", results[phase])
+                    api_cpu = cpu_seconds(server.proc.pid) - api0
+                    report_readers(mode or "", results[phase], api_cpu if mode == "api" else None)
                 wait_stored(s, group, before + sent, 300)
             # 4. Capacity: a backlog produced at once, drained as fast as the materializer
             # goes (it reads while the records arrive; Kafka takes them faster).

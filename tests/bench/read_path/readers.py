@@ -141,5 +141,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     else:
         result = asyncio.run(api_readers(settings, t, args))
     result["seconds"] = time.monotonic() - started
+    # This process's CPU (the readers and, in api mode, their HTTP client and the
+    # `convsync status` calls): what the readers take of the cores the ingest shares.
+    result["cpu_seconds"] = time.process_time()
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0

@@ -73,6 +73,13 @@ class AdminServer:
                 self.close()
                 raise RuntimeError(f"admin server did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.2)
+        # The dashboard's first request starts its sampler and waits for a first sample
+        # (a Kafka client made, ~0.2 s): once per server, not what a reader meets later.
+        warm = urllib.request.Request(  # noqa: S310 - our own http URL
+            self.base + "/dashboard/data", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(warm, timeout=60) as r:  # noqa: S310 - our URL
+            r.read()
 
     def __enter__(self) -> AdminServer:
         return self
