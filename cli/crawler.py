@@ -146,6 +146,6 @@ def crawler(
     also request the periodic reconciliation crawls (CONVSYNC_RECONCILE_EVERY)."""
     from cli.common import load_settings
     from producers.crawler.config import CrawlerSettings
-    from producers.crawler.worker import run_worker
+    from producers.crawler.process import run_worker
 
     run_worker(load_settings(), CrawlerSettings(), metrics_addr=metrics_addr)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +35,6 @@ from producers.crawler._pages import PageRunners
 from producers.crawler.app_usage import AppLimiter
 from producers.crawler.config import CrawlerSettings
 from producers.crawler.graph import GraphClient
-from producers.crawler.reconcile import ReconcileSettings
 from producers.crawler.state import CrawlStateStore, make_pool
 from producers.crawler.step import record_refusal
 from producers.crawler.tokens import PageTokens
@@ -438,65 +436,3 @@ class CrawlWorker:
                     "commit of crawl partition %d failed: %s", tp.partition, err or tp.error
                 )
             self._loop.call_soon_threadsafe(self._commits.release, tp.partition, upto)
-
-
-def run_worker(
-    settings: Settings,
-    crawler: CrawlerSettings,
-    *,
-    metrics_addr: str | None = None,
-    reconcile: ReconcileSettings | None = None,
-    **kwargs: Any,
-) -> None:
-    """Run a worker until SIGINT/SIGTERM (the ``convsync crawler`` command), with the
-    process's reconciler and metrics listener beside it (``ops.process_services``)."""
-    import signal
-
-    from producers.crawler.ops import process_services
-
-    async def main() -> bool:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        clean = True
-        # One app limiter for the process: it outlives a worker restarted below.
-        limiter = AppLimiter(crawler)
-        current: list[CrawlWorker] = []
-        async with process_services(
-            settings,
-            limiter=limiter,
-            tokens=kwargs.get("page_tokens") or settings.page_tokens,
-            stats=lambda: current[0].stats if current else None,
-            partitions=lambda: current[0].assigned_partitions if current else 0,
-            reconnect=lambda: current[0].needing_reconnect if current else None,
-            stop=stop,
-            metrics_addr=metrics_addr,
-            reconcile=reconcile,
-            crawler=crawler,
-            graph_url=kwargs.get("graph_url"),
-        ):
-            while True:
-                worker = CrawlWorker(settings, crawler, app_limiter=limiter, **kwargs)
-                current[:] = [worker]
-                try:
-                    await worker.run(stop)
-                except ConsumerFatalError as e:
-                    current.clear()
-                    # An abandoned close of the dead consumer would block the exit later.
-                    clean = clean and worker.closed_cleanly
-                    if stop.is_set():
-                        return clean
-                    # A fenced or otherwise dead consumer: what it had not committed is
-                    # run again by the next owner, most likely this process again.
-                    log.warning("%s; rejoining the group with a new consumer in %.0fs", e, 1.0)
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
-                    continue
-                return clean and worker.closed_cleanly
-
-    if not asyncio.run(main()):
-        # A consumer whose close() was abandoned would block the interpreter's exit in
-        # librdkafka's destructor; everything durable is already durable.
-        logging.shutdown()
-        os._exit(0)
