@@ -61,8 +61,28 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=60, help="length of an ingest phase")
     p.add_argument("--read-seconds", type=float, default=30, help="length of a read phase")
     p.add_argument("--backlog", type=int, default=150_000, help="events of a capacity phase")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the materializer and its Postgres backends at this niceness (root), so"
+        " the readers come first for the CPU",
+    )
     add_seed(p)
     p.set_defaults(run=run)
+
+
+def renice(settings: Settings, pid: int, nice: int) -> int:
+    """Set the niceness of process ``pid`` (every thread) and of the Postgres backends of
+    the materializer (application_name); return how many backends."""
+    tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'convsync-materializer'"
+        ).fetchall()
+    for target in [*tids, *(int(r[0]) for r in rows)]:
+        os.setpriority(os.PRIO_PROCESS, target, nice)
+    return len(rows)
 
 
 def add_seed(parser: Any) -> None:
@@ -269,6 +289,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             # The first batch joins the group and warms up: not timed.
             producer.burst(1000)
             wait_stored(s, group, 1000, 120)
+            if args.nice:
+                backends = renice(s, pid, args.nice)
+                print(f"materializer and its {backends} Postgres backends at nice {args.nice}")
             rates: dict[str, float] = {}
             # 2-3. Ingest at the rate, alone and with each kind of reader.
             for phase, mode in (("ingest alone", None), ("ingest + SQL readers", "sql"),
