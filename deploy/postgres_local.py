@@ -54,20 +54,19 @@ def memory_mb(
 ) -> int | None:
     """Return the memory this machine (or the container it runs in, if less) has, in MB;
     None when ``meminfo`` cannot be read."""
-    total = None
     try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                total = int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
+        total = next(
+            int(line.split()[1]) // 1024
+            for line in meminfo.read_text().splitlines()
+            if line.startswith("MemTotal:")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
         return None
     for path in limits:
         try:
-            limit = int(path.read_text().strip()) // (1024 * 1024)
+            total = min(total, int(path.read_text().strip()) // (1024 * 1024))
         except (OSError, ValueError):
             continue
-        if total is not None and limit < total:
-            total = limit
     return total
 
 
